@@ -1,0 +1,29 @@
+export { KeyChain } from './key-chain.js'
+export type { KeyChainOptions, EncryptOptions, KeyChainStats, KekStats } from './key-chain.js'
+export {
+  KmsProxyError,
+  DecryptError,
+  FormatError,
+  UnknownKekError,
+  RootKeyError,
+  StoreError,
+  LimitError,
+  ERROR_CODES,
+  isKmsProxyError,
+} from './errors.js'
+export type { ErrorCode, AnyKmsProxyError, KmsProxyErrorOptions } from './errors.js'
+export { memoryStore, embeddedStore } from './store.js'
+export type { KeyStore, KekRecord, ChainHead, Versioned } from './store.js'
+export { ephemeralRootKey, aesRootKey, sealNewKek, openSealedKek, KEK_ALGORITHM, KEK_USAGES } from './root-key.js'
+export type { RootKey, NewKek } from './root-key.js'
+export {
+  FORMAT_VERSION,
+  OVERHEAD_BYTES,
+  TEXT_PREFIX,
+  MAX_EMBEDDED_KEK_BYTES,
+  MAX_PLAINTEXT_BYTES,
+  decodeHeader,
+  decodeMessage,
+  kekAad,
+} from './format.js'
+export type { Header, MessageParts } from './format.js'

@@ -1,0 +1,568 @@
+import {
+  DecryptError,
+  FormatError,
+  KmsProxyError,
+  LimitError,
+  RootKeyError,
+  StoreError,
+  UnknownKekError,
+} from './errors.js'
+import {
+  DEK_BYTES,
+  IV_BYTES,
+  MAX_EMBEDDED_KEK_BYTES,
+  MAX_PLAINTEXT_BYTES,
+  decodeMessage,
+  encodeHeader,
+  fromText,
+  kekAad,
+  payloadAad,
+  toText,
+  type MessageParts,
+} from './format.js'
+import { bytesKey, concat, equalBytes, fromUtf8, utf8 } from './internal/bytes.js'
+import { Lru } from './internal/lru.js'
+import { randomBytes, randomU32 } from './internal/random.js'
+import { ephemeralRootKey, type RootKey } from './root-key.js'
+import { embeddedStore, type ChainHead, type KeyStore, type KekRecord, type Versioned } from './store.js'
+
+export interface KeyChainOptions {
+  /** Wraps the KEKs. Default: ephemeralRootKey() (this process only). */
+  rootKey?: RootKey
+  /** Keeps the wrapped KEKs and the head. Default: embeddedStore(). */
+  store?: KeyStore
+  /** Chain name: the store key prefix, bound into every KEK wrap. Default "default". */
+  name?: string
+  /** DEKs a KEK wraps before rotation, across every process. Default 2^21, at most 2^32. */
+  maxWrapsPerKek?: number
+  /** Age at which the primary KEK rotates. Default 7 days. */
+  maxKekAgeMs?: number
+  /** Unwrapped DEKs kept for repeated decryption of the same data. Default 1024; 0 turns it off. */
+  dekCacheSize?: number
+  /** DEKs prepared (generated and wrapped) ahead of encrypt calls. Default 16; 0 turns it off. */
+  dekPoolSize?: number
+  /** Uses of the primary KEK reserved per store write. Default maxWrapsPerKek / 64, between 1 and 65,536. */
+  leaseSize?: number
+}
+
+export interface EncryptOptions {
+  /** Authenticated, not encrypted, not stored: the same bytes must be given to decrypt. */
+  associatedData?: Uint8Array | string
+}
+
+export interface KekStats {
+  id: number
+  primary: boolean
+  /** DEKs this process wrapped (or prepared) under the KEK. */
+  wraps: number
+  createdAt: number
+}
+
+export interface KeyChainStats {
+  encryptions: number
+  decryptions: number
+  rotations: number
+  rootKeyWraps: number
+  rootKeyUnwraps: number
+  dekCacheHits: number
+  dekCacheMisses: number
+  keks: KekStats[]
+}
+
+const DEFAULT_MAX_WRAPS = 2 ** 21
+const HARD_MAX_WRAPS = 2 ** 32
+const DEFAULT_MAX_AGE_MS = 7 * 24 * 3600 * 1000
+const CAS_ATTEMPTS = 1000
+const ID_ATTEMPTS = 8
+
+/** The primary KEK as this process holds it, with the lease of uses it reserved. */
+interface Primary {
+  readonly id: number
+  readonly createdAt: number
+  readonly kek: CryptoKey
+  /** Header of data under this KEK: the DEK wrap's AAD. */
+  readonly header: Uint8Array
+  next: number
+  end: number
+}
+
+interface Prepared {
+  readonly primary: Primary
+  readonly dek: CryptoKey
+  /** header || iv1 || wrapped DEK */
+  readonly prefix: Uint8Array
+}
+
+interface KekEntry {
+  id: number
+  createdAt: number
+  wraps: number
+}
+
+const GCM = 'AES-GCM'
+
+/**
+ * A key chain: KEKs wrapped by a root key, one primary, rotated by usage and age.
+ * Data is encrypted under a fresh DEK wrapped by the primary KEK; steady-state encryption makes
+ * no root-key calls and no store writes (uses are reserved in leases).
+ */
+export class KeyChain {
+  readonly name: string
+  readonly #root: RootKey
+  readonly #store: KeyStore
+  readonly #maxWraps: number
+  readonly #maxAge: number
+  readonly #leaseSize: number
+  readonly #poolSize: number
+  readonly #dekCache: Lru<string, Promise<CryptoKey>>
+  /** Unwrapped KEKs by id (stored) or id + wrapped bytes (embedded). Failed promises are removed. */
+  readonly #keks = new Map<string, Promise<CryptoKey>>()
+  readonly #entries = new Map<number, KekEntry>()
+  #primary: Primary | undefined
+  #refreshing: Promise<void> | undefined
+  #pool: Prepared[] = []
+  #filling = false
+  /** A KEK this process created and persisted but could not yet make primary (CAS lost). */
+  #spare: { id: number; createdAt: number; kek: CryptoKey; wrapped: Uint8Array } | undefined
+  readonly #counts = {
+    encryptions: 0,
+    decryptions: 0,
+    rotations: 0,
+    rootKeyWraps: 0,
+    rootKeyUnwraps: 0,
+    dekCacheHits: 0,
+    dekCacheMisses: 0,
+  }
+
+  private constructor(options: Required<Omit<KeyChainOptions, 'leaseSize'>> & { leaseSize: number }) {
+    this.name = options.name
+    this.#root = options.rootKey
+    this.#store = options.store
+    this.#maxWraps = options.maxWrapsPerKek
+    this.#maxAge = options.maxKekAgeMs
+    this.#leaseSize = options.leaseSize
+    this.#poolSize = options.dekPoolSize
+    this.#dekCache = new Lru(options.dekCacheSize)
+  }
+
+  /**
+   * Opens (or starts) the chain `name` in `store`. Reads the head once; makes no root-key call
+   * (the primary KEK is unwrapped on the first encryption).
+   */
+  static async open(options: KeyChainOptions = {}): Promise<KeyChain> {
+    if (typeof options !== 'object' || options === null) throw new TypeError('options: expected an object')
+    const rootKey = options.rootKey ?? ephemeralRootKey()
+    if (typeof rootKey !== 'object' || typeof rootKey.newKek !== 'function' || typeof rootKey.unwrapKek !== 'function') {
+      throw new TypeError('rootKey: expected a RootKey (newKek and unwrapKek)')
+    }
+    const store = options.store ?? embeddedStore()
+    for (const method of ['getHead', 'casHead', 'getKek', 'putKekIfAbsent', 'listKeks'] as const) {
+      if (typeof store !== 'object' || typeof store[method] !== 'function') {
+        throw new TypeError(`store: expected a KeyStore (missing ${method})`)
+      }
+    }
+    const name = options.name ?? 'default'
+    if (typeof name !== 'string' || name.length < 1 || name.length > 255) {
+      throw new TypeError('name: expected a string of 1 to 255 characters')
+    }
+    const maxWrapsPerKek = options.maxWrapsPerKek ?? DEFAULT_MAX_WRAPS
+    if (!Number.isInteger(maxWrapsPerKek) || maxWrapsPerKek < 1 || maxWrapsPerKek > HARD_MAX_WRAPS) {
+      throw new RangeError('maxWrapsPerKek: expected an integer from 1 to 2^32 (NIST SP 800-38D limit for random IVs)')
+    }
+    const maxKekAgeMs = options.maxKekAgeMs ?? DEFAULT_MAX_AGE_MS
+    if (typeof maxKekAgeMs !== 'number' || !(maxKekAgeMs > 0)) {
+      throw new RangeError('maxKekAgeMs: expected a positive number of milliseconds')
+    }
+    const dekCacheSize = integerOption('dekCacheSize', options.dekCacheSize, 1024, 0, 2 ** 24)
+    const dekPoolSize = integerOption('dekPoolSize', options.dekPoolSize, 16, 0, 1024)
+    const leaseDefault = Math.max(1, Math.min(65536, Math.floor(maxWrapsPerKek / 64)))
+    const leaseSize = integerOption('leaseSize', options.leaseSize, leaseDefault, 1, HARD_MAX_WRAPS)
+    const chain = new KeyChain({ rootKey, store, name, maxWrapsPerKek, maxKekAgeMs, dekCacheSize, dekPoolSize, leaseSize })
+    await chain.#storeCall('read the chain head', () => store.getHead(name))
+    return chain
+  }
+
+  // ---------------------------------------------------------------------------------- encrypt
+
+  async encrypt(data: Uint8Array | string, options?: EncryptOptions): Promise<Uint8Array> {
+    const plaintext = bytesArgument('data', data)
+    const aad = payloadAad(associatedDataOf(options))
+    if (plaintext.length > MAX_PLAINTEXT_BYTES) throw new LimitError('data is larger than AES-GCM allows for one message')
+    const prepared = this.#takePrepared() ?? (await this.#prepare(await this.#acquire()))
+    this.#fill()
+    const iv2 = randomBytes(IV_BYTES)
+    const sealed = await crypto.subtle.encrypt({ name: GCM, iv: iv2, additionalData: aad }, prepared.dek, plaintext)
+    this.#counts.encryptions++
+    return concat(prepared.prefix, iv2, new Uint8Array(sealed))
+  }
+
+  /** UTF-8 text in, text form out: `kp1.` followed by base64url, safe for JSON and localStorage. */
+  async encryptText(text: string, options?: EncryptOptions): Promise<string> {
+    if (typeof text !== 'string') throw new TypeError('text: expected a string')
+    return toText(await this.encrypt(utf8(text), options))
+  }
+
+  // ---------------------------------------------------------------------------------- decrypt
+
+  async decrypt(encryptedData: Uint8Array, options?: EncryptOptions): Promise<Uint8Array> {
+    if (!(encryptedData instanceof Uint8Array)) throw new TypeError('encryptedData: expected a Uint8Array')
+    const aad = payloadAad(associatedDataOf(options))
+    const parts = decodeMessage(encryptedData)
+    const dek = await this.#dekFor(parts)
+    let plaintext: ArrayBuffer
+    try {
+      plaintext = await crypto.subtle.decrypt({ name: GCM, iv: parts.iv2, additionalData: aad }, dek, parts.sealed)
+    } catch {
+      throw new DecryptError('decryption failed')
+    }
+    this.#counts.decryptions++
+    return new Uint8Array(plaintext)
+  }
+
+  async decryptText(encryptedText: string, options?: EncryptOptions): Promise<string> {
+    const plaintext = await this.decrypt(fromText(encryptedText), options)
+    try {
+      return fromUtf8(plaintext)
+    } catch {
+      throw new FormatError('the decrypted data is not UTF-8 text; use decrypt() for bytes')
+    } finally {
+      plaintext.fill(0)
+    }
+  }
+
+  // ---------------------------------------------------------------------------------- rotate and rewrap
+
+  /** Makes a new primary KEK now (one root-key wrap). Older KEKs stay for decryption. */
+  async rotate(): Promise<{ id: number; createdAt: number }> {
+    while (this.#refreshing) await this.#refreshing.catch(() => {})
+    await this.#startRefresh(true)
+    const p = this.#primary!
+    return { id: p.id, createdAt: p.createdAt }
+  }
+
+  /**
+   * Re-wraps the DEK of `encryptedData` under the current primary KEK. The payload bytes are
+   * not re-encrypted (its AAD leaves the KEK out on purpose), and the DEK never leaves WebCrypto.
+   */
+  async rewrap(encryptedData: Uint8Array): Promise<Uint8Array> {
+    if (!(encryptedData instanceof Uint8Array)) throw new TypeError('encryptedData: expected a Uint8Array')
+    const parts = decodeMessage(encryptedData)
+    const current = this.#primary
+    if (current && !this.#expired(current) && equalBytes(parts.header, current.header)) return encryptedData.slice()
+    const dek = await this.#unwrapDek(parts, true)
+    const p = await this.#acquire()
+    const iv1 = randomBytes(IV_BYTES)
+    const wrapped = await crypto.subtle.wrapKey('raw', dek, p.kek, { name: GCM, iv: iv1, additionalData: p.header })
+    return concat(p.header, iv1, new Uint8Array(wrapped), parts.iv2, parts.sealed)
+  }
+
+  // ---------------------------------------------------------------------------------- stats
+
+  stats(): KeyChainStats {
+    const primary = this.#primary?.id
+    return {
+      ...this.#counts,
+      keks: [...this.#entries.values()].map((e) => ({ id: e.id, primary: e.id === primary, wraps: e.wraps, createdAt: e.createdAt })),
+    }
+  }
+
+  toString(): string {
+    return `[KeyChain ${this.name}]`
+  }
+
+  toJSON(): { name: string; rootKey: string; stats: KeyChainStats } {
+    return { name: this.name, rootKey: this.#root.kind, stats: this.stats() }
+  }
+
+  // ---------------------------------------------------------------------------------- internals: DEKs
+
+  #expired(p: Primary): boolean {
+    return Date.now() - p.createdAt >= this.#maxAge
+  }
+
+  #takePrepared(): Prepared | undefined {
+    const pool = this.#pool
+    if (pool.length === 0) return undefined
+    const p = this.#primary
+    if (pool[0]!.primary !== p || p === undefined || this.#expired(p)) {
+      // Prepared under an older KEK: their uses were counted when reserved, so dropping is safe.
+      this.#pool = []
+      return undefined
+    }
+    return pool.shift()
+  }
+
+  /** Refills the pool off the caller's path. Failures are left for the next inline encrypt to report. */
+  #fill(): void {
+    if (this.#filling || this.#poolSize === 0 || this.#pool.length >= this.#poolSize) return
+    this.#filling = true
+    void (async () => {
+      try {
+        while (this.#pool.length < this.#poolSize) {
+          const p = await this.#acquire()
+          const n = Math.min(this.#poolSize - this.#pool.length, p.end - p.next + 1)
+          const batch: Promise<Prepared>[] = [this.#prepare(p)]
+          for (let i = 1; i < n && p.next < p.end; i++) {
+            p.next++
+            this.#entries.get(p.id)!.wraps++
+            batch.push(this.#prepare(p))
+          }
+          for (const prepared of await Promise.all(batch)) {
+            if (prepared.primary === this.#primary) this.#pool.push(prepared)
+          }
+        }
+      } catch {
+        // Nothing to do: the next encrypt that finds the pool empty runs the same steps inline
+        // and reports the error to its caller.
+      } finally {
+        this.#filling = false
+      }
+    })()
+  }
+
+  /** A fresh DEK wrapped under `p`. Three subtle calls in flight at once; DEK bytes zeroed. */
+  async #prepare(p: Primary): Promise<Prepared> {
+    const dekBytes = randomBytes(DEK_BYTES)
+    const iv1 = randomBytes(IV_BYTES)
+    // Both calls copy dekBytes before returning (WebCrypto: "get a copy of the bytes held by").
+    const dek = crypto.subtle.importKey('raw', dekBytes, GCM, false, ['encrypt'])
+    const wrapped = crypto.subtle.encrypt({ name: GCM, iv: iv1, additionalData: p.header }, p.kek, dekBytes)
+    dekBytes.fill(0)
+    const [key, wrap] = await Promise.all([dek, wrapped])
+    return { primary: p, dek: key, prefix: concat(p.header, iv1, new Uint8Array(wrap)) }
+  }
+
+  async #dekFor(parts: MessageParts): Promise<CryptoKey> {
+    const cacheKey = this.#dekCache.capacity > 0 ? bytesKey(parts.dekPrefix) : undefined
+    if (cacheKey !== undefined) {
+      const hit = this.#dekCache.get(cacheKey)
+      if (hit) {
+        this.#counts.dekCacheHits++
+        return hit
+      }
+    }
+    this.#counts.dekCacheMisses++
+    const pending = this.#unwrapDek(parts, false)
+    if (cacheKey !== undefined) {
+      this.#dekCache.set(cacheKey, pending)
+      pending.catch(() => this.#dekCache.deleteIf(cacheKey, pending))
+    }
+    return pending
+  }
+
+  /** KEK (cached, embedded or stored), then the DEK: non-extractable unless `forRewrap`. */
+  async #unwrapDek(parts: MessageParts, forRewrap: boolean): Promise<CryptoKey> {
+    // Own copy: the caller's buffer may change while we wait for the KEK.
+    const prefix = parts.dekPrefix.slice()
+    const h = parts.headerLength
+    const embedded = parts.embeddedKek && prefix.subarray(h - parts.embeddedKek.length, h)
+    const kek = await this.#kekFor(parts.kekId, embedded)
+    try {
+      return await crypto.subtle.unwrapKey(
+        'raw',
+        prefix.subarray(h + IV_BYTES),
+        kek,
+        { name: GCM, iv: prefix.subarray(h, h + IV_BYTES), additionalData: prefix.subarray(0, h) },
+        GCM,
+        // extractable only for rewrap, whose wrapKey call requires it; the bytes stay inside WebCrypto.
+        forRewrap,
+        ['decrypt'],
+      )
+    } catch {
+      throw new DecryptError('decryption failed')
+    }
+  }
+
+  // ---------------------------------------------------------------------------------- internals: KEKs
+
+  /**
+   * The unwrapped KEK `id`: from the cache, else from `embedded` (the data's own wrapped KEK),
+   * else from the store; one root-key call per KEK per process, concurrent misses coalesced.
+   */
+  #kekFor(id: number, embedded: Uint8Array | undefined, record?: KekRecord): Promise<CryptoKey> {
+    const cacheKey = embedded ? `${id}:${bytesKey(embedded)}` : String(id)
+    let pending = this.#keks.get(cacheKey)
+    if (pending) return pending
+    pending = (async () => {
+      let wrapped = embedded
+      if (!wrapped) {
+        const found = record ?? (await this.#storeCall('read a KEK', () => this.#store.getKek(this.name, id)))
+        if (!found) throw new UnknownKekError('this data was encrypted under a KEK that this key chain does not know')
+        this.#remember(found.id, found.createdAt)
+        wrapped = found.wrapped
+      }
+      return this.#rootUnwrap(wrapped, id)
+    })()
+    this.#keks.set(cacheKey, pending)
+    pending.catch(() => {
+      if (this.#keks.get(cacheKey) === pending) this.#keks.delete(cacheKey)
+    })
+    return pending
+  }
+
+  async #rootUnwrap(wrapped: Uint8Array, id: number): Promise<CryptoKey> {
+    this.#counts.rootKeyUnwraps++
+    let kek: CryptoKey
+    try {
+      kek = await this.#root.unwrapKek(wrapped, kekAad(this.name, id))
+    } catch (error) {
+      throw error instanceof KmsProxyError ? error : new RootKeyError('the root key failed to unwrap a KEK', { cause: error })
+    }
+    assertKek(kek)
+    return kek
+  }
+
+  #remember(id: number, createdAt: number): KekEntry {
+    let entry = this.#entries.get(id)
+    if (!entry) this.#entries.set(id, (entry = { id, createdAt, wraps: 0 }))
+    return entry
+  }
+
+  /** Reserves one use of the primary KEK, renewing the lease or rotating when needed. */
+  async #acquire(): Promise<Primary> {
+    let refreshed = false
+    for (;;) {
+      const p = this.#primary
+      // Right after a refresh the primary is used even if already past its age, so that a
+      // tiny maxKekAgeMs cannot make the loop rotate forever.
+      if (p && p.next < p.end && (refreshed || !this.#expired(p))) {
+        p.next++
+        this.#entries.get(p.id)!.wraps++
+        return p
+      }
+      await (this.#refreshing ?? this.#startRefresh(false))
+      refreshed = true
+    }
+  }
+
+  /** Runs #refresh as the one refresh in flight; concurrent callers await it instead of starting their own. */
+  #startRefresh(force: boolean): Promise<void> {
+    const run: Promise<void> = this.#refresh(force).finally(() => {
+      if (this.#refreshing === run) this.#refreshing = undefined
+    })
+    this.#refreshing = run
+    return run
+  }
+
+  /**
+   * Brings #primary up to date with a fresh lease: reads the head; reserves a block of uses by
+   * compare-and-swap; rotates when the primary is used up, too old, missing, or `force`.
+   */
+  async #refresh(force: boolean): Promise<void> {
+    for (let attempt = 0; attempt < CAS_ATTEMPTS; attempt++) {
+      const head = await this.#storeCall('read the chain head', () => this.#store.getHead(this.name))
+      const h = head?.value
+      const mustRotate =
+        force || h === undefined || h.leased >= this.#maxWraps || Date.now() - h.primaryCreatedAt >= this.#maxAge
+      if (!mustRotate) {
+        if (await this.#leaseFrom(head!, h)) return
+        continue
+      }
+      const spare = (this.#spare ??= await this.#createKek())
+      const take = Math.min(this.#leaseSize, this.#maxWraps)
+      const next: ChainHead = { primary: spare.id, primaryCreatedAt: spare.createdAt, leased: take }
+      if (await this.#storeCall('update the chain head', () => this.#store.casHead(this.name, head?.version, next))) {
+        this.#spare = undefined
+        this.#counts.rotations++
+        this.#setPrimary(spare.id, spare.createdAt, spare.kek, spare.wrapped, 0, take)
+        return
+      }
+    }
+    throw new StoreError('the chain head kept changing under compare-and-swap; gave up', { retryable: true })
+  }
+
+  async #leaseFrom(head: Versioned<ChainHead>, h: ChainHead): Promise<boolean> {
+    const take = Math.min(this.#leaseSize, this.#maxWraps - h.leased)
+    const next: ChainHead = { primary: h.primary, primaryCreatedAt: h.primaryCreatedAt, leased: h.leased + take }
+    if (!(await this.#storeCall('update the chain head', () => this.#store.casHead(this.name, head.version, next)))) return false
+    const current = this.#primary
+    if (current?.id === h.primary) {
+      // Same KEK, new block of uses: keep the object, so the prepared pool stays valid.
+      current.next = h.leased
+      current.end = h.leased + take
+      return true
+    }
+    // Another process rotated: load its KEK (one root unwrap, cached).
+    const record = await this.#storeCall('read a KEK', () => this.#store.getKek(this.name, h.primary))
+    if (!record) throw new StoreError('the chain head names a KEK that the store does not have')
+    const embedded = this.#store.embedsKeks ? record.wrapped : undefined
+    const kek = await this.#kekFor(record.id, embedded, record)
+    this.#remember(record.id, record.createdAt)
+    this.#setPrimary(record.id, h.primaryCreatedAt, kek, record.wrapped, h.leased, h.leased + take)
+    return true
+  }
+
+  #setPrimary(id: number, createdAt: number, kek: CryptoKey, wrapped: Uint8Array, next: number, end: number): void {
+    this.#primary = {
+      id,
+      createdAt,
+      kek,
+      header: encodeHeader(id, this.#store.embedsKeks ? wrapped : undefined),
+      next,
+      end,
+    }
+    this.#pool = []
+  }
+
+  /** A new KEK from the root key, durably in the store before anything uses it (invariant 2). */
+  async #createKek(): Promise<{ id: number; createdAt: number; kek: CryptoKey; wrapped: Uint8Array }> {
+    for (let attempt = 0; attempt < ID_ATTEMPTS; attempt++) {
+      const id = randomU32()
+      if (this.#entries.has(id)) continue
+      this.#counts.rootKeyWraps++
+      let made: { kek: CryptoKey; wrapped: Uint8Array }
+      try {
+        made = await this.#root.newKek(kekAad(this.name, id))
+      } catch (error) {
+        throw error instanceof KmsProxyError ? error : new RootKeyError('the root key failed to wrap a new KEK', { cause: error })
+      }
+      assertKek(made.kek)
+      if (!(made.wrapped instanceof Uint8Array) || made.wrapped.length === 0) throw new RootKeyError('the root key returned an empty wrapped KEK')
+      if (this.#store.embedsKeks && made.wrapped.length > MAX_EMBEDDED_KEK_BYTES) {
+        throw new LimitError(`the root key's wrapped KEK is ${made.wrapped.length} bytes; an embedded KEK may be at most ${MAX_EMBEDDED_KEK_BYTES}`)
+      }
+      const record: KekRecord = { id, createdAt: Date.now(), rootKind: this.#root.kind, wrapped: made.wrapped }
+      if (await this.#storeCall('write a KEK', () => this.#store.putKekIfAbsent(this.name, record))) {
+        this.#remember(id, record.createdAt)
+        const cacheKey = this.#store.embedsKeks ? `${id}:${bytesKey(made.wrapped)}` : String(id)
+        this.#keks.set(cacheKey, Promise.resolve(made.kek))
+        return { id, createdAt: record.createdAt, kek: made.kek, wrapped: made.wrapped }
+      }
+    }
+    throw new LimitError('could not find a free KEK id')
+  }
+
+  async #storeCall<T>(what: string, call: () => Promise<T>): Promise<T> {
+    try {
+      return await call()
+    } catch (error) {
+      if (error instanceof KmsProxyError) throw error
+      throw new StoreError(`the store failed to ${what}`, { cause: error, retryable: true })
+    }
+  }
+}
+
+function assertKek(kek: unknown): asserts kek is CryptoKey {
+  const k = kek as CryptoKey | undefined
+  if (!k || typeof k !== 'object' || k.type !== 'secret') throw new RootKeyError('the root key returned something that is not a secret CryptoKey')
+  if (k.extractable) throw new RootKeyError('the root key returned an extractable KEK; KEKs must stay inside WebCrypto')
+}
+
+function bytesArgument(name: string, value: Uint8Array | string): Uint8Array {
+  if (typeof value === 'string') return utf8(value)
+  if (value instanceof Uint8Array) return value
+  throw new TypeError(`${name}: expected a Uint8Array or a string`)
+}
+
+function associatedDataOf(options: EncryptOptions | undefined): Uint8Array | undefined {
+  if (options === undefined) return undefined
+  if (typeof options !== 'object' || options === null) throw new TypeError('options: expected an object')
+  const ad = options.associatedData
+  return ad === undefined ? undefined : bytesArgument('associatedData', ad)
+}
+
+function integerOption(name: string, value: number | undefined, fallback: number, min: number, max: number): number {
+  if (value === undefined) return fallback
+  if (!Number.isInteger(value) || value < min || value > max) throw new RangeError(`${name}: expected an integer from ${min} to ${max}`)
+  return value
+}

@@ -1,0 +1,142 @@
+/**
+ * Root keys: what wraps KEKs. The chain asks a root key for a new KEK at rotation and to unwrap
+ * a stored KEK once per process; these calls are the cost the library exists to cut.
+ */
+import { RootKeyError } from './errors.js'
+import { concat } from './internal/bytes.js'
+import { randomBytes } from './internal/random.js'
+
+export interface NewKek {
+  /** The KEK, non-extractable, usages encrypt / wrapKey / unwrapKey. */
+  kek: CryptoKey
+  /** The KEK wrapped by the root key, bound to the AAD; this is what the store keeps. */
+  wrapped: Uint8Array
+}
+
+export interface RootKey {
+  /** Short, stable name of the kind of root ("aes", "passphrase-pbkdf2", "aws-kms"), kept in KEK records. */
+  readonly kind: string
+  /**
+   * Makes a new KEK under this root and returns it with its wrapped form, bound to `aad`.
+   * A WebCrypto root generates the KEK inside WebCrypto; a byte-oriented root (a KMS's
+   * GenerateDataKey) imports the returned bytes as non-extractable and zeroes them.
+   */
+  newKek(aad: Uint8Array): Promise<NewKek>
+  /** Unwraps a KEK that this root wrapped with the same `aad`. Returns a non-extractable key. */
+  unwrapKek(wrapped: Uint8Array, aad: Uint8Array): Promise<CryptoKey>
+}
+
+export const KEK_ALGORITHM = { name: 'AES-GCM', length: 128 } as const
+export const KEK_USAGES: KeyUsage[] = ['encrypt', 'wrapKey', 'unwrapKey']
+const WRAP_IV_BYTES = 12
+
+/**
+ * For roots that hold a WebCrypto AES-GCM wrapping key: makes a KEK inside WebCrypto and seals it.
+ * Output: `tag || iv (12) || AES-GCM(wrappingKey, iv, kek, aad)`.
+ */
+export async function sealNewKek(wrappingKey: CryptoKey, aad: Uint8Array, tag: Uint8Array): Promise<NewKek> {
+  // extractable: true only because subtle.wrapKey refuses a non-extractable key. The raw bytes
+  // never reach JavaScript: this handle is wrapped, then dropped; the chain uses the
+  // non-extractable copy made by the verifying unwrap below.
+  const fresh = await crypto.subtle.generateKey(KEK_ALGORITHM, true, KEK_USAGES)
+  const iv = randomBytes(WRAP_IV_BYTES)
+  const sealed = new Uint8Array(
+    await crypto.subtle.wrapKey('raw', fresh, wrappingKey, { name: 'AES-GCM', iv, additionalData: aad }),
+  )
+  const kek = await crypto.subtle.unwrapKey(
+    'raw',
+    sealed,
+    wrappingKey,
+    { name: 'AES-GCM', iv, additionalData: aad },
+    KEK_ALGORITHM,
+    false,
+    KEK_USAGES,
+  )
+  return { kek, wrapped: concat(tag, iv, sealed) }
+}
+
+/** Inverse of sealNewKek, after the caller has checked and removed its tag. */
+export async function openSealedKek(wrappingKey: CryptoKey, body: Uint8Array, aad: Uint8Array): Promise<CryptoKey> {
+  if (body.length !== WRAP_IV_BYTES + 16 + 16 && body.length !== WRAP_IV_BYTES + 32 + 16) {
+    throw new RootKeyError('wrapped KEK has the wrong length for this root key')
+  }
+  try {
+    return await crypto.subtle.unwrapKey(
+      'raw',
+      body.subarray(WRAP_IV_BYTES),
+      wrappingKey,
+      { name: 'AES-GCM', iv: body.subarray(0, WRAP_IV_BYTES), additionalData: aad },
+      { name: 'AES-GCM' },
+      false,
+      KEK_USAGES,
+    )
+  } catch {
+    throw new RootKeyError('the root key could not unwrap this KEK: wrong root key, or the wrapped KEK was altered')
+  }
+}
+
+const AES_TAG = new Uint8Array([0x01])
+
+function webCryptoRootKey(kind: string, getKey: () => Promise<CryptoKey>): RootKey {
+  return {
+    kind,
+    async newKek(aad) {
+      return sealNewKek(await getKey(), aad, AES_TAG)
+    },
+    async unwrapKek(wrapped, aad) {
+      if (!(wrapped instanceof Uint8Array) || wrapped[0] !== AES_TAG[0]) {
+        throw new RootKeyError(`this KEK was not wrapped by an "${kind}" root key`)
+      }
+      return openSealedKek(await getKey(), wrapped.subarray(1), aad)
+    },
+    toString: () => `[RootKey ${kind}]`,
+    toJSON: () => ({ kind }),
+  } as RootKey
+}
+
+/**
+ * A root key that lives only in this process's memory: a non-extractable AES-256-GCM key made
+ * on first use. Data encrypted under it cannot be decrypted by any other process, ever.
+ */
+export function ephemeralRootKey(): RootKey {
+  let key: Promise<CryptoKey> | undefined
+  return webCryptoRootKey('ephemeral', () =>
+    (key ??= crypto.subtle.generateKey({ name: 'AES-GCM', length: 256 }, false, ['wrapKey', 'unwrapKey'])),
+  )
+}
+
+/**
+ * A root key from an AES key you hold: 16 or 32 raw bytes (imported non-extractable; zero your
+ * copy afterwards) or an AES-GCM `CryptoKey` with the usages wrapKey and unwrapKey.
+ */
+export function aesRootKey(keyOrBytes: CryptoKey | Uint8Array): RootKey {
+  let key: Promise<CryptoKey>
+  if (keyOrBytes instanceof Uint8Array) {
+    if (keyOrBytes.length !== 16 && keyOrBytes.length !== 32) {
+      throw new RangeError('aesRootKey: key bytes must be 16 or 32 bytes long')
+    }
+    key = crypto.subtle.importKey('raw', keyOrBytes, 'AES-GCM', false, ['wrapKey', 'unwrapKey'])
+    // importKey copies synchronously; a failure surfaces at first use as ERR_ROOT_KEY.
+    key.catch(() => {})
+  } else if (isCryptoKey(keyOrBytes)) {
+    const algorithm = keyOrBytes.algorithm as { name?: string }
+    if (algorithm.name !== 'AES-GCM') throw new TypeError('aesRootKey: the CryptoKey must be an AES-GCM key')
+    if (!keyOrBytes.usages.includes('wrapKey') || !keyOrBytes.usages.includes('unwrapKey')) {
+      throw new TypeError('aesRootKey: the CryptoKey needs the usages wrapKey and unwrapKey')
+    }
+    key = Promise.resolve(keyOrBytes)
+  } else {
+    throw new TypeError('aesRootKey: expected a CryptoKey or a Uint8Array')
+  }
+  return webCryptoRootKey('aes', async () => {
+    try {
+      return await key
+    } catch {
+      throw new RootKeyError('aesRootKey: the key could not be imported')
+    }
+  })
+}
+
+function isCryptoKey(value: unknown): value is CryptoKey {
+  return typeof CryptoKey !== 'undefined' ? value instanceof CryptoKey : Object.prototype.toString.call(value) === '[object CryptoKey]'
+}
