@@ -88,6 +88,8 @@ interface Primary {
 
 interface Prepared {
   readonly primary: Primary
+  /** KeyChain.#epoch when prepared; rotate() moves the epoch so older entries are dropped. */
+  readonly epoch: number
   readonly dek: CryptoKey
   /** header || iv1 || wrapped DEK */
   readonly prefix: Uint8Array
@@ -122,6 +124,7 @@ export class KeyChain {
   #refreshing: Promise<void> | undefined
   #pool: Prepared[] = []
   #filling = false
+  #epoch = 0
   /** A KEK this process created and persisted but could not yet make primary (CAS lost). */
   #spare: { id: number; createdAt: number; kek: CryptoKey; wrapped: Uint8Array } | undefined
   readonly #counts = {
@@ -236,6 +239,8 @@ export class KeyChain {
   async rotate(): Promise<{ id: number; createdAt: number }> {
     while (this.#refreshing) await this.#refreshing.catch(() => {})
     await this.#startRefresh(true)
+    this.#epoch++
+    this.#pool = []
     const p = this.#primary!
     return { id: p.id, createdAt: p.createdAt }
   }
@@ -280,16 +285,18 @@ export class KeyChain {
     return Date.now() - p.createdAt >= this.#maxAge
   }
 
+  /**
+   * The oldest prepared DEK that may still be used. Entries under a KEK that was rotated for
+   * usage stay valid (their uses were reserved within the limit); entries from before rotate()
+   * or under a KEK past its age are dropped, their uses counted as spent.
+   */
   #takePrepared(): Prepared | undefined {
     const pool = this.#pool
-    if (pool.length === 0) return undefined
-    const p = this.#primary
-    if (pool[0]!.primary !== p || p === undefined || this.#expired(p)) {
-      // Prepared under an older KEK: their uses were counted when reserved, so dropping is safe.
-      this.#pool = []
-      return undefined
+    while (pool.length > 0) {
+      const prepared = pool.shift()!
+      if (prepared.epoch === this.#epoch && !this.#expired(prepared.primary)) return prepared
     }
-    return pool.shift()
+    return undefined
   }
 
   /** Refills the pool off the caller's path. Failures are left for the next inline encrypt to report. */
@@ -308,7 +315,7 @@ export class KeyChain {
             batch.push(this.#prepare(p))
           }
           for (const prepared of await Promise.all(batch)) {
-            if (prepared.primary === this.#primary) this.#pool.push(prepared)
+            if (prepared.epoch === this.#epoch) this.#pool.push(prepared)
           }
         }
       } catch {
@@ -322,6 +329,7 @@ export class KeyChain {
 
   /** A fresh DEK wrapped under `p`. Three subtle calls in flight at once; DEK bytes zeroed. */
   async #prepare(p: Primary): Promise<Prepared> {
+    const epoch = this.#epoch
     const dekBytes = randomBytes(DEK_BYTES)
     const iv1 = randomBytes(IV_BYTES)
     // Both calls copy dekBytes before returning (WebCrypto: "get a copy of the bytes held by").
@@ -329,7 +337,7 @@ export class KeyChain {
     const wrapped = crypto.subtle.encrypt({ name: GCM, iv: iv1, additionalData: p.header }, p.kek, dekBytes)
     dekBytes.fill(0)
     const [key, wrap] = await Promise.all([dek, wrapped])
-    return { primary: p, dek: key, prefix: concat(p.header, iv1, new Uint8Array(wrap)) }
+    return { primary: p, epoch, dek: key, prefix: concat(p.header, iv1, new Uint8Array(wrap)) }
   }
 
   async #dekFor(parts: MessageParts): Promise<CryptoKey> {
@@ -501,7 +509,6 @@ export class KeyChain {
       next,
       end,
     }
-    this.#pool = []
   }
 
   /** A new KEK from the root key, durably in the store before anything uses it (invariant 2). */

@@ -1,0 +1,57 @@
+import { expect } from 'vitest'
+import { KmsProxyError, aesRootKey, type ErrorCode, type RootKey } from '../src/index.ts'
+
+export const ROOT_BYTES = Uint8Array.from({ length: 32 }, (_, i) => (i * 37 + 11) & 0xff)
+export const OTHER_ROOT_BYTES = Uint8Array.from({ length: 32 }, (_, i) => (i * 53 + 7) & 0xff)
+
+export interface CountingRootKey extends RootKey {
+  wraps: number
+  unwraps: number
+  keks: CryptoKey[]
+}
+
+/** Wraps a real root key and counts the calls that reach it (the cost the library cuts). */
+export function counting(inner: RootKey = aesRootKey(ROOT_BYTES)): CountingRootKey {
+  const root: CountingRootKey = {
+    kind: inner.kind,
+    wraps: 0,
+    unwraps: 0,
+    keks: [],
+    async newKek(aad) {
+      root.wraps++
+      const made = await inner.newKek(aad)
+      root.keks.push(made.kek)
+      return made
+    },
+    async unwrapKek(wrapped, aad) {
+      root.unwraps++
+      const kek = await inner.unwrapKek(wrapped, aad)
+      root.keks.push(kek)
+      return kek
+    },
+  }
+  return root
+}
+
+/** Resolves to the error a promise rejects with; fails the test if it resolves. */
+export async function rejection(promise: Promise<unknown>): Promise<unknown> {
+  try {
+    const value = await promise
+    expect.fail(`expected a rejection, got ${value instanceof Uint8Array ? `${value.length} bytes` : typeof value}`)
+  } catch (error) {
+    return error
+  }
+}
+
+export async function expectCode(promise: Promise<unknown>, code: ErrorCode): Promise<KmsProxyError> {
+  const error = await rejection(promise)
+  expect(error).toBeInstanceOf(KmsProxyError)
+  expect((error as KmsProxyError).code).toBe(code)
+  return error as KmsProxyError
+}
+
+export function kekIdOf(encrypted: Uint8Array): number {
+  return new DataView(encrypted.buffer, encrypted.byteOffset).getUint32(1)
+}
+
+export const text = (bytes: Uint8Array) => new TextDecoder().decode(bytes)
