@@ -11,7 +11,7 @@
  *   iv2 (12) || ciphertext || tag (16)
  */
 import { FormatError } from './errors.js'
-import { concat, fromBase64Url, toBase64Url, u32be } from './internal/bytes.js'
+import { asBytes, concat, fromBase64Url, toBase64Url, u32be, type Bytes } from './internal/bytes.js'
 
 export const FORMAT_VERSION = 0x01
 export const FLAG_EMBEDDED_KEK = 0x01
@@ -38,23 +38,23 @@ export interface Header {
   kekId: number
   flags: number
   /** The root-wrapped KEK carried inside the data (flag bit 0), else undefined. */
-  embeddedKek: Uint8Array | undefined
+  embeddedKek: Bytes | undefined
   /** Length of the header in bytes; `bytes.subarray(0, headerLength)` is the DEK wrap's AAD. */
   headerLength: number
 }
 
 export interface MessageParts extends Header {
-  header: Uint8Array
-  iv1: Uint8Array
-  wrappedDek: Uint8Array
+  header: Bytes
+  iv1: Bytes
+  wrappedDek: Bytes
   /** header || iv1 || wrapped DEK: everything the DEK's identity depends on (the DEK cache key). */
-  dekPrefix: Uint8Array
-  iv2: Uint8Array
+  dekPrefix: Bytes
+  iv2: Bytes
   /** Ciphertext followed by its 16-byte tag. */
-  sealed: Uint8Array
+  sealed: Bytes
 }
 
-export function encodeHeader(kekId: number, embeddedKek?: Uint8Array, stream = false): Uint8Array {
+export function encodeHeader(kekId: number, embeddedKek?: Uint8Array, stream = false): Bytes {
   if (!Number.isInteger(kekId) || kekId < 1 || kekId > 0xffffffff) throw new RangeError('kekId: must be a u32 other than 0')
   const flags = (embeddedKek ? FLAG_EMBEDDED_KEK : 0) | (stream ? FLAG_STREAM : 0)
   const fixed = concat(new Uint8Array([FORMAT_VERSION]), u32be(kekId), new Uint8Array([flags]))
@@ -67,8 +67,9 @@ export function encodeHeader(kekId: number, embeddedKek?: Uint8Array, stream = f
 }
 
 /** Reads the header only. Throws FormatError; never reads past `bytes`. */
-export function decodeHeader(bytes: Uint8Array): Header {
-  if (!(bytes instanceof Uint8Array)) throw new TypeError('encryptedData: expected a Uint8Array')
+export function decodeHeader(input: Uint8Array): Header {
+  if (!(input instanceof Uint8Array)) throw new TypeError('encryptedData: expected a Uint8Array')
+  const bytes = asBytes(input)
   if (bytes.length < FIXED_HEADER_BYTES) throw new FormatError('encrypted data is truncated')
   const version = bytes[0]!
   if (version !== FORMAT_VERSION) throw new FormatError(`unsupported format version ${version}`)
@@ -77,7 +78,7 @@ export function decodeHeader(bytes: Uint8Array): Header {
   const flags = bytes[5]!
   if ((flags & ~KNOWN_FLAGS) !== 0) throw new FormatError('unknown flags are set')
   let headerLength = FIXED_HEADER_BYTES
-  let embeddedKek: Uint8Array | undefined
+  let embeddedKek: Bytes | undefined
   if (flags & FLAG_EMBEDDED_KEK) {
     if (bytes.length < headerLength + 2) throw new FormatError('encrypted data is truncated')
     const len = (bytes[headerLength]! << 8) | bytes[headerLength + 1]!
@@ -91,8 +92,9 @@ export function decodeHeader(bytes: Uint8Array): Header {
 }
 
 /** Splits a single-message encrypted data into its parts. Pure; throws FormatError. */
-export function decodeMessage(bytes: Uint8Array): MessageParts {
-  const h = decodeHeader(bytes)
+export function decodeMessage(input: Uint8Array): MessageParts {
+  const h = decodeHeader(input)
+  const bytes = asBytes(input)
   if (h.flags & FLAG_STREAM) throw new FormatError('this is stream encrypted data; it needs a stream decryptor')
   const minimum = h.headerLength + IV_BYTES + WRAPPED_DEK_BYTES + IV_BYTES + TAG_BYTES
   if (bytes.length < minimum) throw new FormatError('encrypted data is truncated')
@@ -113,7 +115,7 @@ export function decodeMessage(bytes: Uint8Array): MessageParts {
 }
 
 /** AAD of the payload: version, kind 0x00 (one message), then the caller's associated data. */
-export function payloadAad(associatedData: Uint8Array | undefined): Uint8Array {
+export function payloadAad(associatedData: Uint8Array | undefined): Bytes {
   const prefix = new Uint8Array([FORMAT_VERSION, 0x00])
   return associatedData && associatedData.length > 0 ? concat(prefix, associatedData) : prefix
 }
@@ -124,7 +126,7 @@ const KEK_AAD_LABEL = new TextEncoder().encode('kms-proxy/kek/v1\0')
  * AAD the root key binds to a wrapped KEK: a label, the KEK id, then the chain name (last, so
  * the encoding is unambiguous). A KEK record moved to another chain or id fails to unwrap.
  */
-export function kekAad(chainName: string, kekId: number): Uint8Array {
+export function kekAad(chainName: string, kekId: number): Bytes {
   return concat(KEK_AAD_LABEL, u32be(kekId), new TextEncoder().encode(chainName))
 }
 
@@ -132,7 +134,7 @@ export function toText(bytes: Uint8Array): string {
   return TEXT_PREFIX + toBase64Url(bytes)
 }
 
-export function fromText(text: string): Uint8Array {
+export function fromText(text: string): Bytes {
   if (typeof text !== 'string') throw new TypeError('encryptedText: expected a string')
   if (!text.startsWith(TEXT_PREFIX)) throw new FormatError('not kms-proxy text (expected the kp1. prefix)')
   const bytes = fromBase64Url(text.slice(TEXT_PREFIX.length))

@@ -20,7 +20,7 @@ import {
   toText,
   type MessageParts,
 } from './format.js'
-import { bytesKey, concat, equalBytes, fromUtf8, utf8 } from './internal/bytes.js'
+import { asBytes, bytesKey, concat, equalBytes, fromUtf8, utf8, type Bytes } from './internal/bytes.js'
 import { Lru } from './internal/lru.js'
 import { randomBytes, randomU32 } from './internal/random.js'
 import { ephemeralRootKey, type RootKey } from './root-key.js'
@@ -81,7 +81,7 @@ interface Primary {
   readonly createdAt: number
   readonly kek: CryptoKey
   /** Header of data under this KEK: the DEK wrap's AAD. */
-  readonly header: Uint8Array
+  readonly header: Bytes
   next: number
   end: number
 }
@@ -555,9 +555,9 @@ function assertKek(kek: unknown): asserts kek is CryptoKey {
   if (k.extractable) throw new RootKeyError('the root key returned an extractable KEK; KEKs must stay inside WebCrypto')
 }
 
-function bytesArgument(name: string, value: Uint8Array | string): Uint8Array {
+function bytesArgument(name: string, value: Uint8Array | string): Bytes {
   if (typeof value === 'string') return utf8(value)
-  if (value instanceof Uint8Array) return value
+  if (value instanceof Uint8Array) return asBytes(value)
   throw new TypeError(`${name}: expected a Uint8Array or a string`)
 }
 

@@ -3,7 +3,7 @@
  * a stored KEK once per process; these calls are the cost the library exists to cut.
  */
 import { RootKeyError } from './errors.js'
-import { concat } from './internal/bytes.js'
+import { asBytes, concat } from './internal/bytes.js'
 import { randomBytes } from './internal/random.js'
 
 export interface NewKek {
@@ -34,7 +34,8 @@ const WRAP_IV_BYTES = 12
  * For roots that hold a WebCrypto AES-GCM wrapping key: makes a KEK inside WebCrypto and seals it.
  * Output: `tag || iv (12) || AES-GCM(wrappingKey, iv, kek, aad)`.
  */
-export async function sealNewKek(wrappingKey: CryptoKey, aad: Uint8Array, tag: Uint8Array): Promise<NewKek> {
+export async function sealNewKek(wrappingKey: CryptoKey, aadView: Uint8Array, tag: Uint8Array): Promise<NewKek> {
+  const aad = asBytes(aadView)
   // extractable: true only because subtle.wrapKey refuses a non-extractable key. The raw bytes
   // never reach JavaScript: this handle is wrapped, then dropped; the chain uses the
   // non-extractable copy made by the verifying unwrap below.
@@ -56,7 +57,8 @@ export async function sealNewKek(wrappingKey: CryptoKey, aad: Uint8Array, tag: U
 }
 
 /** Inverse of sealNewKek, after the caller has checked and removed its tag. */
-export async function openSealedKek(wrappingKey: CryptoKey, body: Uint8Array, aad: Uint8Array): Promise<CryptoKey> {
+export async function openSealedKek(wrappingKey: CryptoKey, bodyView: Uint8Array, aadView: Uint8Array): Promise<CryptoKey> {
+  const [body, aad] = [asBytes(bodyView), asBytes(aadView)]
   if (body.length !== WRAP_IV_BYTES + 16 + 16 && body.length !== WRAP_IV_BYTES + 32 + 16) {
     throw new RootKeyError('wrapped KEK has the wrong length for this root key')
   }
@@ -115,7 +117,7 @@ export function aesRootKey(keyOrBytes: CryptoKey | Uint8Array): RootKey {
     if (keyOrBytes.length !== 16 && keyOrBytes.length !== 32) {
       throw new RangeError('aesRootKey: key bytes must be 16 or 32 bytes long')
     }
-    key = crypto.subtle.importKey('raw', keyOrBytes, 'AES-GCM', false, ['wrapKey', 'unwrapKey'])
+    key = crypto.subtle.importKey('raw', asBytes(keyOrBytes), 'AES-GCM', false, ['wrapKey', 'unwrapKey'])
     // importKey copies synchronously; a failure surfaces at first use as ERR_ROOT_KEY.
     key.catch(() => {})
   } else if (isCryptoKey(keyOrBytes)) {

@@ -35,9 +35,9 @@ export interface PassphraseRootKeyOptions {
 export function passphraseRootKey(options: PassphraseRootKeyOptions): RootKey {
   if (typeof options !== 'object' || options === null) throw new TypeError('options: expected an object')
   const { passphrase } = options
-  let secret: Uint8Array
+  let secret: Uint8Array<ArrayBuffer>
   if (typeof passphrase === 'string') secret = new TextEncoder().encode(passphrase)
-  else if (passphrase instanceof Uint8Array) secret = passphrase.slice()
+  else if (passphrase instanceof Uint8Array) secret = new Uint8Array(passphrase)
   else throw new TypeError('passphrase: expected a string or a Uint8Array')
   if (secret.length === 0) throw new RangeError('passphrase: must not be empty')
   const iterations = options.iterations ?? DEFAULT_ITERATIONS
@@ -50,9 +50,9 @@ export function passphraseRootKey(options: PassphraseRootKeyOptions): RootKey {
   secret.fill(0) // importKey copied it
   base.catch(() => {})
   const derived = new Map<string, Promise<CryptoKey>>()
-  let activeSalt: Uint8Array | undefined = options.salt?.slice()
+  let activeSalt: Uint8Array<ArrayBuffer> | undefined = options.salt ? new Uint8Array(options.salt) : undefined
 
-  const wrappingKey = (salt: Uint8Array, rounds: number): Promise<CryptoKey> => {
+  const wrappingKey = (salt: Uint8Array<ArrayBuffer>, rounds: number): Promise<CryptoKey> => {
     const cacheKey = `${rounds}:${hex(salt)}`
     let key = derived.get(cacheKey)
     if (!key) {
@@ -89,7 +89,7 @@ export function passphraseRootKey(options: PassphraseRootKeyOptions): RootKey {
       const rounds = new DataView(wrapped.buffer, wrapped.byteOffset, wrapped.byteLength).getUint32(1)
       checkIterations(rounds, RootKeyError)
       if (wrapped[5] !== SALT_BYTES) throw new RootKeyError('wrapped KEK has an unsupported salt length')
-      const salt = wrapped.slice(6, FIXED)
+      const salt = new Uint8Array(wrapped.subarray(6, FIXED))
       try {
         const kek = await openSealedKek(await wrappingKey(salt, rounds), wrapped.subarray(FIXED), aad)
         activeSalt ??= salt

@@ -1,7 +1,15 @@
+/** Bytes backed by a plain ArrayBuffer: what WebCrypto's BufferSource accepts. */
+export type Bytes = Uint8Array<ArrayBuffer>
+
+/** Typed view of caller input; a SharedArrayBuffer view is refused by WebCrypto itself at run time. */
+export function asBytes(view: Uint8Array): Bytes {
+  return view as Bytes
+}
+
 const encoder = new TextEncoder()
 const decoder = new TextDecoder('utf-8', { fatal: true })
 
-export function utf8(text: string): Uint8Array {
+export function utf8(text: string): Bytes {
   return encoder.encode(text)
 }
 
@@ -9,7 +17,7 @@ export function fromUtf8(bytes: Uint8Array): string {
   return decoder.decode(bytes)
 }
 
-export function concat(...parts: Uint8Array[]): Uint8Array {
+export function concat(...parts: Uint8Array[]): Bytes {
   let length = 0
   for (const p of parts) length += p.length
   const out = new Uint8Array(length)
@@ -21,7 +29,7 @@ export function concat(...parts: Uint8Array[]): Uint8Array {
   return out
 }
 
-export function u32be(value: number): Uint8Array {
+export function u32be(value: number): Bytes {
   const out = new Uint8Array(4)
   new DataView(out.buffer).setUint32(0, value >>> 0)
   return out
@@ -69,7 +77,7 @@ export function toBase64Url(bytes: Uint8Array): string {
 }
 
 /** Strict base64url without padding; returns undefined on any invalid character or length. */
-export function fromBase64Url(text: string): Uint8Array | undefined {
+export function fromBase64Url(text: string): Bytes | undefined {
   if (text.length % 4 === 1) return undefined
   const out = new Uint8Array(Math.floor((text.length * 3) / 4))
   let o = 0

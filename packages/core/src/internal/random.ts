@@ -4,11 +4,11 @@
  */
 let override: ((n: number) => Uint8Array) | undefined
 
-export function randomBytes(n: number): Uint8Array {
+export function randomBytes(n: number): Uint8Array<ArrayBuffer> {
   if (override !== undefined) {
     const bytes = override(n)
     if (bytes.length !== n) throw new Error(`random override returned ${bytes.length} bytes, wanted ${n}`)
-    return bytes
+    return bytes as Uint8Array<ArrayBuffer>
   }
   return crypto.getRandomValues(new Uint8Array(n))
 }
