@@ -43,6 +43,13 @@ export interface KeyChainOptions {
   dekPoolSize?: number
   /** Uses of the primary KEK reserved per store write. Default maxWrapsPerKek / 64, between 1 and 65,536. */
   leaseSize?: number
+  /**
+   * Whether decryption may send a KEK embedded in the data to the root key. Default: true with
+   * an embedding store, false otherwise, so that a chain on a shared store looks KEKs up only in
+   * its store and invented embedded KEKs cannot make it call the root key. Turn it on to read
+   * data written with the embedded store (for example, to rewrap it into a shared store).
+   */
+  acceptEmbeddedKeks?: boolean
 }
 
 export interface EncryptOptions {
@@ -116,6 +123,7 @@ export class KeyChain {
   readonly #maxAge: number
   readonly #leaseSize: number
   readonly #poolSize: number
+  readonly #acceptEmbedded: boolean
   readonly #dekCache: Lru<string, Promise<CryptoKey>>
   /** Unwrapped KEKs by id (stored) or id + wrapped bytes (embedded). Failed promises are removed. */
   readonly #keks = new Map<string, Promise<CryptoKey>>()
@@ -137,7 +145,7 @@ export class KeyChain {
     dekCacheMisses: 0,
   }
 
-  private constructor(options: Required<Omit<KeyChainOptions, 'leaseSize'>> & { leaseSize: number }) {
+  private constructor(options: Required<KeyChainOptions>) {
     this.name = options.name
     this.#root = options.rootKey
     this.#store = options.store
@@ -145,6 +153,7 @@ export class KeyChain {
     this.#maxAge = options.maxKekAgeMs
     this.#leaseSize = options.leaseSize
     this.#poolSize = options.dekPoolSize
+    this.#acceptEmbedded = options.acceptEmbeddedKeks
     this.#dekCache = new Lru(options.dekCacheSize)
   }
 
@@ -180,7 +189,9 @@ export class KeyChain {
     const dekPoolSize = integerOption('dekPoolSize', options.dekPoolSize, 16, 0, 1024)
     const leaseDefault = Math.max(1, Math.min(65536, Math.floor(maxWrapsPerKek / 64)))
     const leaseSize = integerOption('leaseSize', options.leaseSize, leaseDefault, 1, HARD_MAX_WRAPS)
-    const chain = new KeyChain({ rootKey, store, name, maxWrapsPerKek, maxKekAgeMs, dekCacheSize, dekPoolSize, leaseSize })
+    const acceptEmbeddedKeks = options.acceptEmbeddedKeks ?? store.embedsKeks === true
+    if (typeof acceptEmbeddedKeks !== 'boolean') throw new TypeError('acceptEmbeddedKeks: expected a boolean')
+    const chain = new KeyChain({ rootKey, store, name, maxWrapsPerKek, maxKekAgeMs, dekCacheSize, dekPoolSize, leaseSize, acceptEmbeddedKeks })
     await chain.#storeCall('read the chain head', () => store.getHead(name))
     return chain
   }
@@ -363,7 +374,9 @@ export class KeyChain {
     // Own copy: the caller's buffer may change while we wait for the KEK.
     const prefix = parts.dekPrefix.slice()
     const h = parts.headerLength
-    const embedded = parts.embeddedKek && prefix.subarray(h - parts.embeddedKek.length, h)
+    // Without acceptEmbeddedKeks the embedded KEK is still authenticated (it is in the header,
+    // the DEK wrap's AAD) but never sent to the root key: the KEK comes from the store by id.
+    const embedded = this.#acceptEmbedded && parts.embeddedKek ? prefix.subarray(h - parts.embeddedKek.length, h) : undefined
     const kek = await this.#kekFor(parts.kekId, embedded)
     try {
       return await crypto.subtle.unwrapKey(

@@ -77,16 +77,18 @@ export async function openSealedKek(wrappingKey: CryptoKey, bodyView: Uint8Array
   }
 }
 
-const AES_TAG = new Uint8Array([0x01])
+/** First byte of a wrapped KEK, per root kind, so that a KEK offered to the wrong kind of root says so. */
+const TAGS = { aes: 0x01, ephemeral: 0x02 } as const
 
-function webCryptoRootKey(kind: string, getKey: () => Promise<CryptoKey>): RootKey {
+function webCryptoRootKey(kind: keyof typeof TAGS, getKey: () => Promise<CryptoKey>): RootKey {
+  const tag = new Uint8Array([TAGS[kind]])
   return {
     kind,
     async newKek(aad) {
-      return sealNewKek(await getKey(), aad, AES_TAG)
+      return sealNewKek(await getKey(), aad, tag)
     },
     async unwrapKek(wrapped, aad) {
-      if (!(wrapped instanceof Uint8Array) || wrapped[0] !== AES_TAG[0]) {
+      if (!(wrapped instanceof Uint8Array) || wrapped[0] !== tag[0]) {
         throw new RootKeyError(`this KEK was not wrapped by an "${kind}" root key`)
       }
       return openSealedKek(await getKey(), wrapped.subarray(1), aad)

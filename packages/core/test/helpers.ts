@@ -35,12 +35,13 @@ export function counting(inner: RootKey = aesRootKey(ROOT_BYTES)): CountingRootK
 
 /** Resolves to the error a promise rejects with; fails the test if it resolves. */
 export async function rejection(promise: Promise<unknown>): Promise<unknown> {
+  let value: unknown
   try {
-    const value = await promise
-    expect.fail(`expected a rejection, got ${value instanceof Uint8Array ? `${value.length} bytes` : typeof value}`)
+    value = await promise
   } catch (error) {
     return error
   }
+  return expect.fail(`expected a rejection, got ${value instanceof Uint8Array ? `${value.length} bytes` : typeof value}`)
 }
 
 export async function expectCode(promise: Promise<unknown>, code: ErrorCode): Promise<KmsProxyError> {

@@ -186,3 +186,27 @@ describe('rewrap', () => {
     await expectCode(chain.rewrap(bad), 'ERR_DECRYPT')
   })
 })
+
+describe('embedded KEKs seen by a chain on a shared store', () => {
+  it('are not sent to the root key unless acceptEmbeddedKeks is on; then rewrap migrates the data', async () => {
+    const writer = await KeyChain.open({ rootKey: aesRootKey(ROOT_BYTES) })
+    const embedded = await Promise.all(Array.from({ length: 20 }, (_, i) => writer.encrypt(`m${i}`)))
+    const rootKey = counting()
+    const store = memoryStore()
+    const strict = await KeyChain.open({ rootKey, store })
+    for (const e of embedded) await expectCode(strict.decrypt(e), 'ERR_UNKNOWN_KEK')
+    // Invented embedded KEKs cost nothing either.
+    const forged = embedded[0]!.slice()
+    forged[20]! ^= 1
+    await expectCode(strict.decrypt(forged), 'ERR_UNKNOWN_KEK')
+    expect(rootKey.unwraps).toBe(0)
+
+    const migrator = await KeyChain.open({ rootKey, store, acceptEmbeddedKeks: true })
+    const moved = []
+    for (const e of embedded) moved.push(await migrator.rewrap(e))
+    expect(rootKey.unwraps).toBe(1)
+    expect(moved.every((m) => m[5] === 0)).toBe(true)
+    for (const [i, m] of moved.entries()) expect(text(await strict.decrypt(m))).toBe(`m${i}`)
+    await expect(KeyChain.open({ acceptEmbeddedKeks: 'yes' as never })).rejects.toBeInstanceOf(TypeError)
+  })
+})
