@@ -22,7 +22,7 @@ import {
 } from './format.js'
 import { asBytes, bytesKey, concat, equalBytes, fromUtf8, utf8, type Bytes } from './internal/bytes.js'
 import { Lru } from './internal/lru.js'
-import { randomBytes, randomU32 } from './internal/random.js'
+import { randomBytes, randomPublicBytes, randomU32 } from './internal/random.js'
 import { ephemeralRootKey, type RootKey } from './root-key.js'
 import { embeddedStore, type ChainHead, type KeyStore, type KekRecord, type Versioned } from './store.js'
 
@@ -109,6 +109,7 @@ interface KekEntry {
 }
 
 const GCM = 'AES-GCM'
+const GCM_ALGORITHM = { name: GCM }
 
 /**
  * A key chain: KEKs wrapped by a root key, one primary, rotated by usage and age.
@@ -204,7 +205,7 @@ export class KeyChain {
     if (plaintext.length > MAX_PLAINTEXT_BYTES) throw new LimitError('data is larger than AES-GCM allows for one message')
     const prepared = this.#takePrepared() ?? (await this.#prepare(await this.#acquire()))
     this.#fill()
-    const iv2 = randomBytes(IV_BYTES)
+    const iv2 = randomPublicBytes(IV_BYTES)
     const sealed = await crypto.subtle.encrypt({ name: GCM, iv: iv2, additionalData: aad }, prepared.dek, plaintext)
     this.#counts.encryptions++
     return concat(prepared.prefix, iv2, new Uint8Array(sealed))
@@ -267,7 +268,7 @@ export class KeyChain {
     if (current && !this.#expired(current) && equalBytes(parts.header, current.header)) return encryptedData.slice()
     const dek = await this.#unwrapDek(parts, true)
     const p = await this.#acquire()
-    const iv1 = randomBytes(IV_BYTES)
+    const iv1 = randomPublicBytes(IV_BYTES)
     const wrapped = await crypto.subtle.wrapKey('raw', dek, p.kek, { name: GCM, iv: iv1, additionalData: p.header })
     return concat(p.header, iv1, new Uint8Array(wrapped), parts.iv2, parts.sealed)
   }
@@ -312,7 +313,8 @@ export class KeyChain {
 
   /** Refills the pool off the caller's path. Failures are left for the next inline encrypt to report. */
   #fill(): void {
-    if (this.#filling || this.#poolSize === 0 || this.#pool.length >= this.#poolSize) return
+    // Refill in batches once half the pool is used: fewer, larger bursts of subtle calls.
+    if (this.#filling || this.#poolSize === 0 || this.#pool.length > this.#poolSize >> 1) return
     this.#filling = true
     void (async () => {
       try {
@@ -342,9 +344,9 @@ export class KeyChain {
   async #prepare(p: Primary): Promise<Prepared> {
     const epoch = this.#epoch
     const dekBytes = randomBytes(DEK_BYTES)
-    const iv1 = randomBytes(IV_BYTES)
+    const iv1 = randomPublicBytes(IV_BYTES)
     // Both calls copy dekBytes before returning (WebCrypto: "get a copy of the bytes held by").
-    const dek = crypto.subtle.importKey('raw', dekBytes, GCM, false, ['encrypt'])
+    const dek = crypto.subtle.importKey('raw', dekBytes, GCM_ALGORITHM, false, ['encrypt'])
     const wrapped = crypto.subtle.encrypt({ name: GCM, iv: iv1, additionalData: p.header }, p.kek, dekBytes)
     dekBytes.fill(0)
     const [key, wrap] = await Promise.all([dek, wrapped])

@@ -13,6 +13,26 @@ export function randomBytes(n: number): Uint8Array<ArrayBuffer> {
   return crypto.getRandomValues(new Uint8Array(n))
 }
 
+const IV_POOL_BYTES = 4096
+let ivPool: Uint8Array<ArrayBuffer> | undefined
+let ivOffset = IV_POOL_BYTES
+
+/**
+ * Random bytes for public values (IVs): drawn from a buffer refilled 4 KiB at a time, because one
+ * `getRandomValues` call costs about as much as a small AES-GCM call in Node. Never used for key
+ * bytes: a DEK's bytes come from their own `getRandomValues` call, so no future key sits in memory.
+ */
+export function randomPublicBytes(n: number): Uint8Array<ArrayBuffer> {
+  if (override !== undefined || n > 64) return randomBytes(n)
+  if (ivPool === undefined || ivOffset + n > IV_POOL_BYTES) {
+    ivPool = crypto.getRandomValues(new Uint8Array(IV_POOL_BYTES))
+    ivOffset = 0
+  }
+  const out = ivPool.slice(ivOffset, ivOffset + n)
+  ivOffset += n
+  return out
+}
+
 /** A random u32 in [1, 2^32 - 1]: KEK ids. 0 is reserved for "none". */
 export function randomU32(): number {
   for (;;) {
