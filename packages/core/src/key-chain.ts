@@ -203,7 +203,7 @@ export class KeyChain {
     const plaintext = bytesArgument('data', data)
     const aad = payloadAad(associatedDataOf(options))
     if (plaintext.length > MAX_PLAINTEXT_BYTES) throw new LimitError('data is larger than AES-GCM allows for one message')
-    const prepared = this.#takePrepared() ?? (await this.#prepare(await this.#acquire()))
+    const prepared = this.#takePrepared() ?? (await this.#prepare(await this.#acquire(), 1))[0]!
     this.#fill()
     const iv2 = randomPublicBytes(IV_BYTES)
     const sealed = await crypto.subtle.encrypt({ name: GCM, iv: iv2, additionalData: aad }, prepared.dek, plaintext)
@@ -265,7 +265,10 @@ export class KeyChain {
     if (!(encryptedData instanceof Uint8Array)) throw new TypeError('encryptedData: expected a Uint8Array')
     const parts = decodeMessage(encryptedData)
     const current = this.#primary
-    if (current && !this.#expired(current) && equalBytes(parts.header, current.header)) return encryptedData.slice()
+    if (current && !this.#expired(current) && equalBytes(parts.header, current.header)) {
+      await this.#dekFor(parts) // authenticates the header and the wrapped DEK, as a real rewrap would
+      return encryptedData.slice()
+    }
     const dek = await this.#unwrapDek(parts, true)
     const p = await this.#acquire()
     const iv1 = randomPublicBytes(IV_BYTES)
@@ -311,46 +314,56 @@ export class KeyChain {
     return undefined
   }
 
-  /** Refills the pool off the caller's path. Failures are left for the next inline encrypt to report. */
+  /**
+   * Schedules a refill once half the pool is used. A macrotask, not a microtask: the refill's
+   * burst of subtle calls must never sit between a caller's encrypt and its result.
+   */
   #fill(): void {
-    // Refill in batches once half the pool is used: fewer, larger bursts of subtle calls.
     if (this.#filling || this.#poolSize === 0 || this.#pool.length > this.#poolSize >> 1) return
     this.#filling = true
-    void (async () => {
-      try {
-        while (this.#pool.length < this.#poolSize) {
-          const p = await this.#acquire()
-          const n = Math.min(this.#poolSize - this.#pool.length, p.end - p.next + 1)
-          const batch: Promise<Prepared>[] = [this.#prepare(p)]
-          for (let i = 1; i < n && p.next < p.end; i++) {
-            p.next++
-            this.#entries.get(p.id)!.wraps++
-            batch.push(this.#prepare(p))
-          }
-          for (const prepared of await Promise.all(batch)) {
-            if (prepared.epoch === this.#epoch) this.#pool.push(prepared)
-          }
-        }
-      } catch {
-        // Nothing to do: the next encrypt that finds the pool empty runs the same steps inline
-        // and reports the error to its caller.
-      } finally {
-        this.#filling = false
-      }
-    })()
+    const timer = setTimeout(() => void this.#refill(), 0) as unknown as { unref?: () => void }
+    timer.unref?.() // Node, Bun, Deno: a pending refill never keeps the process alive
   }
 
-  /** A fresh DEK wrapped under `p`. Three subtle calls in flight at once; DEK bytes zeroed. */
-  async #prepare(p: Primary): Promise<Prepared> {
+  /** Failures are left for the next inline encrypt, which runs the same steps and reports them. */
+  async #refill(): Promise<void> {
+    try {
+      while (this.#pool.length < this.#poolSize) {
+        const p = await this.#acquire()
+        let n = 1
+        for (const want = this.#poolSize - this.#pool.length; n < want && p.next < p.end; n++) p.next++
+        this.#entries.get(p.id)!.wraps += n - 1
+        for (const prepared of await this.#prepare(p, n)) {
+          if (prepared.epoch === this.#epoch) this.#pool.push(prepared)
+        }
+      }
+    } catch {
+      // See above.
+    } finally {
+      this.#filling = false
+    }
+  }
+
+  /**
+   * `n` fresh DEKs wrapped under `p`, whose uses the caller reserved. Their bytes come from one
+   * `getRandomValues` call and are zeroed before this function yields: WebCrypto's importKey and
+   * encrypt copy their input before returning ("get a copy of the bytes held by").
+   */
+  #prepare(p: Primary, n: number): Promise<Prepared[]> {
     const epoch = this.#epoch
-    const dekBytes = randomBytes(DEK_BYTES)
-    const iv1 = randomPublicBytes(IV_BYTES)
-    // Both calls copy dekBytes before returning (WebCrypto: "get a copy of the bytes held by").
-    const dek = crypto.subtle.importKey('raw', dekBytes, GCM_ALGORITHM, false, ['encrypt'])
-    const wrapped = crypto.subtle.encrypt({ name: GCM, iv: iv1, additionalData: p.header }, p.kek, dekBytes)
-    dekBytes.fill(0)
-    const [key, wrap] = await Promise.all([dek, wrapped])
-    return { primary: p, epoch, dek: key, prefix: concat(p.header, iv1, new Uint8Array(wrap)) }
+    const keyBytes = randomBytes(DEK_BYTES * n)
+    const pending: Promise<Prepared>[] = []
+    for (let i = 0; i < n; i++) {
+      const dekBytes = keyBytes.subarray(i * DEK_BYTES, (i + 1) * DEK_BYTES)
+      const iv1 = randomPublicBytes(IV_BYTES)
+      const dek = crypto.subtle.importKey('raw', dekBytes, GCM_ALGORITHM, false, ['encrypt'])
+      const wrapped = crypto.subtle.encrypt({ name: GCM, iv: iv1, additionalData: p.header }, p.kek, dekBytes)
+      pending.push(
+        Promise.all([dek, wrapped]).then(([key, wrap]) => ({ primary: p, epoch, dek: key, prefix: concat(p.header, iv1, new Uint8Array(wrap)) })),
+      )
+    }
+    keyBytes.fill(0)
+    return Promise.all(pending)
   }
 
   async #dekFor(parts: MessageParts): Promise<CryptoKey> {

@@ -20,7 +20,8 @@ let ivOffset = IV_POOL_BYTES
 /**
  * Random bytes for public values (IVs): drawn from a buffer refilled 4 KiB at a time, because one
  * `getRandomValues` call costs about as much as a small AES-GCM call in Node. Never used for key
- * bytes: a DEK's bytes come from their own `getRandomValues` call, so no future key sits in memory.
+ * bytes: DEK bytes are drawn (randomBytes) by the function that imports and wraps them, and
+ * zeroed before it yields, so no future key ever waits in a buffer.
  */
 export function randomPublicBytes(n: number): Uint8Array<ArrayBuffer> {
   if (override !== undefined || n > 64) return randomBytes(n)
