@@ -3,7 +3,7 @@
 import { KeyChain, memoryStore } from '@kms-proxy/core'
 import { passphraseRootKey } from '@kms-proxy/passphrase'
 
-const RECORDS = Number(process.env.DEMO_RECORDS ?? 100_000)
+const RECORDS = Number(process.env.DEMO_RECORDS ?? 50_000)
 const passphrase = process.env.KMS_PROXY_PASSPHRASE ?? 'demo passphrase: set KMS_PROXY_PASSPHRASE'
 
 function record(i) {
