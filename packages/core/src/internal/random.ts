@@ -1,5 +1,5 @@
 /**
- * The one place randomness comes from. `crypto.getRandomValues`, never `Math.random`.
+ * The one place randomness comes from: `crypto.getRandomValues`, the platform CSPRNG, only.
  * The override exists only for the known-answer vectors; it is not exported from the package.
  */
 let override: ((n: number) => Uint8Array) | undefined
