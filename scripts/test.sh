@@ -4,6 +4,13 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh || { echo "0 passed, 1 failed"; exit 1; }
+# The e2e suite drives Debian's Chromium (Playwright's own browser download cannot work here).
+if ! command -v "${CHROMIUM_PATH:-/usr/bin/chromium}" >/dev/null 2>&1; then
+  echo "test: installing chromium from Debian"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium; } >/dev/null \
+    || echo "test: could not install chromium; the e2e suite will report it"
+fi
 
 mkdir -p .tmp
 passed=0
@@ -20,6 +27,17 @@ if [ -f .tmp/vitest.json ]; then
   read -r p f < <(node -e 'const r=require("./.tmp/vitest.json"); const skipped = r.numPendingTests + r.numTodoTests; if (skipped) console.error(`${skipped} skipped or todo tests: counted as failed`); console.log(r.numPassedTests, r.numFailedTests + skipped)')
   passed=$((passed + p)); failed=$((failed + f))
   [ "$f" -eq 0 ] || status=1
+else
+  failed=$((failed + 1)); status=1
+fi
+
+# Suite 3: the conformance suite on Node, Deno, Bun, workerd (twice) and Chromium, the interop
+# matrix and the packaging checks.
+rm -f .tmp/e2e.json
+pnpm --silent test:e2e || status=1
+if [ -f .tmp/e2e.json ]; then
+  read -r p f < <(node -e 'const r=require("./.tmp/e2e.json"); console.log(r.passed, r.failed)')
+  passed=$((passed + p)); failed=$((failed + f))
 else
   failed=$((failed + 1)); status=1
 fi

@@ -76,7 +76,3 @@ export type AnyKmsProxyError =
   | RootKeyError
   | StoreError
   | LimitError
-
-export function isKmsProxyError(value: unknown): value is KmsProxyError {
-  return value instanceof KmsProxyError
-}

@@ -95,7 +95,7 @@ export function decodeHeader(input: Uint8Array): Header {
 export function decodeMessage(input: Uint8Array): MessageParts {
   const h = decodeHeader(input)
   const bytes = asBytes(input)
-  if (h.flags & FLAG_STREAM) throw new FormatError('this is stream encrypted data; it needs a stream decryptor')
+  if (h.flags & FLAG_STREAM) throw new FormatError('stream data needs a stream decryptor')
   const minimum = h.headerLength + IV_BYTES + WRAPPED_DEK_BYTES + IV_BYTES + TAG_BYTES
   if (bytes.length < minimum) throw new FormatError('encrypted data is truncated')
   const o = h.headerLength

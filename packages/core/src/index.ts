@@ -9,7 +9,6 @@ export {
   StoreError,
   LimitError,
   ERROR_CODES,
-  isKmsProxyError,
 } from './errors.js'
 export type { ErrorCode, AnyKmsProxyError, KmsProxyErrorOptions } from './errors.js'
 export { memoryStore, embeddedStore } from './store.js'

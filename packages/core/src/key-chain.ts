@@ -239,7 +239,7 @@ export class KeyChain {
     try {
       return fromUtf8(plaintext)
     } catch {
-      throw new FormatError('the decrypted data is not UTF-8 text; use decrypt() for bytes')
+      throw new FormatError('the plaintext is not UTF-8; use decrypt() for bytes')
     } finally {
       plaintext.fill(0)
     }
@@ -423,7 +423,7 @@ export class KeyChain {
       let wrapped = embedded
       if (!wrapped) {
         const found = record ?? (await this.#storeCall('read a KEK', () => this.#store.getKek(this.name, id)))
-        if (!found) throw new UnknownKekError('this data was encrypted under a KEK that this key chain does not know')
+        if (!found) throw new UnknownKekError('unknown KEK: not cached, embedded or in the store')
         this.#remember(found.id, found.createdAt)
         wrapped = found.wrapped
       }
@@ -504,7 +504,7 @@ export class KeyChain {
         return
       }
     }
-    throw new StoreError('the chain head kept changing under compare-and-swap; gave up', { retryable: true })
+    throw new StoreError('too much contention on the chain head; gave up', { retryable: true })
   }
 
   async #leaseFrom(head: Versioned<ChainHead>, h: ChainHead): Promise<boolean> {
@@ -554,7 +554,7 @@ export class KeyChain {
       assertKek(made.kek)
       if (!(made.wrapped instanceof Uint8Array) || made.wrapped.length === 0) throw new RootKeyError('the root key returned an empty wrapped KEK')
       if (this.#store.embedsKeks && made.wrapped.length > MAX_EMBEDDED_KEK_BYTES) {
-        throw new LimitError(`the root key's wrapped KEK is ${made.wrapped.length} bytes; an embedded KEK may be at most ${MAX_EMBEDDED_KEK_BYTES}`)
+        throw new LimitError(`a wrapped KEK of ${made.wrapped.length} bytes is too large to embed (max ${MAX_EMBEDDED_KEK_BYTES})`)
       }
       const record: KekRecord = { id, createdAt: Date.now(), rootKind: this.#root.kind, wrapped: made.wrapped }
       if (await this.#storeCall('write a KEK', () => this.#store.putKekIfAbsent(this.name, record))) {
@@ -579,8 +579,8 @@ export class KeyChain {
 
 function assertKek(kek: unknown): asserts kek is CryptoKey {
   const k = kek as CryptoKey | undefined
-  if (!k || typeof k !== 'object' || k.type !== 'secret') throw new RootKeyError('the root key returned something that is not a secret CryptoKey')
-  if (k.extractable) throw new RootKeyError('the root key returned an extractable KEK; KEKs must stay inside WebCrypto')
+  if (!k || typeof k !== 'object' || k.type !== 'secret') throw new RootKeyError('the root key returned no secret CryptoKey')
+  if (k.extractable) throw new RootKeyError('the root key returned an extractable KEK')
 }
 
 function bytesArgument(name: string, value: Uint8Array | string): Bytes {

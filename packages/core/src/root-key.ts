@@ -60,7 +60,7 @@ export async function sealNewKek(wrappingKey: CryptoKey, aadView: Uint8Array, ta
 export async function openSealedKek(wrappingKey: CryptoKey, bodyView: Uint8Array, aadView: Uint8Array): Promise<CryptoKey> {
   const [body, aad] = [asBytes(bodyView), asBytes(aadView)]
   if (body.length !== WRAP_IV_BYTES + 16 + 16 && body.length !== WRAP_IV_BYTES + 32 + 16) {
-    throw new RootKeyError('wrapped KEK has the wrong length for this root key')
+    throw new RootKeyError('wrapped KEK has the wrong length')
   }
   try {
     return await crypto.subtle.unwrapKey(
@@ -122,7 +122,7 @@ export function aesRootKey(keyOrBytes: CryptoKey | Uint8Array): RootKey {
     key = crypto.subtle.importKey('raw', asBytes(keyOrBytes), 'AES-GCM', false, ['wrapKey', 'unwrapKey'])
     // importKey copies synchronously; a failure surfaces at first use as ERR_ROOT_KEY.
     key.catch(() => {})
-  } else if (isCryptoKey(keyOrBytes)) {
+  } else if (keyOrBytes instanceof CryptoKey) {
     const algorithm = keyOrBytes.algorithm as { name?: string }
     if (algorithm.name !== 'AES-GCM') throw new TypeError('aesRootKey: the CryptoKey must be an AES-GCM key')
     if (!keyOrBytes.usages.includes('wrapKey') || !keyOrBytes.usages.includes('unwrapKey')) {
@@ -139,8 +139,4 @@ export function aesRootKey(keyOrBytes: CryptoKey | Uint8Array): RootKey {
       throw new RootKeyError('aesRootKey: the key could not be imported')
     }
   })
-}
-
-function isCryptoKey(value: unknown): value is CryptoKey {
-  return typeof CryptoKey !== 'undefined' ? value instanceof CryptoKey : Object.prototype.toString.call(value) === '[object CryptoKey]'
 }

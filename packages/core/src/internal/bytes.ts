@@ -51,63 +51,22 @@ export function bytesKey(bytes: Uint8Array): string {
   return out
 }
 
-const B64URL = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
-const B64URL_INDEX = (() => {
-  const table = new Int16Array(128).fill(-1)
-  for (let i = 0; i < B64URL.length; i++) table[B64URL.charCodeAt(i)] = i
-  return table
-})()
-
 export function toBase64Url(bytes: Uint8Array): string {
-  let out = ''
-  let i = 0
-  for (; i + 2 < bytes.length; i += 3) {
-    const n = (bytes[i]! << 16) | (bytes[i + 1]! << 8) | bytes[i + 2]!
-    out += B64URL[n >> 18]! + B64URL[(n >> 12) & 63]! + B64URL[(n >> 6) & 63]! + B64URL[n & 63]!
+  let binary = ''
+  for (let i = 0; i < bytes.length; i += 0x8000) {
+    binary += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000) as unknown as number[])
   }
-  const rest = bytes.length - i
-  if (rest === 1) {
-    const n = bytes[i]! << 16
-    out += B64URL[n >> 18]! + B64URL[(n >> 12) & 63]!
-  } else if (rest === 2) {
-    const n = (bytes[i]! << 16) | (bytes[i + 1]! << 8)
-    out += B64URL[n >> 18]! + B64URL[(n >> 12) & 63]! + B64URL[(n >> 6) & 63]!
-  }
-  return out
+  return btoa(binary).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '')
 }
 
-/** Strict base64url without padding; returns undefined on any invalid character or length. */
+/**
+ * Strict base64url without padding; undefined for any other character, a length of 4k+1, or
+ * nonzero leftover bits, so that each byte string has exactly one text form.
+ */
 export function fromBase64Url(text: string): Bytes | undefined {
-  if (text.length % 4 === 1) return undefined
-  const out = new Uint8Array(Math.floor((text.length * 3) / 4))
-  let o = 0
-  let acc = 0
-  let bits = 0
-  for (let i = 0; i < text.length; i++) {
-    const c = text.charCodeAt(i)
-    const v = c < 128 ? B64URL_INDEX[c]! : -1
-    if (v < 0) return undefined
-    acc = (acc << 6) | v
-    bits += 6
-    if (bits >= 8) {
-      bits -= 8
-      out[o++] = (acc >> bits) & 0xff
-    }
-  }
-  // Leftover bits must be zero, so that each byte string has exactly one text form.
-  if (bits > 0 && (acc & ((1 << bits) - 1)) !== 0) return undefined
-  return out
-}
-
-export function toHex(bytes: Uint8Array): string {
-  let out = ''
-  for (const b of bytes) out += b.toString(16).padStart(2, '0')
-  return out
-}
-
-export function fromHex(hex: string): Uint8Array {
-  if (hex.length % 2 !== 0 || /[^0-9a-f]/i.test(hex)) throw new TypeError('hex: not a hex string')
-  const out = new Uint8Array(hex.length / 2)
-  for (let i = 0; i < out.length; i++) out[i] = parseInt(hex.slice(2 * i, 2 * i + 2), 16)
-  return out
+  if (!/^[A-Za-z0-9_-]*$/.test(text) || text.length % 4 === 1) return undefined
+  const binary = atob(text.replace(/-/g, '+').replace(/_/g, '/'))
+  const out = new Uint8Array(binary.length)
+  for (let i = 0; i < binary.length; i++) out[i] = binary.charCodeAt(i)
+  return toBase64Url(out) === text ? out : undefined
 }

@@ -1,0 +1,311 @@
+// The conformance suite: `(t, lib, env) => void`. `lib` is { core, passphrase } as loaded from
+// the built packages; `env` is { runtime, vectors }. Nothing here imports a runtime API:
+// only Web APIs that every target has (crypto, TextEncoder, Promise).
+
+export const hex = {
+  decode(s) {
+    const out = new Uint8Array(s.length / 2)
+    for (let i = 0; i < out.length; i++) out[i] = parseInt(s.slice(2 * i, 2 * i + 2), 16)
+    return out
+  },
+  encode(b) {
+    let s = ''
+    for (const x of b) s += x.toString(16).padStart(2, '0')
+    return s
+  },
+}
+const utf8 = (s) => new TextEncoder().encode(s)
+const text = (b) => new TextDecoder().decode(b)
+const kekIdOf = (e) => ((e[1] << 24) | (e[2] << 16) | (e[3] << 8) | e[4]) >>> 0
+const ROOT = Uint8Array.from({ length: 32 }, (_, i) => (i * 37 + 11) & 0xff)
+const OTHER_ROOT = Uint8Array.from({ length: 32 }, (_, i) => (i * 53 + 7) & 0xff)
+
+/** A root key that counts the calls that reach it and keeps every KEK it hands out. */
+function counting(inner) {
+  const root = {
+    kind: inner.kind,
+    wraps: 0,
+    unwraps: 0,
+    keks: [],
+    async newKek(aad) {
+      root.wraps++
+      const made = await inner.newKek(aad)
+      root.keks.push(made.kek)
+      return made
+    },
+    async unwrapKek(wrapped, aad) {
+      root.unwraps++
+      const kek = await inner.unwrapKek(wrapped, aad)
+      root.keks.push(kek)
+      return kek
+    },
+  }
+  return root
+}
+
+function pattern(size) {
+  const out = new Uint8Array(size)
+  for (let i = 0; i < size; i++) out[i] = (i * 131 + (i >> 8)) & 0xff
+  return out
+}
+
+export function conformance(t, lib, env) {
+  const { core, passphrase } = lib
+  const { KeyChain, KmsProxyError, aesRootKey, memoryStore, embeddedStore } = core
+
+  const isCode = (code) => (error) => {
+    t.ok(error instanceof KmsProxyError, `expected a KmsProxyError, got ${error?.name}: ${error?.message}`)
+    t.equal(error.code, code, 'error code:')
+  }
+  const isKmsProxyError = (error) => t.ok(error instanceof KmsProxyError, `expected a KmsProxyError, got ${error?.name}: ${error?.message}`)
+
+  // ------------------------------------------------------------------ frozen vectors
+
+  const cases = env.vectors
+  async function chainFor(c) {
+    const store = c.mode === 'stored' ? memoryStore() : embeddedStore()
+    if (c.mode === 'stored') {
+      await store.putKekIfAbsent(c.chain, { id: c.kekId, createdAt: Date.now(), rootKind: 'aes', wrapped: hex.decode(c.wrappedKek) })
+    }
+    return KeyChain.open({ rootKey: aesRootKey(hex.decode(c.rootKey)), store, name: c.chain })
+  }
+
+  t.test(`vectors: ${cases.filter((c) => c.kind === 'positive').length} positive cases decrypt to the expected plaintext`, async () => {
+    for (const c of cases.filter((c) => c.kind === 'positive')) {
+      const chain = await chainFor(c)
+      const ad = { associatedData: hex.decode(c.associatedData) }
+      t.bytesEqual(await chain.decrypt(hex.decode(c.encrypted), ad), hex.decode(c.plaintext), c.name)
+      const parts = core.decodeMessage(hex.decode(c.encrypted))
+      t.equal(parts.kekId, c.kekId, `${c.name} kekId`)
+      if (c.text) t.equal(await chain.decryptText(c.text, ad), text(hex.decode(c.plaintext)), `${c.name} text`)
+    }
+  })
+
+  t.test(`vectors: ${cases.filter((c) => c.kind === 'negative').length} negative cases fail with their expected code`, async () => {
+    for (const c of cases.filter((c) => c.kind === 'negative')) {
+      const chain = await chainFor(c)
+      const ad = { associatedData: hex.decode(c.associatedData) }
+      const attempt = c.text !== undefined ? chain.decryptText(c.text, ad) : chain.decrypt(hex.decode(c.encrypted), ad)
+      const error = await t.rejects(attempt, undefined, c.name)
+      t.ok(error instanceof KmsProxyError, `${c.name}: not a KmsProxyError: ${error?.message}`)
+      t.equal(error.code, c.expectedError, `${c.name}:`)
+    }
+  })
+
+  // ------------------------------------------------------------------ round trips, text form
+
+  for (const [label, makeStore] of [
+    ['memory store', memoryStore],
+    ['embedded store', embeddedStore],
+  ]) {
+    t.test(`round trips (${label}): 0 B, 1 B, 1 KiB, 64 KiB + 7, 1 MiB and 30 random sizes with associated data`, async () => {
+      const chain = await KeyChain.open({ rootKey: aesRootKey(ROOT), store: makeStore() })
+      const sizes = [0, 1, 1024, 65536 + 7, 1 << 20]
+      const r = crypto.getRandomValues(new Uint16Array(30))
+      for (const x of r) sizes.push(x % 5000)
+      for (const size of sizes) {
+        const plaintext = pattern(size)
+        const ad = { associatedData: `row ${size}` }
+        const encrypted = await chain.encrypt(plaintext, ad)
+        t.equal(encrypted.length, size + core.OVERHEAD_BYTES + (makeStore === embeddedStore ? 2 + 45 : 0), `size ${size}:`)
+        t.bytesEqual(await chain.decrypt(encrypted, ad), plaintext, `size ${size}`)
+      }
+    })
+
+    t.test(`every single-byte flip and every truncation is a KmsProxyError (${label})`, async () => {
+      const store = makeStore()
+      const writer = await KeyChain.open({ rootKey: aesRootKey(ROOT), store })
+      const encrypted = await writer.encrypt('attack at dawn', { associatedData: 'ad' })
+      const cold = await KeyChain.open({ rootKey: aesRootKey(ROOT), store, dekCacheSize: 0 })
+      for (let i = 0; i < encrypted.length; i++) {
+        const flipped = encrypted.slice()
+        flipped[i] ^= 0x01
+        for (const chain of [writer, cold]) await t.rejects(chain.decrypt(flipped, { associatedData: 'ad' }), isKmsProxyError, `flip at ${i}`)
+      }
+      for (let n = 0; n < encrypted.length; n++) await t.rejects(cold.decrypt(encrypted.subarray(0, n), { associatedData: 'ad' }), isKmsProxyError, `truncation to ${n}`)
+      await t.rejects(writer.decrypt(encrypted, { associatedData: 'other' }), isCode('ERR_DECRYPT'))
+      t.equal(text(await writer.decrypt(encrypted, { associatedData: 'ad' })), 'attack at dawn')
+    })
+  }
+
+  t.test('text form: kp1. + base64url, survives JSON; malformed text is ERR_FORMAT', async () => {
+    const chain = await KeyChain.open()
+    const s = 'grüße, 世界, 🔑'
+    const encryptedText = await chain.encryptText(s, { associatedData: 'k' })
+    t.ok(/^kp1\.[A-Za-z0-9_-]+$/.test(encryptedText), 'text form shape')
+    t.equal(await chain.decryptText(JSON.parse(JSON.stringify(encryptedText)), { associatedData: 'k' }), s)
+    await t.rejects(chain.decryptText('kp2.' + encryptedText.slice(4)), isCode('ERR_FORMAT'))
+    await t.rejects(chain.decryptText(encryptedText + '='), isCode('ERR_FORMAT'))
+  })
+
+  t.test('wrong argument types are TypeError, bad options RangeError', async () => {
+    const chain = await KeyChain.open()
+    await t.rejects(chain.encrypt(42), (e) => t.ok(e instanceof TypeError, 'TypeError'))
+    await t.rejects(chain.decrypt('kp1.x'), (e) => t.ok(e instanceof TypeError, 'TypeError'))
+    await t.rejects(KeyChain.open({ maxWrapsPerKek: 2 ** 32 + 1 }), (e) => t.ok(e instanceof RangeError, 'RangeError'))
+  })
+
+  // ------------------------------------------------------------------ keys stay inside WebCrypto
+
+  t.test('every KEK and every DEK is non-extractable: exportKey rejects', async () => {
+    const rootKey = counting(aesRootKey(ROOT))
+    const store = memoryStore()
+    const subtle = crypto.subtle
+    const seen = []
+    const originalUnwrap = subtle.unwrapKey
+    const originalImport = subtle.importKey
+    // Watch every key the library makes through crypto.subtle, then give the originals back.
+    subtle.unwrapKey = function (...args) {
+      const p = originalUnwrap.apply(this, args)
+      seen.push(p)
+      return p
+    }
+    subtle.importKey = function (...args) {
+      const p = originalImport.apply(this, args)
+      seen.push(p)
+      return p
+    }
+    try {
+      t.ok(subtle.unwrapKey !== originalUnwrap, 'crypto.subtle could not be watched on this runtime')
+      const writer = await KeyChain.open({ rootKey, store, maxWrapsPerKek: 4 })
+      const encrypted = []
+      for (let i = 0; i < 10; i++) encrypted.push(await writer.encrypt(`m${i}`))
+      const reader = await KeyChain.open({ rootKey, store })
+      for (const e of encrypted) await reader.decrypt(e)
+    } finally {
+      subtle.unwrapKey = originalUnwrap
+      subtle.importKey = originalImport
+      if (Object.prototype.hasOwnProperty.call(subtle, 'unwrapKey')) delete subtle.unwrapKey
+      if (Object.prototype.hasOwnProperty.call(subtle, 'importKey')) delete subtle.importKey
+    }
+    const keys = [...rootKey.keks, ...(await Promise.all(seen))].filter((k) => k && k.type === 'secret' && k.algorithm.name === 'AES-GCM')
+    t.ok(rootKey.keks.length >= 3 && keys.length >= 20, `too few keys seen: ${keys.length}`)
+    for (const key of keys) {
+      t.equal(key.extractable, false, 'extractable')
+      await t.rejects(crypto.subtle.exportKey('raw', key), undefined, 'exportKey raw')
+      await t.rejects(crypto.subtle.exportKey('jwk', key), undefined, 'exportKey jwk')
+    }
+  })
+
+  // ------------------------------------------------------------------ rotation, root-key cost, rewrap
+
+  t.test('after the first wrap, 2,000 encryptions make 0 root-key calls', async () => {
+    const rootKey = counting(aesRootKey(ROOT))
+    const chain = await KeyChain.open({ rootKey, store: memoryStore() })
+    await chain.encrypt('first')
+    for (let i = 0; i < 2000; i++) await chain.encrypt('x')
+    t.equal(rootKey.wraps + rootKey.unwraps, 1, 'root-key calls:')
+  })
+
+  t.test('rotation happens exactly when due; 100 concurrent encrypts at the limit rotate once; old data decrypts', async () => {
+    const rootKey = counting(aesRootKey(ROOT))
+    const store = memoryStore()
+    const chain = await KeyChain.open({ rootKey, store, maxWrapsPerKek: 100, dekPoolSize: 0 })
+    const all = []
+    for (let i = 0; i < 100; i++) all.push(await chain.encrypt(`a${i}`))
+    t.equal(new Set(all.map(kekIdOf)).size, 1, 'KEKs for the first 100:')
+    const burst = await Promise.all(Array.from({ length: 100 }, (_, i) => chain.encrypt(`b${i}`)))
+    t.equal(new Set(burst.map(kekIdOf)).size, 1, 'KEKs for the burst:')
+    t.ok(kekIdOf(burst[0]) !== kekIdOf(all[0]), 'the burst is under a new KEK')
+    t.equal(rootKey.wraps, 2, 'root wraps:')
+    for (let i = 0; i < 500; i++) all.push(await chain.encrypt(`c${i}`))
+    const reader = await KeyChain.open({ rootKey: aesRootKey(ROOT), store })
+    for (const e of [...all, ...burst]) await reader.decrypt(e)
+    t.equal(chain.stats().rotations, 7, 'rotations:')
+  })
+
+  t.test('rotate() and rewrap(): DEK moved to the primary, payload bytes untouched', async () => {
+    for (const store of [memoryStore(), embeddedStore()]) {
+      const chain = await KeyChain.open({ rootKey: aesRootKey(ROOT), store })
+      const old = await chain.encrypt('payload', { associatedData: 'ad' })
+      const { id } = await chain.rotate()
+      const moved = await chain.rewrap(old)
+      t.equal(kekIdOf(moved), id, 'rewrapped KEK id:')
+      t.bytesEqual(moved.subarray(moved.length - 7 - 16 - 12), old.subarray(old.length - 7 - 16 - 12), 'iv2 and payload')
+      t.equal(text(await chain.decrypt(moved, { associatedData: 'ad' })), 'payload')
+    }
+  })
+
+  t.test('embedded store: a new chain on the same root key decrypts with one unwrap; another root key cannot', async () => {
+    const writer = await KeyChain.open({ rootKey: aesRootKey(ROOT) })
+    const encrypted = await Promise.all(Array.from({ length: 50 }, (_, i) => writer.encrypt(`m${i}`)))
+    const rootKey = counting(aesRootKey(ROOT))
+    const reader = await KeyChain.open({ rootKey })
+    const plaintexts = await Promise.all(encrypted.map((e) => reader.decrypt(e)))
+    t.equal(text(plaintexts[49]), 'm49')
+    t.equal(rootKey.unwraps, 1, 'root unwraps:')
+    const wrong = await KeyChain.open({ rootKey: aesRootKey(OTHER_ROOT) })
+    await t.rejects(wrong.decrypt(encrypted[0]), isCode('ERR_ROOT_KEY'))
+  })
+
+  t.test('no key bytes or plaintext in errors, String(chain) or JSON.stringify(chain)', async () => {
+    const chain = await KeyChain.open({ rootKey: aesRootKey(ROOT) })
+    const encrypted = await chain.encrypt('SECRET-PLAINTEXT')
+    const flipped = encrypted.slice()
+    flipped[flipped.length - 1] ^= 1
+    const error = await t.rejects(chain.decrypt(flipped))
+    const outputs = [String(error), error.message, JSON.stringify(error), String(chain), JSON.stringify(chain)]
+    for (const out of outputs) {
+      t.ok(!out.includes('SECRET'), 'plaintext leaked')
+      t.ok(!out.includes(hex.encode(ROOT)), 'root key leaked')
+    }
+  })
+
+  // ------------------------------------------------------------------ passphrase root key
+
+  t.test('passphrase root key: round trip, reopen with the passphrase alone, wrong passphrase is ERR_ROOT_KEY', async () => {
+    const { passphraseRootKey } = passphrase
+    const chain = await KeyChain.open({ rootKey: passphraseRootKey({ passphrase: 'correct horse', iterations: 10_000 }) })
+    const encrypted = await chain.encrypt('diary')
+    const reopened = await KeyChain.open({ rootKey: passphraseRootKey({ passphrase: 'correct horse', iterations: 10_000 }) })
+    t.equal(text(await reopened.decrypt(encrypted)), 'diary')
+    const wrong = await KeyChain.open({ rootKey: passphraseRootKey({ passphrase: 'battery staple', iterations: 10_000 }) })
+    const error = await t.rejects(wrong.decrypt(encrypted), isCode('ERR_ROOT_KEY'))
+    t.ok(/wrong passphrase/.test(error.message), `message: ${error.message}`)
+  })
+
+  t.test(`passphrase root key at the default ${passphrase.DEFAULT_ITERATIONS.toLocaleString('en')} iterations`, async () => {
+    const { passphraseRootKey } = passphrase
+    const chain = await KeyChain.open({ rootKey: passphraseRootKey({ passphrase: 'pw' }) })
+    const encrypted = await chain.encrypt('x')
+    t.equal((encrypted[9] << 24) | (encrypted[10] << 16) | (encrypted[11] << 8) | encrypted[12], 600_000, 'iterations in the wrapped KEK:')
+    t.equal(text(await chain.decrypt(encrypted)), 'x')
+  })
+}
+
+// ------------------------------------------------------------------ interop matrix
+
+export const INTEROP_PASSPHRASE = 'interop: same bytes everywhere'
+export const INTEROP_ITERATIONS = 100_000
+
+/** Encrypted data made on this runtime: passphrase root key, embedded store. */
+export async function produce(lib, runtime) {
+  const chain = await lib.core.KeyChain.open({
+    rootKey: lib.passphrase.passphraseRootKey({ passphrase: INTEROP_PASSPHRASE, iterations: INTEROP_ITERATIONS }),
+  })
+  const plaintext = `made on ${runtime}`
+  return {
+    runtime,
+    plaintext,
+    encrypted: hex.encode(await chain.encrypt(plaintext, { associatedData: 'interop' })),
+    text: await chain.encryptText(plaintext, { associatedData: 'interop-text' }),
+  }
+}
+
+/** Decrypts each producer's data; returns { from, ok, error? } per producer. */
+export async function consume(lib, items) {
+  const chain = await lib.core.KeyChain.open({
+    rootKey: lib.passphrase.passphraseRootKey({ passphrase: INTEROP_PASSPHRASE, iterations: INTEROP_ITERATIONS }),
+  })
+  const out = []
+  for (const item of items) {
+    try {
+      const a = new TextDecoder().decode(await chain.decrypt(hex.decode(item.encrypted), { associatedData: 'interop' }))
+      const b = await chain.decryptText(item.text, { associatedData: 'interop-text' })
+      out.push({ from: item.runtime, ok: a === item.plaintext && b === item.plaintext })
+    } catch (error) {
+      out.push({ from: item.runtime, ok: false, error: `${error?.code ?? error?.name}: ${error?.message}` })
+    }
+  }
+  return out
+}
