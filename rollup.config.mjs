@@ -23,18 +23,20 @@ function externalFor(dir) {
 export default packages.flatMap((name) => {
   const dir = `packages/${name}`
   const external = externalFor(dir)
+  // A package may bring its own tsconfig (the Node-only ones add Node's types).
+  const tsconfig = existsSync(`${dir}/tsconfig.json`) ? `${dir}/tsconfig.json` : 'tsconfig.base.json'
   return [
     {
       input: `${dir}/src/index.ts`,
       output: { file: `${dir}/dist/index.js`, format: 'es', sourcemap: true },
       external,
-      plugins: [esbuild({ target: 'es2022', tsconfig: 'tsconfig.base.json' })],
+      plugins: [esbuild({ target: 'es2022', tsconfig })],
     },
     {
       input: `${dir}/src/index.ts`,
       output: { file: `${dir}/dist/index.d.ts`, format: 'es' },
       external,
-      plugins: [dts({ tsconfig: 'tsconfig.base.json' })],
+      plugins: [dts({ tsconfig })],
     },
   ]
 })

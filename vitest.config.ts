@@ -9,6 +9,11 @@ export default defineConfig({
     alias: {
       '@kms-proxy/core': src('core'),
       '@kms-proxy/passphrase': src('passphrase'),
+      '@kms-proxy/testkit': src('testkit'),
+      '@kms-proxy/file': src('file'),
+      '@kms-proxy/etcd': src('etcd'),
+      '@kms-proxy/kv': src('kv'),
+      '@kms-proxy/indexeddb': src('indexeddb'),
     },
   },
   test: {

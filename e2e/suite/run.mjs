@@ -1,4 +1,4 @@
-import { createHarness } from '../harness.mjs'
+import { createHarness } from '@kms-proxy/testkit'
 import { conformance, consume, produce } from './conformance.mjs'
 
 /**
@@ -9,7 +9,7 @@ export async function runSuite(lib, input) {
   const out = { runtime: input.runtime }
   if (input.suite) {
     const h = createHarness()
-    conformance(h.t, lib, input.env)
+    conformance(h, lib, input.env)
     out.results = await h.run()
   }
   if (input.produce) out.produced = await produce(lib, input.runtime)

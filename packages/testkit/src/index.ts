@@ -1,0 +1,252 @@
+/**
+ * Contract suites that need no test runner. `describeStore(t, options)` registers the tests that
+ * every KeyStore must pass on a harness `t`; the same suite runs under vitest (pass vitest's `it`
+ * to createHarness) or inside Deno, workerd and Chromium (collect, then `run()`).
+ */
+import { KeyChain, KmsProxyError, aesRootKey, type KeyStore, type KekRecord } from '@kms-proxy/core'
+
+export class AssertionError extends Error {}
+
+export interface TestResult {
+  name: string
+  ok: boolean
+  ms: number
+  error?: string
+}
+
+export interface Harness {
+  test(name: string, fn: () => Promise<void> | void): void
+  ok(value: unknown, message?: string): void
+  equal<T>(actual: T, expected: T, message?: string): void
+  bytesEqual(actual: Uint8Array, expected: Uint8Array, message?: string): void
+  /** Awaits a rejection and returns the error; `check(error)` may assert more. */
+  rejects(promise: Promise<unknown> | (() => Promise<unknown>), check?: (error: unknown) => void, message?: string): Promise<unknown>
+}
+
+/**
+ * A harness. With `register` (vitest's `it`, node:test's `test`) tests go to that runner;
+ * without, they are collected and `run()` runs them one after another.
+ */
+export function createHarness(register?: (name: string, fn: () => Promise<void>) => void): Harness & { run(): Promise<TestResult[]> } {
+  const tests: Array<{ name: string; fn: () => Promise<void> | void }> = []
+  const t = {
+    test(name: string, fn: () => Promise<void> | void) {
+      if (register) register(name, async () => void (await fn()))
+      else tests.push({ name, fn })
+    },
+    ok(value: unknown, message = 'expected a truthy value') {
+      if (!value) throw new AssertionError(message)
+    },
+    equal<T>(actual: T, expected: T, message = '') {
+      if (actual !== expected) throw new AssertionError(`${message} expected ${show(expected)}, got ${show(actual)}`.trim())
+    },
+    bytesEqual(actual: Uint8Array, expected: Uint8Array, message = '') {
+      if (!(actual instanceof Uint8Array)) throw new AssertionError(`${message} expected bytes, got ${show(actual)}`.trim())
+      if (actual.length !== expected.length) throw new AssertionError(`${message} lengths differ: ${actual.length} vs ${expected.length}`.trim())
+      for (let i = 0; i < actual.length; i++) {
+        if (actual[i] !== expected[i]) throw new AssertionError(`${message} bytes differ at ${i}`.trim())
+      }
+    },
+    async rejects(promise: Promise<unknown> | (() => Promise<unknown>), check?: (error: unknown) => void, message = 'expected a rejection') {
+      let value: unknown
+      try {
+        value = await (typeof promise === 'function' ? promise() : promise)
+      } catch (error) {
+        check?.(error)
+        return error
+      }
+      throw new AssertionError(`${message}; it resolved to ${show(value)}`)
+    },
+    async run(): Promise<TestResult[]> {
+      const results: TestResult[] = []
+      for (const { name, fn } of tests) {
+        const started = Date.now()
+        try {
+          await fn()
+          results.push({ name, ok: true, ms: Date.now() - started })
+        } catch (error) {
+          const e = error as Error | undefined
+          results.push({ name, ok: false, ms: Date.now() - started, error: `${e?.name ?? 'Error'}: ${e?.message ?? String(error)}` })
+        }
+      }
+      return results
+    },
+  }
+  return t
+}
+
+function show(value: unknown): string {
+  if (value instanceof Uint8Array) return `Uint8Array(${value.length})`
+  if (typeof value === 'string') return JSON.stringify(value.length > 80 ? value.slice(0, 80) + '…' : value)
+  try {
+    return JSON.stringify(value) ?? String(value)
+  } catch {
+    return String(value)
+  }
+}
+
+// ------------------------------------------------------------------------------------ stores
+
+export interface StoreUnderTest {
+  /** A handle on a fresh, empty backing (its own namespace, prefix or database). */
+  store: KeyStore
+  /**
+   * Another handle on the same backing, as another process would open it (a new connection or
+   * client; the same object only where the store lives in one process, like memoryStore).
+   */
+  another(): Promise<KeyStore> | KeyStore
+  /** Cleans up; optional. */
+  close?(): Promise<void> | void
+}
+
+export interface DescribeStoreOptions {
+  /** Shown in test names. */
+  name: string
+  /** Called once per test. */
+  open(): Promise<StoreUnderTest>
+  /** How many chains rotate at once in the concurrency tests. Default 4. */
+  concurrency?: number
+}
+
+const ROOT = Uint8Array.from({ length: 32 }, (_, i) => (i * 29 + 3) & 0xff)
+const kekIdOf = (e: Uint8Array) => ((e[1]! << 24) | (e[2]! << 16) | (e[3]! << 8) | e[4]!) >>> 0
+const text = (b: Uint8Array) => new TextDecoder().decode(b)
+
+function record(id: number, fill: number): KekRecord {
+  return { id, createdAt: 1_700_000_000_000 + id, rootKind: 'aes', wrapped: new Uint8Array(45).fill(fill) }
+}
+
+/** A store that fails one operation on demand, to test what a failure leaves behind. */
+function failing(inner: KeyStore, fail: { put?: boolean; cas?: boolean }): KeyStore {
+  return {
+    atomic: inner.atomic,
+    embedsKeks: inner.embedsKeks,
+    getHead: (c) => inner.getHead(c),
+    getKek: (c, id) => inner.getKek(c, id),
+    listKeks: (c) => inner.listKeks(c),
+    casHead: (c, e, n) => (fail.cas ? Promise.reject(new Error('injected head failure')) : inner.casHead(c, e, n)),
+    putKekIfAbsent: (c, r) => (fail.put ? Promise.reject(new Error('injected KEK write failure')) : inner.putKekIfAbsent(c, r)),
+  }
+}
+
+/**
+ * The contract every KeyStore passes. Stores that say `atomic: false` (Workers KV) are held to
+ * what they promise instead: nothing lost, every KEK used is stored; usage limits are not
+ * checked across handles for them.
+ */
+export function describeStore(t: Harness, options: DescribeStoreOptions): void {
+  const n = options.concurrency ?? 4
+  const test = (name: string, fn: (s: StoreUnderTest) => Promise<void>) =>
+    t.test(`${options.name}: ${name}`, async () => {
+      const s = await options.open()
+      try {
+        await fn(s)
+      } finally {
+        await s.close?.()
+      }
+    })
+
+  test('put-if-absent never overwrites a KEK record; records read back byte for byte', async ({ store, another }) => {
+    t.equal(await store.putKekIfAbsent('c', record(7, 0xaa)), true, 'first put:')
+    t.equal(await store.putKekIfAbsent('c', record(7, 0xbb)), false, 'second put of id 7:')
+    const other = await another()
+    t.equal(await other.putKekIfAbsent('c', record(7, 0xcc)), false, 'put of id 7 from another handle:')
+    const back = await other.getKek('c', 7)
+    t.ok(back !== undefined, 'record 7 missing')
+    t.bytesEqual(back!.wrapped, new Uint8Array(45).fill(0xaa), 'wrapped bytes')
+    t.equal(back!.createdAt, record(7, 0).createdAt, 'createdAt:')
+    t.equal(back!.rootKind, 'aes', 'rootKind:')
+    t.equal(await store.getKek('c', 8), undefined, 'absent id:')
+    t.equal(await store.getKek('other-chain', 7), undefined, 'chains are separate:')
+    await store.putKekIfAbsent('c', record(9, 0x09))
+    const ids = (await store.listKeks('c')).map((r) => r.id).sort((a, b) => a - b)
+    t.equal(ids.join(','), '7,9', 'listKeks:')
+  })
+
+  test('the head changes only by compare-and-swap on its version', async ({ store, another }) => {
+    t.equal(await store.getHead('c'), undefined, 'no head yet:')
+    const h1 = { primary: 1, primaryCreatedAt: 10, leased: 0 }
+    t.equal(await store.casHead('c', undefined, h1), true, 'create:')
+    const other = await another()
+    t.equal(await other.casHead('c', undefined, { ...h1, leased: 99 }), false, 'create again from another handle:')
+    const v1 = (await other.getHead('c'))!
+    t.equal(v1.value.leased, 0, 'leased after create:')
+    t.equal(await store.casHead('c', v1.version, { ...h1, leased: 5 }), true, 'swap at v1:')
+    if (store.atomic) t.equal(await other.casHead('c', v1.version, { ...h1, leased: 6 }), false, 'stale swap at v1:')
+    const v2 = (await store.getHead('c'))!
+    t.equal(v2.value.leased, 5, 'leased after swap:')
+    t.ok(v2.version !== v1.version, 'the version changed')
+  })
+
+  test('a chain reopened from the store decrypts all old data', async ({ store, another }) => {
+    const chain = await KeyChain.open({ rootKey: aesRootKey(ROOT), store, maxWrapsPerKek: 10 })
+    const encrypted: Uint8Array[] = []
+    for (let i = 0; i < 45; i++) encrypted.push(await chain.encrypt(`m${i}`))
+    t.ok(new Set(encrypted.map(kekIdOf)).size >= 5, 'expected at least 5 KEKs')
+    const reopened = await KeyChain.open({ rootKey: aesRootKey(ROOT), store: await another(), maxWrapsPerKek: 10 })
+    for (const [i, e] of encrypted.entries()) t.equal(text(await reopened.decrypt(e)), `m${i}`)
+  })
+
+  test('a store failure in the middle of a rotation never leaves data under an unpersisted KEK', async ({ store, another }) => {
+    for (const fail of [{ put: true }, { cas: true }]) {
+      const chain = await KeyChain.open({ rootKey: aesRootKey(ROOT), store: failing(store, fail), name: `f${fail.put ? 'put' : 'cas'}` })
+      await t.rejects(chain.encrypt('x'), (e) => t.ok(e instanceof KmsProxyError && e.code === 'ERR_STORE', `expected ERR_STORE, got ${String(e)}`))
+    }
+    // What the failed KEK write left: nothing. What the failed head write left: a stored KEK, no head.
+    const other = await another()
+    t.equal((await other.listKeks('fput')).length, 0, 'KEKs after a failed put:')
+    t.equal(await other.getHead('fput'), undefined, 'head after a failed put:')
+    t.equal(await other.getHead('fcas'), undefined, 'head after a failed swap:')
+    // The next try from a healthy handle works, and a reader decrypts it.
+    const healthy = await KeyChain.open({ rootKey: aesRootKey(ROOT), store, name: 'fcas' })
+    const e = await healthy.encrypt('after')
+    const reader = await KeyChain.open({ rootKey: aesRootKey(ROOT), store: await another(), name: 'fcas' })
+    t.equal(text(await reader.decrypt(e)), 'after')
+  })
+
+  test(`${n} chains rotating at once through one store lose no KEK and overuse none`, async ({ store, another }) => {
+    const max = 40
+    const handles = [store]
+    for (let i = 1; i < n; i++) handles.push(await another())
+    const chains = await Promise.all(
+      handles.map((h) => KeyChain.open({ rootKey: aesRootKey(ROOT), store: h, maxWrapsPerKek: max, leaseSize: 3, dekPoolSize: 0 })),
+    )
+    const encrypted = await Promise.all(
+      chains.map(async (c, k) => {
+        const out: Uint8Array[] = []
+        for (let i = 0; i < 60; i++) {
+          out.push(await c.encrypt(`c${k}m${i}`))
+          if (i === 30) await c.rotate()
+        }
+        return out
+      }),
+    )
+    const all = encrypted.flat()
+    const perKek = new Map<number, number>()
+    for (const e of all) perKek.set(kekIdOf(e), (perKek.get(kekIdOf(e)) ?? 0) + 1)
+    const stored = new Set((await (await another()).listKeks('default')).map((r) => r.id))
+    for (const id of perKek.keys()) t.ok(stored.has(id), `KEK ${id} was used but is not in the store`)
+    if (store.atomic) t.ok(Math.max(...perKek.values()) <= max, `a KEK wrapped ${Math.max(...perKek.values())} DEKs, limit ${max}`)
+    const reader = await KeyChain.open({ rootKey: aesRootKey(ROOT), store: await another() })
+    for (const [k, list] of encrypted.entries()) for (const [i, e] of list.entries()) t.equal(text(await reader.decrypt(e)), `c${k}m${i}`)
+  })
+
+  test('usage leases are never handed out twice (atomic stores)', async ({ store, another }) => {
+    if (!store.atomic) {
+      // Non-atomic stores promise only that nothing is lost (the test above); say so in the result.
+      t.equal(store.atomic, false)
+      return
+    }
+    const handles = [store]
+    for (let i = 1; i < n; i++) handles.push(await another())
+    // Many chains renew leases of one-use blocks on one KEK that never runs out: every use is a
+    // compare-and-swap, so a lease handed out twice shows up as the head's count falling short.
+    const chains = await Promise.all(handles.map((h) => KeyChain.open({ rootKey: aesRootKey(ROOT), store: h, leaseSize: 1, dekPoolSize: 0 })))
+    await chains[0]!.encrypt('first')
+    await Promise.all(chains.map(async (c) => {
+      for (let i = 0; i < 25; i++) await c.encrypt('x')
+    }))
+    const head = (await store.getHead('default'))!
+    t.equal(head.value.leased, 1 + n * 25, 'uses leased:')
+  })
+}
