@@ -4,12 +4,16 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh || { echo "0 passed, 1 failed"; exit 1; }
-# The e2e suite drives Debian's Chromium (Playwright's own browser download cannot work here).
-if ! command -v "${CHROMIUM_PATH:-/usr/bin/chromium}" >/dev/null 2>&1; then
-  echo "test: installing chromium from Debian"
+# Real peers from Debian: Chromium for the browser tests (Playwright's own browser download
+# cannot work here) and etcd for the etcd store. Installed only when missing.
+missing=()
+command -v "${CHROMIUM_PATH:-/usr/bin/chromium}" >/dev/null 2>&1 || missing+=(chromium)
+command -v etcd >/dev/null 2>&1 || missing+=(etcd-server etcd-client)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "test: installing ${missing[*]} from Debian"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium; } >/dev/null \
-    || echo "test: could not install chromium; the e2e suite will report it"
+  { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"; } >/dev/null \
+    || echo "test: could not install ${missing[*]}; the suites that need them will fail and say so"
 fi
 
 mkdir -p .tmp

@@ -1,6 +1,10 @@
 // The main job: encrypt many records under a passphrase root key and count what it costs.
 // Run from the repo root with `pnpm demo` (after `pnpm build`), or via scripts/demo.sh.
-import { KeyChain, memoryStore } from '@kms-proxy/core'
+import { mkdtempSync, rmSync, statSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { KeyChain } from '@kms-proxy/core'
+import { fileStore } from '@kms-proxy/file'
 import { passphraseRootKey } from '@kms-proxy/passphrase'
 
 const RECORDS = Number(process.env.DEMO_RECORDS ?? 50_000)
@@ -10,8 +14,13 @@ function record(i) {
   return JSON.stringify({ id: i, name: `customer ${i}`, iban: `DE${String(1e18 + i * 7919).slice(0, 20)}`, note: 'x'.repeat(i % 200) })
 }
 
+const dir = mkdtempSync(join(tmpdir(), 'kms-proxy-demo-'))
+process.on('exit', () => rmSync(dir, { recursive: true, force: true }))
+
 async function run(label, options) {
-  const store = memoryStore()
+  // The wrapped KEKs and the chain head live in a file (atomic rename, a lock).
+  const path = join(dir, `keys-${options.maxWrapsPerKek ?? 'default'}.json`)
+  const store = fileStore(path)
   // The root key counts its own calls, so the numbers below are what reached it.
   const inner = passphraseRootKey({ passphrase })
   const calls = { wrap: 0, unwrap: 0 }
@@ -26,8 +35,8 @@ async function run(label, options) {
   for (let i = 0; i < RECORDS; i++) encrypted.push(await chain.encrypt(record(i), { associatedData: `customer/${i}` }))
   const encryptMs = performance.now() - started
 
-  // Another process: a new chain on the same store and passphrase decrypts everything.
-  const reader = await KeyChain.open({ rootKey, store, ...options })
+  // Another process's view: a new chain on a new handle to the same file, same passphrase.
+  const reader = await KeyChain.open({ rootKey, store: fileStore(path), ...options })
   const t0 = performance.now()
   for (let i = 0; i < RECORDS; i++) {
     const plaintext = new TextDecoder().decode(await reader.decrypt(encrypted[i], { associatedData: `customer/${i}` }))
@@ -45,6 +54,7 @@ async function run(label, options) {
     encryptUs: (encryptMs * 1000) / RECORDS,
     decryptUs: (decryptMs * 1000) / RECORDS,
     avgBytes: bytes / RECORDS,
+    storeBytes: statSync(path).size,
   }
 }
 
@@ -62,7 +72,8 @@ for (const r of rows) {
     `| ${r.label} | ${messages.toLocaleString('en')} | ${r.rootCalls} (${r.wraps} / ${r.unwraps}) | ${r.keks} | ${(messages / r.rootCalls).toLocaleString('en', { maximumFractionDigits: 0 })}x fewer | ${r.encryptUs.toFixed(1)} | ${r.decryptUs.toFixed(1)} |`,
   )
 }
-console.log(`\nEach record grew by ${(rows[0].avgBytes - RECORDS_AVG()).toFixed(0)} bytes on average (header, wrapped DEK, IVs, tag).`)
+console.log(`\nThe key store is one file of ${rows.map((r) => r.storeBytes.toLocaleString('en')).join(' and ')} bytes (wrapped KEKs and the chain head).`)
+console.log(`Each record grew by ${(rows[0].avgBytes - RECORDS_AVG()).toFixed(0)} bytes on average (header, wrapped DEK, IVs, tag).`)
 console.log('With a KMS as the root key each of those root-key calls is a billed, rate-limited network request;')
 console.log('a naive envelope (one KMS call per message) would have made one per encryption and one per decryption.')
 
