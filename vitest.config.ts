@@ -14,6 +14,7 @@ export default defineConfig({
       '@kms-proxy/etcd': src('etcd'),
       '@kms-proxy/kv': src('kv'),
       '@kms-proxy/indexeddb': src('indexeddb'),
+      '@kms-proxy/kms': src('kms'),
     },
   },
   test: {

@@ -250,3 +250,70 @@ export function describeStore(t: Harness, options: DescribeStoreOptions): void {
     t.equal(head.value.leased, 1 + n * 25, 'uses leased:')
   })
 }
+
+// ------------------------------------------------------------------------------------ root keys
+
+export interface DescribeRootKeyOptions {
+  name: string
+  /** A root key under test; `other` makes a different root of the same kind (another key). */
+  make(): Promise<import('@kms-proxy/core').RootKey> | import('@kms-proxy/core').RootKey
+  other?(): Promise<import('@kms-proxy/core').RootKey> | import('@kms-proxy/core').RootKey
+  /** Strings that must never appear in an error (passwords, tokens, secret keys). */
+  secrets?: string[]
+}
+
+const AAD = new TextEncoder().encode('kms-proxy/kek/v1\0\0\0\0\x07chain')
+
+/** The contract every RootKey passes. */
+export function describeRootKey(t: Harness, options: DescribeRootKeyOptions): void {
+  const isRootKeyError = (e: unknown) => t.ok(e instanceof KmsProxyError && e.code === 'ERR_ROOT_KEY', `expected ERR_ROOT_KEY, got ${String(e)}`)
+  // As the chain uses a KEK: encrypt (wrap) 16 bytes under one handle, unwrapKey under the other.
+  const roundTrip = async (kek: CryptoKey, again: CryptoKey) => {
+    const iv = new Uint8Array(12)
+    const sealed = await crypto.subtle.encrypt({ name: 'AES-GCM', iv }, kek, new Uint8Array(16))
+    await crypto.subtle.unwrapKey('raw', sealed, again, { name: 'AES-GCM', iv }, 'AES-GCM', false, ['decrypt']) // throws if the keys differ
+  }
+  t.test(`${options.name}: newKek then unwrapKek gives the same key, non-extractable`, async () => {
+    const root = await options.make()
+    const { kek, wrapped } = await root.newKek(AAD)
+    const again = await root.unwrapKek(wrapped, AAD)
+    for (const k of [kek, again]) {
+      t.equal(k.extractable, false, 'extractable:')
+      await t.rejects(crypto.subtle.exportKey('raw', k), undefined, 'exportKey')
+    }
+    const reopened = await (await options.make()).unwrapKek(wrapped, AAD)
+    await roundTrip(kek, again)
+    await roundTrip(kek, reopened)
+  })
+  t.test(`${options.name}: the associated data is bound`, async () => {
+    const root = await options.make()
+    const { wrapped } = await root.newKek(AAD)
+    const other = AAD.slice()
+    other[other.length - 1]! ^= 1
+    await t.rejects(root.unwrapKek(wrapped, other), isRootKeyError)
+  })
+  t.test(`${options.name}: altered wrapped bytes and another root fail with ERR_ROOT_KEY`, async () => {
+    const root = await options.make()
+    const { wrapped } = await root.newKek(AAD)
+    const altered = wrapped.slice()
+    altered[altered.length - 1]! ^= 1
+    await t.rejects(root.unwrapKek(altered, AAD), isRootKeyError)
+    if (options.other) await t.rejects((await options.other()).unwrapKek(wrapped, AAD), isRootKeyError)
+  })
+  t.test(`${options.name}: through a key chain, no secret in any error`, async () => {
+    const root = await options.make()
+    const chain = await KeyChain.open({ rootKey: root })
+    const encrypted = await chain.encrypt('x')
+    const errors: unknown[] = []
+    if (options.other) errors.push(await t.rejects(KeyChain.open({ rootKey: await options.other() }).then((c) => c.decrypt(encrypted))))
+    const bad = encrypted.slice()
+    bad[10]! ^= 1
+    errors.push(await t.rejects(chain.decrypt(bad)))
+    for (const e of errors) {
+      const shown = `${String(e)} ${JSON.stringify(e)} ${(e as Error).stack ?? ''}`
+      for (const s of options.secrets ?? []) t.ok(!shown.includes(s), 'a secret appears in an error')
+    }
+    const described = `${String(root)} ${JSON.stringify(root)}`
+    for (const s of options.secrets ?? []) t.ok(!described.includes(s), 'a secret appears in String(rootKey) or JSON.stringify(rootKey)')
+  })
+}

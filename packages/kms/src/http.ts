@@ -1,0 +1,49 @@
+import { RootKeyError } from '@kms-proxy/core'
+
+export interface RetryOptions {
+  /** Per attempt. Default 10 s. */
+  timeoutMs?: number
+  /** Attempts after the first on 429, 5xx and network errors. Default 3. */
+  retries?: number
+  /** First backoff; doubles each retry, with full jitter. Default 100 ms. */
+  backoffMs?: number
+  fetch?: typeof fetch
+}
+
+/**
+ * fetch with a timeout per attempt and retries with exponential backoff and full jitter on 429,
+ * 5xx and network errors. `describe(response)` turns a final non-2xx answer into an error.
+ */
+export async function fetchWithRetry(
+  what: string,
+  url: string,
+  init: () => Promise<RequestInit> | RequestInit,
+  options: RetryOptions,
+): Promise<Response> {
+  const doFetch = options.fetch ?? globalThis.fetch
+  const retries = options.retries ?? 3
+  const base = options.backoffMs ?? 100
+  for (let attempt = 0; ; attempt++) {
+    const controller = new AbortController()
+    const timer = setTimeout(() => controller.abort(), options.timeoutMs ?? 10_000)
+    let response: Response | undefined
+    let failure: unknown
+    try {
+      response = await doFetch(url, { ...(await init()), signal: controller.signal })
+    } catch (error) {
+      failure = error
+    } finally {
+      clearTimeout(timer)
+    }
+    const transient = response === undefined || response.status === 429 || response.status >= 500
+    if (!transient) return response!
+    if (attempt >= retries) {
+      if (response) return response
+      throw new RootKeyError(`${what}: the KMS did not answer (${(failure as Error)?.name ?? 'network error'})`, { cause: failure, retryable: true })
+    }
+    await response?.body?.cancel().catch(() => {})
+    const jitter = new Uint32Array(1)
+    crypto.getRandomValues(jitter)
+    await new Promise((resolve) => setTimeout(resolve, (base * 2 ** attempt * jitter[0]!) / 2 ** 32))
+  }
+}

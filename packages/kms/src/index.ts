@@ -1,0 +1,5 @@
+export { awsKmsRootKey } from './aws.js'
+export type { AwsKmsRootKeyOptions } from './aws.js'
+export { signV4 } from './sigv4.js'
+export type { AwsCredentials, SignInput } from './sigv4.js'
+export type { RetryOptions } from './http.js'
