@@ -15,6 +15,9 @@ export default defineConfig({
       '@kms-proxy/kv': src('kv'),
       '@kms-proxy/indexeddb': src('indexeddb'),
       '@kms-proxy/kms': src('kms'),
+      '@kms-proxy/webauthn': src('webauthn'),
+      '@kms-proxy/pkcs11-bridge': src('pkcs11-bridge'),
+      '@kms-proxy/pkcs11': src('pkcs11'),
     },
   },
   test: {

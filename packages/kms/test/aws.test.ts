@@ -139,7 +139,7 @@ describe('AWS KMS through a key chain', () => {
     // The SDK wraps, ours unwraps into a usable KEK.
     const made = await sdk.send(new GenerateDataKeyCommand({ KeyId: keyId, KeySpec: 'AES_128', EncryptionContext: ctx }))
     const kek = await root().unwrapKek(Uint8Array.of(0x20, ...made.CiphertextBlob!), aad)
-    const theirs = await crypto.subtle.importKey('raw', made.Plaintext!, 'AES-GCM', false, ['decrypt'])
+    const theirs = await crypto.subtle.importKey('raw', new Uint8Array(made.Plaintext!), 'AES-GCM', false, ['decrypt'])
     const sealed = await crypto.subtle.encrypt({ name: 'AES-GCM', iv: new Uint8Array(12) }, kek, new Uint8Array(4))
     expect(new Uint8Array(await crypto.subtle.decrypt({ name: 'AES-GCM', iv: new Uint8Array(12) }, theirs, sealed))).toEqual(new Uint8Array(4))
   })

@@ -1,4 +1,4 @@
-import { afterEach, expect, it, vi } from 'vitest'
+import { afterEach, describe, expect, it, vi } from 'vitest'
 import { KeyChain, KmsProxyError, embeddedStore, memoryStore } from '@kms-proxy/core'
 import { DEFAULT_ITERATIONS, passphraseRootKey } from '../src/index.ts'
 
@@ -87,4 +87,55 @@ it(`defaults to ${DEFAULT_ITERATIONS} iterations (OWASP), and that unlock works`
   const wrappedKek = encrypted.subarray(8, 8 + ((encrypted[6]! << 8) | encrypted[7]!))
   expect(new DataView(wrappedKek.buffer, wrappedKek.byteOffset).getUint32(1)).toBe(600_000)
   expect(dec(await chain.decrypt(encrypted))).toBe('x')
+})
+
+describe('scrypt and Argon2id (through @noble/hashes)', () => {
+  it.each([
+    ['scrypt', { name: 'scrypt', N: 2 ** 10, r: 8, p: 1 }],
+    ['argon2id', { name: 'argon2id', t: 1, m: 64, p: 1 }],
+  ] as const)('%s: round trip, parameters carried in the wrapped KEK, wrong passphrase is ERR_ROOT_KEY', async (name, kdf) => {
+    const store = memoryStore()
+    const chain = await KeyChain.open({ rootKey: passphraseRootKey({ passphrase: 'pw', kdf }), store })
+    const encrypted = await chain.encrypt('x')
+    const [record] = await store.listKeks('default')
+    expect(record!.rootKind).toBe(`passphrase-${name}`)
+    // A reader set up for PBKDF2 still reads it: the wrapped KEK says which KDF it needs.
+    const reader = await KeyChain.open({ rootKey: passphraseRootKey({ passphrase: 'pw', iterations: FAST }), store })
+    expect(dec(await reader.decrypt(encrypted))).toBe('x')
+    const wrong = await KeyChain.open({ rootKey: passphraseRootKey({ passphrase: 'nope', kdf }), store })
+    await expect(wrong.decrypt(encrypted)).rejects.toMatchObject({ code: 'ERR_ROOT_KEY', message: expect.stringMatching(/wrong passphrase/) })
+  })
+
+  it('planted scrypt / Argon2id parameters beyond the limits are refused before deriving', async () => {
+    for (const [kdf, patch] of [
+      [{ name: 'scrypt', N: 2 ** 10, r: 8, p: 1 }, (w: Uint8Array) => (w[1] = 30)],
+      [{ name: 'argon2id', t: 1, m: 64, p: 1 }, (w: Uint8Array) => new DataView(w.buffer, w.byteOffset).setUint32(2, 0xffffffff)],
+    ] as const) {
+      const store = memoryStore()
+      const chain = await KeyChain.open({ rootKey: passphraseRootKey({ passphrase: 'pw', kdf }), store })
+      const encrypted = await chain.encrypt('x')
+      const [record] = await store.listKeks('default')
+      const planted = record!.wrapped.slice()
+      patch(planted)
+      const evil = memoryStore()
+      await evil.putKekIfAbsent('default', { ...record!, wrapped: planted })
+      const started = performance.now()
+      const reader = await KeyChain.open({ rootKey: passphraseRootKey({ passphrase: 'pw', kdf }), store: evil })
+      await expect(reader.decrypt(encrypted)).rejects.toMatchObject({ code: 'ERR_ROOT_KEY' })
+      expect(performance.now() - started).toBeLessThan(1000)
+    }
+    expect(() => passphraseRootKey({ passphrase: 'x', kdf: { name: 'scrypt', N: 1000 } })).toThrow(RangeError)
+    expect(() => passphraseRootKey({ passphrase: 'x', kdf: { name: 'argon2id', m: 2 ** 31 } })).toThrow(RangeError)
+    expect(() => passphraseRootKey({ passphrase: 'x', kdf: 'bcrypt' as never })).toThrow(RangeError)
+  })
+
+  it('OWASP defaults: scrypt N=2^17 r=8 p=1 and Argon2id m=19 MiB t=2 p=1 unlock', async () => {
+    for (const kdf of ['scrypt', 'argon2id'] as const) {
+      const chain = await KeyChain.open({ rootKey: passphraseRootKey({ passphrase: 'pw', kdf }) })
+      const started = performance.now()
+      const encrypted = await chain.encrypt('x')
+      console.log(`${kdf} at the OWASP defaults: first encryption (one derivation) ${(performance.now() - started).toFixed(0)} ms`)
+      expect(dec(await (await KeyChain.open({ rootKey: passphraseRootKey({ passphrase: 'pw', kdf }) })).decrypt(encrypted))).toBe('x')
+    }
+  }, 30_000)
 })
