@@ -54,14 +54,11 @@ export interface MessageParts extends Header {
   sealed: Bytes
 }
 
+/** Internal: callers pass a valid u32 id and an embedded KEK of 1..65535 bytes (the chain checks). */
 export function encodeHeader(kekId: number, embeddedKek?: Uint8Array, stream = false): Bytes {
-  if (!Number.isInteger(kekId) || kekId < 1 || kekId > 0xffffffff) throw new RangeError('kekId: must be a u32 other than 0')
   const flags = (embeddedKek ? FLAG_EMBEDDED_KEK : 0) | (stream ? FLAG_STREAM : 0)
   const fixed = concat(new Uint8Array([FORMAT_VERSION]), u32be(kekId), new Uint8Array([flags]))
   if (!embeddedKek) return fixed
-  if (embeddedKek.length < 1 || embeddedKek.length > MAX_EMBEDDED_KEK_BYTES) {
-    throw new RangeError(`embeddedKek: length must be 1..${MAX_EMBEDDED_KEK_BYTES}`)
-  }
   const len = new Uint8Array([embeddedKek.length >> 8, embeddedKek.length & 0xff])
   return concat(fixed, len, embeddedKek)
 }

@@ -71,6 +71,13 @@ export interface KeyChainStats {
   rotations: number
   rootKeyWraps: number
   rootKeyUnwraps: number
+  /**
+   * False after a root-key call failed with a retryable error (a KMS that is down), until a call
+   * succeeds. Meanwhile encryption goes on under the current KEK until its rotation is due.
+   */
+  rootKeyAvailable: boolean
+  /** The last root-key failure (its code and message), if any. */
+  rootKeyLastError?: string
   dekCacheHits: number
   dekCacheMisses: number
   keks: KekStats[]
@@ -134,6 +141,8 @@ export class KeyChain {
   #pool: Prepared[] = []
   #filling = false
   #epoch = 0
+  #rootAvailable = true
+  #rootLastError: string | undefined
   /** A KEK this process created and persisted but could not yet make primary (CAS lost). */
   #spare: { id: number; createdAt: number; kek: CryptoKey; wrapped: Uint8Array } | undefined
   readonly #counts = {
@@ -282,6 +291,8 @@ export class KeyChain {
     const primary = this.#primary?.id
     return {
       ...this.#counts,
+      rootKeyAvailable: this.#rootAvailable,
+      ...(this.#rootLastError === undefined ? {} : { rootKeyLastError: this.#rootLastError }),
       keks: [...this.#entries.values()].map((e) => ({ id: e.id, primary: e.id === primary, wraps: e.wraps, createdAt: e.createdAt })),
     }
   }
@@ -438,14 +449,23 @@ export class KeyChain {
 
   async #rootUnwrap(wrapped: Uint8Array, id: number): Promise<CryptoKey> {
     this.#counts.rootKeyUnwraps++
-    let kek: CryptoKey
-    try {
-      kek = await this.#root.unwrapKek(wrapped, kekAad(this.name, id))
-    } catch (error) {
-      throw error instanceof KmsProxyError ? error : new RootKeyError('the root key failed to unwrap a KEK', { cause: error })
-    }
+    const kek = await this.#rootCall('unwrap a KEK', () => this.#root.unwrapKek(wrapped, kekAad(this.name, id)))
     assertKek(kek)
     return kek
+  }
+
+  /** Every root-key call goes through here: typed errors, availability for stats(). */
+  async #rootCall<T>(what: string, call: () => Promise<T>): Promise<T> {
+    try {
+      const result = await call()
+      this.#rootAvailable = true
+      return result
+    } catch (error) {
+      const e = error instanceof KmsProxyError ? error : new RootKeyError(`the root key failed to ${what}`, { cause: error })
+      if (e.retryable) this.#rootAvailable = false
+      this.#rootLastError = `${e.code}: ${e.message}`
+      throw e
+    }
   }
 
   #remember(id: number, createdAt: number): KekEntry {
@@ -545,12 +565,7 @@ export class KeyChain {
       const id = randomU32()
       if (this.#entries.has(id)) continue
       this.#counts.rootKeyWraps++
-      let made: { kek: CryptoKey; wrapped: Uint8Array }
-      try {
-        made = await this.#root.newKek(kekAad(this.name, id))
-      } catch (error) {
-        throw error instanceof KmsProxyError ? error : new RootKeyError('the root key failed to wrap a new KEK', { cause: error })
-      }
+      const made = await this.#rootCall('wrap a new KEK', () => this.#root.newKek(kekAad(this.name, id)))
       assertKek(made.kek)
       if (!(made.wrapped instanceof Uint8Array) || made.wrapped.length === 0) throw new RootKeyError('the root key returned an empty wrapped KEK')
       if (this.#store.embedsKeks && made.wrapped.length > MAX_EMBEDDED_KEK_BYTES) {

@@ -209,3 +209,21 @@ describe('when the KMS misbehaves', () => {
     expect(() => awsKmsRootKey({ keyId: 'k', region: 'eu-west-1', credentials: {} as never })).toThrow(TypeError)
   })
 })
+
+describe('stats() while the KMS is down', () => {
+  it('says so, and says when it is back', async () => {
+    let down = false
+    const flakyFetch: typeof fetch = (input, init) =>
+      down ? Promise.resolve(new Response('{"__type":"KMSInternalException"}', { status: 503 })) : fetch(input, init)
+    const chain = await KeyChain.open({ rootKey: root({ fetch: flakyFetch, retries: 0 }), store: memoryStore() })
+    await chain.encrypt('x')
+    expect(chain.stats().rootKeyAvailable).toBe(true)
+    down = true
+    await expect(chain.rotate()).rejects.toMatchObject({ code: 'ERR_ROOT_KEY', retryable: true })
+    expect(chain.stats()).toMatchObject({ rootKeyAvailable: false, rootKeyLastError: expect.stringMatching(/ERR_ROOT_KEY: AWS KMS GenerateDataKey failed: KMSInternalException/) })
+    for (let i = 0; i < 50; i++) await chain.encrypt('still encrypting under the current KEK')
+    down = false
+    await chain.rotate()
+    expect(chain.stats().rootKeyAvailable).toBe(true)
+  })
+})
