@@ -1,0 +1,318 @@
+/**
+ * A root key from a WebAuthn credential with the PRF extension (CTAP2 hmac-secret): the
+ * authenticator computes a 32-byte secret from the credential and a salt; HKDF-SHA-256 turns it
+ * into a non-extractable AES-256-GCM wrapping key that wraps the chain's KEKs. Browsers only.
+ *
+ * One authenticator ceremony (navigator.credentials.get) per unlock: the wrapping key is cached
+ * for the life of the root key object (the page), and the key chain caches the KEKs it unwrapped,
+ * so encrypting and decrypting make no ceremony.
+ *
+ * Public parameters: the credential id and the salt. Neither is secret; both are needed to unlock
+ * (keep them next to the data, or in localStorage). `toJSON()` returns exactly them.
+ *
+ * Wrapped KEK: 0x40 || iv (12) || AES-GCM(wrapping key, iv, KEK, aad) (16 + 16 tag)  = 45 bytes.
+ * Wrapping key: HKDF-SHA-256(ikm = PRF output (32), salt = the salt, info = "kms-proxy/webauthn-prf/v1").
+ */
+import { RootKeyError, openSealedKek, sealNewKek, type RootKey } from '@kms-proxy/core'
+
+export const KIND = 'webauthn-prf'
+export const HKDF_INFO = 'kms-proxy/webauthn-prf/v1'
+/** First byte of every KEK this root wraps. */
+export const TAG = 0x40
+export const SALT_BYTES = 32
+const MIN_SALT_BYTES = 16
+const MAX_SALT_BYTES = 64
+const PRF_BYTES = 32
+const DEFAULT_TIMEOUT_MS = 120_000
+const WRAP_USAGES: KeyUsage[] = ['wrapKey', 'unwrapKey']
+/** tag (1) + iv (12) + KEK (16, or 32 for a 256-bit KEK as openSealedKek accepts) + GCM tag (16) */
+const WRAPPED_BYTES_128 = 1 + 12 + 16 + 16
+const WRAPPED_BYTES_256 = 1 + 12 + 32 + 16
+
+export const NO_PRF_MESSAGE = 'this authenticator does not support the WebAuthn PRF extension'
+export const CANCELLED_MESSAGE = 'the WebAuthn ceremony was cancelled, timed out or was not allowed; try again'
+
+export interface RegisterPrfCredentialOptions {
+  /** Relying party id (a registrable domain of the page's origin). Default: the page's host. */
+  rpId?: string
+  rpName: string
+  userName: string
+  /** User handle, 1 to 64 bytes. Default: 16 random bytes (a new account entry on the authenticator). */
+  userId?: Uint8Array
+  /** PRF salt (16 to 64 bytes, or base64url). Default: 32 random bytes. Public. */
+  salt?: Uint8Array | string
+  /** Ceremony timeout in ms. Default 120,000. */
+  timeout?: number
+}
+
+export interface PrfCredential {
+  /** base64url (no padding) */
+  credentialId: string
+  /** base64url (no padding) */
+  salt: string
+}
+
+export interface WebAuthnRootKeyOptions {
+  /** base64url of the credential's raw id, or its bytes. Public. */
+  credentialId: string | Uint8Array
+  /** base64url of the PRF salt, or its bytes (16 to 64). Public. */
+  salt: string | Uint8Array
+  /** Relying party id used at registration. Default: the page's host. */
+  rpId?: string
+  /** Ceremony timeout in ms. Default 120,000. */
+  timeout?: number
+}
+
+export interface WebAuthnRootKey extends RootKey {
+  readonly kind: typeof KIND
+  /**
+   * Runs the authenticator ceremony now (call it from a click handler: some browsers require a
+   * user gesture) instead of at the first encryption or decryption. Resolves once the wrapping key
+   * is ready; a second call after success does nothing. A cancelled ceremony may be retried.
+   */
+  unlock(): Promise<void>
+  /** Whether the wrapping key is ready (a ceremony succeeded). */
+  readonly unlocked: boolean
+  /** The public parameters, nothing else. */
+  toJSON(): PrfCredential
+}
+
+// ------------------------------------------------------------------------------ base64url
+
+export function toBase64url(bytes: Uint8Array): string {
+  let s = ''
+  for (const b of bytes) s += String.fromCharCode(b)
+  return btoa(s).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '')
+}
+
+export function fromBase64url(text: string): Uint8Array<ArrayBuffer> {
+  if (typeof text !== 'string' || !/^[A-Za-z0-9_-]*$/.test(text) || text.length % 4 === 1) {
+    throw new TypeError('expected base64url text')
+  }
+  const s = atob(text.replace(/-/g, '+').replace(/_/g, '/') + '='.repeat((4 - (text.length % 4)) % 4))
+  const out = new Uint8Array(s.length)
+  for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i)
+  return out
+}
+
+function bytesParam(name: string, value: unknown, min: number, max: number): Uint8Array<ArrayBuffer> {
+  let bytes: Uint8Array<ArrayBuffer>
+  if (typeof value === 'string') {
+    try {
+      bytes = fromBase64url(value)
+    } catch {
+      throw new TypeError(`${name}: expected base64url text or a Uint8Array`)
+    }
+  } else if (value instanceof Uint8Array) bytes = new Uint8Array(value)
+  else throw new TypeError(`${name}: expected base64url text or a Uint8Array`)
+  if (bytes.length < min || bytes.length > max) throw new RangeError(`${name}: expected ${min} to ${max} bytes`)
+  return bytes
+}
+
+function timeoutParam(value: unknown): number {
+  if (value === undefined) return DEFAULT_TIMEOUT_MS
+  if (typeof value !== 'number' || !Number.isFinite(value) || value <= 0) throw new RangeError('timeout: expected a positive number of ms')
+  return value
+}
+
+// ------------------------------------------------------------------------------ ceremonies
+
+interface PrfExtensionOutput {
+  enabled?: boolean
+  results?: { first?: BufferSource; second?: BufferSource }
+}
+
+function credentialsApi(): CredentialsContainer {
+  const nav = (globalThis as { navigator?: Navigator }).navigator
+  if (!nav?.credentials || typeof (globalThis as { PublicKeyCredential?: unknown }).PublicKeyCredential === 'undefined') {
+    throw new RootKeyError('WebAuthn is not available here (a browser page in a secure context is needed)')
+  }
+  return nav.credentials
+}
+
+/** Maps a DOMException from create/get to a RootKeyError; never includes key material. */
+function ceremonyError(error: unknown, what: string): RootKeyError {
+  if (error instanceof RootKeyError) return error
+  const name = (error as { name?: string } | undefined)?.name
+  if (name === 'NotAllowedError' || name === 'AbortError') {
+    return new RootKeyError(CANCELLED_MESSAGE, { cause: error, retryable: true })
+  }
+  if (name === 'SecurityError') {
+    return new RootKeyError(`WebAuthn ${what}: the relying party id does not match this page's origin`, { cause: error })
+  }
+  if (name === 'InvalidStateError') {
+    return new RootKeyError(`WebAuthn ${what}: the authenticator refused (credential already registered?)`, { cause: error })
+  }
+  if (name === 'NotSupportedError') return new RootKeyError(NO_PRF_MESSAGE, { cause: error })
+  return new RootKeyError(`WebAuthn ${what} failed${name ? ` (${name})` : ''}`, { cause: error })
+}
+
+function prfOutputOf(credential: Credential | null): PrfExtensionOutput | undefined {
+  const c = credential as PublicKeyCredential | null
+  if (!c || typeof c.getClientExtensionResults !== 'function') return undefined
+  return (c.getClientExtensionResults() as { prf?: PrfExtensionOutput }).prf
+}
+
+function viewOf(source: BufferSource): Uint8Array<ArrayBuffer> {
+  return source instanceof ArrayBuffer
+    ? new Uint8Array(source)
+    : new Uint8Array(source.buffer as ArrayBuffer, source.byteOffset, source.byteLength)
+}
+
+/**
+ * Creates a discoverable credential with the PRF extension and returns its public parameters.
+ * Asks the authenticator to evaluate the PRF at creation where it can (the output is discarded
+ * and zeroed: the root key asks again at unlock). Throws RootKeyError with NO_PRF_MESSAGE when
+ * the authenticator has no PRF.
+ */
+export async function registerPrfCredential(options: RegisterPrfCredentialOptions): Promise<PrfCredential> {
+  if (typeof options !== 'object' || options === null) throw new TypeError('options: expected an object')
+  const { rpId, rpName, userName } = options
+  if (typeof rpName !== 'string' || rpName === '') throw new TypeError('rpName: expected a non-empty string')
+  if (typeof userName !== 'string' || userName === '') throw new TypeError('userName: expected a non-empty string')
+  if (rpId !== undefined && (typeof rpId !== 'string' || rpId === '')) throw new TypeError('rpId: expected a non-empty string')
+  const userId = options.userId === undefined ? crypto.getRandomValues(new Uint8Array(16)) : bytesParam('userId', options.userId, 1, 64)
+  const salt = options.salt === undefined ? crypto.getRandomValues(new Uint8Array(SALT_BYTES)) : bytesParam('salt', options.salt, MIN_SALT_BYTES, MAX_SALT_BYTES)
+  const timeout = timeoutParam(options.timeout)
+  const credentials = credentialsApi()
+
+  let credential: Credential | null
+  try {
+    credential = await credentials.create({
+      publicKey: {
+        rp: rpId === undefined ? { name: rpName } : { id: rpId, name: rpName },
+        user: { id: userId, name: userName, displayName: userName },
+        // Registration is not verified by a server here: the challenge only has to be fresh.
+        challenge: crypto.getRandomValues(new Uint8Array(32)),
+        pubKeyCredParams: [
+          { type: 'public-key', alg: -7 }, // ES256
+          { type: 'public-key', alg: -8 }, // EdDSA
+          { type: 'public-key', alg: -257 }, // RS256
+        ],
+        authenticatorSelection: { residentKey: 'preferred', userVerification: 'required' },
+        timeout,
+        extensions: { prf: { eval: { first: salt } } } as AuthenticationExtensionsClientInputs,
+      },
+    })
+  } catch (error) {
+    throw ceremonyError(error, 'registration')
+  }
+  if (!credential) throw new RootKeyError('WebAuthn registration returned no credential')
+  const prf = prfOutputOf(credential)
+  if (prf?.results?.first) viewOf(prf.results.first).fill(0)
+  if (prf?.results?.second) viewOf(prf.results.second).fill(0)
+  // enabled is the authenticator's answer at creation; some browsers only return results.
+  if (!prf || (prf.enabled !== true && !prf.results?.first)) throw new RootKeyError(NO_PRF_MESSAGE)
+  return { credentialId: toBase64url(new Uint8Array((credential as PublicKeyCredential).rawId)), salt: toBase64url(salt) }
+}
+
+/**
+ * A root key held by a WebAuthn authenticator. The first newKek / unwrapKek (or unlock()) runs
+ * one navigator.credentials.get with the PRF extension; the derived wrapping key is cached for
+ * the page's life. A failed or cancelled ceremony is not cached: the next call asks again.
+ */
+export function webauthnRootKey(options: WebAuthnRootKeyOptions): WebAuthnRootKey {
+  if (typeof options !== 'object' || options === null) throw new TypeError('options: expected an object')
+  const credentialId = bytesParam('credentialId', options.credentialId, 1, 1023)
+  const salt = bytesParam('salt', options.salt, MIN_SALT_BYTES, MAX_SALT_BYTES)
+  const { rpId } = options
+  if (rpId !== undefined && (typeof rpId !== 'string' || rpId === '')) throw new TypeError('rpId: expected a non-empty string')
+  const timeout = timeoutParam(options.timeout)
+  const publicParams: PrfCredential = { credentialId: toBase64url(credentialId), salt: toBase64url(salt) }
+  const tag = new Uint8Array([TAG])
+
+  let key: Promise<CryptoKey> | undefined
+  let ready = false
+
+  async function ceremony(): Promise<CryptoKey> {
+    const credentials = credentialsApi()
+    let assertion: Credential | null
+    try {
+      assertion = await credentials.get({
+        publicKey: {
+          challenge: crypto.getRandomValues(new Uint8Array(32)),
+          ...(rpId === undefined ? {} : { rpId }),
+          allowCredentials: [{ type: 'public-key', id: credentialId }],
+          // The PRF (hmac-secret) has one secret with user verification and another without:
+          // always ask for it, as at registration, so the output is stable.
+          userVerification: 'required',
+          timeout,
+          extensions: { prf: { eval: { first: salt } } } as AuthenticationExtensionsClientInputs,
+        },
+      })
+    } catch (error) {
+      throw ceremonyError(error, 'unlock')
+    }
+    if (!assertion) throw new RootKeyError('WebAuthn unlock returned no credential', { retryable: true })
+    const prf = prfOutputOf(assertion)
+    const first = prf?.results?.first
+    if (!first) throw new RootKeyError(NO_PRF_MESSAGE)
+    const output = viewOf(first)
+    try {
+      const rawId = new Uint8Array((assertion as PublicKeyCredential).rawId)
+      if (rawId.length !== credentialId.length || rawId.some((b, i) => b !== credentialId[i])) {
+        throw new RootKeyError('WebAuthn unlock answered with another credential')
+      }
+      if (output.length !== PRF_BYTES) throw new RootKeyError(`the WebAuthn PRF output has ${output.length} bytes, expected ${PRF_BYTES}`)
+      const ikm = await crypto.subtle.importKey('raw', output, 'HKDF', false, ['deriveKey'])
+      output.fill(0)
+      return await crypto.subtle.deriveKey(
+        { name: 'HKDF', hash: 'SHA-256', salt, info: new TextEncoder().encode(HKDF_INFO) },
+        ikm,
+        { name: 'AES-GCM', length: 256 },
+        false,
+        WRAP_USAGES,
+      )
+    } catch (error) {
+      if (error instanceof RootKeyError) throw error
+      throw new RootKeyError('could not derive the wrapping key from the WebAuthn PRF output', { cause: error })
+    } finally {
+      output.fill(0)
+    }
+  }
+
+  function wrappingKey(): Promise<CryptoKey> {
+    if (!key) {
+      const pending = ceremony()
+      key = pending
+      pending.then(
+        () => (ready = true),
+        () => {
+          if (key === pending) key = undefined // not cached: a cancelled ceremony may be retried
+        },
+      )
+    }
+    return key
+  }
+
+  const root = {
+    kind: KIND,
+    get unlocked() {
+      return ready
+    },
+    async unlock() {
+      await wrappingKey()
+    },
+    async newKek(aad: Uint8Array) {
+      return sealNewKek(await wrappingKey(), aad, tag)
+    },
+    async unwrapKek(wrapped: Uint8Array, aad: Uint8Array) {
+      // Checked before any ceremony: a KEK from another kind of root must not prompt the user.
+      if (!(wrapped instanceof Uint8Array) || wrapped[0] !== TAG) {
+        throw new RootKeyError(`this KEK was not wrapped by a "${KIND}" root key`)
+      }
+      if (wrapped.length !== WRAPPED_BYTES_128 && wrapped.length !== WRAPPED_BYTES_256) {
+        throw new RootKeyError('wrapped KEK has the wrong length')
+      }
+      const k = await wrappingKey()
+      try {
+        return await openSealedKek(k, wrapped.subarray(1), aad)
+      } catch {
+        throw new RootKeyError('this WebAuthn credential cannot unwrap this KEK: another credential or salt, or the wrapped KEK was altered')
+      }
+    },
+    toString: () => `[RootKey ${KIND}]`,
+    toJSON: (): PrfCredential => ({ ...publicParams }),
+  }
+  return root as WebAuthnRootKey
+}

@@ -1,0 +1,236 @@
+/**
+ * The page side of webauthn.test.ts: bundled with esbuild, served on http://localhost, driven by
+ * playwright-core in Chromium with a CDP virtual authenticator. Every step is a function on
+ * globalThis.kp that returns plain JSON to the test; ceremonies are counted by wrapping
+ * navigator.credentials.get / create.
+ */
+import { KeyChain, KmsProxyError } from '@kms-proxy/core'
+import { createHarness, describeRootKey } from '@kms-proxy/testkit'
+import { NO_PRF_MESSAGE, registerPrfCredential, webauthnRootKey, type PrfCredential } from '@kms-proxy/webauthn'
+
+const counts = { get: 0, create: 0 }
+const container = navigator.credentials
+const realGet = container.get.bind(container)
+const realCreate = container.create.bind(container)
+let lastAssertion: PublicKeyCredential | null = null
+container.get = async (options?: CredentialRequestOptions) => {
+  counts.get++
+  const c = await realGet(options)
+  lastAssertion = c as PublicKeyCredential | null
+  return c
+}
+container.create = (options?: CredentialCreationOptions) => (counts.create++, realCreate(options))
+
+const DATA = 'kms-proxy-test/data'
+const CRED = 'kms-proxy-test/credential'
+
+function errorInfo(e: unknown) {
+  const err = e as KmsProxyError
+  return {
+    isKmsProxyError: e instanceof KmsProxyError,
+    code: err?.code,
+    name: err?.name,
+    message: err?.message,
+    retryable: err?.retryable,
+    json: JSON.stringify(e),
+  }
+}
+
+async function expectError(fn: () => Promise<unknown>) {
+  try {
+    await fn()
+  } catch (e) {
+    return errorInfo(e)
+  }
+  return { resolved: true }
+}
+
+const kp = {
+  counts: () => ({ ...counts }),
+
+  async register(options: { userName: string }) {
+    const before = { ...counts }
+    const started = performance.now()
+    const cred = await registerPrfCredential({ rpName: 'kms-proxy test', userName: options.userName })
+    return { cred, ms: performance.now() - started, creates: counts.create - before.create, gets: counts.get - before.get }
+  },
+
+  async registerError(options: { userName: string }) {
+    return expectError(() => registerPrfCredential({ rpName: 'kms-proxy test', userName: options.userName }))
+  },
+
+  /** A credential made without asking for PRF (to test unlock on an authenticator that has none). */
+  async createPlainCredential(): Promise<PrfCredential> {
+    const c = (await navigator.credentials.create({
+      publicKey: {
+        rp: { name: 'kms-proxy test' },
+        user: { id: crypto.getRandomValues(new Uint8Array(16)), name: 'plain', displayName: 'plain' },
+        challenge: crypto.getRandomValues(new Uint8Array(32)),
+        pubKeyCredParams: [{ type: 'public-key', alg: -7 }],
+        authenticatorSelection: { residentKey: 'preferred', userVerification: 'required' },
+      },
+    })) as PublicKeyCredential
+    const id = new Uint8Array(c.rawId)
+    let s = ''
+    for (const b of id) s += String.fromCharCode(b)
+    return { credentialId: btoa(s).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, ''), salt: 'AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA' }
+  },
+
+  async unlockError(cred: PrfCredential) {
+    return expectError(() => webauthnRootKey(cred).unlock())
+  },
+
+  /** Unlock, encrypt n messages with the embedded store, keep them as kp1. text in localStorage. */
+  async encryptAndStore(options: { cred: PrfCredential; n: number }) {
+    const root = webauthnRootKey(options.cred)
+    localStorage.setItem(CRED, JSON.stringify(root))
+    const chain = await KeyChain.open({ rootKey: root })
+    const before = { ...counts }
+    const t0 = performance.now()
+    await root.unlock()
+    const unlockMs = performance.now() - t0
+    const afterUnlock = counts.get
+    const texts: string[] = []
+    const t1 = performance.now()
+    for (let i = 0; i < options.n; i++) texts.push(await chain.encryptText(`message ${i}: ${'é'.repeat(i % 7)}`))
+    // read back on the same chain too
+    for (const [i, t] of texts.entries()) if ((await chain.decryptText(t)) !== `message ${i}: ${'é'.repeat(i % 7)}`) throw new Error('round trip')
+    const messagesMs = performance.now() - t1
+    localStorage.setItem(DATA, JSON.stringify(texts))
+    return {
+      unlockMs,
+      messagesMs,
+      ceremoniesForUnlock: afterUnlock - before.get,
+      ceremoniesForMessages: counts.get - afterUnlock,
+      stats: chain.stats(),
+      storedJson: localStorage.getItem(CRED),
+      sample: texts[0],
+    }
+  },
+
+  /** As a fresh page would: parameters and data from localStorage, a new root, a new chain. */
+  async reopenAndDecrypt() {
+    const cred = JSON.parse(localStorage.getItem(CRED)!) as PrfCredential
+    const texts = JSON.parse(localStorage.getItem(DATA)!) as string[]
+    const root = webauthnRootKey(cred)
+    const chain = await KeyChain.open({ rootKey: root })
+    const before = counts.get
+    const t0 = performance.now()
+    const first = await chain.decryptText(texts[0]!) // the unlock happens here, inside the chain
+    const firstMs = performance.now() - t0
+    const afterFirst = counts.get
+    const out = [first]
+    for (const t of texts.slice(1)) out.push(await chain.decryptText(t))
+    for (let i = 0; i < 20; i++) out.push(await chain.decryptText(await chain.encryptText(`more ${i}`)))
+    return {
+      firstMs,
+      ceremoniesForUnlock: afterFirst - before,
+      ceremoniesForMessages: counts.get - afterFirst,
+      ok: out.slice(0, texts.length).every((p, i) => p === `message ${i}: ${'é'.repeat(i % 7)}`),
+      n: out.length,
+      unlocked: root.unlocked,
+    }
+  },
+
+  /** n unlocks of fresh root objects: ms for each (ceremony + HKDF + first KEK), and ceremonies used. */
+  async timeUnlocks(options: { cred: PrfCredential; n: number }) {
+    const ms: number[] = []
+    const before = counts.get
+    for (let i = 0; i < options.n; i++) {
+      const root = webauthnRootKey(options.cred)
+      const t0 = performance.now()
+      await root.unlock()
+      await root.newKek(new Uint8Array(8))
+      ms.push(performance.now() - t0)
+    }
+    return { ms, ceremonies: counts.get - before }
+  },
+
+  /** After an unlock: what the browser's PRF result buffer holds now (the root zeroes what it was given). */
+  async prfBufferAfterUnlock(cred: PrfCredential) {
+    await webauthnRootKey(cred).unlock()
+    const prf = (lastAssertion!.getClientExtensionResults() as { prf?: { results?: { first?: ArrayBuffer } } }).prf
+    const first = new Uint8Array(prf!.results!.first!)
+    // Control: the same results read twice are the same buffer, and a raw ceremony's output is not zero.
+    const again = (lastAssertion!.getClientExtensionResults() as { prf?: { results?: { first?: ArrayBuffer } } }).prf
+    const raw = (await navigator.credentials.get({
+      publicKey: {
+        challenge: crypto.getRandomValues(new Uint8Array(32)),
+        allowCredentials: [{ type: 'public-key', id: Uint8Array.from(atob(cred.credentialId.replace(/-/g, '+').replace(/_/g, '/')), (ch) => ch.charCodeAt(0)) }],
+        userVerification: 'required',
+        extensions: { prf: { eval: { first: Uint8Array.from(atob(cred.salt.replace(/-/g, '+').replace(/_/g, '/')), (ch) => ch.charCodeAt(0)) } } } as AuthenticationExtensionsClientInputs,
+      },
+    })) as PublicKeyCredential
+    const rawFirst = new Uint8Array((raw.getClientExtensionResults() as { prf?: { results?: { first?: ArrayBuffer } } }).prf!.results!.first!)
+    return {
+      length: first.length,
+      allZero: first.every((b) => b === 0),
+      sameBuffer: again!.results!.first === prf!.results!.first,
+      rawLength: rawFirst.length,
+      rawAllZero: rawFirst.every((b) => b === 0),
+    }
+  },
+
+  async decryptWith(cred: PrfCredential) {
+    const texts = JSON.parse(localStorage.getItem(DATA)!) as string[]
+    const chain = await KeyChain.open({ rootKey: webauthnRootKey(cred) })
+    const before = counts.get
+    const error = await expectError(() => chain.decryptText(texts[0]!))
+    return { error, ceremonies: counts.get - before }
+  },
+
+  /** One root object: the first unlock fails (the test turned user presence off), the retry works. */
+  async cancelThenRetry(options: { cred: PrfCredential; timeout: number }) {
+    const root = webauthnRootKey({ ...options.cred, timeout: options.timeout })
+    const error = await expectError(() => root.unlock())
+    ;(globalThis as { cancelled?: boolean }).cancelled = true
+    // wait for the test to turn verification back on
+    while ((globalThis as { resume?: boolean }).resume !== true) await new Promise((r) => setTimeout(r, 20))
+    const chain = await KeyChain.open({ rootKey: root })
+    const texts = JSON.parse(localStorage.getItem(DATA)!) as string[]
+    return { error, retried: await chain.decryptText(texts[0]!) }
+  },
+
+  async contract(options: { cred: PrfCredential; other: PrfCredential }) {
+    const t = createHarness()
+    describeRootKey(t, { name: 'webauthn-prf', make: () => webauthnRootKey(options.cred), other: () => webauthnRootKey(options.other) })
+    // Extra checks of this root, in the same harness.
+    t.test('webauthn-prf: toJSON and String() show only the public parameters', () => {
+      const root = webauthnRootKey(options.cred)
+      t.equal(JSON.stringify(root), JSON.stringify({ credentialId: options.cred.credentialId, salt: options.cred.salt }))
+      t.equal(String(root), '[RootKey webauthn-prf]')
+    })
+    t.test('webauthn-prf: a KEK from another kind of root, or of the wrong length, is refused without a ceremony', async () => {
+      const before = counts.get
+      await t.rejects(webauthnRootKey(options.cred).unwrapKek(new Uint8Array(45).fill(1), new Uint8Array(4)), (e) =>
+        t.ok(e instanceof KmsProxyError && e.code === 'ERR_ROOT_KEY', String(e)),
+      )
+      const short = new Uint8Array(44).fill(1)
+      short[0] = 0x40
+      await t.rejects(webauthnRootKey(options.cred).unwrapKek(short, new Uint8Array(4)), (e) =>
+        t.ok(e instanceof KmsProxyError && e.code === 'ERR_ROOT_KEY', String(e)),
+      )
+      t.equal(counts.get, before, 'ceremonies:')
+    })
+    t.test('webauthn-prf: a wrapped KEK is 0x40 || iv (12) || AES-GCM(KEK) (32): 45 bytes', async () => {
+      const { wrapped } = await webauthnRootKey(options.cred).newKek(new Uint8Array(4))
+      t.equal(wrapped.length, 45, 'length:')
+      t.equal(wrapped[0], 0x40, 'tag:')
+    })
+    t.test('webauthn-prf: concurrent first uses share one ceremony', async () => {
+      const root = webauthnRootKey(options.cred)
+      const before = counts.get
+      const made = await Promise.all([root.newKek(new Uint8Array(4)), root.newKek(new Uint8Array(5)), root.unlock()])
+      t.equal(made.length, 3)
+      t.equal(counts.get - before, 1, 'ceremonies:')
+    })
+    const before = counts.get
+    const results = await t.run()
+    return { results, ceremonies: counts.get - before }
+  },
+
+  NO_PRF_MESSAGE,
+}
+
+;(globalThis as unknown as { kp: typeof kp }).kp = kp
+;(globalThis as { kpReady?: boolean }).kpReady = true
