@@ -540,7 +540,8 @@ export class KeyChain {
     }
     // Another process rotated: load its KEK (one root unwrap, cached).
     const record = await this.#storeCall('read a KEK', () => this.#store.getKek(this.name, h.primary))
-    if (!record) throw new StoreError('the chain head names a KEK that the store does not have')
+    // Retryable: on an eventually consistent store the record may not have arrived yet.
+    if (!record) throw new StoreError('the chain head names a KEK that the store does not have', { retryable: true })
     const embedded = this.#store.embedsKeks ? record.wrapped : undefined
     const kek = await this.#kekFor(record.id, embedded, record)
     this.#remember(record.id, record.createdAt)

@@ -1,0 +1,348 @@
+/**
+ * KeyStores over the edge key-value stores: Cloudflare Workers KV and Deno KV.
+ *
+ * - `denoKvStore(kv)`: Deno KV has real compare-and-swap (`kv.atomic().check(...)`), so the head
+ *   changes by CAS on its versionstamp and KEK records are put-if-absent: `atomic: true`, every
+ *   invariant holds across processes.
+ * - `workersKvStore(namespace)`: Workers KV has no compare-and-swap and is eventually consistent
+ *   (up to about 60 s between locations): `atomic: false`. Nothing is lost (every KEK is stored
+ *   under its own id before use), but usage counting is best effort; see the README.
+ *
+ * No `node:` imports and no reference to the `Deno` global: both stores take the binding or the
+ * `Deno.Kv` handle as an argument and run on workerd, Deno, Node and browsers alike.
+ */
+import type { ChainHead, KekRecord, KeyStore, Versioned } from '@kms-proxy/core'
+
+// ------------------------------------------------------------------------------------ shared
+
+function randomToken(): string {
+  const b = crypto.getRandomValues(new Uint8Array(16))
+  let s = ''
+  for (const x of b) s += x.toString(16).padStart(2, '0')
+  return s
+}
+
+function toBase64(bytes: Uint8Array): string {
+  let s = ''
+  for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode(...bytes.subarray(i, i + 0x8000))
+  return btoa(s)
+}
+
+function fromBase64(text: string): Uint8Array {
+  const s = atob(text)
+  const out = new Uint8Array(s.length)
+  for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i)
+  return out
+}
+
+function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false
+  let d = 0
+  for (let i = 0; i < a.length; i++) d |= a[i]! ^ b[i]!
+  return d === 0
+}
+
+const isU32 = (v: unknown): v is number => Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 0xffffffff
+const isCount = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0
+const isTime = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v)
+
+function checkHead(v: unknown, where: string): ChainHead {
+  const h = v as Partial<ChainHead> | null
+  if (!h || typeof h !== 'object' || !isU32(h.primary) || !isTime(h.primaryCreatedAt) || !isCount(h.leased)) {
+    throw new Error(`${where}: the chain head is malformed`)
+  }
+  return Object.freeze({ primary: h.primary, primaryCreatedAt: h.primaryCreatedAt, leased: h.leased })
+}
+
+function checkRecord(id: number, createdAt: unknown, rootKind: unknown, wrapped: unknown, where: string): KekRecord {
+  if (!isTime(createdAt) || typeof rootKind !== 'string' || !(wrapped instanceof Uint8Array) || wrapped.length === 0) {
+    throw new Error(`${where}: the KEK record ${id} is malformed`)
+  }
+  return Object.freeze({ id, createdAt, rootKind, wrapped: wrapped.slice() })
+}
+
+function checkChain(chain: string): void {
+  if (typeof chain !== 'string' || chain.length === 0) throw new TypeError('chain: expected a non-empty string')
+}
+
+function checkId(id: number): void {
+  if (!isU32(id)) throw new TypeError('id: expected a u32')
+}
+
+// ------------------------------------------------------------------------------------ Workers KV
+
+/**
+ * The part of a Workers KV binding (`KVNamespace`) that the store uses; a binding from
+ * `env`, or Miniflare's `getKVNamespace()`, fits.
+ */
+export interface WorkersKvNamespace {
+  get(key: string, type: 'text'): Promise<string | null>
+  put(key: string, value: string): Promise<unknown>
+  list(options: { prefix: string; cursor?: string }): Promise<{ keys: Array<{ name: string }>; list_complete: boolean; cursor?: string }>
+}
+
+export interface WorkersKvStoreOptions {
+  /** Prepended to every key, to share a namespace. Default "kms-proxy:". */
+  prefix?: string
+}
+
+/** What a head key holds: the head and a random version token (there is no native version). */
+interface KvHeadValue {
+  v: 1
+  head: ChainHead
+  version: string
+}
+
+/** What a KEK key holds; `writer` is a random token that lets a writer recognise its own record. */
+interface KvKekValue {
+  v: 1
+  id: number
+  createdAt: number
+  rootKind: string
+  wrapped: string // base64
+  writer: string
+}
+
+/**
+ * A KeyStore over a Cloudflare Workers KV namespace. `atomic: false`: Workers KV has no
+ * compare-and-swap and propagates writes between locations in up to about 60 s.
+ *
+ * What holds: nothing is lost. Every KEK is written under its own key (its random u32 id) and
+ * read back before the chain uses it, so every encrypted data names a KEK that is in KV, and
+ * every encrypted data stays decryptable (from another location, once KV has propagated the
+ * record: up to about 60 s).
+ *
+ * What does not hold: the usage limit across instances. `casHead` is read, compare, write, read
+ * back. Within one location that catches most races, but two instances that read the same head
+ * version may both succeed (a lease handed out twice), and across locations each instance sees
+ * only its own writes for up to KV's propagation delay, so each may count a shared KEK's uses on
+ * its own. There is no hard bound; expect up to about one `maxWrapsPerKek` per instance that
+ * shares the KEK (measured in a model of KV: 1.6× the limit with 2 instances, 2.3× with 4, 4.4×
+ * with 8; exactly 2× minus one lease for two locations that both see the KEK). Leases are per
+ * instance. For a strict
+ * count use a store with compare-and-swap (a Durable Object, Deno KV, etcd); with this store,
+ * divide the `maxWrapsPerKek` you want by the number of instances that may write at once.
+ *
+ * The residual race of put-if-absent (KV's put cannot be conditional): two writers that pick the
+ * same random u32 id within one propagation window (probability about n² / 2^33 for n KEKs made
+ * in that window) both see the id free and both write. The read-back makes the first writer give
+ * up when the second put lands before its read-back; if it lands after (or in another location),
+ * both use the id, the last write wins, and data under the other KEK could not be decrypted.
+ */
+export function workersKvStore(namespace: WorkersKvNamespace, options: WorkersKvStoreOptions = {}): KeyStore {
+  if (!namespace || typeof namespace.get !== 'function' || typeof namespace.put !== 'function' || typeof namespace.list !== 'function') {
+    throw new TypeError('workersKvStore: expected a Workers KV namespace binding')
+  }
+  const prefix = options.prefix ?? 'kms-proxy:'
+  if (typeof prefix !== 'string') throw new TypeError('workersKvStore: prefix must be a string')
+  // encodeURIComponent escapes ':' so a chain name can never reach into another chain's keys.
+  const chainKey = (chain: string) => `${prefix}${encodeURIComponent(chain)}:`
+  const headKey = (chain: string) => `${chainKey(chain)}head`
+  const kekPrefix = (chain: string) => `${chainKey(chain)}kek:`
+  const kekKey = (chain: string, id: number) => `${kekPrefix(chain)}${id}`
+
+  async function readHead(chain: string): Promise<KvHeadValue | undefined> {
+    const raw = await namespace.get(headKey(chain), 'text')
+    if (raw === null) return undefined
+    const parsed = JSON.parse(raw) as KvHeadValue
+    if (parsed?.v !== 1 || typeof parsed.version !== 'string') throw new Error('workersKvStore: the chain head is malformed')
+    return { v: 1, head: checkHead(parsed.head, 'workersKvStore'), version: parsed.version }
+  }
+
+  async function readKek(chain: string, id: number): Promise<KvKekValue | undefined> {
+    const raw = await namespace.get(kekKey(chain, id), 'text')
+    if (raw === null) return undefined
+    const parsed = JSON.parse(raw) as KvKekValue
+    if (parsed?.v !== 1 || parsed.id !== id || typeof parsed.wrapped !== 'string') {
+      throw new Error(`workersKvStore: the KEK record ${id} is malformed`)
+    }
+    return parsed
+  }
+
+  const toRecord = (v: KvKekValue) => checkRecord(v.id, v.createdAt, v.rootKind, fromBase64(v.wrapped), 'workersKvStore')
+
+  return {
+    atomic: false,
+    embedsKeks: false,
+    async getHead(chain) {
+      checkChain(chain)
+      const h = await readHead(chain)
+      return h && (Object.freeze({ value: h.head, version: h.version }) as Versioned<ChainHead>)
+    },
+    async casHead(chain, expected, next) {
+      checkChain(chain)
+      const value: KvHeadValue = { v: 1, head: checkHead(next, 'casHead'), version: randomToken() }
+      const current = await readHead(chain)
+      if (current?.version !== expected) return false
+      await namespace.put(headKey(chain), JSON.stringify(value))
+      // Best effort: if another writer's head landed after ours (in this location), we lost.
+      const back = await readHead(chain)
+      return back?.version === value.version
+    },
+    async getKek(chain, id) {
+      checkChain(chain)
+      checkId(id)
+      const v = await readKek(chain, id)
+      return v && toRecord(v)
+    },
+    async putKekIfAbsent(chain, record) {
+      checkChain(chain)
+      checkId(record.id)
+      const checked = checkRecord(record.id, record.createdAt, record.rootKind, record.wrapped, 'putKekIfAbsent')
+      if ((await readKek(chain, record.id)) !== undefined) return false
+      const value: KvKekValue = {
+        v: 1,
+        id: checked.id,
+        createdAt: checked.createdAt,
+        rootKind: checked.rootKind,
+        wrapped: toBase64(checked.wrapped),
+        writer: randomToken(),
+      }
+      await namespace.put(kekKey(chain, record.id), JSON.stringify(value))
+      // KV's put cannot be conditional: read back and use the KEK only if the record is ours.
+      const back = await readKek(chain, record.id)
+      return back !== undefined && back.writer === value.writer && equalBytes(fromBase64(back.wrapped), checked.wrapped)
+    },
+    async listKeks(chain) {
+      checkChain(chain)
+      const names: string[] = []
+      let cursor: string | undefined
+      for (;;) {
+        const page = await namespace.list(cursor === undefined ? { prefix: kekPrefix(chain) } : { prefix: kekPrefix(chain), cursor })
+        for (const k of page.keys) names.push(k.name)
+        if (page.list_complete || !page.cursor) break
+        cursor = page.cursor
+      }
+      const ids = names.map((n) => Number(n.slice(kekPrefix(chain).length))).filter(isU32)
+      const values = await Promise.all(ids.map((id) => readKek(chain, id)))
+      // A key listed but not yet readable (eventual consistency) is skipped, not an error.
+      return values.filter((v): v is KvKekValue => v !== undefined).map(toRecord)
+    },
+  }
+}
+
+// ------------------------------------------------------------------------------------ Deno KV
+
+type DenoKvKey = readonly (string | number | bigint | boolean | Uint8Array)[]
+
+interface DenoKvEntry {
+  readonly key: DenoKvKey
+  readonly value: unknown
+  readonly versionstamp: string | null
+}
+
+interface DenoKvAtomic {
+  check(...checks: Array<{ key: DenoKvKey; versionstamp: string | null }>): DenoKvAtomic
+  set(key: DenoKvKey, value: unknown): DenoKvAtomic
+  commit(): Promise<{ ok: boolean }>
+}
+
+/** The part of a `Deno.Kv` (from `Deno.openKv()`) that the store uses. */
+export interface DenoKv {
+  get(key: DenoKvKey): Promise<DenoKvEntry>
+  list(selector: { prefix: DenoKvKey }): AsyncIterable<DenoKvEntry>
+  atomic(): DenoKvAtomic
+}
+
+export interface DenoKvStoreOptions {
+  /** First part of every key, to share a database. Default "kms-proxy". */
+  prefix?: string
+  /** How long to keep retrying while SQLite answers "database is locked". Default 10 s. */
+  busyTimeoutMs?: number
+}
+
+/**
+ * Deno KV on a local SQLite file answers "database is locked" instead of waiting when another
+ * connection (in this process or another) writes at the same moment. Such a call normally did
+ * not happen, so it is retried with a short random backoff. Should a commit that threw have
+ * landed after all, the retry's check fails: put-if-absent then reports false (the chain picks another id; the
+ * stored record is unused), casHead reports false (the chain reads the head again; a lease it
+ * wrote counts as used), both on the safe side.
+ */
+async function whileBusy<T>(call: () => Promise<T>, timeoutMs: number): Promise<T> {
+  const started = Date.now()
+  for (let wait = 1; ; wait = Math.min(wait * 2, 32)) {
+    try {
+      return await call()
+    } catch (error) {
+      const message = String((error as Error | undefined)?.message ?? error)
+      if (!/database is locked|SQLITE_BUSY/i.test(message) || Date.now() - started > timeoutMs) throw error
+    }
+    await new Promise((resolve) => setTimeout(resolve, wait * (0.5 + Math.random())))
+  }
+}
+
+interface DenoKekValue {
+  createdAt: number
+  rootKind: string
+  wrapped: Uint8Array
+}
+
+/**
+ * A KeyStore over Deno KV (`await Deno.openKv(path)`, or Deno Deploy's KV). Keys are
+ * `[prefix, chain, 'head']` and `[prefix, chain, 'kek', id]`. The head changes by
+ * compare-and-swap on its versionstamp and KEK records are put-if-absent
+ * (`kv.atomic().check({ key, versionstamp })`), so the store is atomic across every process that
+ * opens the same database: `atomic: true`.
+ */
+export function denoKvStore(kv: DenoKv, options: DenoKvStoreOptions = {}): KeyStore {
+  if (!kv || typeof kv.get !== 'function' || typeof kv.atomic !== 'function' || typeof kv.list !== 'function') {
+    throw new TypeError('denoKvStore: expected a Deno.Kv (from Deno.openKv)')
+  }
+  const prefix = options.prefix ?? 'kms-proxy'
+  if (typeof prefix !== 'string') throw new TypeError('denoKvStore: prefix must be a string')
+  const busyTimeoutMs = options.busyTimeoutMs ?? 10_000
+  const retry = <T>(call: () => Promise<T>) => whileBusy(call, busyTimeoutMs)
+  const headKey = (chain: string) => [prefix, chain, 'head'] as const
+  const kekKey = (chain: string, id: number) => [prefix, chain, 'kek', id] as const
+
+  const toRecord = (id: number, value: unknown) => {
+    const v = value as Partial<DenoKekValue> | null
+    return checkRecord(id, v?.createdAt, v?.rootKind, v?.wrapped, 'denoKvStore')
+  }
+
+  return {
+    atomic: true,
+    embedsKeks: false,
+    async getHead(chain) {
+      checkChain(chain)
+      const entry = await retry(() => kv.get(headKey(chain)))
+      if (entry.versionstamp === null) return undefined
+      return Object.freeze({ value: checkHead(entry.value, 'denoKvStore'), version: entry.versionstamp })
+    },
+    async casHead(chain, expected, next) {
+      checkChain(chain)
+      const head = checkHead(next, 'casHead')
+      const key = headKey(chain)
+      const value = { primary: head.primary, primaryCreatedAt: head.primaryCreatedAt, leased: head.leased }
+      const result = await retry(() => kv.atomic().check({ key, versionstamp: expected ?? null }).set(key, value).commit())
+      return result.ok === true
+    },
+    async getKek(chain, id) {
+      checkChain(chain)
+      checkId(id)
+      const entry = await retry(() => kv.get(kekKey(chain, id)))
+      return entry.versionstamp === null ? undefined : toRecord(id, entry.value)
+    },
+    async putKekIfAbsent(chain, record) {
+      checkChain(chain)
+      checkId(record.id)
+      const r = checkRecord(record.id, record.createdAt, record.rootKind, record.wrapped, 'putKekIfAbsent')
+      const key = kekKey(chain, r.id)
+      const value: DenoKekValue = { createdAt: r.createdAt, rootKind: r.rootKind, wrapped: r.wrapped.slice() }
+      const result = await retry(() => kv.atomic().check({ key, versionstamp: null }).set(key, value).commit())
+      return result.ok === true
+    },
+    async listKeks(chain) {
+      checkChain(chain)
+      return retry(async () => {
+        const out: KekRecord[] = []
+        for await (const entry of kv.list({ prefix: [prefix, chain, 'kek'] })) {
+          const id = entry.key[3]
+          if (isU32(id)) out.push(toRecord(id, entry.value))
+        }
+        return out
+      })
+    },
+  }
+}

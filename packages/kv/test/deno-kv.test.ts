@@ -1,0 +1,77 @@
+import { afterAll, beforeAll, expect, it } from 'vitest'
+import { spawn } from 'node:child_process'
+import { mkdtempSync, rmSync, statSync, writeFileSync, existsSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+
+const root = join(import.meta.dirname, '..', '..', '..')
+const deno = join(root, 'node_modules', '.bin', 'deno')
+const script = join(import.meta.dirname, 'deno', 'contract.mjs')
+const dir = mkdtempSync(join(tmpdir(), 'kms-proxy-denokv-'))
+afterAll(() => rmSync(dir, { recursive: true, force: true }))
+
+beforeAll(() => {
+  // The Deno script imports the BUILT packages by name.
+  for (const pkg of ['core', 'kv', 'testkit']) {
+    const dist = join(root, 'packages', pkg, 'dist', 'index.js')
+    const src = join(root, 'packages', pkg, 'src', 'index.ts')
+    if (!existsSync(dist) || statSync(dist).mtimeMs < statSync(src).mtimeMs) {
+      throw new Error(`packages/${pkg}/dist is missing or older than src: run pnpm build first`)
+    }
+  }
+})
+
+function runDeno(args: string[]): Promise<any> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(deno, ['run', '--quiet', '--unstable-kv', '--allow-read', '--allow-write', '--allow-env', script, ...args], {
+      cwd: root,
+      env: { ...process.env, DENO_DIR: join(dir, 'deno-dir'), DENO_NO_UPDATE_CHECK: '1', NO_COLOR: '1' },
+    })
+    let out = ''
+    let err = ''
+    child.stdout.on('data', (d) => (out += d))
+    child.stderr.on('data', (d) => (err += d))
+    const timer = setTimeout(() => child.kill('SIGKILL'), 50_000)
+    child.on('close', (code) => {
+      clearTimeout(timer)
+      try {
+        resolve(JSON.parse(out))
+      } catch {
+        reject(new Error(`deno exited ${code}: ${(err || out).slice(0, 2000)}`))
+      }
+    })
+  })
+}
+
+const kekIdOf = (h: string) => parseInt(h.slice(2, 10), 16)
+
+it('Deno: describeStore(denoKvStore) on Deno.openKv files, built packages, all pass', async () => {
+  const { results } = await runDeno(['contract', dir])
+  const failed = results.filter((r: any) => !r.ok).map((r: any) => `${r.name}: ${r.error}`)
+  expect(failed).toEqual([])
+  expect(results.length).toBe(7)
+  console.log(`deno: ${results.length} tests passed:\n  ${results.map((r: any) => `${r.name} (${r.ms} ms)`).join('\n  ')}`)
+}, 60_000)
+
+it('two Deno processes share one KV file and rotate at once: nothing lost, no KEK over the limit', async () => {
+  const file = join(dir, 'shared.sqlite')
+  const max = 50
+  const [a, b] = await Promise.all([runDeno(['encrypt', file, '200', String(max), 'a']), runDeno(['encrypt', file, '200', String(max), 'b'])])
+  const all: string[] = [...a.encrypted, ...b.encrypted]
+  const perKek = new Map<number, number>()
+  for (const h of all) perKek.set(kekIdOf(h), (perKek.get(kekIdOf(h)) ?? 0) + 1)
+  const most = Math.max(...perKek.values())
+  expect(most).toBeLessThanOrEqual(max)
+  // The processes really ran at once: some KEK was used by both.
+  const kekSet = (list: string[]) => new Set(list.map(kekIdOf))
+  const usedByA = kekSet(a.encrypted)
+  const shared = [...kekSet(b.encrypted)].filter((id) => usedByA.has(id)).length
+  expect(shared).toBeGreaterThan(0)
+  const input = join(dir, 'input.json')
+  writeFileSync(input, JSON.stringify(all))
+  const checked = await runDeno(['check', file, input])
+  expect(checked.plaintexts).toEqual([...a.encrypted.map((_: string, i: number) => `a:${i}`), ...b.encrypted.map((_: string, i: number) => `b:${i}`)])
+  for (const id of perKek.keys()) expect(checked.keks).toContain(id)
+  expect(checked.head.leased).toBeLessThanOrEqual(max)
+  console.log(`deno KV, 2 processes x 200 records, maxWrapsPerKek ${max}, leaseSize 7: ${perKek.size} KEKs used (${checked.keks.length} stored, ${shared} used by both processes), most wraps under one KEK ${most}`)
+}, 60_000)

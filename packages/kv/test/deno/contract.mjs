@@ -1,0 +1,85 @@
+// Deno side of the kv tests, on the BUILT packages (pnpm build first). Run with
+//   deno run --quiet --unstable-kv --allow-read --allow-write --allow-env contract.mjs <mode> ...
+// Modes (each prints one JSON object on stdout):
+//   contract <dir>                      describeStore(denoKvStore) with a fresh Deno.openKv file per test
+//   encrypt <kvFile> <count> <max> <tag> encrypts count records (rotating halfway), prints them as hex
+//   check <kvFile> <inputJson>           decrypts every hex record in the input, lists KEKs, reads the head
+import { KeyChain, aesRootKey } from '@kms-proxy/core'
+import { denoKvStore } from '@kms-proxy/kv'
+import { createHarness, describeStore } from '../../../testkit/dist/index.js'
+
+const ROOT = Uint8Array.from({ length: 32 }, (_, i) => (i * 13 + 5) & 0xff)
+const hex = (b) => Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('')
+const unhex = (s) => Uint8Array.from(s.match(/../g), (h) => parseInt(h, 16))
+const [mode, ...args] = Deno.args
+
+async function contract(dir) {
+  const t = createHarness()
+  const open = []
+  let n = 0
+  describeStore(t, {
+    name: 'denoKvStore',
+    async open() {
+      const path = `${dir}/contract-${n++}.sqlite`
+      const handles = []
+      const handle = async () => {
+        const kv = await Deno.openKv(path)
+        handles.push(kv)
+        open.push(kv)
+        return denoKvStore(kv)
+      }
+      // Another handle is another connection to the same file, as another process would open it.
+      return { store: await handle(), another: handle, close: () => handles.forEach((kv) => kv.close()) }
+    },
+  })
+  t.test('denoKvStore: keys are [prefix, chain, "head"] and [prefix, chain, "kek", id]; prefixes separate stores', async () => {
+    const kv = await Deno.openKv(`${dir}/layout.sqlite`)
+    try {
+      const a = denoKvStore(kv, { prefix: 'a' })
+      const b = denoKvStore(kv, { prefix: 'b' })
+      t.equal(await a.putKekIfAbsent('c', { id: 5, createdAt: 1, rootKind: 'aes', wrapped: new Uint8Array([9]) }), true)
+      t.equal(await a.casHead('c', undefined, { primary: 5, primaryCreatedAt: 1, leased: 3 }), true)
+      t.equal((await kv.get(['a', 'c', 'kek', 5])).value.rootKind, 'aes')
+      t.equal((await kv.get(['a', 'c', 'head'])).value.leased, 3)
+      t.equal(await b.getHead('c'), undefined, 'other prefix, head:')
+      t.equal((await b.listKeks('c')).length, 0, 'other prefix, KEKs:')
+      t.equal(typeof (await a.getHead('c')).version, 'string', 'version is the versionstamp:')
+      t.equal((await a.getHead('c')).version, (await kv.get(['a', 'c', 'head'])).versionstamp)
+    } finally {
+      kv.close()
+    }
+  })
+  const results = await t.run()
+  return { results }
+}
+
+async function encrypt(file, count, max, tag) {
+  const kv = await Deno.openKv(file)
+  const chain = await KeyChain.open({ rootKey: aesRootKey(ROOT), store: denoKvStore(kv), maxWrapsPerKek: max, leaseSize: 7, dekPoolSize: 0 })
+  const encrypted = []
+  for (let i = 0; i < count; i++) {
+    encrypted.push(hex(await chain.encrypt(`${tag}:${i}`)))
+    if (i === count >> 1) await chain.rotate()
+  }
+  kv.close()
+  return { encrypted, stats: chain.stats() }
+}
+
+async function check(file, input) {
+  const kv = await Deno.openKv(file)
+  const store = denoKvStore(kv)
+  const chain = await KeyChain.open({ rootKey: aesRootKey(ROOT), store })
+  const plaintexts = []
+  for (const h of JSON.parse(await Deno.readTextFile(input))) plaintexts.push(new TextDecoder().decode(await chain.decrypt(unhex(h))))
+  const keks = (await store.listKeks('default')).map((r) => r.id)
+  const head = await store.getHead('default')
+  kv.close()
+  return { plaintexts, keks, head: head?.value }
+}
+
+let out
+if (mode === 'contract') out = await contract(args[0])
+else if (mode === 'encrypt') out = await encrypt(args[0], Number(args[1]), Number(args[2]), args[3])
+else if (mode === 'check') out = await check(args[0], args[1])
+else throw new Error(`unknown mode ${mode}`)
+console.log(JSON.stringify(out))

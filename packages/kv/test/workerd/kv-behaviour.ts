@@ -1,0 +1,153 @@
+/**
+ * What Workers KV does not guarantee, asserted where it can be. Runs inside workerd (bundled
+ * into the test worker) on a real KV binding. `locationView` models one Workers KV location:
+ * reads are served from a per-location cache that does not see other locations' writes until
+ * `ttlMs` passes (KV: up to about 60 s), while a location's own writes are visible to it at once.
+ */
+import { KeyChain, aesRootKey, type KeyStore } from '@kms-proxy/core'
+import type { Harness } from '@kms-proxy/testkit'
+import { workersKvStore, type WorkersKvNamespace } from '../../src/index.ts'
+
+const ROOT = Uint8Array.from({ length: 32 }, (_, i) => (i * 7 + 1) & 0xff)
+const kekIdOf = (e: Uint8Array) => ((e[1]! << 24) | (e[2]! << 16) | (e[3]! << 8) | e[4]!) >>> 0
+const text = (b: Uint8Array) => new TextDecoder().decode(b)
+
+export function locationView(ns: WorkersKvNamespace, ttlMs: number): WorkersKvNamespace {
+  const cache = new Map<string, { value: string | null; at: number }>()
+  return {
+    async get(key, type) {
+      const hit = cache.get(key)
+      if (hit && Date.now() - hit.at < ttlMs) return hit.value
+      const value = await ns.get(key, type)
+      cache.set(key, { value, at: Date.now() })
+      return value
+    },
+    async put(key, value) {
+      await ns.put(key, value)
+      cache.set(key, { value, at: Date.now() })
+    },
+    list: (options) => ns.list(options),
+  }
+}
+
+export interface Measured {
+  instances: number
+  staleMs: number
+  maxWrapsPerKek: number
+  leaseSize: number
+  encryptions: number
+  keks: number
+  mostWrapsUnderOneKek: number
+}
+
+export const measurements: Measured[] = []
+
+export function describeWorkersKvBehaviour(t: Harness, kv: WorkersKvNamespace, unique: () => string): void {
+  t.test('workers KV: two locations doing casHead on the same stale version may both succeed (documented)', async () => {
+    const prefix = unique()
+    const a = workersKvStore(locationView(kv, 60_000), { prefix })
+    const b = workersKvStore(locationView(kv, 60_000), { prefix })
+    const h = { primary: 1, primaryCreatedAt: 1, leased: 0 }
+    t.equal(await a.casHead('c', undefined, h), true, 'create:')
+    const v1 = (await a.getHead('c'))!.version
+    t.equal(await b.casHead('c', undefined, h), false, 'b sees the head once KV has it (its cache was empty):')
+    t.equal((await b.getHead('c'))!.version, v1, 'b reads v1:')
+    t.equal(await a.casHead('c', v1, { ...h, leased: 10 }), true, 'a swaps at v1:')
+    t.equal(await b.casHead('c', v1, { ...h, leased: 10 }), true, 'b, not yet seeing a\'s write, also swaps at v1:')
+    // Last write wins: one lease of 10 was handed out twice; the head counts 10, not 20.
+    const fresh = workersKvStore(kv, { prefix })
+    t.equal((await fresh.getHead('c'))!.value.leased, 10, 'leased as KV keeps it:')
+  })
+
+  t.test('workers KV: within one location, a stale casHead fails (read, compare, write, read back)', async () => {
+    const store = workersKvStore(kv, { prefix: unique() })
+    const h = { primary: 1, primaryCreatedAt: 1, leased: 0 }
+    t.equal(await store.casHead('c', undefined, h), true, 'create:')
+    const v1 = (await store.getHead('c'))!.version
+    t.equal(await store.casHead('c', v1, { ...h, leased: 5 }), true, 'swap at v1:')
+    t.equal(await store.casHead('c', v1, { ...h, leased: 6 }), false, 'stale swap at v1:')
+    t.equal(await store.casHead('c', undefined, h), false, 'create again:')
+  })
+
+  t.test('workers KV: a record written over ours between put and read-back makes putKekIfAbsent refuse the id', async () => {
+    const prefix = unique()
+    let raced = false
+    const racing: WorkersKvNamespace = {
+      get: (k, ty) => kv.get(k, ty),
+      list: (o) => kv.list(o),
+      async put(key, value) {
+        await kv.put(key, value)
+        if (!raced && key.includes(':kek:')) {
+          raced = true
+          // Another writer that picked the same id at the same moment; its put lands after ours.
+          const theirs = JSON.parse(value)
+          await kv.put(key, JSON.stringify({ ...theirs, wrapped: btoa('theirs'), writer: 'someone else' }))
+        }
+      },
+    }
+    const store = workersKvStore(racing, { prefix })
+    const record = { id: 42, createdAt: 1, rootKind: 'aes', wrapped: new Uint8Array([1, 2, 3]) }
+    t.equal(await store.putKekIfAbsent('c', record), false, 'ours was overwritten:')
+    t.equal(await store.putKekIfAbsent('c', record), false, 'the id is taken:')
+    t.equal(text((await store.getKek('c', 42))!.wrapped), 'theirs', 'their record stays:')
+  })
+
+  t.test('workers KV: two locations that both see a KEK each lease up to maxWrapsPerKek of it (documented), losing nothing', async () => {
+    const prefix = unique()
+    const max = 20
+    const leaseSize = 5
+    const open = (view: WorkersKvNamespace) =>
+      KeyChain.open({ rootKey: aesRootKey(ROOT), store: workersKvStore(view, { prefix }), maxWrapsPerKek: max, leaseSize, dekPoolSize: 0 })
+    const viewA = locationView(kv, 60_000)
+    const a = await open(viewA)
+    const first = await a.encrypt('a0') // A makes KEK K and writes the head (leased: one lease)
+    const k = kekIdOf(first)
+    // B's location reads the head once A's write has reached it, then sees only its own writes
+    // for the next minute, as does A: each counts K's uses on its own.
+    const b = await open(locationView(kv, 60_000))
+    const made = [first]
+    for (let i = 1; i < max; i++) made.push(await a.encrypt(`a${i}`))
+    for (let i = 0; i < max; i++) made.push(await b.encrypt(`b${i}`))
+    const underK = made.filter((e) => kekIdOf(e) === k).length
+    t.ok(underK > max, `expected the overrun Workers KV allows; K wrapped ${underK}`)
+    t.ok(underK <= 2 * max, `K wrapped ${underK}, more than 2 x ${max}`)
+    const fresh = workersKvStore(kv, { prefix })
+    const stored = new Set((await fresh.listKeks('default')).map((r) => r.id))
+    for (const e of made) t.ok(stored.has(kekIdOf(e)), 'a used KEK is not in KV')
+    const reader = await KeyChain.open({ rootKey: aesRootKey(ROOT), store: fresh })
+    for (const [i, e] of made.entries()) t.equal(text(await reader.decrypt(e)), i < max ? `a${i}` : `b${i - max}`)
+    measurements.push({ instances: 2, staleMs: 60_000, maxWrapsPerKek: max, leaseSize, encryptions: made.length, keks: new Set(made.map(kekIdOf)).size, mostWrapsUnderOneKek: underK })
+  })
+
+  t.test('workers KV: three locations sharing a chain through stale views lose nothing and all data decrypts (usage may overrun)', async () => {
+    const prefix = unique()
+    const instances = 3
+    const max = 30
+    const leaseSize = 5
+    // Staleness about as long as a lease lasts: the case where instances share a KEK on stale counts.
+    const staleMs = 5
+    const stores: KeyStore[] = Array.from({ length: instances }, () => workersKvStore(locationView(kv, staleMs), { prefix }))
+    const chains = await Promise.all(stores.map((store) => KeyChain.open({ rootKey: aesRootKey(ROOT), store, maxWrapsPerKek: max, leaseSize, dekPoolSize: 0 })))
+    const made = await Promise.all(
+      chains.map(async (c, k) => {
+        const out: Uint8Array[] = []
+        for (let i = 0; i < 80; i++) {
+          out.push(await c.encrypt(`c${k}m${i}`))
+          if (i === 40) await c.rotate()
+        }
+        return out
+      }),
+    )
+    const all = made.flat()
+    const perKek = new Map<number, number>()
+    for (const e of all) perKek.set(kekIdOf(e), (perKek.get(kekIdOf(e)) ?? 0) + 1)
+    const fresh = workersKvStore(kv, { prefix })
+    const stored = new Set((await fresh.listKeks('default')).map((r) => r.id))
+    for (const id of perKek.keys()) t.ok(stored.has(id), `KEK ${id} was used but is not in KV`)
+    const reader = await KeyChain.open({ rootKey: aesRootKey(ROOT), store: fresh })
+    for (const [k, list] of made.entries()) for (const [i, e] of list.entries()) t.equal(text(await reader.decrypt(e)), `c${k}m${i}`)
+    const most = Math.max(...perKek.values())
+    // Not asserted: Workers KV cannot promise the usage limit. Reported, for the README.
+    measurements.push({ instances, staleMs, maxWrapsPerKek: max, leaseSize, encryptions: all.length, keks: perKek.size, mostWrapsUnderOneKek: most })
+  })
+}

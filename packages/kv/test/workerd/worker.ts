@@ -1,0 +1,25 @@
+// Test worker for workerd (bundled by esbuild, run by Miniflare with a KV binding KEYS):
+// GET / runs describeStore and the Workers KV behaviour tests and answers with the results.
+import { createHarness, describeStore } from '@kms-proxy/testkit'
+import { workersKvStore, type WorkersKvNamespace } from '../../src/index.ts'
+import { describeWorkersKvBehaviour, measurements } from './kv-behaviour.ts'
+
+let n = 0
+const unique = () => `t${Date.now().toString(36)}-${n++}:`
+
+export default {
+  async fetch(_request: Request, env: { KEYS: WorkersKvNamespace }): Promise<Response> {
+    const t = createHarness()
+    describeStore(t, {
+      name: 'workersKvStore',
+      atomic: false,
+      async open() {
+        const prefix = unique()
+        return { store: workersKvStore(env.KEYS, { prefix }), another: () => workersKvStore(env.KEYS, { prefix }) }
+      },
+    })
+    describeWorkersKvBehaviour(t, env.KEYS, unique)
+    const results = await t.run()
+    return Response.json({ results, measurements, prefixes: n })
+  },
+}
