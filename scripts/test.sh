@@ -5,10 +5,12 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh || { echo "0 passed, 1 failed"; exit 1; }
 # Real peers from Debian: Chromium for the browser tests (Playwright's own browser download
-# cannot work here) and etcd for the etcd store. Installed only when missing.
+# cannot work here), etcd for the etcd store, SoftHSM2 for the PKCS#11 root keys. Installed only
+# when missing. moto (the AWS KMS emulator) comes with the machine's Python; PyPI is out of reach.
 missing=()
 command -v "${CHROMIUM_PATH:-/usr/bin/chromium}" >/dev/null 2>&1 || missing+=(chromium)
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server etcd-client)
+command -v softhsm2-util >/dev/null 2>&1 || missing+=(softhsm2)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "test: installing ${missing[*]} from Debian"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
