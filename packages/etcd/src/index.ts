@@ -1,0 +1,337 @@
+/**
+ * A KeyStore on etcd v3 through its HTTP/JSON gateway (`/v3/kv/range`, `/v3/kv/txn`,
+ * `/v3/auth/authenticate`), with `fetch` only: it runs on Node, Deno, Bun, workerd and browsers.
+ *
+ * - The chain head lives at `${prefix}${chain}/head`; its version is the key's `mod_revision`, and
+ *   casHead is one transaction: compare `mod_revision == expected` (or `create_revision == 0`
+ *   when there is no head yet), then put. etcd is linearizable, so this is a real
+ *   compare-and-swap across every process: `atomic: true`.
+ * - KEK records live at `${prefix}${chain}/kek/${id as 8 hex digits}`, written by one
+ *   transaction `create_revision == 0` then put: put-if-absent, never overwritten.
+ * - Several endpoints: a network error, a timeout or a 5xx moves to the next one, and the one that
+ *   answered is remembered. A retried write can only fail safe (a swap that had in fact applied
+ *   reads as lost, and the chain counts that lease as used; a KEK write reads as "id taken", and
+ *   the chain picks another id, leaving one unused record).
+ * - Username and password: one `authenticate` call, the token cached and renewed once on an
+ *   auth error. Neither the password nor the token ever appears in an error message.
+ *
+ * No `node:` imports: only fetch, TextEncoder/TextDecoder, btoa/atob.
+ */
+import type { ChainHead, KekRecord, KeyStore, Versioned } from '@kms-proxy/core'
+
+export interface EtcdStoreOptions {
+  /** Client URLs of the cluster members, e.g. `['https://etcd-1:2379', 'https://etcd-2:2379']`. */
+  endpoints: string[]
+  /** etcd user (auth enabled); `password` is then required. */
+  username?: string
+  password?: string
+  /** Key prefix for every key this store writes. Default `'kms-proxy/'`. */
+  prefix?: string
+  /** The fetch to use. Default: the global fetch. */
+  fetch?: typeof fetch
+  /** Per-request timeout in milliseconds, before moving to the next endpoint. Default 5,000. */
+  timeoutMs?: number
+}
+
+export interface EtcdStore extends KeyStore {
+  readonly atomic: true
+  readonly embedsKeks: false
+}
+
+// ------------------------------------------------------------------------------------ bytes
+
+const encoder = new TextEncoder()
+const decoder = new TextDecoder('utf-8', { fatal: true })
+
+function toBase64(bytes: Uint8Array): string {
+  let s = ''
+  for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode(...bytes.subarray(i, i + 0x8000))
+  return btoa(s)
+}
+
+function fromBase64(text: string): Uint8Array {
+  const s = atob(text)
+  const out = new Uint8Array(s.length)
+  for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i)
+  return out
+}
+
+const b64 = (text: string) => toBase64(encoder.encode(text))
+
+/** The smallest key greater than every key starting with `prefix` (etcd's range_end for a prefix). */
+function prefixEnd(prefix: string): string {
+  const bytes = encoder.encode(prefix)
+  for (let i = bytes.length - 1; i >= 0; i--) {
+    if (bytes[i]! < 0xff) {
+      const end = bytes.slice(0, i + 1)
+      end[i]!++
+      return toBase64(end)
+    }
+  }
+  return toBase64(new Uint8Array([0])) // all keys
+}
+
+// ------------------------------------------------------------------------------------ validation
+
+const isU32 = (v: unknown): v is number => Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 0xffffffff
+const isCount = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0
+const isTime = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v)
+const isRevision = (v: unknown): v is string => typeof v === 'string' && /^[1-9][0-9]{0,18}$/.test(v)
+
+function checkHead(v: unknown): ChainHead {
+  const h = v as Partial<ChainHead> | null
+  if (!h || typeof h !== 'object' || !isU32(h.primary) || !isTime(h.primaryCreatedAt) || !isCount(h.leased)) {
+    throw new Error('etcd store: the chain head is malformed')
+  }
+  return Object.freeze({ primary: h.primary, primaryCreatedAt: h.primaryCreatedAt, leased: h.leased })
+}
+
+function checkChain(chain: unknown): string {
+  if (typeof chain !== 'string' || chain.length === 0) throw new TypeError('chain: expected a non-empty string')
+  return chain
+}
+
+function checkId(id: unknown): number {
+  if (!isU32(id) || id === 0) throw new RangeError('id: expected an integer from 1 to 2^32 - 1')
+  return id
+}
+
+const hex8 = (id: number) => id.toString(16).padStart(8, '0')
+
+// ------------------------------------------------------------------------------------ gateway
+
+interface Kv {
+  key?: string
+  value?: string
+  create_revision?: string
+  mod_revision?: string
+}
+
+class EtcdHttpError extends Error {
+  constructor(
+    message: string,
+    readonly status: number,
+    readonly auth: boolean,
+  ) {
+    super(message)
+    this.name = 'EtcdError'
+  }
+}
+
+/** Something that should make us try the next endpoint (no answer, or a 5xx). */
+class EndpointDown extends Error {}
+
+function describe(cause: unknown): string {
+  const e = cause as { name?: string; message?: string; cause?: { code?: string } } | undefined
+  const code = e?.cause?.code
+  return code ? `${e?.name ?? 'Error'} (${code})` : `${e?.name ?? 'Error'}: ${e?.message ?? String(cause)}`
+}
+
+/** A KeyStore on etcd v3's HTTP/JSON gateway. `atomic: true`: the head changes only by compare-and-swap. */
+export function etcdStore(options: EtcdStoreOptions): EtcdStore {
+  if (typeof options !== 'object' || options === null) throw new TypeError('options: expected an object')
+  const { endpoints, username, password } = options
+  if (!Array.isArray(endpoints) || endpoints.length === 0) throw new TypeError('endpoints: expected a non-empty array of URLs')
+  const bases = endpoints.map((e, i) => {
+    let url: URL
+    try {
+      url = new URL(String(e))
+    } catch {
+      throw new TypeError(`endpoints[${i}]: not a URL`)
+    }
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new TypeError(`endpoints[${i}]: expected an http: or https: URL`)
+    if (url.username || url.password) throw new TypeError(`endpoints[${i}]: put credentials in username/password, not in the URL`)
+    return url.origin + url.pathname.replace(/\/+$/, '')
+  })
+  if (username !== undefined && (typeof username !== 'string' || username.length === 0)) throw new TypeError('username: expected a non-empty string')
+  if (password !== undefined && typeof password !== 'string') throw new TypeError('password: expected a string')
+  if ((username === undefined) !== (password === undefined)) throw new TypeError('username and password: give both or neither')
+  const prefix = options.prefix ?? 'kms-proxy/'
+  if (typeof prefix !== 'string') throw new TypeError('prefix: expected a string')
+  const doFetch = options.fetch ?? globalThis.fetch
+  if (typeof doFetch !== 'function') throw new TypeError('fetch: expected a function (no global fetch here)')
+  const timeoutMs = options.timeoutMs ?? 5000
+  if (typeof timeoutMs !== 'number' || !(timeoutMs > 0) || !Number.isFinite(timeoutMs)) throw new RangeError('timeoutMs: expected a positive number')
+
+  let current = 0
+  let token: string | undefined
+  let authenticating: Promise<string> | undefined
+
+  /** One POST to one endpoint: parsed JSON, EtcdHttpError for an answer etcd refused, EndpointDown otherwise. */
+  async function post(base: string, path: string, body: unknown, auth: string | undefined): Promise<Record<string, unknown>> {
+    const controller = new AbortController()
+    const timer = setTimeout(() => controller.abort(), timeoutMs)
+    let response: Response
+    let text: string
+    try {
+      const headers: Record<string, string> = { 'content-type': 'application/json' }
+      if (auth !== undefined) headers.authorization = auth
+      // Bound (not a method call on our closure) so that browsers and workerd accept it.
+      response = await doFetch.call(globalThis, `${base}${path}`, { method: 'POST', headers, body: JSON.stringify(body), signal: controller.signal })
+      text = await response.text()
+    } catch (cause) {
+      throw new EndpointDown(controller.signal.aborted ? `${base}: no answer within ${timeoutMs} ms` : `${base}: ${describe(cause)}`)
+    } finally {
+      clearTimeout(timer)
+    }
+    let json: Record<string, unknown> | undefined
+    try {
+      json = JSON.parse(text) as Record<string, unknown>
+    } catch {
+      json = undefined
+    }
+    if (response.ok && json && typeof json === 'object') return json
+    const message = typeof json?.message === 'string' ? json.message : typeof json?.error === 'string' ? json.error : `HTTP ${response.status}`
+    if (response.status >= 500 && !/permission denied|authentication failed|auth token|user name/i.test(message)) {
+      throw new EndpointDown(`${base}: HTTP ${response.status}: ${message.slice(0, 200)}`)
+    }
+    const isAuth = response.status === 401 || /invalid auth token|user name is empty|auth token is not provided/i.test(message)
+    throw new EtcdHttpError(`etcd ${path} failed: HTTP ${response.status}: ${message.slice(0, 200)}`, response.status, isAuth)
+  }
+
+  /** Tries each endpoint in turn, starting from the last one that answered. */
+  async function call(path: string, body: unknown, auth: string | undefined): Promise<Record<string, unknown>> {
+    const down: string[] = []
+    for (let k = 0; k < bases.length; k++) {
+      const i = (current + k) % bases.length
+      try {
+        const result = await post(bases[i]!, path, body, auth)
+        current = i
+        return result
+      } catch (error) {
+        if (error instanceof EtcdHttpError) {
+          current = i
+          throw error
+        }
+        if (!(error instanceof EndpointDown)) throw error
+        down.push(error.message)
+      }
+    }
+    throw new Error(`etcd ${path}: no endpoint answered (${down.join('; ')})`)
+  }
+
+  function authenticate(): Promise<string> {
+    authenticating ??= (async () => {
+      try {
+        const r = await call('/v3/auth/authenticate', { name: username, password }, undefined)
+        if (typeof r.token !== 'string' || r.token.length === 0) throw new Error('etcd /v3/auth/authenticate returned no token')
+        token = r.token
+        return r.token
+      } catch (error) {
+        if (error instanceof EtcdHttpError) throw new Error(`etcd authentication as ${JSON.stringify(username)} failed: HTTP ${error.status} (wrong username or password?)`)
+        throw error
+      } finally {
+        authenticating = undefined
+      }
+    })()
+    return authenticating
+  }
+
+  /** A gateway call with the auth token, renewed once if etcd says it is invalid or expired. */
+  async function request(path: string, body: unknown): Promise<Record<string, unknown>> {
+    if (username === undefined) return call(path, body, undefined)
+    const used = token ?? (await authenticate())
+    try {
+      return await call(path, body, used)
+    } catch (error) {
+      if (!(error instanceof EtcdHttpError && error.auth)) throw error
+      if (token === used) token = undefined
+      return call(path, body, token ?? (await authenticate()))
+    }
+  }
+
+  const chainPrefix = (chain: string) => `${prefix}${encodeURIComponent(checkChain(chain))}/`
+  const headKey = (chain: string) => `${chainPrefix(chain)}head`
+  const kekPrefix = (chain: string) => `${chainPrefix(chain)}kek/`
+
+  async function range(key: string, rangeEnd?: string): Promise<Kv[]> {
+    const body: Record<string, string> = { key: b64(key) }
+    if (rangeEnd !== undefined) body.range_end = rangeEnd
+    const r = await request('/v3/kv/range', body)
+    const kvs = r.kvs ?? []
+    if (!Array.isArray(kvs)) throw new Error('etcd /v3/kv/range: malformed answer')
+    return kvs as Kv[]
+  }
+
+  async function txn(compare: Record<string, string>, key: string, value: string): Promise<boolean> {
+    const r = await request('/v3/kv/txn', {
+      compare: [{ result: 'EQUAL', key: b64(key), ...compare }],
+      success: [{ request_put: { key: b64(key), value: b64(value) } }],
+    })
+    // A failed transaction has no `succeeded` field at all (proto3 JSON leaves defaults out).
+    return r.succeeded === true
+  }
+
+  const valueOf = (kv: Kv) => decoder.decode(fromBase64(kv.value ?? ''))
+
+  function parseRecord(kv: Kv, id: number): KekRecord {
+    let r: { id?: unknown; createdAt?: unknown; rootKind?: unknown; wrapped?: unknown }
+    try {
+      r = JSON.parse(valueOf(kv))
+    } catch {
+      throw new Error(`etcd store: the KEK record ${hex8(id)} is not JSON`)
+    }
+    if (r?.id !== id || !isTime(r.createdAt) || typeof r.rootKind !== 'string' || typeof r.wrapped !== 'string') {
+      throw new Error(`etcd store: the KEK record ${hex8(id)} is malformed`)
+    }
+    const wrapped = fromBase64(r.wrapped)
+    if (wrapped.length === 0) throw new Error(`etcd store: the KEK record ${hex8(id)} is malformed`)
+    return Object.freeze({ id, createdAt: r.createdAt, rootKind: r.rootKind, wrapped })
+  }
+
+  const store: EtcdStore = {
+    atomic: true,
+    embedsKeks: false,
+
+    async getHead(chain): Promise<Versioned<ChainHead> | undefined> {
+      const [kv] = await range(headKey(chain))
+      if (!kv) return undefined
+      if (!isRevision(kv.mod_revision)) throw new Error('etcd store: the chain head has no mod_revision')
+      let value: unknown
+      try {
+        value = JSON.parse(valueOf(kv))
+      } catch {
+        throw new Error('etcd store: the chain head is not JSON')
+      }
+      return Object.freeze({ value: checkHead(value), version: kv.mod_revision })
+    },
+
+    async casHead(chain, expected, next) {
+      const key = headKey(chain)
+      const head = checkHead(next)
+      const value = JSON.stringify({ primary: head.primary, primaryCreatedAt: head.primaryCreatedAt, leased: head.leased })
+      if (expected === undefined) return txn({ target: 'CREATE', create_revision: '0' }, key, value)
+      if (typeof expected !== 'string') throw new TypeError('expected: a version string or undefined')
+      if (!isRevision(expected)) return false // not a version this store handed out: it cannot match
+      return txn({ target: 'MOD', mod_revision: expected }, key, value)
+    },
+
+    async getKek(chain, id) {
+      checkId(id)
+      const [kv] = await range(`${kekPrefix(chain)}${hex8(id)}`)
+      return kv && parseRecord(kv, id)
+    },
+
+    async putKekIfAbsent(chain, record) {
+      const id = checkId(record?.id)
+      if (!isTime(record.createdAt) || typeof record.rootKind !== 'string' || !(record.wrapped instanceof Uint8Array) || record.wrapped.length === 0) {
+        throw new TypeError('record: expected a KekRecord')
+      }
+      const value = JSON.stringify({ id, createdAt: record.createdAt, rootKind: record.rootKind, wrapped: toBase64(record.wrapped) })
+      return txn({ target: 'CREATE', create_revision: '0' }, `${kekPrefix(chain)}${hex8(id)}`, value)
+    },
+
+    async listKeks(chain) {
+      const p = kekPrefix(chain)
+      const kvs = await range(p, prefixEnd(p))
+      const out: KekRecord[] = []
+      for (const kv of kvs) {
+        const name = decoder.decode(fromBase64(kv.key ?? '')).slice(p.length)
+        if (!/^[0-9a-f]{8}$/.test(name)) continue
+        out.push(parseRecord(kv, parseInt(name, 16)))
+      }
+      return out
+    },
+  }
+  return Object.freeze(store)
+}

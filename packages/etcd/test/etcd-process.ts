@@ -1,0 +1,137 @@
+/**
+ * Starts etcd 3.4 (Debian's /usr/bin/etcd) on free loopback ports with temporary data dirs, and
+ * stops it again: every process killed, every directory removed.
+ */
+import { spawn, type ChildProcess } from 'node:child_process'
+import { mkdtempSync, rmSync, existsSync } from 'node:fs'
+import { createServer } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+
+export const ETCD = '/usr/bin/etcd'
+export const haveEtcd = existsSync(ETCD)
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer()
+    s.unref()
+    s.on('error', reject)
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as { port: number }).port
+      s.close(() => resolve(port))
+    })
+  })
+}
+
+export interface Member {
+  name: string
+  url: string
+  peer: string
+  dir: string
+  proc?: ChildProcess
+  log: string[]
+}
+
+export interface EtcdCluster {
+  urls: string[]
+  members: Member[]
+  /** SIGKILL one member (its data dir stays until stop()). */
+  kill(i: number): Promise<void>
+  stop(): Promise<void>
+}
+
+async function healthy(url: string, deadline: number): Promise<void> {
+  for (;;) {
+    try {
+      const r = await fetch(`${url}/health`, { signal: AbortSignal.timeout(1000) })
+      const body = (await r.json()) as { health?: string }
+      if (r.ok && body.health === 'true') return
+    } catch {
+      // not up yet
+    }
+    if (Date.now() > deadline) throw new Error(`etcd at ${url} did not become healthy`)
+    await new Promise((r) => setTimeout(r, 100))
+  }
+}
+
+const live = new Set<ChildProcess>()
+process.once('exit', () => {
+  for (const p of live) p.kill('SIGKILL')
+})
+
+export async function startEtcd(options: { members?: number; args?: string[] } = {}): Promise<EtcdCluster> {
+  const n = options.members ?? 1
+  const base = existsSync('/dev/shm') ? '/dev/shm' : tmpdir()
+  const members: Member[] = []
+  for (let i = 0; i < n; i++) {
+    const [client, peer] = [await freePort(), await freePort()]
+    members.push({
+      name: `n${i + 1}`,
+      url: `http://127.0.0.1:${client}`,
+      peer: `http://127.0.0.1:${peer}`,
+      dir: mkdtempSync(join(base, 'kms-proxy-etcd-')),
+      log: [],
+    })
+  }
+  const initialCluster = members.map((m) => `${m.name}=${m.peer}`).join(',')
+  const token = `kp-${Math.random().toString(36).slice(2)}`
+  const cluster: EtcdCluster = {
+    urls: members.map((m) => m.url),
+    members,
+    async kill(i) {
+      const p = members[i]!.proc
+      if (!p || p.exitCode !== null || p.signalCode !== null) return
+      const exited = new Promise((r) => p.once('exit', r))
+      p.kill('SIGKILL')
+      await exited
+      live.delete(p)
+    },
+    async stop() {
+      await Promise.all(members.map((_, i) => cluster.kill(i)))
+      for (const m of members) rmSync(m.dir, { recursive: true, force: true })
+    },
+  }
+  for (const m of members) {
+    const args = [
+      '--name', m.name,
+      '--data-dir', m.dir,
+      '--logger=zap',
+      '--log-level=error',
+      '--listen-client-urls', m.url,
+      '--advertise-client-urls', m.url,
+      '--listen-peer-urls', m.peer,
+      '--initial-advertise-peer-urls', m.peer,
+      '--initial-cluster', initialCluster,
+      '--initial-cluster-token', token,
+      '--initial-cluster-state', 'new',
+      ...(options.args ?? []),
+    ]
+    const p = spawn(ETCD, args, { stdio: ['ignore', 'ignore', 'pipe'] })
+    live.add(p)
+    p.stderr!.on('data', (d: Buffer) => {
+      if (m.log.length < 200) m.log.push(d.toString())
+    })
+    m.proc = p
+  }
+  try {
+    await Promise.all(members.map((m) => healthy(m.url, Date.now() + 20_000)))
+  } catch (error) {
+    const logs = members.map((m) => `${m.name}: ${m.log.join('').slice(-2000)}`).join('\n')
+    await cluster.stop()
+    throw new Error(`${(error as Error).message}\n${logs}`)
+  }
+  return cluster
+}
+
+/** A raw gateway POST (tests only). */
+export async function gateway(url: string, path: string, body: unknown, token?: string): Promise<any> {
+  const headers: Record<string, string> = { 'content-type': 'application/json' }
+  if (token) headers.authorization = token
+  const r = await fetch(`${url}${path}`, { method: 'POST', headers, body: JSON.stringify(body) })
+  const json = await r.json()
+  if (!r.ok) throw new Error(`${path}: HTTP ${r.status}: ${JSON.stringify(json)}`)
+  return json
+}
+
+export const b64 = (s: string) => Buffer.from(s).toString('base64')
+export const unb64 = (s: string) => Buffer.from(s, 'base64')

@@ -1,0 +1,172 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { KeyChain, KmsProxyError, aesRootKey } from '@kms-proxy/core'
+import { createHarness, describeStore } from '@kms-proxy/testkit'
+import { etcdStore } from '../src/index.ts'
+import { b64, gateway, haveEtcd, startEtcd, type EtcdCluster } from './etcd-process.ts'
+
+const ROOT = Uint8Array.from({ length: 32 }, (_, i) => (i * 7 + 1) & 0xff)
+let seq = 0
+const uniquePrefix = () => `t${Date.now().toString(36)}-${++seq}/`
+const kekIdOf = (e: Uint8Array) => ((e[1]! << 24) | (e[2]! << 16) | (e[3]! << 8) | e[4]!) >>> 0
+
+describe.skipIf(!haveEtcd)('etcdStore on one etcd member', () => {
+  let etcd: EtcdCluster
+  beforeAll(async () => {
+    etcd = await startEtcd()
+  }, 30_000)
+  afterAll(async () => {
+    await etcd?.stop()
+  })
+
+  describeStore(createHarness(it), {
+    name: 'etcd',
+    async open() {
+      const prefix = uniquePrefix()
+      return { store: etcdStore({ endpoints: [etcd.urls[0]!], prefix }), another: () => etcdStore({ endpoints: [etcd.urls[0]!], prefix }) }
+    },
+  })
+
+  it('keeps the layout: head with mod_revision as version, KEK records under 8 hex digits, created once', async () => {
+    const prefix = uniquePrefix()
+    const store = etcdStore({ endpoints: etcd.urls, prefix })
+    const chain = await KeyChain.open({ rootKey: aesRootKey(ROOT), store, name: 'layout' })
+    const e = await chain.encrypt('x')
+    const id = kekIdOf(e)
+    const url = etcd.urls[0]!
+    const head = await gateway(url, '/v3/kv/range', { key: b64(`${prefix}layout/head`) })
+    expect(JSON.parse(Buffer.from(head.kvs[0].value, 'base64').toString())).toMatchObject({ primary: id, leased: expect.any(Number) })
+    expect((await store.getHead('layout'))!.version).toBe(head.kvs[0].mod_revision)
+    const kek = await gateway(url, '/v3/kv/range', { key: b64(`${prefix}layout/kek/${id.toString(16).padStart(8, '0')}`) })
+    const rec = JSON.parse(Buffer.from(kek.kvs[0].value, 'base64').toString())
+    expect(Object.keys(rec).sort()).toEqual(['createdAt', 'id', 'rootKind', 'wrapped'])
+    expect(kek.kvs[0].mod_revision).toBe(kek.kvs[0].create_revision)
+    // A chain name with a slash cannot reach into another chain's keys.
+    await store.putKekIfAbsent('a', { id: 1, createdAt: 1, rootKind: 'aes', wrapped: new Uint8Array([1]) })
+    expect(await store.casHead('a/kek/00000002', undefined, { primary: 1, primaryCreatedAt: 1, leased: 0 })).toBe(true)
+    expect((await store.listKeks('a')).map((r) => r.id)).toEqual([1])
+  })
+
+  it('validates its arguments', () => {
+    expect(() => etcdStore({ endpoints: [] })).toThrow(TypeError)
+    expect(() => etcdStore({ endpoints: ['ftp://x'] })).toThrow(TypeError)
+    expect(() => etcdStore({ endpoints: ['http://u:p@x'] })).toThrow(/credentials/)
+    expect(() => etcdStore({ endpoints: ['http://x'], username: 'u' })).toThrow(TypeError)
+    expect(() => etcdStore({ endpoints: ['http://x'], timeoutMs: 0 })).toThrow(RangeError)
+  })
+
+  it('fails over: [dead port, live url] works, and the live endpoint is remembered', async () => {
+    const calls: string[] = []
+    const counting: typeof fetch = (input, init) => {
+      calls.push(String(input))
+      return fetch(input, init)
+    }
+    const dead = 'http://127.0.0.1:9' // discard port: connection refused
+    const store = etcdStore({ endpoints: [dead, etcd.urls[0]!], prefix: uniquePrefix(), fetch: counting })
+    const chain = await KeyChain.open({ rootKey: aesRootKey(ROOT), store })
+    const e = await chain.encrypt('hello')
+    expect(new TextDecoder().decode(await chain.decrypt(e))).toBe('hello')
+    expect(calls.filter((c) => c.startsWith(dead)).length).toBe(1)
+    // All endpoints down: a StoreError through the chain, naming the endpoints.
+    const none = etcdStore({ endpoints: [dead, 'http://127.0.0.1:1'], prefix: uniquePrefix() })
+    const error = await KeyChain.open({ store: none }).catch((x) => x)
+    expect(error).toBeInstanceOf(KmsProxyError)
+    expect(error.code).toBe('ERR_STORE')
+    expect(String(error.cause)).toMatch(/no endpoint answered.*127\.0\.0\.1:9/)
+  })
+
+  it('a request that gets no answer times out and moves on', async () => {
+    const { createServer } = await import('node:net')
+    const sockets: import('node:net').Socket[] = []
+    const silent = createServer((s) => void sockets.push(s)) // accepts, never answers
+    await new Promise<void>((r) => silent.listen(0, '127.0.0.1', () => r()))
+    try {
+      const port = (silent.address() as { port: number }).port
+      const store = etcdStore({ endpoints: [`http://127.0.0.1:${port}`, etcd.urls[0]!], prefix: uniquePrefix(), timeoutMs: 300 })
+      const started = Date.now()
+      expect(await store.getHead('x')).toBe(undefined)
+      expect(Date.now() - started).toBeGreaterThanOrEqual(250)
+    } finally {
+      for (const s of sockets) s.destroy()
+      silent.close()
+    }
+  })
+})
+
+describe.skipIf(!haveEtcd)('etcdStore with etcd auth enabled', () => {
+  let etcd: EtcdCluster
+  const PASSWORD = 'pw-Zq8!secret-never-shown'
+  const APP_PASSWORD = 'app-Kx7#also-secret'
+  beforeAll(async () => {
+    etcd = await startEtcd()
+    const url = etcd.urls[0]!
+    await gateway(url, '/v3/auth/user/add', { name: 'root', password: PASSWORD })
+    await gateway(url, '/v3/auth/user/grant', { user: 'root', role: 'root' })
+    // A least-privilege user: read and write under its prefix only.
+    await gateway(url, '/v3/auth/role/add', { name: 'kms' })
+    await gateway(url, '/v3/auth/role/grant', {
+      name: 'kms',
+      perm: { permType: 'READWRITE', key: b64('app/'), range_end: b64('app0') },
+    })
+    await gateway(url, '/v3/auth/user/add', { name: 'app', password: APP_PASSWORD })
+    await gateway(url, '/v3/auth/user/grant', { user: 'app', role: 'kms' })
+    await gateway(url, '/v3/auth/enable', {})
+  }, 30_000)
+  afterAll(async () => {
+    await etcd?.stop()
+  })
+
+  describeStore(createHarness(it), {
+    name: 'etcd with auth',
+    async open() {
+      const prefix = `app/${uniquePrefix()}`
+      // A dead endpoint first: authentication and every request fail over to the live one.
+      const make = () => etcdStore({ endpoints: ['http://127.0.0.1:9', ...etcd.urls], prefix, username: 'app', password: APP_PASSWORD })
+      return { store: make(), another: make }
+    },
+  })
+
+  it('without credentials, or with a wrong password, the chain fails with ERR_STORE and no secret in it', async () => {
+    const url = etcd.urls[0]!
+    const errors: Array<Error & { cause?: Error }> = []
+    for (const store of [
+      etcdStore({ endpoints: [url], prefix: 'app/x/' }),
+      etcdStore({ endpoints: [url], prefix: 'app/x/', username: 'app', password: PASSWORD }),
+      etcdStore({ endpoints: [url], prefix: 'app/x/', username: 'root', password: APP_PASSWORD }),
+      etcdStore({ endpoints: [url], prefix: 'elsewhere/', username: 'app', password: APP_PASSWORD }), // no permission
+    ]) {
+      const error = await KeyChain.open({ rootKey: aesRootKey(ROOT), store }).catch((e) => e)
+      expect(error).toBeInstanceOf(KmsProxyError)
+      expect(error.code).toBe('ERR_STORE')
+      errors.push(error)
+    }
+    expect(String(errors[1]!.cause)).toMatch(/authentication as "app" failed/)
+    expect(String(errors[3]!.cause)).toMatch(/permission denied/)
+    // The token of a working login must not leak either.
+    const { token } = await gateway(url, '/v3/auth/authenticate', { name: 'app', password: APP_PASSWORD })
+    for (const err of errors) {
+      const shown = `${String(err)} ${JSON.stringify(err)} ${err.stack} ${String(err.cause)} ${err.cause?.stack}`
+      for (const secret of [PASSWORD, APP_PASSWORD, token]) expect(shown).not.toContain(secret)
+    }
+  })
+
+  it('re-authenticates once when the token is no longer valid', async () => {
+    const prefix = `app/${uniquePrefix()}`
+    let authCalls = 0
+    let spoil = false
+    const tampering: typeof fetch = async (input, init) => {
+      if (String(input).endsWith('/v3/auth/authenticate')) authCalls++
+      const headers = { ...(init!.headers as Record<string, string>) }
+      if (spoil && headers.authorization) headers.authorization = 'spoiled.token'
+      spoil = false
+      return fetch(input, { ...init, headers })
+    }
+    const store = etcdStore({ endpoints: etcd.urls, prefix, username: 'app', password: APP_PASSWORD, fetch: tampering })
+    expect(await store.getHead('c')).toBe(undefined)
+    expect(authCalls).toBe(1)
+    spoil = true // next request carries an invalid token; etcd says so; the store logs in again
+    expect(await store.casHead('c', undefined, { primary: 1, primaryCreatedAt: 1, leased: 1 })).toBe(true)
+    expect(authCalls).toBe(2)
+    expect((await store.getHead('c'))!.value.leased).toBe(1)
+    expect(authCalls).toBe(2)
+  })
+})
