@@ -189,11 +189,11 @@ export class KeyChain {
     }
     const maxWrapsPerKek = options.maxWrapsPerKek ?? DEFAULT_MAX_WRAPS
     if (!Number.isInteger(maxWrapsPerKek) || maxWrapsPerKek < 1 || maxWrapsPerKek > HARD_MAX_WRAPS) {
-      throw new RangeError('maxWrapsPerKek: expected an integer from 1 to 2^32 (NIST SP 800-38D limit for random IVs)')
+      throw new RangeError('maxWrapsPerKek: expected an integer from 1 to 2^32')
     }
     const maxKekAgeMs = options.maxKekAgeMs ?? DEFAULT_MAX_AGE_MS
     if (typeof maxKekAgeMs !== 'number' || !(maxKekAgeMs > 0)) {
-      throw new RangeError('maxKekAgeMs: expected a positive number of milliseconds')
+      throw new RangeError('maxKekAgeMs: expected a positive number')
     }
     const dekCacheSize = integerOption('dekCacheSize', options.dekCacheSize, 1024, 0, 2 ** 24)
     const dekPoolSize = integerOption('dekPoolSize', options.dekPoolSize, 16, 0, 1024)
@@ -211,7 +211,7 @@ export class KeyChain {
   async encrypt(data: Uint8Array | string, options?: EncryptOptions): Promise<Uint8Array> {
     const plaintext = bytesArgument('data', data)
     const aad = payloadAad(associatedDataOf(options))
-    if (plaintext.length > MAX_PLAINTEXT_BYTES) throw new LimitError('data is larger than AES-GCM allows for one message')
+    if (plaintext.length > MAX_PLAINTEXT_BYTES) throw new LimitError('data is too large for one AES-GCM message')
     const prepared = this.#takePrepared() ?? (await this.#prepare(await this.#acquire(), 1))[0]!
     this.#fill()
     const iv2 = randomPublicBytes(IV_BYTES)
@@ -506,6 +506,9 @@ export class KeyChain {
    */
   async #refresh(force: boolean): Promise<void> {
     for (let attempt = 0; attempt < CAS_ATTEMPTS; attempt++) {
+      // Lost a compare-and-swap: back off with full jitter (up to 2^attempt ms, at most 64 ms)
+      // so that processes contending on one head do not retry in lockstep.
+      if (attempt > 0) await new Promise((r) => setTimeout(r, (randomPublicBytes(1)[0]! * Math.min(64, 2 ** attempt)) / 256))
       const head = await this.#storeCall('read the chain head', () => this.#store.getHead(this.name))
       const h = head?.value
       const mustRotate =
