@@ -1,0 +1,183 @@
+/**
+ * A KeyStore on IndexedDB through idb-keyval, for browsers (and anything else with
+ * `indexedDB`). One database per store name (`kms-proxy:${name}`, object store `keys`), shared by
+ * every tab of the origin. Keys are arrays: `[chain, 'head']` and `[chain, 'kek', id]`.
+ *
+ * Atomic across tabs: casHead and putKekIfAbsent read, compare and write inside ONE readwrite
+ * transaction. IndexedDB runs readwrite transactions whose scopes overlap one after another, in
+ * every connection of the origin (every tab, worker and handle), so no other writer can slip
+ * between the read and the write. Writes ask for `durability: 'strict'` (flushed before the
+ * transaction completes): invariant 2 wants a KEK record durable before anything uses it, and a
+ * lost head write after a power cut would hand out a lease twice.
+ *
+ * Only wrapped KEK bytes are stored, never `CryptoKey` handles: see the README for why.
+ */
+import { createStore, type UseStore } from 'idb-keyval'
+import type { ChainHead, KekRecord, KeyStore, Versioned } from '@kms-proxy/core'
+
+export interface IndexedDbStoreOptions {
+  /** Store name; the database is `kms-proxy:${name}`. Every tab that opens the same name shares it. */
+  name: string
+}
+
+const OBJECT_STORE = 'keys'
+
+/** What `[chain, 'head']` holds: the head and a random version token for compare-and-swap. */
+interface HeadValue {
+  v: 1
+  head: ChainHead
+  version: string
+}
+
+/** What `[chain, 'kek', id]` holds; `wrapped` is structured-cloned as a Uint8Array. */
+interface KekValue {
+  v: 1
+  id: number
+  createdAt: number
+  rootKind: string
+  wrapped: Uint8Array
+}
+
+const isU32 = (v: unknown): v is number => Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 0xffffffff
+const isCount = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0
+const isTime = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v)
+
+function randomToken(): string {
+  let s = ''
+  for (const b of crypto.getRandomValues(new Uint8Array(12))) s += b.toString(16).padStart(2, '0')
+  return s
+}
+
+function checkChain(chain: string): void {
+  if (typeof chain !== 'string' || chain.length === 0) throw new TypeError('chain: expected a non-empty string')
+}
+
+function checkId(id: number): void {
+  if (!isU32(id)) throw new TypeError('id: expected a u32')
+}
+
+function readHead(raw: unknown): HeadValue | undefined {
+  if (raw === undefined) return undefined
+  const r = raw as Partial<HeadValue> | null
+  const h = r?.head as Partial<ChainHead> | undefined
+  if (!r || r.v !== 1 || typeof r.version !== 'string' || !h || !isU32(h.primary) || !isTime(h.primaryCreatedAt) || !isCount(h.leased)) {
+    throw new Error('indexedDbStore: the chain head is malformed')
+  }
+  return { v: 1, version: r.version, head: Object.freeze({ primary: h.primary, primaryCreatedAt: h.primaryCreatedAt, leased: h.leased }) }
+}
+
+function readKek(raw: unknown): KekRecord | undefined {
+  if (raw === undefined) return undefined
+  const r = raw as Partial<KekValue> | null
+  if (!r || r.v !== 1 || !isU32(r.id) || !isTime(r.createdAt) || typeof r.rootKind !== 'string' || !(r.wrapped instanceof Uint8Array) || r.wrapped.length === 0) {
+    throw new Error('indexedDbStore: a KEK record is malformed')
+  }
+  return Object.freeze({ id: r.id, createdAt: r.createdAt, rootKind: r.rootKind, wrapped: r.wrapped.slice() })
+}
+
+function request<T>(req: IDBRequest<T>): Promise<T> {
+  return new Promise((resolve, reject) => {
+    req.onsuccess = () => resolve(req.result)
+    req.onerror = () => reject(req.error)
+  })
+}
+
+/**
+ * Runs `body` in one readwrite transaction and resolves with its answer once the transaction has
+ * committed (durably: 'strict'), rejects if it aborts. `body` must only queue requests (no other
+ * awaits), or IndexedDB would commit the transaction under it.
+ */
+function readWrite<T>(use: UseStore, body: (store: IDBObjectStore, answer: (value: T) => void) => void): Promise<T> {
+  // idb-keyval opens, upgrades and reopens the database; the durability option is ours.
+  return use('readonly', (s) => s.transaction.db).then(
+    (db) =>
+      new Promise<T>((resolve, reject) => {
+        const tx = db.transaction(OBJECT_STORE, 'readwrite', { durability: 'strict' })
+        let value: T
+        tx.oncomplete = () => resolve(value)
+        tx.onabort = tx.onerror = () => reject(tx.error ?? new Error('indexedDbStore: transaction aborted'))
+        try {
+          body(tx.objectStore(OBJECT_STORE), (v) => (value = v))
+        } catch (error) {
+          tx.abort()
+          reject(error)
+        }
+      }),
+  )
+}
+
+/**
+ * A KeyStore in IndexedDB: `atomic: true` across tabs, workers and handles of one origin;
+ * `embedsKeks: false` (data names its KEK by id; the wrapped KEK lives here).
+ */
+export function indexedDbStore(options: IndexedDbStoreOptions): KeyStore {
+  if (typeof options !== 'object' || options === null) throw new TypeError('options: expected an object')
+  const { name } = options
+  if (typeof name !== 'string' || name.length === 0) throw new TypeError('name: expected a non-empty string')
+  if (typeof indexedDB === 'undefined') throw new TypeError('indexedDbStore: this runtime has no indexedDB')
+  const use = createStore(`kms-proxy:${name}`, OBJECT_STORE)
+  const headKey = (chain: string) => [chain, 'head']
+  const kekKey = (chain: string, id: number) => [chain, 'kek', id]
+
+  return {
+    atomic: true,
+    embedsKeks: false,
+
+    async getHead(chain): Promise<Versioned<ChainHead> | undefined> {
+      checkChain(chain)
+      const h = readHead(await use('readonly', (s) => request(s.get(headKey(chain)))))
+      return h && Object.freeze({ value: h.head, version: h.version })
+    },
+
+    async casHead(chain, expected, next) {
+      checkChain(chain)
+      const value: HeadValue = {
+        v: 1,
+        version: randomToken(),
+        head: { primary: next.primary, primaryCreatedAt: next.primaryCreatedAt, leased: next.leased },
+      }
+      readHead(value) // refuse to write a malformed head
+      return readWrite<boolean>(use, (s, answer) => {
+        const key = headKey(chain)
+        const get = s.get(key)
+        get.onsuccess = () => {
+          const current = get.result as Partial<HeadValue> | undefined
+          if (current?.version !== expected) return answer(false)
+          s.put(value, key)
+          answer(true)
+        }
+      })
+    },
+
+    async getKek(chain, id) {
+      checkChain(chain)
+      checkId(id)
+      return readKek(await use('readonly', (s) => request(s.get(kekKey(chain, id)))))
+    },
+
+    async putKekIfAbsent(chain, record) {
+      checkChain(chain)
+      checkId(record.id)
+      const value: KekValue = { v: 1, id: record.id, createdAt: record.createdAt, rootKind: record.rootKind, wrapped: record.wrapped.slice() }
+      readKek(value)
+      return readWrite<boolean>(use, (s, answer) => {
+        const key = kekKey(chain, record.id)
+        // add() would fail the whole transaction on a collision; count() keeps it a plain "no".
+        const count = s.count(key)
+        count.onsuccess = () => {
+          if (count.result > 0) return answer(false)
+          s.add(value, key)
+          answer(true)
+        }
+      })
+    },
+
+    async listKeks(chain) {
+      checkChain(chain)
+      // Array keys sort numbers before arrays: [chain, 'kek', <any id>] < [chain, 'kek', []].
+      const range = IDBKeyRange.bound([chain, 'kek'], [chain, 'kek', []])
+      const all = await use('readonly', (s) => request(s.getAll(range)))
+      return all.map((r) => readKek(r)!)
+    },
+  }
+}

@@ -1,0 +1,91 @@
+/**
+ * indexedDbStore in headless Chromium (playwright-core): the describeStore contract inside a page,
+ * then two tabs (two pages of one browser context, one origin) rotating through the same
+ * IndexedDB store at once, read back by a third page after a reload.
+ */
+import { existsSync } from 'node:fs'
+import type { Server } from 'node:http'
+import { fileURLToPath } from 'node:url'
+import type { Browser, BrowserContext, Page } from 'playwright-core'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { CHROMIUM, bundle, launch, openPage, serve } from './serve.js'
+
+const PAGE = '<!doctype html><meta charset="utf-8"><title>indexeddb store</title><script type="module" src="/page.js"></script>'
+const kekIdOf = (text: string) => Buffer.from(text.slice(4), 'base64url').readUInt32BE(1)
+
+/** Measurements, printed at the end (the README's numbers come from here). */
+const measured: Record<string, unknown> = {}
+
+describe.skipIf(!existsSync(CHROMIUM))('indexedDbStore in Chromium', () => {
+  let server: Server
+  let browser: Browser
+  let context: BrowserContext
+  let origin: string
+
+  const call = <T = any>(p: Page, name: string, arg?: unknown): Promise<T> =>
+    p.evaluate(([n, a]) => (globalThis as any).kp[n as string](a), [name, arg] as const) as Promise<T>
+  const newTab = async () => openPage(await context.newPage(), `${origin}/`, 'kpReady')
+
+  beforeAll(async () => {
+    const script = await bundle(fileURLToPath(new URL('./page.ts', import.meta.url)))
+    ;({ server, origin } = await serve({ '/index.html': PAGE, '/page.js': script }))
+    browser = await launch()
+    context = await browser.newContext()
+  })
+
+  afterAll(async () => {
+    await browser?.close()
+    await new Promise((resolve) => (server ? server.close(resolve) : resolve(undefined)))
+    console.log('indexeddb measured:', JSON.stringify(measured))
+  })
+
+  it('passes describeStore inside the page', async () => {
+    const tab = await newTab()
+    const results = await call<Array<{ name: string; ok: boolean; ms: number; error?: string }>>(tab, 'contract')
+    expect(results.length).toBeGreaterThanOrEqual(6)
+    for (const r of results) expect(r, r.name).toMatchObject({ ok: true })
+    measured.contract = results.map((r) => `${r.name.replace('indexeddb: ', '')}: ${r.ms} ms`)
+    measured.timings = await call(tab, 'timings')
+    await tab.close()
+  })
+
+  it('two tabs rotating at once: no KEK over the limit, every KEK stored, a reloaded third tab decrypts all', async () => {
+    const name = `tabs-${Date.now()}`
+    const max = 50
+    const count = 200
+    const [a, b] = await Promise.all([newTab(), newTab()])
+    const startAt = Date.now() + 300
+    const [ra, rb] = await Promise.all([
+      call<{ texts: string[]; rotations: number }>(a, 'work', { name, tab: 'a', count, max, startAt }),
+      call<{ texts: string[]; rotations: number }>(b, 'work', { name, tab: 'b', count, max, startAt }),
+    ])
+    const t0 = startAt
+    measured.twoTabsMs = Date.now() - t0
+    const all = [...ra.texts, ...rb.texts]
+    expect(all.length).toBe(2 * count)
+
+    const perKek = new Map<number, number>()
+    for (const text of all) perKek.set(kekIdOf(text), (perKek.get(kekIdOf(text)) ?? 0) + 1)
+    const usage = JSON.stringify([...perKek])
+    expect(Math.max(...perKek.values()), `wraps per KEK: ${usage}`).toBeLessThanOrEqual(max)
+    // Both tabs used a KEK the other made: they really shared the store.
+    const idsA = new Set(ra.texts.map(kekIdOf))
+    const shared = rb.texts.map(kekIdOf).filter((id) => idsA.has(id))
+    expect(shared.length, `no KEK shared between the tabs: ${usage}`).toBeGreaterThan(0)
+
+    const third = await newTab()
+    const stored = new Set(await call<number[]>(third, 'kekIds', name))
+    for (const id of perKek.keys()) expect(stored.has(id), `KEK ${id} used but not stored`).toBe(true)
+    measured.twoTabs = { keksUsed: perKek.size, keksStored: stored.size, maxWrapsUnderOneKek: Math.max(...perKek.values()), sharedRecords: shared.length, rotations: [ra.rotations, rb.rotations] }
+
+    await a.close()
+    await b.close()
+    await third.reload()
+    await third.waitForFunction(() => (globalThis as any).kpReady === true)
+    const read = await call<{ plain: string[]; firstMs: number; totalMs: number; rootKeyUnwraps: number }>(third, 'decryptAll', { name, texts: all })
+    expect(read.plain).toEqual([...ra.texts.map((_, i) => `a:${i}`), ...rb.texts.map((_, i) => `b:${i}`)])
+    expect(read.rootKeyUnwraps).toBe(perKek.size)
+    measured.afterReload = { firstDecryptMs: Math.round(read.firstMs * 10) / 10, decrypt400Ms: Math.round(read.totalMs) }
+    await third.close()
+  })
+})
