@@ -1,6 +1,7 @@
 // The conformance suite: `(t, lib, env) => void`. `lib` is { core, passphrase } as loaded from
 // the built packages; `env` is { runtime, vectors }. Nothing here imports a runtime API:
 // only Web APIs that every target has (crypto, TextEncoder, Promise).
+import { countingRootKey as counting } from '@kms-proxy/testkit'
 
 export const hex = {
   decode(s) {
@@ -14,34 +15,10 @@ export const hex = {
     return s
   },
 }
-const utf8 = (s) => new TextEncoder().encode(s)
 const text = (b) => new TextDecoder().decode(b)
 const kekIdOf = (e) => ((e[1] << 24) | (e[2] << 16) | (e[3] << 8) | e[4]) >>> 0
 const ROOT = Uint8Array.from({ length: 32 }, (_, i) => (i * 37 + 11) & 0xff)
 const OTHER_ROOT = Uint8Array.from({ length: 32 }, (_, i) => (i * 53 + 7) & 0xff)
-
-/** A root key that counts the calls that reach it and keeps every KEK it hands out. */
-function counting(inner) {
-  const root = {
-    kind: inner.kind,
-    wraps: 0,
-    unwraps: 0,
-    keks: [],
-    async newKek(aad) {
-      root.wraps++
-      const made = await inner.newKek(aad)
-      root.keks.push(made.kek)
-      return made
-    },
-    async unwrapKek(wrapped, aad) {
-      root.unwraps++
-      const kek = await inner.unwrapKek(wrapped, aad)
-      root.keks.push(kek)
-      return kek
-    },
-  }
-  return root
-}
 
 function pattern(size) {
   const out = new Uint8Array(size)

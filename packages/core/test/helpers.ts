@@ -1,36 +1,13 @@
 import { expect } from 'vitest'
 import { KmsProxyError, aesRootKey, type ErrorCode, type RootKey } from '../src/index.ts'
+import { countingRootKey, type CountingRootKey } from '@kms-proxy/testkit'
 
 export const ROOT_BYTES = Uint8Array.from({ length: 32 }, (_, i) => (i * 37 + 11) & 0xff)
 export const OTHER_ROOT_BYTES = Uint8Array.from({ length: 32 }, (_, i) => (i * 53 + 7) & 0xff)
 
-export interface CountingRootKey extends RootKey {
-  wraps: number
-  unwraps: number
-  keks: CryptoKey[]
-}
-
-/** Wraps a real root key and counts the calls that reach it (the cost the library cuts). */
+/** A real AES root key (fixed bytes) behind the testkit's call counter. */
 export function counting(inner: RootKey = aesRootKey(ROOT_BYTES)): CountingRootKey {
-  const root: CountingRootKey = {
-    kind: inner.kind,
-    wraps: 0,
-    unwraps: 0,
-    keks: [],
-    async newKek(aad) {
-      root.wraps++
-      const made = await inner.newKek(aad)
-      root.keks.push(made.kek)
-      return made
-    },
-    async unwrapKek(wrapped, aad) {
-      root.unwraps++
-      const kek = await inner.unwrapKek(wrapped, aad)
-      root.keks.push(kek)
-      return kek
-    },
-  }
-  return root
+  return countingRootKey(inner)
 }
 
 /** Resolves to the error a promise rejects with; fails the test if it resolves. */

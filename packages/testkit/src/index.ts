@@ -3,7 +3,7 @@
  * every KeyStore must pass on a harness `t`; the same suite runs under vitest (pass vitest's `it`
  * to createHarness) or inside Deno, workerd and Chromium (collect, then `run()`).
  */
-import { KeyChain, KmsProxyError, aesRootKey, type KeyStore, type KekRecord } from '@kms-proxy/core'
+import { KeyChain, KmsProxyError, aesRootKey, type KeyStore, type KekRecord, type RootKey } from '@kms-proxy/core'
 
 export class AssertionError extends Error {}
 
@@ -260,8 +260,8 @@ export function describeStore(t: Harness, options: DescribeStoreOptions): void {
 export interface DescribeRootKeyOptions {
   name: string
   /** A root key under test; `other` makes a different root of the same kind (another key). */
-  make(): Promise<import('@kms-proxy/core').RootKey> | import('@kms-proxy/core').RootKey
-  other?(): Promise<import('@kms-proxy/core').RootKey> | import('@kms-proxy/core').RootKey
+  make(): Promise<RootKey> | RootKey
+  other?(): Promise<RootKey> | RootKey
   /** Strings that must never appear in an error (passwords, tokens, secret keys). */
   secrets?: string[]
 }
@@ -320,4 +320,36 @@ export function describeRootKey(t: Harness, options: DescribeRootKeyOptions): vo
     const described = `${String(root)} ${JSON.stringify(root)}`
     for (const s of options.secrets ?? []) t.ok(!described.includes(s), 'a secret appears in String(rootKey) or JSON.stringify(rootKey)')
   })
+}
+
+export interface CountingRootKey extends RootKey {
+  /** newKek calls that reached the inner root. */
+  wraps: number
+  /** unwrapKek calls that reached the inner root. */
+  unwraps: number
+  /** Every KEK the inner root handed out, to check them (non-extractable, usable). */
+  keks: CryptoKey[]
+}
+
+/** Wraps a root key and counts the calls that reach it: the cost the library exists to cut. */
+export function countingRootKey(inner: RootKey): CountingRootKey {
+  const root: CountingRootKey = {
+    kind: inner.kind,
+    wraps: 0,
+    unwraps: 0,
+    keks: [],
+    async newKek(aad) {
+      root.wraps++
+      const made = await inner.newKek(aad)
+      root.keks.push(made.kek)
+      return made
+    },
+    async unwrapKek(wrapped, aad) {
+      root.unwraps++
+      const kek = await inner.unwrapKek(wrapped, aad)
+      root.keks.push(kek)
+      return kek
+    },
+  }
+  return root
 }
