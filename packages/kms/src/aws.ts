@@ -3,8 +3,8 @@
  * Decrypt to unwrap one. The chain's KEK AAD goes in the encryption context, so KMS itself binds
  * each wrapped KEK to its chain name and id.
  */
-import { KEK_USAGES, RootKeyError, type NewKek, type RootKey } from '@kms-proxy/core'
-import { fetchWithRetry, type RetryOptions } from './http.js'
+import { RootKeyError, type NewKek, type RootKey } from '@kms-proxy/core'
+import { fetchWithRetry, fromBase64, importKek, toBase64, type RetryOptions } from './http.js'
 import { signV4, type AwsCredentials } from './sigv4.js'
 
 export interface AwsKmsRootKeyOptions extends RetryOptions {
@@ -18,19 +18,6 @@ export interface AwsKmsRootKeyOptions extends RetryOptions {
 }
 
 const TAG = 0x20
-
-function fromBase64(s: string): Uint8Array<ArrayBuffer> {
-  const binary = atob(s)
-  const out = new Uint8Array(binary.length)
-  for (let i = 0; i < binary.length; i++) out[i] = binary.charCodeAt(i)
-  return out
-}
-
-function toBase64(b: Uint8Array): string {
-  let s = ''
-  for (const x of b) s += String.fromCharCode(x)
-  return btoa(s)
-}
 
 function context(aad: Uint8Array): Record<string, string> {
   return { 'kms-proxy:kek': toBase64(aad) }
@@ -83,15 +70,6 @@ export function awsKmsRootKey(options: AwsKmsRootKeyOptions): RootKey {
     return JSON.parse(text) as Record<string, string>
   }
 
-  async function importKek(plaintext: Uint8Array<ArrayBuffer>): Promise<CryptoKey> {
-    try {
-      if (plaintext.length !== 16) throw new RootKeyError(`AWS KMS returned a ${plaintext.length * 8}-bit key; expected 128`)
-      return await crypto.subtle.importKey('raw', plaintext, { name: 'AES-GCM' }, false, KEK_USAGES)
-    } finally {
-      plaintext.fill(0) // invariant 1 (b): KEK bytes from a byte-oriented root, zeroed at once
-    }
-  }
-
   return {
     kind: 'aws-kms',
     async newKek(aad): Promise<NewKek> {
@@ -100,14 +78,14 @@ export function awsKmsRootKey(options: AwsKmsRootKeyOptions): RootKey {
       const wrapped = new Uint8Array(1 + blob.length)
       wrapped[0] = TAG
       wrapped.set(blob, 1)
-      return { kek: await importKek(fromBase64(out.Plaintext!)), wrapped }
+      return { kek: await importKek('AWS KMS', fromBase64(out.Plaintext!)), wrapped }
     },
     async unwrapKek(wrapped, aad) {
       if (!(wrapped instanceof Uint8Array) || wrapped[0] !== TAG || wrapped.length < 2) {
         throw new RootKeyError('this KEK was not wrapped by an AWS KMS root key')
       }
       const out = await call('Decrypt', { KeyId: keyId, CiphertextBlob: toBase64(wrapped.subarray(1)), EncryptionContext: context(aad) })
-      return importKek(fromBase64(out.Plaintext!))
+      return importKek('AWS KMS', fromBase64(out.Plaintext!))
     },
     toString: () => '[RootKey aws-kms]',
     toJSON: () => ({ kind: 'aws-kms', keyId, region, endpoint: endpoint.origin }),

@@ -1,4 +1,4 @@
-import { RootKeyError } from '@kms-proxy/core'
+import { KEK_USAGES, RootKeyError } from '@kms-proxy/core'
 
 export interface RetryOptions {
   /** Per attempt. Default 10 s. */
@@ -45,5 +45,28 @@ export async function fetchWithRetry(
     const jitter = new Uint32Array(1)
     crypto.getRandomValues(jitter)
     await new Promise((resolve) => setTimeout(resolve, (base * 2 ** attempt * jitter[0]!) / 2 ** 32))
+  }
+}
+
+export function fromBase64(s: string): Uint8Array<ArrayBuffer> {
+  const binary = atob(s)
+  const out = new Uint8Array(binary.length)
+  for (let i = 0; i < binary.length; i++) out[i] = binary.charCodeAt(i)
+  return out
+}
+
+export function toBase64(b: Uint8Array): string {
+  let s = ''
+  for (const x of b) s += String.fromCharCode(x)
+  return btoa(s)
+}
+
+/** Imports 16 KEK bytes from a byte-oriented root as a non-extractable key and zeroes them. */
+export async function importKek(who: string, plaintext: Uint8Array<ArrayBuffer>): Promise<CryptoKey> {
+  try {
+    if (plaintext.length !== 16) throw new RootKeyError(`${who} returned a ${plaintext.length * 8}-bit key; expected 128`)
+    return await crypto.subtle.importKey('raw', plaintext, { name: 'AES-GCM' }, false, KEK_USAGES)
+  } finally {
+    plaintext.fill(0) // invariant 1 (b): KEK bytes from a byte-oriented root, zeroed at once
   }
 }

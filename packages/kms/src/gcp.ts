@@ -1,0 +1,102 @@
+/**
+ * Google Cloud KMS as a root key over its REST API (v1). A new KEK's bytes come from Cloud KMS's
+ * own randomness source (`projects.locations.generateRandomBytes`, HSM), are encrypted with
+ * `cryptoKeys.encrypt` under the chain's KEK AAD as `additionalAuthenticatedData`, and are
+ * unwrapped with `cryptoKeys.decrypt`, so Cloud KMS itself binds each KEK to its chain and id.
+ */
+import { RootKeyError, type NewKek, type RootKey } from '@kms-proxy/core'
+import { fetchWithRetry, fromBase64, importKek, toBase64, type RetryOptions } from './http.js'
+
+export interface GcpKmsRootKeyOptions extends RetryOptions {
+  /** projects/{p}/locations/{l}/keyRings/{r}/cryptoKeys/{k} (a symmetric ENCRYPT_DECRYPT key). */
+  keyName: string
+  /** OAuth 2.0 access token, or a function called before each request (for expiring ones). */
+  accessToken: string | (() => Promise<string>)
+  /** Default https://cloudkms.googleapis.com. */
+  endpoint?: string
+}
+
+const TAG = 0x21
+const KEY_NAME = /^projects\/[^/]+\/locations\/[^/]+\/keyRings\/[^/]+\/cryptoKeys\/[^/]+$/
+
+export function gcpKmsRootKey(options: GcpKmsRootKeyOptions): RootKey {
+  if (typeof options !== 'object' || options === null) throw new TypeError('options: expected an object')
+  const { keyName } = options
+  if (typeof keyName !== 'string' || !KEY_NAME.test(keyName)) {
+    throw new TypeError('keyName: expected projects/{project}/locations/{location}/keyRings/{ring}/cryptoKeys/{key}')
+  }
+  if (typeof options.accessToken !== 'function' && (typeof options.accessToken !== 'string' || options.accessToken === '')) {
+    throw new TypeError('accessToken: expected an OAuth 2.0 access token or a function returning one')
+  }
+  const location = keyName.split('/').slice(0, 4).join('/')
+  const endpoint = new URL(options.endpoint ?? 'https://cloudkms.googleapis.com')
+  const token = typeof options.accessToken === 'function' ? options.accessToken : async () => options.accessToken as string
+
+  async function call(action: string, resource: string, payload: Record<string, unknown>): Promise<Record<string, string>> {
+    const body = JSON.stringify(payload)
+    const url = new URL(`/v1/${resource}:${action}`, endpoint).href
+    const response = await fetchWithRetry(
+      `Google Cloud KMS ${action}`,
+      url,
+      async () => ({
+        method: 'POST',
+        body,
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${await token()}` },
+      }),
+      options,
+    )
+    const text = await response.text()
+    if (!response.ok) {
+      let status = `HTTP ${response.status}`
+      try {
+        const parsed = JSON.parse(text) as { error?: { status?: string } }
+        if (typeof parsed.error?.status === 'string') status = `${parsed.error.status} (HTTP ${response.status})`
+      } catch {
+        // Not JSON: keep the status.
+      }
+      const retryable = response.status === 429 || response.status >= 500
+      const hint =
+        response.status === 401 || response.status === 403
+          ? ': the KMS refused the credentials'
+          : response.status === 404
+            ? `: no such key or location (${resource})`
+            : action === 'decrypt' && response.status === 400
+              ? ' (wrong key, or a KEK moved to another chain or id)'
+              : ''
+      // The message never includes the response body: it could echo a request field.
+      throw new RootKeyError(`Google Cloud KMS ${action} failed: ${status}${hint}`, { retryable })
+    }
+    return JSON.parse(text) as Record<string, string>
+  }
+
+  return {
+    kind: 'gcp-kms',
+    async newKek(aad): Promise<NewKek> {
+      const random = await call('generateRandomBytes', location, { lengthBytes: 16, protectionLevel: 'HSM' })
+      const bytes = fromBase64(random.data ?? '')
+      let ciphertext: Uint8Array
+      try {
+        if (bytes.length !== 16) throw new RootKeyError(`Google Cloud KMS returned ${bytes.length} random bytes; expected 16`)
+        const out = await call('encrypt', keyName, { plaintext: toBase64(bytes), additionalAuthenticatedData: toBase64(aad) })
+        ciphertext = fromBase64(out.ciphertext ?? '')
+        if (ciphertext.length === 0) throw new RootKeyError('Google Cloud KMS encrypt returned no ciphertext')
+      } catch (error) {
+        bytes.fill(0)
+        throw error
+      }
+      const wrapped = new Uint8Array(1 + ciphertext.length)
+      wrapped[0] = TAG
+      wrapped.set(ciphertext, 1)
+      return { kek: await importKek('Google Cloud KMS', bytes), wrapped }
+    },
+    async unwrapKek(wrapped, aad) {
+      if (!(wrapped instanceof Uint8Array) || wrapped[0] !== TAG || wrapped.length < 2) {
+        throw new RootKeyError('this KEK was not wrapped by a Google Cloud KMS root key')
+      }
+      const out = await call('decrypt', keyName, { ciphertext: toBase64(wrapped.subarray(1)), additionalAuthenticatedData: toBase64(aad) })
+      return importKek('Google Cloud KMS', fromBase64(out.plaintext ?? ''))
+    },
+    toString: () => '[RootKey gcp-kms]',
+    toJSON: () => ({ kind: 'gcp-kms', keyName, endpoint: endpoint.origin }),
+  } as RootKey
+}

@@ -1,0 +1,119 @@
+/**
+ * HashiCorp Vault Transit as a root key over Vault's HTTP API. A new KEK's bytes come from
+ * Vault (`POST /v1/{mount}/random/16`), are encrypted with `POST /v1/{mount}/encrypt/{key}` with
+ * the chain's KEK AAD as `associated_data`, and are unwrapped with `decrypt/{key}`, so Vault
+ * itself binds each KEK to its chain and id. The transit key must be an AEAD type
+ * (aes128-gcm96, aes256-gcm96 or chacha20-poly1305): only those authenticate associated_data.
+ * Vault's `datakey` endpoint documents no associated_data parameter, so it is not used.
+ */
+import { RootKeyError, type NewKek, type RootKey } from '@kms-proxy/core'
+import { fetchWithRetry, fromBase64, importKek, toBase64, type RetryOptions } from './http.js'
+
+export interface VaultTransitRootKeyOptions extends RetryOptions {
+  /** Vault's address, e.g. https://vault.example.com:8200. */
+  address: string
+  /** Vault token (X-Vault-Token), or a function called before each request (for expiring ones). */
+  token: string | (() => Promise<string>)
+  /** Name of the transit key. */
+  key: string
+  /** Where the transit engine is mounted. Default 'transit'. */
+  mount?: string
+  /** Vault Enterprise / HCP namespace (X-Vault-Namespace). */
+  namespace?: string
+}
+
+const TAG = 0x22
+const VAULT_CIPHERTEXT = /^vault:v\d+:[A-Za-z0-9+/=]+$/
+
+export function vaultTransitRootKey(options: VaultTransitRootKeyOptions): RootKey {
+  if (typeof options !== 'object' || options === null) throw new TypeError('options: expected an object')
+  const { key, namespace } = options
+  const mount = (options.mount ?? 'transit').replace(/^\/+|\/+$/g, '')
+  if (typeof key !== 'string' || !/^[^/?#\s]+$/.test(key)) throw new TypeError('key: expected the name of a transit key')
+  if (mount === '' || /[?#\s]/.test(mount)) throw new TypeError('mount: expected the path of the transit engine, such as transit')
+  if (namespace !== undefined && (typeof namespace !== 'string' || namespace === '')) throw new TypeError('namespace: expected a Vault namespace')
+  if (typeof options.token !== 'function' && (typeof options.token !== 'string' || options.token === '')) {
+    throw new TypeError('token: expected a Vault token or a function returning one')
+  }
+  let address: URL
+  try {
+    address = new URL(options.address)
+  } catch {
+    throw new TypeError('address: expected a URL such as https://vault.example.com:8200')
+  }
+  const token = typeof options.token === 'function' ? options.token : async () => options.token as string
+
+  async function call(action: string, path: string, payload: Record<string, unknown>): Promise<Record<string, unknown>> {
+    const body = JSON.stringify(payload)
+    const url = new URL(`/v1/${mount}/${path}`, address).href
+    const response = await fetchWithRetry(
+      `Vault Transit ${action}`,
+      url,
+      async () => {
+        const headers: Record<string, string> = { 'content-type': 'application/json', 'x-vault-token': await token() }
+        if (namespace !== undefined) headers['x-vault-namespace'] = namespace
+        return { method: 'POST', body, headers }
+      },
+      options,
+    )
+    const text = await response.text()
+    if (!response.ok) {
+      const retryable = response.status === 429 || response.status >= 500
+      let detail = ''
+      // Vault's own error strings ("permission denied", "encryption key not found", "cipher:
+      // message authentication failed") carry no secrets; keep a short one for the message.
+      try {
+        const parsed = JSON.parse(text) as { errors?: unknown[] }
+        const first = parsed.errors?.[0]
+        if (typeof first === 'string' && first.length <= 120 && !first.includes('vault:v')) detail = `: ${first}`
+      } catch {
+        // Not JSON: keep the status.
+      }
+      const hint =
+        response.status === 401 || response.status === 403
+          ? ' (the KMS refused the credentials)'
+          : response.status === 404
+            ? ` (no such transit mount or key: ${mount}/${key})`
+            : action === 'decrypt' && response.status === 400
+              ? ' (wrong key, missing key, or a KEK moved to another chain or id)'
+              : ''
+      throw new RootKeyError(`Vault Transit ${action} failed: HTTP ${response.status}${detail}${hint}`, { retryable })
+    }
+    return ((JSON.parse(text) as { data?: Record<string, unknown> }).data ?? {}) as Record<string, unknown>
+  }
+
+  return {
+    kind: 'vault-transit',
+    async newKek(aad): Promise<NewKek> {
+      const random = await call('random', 'random/16', { format: 'base64' })
+      const bytes = fromBase64(typeof random.random_bytes === 'string' ? random.random_bytes : '')
+      let ciphertext: string
+      try {
+        if (bytes.length !== 16) throw new RootKeyError(`Vault returned ${bytes.length} random bytes; expected 16`)
+        const out = await call('encrypt', `encrypt/${encodeURIComponent(key)}`, { plaintext: toBase64(bytes), associated_data: toBase64(aad) })
+        if (typeof out.ciphertext !== 'string' || !VAULT_CIPHERTEXT.test(out.ciphertext)) throw new RootKeyError('Vault Transit encrypt returned no vault:vN: ciphertext')
+        ciphertext = out.ciphertext
+      } catch (error) {
+        bytes.fill(0)
+        throw error
+      }
+      // The vault:vN: prefix (the key version) is kept, so a rotated transit key still decrypts.
+      const utf8 = new TextEncoder().encode(ciphertext)
+      const wrapped = new Uint8Array(1 + utf8.length)
+      wrapped[0] = TAG
+      wrapped.set(utf8, 1)
+      return { kek: await importKek('Vault', bytes), wrapped }
+    },
+    async unwrapKek(wrapped, aad) {
+      if (!(wrapped instanceof Uint8Array) || wrapped[0] !== TAG || wrapped.length < 2) {
+        throw new RootKeyError('this KEK was not wrapped by a Vault Transit root key')
+      }
+      const ciphertext = new TextDecoder('utf-8', { fatal: false }).decode(wrapped.subarray(1))
+      if (!VAULT_CIPHERTEXT.test(ciphertext)) throw new RootKeyError('wrapped KEK is not a vault:vN: ciphertext')
+      const out = await call('decrypt', `decrypt/${encodeURIComponent(key)}`, { ciphertext, associated_data: toBase64(aad) })
+      return importKek('Vault', fromBase64(typeof out.plaintext === 'string' ? out.plaintext : ''))
+    },
+    toString: () => '[RootKey vault-transit]',
+    toJSON: () => ({ kind: 'vault-transit', address: address.origin, mount, key, ...(namespace !== undefined ? { namespace } : {}) }),
+  } as RootKey
+}
