@@ -1,0 +1,200 @@
+/**
+ * Azure Key Vault as a root key over its REST API: `POST {vault}/keys/{name}/{version}/wrapkey`
+ * and `/unwrapkey` with RSA-OAEP-256, so the RSA private key never leaves the vault.
+ *
+ * Two things differ from the other KMSs, both because of what Azure offers:
+ * - Azure's wrapkey has no associated-data parameter, so the chain's KEK AAD is bound here: the
+ *   vault wraps `KEK (16) || SHA-256(aad) (32)`, and unwrapping checks the digest in constant
+ *   time. RSA-OAEP is non-malleable, so a wrapped KEK cannot be re-bound without the private key.
+ * - A standard vault has no symmetric data-key call, so this is the one root whose KEK bytes are
+ *   made locally (`crypto.getRandomValues`), sent to the vault once to be wrapped, imported as a
+ *   non-extractable key and zeroed (invariant 1 b).
+ *
+ * The wrapped form records the key version that wrapped it (from the response's `kid`), so KEKs
+ * wrapped before an Azure key rotation still unwrap:
+ * `0x23 || version length (u8) || version (ASCII) || RSA-OAEP-256 ciphertext`.
+ */
+import { RootKeyError, type NewKek, type RootKey } from '@kms-proxy/core'
+import { fetchWithRetry, fromBase64, importKek, toBase64, type RetryOptions } from './http.js'
+
+export interface AzureKeyVaultRootKeyOptions extends RetryOptions {
+  /** The vault's URL, e.g. https://my-vault.vault.azure.net (https, or http on loopback only). */
+  vaultUrl: string
+  /** Name of an RSA key (RSA or RSA-HSM) with the wrapKey and unwrapKey operations allowed. */
+  keyName: string
+  /** Version that wraps new KEKs. Default: the key's current version at each rotation. */
+  keyVersion?: string
+  /** Microsoft Entra access token for https://vault.azure.net, or a function called before each request. */
+  accessToken: string | (() => Promise<string>)
+  /** REST api-version. Default 7.4 (any later version speaks the same wrapkey/unwrapkey). */
+  apiVersion?: string
+}
+
+const TAG = 0x23
+const ALG = 'RSA-OAEP-256'
+const KEK_BYTES = 16
+const DIGEST_BYTES = 32
+const KEY_NAME = /^[0-9a-zA-Z-]{1,127}$/
+const KEY_VERSION = /^[0-9a-zA-Z]{1,64}$/
+const LOOPBACK = new Set(['localhost', '127.0.0.1', '[::1]'])
+
+function toBase64Url(b: Uint8Array): string {
+  return toBase64(b).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '')
+}
+
+function fromBase64Url(s: string): Uint8Array<ArrayBuffer> {
+  const b64 = s.replace(/-/g, '+').replace(/_/g, '/')
+  return fromBase64(b64 + '='.repeat((4 - (b64.length % 4)) % 4))
+}
+
+async function digestOf(aad: Uint8Array): Promise<Uint8Array> {
+  return new Uint8Array(await crypto.subtle.digest('SHA-256', aad as Uint8Array<ArrayBuffer>))
+}
+
+/** Constant time in the contents: every byte is compared whatever the first difference. */
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false
+  let diff = 0
+  for (let i = 0; i < a.length; i++) diff |= a[i]! ^ b[i]!
+  return diff === 0
+}
+
+export function azureKeyVaultRootKey(options: AzureKeyVaultRootKeyOptions): RootKey {
+  if (typeof options !== 'object' || options === null) throw new TypeError('options: expected an object')
+  const { keyName, keyVersion } = options
+  const apiVersion = options.apiVersion ?? '7.4'
+  if (typeof keyName !== 'string' || !KEY_NAME.test(keyName)) throw new TypeError('keyName: expected a Key Vault key name (1-127 letters, digits and dashes)')
+  if (keyVersion !== undefined && (typeof keyVersion !== 'string' || !KEY_VERSION.test(keyVersion))) throw new TypeError('keyVersion: expected a Key Vault key version')
+  if (typeof apiVersion !== 'string' || !/^(7\.\d+|\d{4}-\d{2}-\d{2})(-preview)?$/.test(apiVersion)) throw new TypeError('apiVersion: expected a Key Vault api-version such as 7.4')
+  if (typeof options.accessToken !== 'function' && (typeof options.accessToken !== 'string' || options.accessToken === '')) {
+    throw new TypeError('accessToken: expected a Microsoft Entra access token or a function returning one')
+  }
+  let vault: URL
+  try {
+    vault = new URL(options.vaultUrl)
+  } catch {
+    throw new TypeError('vaultUrl: expected a URL such as https://my-vault.vault.azure.net')
+  }
+  // A bearer token goes with every request: never in clear text off this machine.
+  if (vault.protocol !== 'https:' && !(vault.protocol === 'http:' && LOOPBACK.has(vault.hostname))) {
+    throw new TypeError('vaultUrl: expected https (http only on loopback, for tests)')
+  }
+  const base = vault.origin + vault.pathname.replace(/\/+$/, '')
+  const token = typeof options.accessToken === 'function' ? options.accessToken : async () => options.accessToken as string
+
+  async function call(action: 'wrapkey' | 'unwrapkey', version: string, value: Uint8Array): Promise<{ kid: string; value: Uint8Array<ArrayBuffer> }> {
+    const body = JSON.stringify({ alg: ALG, value: toBase64Url(value) })
+    const url = `${base}/keys/${keyName}/${version}/${action}?api-version=${encodeURIComponent(apiVersion)}`
+    const response = await fetchWithRetry(
+      `Azure Key Vault ${action}`,
+      url,
+      async () => ({
+        method: 'POST',
+        body,
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${await token()}` },
+      }),
+      options,
+    )
+    const text = await response.text()
+    if (!response.ok) {
+      let code = `HTTP ${response.status}`
+      try {
+        const parsed = JSON.parse(text) as { error?: { code?: unknown } }
+        // Azure's codes (Unauthorized, Forbidden, KeyNotFound, BadParameter) carry no secrets; its
+        // messages may echo request details, so they are left out.
+        const c = parsed.error?.code
+        if (typeof c === 'string' && /^[A-Za-z.]{1,64}$/.test(c)) code = `${c} (HTTP ${response.status})`
+      } catch {
+        // Not JSON: keep the status.
+      }
+      const retryable = response.status === 429 || response.status >= 500
+      const hint =
+        response.status === 401 || response.status === 403
+          ? ': the KMS refused the credentials'
+          : response.status === 404
+            ? `: no such key or version (${keyName}${version ? `/${version}` : ''})`
+            : action === 'unwrapkey' && response.status === 400
+              ? ' (wrong key, or altered wrapped KEK)'
+              : ''
+      throw new RootKeyError(`Azure Key Vault ${action} failed: ${code}${hint}`, { retryable })
+    }
+    let out: { kid?: unknown; value?: unknown }
+    try {
+      out = JSON.parse(text) as typeof out
+    } catch {
+      throw new RootKeyError(`Azure Key Vault ${action} returned no JSON`)
+    }
+    if (typeof out.kid !== 'string' || typeof out.value !== 'string' || out.value === '') throw new RootKeyError(`Azure Key Vault ${action} returned no kid or value`)
+    let bytes: Uint8Array<ArrayBuffer>
+    try {
+      bytes = fromBase64Url(out.value)
+    } catch {
+      throw new RootKeyError(`Azure Key Vault ${action} returned a value that is not base64url`)
+    }
+    return { kid: out.kid, value: bytes }
+  }
+
+  /** The version segment of a kid: https://{vault}/keys/{name}/{version}. */
+  function versionOf(kid: string): string {
+    let path = ''
+    try {
+      path = new URL(kid).pathname
+    } catch {
+      // Checked below.
+    }
+    const m = /^\/keys\/([^/]+)\/([^/]+)$/.exec(path)
+    if (!m || m[1]!.toLowerCase() !== keyName.toLowerCase() || !KEY_VERSION.test(m[2]!)) {
+      throw new RootKeyError(`Azure Key Vault answered with a kid for another key, or without a version`)
+    }
+    return m[2]!
+  }
+
+  return {
+    kind: 'azure-key-vault',
+    async newKek(aad): Promise<NewKek> {
+      // The one root whose KEK bytes are made here: Azure has no symmetric data-key call for
+      // standard vaults. They exist until the import below, and are zeroed on every path.
+      const payload = new Uint8Array(KEK_BYTES + DIGEST_BYTES)
+      let ciphertext: Uint8Array
+      let version: string
+      try {
+        crypto.getRandomValues(payload.subarray(0, KEK_BYTES))
+        payload.set(await digestOf(aad), KEK_BYTES)
+        const out = await call('wrapkey', keyVersion ?? '', payload)
+        ciphertext = out.value
+        version = versionOf(out.kid)
+        if (ciphertext.length > 1024) throw new RootKeyError('Azure Key Vault wrapkey returned more than 1024 bytes; expected an RSA block')
+      } catch (error) {
+        payload.fill(0)
+        throw error
+      }
+      const kek = await importKek('Azure Key Vault', payload.slice(0, KEK_BYTES))
+      payload.fill(0)
+      const v = new TextEncoder().encode(version)
+      const wrapped = new Uint8Array(2 + v.length + ciphertext.length)
+      wrapped[0] = TAG
+      wrapped[1] = v.length
+      wrapped.set(v, 2)
+      wrapped.set(ciphertext, 2 + v.length)
+      return { kek, wrapped }
+    },
+    async unwrapKek(wrapped, aad) {
+      if (!(wrapped instanceof Uint8Array) || wrapped[0] !== TAG || wrapped.length < 3 || wrapped.length < 3 + wrapped[1]!) {
+        throw new RootKeyError('this KEK was not wrapped by an Azure Key Vault root key')
+      }
+      const version = new TextDecoder().decode(wrapped.subarray(2, 2 + wrapped[1]!))
+      if (!KEY_VERSION.test(version)) throw new RootKeyError('wrapped KEK has no valid Azure key version')
+      const expected = await digestOf(aad)
+      const { value } = await call('unwrapkey', version, wrapped.subarray(2 + wrapped[1]!))
+      try {
+        if (value.length !== KEK_BYTES + DIGEST_BYTES) throw new RootKeyError(`Azure Key Vault unwrapped ${value.length} bytes; expected ${KEK_BYTES + DIGEST_BYTES}`)
+        if (!sameBytes(value.subarray(KEK_BYTES), expected)) throw new RootKeyError('Azure Key Vault: KEK moved to another chain or id (associated data does not match)')
+        return await importKek('Azure Key Vault', value.slice(0, KEK_BYTES))
+      } finally {
+        value.fill(0)
+      }
+    },
+    toString: () => '[RootKey azure-key-vault]',
+    toJSON: () => ({ kind: 'azure-key-vault', vaultUrl: base, keyName, ...(keyVersion !== undefined ? { keyVersion } : {}), apiVersion }),
+  } as RootKey
+}
