@@ -1,16 +1,54 @@
-// Encrypted notes in the browser: a passphrase root key, a key chain whose wrapped KEKs live in
-// IndexedDB (@kms-proxy/indexeddb), and the notes as `kp1.` text in localStorage.
-// Bundle it (see README.md): esbuild resolves the @kms-proxy packages.
+// Encrypted notes in the browser. On first run the user picks the notebook's root key: a passkey
+// (WebAuthn PRF, @kms-proxy/webauthn) or a passphrase (PBKDF2, @kms-proxy/passphrase). The key
+// chain's wrapped KEKs live in IndexedDB (@kms-proxy/indexeddb); the app's own records (which
+// root, its public parameters, the check text, the notes as `kp1.` text) in a second IndexedDB
+// database. Bundle it (see README.md): esbuild resolves the @kms-proxy packages.
 import { KeyChain } from '@kms-proxy/core'
 import { indexedDbStore } from '@kms-proxy/indexeddb'
 import { passphraseRootKey } from '@kms-proxy/passphrase'
+import { NO_PRF_MESSAGE, registerPrfCredential, webauthnRootKey } from '@kms-proxy/webauthn'
 
-const NOTES = 'browser-notes:notes' // JSON array of { at, text: 'kp1.…' }
-const CHECK = 'browser-notes:check' // a known text, encrypted: tells a wrong passphrase at unlock
-const CHECK_TEXT = 'browser-notes v1'
+const APP_DB = 'browser-notes' // object stores: settings ('root', 'check'), notes ({ at, text: 'kp1.…' })
+const CHECK_TEXT = 'browser-notes v1' // encrypted as 'check': tells a wrong root at unlock, not at the first note
+const CHAIN = { store: indexedDbStore({ name: 'browser-notes' }), name: 'notes' } // database kms-proxy:browser-notes
 
 const $ = (id) => document.getElementById(id)
+/** The 'root' record: { kind: 'passkey', params: { credentialId, salt } } or { kind: 'passphrase' }; undefined on first run. */
+let protection
+/** Built from the stored parameters when the page loads, so that a click starts the ceremony at once. */
+let passkeyRoot
 let chain // the unlocked key chain; undefined when locked
+
+// ------------------------------------------------------------------------------ IndexedDB
+
+let opening
+function appDb() {
+  opening ??= new Promise((resolve, reject) => {
+    const request = indexedDB.open(APP_DB, 1)
+    request.onupgradeneeded = () => {
+      request.result.createObjectStore('settings')
+      request.result.createObjectStore('notes', { autoIncrement: true })
+    }
+    request.onsuccess = () => resolve(request.result)
+    request.onerror = () => reject(request.error)
+  })
+  return opening
+}
+
+/** One request in its own transaction; resolves with its result once the transaction completed. */
+async function idb(storeName, mode, makeRequest) {
+  // 'strict': the root's parameters must be on disk before a KEK is wrapped under them.
+  const tx = (await appDb()).transaction(storeName, mode, { durability: mode === 'readwrite' ? 'strict' : 'default' })
+  const request = makeRequest(tx.objectStore(storeName))
+  return new Promise((resolve, reject) => {
+    tx.oncomplete = () => resolve(request.result)
+    tx.onabort = tx.onerror = () => reject(tx.error ?? new Error('IndexedDB transaction aborted'))
+  })
+}
+const getSetting = (key) => idb('settings', 'readonly', (s) => s.get(key))
+const putSetting = (key, value) => idb('settings', 'readwrite', (s) => s.put(value, key))
+
+// ------------------------------------------------------------------------------ page states
 
 function show(message, isError = false) {
   $('error').hidden = !isError
@@ -18,37 +56,120 @@ function show(message, isError = false) {
   $('status').textContent = isError ? '' : message
 }
 
-function loadNotes() {
-  try {
-    const list = JSON.parse(localStorage.getItem(NOTES) ?? '[]')
-    return Array.isArray(list) ? list : []
-  } catch {
-    return []
-  }
+/** Shows the locked page for the stored protection: the first-run choice, a passkey button or a passphrase form. */
+function showLocked() {
+  chain = undefined
+  passkeyRoot = protection?.kind === 'passkey' ? webauthnRootKey(protection.params) : undefined // a new root: the next unlock asks the authenticator again
+  $('notes').replaceChildren()
+  $('notebook').hidden = true
+  $('setup').hidden = protection !== undefined
+  $('passkey-unlock').hidden = protection?.kind !== 'passkey'
+  $('unlock-form').hidden = protection?.kind !== 'passphrase'
+  $('passphrase').value = ''
+  $('passphrase').placeholder = 'Passphrase'
+  $('passphrase').autocomplete = 'current-password'
+  $('unlock').textContent = 'Unlock'
 }
 
-async function unlock(passphrase) {
-  const started = performance.now()
-  const rootKey = passphraseRootKey({ passphrase }) // PBKDF2-SHA-256, 600,000 iterations
-  const opened = await KeyChain.open({ rootKey, store: indexedDbStore({ name: 'browser-notes' }), name: 'notes' })
-  const check = localStorage.getItem(CHECK)
+/** First run, passphrase chosen (or offered because the authenticator has no PRF). */
+function offerPassphrase() {
+  $('unlock-form').hidden = false
+  $('passphrase').placeholder = 'New passphrase'
+  $('passphrase').autocomplete = 'new-password'
+  $('unlock').textContent = 'Create notebook'
+  $('passphrase').focus()
+}
+
+// ------------------------------------------------------------------------------ unlock
+
+/** Opens the chain under `rootKey`, checks (or writes) the check text, shows the notes. */
+async function openNotebook(rootKey, started) {
+  const opened = await KeyChain.open({ rootKey, ...CHAIN }) // no root-key call: that happens at the check
+  const check = await getSetting('check')
   if (check) {
-    // One PBKDF2 derivation and one KEK unwrap: the only root-key work this session.
     if ((await opened.decryptText(check)) !== CHECK_TEXT) throw new Error('the check note does not match')
   } else {
-    localStorage.setItem(CHECK, await opened.encryptText(CHECK_TEXT))
+    await putSetting('check', await opened.encryptText(CHECK_TEXT))
   }
   chain = opened
   const ms = Math.round(performance.now() - started)
   await render()
-  $('unlock-form').hidden = true
+  for (const id of ['setup', 'passkey-unlock', 'unlock-form']) $(id).hidden = true
   $('notebook').hidden = false
-  show(check ? `Unlocked in ${ms} ms.` : `New notebook created in ${ms} ms. Keep the passphrase: it cannot be recovered.`)
+  const how = protection.kind === 'passkey' ? 'with the passkey' : 'with the passphrase'
+  const keep = protection.kind === 'passkey' ? 'Without this passkey the notes cannot be read.' : 'Keep the passphrase: it cannot be recovered.'
+  show(check ? `Unlocked ${how} in ${ms} ms.` : `New notebook created in ${ms} ms. ${keep}`)
   $('note').focus()
 }
 
+async function unlockWithPasskey() {
+  const started = performance.now()
+  // First thing in the click handler: the ceremony runs with the click's user activation.
+  await passkeyRoot.unlock()
+  await openNotebook(passkeyRoot, started)
+}
+
+async function createWithPasskey() {
+  const started = performance.now()
+  const params = await registerPrfCredential({ rpName: 'Encrypted notes', userName: 'browser-notes' })
+  // The credential id and salt are public; they are stored before any KEK is wrapped under them.
+  const record = { kind: 'passkey', params }
+  await putSetting('root', record)
+  protection = record
+  passkeyRoot = webauthnRootKey(params)
+  await passkeyRoot.unlock() // a second prompt: the PRF result of create() is not used as a key
+  await openNotebook(passkeyRoot, started)
+}
+
+async function unlockWithPassphrase(passphrase) {
+  const started = performance.now()
+  if (!protection) {
+    const record = { kind: 'passphrase' } // PBKDF2's salt and iterations are kept in each wrapped KEK
+    await putSetting('root', record)
+    protection = record
+  }
+  await openNotebook(passphraseRootKey({ passphrase }), started) // PBKDF2-SHA-256, 600,000 iterations
+}
+
+function describeError(error) {
+  if (error?.code === 'ERR_ROOT_KEY') {
+    if (protection?.kind === 'passphrase') return 'Wrong passphrase: these notes were locked with a different one.'
+    // The passkey's messages are written for people and carry no secret: show them as they are.
+    return `The passkey could not be used: ${error.message}.`
+  }
+  if (error?.code === 'ERR_DECRYPT') return 'A note could not be decrypted: it was altered.'
+  return `Could not unlock: ${error?.message ?? String(error)}`
+}
+
+/** Runs a click or submit action with its button disabled; errors go to the page. */
+async function act(button, busy, action) {
+  button.disabled = true
+  show(busy)
+  try {
+    await action()
+  } catch (error) {
+    const created = protection !== undefined
+    showLocked()
+    show(describeError(error), true)
+    // No PRF on this authenticator, before any notebook exists: offer the passphrase instead.
+    if (!created && error?.code === 'ERR_ROOT_KEY' && error.message === NO_PRF_MESSAGE) {
+      $('error').textContent += ' Protect the notes with a passphrase instead:'
+      offerPassphrase()
+    }
+  } finally {
+    button.disabled = false
+  }
+}
+
+// ------------------------------------------------------------------------------ notes
+
+async function loadNotes() {
+  const list = await idb('notes', 'readonly', (s) => s.getAll()) // in key order: oldest first
+  return list.filter((n) => typeof n?.at === 'number' && typeof n?.text === 'string')
+}
+
 async function render() {
-  const notes = loadNotes()
+  const notes = await loadNotes()
   const items = await Promise.all(
     notes.map(async (n) => {
       const li = document.createElement('li')
@@ -59,45 +180,30 @@ async function render() {
     }),
   )
   $('notes').replaceChildren(...items)
-  $('count').textContent = `${notes.length} note${notes.length === 1 ? '' : 's'}, encrypted`
+  const by = protection.kind === 'passkey' ? 'a passkey' : 'a passphrase'
+  $('count').textContent = `${notes.length} note${notes.length === 1 ? '' : 's'}, encrypted under ${by}`
 }
 
 async function addNote(text) {
   const at = Date.now()
   // The timestamp is bound as associated data: a note cannot be moved under another date.
   const encrypted = await chain.encryptText(text, { associatedData: String(at) })
-  localStorage.setItem(NOTES, JSON.stringify([...loadNotes(), { at, text: encrypted }]))
+  await idb('notes', 'readwrite', (s) => s.add({ at, text: encrypted }))
   await render()
 }
 
-function lock() {
-  chain = undefined
-  $('notes').replaceChildren()
-  $('notebook').hidden = true
-  $('unlock-form').hidden = false
-  $('passphrase').value = ''
-  show('Locked.')
-}
+// ------------------------------------------------------------------------------ events
 
-function describeError(error) {
-  if (error?.code === 'ERR_ROOT_KEY') return 'Wrong passphrase: these notes were locked with a different one.'
-  if (error?.code === 'ERR_DECRYPT') return 'A note could not be decrypted: it was altered.'
-  return `Could not unlock: ${error?.message ?? String(error)}`
-}
-
-$('unlock-form').addEventListener('submit', async (event) => {
+$('choose-passkey').addEventListener('click', () => act($('choose-passkey'), 'Creating a passkey…', createWithPasskey))
+$('choose-passphrase').addEventListener('click', () => {
+  show('Choose a passphrase. It cannot be recovered: forgetting it loses the notes.')
+  offerPassphrase()
+})
+$('unlock-passkey').addEventListener('click', () => act($('unlock-passkey'), 'Waiting for the passkey…', unlockWithPasskey))
+$('unlock-form').addEventListener('submit', (event) => {
   event.preventDefault()
-  const button = $('unlock')
-  button.disabled = true
-  show('Unlocking…')
-  try {
-    await unlock($('passphrase').value)
-  } catch (error) {
-    chain = undefined
-    show(describeError(error), true)
-  } finally {
-    button.disabled = false
-  }
+  const passphrase = $('passphrase').value
+  act($('unlock'), protection ? 'Unlocking…' : 'Creating the notebook…', () => unlockWithPassphrase(passphrase))
 })
 
 $('add-form').addEventListener('submit', async (event) => {
@@ -113,5 +219,11 @@ $('add-form').addEventListener('submit', async (event) => {
   }
 })
 
-$('lock').addEventListener('click', lock)
+$('lock').addEventListener('click', () => {
+  showLocked()
+  show('Locked.')
+})
+
+protection = await getSetting('root')
+showLocked()
 globalThis.notesReady = true
