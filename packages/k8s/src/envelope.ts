@@ -1,0 +1,143 @@
+/**
+ * What the plugin sends kube-apiserver and reads back: the limits of KMS v2, the key_id, and the
+ * split of an encrypted data into ciphertext + annotations. Pure: no crypto, no I/O, no gRPC.
+ *
+ * Limits (kube-apiserver, k8s.io/apiserver .../envelope/kmsv2/envelope.go, which checks them on
+ * every answer and on every object it reads back from etcd):
+ *   ciphertext   1 .. 1024 bytes  (encryptedDEKSourceMaxSize)
+ *   key_id       1 .. 1024 bytes  (KeyIDMaxSize, UTF-8 bytes)
+ *   annotations  keys are fully qualified domain names (IsFullyQualifiedDomainName);
+ *                the keys' and values' lengths add up to at most 32,768 bytes (annotationsMaxSize)
+ */
+import { OVERHEAD_BYTES } from '@kms-proxy/core'
+
+export const MAX_CIPHERTEXT_BYTES = 1024
+export const MAX_KEY_ID_BYTES = 1024
+export const MAX_ANNOTATIONS_BYTES = 32 * 1024
+/** The version string of the API; kube-apiserver accepts no other in a v2 configuration. */
+export const KMS_API_VERSION = 'v2'
+/** Where Encrypt puts the root-wrapped KEK when the chain's store embeds KEKs in the data. */
+export const KEK_ANNOTATION = 'kek.kms-proxy.dev'
+/**
+ * Associated data of every seed the plugin encrypts: data the plugin wrote cannot be decrypted
+ * by a plain `chain.decrypt` without it, and data from another use of the same chain cannot be
+ * passed off as a Kubernetes DEK seed.
+ */
+export const SEED_ASSOCIATED_DATA = 'kms-proxy.dev/k8s/v2 seed'
+
+/** Format v1 (docs/FORMAT.md): version (1), KEK id (u32 at offset 1), flags (offset 5); bit 0 = KEK embedded. */
+const FIXED_HEADER = 6
+const KEK_ID_OFFSET = 1
+const FLAG_EMBEDDED_KEK = 0x01
+/** The largest plaintext whose ciphertext still fits in 1024 bytes (1024 - 78 = 946). kube-apiserver sends 32. */
+export const MAX_PLAINTEXT_BYTES = MAX_CIPHERTEXT_BYTES - OVERHEAD_BYTES
+
+const encoder = new TextEncoder()
+export const utf8Length = (s: string): number => encoder.encode(s).length
+
+const LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/
+
+/**
+ * RFC 1123 fully qualified domain name as kube-apiserver checks annotation keys: at most 253
+ * characters (a trailing dot allowed), at least two labels, each 1-63 of [a-z0-9-], starting and
+ * ending with a letter or digit.
+ */
+export function isFullyQualifiedDomainName(name: string): boolean {
+  if (typeof name !== 'string' || name.length === 0) return false
+  const n = name.endsWith('.') ? name.slice(0, -1) : name
+  if (n.length === 0 || n.length > 253) return false
+  const labels = n.split('.')
+  if (labels.length < 2) return false
+  return labels.every((l) => l.length <= 63 && LABEL.test(l))
+}
+
+/** Why a set of annotations would be refused, or undefined when kube-apiserver accepts it. */
+export function annotationsProblem(annotations: Record<string, Uint8Array>): string | undefined {
+  let total = 0
+  for (const [key, value] of Object.entries(annotations)) {
+    if (!isFullyQualifiedDomainName(key)) return 'an annotation key is not a fully qualified domain name'
+    total += utf8Length(key) + value.length
+  }
+  if (total > MAX_ANNOTATIONS_BYTES) return `annotations total ${total} bytes; at most ${MAX_ANNOTATIONS_BYTES}`
+  return undefined
+}
+
+/** Why a key_id would be refused, or undefined. */
+export function keyIdProblem(keyId: string): string | undefined {
+  if (typeof keyId !== 'string' || keyId.length === 0) return 'key_id is empty'
+  const n = utf8Length(keyId)
+  if (n > MAX_KEY_ID_BYTES) return `key_id is ${n} bytes; at most ${MAX_KEY_ID_BYTES}`
+  return undefined
+}
+
+/** Why a ciphertext would be refused, or undefined. */
+export function ciphertextProblem(ciphertext: Uint8Array): string | undefined {
+  if (ciphertext.length === 0) return 'ciphertext is empty'
+  if (ciphertext.length > MAX_CIPHERTEXT_BYTES) return `ciphertext is ${ciphertext.length} bytes; at most ${MAX_CIPHERTEXT_BYTES}`
+  return undefined
+}
+
+/**
+ * key_id of a KEK: `<chain name>/<KEK id as 8 hex digits>`. It names the KEK, so it changes
+ * exactly when the chain's primary KEK changes, and Decrypt can check it against the data.
+ */
+export function keyIdFor(chainName: string, kekId: number): string {
+  return `${chainName}/${kekId.toString(16).padStart(8, '0')}`
+}
+
+/** The KEK id in `keyId` if it names a KEK of chain `chainName`, else undefined. */
+export function parseKeyId(keyId: string, chainName: string): number | undefined {
+  const slash = keyId.lastIndexOf('/')
+  if (slash < 0 || keyId.slice(0, slash) !== chainName) return undefined
+  const hex = keyId.slice(slash + 1)
+  if (!/^[0-9a-f]{8}$/.test(hex)) return undefined
+  const id = Number.parseInt(hex, 16)
+  return id === 0 ? undefined : id
+}
+
+export interface Split {
+  ciphertext: Uint8Array
+  annotations: Record<string, Uint8Array>
+}
+
+/**
+ * Encrypted data -> what Encrypt answers. An embedded root-wrapped KEK (its u16 length and bytes)
+ * moves out of the data into the `kek.kms-proxy.dev` annotation, so the ciphertext stays 110
+ * bytes for a 32-byte seed whatever the root key's wrapped KEK weighs (a KMS ciphertext blob can
+ * be several hundred bytes). The flags byte keeps its "embedded" bit, so Decrypt knows to put
+ * the KEK back; every byte is still authenticated once joined (the header is the DEK wrap's AAD).
+ */
+export function splitEncryptedData(data: Uint8Array, headerLength: number, embeddedKek: Uint8Array | undefined): Split {
+  if (!embeddedKek) return { ciphertext: data, annotations: {} }
+  const ciphertext = new Uint8Array(data.length - (headerLength - FIXED_HEADER))
+  ciphertext.set(data.subarray(0, FIXED_HEADER))
+  ciphertext.set(data.subarray(headerLength), FIXED_HEADER)
+  return { ciphertext, annotations: { [KEK_ANNOTATION]: embeddedKek.slice() } }
+}
+
+export type Joined = { ok: true; data: Uint8Array; kekId: number } | { ok: false; problem: string }
+
+/**
+ * What Decrypt receives -> the encrypted data the chain decrypts. Checks only the framing (the
+ * chain authenticates the rest): version byte, KEK id, and the KEK annotation present exactly
+ * when the flags say the KEK was moved out.
+ */
+export function joinEncryptedData(ciphertext: Uint8Array, annotations: Record<string, Uint8Array>): Joined {
+  if (ciphertext.length < FIXED_HEADER) return { ok: false, problem: 'ciphertext is truncated' }
+  const kekId = ((ciphertext[KEK_ID_OFFSET]! << 24) | (ciphertext[KEK_ID_OFFSET + 1]! << 16) | (ciphertext[KEK_ID_OFFSET + 2]! << 8) | ciphertext[KEK_ID_OFFSET + 3]!) >>> 0
+  const kek = annotations[KEK_ANNOTATION]
+  const embedded = (ciphertext[5]! & FLAG_EMBEDDED_KEK) !== 0
+  if (!embedded) {
+    if (kek !== undefined) return { ok: false, problem: `annotation ${KEK_ANNOTATION} given for data without an embedded KEK` }
+    return { ok: true, data: ciphertext, kekId }
+  }
+  if (kek === undefined) return { ok: false, problem: `annotation ${KEK_ANNOTATION} is missing` }
+  if (kek.length === 0 || kek.length > 0xffff) return { ok: false, problem: `annotation ${KEK_ANNOTATION} has a bad length` }
+  const data = new Uint8Array(ciphertext.length + 2 + kek.length)
+  data.set(ciphertext.subarray(0, FIXED_HEADER))
+  data[FIXED_HEADER] = kek.length >> 8
+  data[FIXED_HEADER + 1] = kek.length & 0xff
+  data.set(kek, FIXED_HEADER + 2)
+  data.set(ciphertext.subarray(FIXED_HEADER), FIXED_HEADER + 2 + kek.length)
+  return { ok: true, data, kekId }
+}
