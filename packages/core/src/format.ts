@@ -9,6 +9,10 @@
  *   ---- end of header: the header is the AAD of the DEK wrap
  *   iv1 (12) || wrapped DEK (16 + 16 tag)
  *   iv2 (12) || ciphertext || tag (16)
+ *
+ * A stream (flag bit 1) has the same header, then iv1 || wrapped DEK (its AAD is the header with
+ * the stream bit), then segment size u32 || nonce prefix (7), then segments of segmentSize + 16
+ * bytes, the last one shorter (1..segmentSize plaintext bytes, 0 only for an empty stream).
  */
 import { FormatError } from './errors.js'
 import { asBytes, concat, fromBase64Url, toBase64Url, u32be, type Bytes } from './internal/bytes.js'
@@ -63,17 +67,22 @@ export function encodeHeader(kekId: number, embeddedKek?: Uint8Array, stream = f
   return concat(fixed, len, embeddedKek)
 }
 
+/** Checks as much of the fixed header (version, KEK id, flags) as `bytes` holds. */
+function checkFixed(bytes: Uint8Array): void {
+  if (bytes.length > 0 && bytes[0] !== FORMAT_VERSION) throw new FormatError(`unsupported format version ${bytes[0]}`)
+  if (bytes.length >= 5 && (bytes[1]! | bytes[2]! | bytes[3]! | bytes[4]!) === 0) throw new FormatError('KEK id 0 is reserved')
+  if (bytes.length >= 6 && (bytes[5]! & ~KNOWN_FLAGS) !== 0) throw new FormatError('unknown flags are set')
+}
+
 /** Reads the header only. Throws FormatError; never reads past `bytes`. */
 export function decodeHeader(input: Uint8Array): Header {
   if (!(input instanceof Uint8Array)) throw new TypeError('encryptedData: expected a Uint8Array')
   const bytes = asBytes(input)
   if (bytes.length < FIXED_HEADER_BYTES) throw new FormatError('encrypted data is truncated')
+  checkFixed(bytes)
   const version = bytes[0]!
-  if (version !== FORMAT_VERSION) throw new FormatError(`unsupported format version ${version}`)
   const kekId = ((bytes[1]! << 24) | (bytes[2]! << 16) | (bytes[3]! << 8) | bytes[4]!) >>> 0
-  if (kekId === 0) throw new FormatError('KEK id 0 is reserved')
   const flags = bytes[5]!
-  if ((flags & ~KNOWN_FLAGS) !== 0) throw new FormatError('unknown flags are set')
   let headerLength = FIXED_HEADER_BYTES
   let embeddedKek: Bytes | undefined
   if (flags & FLAG_EMBEDDED_KEK) {
@@ -92,7 +101,7 @@ export function decodeHeader(input: Uint8Array): Header {
 export function decodeMessage(input: Uint8Array): MessageParts {
   const h = decodeHeader(input)
   const bytes = asBytes(input)
-  if (h.flags & FLAG_STREAM) throw new FormatError('stream data needs a stream decryptor')
+  if (h.flags & FLAG_STREAM) throw new FormatError('this is a stream: use decryptStream (or rewrapStreamHeader)')
   const minimum = h.headerLength + IV_BYTES + WRAPPED_DEK_BYTES + IV_BYTES + TAG_BYTES
   if (bytes.length < minimum) throw new FormatError('encrypted data is truncated')
   const o = h.headerLength
@@ -117,6 +126,119 @@ export function payloadAad(associatedData: Uint8Array | undefined): Bytes {
   const aad = new Uint8Array(2 + (associatedData?.length ?? 0))
   aad[0] = FORMAT_VERSION
   if (associatedData) aad.set(associatedData, 2)
+  return aad
+}
+
+// ------------------------------------------------------------------------------ streams
+
+export const DEFAULT_SEGMENT_SIZE = 65536
+/** Smallest segment size a stream may declare (tiny segments are for tests; each costs a 16 B tag). */
+export const MIN_SEGMENT_SIZE = 16
+/** Largest: a decryptor holds a few segments, so a header cannot make it buffer more than ~16 MiB each. */
+export const MAX_SEGMENT_SIZE = 2 ** 24
+export const NONCE_PREFIX_BYTES = 7
+/** Segments per stream: the counter is a u32. */
+export const MAX_SEGMENTS = 2 ** 32
+/** What follows the header of a stream, before the segments: iv1, wrapped DEK, segment size, nonce prefix. */
+const STREAM_TAIL_BYTES = IV_BYTES + WRAPPED_DEK_BYTES + 4 + NONCE_PREFIX_BYTES
+
+export interface StreamHeader extends Header {
+  header: Bytes
+  iv1: Bytes
+  wrappedDek: Bytes
+  /** header || iv1 || wrapped DEK: the part a rewrap replaces. */
+  dekPrefix: Bytes
+  /** Plaintext bytes per segment (the last one may be shorter). */
+  segmentSize: number
+  noncePrefix: Bytes
+  /** Bytes before the first segment: header, iv1, wrapped DEK, segment size, nonce prefix. */
+  streamHeaderLength: number
+}
+
+/**
+ * Whether encrypted data is a stream (flags bit 1), from its first 6 bytes. Throws FormatError
+ * when they are fewer or are not kms-proxy v1 data.
+ */
+export function isStream(head: Uint8Array): boolean {
+  if (!(head instanceof Uint8Array)) throw new TypeError('head: expected a Uint8Array')
+  if (head.length < FIXED_HEADER_BYTES) throw new FormatError('encrypted data is truncated')
+  checkFixed(head)
+  return (head[5]! & FLAG_STREAM) !== 0
+}
+
+/**
+ * Length of the stream header that `head` starts, or undefined while more bytes are needed to
+ * know it. Throws FormatError as soon as the bytes seen cannot start a stream.
+ */
+export function streamHeaderLength(head: Uint8Array): number | undefined {
+  if (!(head instanceof Uint8Array)) throw new TypeError('head: expected a Uint8Array')
+  checkFixed(head)
+  if (head.length < FIXED_HEADER_BYTES) return undefined
+  const flags = head[5]!
+  if (!(flags & FLAG_STREAM)) throw new FormatError('this is a single message, not a stream: use decrypt')
+  if (!(flags & FLAG_EMBEDDED_KEK)) return FIXED_HEADER_BYTES + STREAM_TAIL_BYTES
+  if (head.length < FIXED_HEADER_BYTES + 2) return undefined
+  const len = (head[6]! << 8) | head[7]!
+  if (len === 0) throw new FormatError('embedded KEK is empty')
+  return FIXED_HEADER_BYTES + 2 + len + STREAM_TAIL_BYTES
+}
+
+/** Decodes the stream header at the start of `head` (the segments may follow). Pure; throws FormatError. */
+export function decodeStreamHeader(head: Uint8Array): StreamHeader {
+  const length = streamHeaderLength(head)
+  if (length === undefined || head.length < length) throw new FormatError('stream header is truncated')
+  const bytes = asBytes(head)
+  const h = decodeHeader(bytes)
+  const o = h.headerLength
+  const s = o + IV_BYTES + WRAPPED_DEK_BYTES
+  const segmentSize = ((bytes[s]! << 24) | (bytes[s + 1]! << 16) | (bytes[s + 2]! << 8) | bytes[s + 3]!) >>> 0
+  if (segmentSize < MIN_SEGMENT_SIZE || segmentSize > MAX_SEGMENT_SIZE) {
+    throw new FormatError(`stream segment size ${segmentSize} is outside ${MIN_SEGMENT_SIZE}..${MAX_SEGMENT_SIZE}`)
+  }
+  return {
+    version: h.version,
+    kekId: h.kekId,
+    flags: h.flags,
+    embeddedKek: h.embeddedKek,
+    headerLength: o,
+    header: bytes.subarray(0, o),
+    iv1: bytes.subarray(o, o + IV_BYTES),
+    wrappedDek: bytes.subarray(o + IV_BYTES, s),
+    dekPrefix: bytes.subarray(0, s),
+    segmentSize,
+    noncePrefix: bytes.subarray(s + 4, s + 4 + NONCE_PREFIX_BYTES),
+    streamHeaderLength: length,
+  }
+}
+
+/** Segment size u32 || nonce prefix: the part of a stream header after the wrapped DEK. */
+export function encodeStreamTail(segmentSize: number, noncePrefix: Uint8Array): Bytes {
+  return concat(u32be(segmentSize), noncePrefix)
+}
+
+/** STREAM nonce: prefix (7) || segment counter u32 || 0x01 on the last segment, else 0x00. */
+export function segmentNonce(prefix: Uint8Array, counter: number, last: boolean): Bytes {
+  const nonce = new Uint8Array(IV_BYTES)
+  nonce.set(prefix)
+  nonce[7] = counter >>> 24
+  nonce[8] = (counter >>> 16) & 0xff
+  nonce[9] = (counter >>> 8) & 0xff
+  nonce[10] = counter & 0xff
+  nonce[11] = last ? 1 : 0
+  return nonce
+}
+
+/**
+ * AAD of every segment: version, kind 0x01 (stream segment), segment size u32, then the caller's
+ * associated data. Leaves out the KEK id and the wrapped DEK on purpose, so that a rewrap
+ * replaces the stream header without touching a segment.
+ */
+export function segmentAad(segmentSize: number, associatedData: Uint8Array | undefined): Bytes {
+  const aad = new Uint8Array(6 + (associatedData?.length ?? 0))
+  aad[0] = FORMAT_VERSION
+  aad[1] = 0x01
+  aad.set(u32be(segmentSize), 2)
+  if (associatedData) aad.set(associatedData, 6)
   return aad
 }
 

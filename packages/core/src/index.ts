@@ -1,5 +1,5 @@
 export { KeyChain } from './key-chain.js'
-export type { KeyChainOptions, EncryptOptions, KeyChainStats, KekStats } from './key-chain.js'
+export type { KeyChainOptions, EncryptOptions, EncryptStreamOptions, KeyChainStats, KekStats } from './key-chain.js'
 export {
   KmsProxyError,
   DecryptError,
@@ -21,8 +21,14 @@ export {
   TEXT_PREFIX,
   MAX_EMBEDDED_KEK_BYTES,
   MAX_PLAINTEXT_BYTES,
+  DEFAULT_SEGMENT_SIZE,
+  MIN_SEGMENT_SIZE,
+  MAX_SEGMENT_SIZE,
   decodeHeader,
   decodeMessage,
+  decodeStreamHeader,
+  streamHeaderLength,
+  isStream,
   kekAad,
 } from './format.js'
-export type { Header, MessageParts } from './format.js'
+export type { Header, MessageParts, StreamHeader } from './format.js'

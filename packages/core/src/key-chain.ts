@@ -8,11 +8,17 @@ import {
   UnknownKekError,
 } from './errors.js'
 import {
+  DEFAULT_SEGMENT_SIZE,
   DEK_BYTES,
+  FLAG_STREAM,
   IV_BYTES,
+  MAX_SEGMENT_SIZE,
+  MIN_SEGMENT_SIZE,
   MAX_EMBEDDED_KEK_BYTES,
   MAX_PLAINTEXT_BYTES,
+  decodeHeader,
   decodeMessage,
+  decodeStreamHeader,
   encodeHeader,
   fromText,
   kekAad,
@@ -20,6 +26,7 @@ import {
   toText,
   type MessageParts,
 } from './format.js'
+import { decryptingStream, encryptingStream } from './stream.js'
 import { asBytes, bytesKey, concat, equalBytes, fromUtf8, utf8, type Bytes } from './internal/bytes.js'
 import { Lru } from './internal/lru.js'
 import { randomBytes, randomPublicBytes, randomU32 } from './internal/random.js'
@@ -55,6 +62,11 @@ export interface KeyChainOptions {
 export interface EncryptOptions {
   /** Authenticated, not encrypted, not stored: the same bytes must be given to decrypt. */
   associatedData?: Uint8Array | string
+}
+
+export interface EncryptStreamOptions extends EncryptOptions {
+  /** Plaintext bytes per segment, recorded in the stream header. Default 65,536; 16 to 2^24. */
+  segmentSize?: number
 }
 
 export interface KekStats {
@@ -96,6 +108,8 @@ interface Primary {
   readonly kek: CryptoKey
   /** Header of data under this KEK: the DEK wrap's AAD. */
   readonly header: Bytes
+  /** The same with the stream flag: the DEK wrap's AAD for a stream. */
+  readonly streamHeader: Bytes
   next: number
   end: number
 }
@@ -114,6 +128,9 @@ interface KekEntry {
   createdAt: number
   wraps: number
 }
+
+/** What finding a DEK needs; a message and a stream header both have it. */
+type DekParts = Pick<MessageParts, 'kekId' | 'embeddedKek' | 'headerLength' | 'dekPrefix'>
 
 const GCM = 'AES-GCM'
 const GCM_ALGORITHM = { name: GCM }
@@ -254,6 +271,69 @@ export class KeyChain {
     }
   }
 
+  // ---------------------------------------------------------------------------------- streams
+
+  /**
+   * Encrypts a byte stream of any length in constant memory: one DEK for the stream (one use of
+   * the primary KEK), then segments of `segmentSize` bytes under the STREAM construction. The
+   * output starts with the stream header. Chunks may have any size; they are re-segmented.
+   */
+  encryptStream(options?: EncryptStreamOptions): TransformStream<Uint8Array, Uint8Array> {
+    const associatedData = associatedDataOf(options)?.slice()
+    const segmentSize = options?.segmentSize ?? DEFAULT_SEGMENT_SIZE
+    if (!Number.isInteger(segmentSize) || segmentSize < MIN_SEGMENT_SIZE || segmentSize > MAX_SEGMENT_SIZE) {
+      throw new RangeError(`segmentSize: expected an integer from ${MIN_SEGMENT_SIZE} to ${MAX_SEGMENT_SIZE}`)
+    }
+    return encryptingStream(
+      segmentSize,
+      associatedData,
+      async () => {
+        // Not from the prepared pool: a pooled DEK's wrap binds the single-message header, and a
+        // stream's must bind the stream flag. Same lease, same concurrent import and wrap.
+        const [prepared] = await this.#prepare(await this.#acquire(), 1, true)
+        return { dek: prepared!.dek, dekPrefix: prepared!.prefix }
+      },
+      () => void this.#counts.encryptions++,
+    )
+  }
+
+  /**
+   * Decrypts what encryptStream made. Plaintext is enqueued segment by segment, each only after
+   * it authenticated; a cut, reordered, spliced or extended stream errors the stream with
+   * ERR_DECRYPT, at the latest when the input ends. Until the stream closes without error the
+   * output is incomplete: write it somewhere provisional, and keep it only after the close.
+   */
+  decryptStream(options?: EncryptOptions): TransformStream<Uint8Array, Uint8Array> {
+    const associatedData = associatedDataOf(options)?.slice()
+    return decryptingStream(
+      associatedData,
+      (header) => this.#dekFor(header),
+      () => void this.#counts.decryptions++,
+    )
+  }
+
+  /**
+   * Moves a stream to the primary KEK without touching its segments: give it at least the
+   * stream header (the first bytes of the encrypted stream; more is fine), and write
+   * `header` in place of the first `replaces` bytes. The segments' AAD leaves the KEK out.
+   */
+  async rewrapStreamHeader(head: Uint8Array): Promise<{ header: Uint8Array; replaces: number }> {
+    if (!(head instanceof Uint8Array)) throw new TypeError('head: expected a Uint8Array')
+    const parts = decodeStreamHeader(head)
+    const replaces = parts.streamHeaderLength
+    const tail = head.slice(parts.dekPrefix.length, replaces) // segment size and nonce prefix, kept as they are
+    const current = this.#primary
+    if (current && !this.#expired(current) && equalBytes(parts.header, current.streamHeader)) {
+      await this.#dekFor(parts) // authenticates the header and the wrapped DEK, as a real rewrap would
+      return { header: head.slice(0, replaces), replaces }
+    }
+    const dek = await this.#unwrapDek(parts, true)
+    const p = await this.#acquire()
+    const iv1 = randomPublicBytes(IV_BYTES)
+    const wrapped = await crypto.subtle.wrapKey('raw', dek, p.kek, { name: GCM, iv: iv1, additionalData: p.streamHeader })
+    return { header: concat(p.streamHeader, iv1, new Uint8Array(wrapped), tail), replaces }
+  }
+
   // ---------------------------------------------------------------------------------- rotate and rewrap
 
   /** Makes a new primary KEK now (one root-key wrap). Older KEKs stay for decryption. */
@@ -272,6 +352,9 @@ export class KeyChain {
    */
   async rewrap(encryptedData: Uint8Array): Promise<Uint8Array> {
     if (!(encryptedData instanceof Uint8Array)) throw new TypeError('encryptedData: expected a Uint8Array')
+    if (decodeHeader(encryptedData).flags & FLAG_STREAM) {
+      throw new FormatError('this is a stream: rewrap it with rewrapStreamHeader, which leaves its segments untouched')
+    }
     const parts = decodeMessage(encryptedData)
     const current = this.#primary
     if (current && !this.#expired(current) && equalBytes(parts.header, current.header)) {
@@ -360,24 +443,25 @@ export class KeyChain {
    * `getRandomValues` call and are zeroed before this function yields: WebCrypto's importKey and
    * encrypt copy their input before returning ("get a copy of the bytes held by").
    */
-  #prepare(p: Primary, n: number): Promise<Prepared[]> {
+  #prepare(p: Primary, n: number, stream = false): Promise<Prepared[]> {
     const epoch = this.#epoch
+    const header = stream ? p.streamHeader : p.header
     const keyBytes = randomBytes(DEK_BYTES * n)
     const pending: Promise<Prepared>[] = []
     for (let i = 0; i < n; i++) {
       const dekBytes = keyBytes.subarray(i * DEK_BYTES, (i + 1) * DEK_BYTES)
       const iv1 = randomPublicBytes(IV_BYTES)
       const dek = crypto.subtle.importKey('raw', dekBytes, GCM_ALGORITHM, false, ['encrypt'])
-      const wrapped = crypto.subtle.encrypt({ name: GCM, iv: iv1, additionalData: p.header }, p.kek, dekBytes)
+      const wrapped = crypto.subtle.encrypt({ name: GCM, iv: iv1, additionalData: header }, p.kek, dekBytes)
       pending.push(
-        Promise.all([dek, wrapped]).then(([key, wrap]) => ({ primary: p, epoch, dek: key, prefix: concat(p.header, iv1, new Uint8Array(wrap)) })),
+        Promise.all([dek, wrapped]).then(([key, wrap]) => ({ primary: p, epoch, dek: key, prefix: concat(header, iv1, new Uint8Array(wrap)) })),
       )
     }
     keyBytes.fill(0)
     return Promise.all(pending)
   }
 
-  async #dekFor(parts: MessageParts): Promise<CryptoKey> {
+  async #dekFor(parts: DekParts): Promise<CryptoKey> {
     const cacheKey = this.#dekCache.capacity > 0 ? bytesKey(parts.dekPrefix) : undefined
     if (cacheKey !== undefined) {
       const hit = this.#dekCache.get(cacheKey)
@@ -396,7 +480,7 @@ export class KeyChain {
   }
 
   /** KEK (cached, embedded or stored), then the DEK: non-extractable unless `forRewrap`. */
-  async #unwrapDek(parts: MessageParts, forRewrap: boolean): Promise<CryptoKey> {
+  async #unwrapDek(parts: DekParts, forRewrap: boolean): Promise<CryptoKey> {
     // Own copy: the caller's buffer may change while we wait for the KEK.
     const prefix = parts.dekPrefix.slice()
     const h = parts.headerLength
@@ -553,11 +637,13 @@ export class KeyChain {
   }
 
   #setPrimary(id: number, createdAt: number, kek: CryptoKey, wrapped: Uint8Array, next: number, end: number): void {
+    const embedded = this.#store.embedsKeks ? wrapped : undefined
     this.#primary = {
       id,
       createdAt,
       kek,
-      header: encodeHeader(id, this.#store.embedsKeks ? wrapped : undefined),
+      header: encodeHeader(id, embedded),
+      streamHeader: encodeHeader(id, embedded, true),
       next,
       end,
     }
