@@ -221,7 +221,7 @@ describe.skipIf(!existsSync(CHROMIUM))('examples/browser-notes in Chromium', () 
     expect(root).toEqual({ kind: 'passkey', params: { credentialId: root.params.credentialId, salt: root.params.salt } })
     expect(Buffer.from(root.params.credentialId, 'base64url')).toEqual(Buffer.from(registered.id, 'base64'))
     expect(Buffer.from(root.params.salt, 'base64url').length).toBe(32)
-    for (const k of atRest.records.filter((r) => r.db === 'kms-proxy:browser-notes' && r.key[1] === 'kek')) {
+    for (const k of atRest.records.filter((r) => r.db === 'kms-proxy:browser-notes' && Array.isArray(r.key) && r.key[1] === 'kek')) {
       expect(k.value.wrapped.bytes).toHaveLength(45) // 0x40 || iv || AES-GCM(KEK) || tag
       expect(k.value.wrapped.bytes[0]).toBe(0x40)
     }

@@ -52,6 +52,13 @@ export interface PrfCredential {
   salt: string
 }
 
+export interface RegisteredPrfRootKey {
+  /** The public parameters to keep (as registerPrfCredential returns them). */
+  credential: PrfCredential
+  /** The root key for them; already unlocked when the browser evaluated the PRF at creation. */
+  rootKey: WebAuthnRootKey
+}
+
 export interface WebAuthnRootKeyOptions {
   /** base64url of the credential's raw id, or its bytes. Public. */
   credentialId: string | Uint8Array
@@ -166,6 +173,26 @@ function viewOf(source: BufferSource): Uint8Array<ArrayBuffer> {
  * the authenticator has no PRF.
  */
 export async function registerPrfCredential(options: RegisterPrfCredentialOptions): Promise<PrfCredential> {
+  return (await createPrfCredential(options, false)).credential
+}
+
+/**
+ * registerPrfCredential and webauthnRootKey in one user prompt where the browser allows it: when
+ * the authenticator evaluated the PRF at creation (the same PRF, with user verification, that a
+ * later `get` evaluates), the wrapping key is derived from that output at once and the returned
+ * root is unlocked; otherwise it unlocks at its first use with one ceremony, like webauthnRootKey.
+ * Same errors as registerPrfCredential.
+ */
+export async function registerPrfRootKey(options: RegisterPrfCredentialOptions): Promise<RegisteredPrfRootKey> {
+  const { credential, wrappingKey } = await createPrfCredential(options, true)
+  const rootKey = makeRootKey({ ...credential, rpId: options.rpId, timeout: options.timeout }, wrappingKey)
+  return { credential, rootKey }
+}
+
+async function createPrfCredential(
+  options: RegisterPrfCredentialOptions,
+  keepKey: boolean,
+): Promise<{ credential: PrfCredential; wrappingKey?: CryptoKey }> {
   if (typeof options !== 'object' || options === null) throw new TypeError('options: expected an object')
   const { rpId, rpName, userName } = options
   if (typeof rpName !== 'string' || rpName === '') throw new TypeError('rpName: expected a non-empty string')
@@ -199,11 +226,41 @@ export async function registerPrfCredential(options: RegisterPrfCredentialOption
   }
   if (!credential) throw new RootKeyError('WebAuthn registration returned no credential')
   const prf = prfOutputOf(credential)
-  if (prf?.results?.first) viewOf(prf.results.first).fill(0)
+  const first = prf?.results?.first ? viewOf(prf.results.first) : undefined
   if (prf?.results?.second) viewOf(prf.results.second).fill(0)
   // enabled is the authenticator's answer at creation; some browsers only return results.
-  if (!prf || (prf.enabled !== true && !prf.results?.first)) throw new RootKeyError(NO_PRF_MESSAGE)
-  return { credentialId: toBase64url(new Uint8Array((credential as PublicKeyCredential).rawId)), salt: toBase64url(salt) }
+  if (!prf || (prf.enabled !== true && !first)) {
+    first?.fill(0)
+    throw new RootKeyError(NO_PRF_MESSAGE)
+  }
+  const found = { credentialId: toBase64url(new Uint8Array((credential as PublicKeyCredential).rawId)), salt: toBase64url(salt) }
+  if (!first) return { credential: found }
+  if (!keepKey) {
+    first.fill(0)
+    return { credential: found }
+  }
+  return { credential: found, wrappingKey: await wrappingKeyFrom(first, salt) }
+}
+
+/** PRF output -> HKDF-SHA-256 -> non-extractable AES-256-GCM wrapping key. Zeroes `output`, also on failure. */
+async function wrappingKeyFrom(output: Uint8Array<ArrayBuffer>, salt: Uint8Array<ArrayBuffer>): Promise<CryptoKey> {
+  try {
+    if (output.length !== PRF_BYTES) throw new RootKeyError(`the WebAuthn PRF output has ${output.length} bytes, expected ${PRF_BYTES}`)
+    const ikm = await crypto.subtle.importKey('raw', output, 'HKDF', false, ['deriveKey'])
+    output.fill(0)
+    return await crypto.subtle.deriveKey(
+      { name: 'HKDF', hash: 'SHA-256', salt, info: new TextEncoder().encode(HKDF_INFO) },
+      ikm,
+      { name: 'AES-GCM', length: 256 },
+      false,
+      WRAP_USAGES,
+    )
+  } catch (error) {
+    if (error instanceof RootKeyError) throw error
+    throw new RootKeyError('could not derive the wrapping key from the WebAuthn PRF output', { cause: error })
+  } finally {
+    output.fill(0)
+  }
 }
 
 /**
@@ -212,6 +269,11 @@ export async function registerPrfCredential(options: RegisterPrfCredentialOption
  * the page's life. A failed or cancelled ceremony is not cached: the next call asks again.
  */
 export function webauthnRootKey(options: WebAuthnRootKeyOptions): WebAuthnRootKey {
+  return makeRootKey(options)
+}
+
+/** `ready`: a wrapping key already derived (registerPrfRootKey), so the root starts unlocked. */
+function makeRootKey(options: WebAuthnRootKeyOptions, ready?: CryptoKey): WebAuthnRootKey {
   if (typeof options !== 'object' || options === null) throw new TypeError('options: expected an object')
   const credentialId = bytesParam('credentialId', options.credentialId, 1, 1023)
   const salt = bytesParam('salt', options.salt, MIN_SALT_BYTES, MAX_SALT_BYTES)
@@ -221,8 +283,8 @@ export function webauthnRootKey(options: WebAuthnRootKeyOptions): WebAuthnRootKe
   const publicParams: PrfCredential = { credentialId: toBase64url(credentialId), salt: toBase64url(salt) }
   const tag = new Uint8Array([TAG])
 
-  let key: Promise<CryptoKey> | undefined
-  let ready = false
+  let key: Promise<CryptoKey> | undefined = ready === undefined ? undefined : Promise.resolve(ready)
+  let unlocked = ready !== undefined
 
   async function ceremony(): Promise<CryptoKey> {
     const credentials = credentialsApi()
@@ -248,27 +310,12 @@ export function webauthnRootKey(options: WebAuthnRootKeyOptions): WebAuthnRootKe
     const first = prf?.results?.first
     if (!first) throw new RootKeyError(NO_PRF_MESSAGE)
     const output = viewOf(first)
-    try {
-      const rawId = new Uint8Array((assertion as PublicKeyCredential).rawId)
-      if (rawId.length !== credentialId.length || rawId.some((b, i) => b !== credentialId[i])) {
-        throw new RootKeyError('WebAuthn unlock answered with another credential')
-      }
-      if (output.length !== PRF_BYTES) throw new RootKeyError(`the WebAuthn PRF output has ${output.length} bytes, expected ${PRF_BYTES}`)
-      const ikm = await crypto.subtle.importKey('raw', output, 'HKDF', false, ['deriveKey'])
+    const rawId = new Uint8Array((assertion as PublicKeyCredential).rawId)
+    if (rawId.length !== credentialId.length || rawId.some((b, i) => b !== credentialId[i])) {
       output.fill(0)
-      return await crypto.subtle.deriveKey(
-        { name: 'HKDF', hash: 'SHA-256', salt, info: new TextEncoder().encode(HKDF_INFO) },
-        ikm,
-        { name: 'AES-GCM', length: 256 },
-        false,
-        WRAP_USAGES,
-      )
-    } catch (error) {
-      if (error instanceof RootKeyError) throw error
-      throw new RootKeyError('could not derive the wrapping key from the WebAuthn PRF output', { cause: error })
-    } finally {
-      output.fill(0)
+      throw new RootKeyError('WebAuthn unlock answered with another credential')
     }
+    return wrappingKeyFrom(output, salt)
   }
 
   function wrappingKey(): Promise<CryptoKey> {
@@ -276,7 +323,7 @@ export function webauthnRootKey(options: WebAuthnRootKeyOptions): WebAuthnRootKe
       const pending = ceremony()
       key = pending
       pending.then(
-        () => (ready = true),
+        () => (unlocked = true),
         () => {
           if (key === pending) key = undefined // not cached: a cancelled ceremony may be retried
         },
@@ -288,7 +335,7 @@ export function webauthnRootKey(options: WebAuthnRootKeyOptions): WebAuthnRootKe
   const root = {
     kind: KIND,
     get unlocked() {
-      return ready
+      return unlocked
     },
     async unlock() {
       await wrappingKey()

@@ -6,7 +6,7 @@
  */
 import { KeyChain, KmsProxyError } from '@kms-proxy/core'
 import { createHarness, describeRootKey } from '@kms-proxy/testkit'
-import { NO_PRF_MESSAGE, registerPrfCredential, webauthnRootKey, type PrfCredential } from '@kms-proxy/webauthn'
+import { NO_PRF_MESSAGE, registerPrfCredential, registerPrfRootKey, webauthnRootKey, type PrfCredential } from '@kms-proxy/webauthn'
 
 const counts = { get: 0, create: 0 }
 const container = navigator.credentials
@@ -19,7 +19,13 @@ container.get = async (options?: CredentialRequestOptions) => {
   lastAssertion = c as PublicKeyCredential | null
   return c
 }
-container.create = (options?: CredentialCreationOptions) => (counts.create++, realCreate(options))
+let lastCreated: PublicKeyCredential | null = null
+container.create = async (options?: CredentialCreationOptions) => {
+  counts.create++
+  const c = await realCreate(options)
+  lastCreated = c as PublicKeyCredential | null
+  return c
+}
 
 const DATA = 'kms-proxy-test/data'
 const CRED = 'kms-proxy-test/credential'
@@ -57,6 +63,42 @@ const kp = {
 
   async registerError(options: { userName: string }) {
     return expectError(() => registerPrfCredential({ rpName: 'kms-proxy test', userName: options.userName }))
+  },
+
+  async registerRootKeyError(options: { userName: string }) {
+    return expectError(() => registerPrfRootKey({ rpName: 'kms-proxy test', userName: options.userName }))
+  },
+
+  /**
+   * registerPrfRootKey: ceremonies it takes, whether the root is unlocked, and whether a fresh
+   * webauthnRootKey of the returned parameters (a real get) decrypts what the first root encrypted.
+   */
+  async registerRootKey(options: { userName: string }) {
+    const before = { ...counts }
+    const started = performance.now()
+    const { credential, rootKey } = await registerPrfRootKey({ rpName: 'kms-proxy test', userName: options.userName })
+    const ms = performance.now() - started
+    const afterRegister = { ...counts }
+    const unlockedAtOnce = rootKey.unlocked
+    // the browser's buffer of the create-time PRF output, after the root derived its key from it
+    const createOutput = new Uint8Array((lastCreated!.getClientExtensionResults() as { prf?: { results?: { first?: ArrayBuffer } } }).prf!.results!.first!)
+    const chain = await KeyChain.open({ rootKey })
+    const encrypted = await chain.encryptText('made under the key from create()')
+    const afterEncrypt = { ...counts }
+    const fresh = webauthnRootKey(credential)
+    const decrypted = await (await KeyChain.open({ rootKey: fresh })).decryptText(encrypted)
+    return {
+      credential,
+      json: JSON.stringify(rootKey),
+      ms,
+      unlockedAtOnce,
+      register: { creates: afterRegister.create - before.create, gets: afterRegister.get - before.get },
+      encryptGets: afterEncrypt.get - afterRegister.get,
+      freshGets: counts.get - afterEncrypt.get,
+      decrypted,
+      wraps: chain.stats().rootKeyWraps,
+      createOutput: { length: createOutput.length, allZero: createOutput.every((b) => b === 0) },
+    }
   },
 
   /** A credential made without asking for PRF (to test unlock on an authenticator that has none). */

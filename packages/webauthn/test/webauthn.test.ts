@@ -201,11 +201,28 @@ describe.skipIf(!existsSync(CHROMIUM))('webauthnRootKey in Chromium with a virtu
     measured.contractCeremonies = ceremonies
   })
 
+  it('registerPrfRootKey: one create and no get; the key from create() is the key a later unlock derives', async () => {
+    const r = await call(page, 'registerRootKey', { userName: 'dave' })
+    expect(r.register).toEqual({ creates: 1, gets: 0 })
+    expect(r.unlockedAtOnce).toBe(true) // Chromium evaluates the PRF at create
+    expect(r.createOutput).toEqual({ length: 32, allZero: true }) // zeroed once the key was derived
+    expect(r.encryptGets).toBe(0)
+    expect(r.wraps).toBe(1)
+    expect(JSON.parse(r.json)).toEqual(r.credential)
+    expect(Buffer.from(r.credential.salt, 'base64url').length).toBe(32)
+    // a fresh root of the same parameters: one real get, and it opens the KEK wrapped at creation
+    expect(r.freshGets).toBe(1)
+    expect(r.decrypted).toBe('made under the key from create()')
+    measured.registerRootKeyMs = Math.round(r.ms)
+  })
+
   it('an authenticator without PRF gives the clear ERR_ROOT_KEY message, at registration and at unlock', async () => {
     const other = await openPage(false)
     try {
       const reg = await call(other.page, 'registerError', { userName: 'carol' })
       expect(reg).toMatchObject({ code: 'ERR_ROOT_KEY', message: NO_PRF })
+      const regRoot = await call(other.page, 'registerRootKeyError', { userName: 'erin' })
+      expect(regRoot).toMatchObject({ code: 'ERR_ROOT_KEY', message: NO_PRF })
       const plain = await call<Cred>(other.page, 'createPlainCredential')
       const unlock = await call(other.page, 'unlockError', plain)
       expect(unlock).toMatchObject({ code: 'ERR_ROOT_KEY', message: NO_PRF })
