@@ -168,8 +168,12 @@ export function azureKeyVaultRootKey(options: AzureKeyVaultRootKeyOptions): Root
         payload.fill(0)
         throw error
       }
-      const kek = await importKek('Azure Key Vault', payload.slice(0, KEK_BYTES))
-      payload.fill(0)
+      let kek: CryptoKey
+      try {
+        kek = await importKek('Azure Key Vault', payload.slice(0, KEK_BYTES))
+      } finally {
+        payload.fill(0)
+      }
       const v = new TextEncoder().encode(version)
       const wrapped = new Uint8Array(2 + v.length + ciphertext.length)
       wrapped[0] = TAG
