@@ -1,0 +1,618 @@
+/** The commands. Each takes its own arguments and returns an exit code; errors go to explain(). */
+import { lstat, open, readdir, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises'
+import { join, relative, dirname, basename } from 'node:path'
+import process from 'node:process'
+import { parseArgs } from 'node:util'
+import { KeyChain, type KeyChainStats } from '@kms-proxy/core'
+import {
+  CONFIG_FORMAT,
+  DEFAULT_STORE_FILE,
+  chainOptions,
+  configPath,
+  loadConfig,
+  openConfigured,
+  openRootKey,
+  openStore,
+  openChainFromConfig,
+  storeFilePath,
+  type CliConfig,
+  type RootKeyConfig,
+  type StoreConfig,
+} from './config.js'
+import { CliError, EXIT, explain, usage } from './exit.js'
+import { isTempName, openInput, openOutputFile, peek, progressBar, readAll, stdoutOutput, wantsProgress, type Output } from './io.js'
+
+type Spec = Record<string, { type: 'string' | 'boolean'; short?: string; multiple?: boolean }>
+
+export interface Command {
+  summary: string
+  help: string
+  options: Spec
+  positionals?: boolean
+  run(values: Record<string, string | boolean | string[] | undefined>, positionals: string[]): Promise<number>
+}
+
+const CONFIG_OPTION = { config: { type: 'string', short: 'c' } } as const
+const CONFIG_HELP = `  -c, --config PATH   config file (default ./kms-proxy.json, or $KMS_PROXY_CONFIG)`
+
+const out = (line: string) => process.stdout.write(`${line}\n`)
+const note = (line: string) => process.stderr.write(`${line}\n`)
+const kekId = (id: number) => `0x${id.toString(16).padStart(8, '0')}`
+const str = (v: unknown): string | undefined => (typeof v === 'string' ? v : undefined)
+
+function positiveInt(name: string, v: unknown): number | undefined {
+  if (v === undefined) return undefined
+  const n = Number(v)
+  if (!Number.isSafeInteger(n) || n <= 0) throw usage(`--${name}: expected a positive integer`)
+  return n
+}
+
+function required(name: string, v: unknown): string {
+  if (typeof v !== 'string' || v.length === 0) throw usage(`--${name} is required`)
+  return v
+}
+
+// ------------------------------------------------------------------------------ init
+
+const ROOT_TYPES = ['passphrase', 'aws-kms', 'vault', 'gcp', 'azure', 'pkcs11'] as const
+
+function rootKeyConfig(v: Record<string, unknown>): RootKeyConfig {
+  const type = str(v.root) ?? 'passphrase'
+  switch (type) {
+    case 'passphrase': {
+      const kdf = str(v.kdf) ?? 'pbkdf2'
+      if (kdf !== 'pbkdf2' && kdf !== 'scrypt' && kdf !== 'argon2id') throw usage('--kdf: expected pbkdf2, scrypt or argon2id')
+      const iterations = positiveInt('iterations', v.iterations)
+      if (iterations !== undefined && kdf !== 'pbkdf2') throw usage('--iterations applies to --kdf pbkdf2 only')
+      return { type, kdf, ...(iterations ? { iterations } : {}) }
+    }
+    case 'aws-kms':
+      return { type, keyId: required('aws-key-id', v['aws-key-id']), region: required('aws-region', v['aws-region']), ...(str(v.endpoint) ? { endpoint: str(v.endpoint)! } : {}) }
+    case 'vault':
+      return {
+        type,
+        address: required('vault-address', v['vault-address']),
+        key: required('vault-key', v['vault-key']),
+        ...(str(v['vault-mount']) ? { mount: str(v['vault-mount'])! } : {}),
+        ...(str(v['vault-namespace']) ? { namespace: str(v['vault-namespace'])! } : {}),
+      }
+    case 'gcp':
+      return { type, keyName: required('gcp-key-name', v['gcp-key-name']), ...(str(v.endpoint) ? { endpoint: str(v.endpoint)! } : {}) }
+    case 'azure':
+      return {
+        type,
+        vaultUrl: required('azure-vault-url', v['azure-vault-url']),
+        keyName: required('azure-key-name', v['azure-key-name']),
+        ...(str(v['azure-key-version']) ? { keyVersion: str(v['azure-key-version'])! } : {}),
+      }
+    case 'pkcs11':
+      return { type, url: required('pkcs11-url', v['pkcs11-url']) }
+    default:
+      throw usage(`--root: expected one of ${ROOT_TYPES.join(', ')}`)
+  }
+}
+
+function storeConfig(v: Record<string, unknown>, configFile: string): StoreConfig {
+  const type = str(v.store) ?? 'file'
+  if (type === 'file') {
+    let path = str(v['store-path']) ?? DEFAULT_STORE_FILE
+    return { type, path: relative(dirname(configFile), join(process.cwd(), path)) || path }
+  }
+  if (type === 'etcd') {
+    const endpoints = required('etcd-endpoints', v['etcd-endpoints']).split(',').map((e) => e.trim()).filter(Boolean)
+    for (const e of endpoints) if (!/^https?:\/\//.test(e)) throw usage(`--etcd-endpoints: ${e} is not an http(s) URL`)
+    return { type, endpoints, ...(str(v['etcd-prefix']) ? { prefix: str(v['etcd-prefix'])! } : {}), ...(str(v['etcd-username']) ? { username: str(v['etcd-username'])! } : {}) }
+  }
+  throw usage('--store: expected file or etcd')
+}
+
+/** Writes a file whole or not at all (temporary name, then rename). */
+async function writeAtomically(path: string, text: string, mode: number): Promise<void> {
+  const temp = join(dirname(path), `.${basename(path)}.${Date.now().toString(36)}.kms-proxy-tmp`)
+  await writeFile(temp, text, { mode, flag: 'wx' })
+  try {
+    await rename(temp, path)
+  } catch (error) {
+    await unlink(temp).catch(() => {})
+    throw error
+  }
+}
+
+const init: Command = {
+  summary: 'create a key chain and write the config',
+  help: `Usage: kms-proxy init [options]
+
+Creates the key chain (its first KEK, one root-key wrap) and writes a config that names the
+chain, the store and the root key. The config holds no secret. If the chain already exists in
+the store, init checks that the root key unlocks it and writes the config.
+
+${CONFIG_HELP}
+      --chain NAME            chain name (default "default")
+      --store file|etcd       where the wrapped KEKs live (default file)
+      --store-path PATH       file store (default ./${DEFAULT_STORE_FILE}; a folder gets that name inside it)
+      --etcd-endpoints URLS   comma-separated etcd client URLs
+      --etcd-prefix P         key prefix in etcd (default kms-proxy/)
+      --etcd-username U       etcd user; the password comes from $KMS_PROXY_ETCD_PASSWORD
+      --root TYPE             passphrase (default), aws-kms, vault, gcp, azure, pkcs11
+      --kdf pbkdf2|scrypt|argon2id   passphrase KDF (default pbkdf2)
+      --iterations N          PBKDF2 iterations (default 600000)
+      --aws-key-id ID --aws-region R [--endpoint URL]       credentials: $AWS_ACCESS_KEY_ID, $AWS_SECRET_ACCESS_KEY
+      --vault-address URL --vault-key K [--vault-mount M] [--vault-namespace N]   token: $VAULT_TOKEN
+      --gcp-key-name projects/.../cryptoKeys/K [--endpoint URL]   token: $GCP_ACCESS_TOKEN
+      --azure-vault-url URL --azure-key-name K [--azure-key-version V]   token: $AZURE_ACCESS_TOKEN
+      --pkcs11-url URL        kms-proxy PKCS#11 bridge; token: $KMS_PROXY_PKCS11_TOKEN
+      --max-wraps-per-kek N   rotation after N DEKs (default 2^21)
+      --max-kek-age-days D    rotation after D days (default 7)
+      --force                 overwrite an existing config
+
+The passphrase comes from $KMS_PROXY_PASSPHRASE, or is typed twice on a terminal (not echoed).`,
+  options: {
+    ...CONFIG_OPTION,
+    chain: { type: 'string' },
+    store: { type: 'string' },
+    'store-path': { type: 'string' },
+    'etcd-endpoints': { type: 'string' },
+    'etcd-prefix': { type: 'string' },
+    'etcd-username': { type: 'string' },
+    root: { type: 'string' },
+    kdf: { type: 'string' },
+    iterations: { type: 'string' },
+    'aws-key-id': { type: 'string' },
+    'aws-region': { type: 'string' },
+    endpoint: { type: 'string' },
+    'vault-address': { type: 'string' },
+    'vault-key': { type: 'string' },
+    'vault-mount': { type: 'string' },
+    'vault-namespace': { type: 'string' },
+    'gcp-key-name': { type: 'string' },
+    'azure-vault-url': { type: 'string' },
+    'azure-key-name': { type: 'string' },
+    'azure-key-version': { type: 'string' },
+    'pkcs11-url': { type: 'string' },
+    'max-wraps-per-kek': { type: 'string' },
+    'max-kek-age-days': { type: 'string' },
+    force: { type: 'boolean' },
+  },
+  async run(v) {
+    const file = configPath(str(v.config))
+    if (!v.force && (await stat(file).then(() => true, () => false))) throw usage(`${file} exists: pass --force to overwrite it`)
+    const chainName = str(v.chain) ?? 'default'
+    if (chainName.length > 255) throw usage('--chain: at most 255 characters')
+    const maxWrapsPerKek = positiveInt('max-wraps-per-kek', v['max-wraps-per-kek'])
+    const days = v['max-kek-age-days'] === undefined ? undefined : Number(v['max-kek-age-days'])
+    if (days !== undefined && !(days > 0)) throw usage('--max-kek-age-days: expected a positive number')
+    const config: CliConfig = {
+      format: CONFIG_FORMAT,
+      chain: chainName,
+      store: storeConfig(v, file),
+      rootKey: rootKeyConfig(v),
+      ...(maxWrapsPerKek ? { maxWrapsPerKek } : {}),
+      ...(days ? { maxKekAgeMs: Math.round(days * 86_400_000) } : {}),
+    }
+    // A folder given as the store path gets the default file name inside it.
+    const storeFile = storeFilePath(config, file)
+    if (storeFile && config.store.type === 'file' && (await stat(storeFile).then((s) => s.isDirectory(), () => false))) {
+      config.store = { type: 'file', path: join(config.store.path, DEFAULT_STORE_FILE) }
+    }
+    const store = openStore(config, file)
+    const existing = await store.getHead(config.chain)
+    const rootKey = await openRootKey(config.rootKey, { confirm: !existing })
+    const chain = await KeyChain.open(chainOptions(config, rootKey, store))
+    let message: string
+    if (existing) {
+      // Unlock the primary KEK: one root-key unwrap proves the root key before the config is written.
+      const probe = await chain.encrypt(new Uint8Array(0))
+      await chain.decrypt(probe)
+      message = `chain "${config.chain}" already exists; the root key unlocks its primary KEK ${kekId(existing.value.primary)}`
+    } else {
+      const { id } = await chain.rotate()
+      message = `created chain "${config.chain}" with KEK ${kekId(id)}`
+    }
+    await writeAtomically(file, `${JSON.stringify(config, null, 2)}\n`, 0o644)
+    const where = config.store.type === 'file' ? `file store ${storeFilePath(config, file)}` : `etcd ${config.store.endpoints.join(',')}`
+    out(`${message} (${config.rootKey.type} root key, ${where})`)
+    out(`config written to ${file}`)
+    return EXIT.OK
+  },
+}
+
+// ------------------------------------------------------------------------------ encrypt / decrypt
+
+const MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+const IO_HELP = `  -i, --input PATH    input file (default: stdin; "-" is stdin)
+  -o, --output PATH   output file, written under a temporary name and renamed when complete
+                      (default: stdout)
+      --aad TEXT      associated data: authenticated, not stored; decrypt needs the same text
+  -q, --quiet         no progress bar`
+const IO_OPTIONS = {
+  ...CONFIG_OPTION,
+  input: { type: 'string', short: 'i' },
+  output: { type: 'string', short: 'o' },
+  aad: { type: 'string' },
+  quiet: { type: 'boolean', short: 'q' },
+} as const
+
+/** Pipes `source` into the output and commits it only if every step succeeded. */
+async function deliver(source: ReadableStream<Uint8Array>, outputPath: string | undefined): Promise<void> {
+  const output: Output = outputPath === undefined || outputPath === '-' ? stdoutOutput() : await openOutputFile(outputPath)
+  try {
+    await source.pipeTo(output.writable)
+    await output.commit()
+  } catch (error) {
+    await output.discard()
+    throw error
+  }
+}
+
+function single(bytes: Uint8Array): ReadableStream<Uint8Array> {
+  return new ReadableStream({
+    start(controller) {
+      controller.enqueue(bytes)
+      controller.close()
+    },
+  })
+}
+
+function withProgress(stream: ReadableStream<Uint8Array>, size: number | undefined, quiet: boolean, label: string): ReadableStream<Uint8Array> {
+  return wantsProgress(size, quiet) ? stream.pipeThrough(progressBar(size, label)) : stream
+}
+
+const encrypt: Command = {
+  summary: 'encrypt a file or stdin',
+  help: `Usage: kms-proxy encrypt [-i IN] [-o OUT] [--aad TEXT]
+
+Encrypts in constant memory as a stream: one DEK (wrapped by the primary KEK), 64 KiB segments.
+A progress bar is drawn on stderr when it is a terminal and the input is over 8 MiB.
+
+${CONFIG_HELP}
+${IO_HELP}
+      --message       one single message instead of a stream (input held in memory, up to 256 MiB)
+      --segment-size N   stream segment size in bytes (default 65536)`,
+  options: { ...IO_OPTIONS, message: { type: 'boolean' }, 'segment-size': { type: 'string' } },
+  async run(v) {
+    const segmentSize = positiveInt('segment-size', v['segment-size'])
+    if (segmentSize !== undefined && v.message) throw usage('--segment-size applies to streams, not --message')
+    const { chain } = await openConfigured(configPath(str(v.config)))
+    const input = await openInput(str(v.input))
+    const aad = str(v.aad)
+    const plain = withProgress(input.stream, input.size, v.quiet === true, 'encrypt')
+    if (v.message) {
+      const encrypted = await chain.encrypt(await readAll(plain, MAX_MESSAGE_BYTES), aad === undefined ? undefined : { associatedData: aad })
+      await deliver(single(encrypted), str(v.output))
+    } else {
+      const transform = chain.encryptStream({ ...(aad === undefined ? {} : { associatedData: aad }), ...(segmentSize ? { segmentSize } : {}) })
+      await deliver(plain.pipeThrough(transform), str(v.output))
+    }
+    return EXIT.OK
+  },
+}
+
+const FLAG_STREAM = 0x02
+
+const decrypt: Command = {
+  summary: 'decrypt a file or stdin',
+  help: `Usage: kms-proxy decrypt [-i IN] [-o OUT] [--aad TEXT]
+
+Decrypts what encrypt wrote (a stream or a single message). Each segment is released only after
+it authenticated. With -o the file appears only if the whole input authenticated; to stdout, a
+failure part way leaves the segments already written (and exits non-zero).
+
+${CONFIG_HELP}
+${IO_HELP}`,
+  options: IO_OPTIONS,
+  async run(v) {
+    const { chain } = await openConfigured(configPath(str(v.config)))
+    const input = await openInput(str(v.input))
+    const aad = str(v.aad)
+    const options = aad === undefined ? undefined : { associatedData: aad }
+    const encrypted = withProgress(input.stream, input.size, v.quiet === true, 'decrypt')
+    const { head, stream } = await peek(encrypted, 6)
+    if (head.length === 0) throw new CliError(EXIT.TAMPERED, `the input is not intact kms-proxy data: ${input.name} is empty`)
+    if (head.length >= 6 && (head[5]! & FLAG_STREAM) !== 0) {
+      await deliver(stream.pipeThrough(chain.decryptStream(options)), str(v.output))
+    } else {
+      const plaintext = await chain.decrypt(await readAll(stream, MAX_MESSAGE_BYTES + 1024), options)
+      await deliver(single(plaintext), str(v.output))
+    }
+    return EXIT.OK
+  },
+}
+
+// ------------------------------------------------------------------------------ rotate / status
+
+const rotate: Command = {
+  summary: 'make a new primary KEK',
+  help: `Usage: kms-proxy rotate [--json]
+
+Makes a new primary KEK now (one root-key wrap). Older KEKs stay for decryption; run
+\`kms-proxy rewrap DIR\` to move files to the new KEK.
+
+${CONFIG_HELP}
+      --json              print {"primary": id, "createdAt": ms} as JSON`,
+  options: { ...CONFIG_OPTION, json: { type: 'boolean' } },
+  async run(v) {
+    const { chain } = await openConfigured(configPath(str(v.config)))
+    const { id, createdAt } = await chain.rotate()
+    if (v.json) out(JSON.stringify({ primary: id, primaryHex: kekId(id), createdAt }))
+    else out(`new primary KEK ${kekId(id)} (${new Date(createdAt).toISOString()})`)
+    return EXIT.OK
+  },
+}
+
+function age(ms: number): string {
+  const s = Math.max(0, Math.round(ms / 1000))
+  if (s < 120) return `${s} s`
+  if (s < 7200) return `${Math.round(s / 60)} min`
+  if (s < 172800) return `${Math.round(s / 3600)} h`
+  return `${Math.round(s / 86400)} d`
+}
+
+const DEFAULT_MAX_WRAPS = 2 ** 21
+const DEFAULT_MAX_AGE_MS = 7 * 86_400_000
+
+const status: Command = {
+  summary: 'show the chain: KEKs, usage, root-key calls',
+  help: `Usage: kms-proxy status [--check] [--json]
+
+Reads the chain from the store: its KEKs, which is primary, how many of the primary's uses are
+reserved, and when it rotates. Needs no secret and makes no root-key call, unless --check.
+
+${CONFIG_HELP}
+      --check             also unlock the primary KEK (one root-key unwrap) to prove the root key
+      --json              machine-readable output`,
+  options: { ...CONFIG_OPTION, check: { type: 'boolean' }, json: { type: 'boolean' } },
+  async run(v) {
+    const file = configPath(str(v.config))
+    let config: CliConfig
+    let stats: KeyChainStats | undefined
+    let storeFile: string | undefined
+    let store
+    if (v.check) {
+      const opened = await openConfigured(file)
+      config = opened.config
+      store = opened.store
+      const probe = await opened.chain.encrypt(new Uint8Array(0))
+      await opened.chain.decrypt(probe)
+      stats = opened.chain.stats()
+    } else {
+      config = await loadConfig(file)
+      storeFile = storeFilePath(config, file)
+      if (storeFile && !(await stat(storeFile).then(() => true, () => false))) {
+        throw new CliError(EXIT.MISSING, `the store file ${storeFile} named by ${file} does not exist: run \`kms-proxy init\``)
+      }
+      store = openStore(config, file)
+    }
+    storeFile = storeFilePath(config, file)
+    const head = await store.getHead(config.chain)
+    if (!head) throw new CliError(EXIT.MISSING, `chain "${config.chain}" is not in the store: run \`kms-proxy init\``)
+    const keks = (await store.listKeks(config.chain)).sort((a, b) => a.createdAt - b.createdAt)
+    const maxWraps = config.maxWrapsPerKek ?? DEFAULT_MAX_WRAPS
+    const maxAge = config.maxKekAgeMs ?? DEFAULT_MAX_AGE_MS
+    const h = head.value
+    const report = {
+      chain: config.chain,
+      store: config.store.type === 'file' ? { type: 'file', path: storeFile } : { type: 'etcd', endpoints: config.store.endpoints },
+      rootKey: { type: config.rootKey.type },
+      policy: { maxWrapsPerKek: maxWraps, maxKekAgeMs: maxAge },
+      primary: { id: h.primary, createdAt: h.primaryCreatedAt, usesReserved: h.leased, rotatesAt: h.primaryCreatedAt + maxAge },
+      keks: keks.map((k) => ({ id: k.id, createdAt: k.createdAt, rootKind: k.rootKind, primary: k.id === h.primary })),
+      rootKeyCalls: { wraps: stats?.rootKeyWraps ?? 0, unwraps: stats?.rootKeyUnwraps ?? 0 },
+      ...(stats ? { rootKeyAvailable: stats.rootKeyAvailable } : {}),
+    }
+    if (v.json) {
+      out(JSON.stringify(report, null, 2))
+      return EXIT.OK
+    }
+    const now = Date.now()
+    const where = report.store.type === 'file' ? `file ${storeFile}` : `etcd ${config.store.type === 'etcd' ? config.store.endpoints.join(',') : ''}`
+    out(`chain        ${config.chain}`)
+    out(`store        ${where}`)
+    out(`root key     ${config.rootKey.type}${config.rootKey.type === 'passphrase' ? ` (${config.rootKey.kdf ?? 'pbkdf2'})` : ''}`)
+    out(`primary KEK  ${kekId(h.primary)}, ${age(now - h.primaryCreatedAt)} old, rotates in ${age(h.primaryCreatedAt + maxAge - now)} or after ${maxWraps.toLocaleString('en-US')} uses`)
+    out(`usage        ${h.leased.toLocaleString('en-US')} of ${maxWraps.toLocaleString('en-US')} uses reserved (${((100 * h.leased) / maxWraps).toFixed(h.leased * 1000 < maxWraps ? 3 : 1)}%)`)
+    out(`KEKs         ${keks.length}`)
+    for (const k of keks) out(`  ${kekId(k.id)}  ${new Date(k.createdAt).toISOString()}  ${k.rootKind}${k.id === h.primary ? '  primary' : ''}`)
+    out(`root-key calls by this command: ${report.rootKeyCalls.wraps} wraps, ${report.rootKeyCalls.unwraps} unwraps${stats ? ` (root key ${stats.rootKeyAvailable ? 'ok' : 'unavailable'})` : ''}`)
+    return EXIT.OK
+  },
+}
+
+// ------------------------------------------------------------------------------ rewrap
+
+/** Longest stream header: fixed 6, embedded KEK 2 + 65,535, iv1 12, wrapped DEK 32, tail 11. */
+const MAX_STREAM_HEADER = 6 + 2 + 65_535 + 12 + 32 + 11
+
+async function* walk(dir: string): AsyncGenerator<string> {
+  const entries = await readdir(dir, { withFileTypes: true })
+  entries.sort((a, b) => (a.name < b.name ? -1 : 1))
+  for (const e of entries) {
+    const path = join(dir, e.name)
+    if (e.isDirectory()) yield* walk(path)
+    else if (e.isFile() && !isTempName(e.name)) yield path
+  }
+}
+
+async function readHead(path: string, n: number): Promise<Uint8Array> {
+  const handle = await open(path, 'r')
+  try {
+    const buffer = new Uint8Array(n)
+    let at = 0
+    while (at < n) {
+      const { bytesRead } = await handle.read(buffer, at, n - at, at)
+      if (bytesRead === 0) break
+      at += bytesRead
+    }
+    return buffer.subarray(0, at)
+  } finally {
+    await handle.close()
+  }
+}
+
+/** Writes header || bytes of `path` from `from` to its end, as a new file renamed over `path`. */
+async function replaceHeader(path: string, header: Uint8Array, from: number, mode: number): Promise<void> {
+  const output = await openOutputFile(path, mode)
+  try {
+    const writer = output.writable.getWriter()
+    await writer.write(header)
+    const handle = await open(path, 'r')
+    try {
+      const buffer = new Uint8Array(1 << 20)
+      let position = from
+      for (;;) {
+        const { bytesRead } = await handle.read(buffer, 0, buffer.length, position)
+        if (bytesRead === 0) break
+        await writer.write(buffer.slice(0, bytesRead))
+        position += bytesRead
+      }
+    } finally {
+      await handle.close()
+    }
+    await writer.close()
+    await output.commit()
+  } catch (error) {
+    await output.discard()
+    throw error
+  }
+}
+
+const rewrap: Command = {
+  summary: 'move every encrypted file in a folder to the primary KEK',
+  help: `Usage: kms-proxy rewrap DIR [--json]
+
+For every kms-proxy file under DIR (recursively), re-wraps its DEK under the current primary
+KEK: a single message through chain.rewrap, a stream by replacing its header only (segments
+untouched, copied as they are). Each file is replaced atomically (temporary file, rename).
+Files that do not start like kms-proxy data are skipped. Costs at most one root-key unwrap per
+old KEK and no re-encryption.
+
+${CONFIG_HELP}
+      --json              print counts as JSON`,
+  options: { ...CONFIG_OPTION, json: { type: 'boolean' } },
+  positionals: true,
+  async run(v, positionals) {
+    if (positionals.length !== 1) throw usage('rewrap takes exactly one folder: kms-proxy rewrap DIR')
+    const dir = positionals[0]!
+    const s = await stat(dir)
+    if (!s.isDirectory()) throw usage(`${dir} is not a folder`)
+    const files: string[] = []
+    for await (const f of walk(dir)) files.push(f)
+    const { chain } = await openConfigured(configPath(str(v.config)), { leaseSize: Math.max(1, Math.min(65_536, files.length)) })
+    const counts = { rewrapped: 0, messages: 0, streams: 0, current: 0, skipped: 0, failed: 0 }
+    let firstFailure: unknown
+    for (const file of files) {
+      try {
+        const info = await lstat(file)
+        const head = await readHead(file, Math.min(info.size, MAX_STREAM_HEADER))
+        if (head.length < 6 || head[0] !== 0x01) {
+          counts.skipped++
+          continue
+        }
+        if ((head[5]! & FLAG_STREAM) !== 0) {
+          const { header, replaces } = await chain.rewrapStreamHeader(head)
+          if (replaces === header.length && header.every((b, i) => b === head[i])) {
+            counts.current++
+            continue
+          }
+          await replaceHeader(file, header, replaces, info.mode & 0o777)
+          counts.streams++
+        } else {
+          const data = new Uint8Array(await readFile(file))
+          const moved = await chain.rewrap(data)
+          if (moved.length === data.length && moved.every((b, i) => b === data[i])) {
+            counts.current++
+            continue
+          }
+          const output = await openOutputFile(file, info.mode & 0o777)
+          try {
+            const writer = output.writable.getWriter()
+            await writer.write(moved)
+            await writer.close()
+            await output.commit()
+          } catch (error) {
+            await output.discard()
+            throw error
+          }
+          counts.messages++
+        }
+        counts.rewrapped++
+      } catch (error) {
+        counts.failed++
+        firstFailure ??= error
+        note(`kms-proxy rewrap: ${file}: ${explain(error).message}`)
+      }
+    }
+    const stats = chain.stats()
+    const primary = stats.keks.find((k) => k.primary)?.id
+    if (v.json) out(JSON.stringify({ ...counts, primary, rootKeyUnwraps: stats.rootKeyUnwraps, rootKeyWraps: stats.rootKeyWraps }))
+    else {
+      out(`rewrapped ${counts.rewrapped} files (${counts.messages} messages, ${counts.streams} streams)${primary ? ` to KEK ${kekId(primary)}` : ''}; ${counts.current} already current, ${counts.skipped} skipped (not kms-proxy data), ${counts.failed} failed`)
+      out(`root-key calls: ${stats.rootKeyUnwraps} unwraps, ${stats.rootKeyWraps} wraps`)
+    }
+    if (firstFailure !== undefined) {
+      return explain(firstFailure).exitCode
+    }
+    return EXIT.OK
+  },
+}
+
+// ------------------------------------------------------------------------------ k8s-plugin
+
+interface KmsPluginModule {
+  serveKmsPlugin(options: { socket: string; chain: KeyChain }): Promise<{ close(): Promise<void> }>
+}
+
+const k8sPlugin: Command = {
+  summary: 'serve the Kubernetes KMS v2 plugin on a Unix socket',
+  help: `Usage: kms-proxy k8s-plugin --socket PATH [--config FILE]
+
+Serves the Kubernetes KMS v2 gRPC API (Status, Encrypt, Decrypt) on a Unix socket, backed by
+the chain of the config. Needs the optional package @kms-proxy/k8s. Stops on SIGINT or SIGTERM.
+
+${CONFIG_HELP}
+      --socket PATH       Unix socket to listen on (e.g. /var/run/kmsplugin/socket.sock)`,
+  options: { ...CONFIG_OPTION, socket: { type: 'string' } },
+  async run(v) {
+    const socket = required('socket', v.socket)
+    const specifier = '@kms-proxy/k8s' // a variable, so no bundler or type checker requires it
+    let plugin: KmsPluginModule
+    try {
+      plugin = (await import(specifier)) as KmsPluginModule
+    } catch (error) {
+      const code = (error as { code?: string }).code
+      const message = String((error as Error)?.message ?? '')
+      if (code === 'ERR_MODULE_NOT_FOUND' || /Cannot find (package|module)|not found/i.test(message)) {
+        throw new CliError(EXIT.NOT_INSTALLED, 'k8s-plugin needs the package @kms-proxy/k8s, which is not installed: npm install @kms-proxy/k8s')
+      }
+      throw error
+    }
+    if (typeof plugin.serveKmsPlugin !== 'function') throw new CliError(EXIT.NOT_INSTALLED, '@kms-proxy/k8s is installed but has no serveKmsPlugin: update it')
+    const chain = await openChainFromConfig(configPath(str(v.config)))
+    const server = await plugin.serveKmsPlugin({ socket, chain })
+    note(`kms-proxy k8s-plugin: serving chain "${chain.name}" on ${socket}`)
+    await new Promise<void>((resolve) => {
+      process.once('SIGINT', resolve)
+      process.once('SIGTERM', resolve)
+    })
+    await server.close()
+    return EXIT.OK
+  },
+}
+
+export const COMMANDS: Record<string, Command> = {
+  init,
+  encrypt,
+  decrypt,
+  rotate,
+  status,
+  rewrap,
+  'k8s-plugin': k8sPlugin,
+}
+
+export function parse(command: Command, args: string[]): { values: Record<string, string | boolean | string[] | undefined>; positionals: string[] } {
+  try {
+    const { values, positionals } = parseArgs({ args, options: command.options, allowPositionals: command.positionals === true, strict: true })
+    return { values: values as Record<string, string | boolean | string[] | undefined>, positionals }
+  } catch (error) {
+    throw usage((error as Error).message)
+  }
+}

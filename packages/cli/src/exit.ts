@@ -1,0 +1,80 @@
+/**
+ * Exit codes and the one place that turns an error into a message and a code. Expected errors
+ * print one line (no stack); only a bug prints a stack, and then only with KMS_PROXY_DEBUG=1.
+ */
+import { KmsProxyError } from '@kms-proxy/core'
+
+export const EXIT = {
+  OK: 0,
+  /** A bug or an error nobody expected. */
+  INTERNAL: 1,
+  /** Bad command line: unknown command or option, missing argument. */
+  USAGE: 2,
+  /** No config file, or the chain it names is not in the store (run `kms-proxy init`). */
+  MISSING: 3,
+  /** The root key refused: wrong passphrase, wrong KMS key, bad credentials (ERR_ROOT_KEY). */
+  ROOT_KEY: 4,
+  /** The input is not intact kms-proxy data, or the associated data differs (ERR_DECRYPT, ERR_FORMAT). */
+  TAMPERED: 5,
+  /** The root key did not answer: KMS, Vault or PKCS#11 bridge down (ERR_ROOT_KEY, retryable). */
+  ROOT_KEY_UNREACHABLE: 6,
+  /** The store failed: etcd down, lock held, unreadable store file (ERR_STORE). */
+  STORE: 7,
+  /** The data names a KEK this chain does not have (ERR_UNKNOWN_KEK): another chain's data. */
+  UNKNOWN_KEK: 8,
+  /** A file could not be read or written. */
+  IO: 9,
+  /** An optional package the command needs is not installed (k8s-plugin needs @kms-proxy/k8s). */
+  NOT_INSTALLED: 10,
+} as const
+
+export type ExitCode = (typeof EXIT)[keyof typeof EXIT]
+
+/** An error the CLI expects and explains in one line. */
+export class CliError extends Error {
+  readonly exitCode: ExitCode
+  constructor(exitCode: ExitCode, message: string) {
+    super(message)
+    this.name = 'CliError'
+    this.exitCode = exitCode
+  }
+}
+
+export const usage = (message: string): CliError => new CliError(EXIT.USAGE, message)
+
+const IO_CODES = new Set(['ENOENT', 'EACCES', 'EPERM', 'EISDIR', 'ENOTDIR', 'EEXIST', 'ENOSPC', 'EROFS', 'EBUSY', 'EMFILE'])
+
+/** The exit code and the one-line message for any error a command throws. */
+export function explain(error: unknown): { exitCode: ExitCode; message: string } {
+  if (error instanceof CliError) return { exitCode: error.exitCode, message: error.message }
+  if (error instanceof KmsProxyError) {
+    switch (error.code) {
+      case 'ERR_DECRYPT':
+        return { exitCode: EXIT.TAMPERED, message: 'decryption failed: the input was altered, is truncated, or the associated data (--aad) differs' }
+      case 'ERR_FORMAT':
+        return { exitCode: EXIT.TAMPERED, message: `the input is not intact kms-proxy data: ${error.message}` }
+      case 'ERR_ROOT_KEY':
+        return error.retryable
+          ? { exitCode: EXIT.ROOT_KEY_UNREACHABLE, message: `the root key is unreachable: ${error.message}` }
+          : { exitCode: EXIT.ROOT_KEY, message: `the root key refused: ${error.message}` }
+      case 'ERR_UNKNOWN_KEK':
+        return { exitCode: EXIT.UNKNOWN_KEK, message: `${error.message} (was it encrypted with another chain or store?)` }
+      case 'ERR_STORE':
+        return { exitCode: EXIT.STORE, message: `the store failed: ${error.message}` }
+      default:
+        return { exitCode: EXIT.INTERNAL, message: `${error.code}: ${error.message}` }
+    }
+  }
+  if (error instanceof TypeError && /^(ERR_PARSE_ARGS|ERR_INVALID_ARG)/.test((error as { code?: string }).code ?? '')) {
+    return { exitCode: EXIT.USAGE, message: error.message }
+  }
+  const code = (error as { code?: unknown } | null)?.code
+  if (typeof code === 'string' && IO_CODES.has(code)) {
+    const path = (error as { path?: unknown }).path
+    const where = typeof path === 'string' ? ` ${path}` : ''
+    const what: Record<string, string> = { ENOENT: 'no such file or directory', EACCES: 'permission denied', EPERM: 'operation not permitted', EISDIR: 'is a directory', ENOTDIR: 'not a directory', ENOSPC: 'no space left on device', EROFS: 'read-only file system' }
+    return { exitCode: EXIT.IO, message: `cannot access${where}: ${what[code] ?? code}` }
+  }
+  if (error instanceof RangeError || error instanceof TypeError) return { exitCode: EXIT.USAGE, message: error.message }
+  return { exitCode: EXIT.INTERNAL, message: `unexpected error: ${(error as Error)?.message ?? String(error)} (set KMS_PROXY_DEBUG=1 for details)` }
+}

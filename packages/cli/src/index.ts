@@ -1,0 +1,68 @@
+/**
+ * The `kms-proxy` command and the helpers it shares: `main(args)` runs a command and resolves to
+ * its exit code; `openChainFromConfig(path)` opens the chain a `kms-proxy init` config describes.
+ */
+import process from 'node:process'
+import { COMMANDS, parse } from './commands.js'
+import { EXIT, explain } from './exit.js'
+
+export { openChainFromConfig, loadConfig, configPath, CONFIG_FORMAT, SECRET_ENV } from './config.js'
+export type { CliConfig, StoreConfig, RootKeyConfig } from './config.js'
+export { EXIT, CliError, explain } from './exit.js'
+export type { ExitCode } from './exit.js'
+
+export const VERSION = '0.1.0'
+
+function overview(): string {
+  const width = Math.max(...Object.keys(COMMANDS).map((c) => c.length))
+  return `Usage: kms-proxy <command> [options]
+
+Envelope encryption with a key chain: a root key (passphrase, KMS, HSM) asked once per unlock
+and rotation, not once per file.
+
+Commands:
+${Object.entries(COMMANDS)
+  .map(([name, c]) => `  ${name.padEnd(width)}  ${c.summary}`)
+  .join('\n')}
+
+Run \`kms-proxy <command> --help\` for its options. Exit codes: 0 ok, 1 internal error, 2 usage,
+3 config or chain missing, 4 root key refused (wrong passphrase), 5 tampered or not kms-proxy
+data, 6 root key unreachable, 7 store failed, 8 unknown KEK, 9 file error, 10 package missing.`
+}
+
+/** Runs one command line (without the program name) and resolves to the exit code. Never throws. */
+export async function main(args: string[]): Promise<number> {
+  const [name, ...rest] = args
+  if (name === undefined || name === 'help' || name === '--help' || name === '-h') {
+    const text = overview()
+    if (name === undefined) {
+      process.stderr.write(`${text}\n`)
+      return EXIT.USAGE
+    }
+    process.stdout.write(`${text}\n`)
+    return EXIT.OK
+  }
+  if (name === '--version' || name === '-V') {
+    process.stdout.write(`kms-proxy ${VERSION}\n`)
+    return EXIT.OK
+  }
+  const command = COMMANDS[name]
+  if (!command) {
+    process.stderr.write(`kms-proxy: unknown command "${name}". Commands: ${Object.keys(COMMANDS).join(', ')}. See kms-proxy --help\n`)
+    return EXIT.USAGE
+  }
+  if (rest.includes('--help') || rest.includes('-h')) {
+    process.stdout.write(`${command.help}\n`)
+    return EXIT.OK
+  }
+  try {
+    const { values, positionals } = parse(command, rest)
+    return await command.run(values, positionals)
+  } catch (error) {
+    const { exitCode, message } = explain(error)
+    process.stderr.write(`kms-proxy ${name}: ${message}\n`)
+    if (exitCode === EXIT.USAGE && !/^(cancelled|the two|passphrase)/.test(message)) process.stderr.write(`See kms-proxy ${name} --help\n`)
+    if (exitCode === EXIT.INTERNAL && process.env.KMS_PROXY_DEBUG === '1') process.stderr.write(`${(error as Error)?.stack ?? ''}\n`)
+    return exitCode
+  }
+}

@@ -1,0 +1,224 @@
+/**
+ * Input and output for the commands: WHATWG streams over files and pipes (the same code on Node,
+ * Bun and Deno, which all provide node:fs), output files that appear whole or not at all, and a
+ * progress bar on a terminal.
+ */
+import { createReadStream, fstatSync } from 'node:fs'
+import { open, rename, stat, unlink, type FileHandle } from 'node:fs/promises'
+import { basename, dirname, join } from 'node:path'
+import process from 'node:process'
+
+/** A Node readable (file or stdin) as a WHATWG ReadableStream of Uint8Array. */
+export function webStream(source: AsyncIterable<Uint8Array | string>): ReadableStream<Uint8Array> {
+  const it = source[Symbol.asyncIterator]()
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      const { value, done } = await it.next()
+      if (done) controller.close()
+      else controller.enqueue(typeof value === 'string' ? new TextEncoder().encode(value) : value)
+    },
+    async cancel() {
+      await it.return?.()
+    },
+  })
+}
+
+export interface Input {
+  stream: ReadableStream<Uint8Array>
+  /** Bytes, when known (a file, or stdin redirected from a file). */
+  size: number | undefined
+  name: string
+}
+
+export async function openInput(path: string | undefined): Promise<Input> {
+  if (path === undefined || path === '-') {
+    let size: number | undefined
+    try {
+      const s = fstatSync(0)
+      if (s.isFile()) size = s.size
+    } catch {
+      // no size: a pipe
+    }
+    return { stream: webStream(process.stdin), size, name: 'stdin' }
+  }
+  const s = await stat(path) // ENOENT and EACCES become EXIT.IO with the path
+  if (s.isDirectory()) throw Object.assign(new Error('is a directory'), { code: 'EISDIR', path })
+  return { stream: webStream(createReadStream(path, { highWaterMark: 1 << 20 })), size: s.size, name: path }
+}
+
+/** Reads a whole stream (for single messages, which are not streamed). */
+export async function readAll(stream: ReadableStream<Uint8Array>, limit: number): Promise<Uint8Array> {
+  const chunks: Uint8Array[] = []
+  let total = 0
+  for await (const chunk of stream as unknown as AsyncIterable<Uint8Array>) {
+    total += chunk.length
+    if (total > limit) throw new RangeError(`the input is over ${limit} bytes: too large for a single message (leave out --message to stream it)`)
+    chunks.push(chunk)
+  }
+  const out = new Uint8Array(total)
+  let at = 0
+  for (const c of chunks) {
+    out.set(c, at)
+    at += c.length
+  }
+  return out
+}
+
+/**
+ * Reads at least `n` bytes (fewer only if the stream ends first) and returns them with a stream
+ * that yields every byte again, from the first.
+ */
+export async function peek(stream: ReadableStream<Uint8Array>, n: number): Promise<{ head: Uint8Array; stream: ReadableStream<Uint8Array> }> {
+  const reader = stream.getReader()
+  const seen: Uint8Array[] = []
+  let total = 0
+  let ended = false
+  while (total < n) {
+    const { value, done } = await reader.read()
+    if (done) {
+      ended = true
+      break
+    }
+    seen.push(value)
+    total += value.length
+  }
+  const head = new Uint8Array(total)
+  let at = 0
+  for (const c of seen) {
+    head.set(c, at)
+    at += c.length
+  }
+  let replayed = false
+  const again = new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      if (!replayed) {
+        replayed = true
+        if (head.length > 0) return controller.enqueue(head)
+      }
+      if (ended) return controller.close()
+      const { value, done } = await reader.read()
+      if (done) controller.close()
+      else controller.enqueue(value)
+    },
+    cancel(reason) {
+      return reader.cancel(reason)
+    },
+  })
+  return { head, stream: again }
+}
+
+function tempName(target: string): string {
+  const tag = Array.from(crypto.getRandomValues(new Uint8Array(6)), (b) => b.toString(16).padStart(2, '0')).join('')
+  return join(dirname(target), `.${basename(target)}.${tag}.kms-proxy-tmp`)
+}
+
+/** True for the temporary files this module writes (rewrap skips them). */
+export const isTempName = (name: string): boolean => name.endsWith('.kms-proxy-tmp')
+
+export interface Output {
+  writable: WritableStream<Uint8Array>
+  /** Makes the output final (rename into place). Call only after the pipe finished without error. */
+  commit(): Promise<void>
+  /** Removes what was written. Safe to call after a failure at any point. */
+  discard(): Promise<void>
+}
+
+/**
+ * A file written under a temporary name in the same folder and renamed over `path` on commit,
+ * so a failure never leaves a half-written file at `path`. `mode` defaults to 0600.
+ */
+export async function openOutputFile(path: string, mode = 0o600): Promise<Output> {
+  const temp = tempName(path)
+  const handle: FileHandle = await open(temp, 'wx', mode)
+  let closed = false
+  const close = async () => {
+    if (!closed) {
+      closed = true
+      await handle.close()
+    }
+  }
+  return {
+    writable: new WritableStream<Uint8Array>({
+      async write(chunk) {
+        let at = 0
+        while (at < chunk.length) at += (await handle.write(chunk, at, chunk.length - at)).bytesWritten
+      },
+    }),
+    async commit() {
+      await handle.sync()
+      await close()
+      await rename(temp, path)
+    },
+    async discard() {
+      await close().catch(() => {})
+      await unlink(temp).catch(() => {})
+    },
+  }
+}
+
+/** Standard output, with back-pressure. Nothing to commit; a failure may leave part written. */
+export function stdoutOutput(): Output {
+  const out = process.stdout
+  return {
+    writable: new WritableStream<Uint8Array>({
+      write(chunk) {
+        return new Promise<void>((resolve, reject) => {
+          const ok = out.write(chunk, (error) => (error ? reject(error) : undefined))
+          if (ok) resolve()
+          else out.once('drain', resolve)
+        })
+      },
+      close() {
+        return new Promise<void>((resolve) => out.write(new Uint8Array(0), () => resolve()))
+      },
+    }),
+    async commit() {},
+    async discard() {},
+  }
+}
+
+// ------------------------------------------------------------------------------ progress
+
+/** Inputs over this many bytes get a progress bar (on a terminal, size known). */
+export const PROGRESS_MIN_BYTES = 8 * 1024 * 1024
+const FRAME_MS = 100
+
+const mib = (n: number) => (n / 1048576).toFixed(1)
+
+/**
+ * A pass-through stream that draws a bar on stderr: a first frame at once, then at most one
+ * frame every 100 ms, and a last frame at 100 % when the input ends.
+ */
+export function progressBar(total: number, label: string): TransformStream<Uint8Array, Uint8Array> {
+  const err = process.stderr
+  const started = Date.now()
+  let done = 0
+  let last = 0
+  const draw = () => {
+    last = Date.now()
+    const width = Math.max(10, Math.min(40, (err.columns ?? 80) - 50))
+    const fraction = total > 0 ? Math.min(1, done / total) : 1
+    const filled = Math.round(fraction * width)
+    const seconds = Math.max(0.001, (last - started) / 1000)
+    const rate = done / 1048576 / seconds
+    err.write(`\r${label} [${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${String(Math.floor(fraction * 100)).padStart(3)}% ${mib(done)}/${mib(total)} MiB ${rate.toFixed(0)} MiB/s`)
+  }
+  return new TransformStream<Uint8Array, Uint8Array>({
+    start() {
+      draw()
+    },
+    transform(chunk, controller) {
+      done += chunk.length
+      if (Date.now() - last >= FRAME_MS) draw()
+      controller.enqueue(chunk)
+    },
+    flush() {
+      draw()
+      err.write('\n')
+    },
+  })
+}
+
+export function wantsProgress(size: number | undefined, quiet: boolean): size is number {
+  return !quiet && size !== undefined && size > PROGRESS_MIN_BYTES && process.stderr.isTTY === true
+}
