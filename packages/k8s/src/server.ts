@@ -22,8 +22,6 @@ import {
   keyIdProblem,
   parseKeyId,
   splitEncryptedData,
-  utf8Length,
-  MAX_KEY_ID_BYTES,
 } from './envelope.js'
 import { loadKmsService } from './proto.js'
 
@@ -192,9 +190,7 @@ export async function serveKmsPlugin(options: KmsPluginOptions): Promise<KmsPlug
   const path = socketPath(options.socket)
   const chain = options.chain
   if (!(chain instanceof KeyChain)) throw new TypeError('chain: expected a KeyChain (KeyChain.open)')
-  if (utf8Length(keyIdFor(chain.name, 0xffffffff)) > MAX_KEY_ID_BYTES) {
-    throw new RangeError(`chain: its name makes key_ids longer than ${MAX_KEY_ID_BYTES} bytes`)
-  }
+  // A chain name is at most 255 UTF-16 units, so at most 765 UTF-8 bytes: every key_id fits 1 KiB.
   const healthCacheMs = integer('healthCacheMs', options.healthCacheMs, 10_000, 0, 24 * 3600 * 1000)
   const healthTimeoutMs = integer('healthTimeoutMs', options.healthTimeoutMs, 2_500, 1, 60_000)
   const socketMode = integer('socketMode', options.socketMode, 0o600, 0, 0o777)
