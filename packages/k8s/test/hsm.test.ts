@@ -1,0 +1,121 @@
+/**
+ * The plugin with an HSM root: SoftHSM2 behind the PKCS#11 bridge (@kms-proxy/pkcs11-bridge),
+ * started in a child process by the bridge's own test harness (../../pkcs11-bridge/test/hsm.ts
+ * and serve.ts: a throwaway token in a temporary directory). The key chain uses the embedded
+ * store, so the HSM-wrapped KEK travels in the kek.kms-proxy.dev annotation. The bridge is then
+ * stopped and started again on the same port: the failure mode of a root key that goes away.
+ */
+import { afterAll, beforeAll, expect, it } from 'vitest'
+import type { ChildProcess } from 'node:child_process'
+import { createServer } from 'node:net'
+import { KeyChain, embeddedStore } from '@kms-proxy/core'
+import { countingRootKey } from '@kms-proxy/testkit'
+import { PKCS11_WRAPPED_LENGTH, PKCS11_WRAP_TAG, pkcs11BridgeRootKey } from '../../pkcs11/src/index.ts'
+import { MODULE, PIN, TOKEN_LABEL, bearer, makeToken, readLine, spawnTs, type TestToken } from '../../pkcs11-bridge/test/hsm.ts'
+import { KEK_ANNOTATION, serveKmsPlugin, type KmsPlugin } from '../src/index.ts'
+import { codeOf, grpcError, kmsClient, seed, tempDir, type KmsClient } from './client.ts'
+
+const TOKEN = bearer()
+let hsm: TestToken
+let bridge: ChildProcess | undefined
+let port = 0
+const dir = tempDir('kms-proxy-k8s-hsm-')
+const opened: { close(): unknown }[] = []
+
+async function freePort(): Promise<number> {
+  const server = createServer()
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
+  const { port } = server.address() as { port: number }
+  await new Promise((r) => server.close(r))
+  return port
+}
+
+async function startBridge(): Promise<void> {
+  const config = [{ module: MODULE, tokenLabel: TOKEN_LABEL, pin: PIN, token: TOKEN, keyLabel: 'k8s-kek-root', createKey: true, port }]
+  bridge = spawnTs('./serve.ts', { ...hsm.env, KMS_PROXY_TEST_BRIDGES: JSON.stringify(config) })
+  const [url] = await readLine<string[]>(bridge, 'READY ')
+  expect(url).toBe(`http://127.0.0.1:${port}`)
+}
+
+async function stopBridge(): Promise<void> {
+  if (!bridge || bridge.exitCode !== null) return
+  const exited = new Promise((r) => bridge!.once('exit', r))
+  bridge.stdin!.end()
+  await exited
+}
+
+beforeAll(async () => {
+  hsm = makeToken()
+  port = await freePort()
+  await startBridge()
+}, 30_000)
+
+afterAll(async () => {
+  for (const o of opened.reverse()) await o.close()
+  await stopBridge()
+  hsm?.cleanup()
+  dir.cleanup()
+})
+
+async function plugin(name: string): Promise<{ plugin: KmsPlugin; client: KmsClient; root: ReturnType<typeof countingRootKey>; chain: KeyChain }> {
+  // retries: 0, so that "the bridge is down" shows at once instead of after the backoff.
+  const root = countingRootKey(pkcs11BridgeRootKey({ url: `http://127.0.0.1:${port}`, token: TOKEN, retries: 0, timeoutMs: 2_000 }))
+  const chain = await KeyChain.open({ rootKey: root, store: embeddedStore(), name: 'hsm-cluster' })
+  const p = await serveKmsPlugin({ socket: `${dir.dir}/${name}.sock`, chain, rootKey: root, healthCacheMs: 0 })
+  const client = kmsClient(p.socket)
+  opened.push(p, client)
+  return { plugin: p, client, root, chain }
+}
+
+it('SoftHSM2 through the PKCS#11 bridge: seeds encrypt and decrypt, key_id follows rotation; with the bridge down Status is unhealthy and Encrypt goes on; back up, all decrypts', async () => {
+  const a = await plugin('a')
+  const status = await a.client.status()
+  expect(status).toMatchObject({ version: 'v2', healthz: 'ok' })
+
+  const s1 = seed()
+  const e1 = await a.client.encrypt(s1)
+  expect(e1.key_id).toBe(status.key_id)
+  const wrappedKek = e1.annotations[KEK_ANNOTATION]!
+  expect(wrappedKek.length).toBe(PKCS11_WRAPPED_LENGTH) // 45 bytes: tag, IV, KEK, GCM tag from the token
+  expect(wrappedKek[0]).toBe(PKCS11_WRAP_TAG)
+  expect(e1.ciphertext.length).toBe(110)
+  expect(Buffer.compare(await a.client.decrypt({ ciphertext: e1.ciphertext, key_id: e1.key_id, annotations: e1.annotations }), Buffer.from(s1))).toBe(0)
+
+  await a.chain.rotate()
+  const s2 = seed()
+  const e2 = await a.client.encrypt(s2)
+  expect(e2.key_id).not.toBe(e1.key_id)
+  expect((await a.client.status()).key_id).toBe(e2.key_id)
+
+  // The bridge goes away.
+  await stopBridge()
+  const down = await a.client.status()
+  expect(down.healthz).toMatch(/^unhealthy: ERR_ROOT_KEY: the PKCS#11 bridge did not answer at http:\/\/127\.0\.0\.1:\d+ \(.+\): is it running\?$/)
+  expect(down.healthz).not.toContain(TOKEN)
+  expect(down.key_id).toBe(e2.key_id)
+  // Encrypt goes on under the cached primary KEK until a rotation is due; Decrypt of known KEKs too.
+  const s3 = seed()
+  const e3 = await a.client.encrypt(s3)
+  expect(e3.key_id).toBe(e2.key_id)
+  expect(Buffer.compare(await a.client.decrypt({ ciphertext: e1.ciphertext, key_id: e1.key_id, annotations: e1.annotations }), Buffer.from(s1))).toBe(0)
+  // A fresh plugin (a restarted one) cannot unwrap while the HSM is away: UNAVAILABLE, retryable.
+  const b = await plugin('b')
+  const unavailable = await grpcError(b.client.decrypt({ ciphertext: e3.ciphertext, key_id: e3.key_id, annotations: e3.annotations }))
+  expect(codeOf(unavailable)).toBe('UNAVAILABLE')
+  expect(unavailable.details).not.toContain(TOKEN)
+
+  // Back on the same port: healthy again, and the restarted plugin decrypts everything.
+  await startBridge()
+  expect((await a.client.status()).healthz).toBe('ok')
+  for (const [e, s] of [[e1, s1], [e2, s2], [e3, s3]] as const) {
+    expect(Buffer.compare(await b.client.decrypt({ ciphertext: e.ciphertext, key_id: e.key_id, annotations: e.annotations }), Buffer.from(s))).toBe(0)
+  }
+  // Root-key calls: plugin a made 2 KEKs (first, rotate) plus one call per Status probe (the failed
+  // one included); it never unwrapped.
+  const probes = a.plugin.stats().health.probes
+  expect(probes).toBe(4)
+  expect(a.root.wraps).toBe(2 + probes)
+  expect(a.root.unwraps).toBe(0)
+  // Plugin b: one unwrap per distinct KEK (2), after the failed attempt.
+  expect(b.root.unwraps).toBe(1 + 2)
+}, 60_000)
