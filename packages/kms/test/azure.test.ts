@@ -8,7 +8,7 @@ const token = 'eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.kms-proxy-test-azure-token'
 let fake: FakeAzureKeyVault
 
 beforeAll(async () => {
-  fake = await startFakeAzureKeyVault({ token, keys: ['app', 'other', 'rotating'] })
+  fake = await startFakeAzureKeyVault({ token, forbiddenToken: 'eyJ.no-permission', keys: ['app', 'other', 'rotating'] })
 })
 afterAll(() => fake?.close())
 
@@ -101,6 +101,21 @@ describe('when Azure Key Vault refuses or fails', () => {
     expect(fake.calls.length).toBe(1) // not retried
     const shown = `${String(error)} ${JSON.stringify(error)} ${error.stack} ${JSON.stringify(root())} ${String(root())}`
     expect(shown).not.toContain('eyJ')
+  })
+
+  it('a token without the key permission (403) is ERR_ROOT_KEY, not retryable', async () => {
+    fake.calls.length = 0
+    const error = await root({ accessToken: 'eyJ.no-permission' }).newKek(AAD).catch((e) => e)
+    expect([error.code, error.retryable]).toEqual(['ERR_ROOT_KEY', false])
+    expect(error.message).toMatch(/Forbidden \(HTTP 403\): the KMS refused the credentials/)
+    expect(fake.calls).toEqual(['wrapkey'])
+  })
+
+  it('the fake answers a request without a token with Azure\'s 401 challenge', async () => {
+    const response = await fetch(`${fake.url}/keys/app//wrapkey?api-version=7.4`, { method: 'POST', body: '{}', headers: { 'content-type': 'application/json' } })
+    expect(response.status).toBe(401)
+    expect(response.headers.get('www-authenticate')).toMatch(/^Bearer authorization="https:\/\/login\.microsoftonline\.com\/[^"]+", resource="https:\/\/vault\.azure\.net"$/)
+    expect(await response.json()).toMatchObject({ error: { code: 'Unauthorized' } })
   })
 
   it('a missing key or version is ERR_ROOT_KEY, not retryable', async () => {

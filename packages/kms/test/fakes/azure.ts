@@ -71,7 +71,13 @@ async function newVersion(): Promise<Version> {
   return { id: randomBytes(16).toString('hex'), privateKey, publicKey, created: Math.floor(Date.now() / 1000) }
 }
 
-export async function startFakeAzureKeyVault(options: { token: string; keys: string[]; tls?: { key: string; cert: string } }): Promise<FakeAzureKeyVault> {
+export async function startFakeAzureKeyVault(options: {
+  token: string
+  /** A valid token whose identity lacks the key permissions: 403 Forbidden. */
+  forbiddenToken?: string
+  keys: string[]
+  tls?: { key: string; cert: string }
+}): Promise<FakeAzureKeyVault> {
   const keys = new Map<string, Version[]>()
   await Promise.all(options.keys.map(async (k) => keys.set(k.toLowerCase(), [await newVersion()])))
   const calls: string[] = []
@@ -122,6 +128,9 @@ export async function startFakeAzureKeyVault(options: { token: string; keys: str
     if (failures > 0) {
       failures--
       return error(res, 503, 'ServiceUnavailable', 'The service is temporarily unavailable.')
+    }
+    if (options.forbiddenToken !== undefined && authorization === `Bearer ${options.forbiddenToken}`) {
+      return error(res, 403, 'Forbidden', `The user, group or application does not have keys ${op === 'unwrapkey' ? 'unwrapKey' : op === 'wrapkey' ? 'wrapKey' : 'get'} permission on key vault.`)
     }
     if (authorization !== `Bearer ${options.token}`) return error(res, 401, 'Unauthorized', 'AKV10032: Invalid issuer.', challenge)
     const apiVersion = url.searchParams.get('api-version')
