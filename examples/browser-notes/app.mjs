@@ -6,7 +6,7 @@
 import { KeyChain } from '@kms-proxy/core'
 import { indexedDbStore } from '@kms-proxy/indexeddb'
 import { passphraseRootKey } from '@kms-proxy/passphrase'
-import { NO_PRF_MESSAGE, registerPrfCredential, webauthnRootKey } from '@kms-proxy/webauthn'
+import { NO_PRF_MESSAGE, registerPrfRootKey, webauthnRootKey } from '@kms-proxy/webauthn'
 
 const APP_DB = 'browser-notes' // object stores: settings ('root', 'check'), notes ({ at, text: 'kp1.…' })
 const CHECK_TEXT = 'browser-notes v1' // encrypted as 'check': tells a wrong root at unlock, not at the first note
@@ -62,6 +62,8 @@ function showLocked() {
   passkeyRoot = protection?.kind === 'passkey' ? webauthnRootKey(protection.params) : undefined // a new root: the next unlock asks the authenticator again
   $('notes').replaceChildren()
   $('notebook').hidden = true
+  $('backup').open = false
+  $('import-file').value = ''
   $('setup').hidden = protection !== undefined
   $('passkey-unlock').hidden = protection?.kind !== 'passkey'
   $('unlock-form').hidden = protection?.kind !== 'passphrase'
@@ -111,13 +113,15 @@ async function unlockWithPasskey() {
 
 async function createWithPasskey() {
   const started = performance.now()
-  const params = await registerPrfCredential({ rpName: 'Encrypted notes', userName: 'browser-notes' })
+  // One prompt where the authenticator evaluates the PRF at creation (the root is then already
+  // unlocked); otherwise unlock() below asks once more.
+  const { credential, rootKey } = await registerPrfRootKey({ rpName: 'Encrypted notes', userName: 'browser-notes' })
   // The credential id and salt are public; they are stored before any KEK is wrapped under them.
-  const record = { kind: 'passkey', params }
+  const record = { kind: 'passkey', params: credential }
   await putSetting('root', record)
   protection = record
-  passkeyRoot = webauthnRootKey(params)
-  await passkeyRoot.unlock() // a second prompt: the PRF result of create() is not used as a key
+  passkeyRoot = rootKey
+  await passkeyRoot.unlock()
   await openNotebook(passkeyRoot, started)
 }
 
@@ -192,6 +196,72 @@ async function addNote(text) {
   await render()
 }
 
+// ------------------------------------------------------------------------------ backup
+
+// A backup is the way back in when the passkey (or the passphrase) is lost: one file, encrypted
+// by a key chain of its own under a backup passphrase, its wrapped KEK embedded in the data
+// (embeddedStore, the default). It is a snapshot: notes added later are not in it.
+const BACKUP_FORMAT = 'browser-notes-backup'
+const BACKUP_AAD = `${BACKUP_FORMAT} v1`
+
+async function exportBackup(passphrase) {
+  const notes = await Promise.all(
+    (await loadNotes()).map(async (n) => ({ at: n.at, text: await chain.decryptText(n.text, { associatedData: String(n.at) }) })),
+  )
+  const backupChain = await KeyChain.open({ rootKey: passphraseRootKey({ passphrase }), name: BACKUP_FORMAT })
+  const data = await backupChain.encryptText(JSON.stringify(notes), { associatedData: BACKUP_AAD })
+  const file = new Blob([JSON.stringify({ format: BACKUP_FORMAT, v: 1, data })], { type: 'application/json' })
+  const link = document.createElement('a')
+  link.href = URL.createObjectURL(file)
+  link.download = `notes-backup-${new Date().toISOString().slice(0, 10)}.json`
+  link.click()
+  setTimeout(() => URL.revokeObjectURL(link.href), 10_000)
+  return notes.length
+}
+
+/** Decrypts a backup with its passphrase and adds its notes to this notebook, under this notebook's chain. */
+async function importBackup(file, passphrase) {
+  let backup
+  try {
+    backup = JSON.parse(await file.text())
+  } catch {
+    backup = undefined
+  }
+  if (backup?.format !== BACKUP_FORMAT || backup.v !== 1 || typeof backup.data !== 'string') {
+    throw Object.assign(new Error('This file is not a notes backup.'), { shown: true })
+  }
+  const backupChain = await KeyChain.open({ rootKey: passphraseRootKey({ passphrase }), name: BACKUP_FORMAT })
+  let notes
+  try {
+    notes = JSON.parse(await backupChain.decryptText(backup.data, { associatedData: BACKUP_AAD }))
+  } catch (error) {
+    if (error?.code === 'ERR_ROOT_KEY') throw Object.assign(new Error('Wrong backup passphrase.'), { shown: true })
+    throw error
+  }
+  const have = new Set((await loadNotes()).map((n) => n.at))
+  let added = 0
+  for (const n of notes) {
+    if (typeof n?.at !== 'number' || typeof n?.text !== 'string' || have.has(n.at)) continue
+    const encrypted = await chain.encryptText(n.text, { associatedData: String(n.at) })
+    await idb('notes', 'readwrite', (s) => s.add({ at: n.at, text: encrypted }))
+    added++
+  }
+  await render()
+  return added
+}
+
+async function backupAction(button, busy, action) {
+  button.disabled = true
+  show(busy)
+  try {
+    show(await action())
+  } catch (error) {
+    show(error?.shown ? error.message : describeError(error), true)
+  } finally {
+    button.disabled = false
+  }
+}
+
 // ------------------------------------------------------------------------------ events
 
 $('choose-passkey').addEventListener('click', () => act($('choose-passkey'), 'Creating a passkey…', createWithPasskey))
@@ -217,6 +287,27 @@ $('add-form').addEventListener('submit', async (event) => {
   } catch (error) {
     show(describeError(error), true)
   }
+})
+
+$('export-form').addEventListener('submit', (event) => {
+  event.preventDefault()
+  const passphrase = $('export-passphrase').value
+  $('export-passphrase').value = ''
+  backupAction($('export'), 'Encrypting the backup…', async () => {
+    const n = await exportBackup(passphrase)
+    return `Backup of ${n} note${n === 1 ? '' : 's'} downloaded, encrypted under the backup passphrase.`
+  })
+})
+$('import-form').addEventListener('submit', (event) => {
+  event.preventDefault()
+  const file = $('import-file').files[0]
+  const passphrase = $('import-passphrase').value
+  $('import-passphrase').value = ''
+  if (!file || !chain) return
+  backupAction($('import'), 'Reading the backup…', async () => {
+    const n = await importBackup(file, passphrase)
+    return `${n} note${n === 1 ? '' : 's'} imported from the backup.`
+  })
 })
 
 $('lock').addEventListener('click', () => {

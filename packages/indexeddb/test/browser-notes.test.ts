@@ -12,7 +12,7 @@
  *   fail with the ERR_ROOT_KEY message; the screenshot for the README.
  * - an authenticator without PRF: the clear message, and the passphrase offered instead.
  */
-import { existsSync } from 'node:fs'
+import { existsSync, readFileSync } from 'node:fs'
 import type { Server } from 'node:http'
 import { fileURLToPath } from 'node:url'
 import type { Browser, CDPSession, Page } from 'playwright-core'
@@ -22,6 +22,7 @@ import { CHROMIUM, bundle, launch, openPage, serve } from './serve.js'
 
 const EXAMPLE = fileURLToPath(new URL('../../../examples/browser-notes/', import.meta.url))
 const PASSPHRASE = 'correct horse battery staple'
+const BACKUP_PASSPHRASE = 'a backup passphrase of its own'
 const NOTES = ['Buy oat milk and coffee beans', 'The door code is 4711 — do not tell anyone']
 const SECRETS = [...NOTES, 'oat milk', '4711', PASSPHRASE, 'browser-notes v1']
 const WRONG_CREDENTIAL = 'this WebAuthn credential cannot unwrap this KEK: another credential or salt, or the wrapped KEK was altered'
@@ -138,6 +139,8 @@ describe.skipIf(!existsSync(CHROMIUM))('examples/browser-notes in Chromium', () 
     for (const [i, note] of NOTES.entries()) expect(shown[i]).toContain(note)
   }
 
+  const ceremonies = (page: Page) => page.evaluate(() => ({ ...(globalThis as any).ceremonies }) as { create: number; get: number })
+
   const msIn = (status: string | null) => Number(status!.match(/(\d+) ms/)![1])
 
   /** A page of its own (new context, new IndexedDB) with a virtual authenticator, before the app loads. */
@@ -146,6 +149,14 @@ describe.skipIf(!existsSync(CHROMIUM))('examples/browser-notes in Chromium', () 
     const cdp = await page.context().newCDPSession(page)
     await cdp.send('WebAuthn.enable')
     const { authenticatorId } = await cdp.send('WebAuthn.addVirtualAuthenticator', { options: authenticator(hasPrf) })
+    // Counts the page's ceremonies; runs before the app on every load, so counts restart at a reload.
+    await page.addInitScript(() => {
+      const counts = ((globalThis as any).ceremonies = { create: 0, get: 0 })
+      const c = navigator.credentials
+      const [create, get] = [c.create.bind(c), c.get.bind(c)]
+      c.create = (o) => (counts.create++, create(o))
+      c.get = (o) => (counts.get++, get(o))
+    })
     await openPage(page, `${origin}/`, 'notesReady')
     return { page, cdp, authenticatorId }
   }
@@ -186,21 +197,22 @@ describe.skipIf(!existsSync(CHROMIUM))('examples/browser-notes in Chromium', () 
     await page.context().close()
   })
 
-  it('passkey: first run, two notes, reload, unlock with one ceremony, read back; another credential and another authenticator fail with ERR_ROOT_KEY', async () => {
+  it('passkey: first run, two notes, reload, unlock with one ceremony, read back; another credential and another authenticator fail with ERR_ROOT_KEY; an encrypted backup restores the notes elsewhere', async () => {
     const { page, cdp, authenticatorId } = await passkeyPage(true)
-    const signCount = async () => {
+    const credential = async () => {
       const { credentials } = await cdp.send('WebAuthn.getCredentials', { authenticatorId })
       expect(credentials).toHaveLength(1)
-      return { id: credentials[0]!.credentialId, count: credentials[0]!.signCount }
+      return credentials[0]!
     }
 
     await press(page, '#choose-passkey')
     expect(await page.isVisible('#error')).toBe(false)
     expect(await page.textContent('#status')).toMatch(/^New notebook created in \d+ ms\. Without this passkey/)
     measured.passkeyFirstRunMs = msIn(await page.textContent('#status')) // create + get + first KEK
-    const registered = await signCount()
+    expect(await ceremonies(page)).toEqual({ create: 1, get: 0 }) // one prompt: the PRF evaluated at create
+    const registered = await credential()
     await addNotes(page)
-    expect((await signCount()).count).toBe(registered.count) // notes make no ceremony
+    expect(await ceremonies(page)).toEqual({ create: 1, get: 0 }) // notes make no ceremony
 
     await reload(page)
     expect(await page.isVisible('#passkey-unlock')).toBe(true)
@@ -211,7 +223,8 @@ describe.skipIf(!existsSync(CHROMIUM))('examples/browser-notes in Chromium', () 
     measured.passkeyUnlockAfterReloadMs = msIn(status)
     await expectNotesShown(page)
     expect(await page.textContent('#count')).toBe('2 notes, encrypted under a passkey')
-    expect((await signCount()).count).toBe(registered.count + 1) // one ceremony for the unlock
+    expect(await ceremonies(page)).toEqual({ create: 0, get: 1 }) // one ceremony for the unlock (counters restart at the reload)
+    expect((await credential()).signCount).toBe(registered.signCount + 1)
 
     // At rest: the root's public parameters name the authenticator's credential; nothing secret.
     const atRest = await readAtRest(page)
@@ -219,7 +232,7 @@ describe.skipIf(!existsSync(CHROMIUM))('examples/browser-notes in Chromium', () 
     const root = atRest.records.find((r) => r.db === 'browser-notes' && r.key === 'root')!.value
     expect(Object.keys(root.params).sort()).toEqual(['credentialId', 'salt'])
     expect(root).toEqual({ kind: 'passkey', params: { credentialId: root.params.credentialId, salt: root.params.salt } })
-    expect(Buffer.from(root.params.credentialId, 'base64url')).toEqual(Buffer.from(registered.id, 'base64'))
+    expect(Buffer.from(root.params.credentialId, 'base64url')).toEqual(Buffer.from(registered.credentialId, 'base64'))
     expect(Buffer.from(root.params.salt, 'base64url').length).toBe(32)
     for (const k of atRest.records.filter((r) => r.db === 'kms-proxy:browser-notes' && Array.isArray(r.key) && r.key[1] === 'kek')) {
       expect(k.value.wrapped.bytes).toHaveLength(45) // 0x40 || iv || AES-GCM(KEK) || tag
@@ -273,6 +286,22 @@ describe.skipIf(!existsSync(CHROMIUM))('examples/browser-notes in Chromium', () 
     await expectNotesShown(page)
     await page.screenshot({ path: `${EXAMPLE}screenshot.png`, fullPage: true })
 
+    // An encrypted backup under a backup passphrase of its own: the recovery path.
+    await page.click('#backup summary')
+    await page.fill('#export-passphrase', BACKUP_PASSPHRASE)
+    const [download] = await Promise.all([page.waitForEvent('download'), page.click('#export')])
+    await page.waitForFunction(() => !document.getElementById('export')!.hasAttribute('disabled'))
+    expect(await page.textContent('#status')).toBe('Backup of 2 notes downloaded, encrypted under the backup passphrase.')
+    expect(download.suggestedFilename()).toMatch(/^notes-backup-\d{4}-\d{2}-\d{2}\.json$/)
+    const backupFile = { name: download.suggestedFilename(), mimeType: 'application/json', buffer: readFileSync(await download.path()) }
+    const backupText = backupFile.buffer.toString('latin1')
+    const backup = JSON.parse(backupText)
+    expect(Object.keys(backup).sort()).toEqual(['data', 'format', 'v'])
+    expect(backup).toMatchObject({ format: 'browser-notes-backup', v: 1 })
+    expect(backup.data).toMatch(/^kp1\.[A-Za-z0-9_-]+$/)
+    for (const secret of [...SECRETS, BACKUP_PASSPHRASE]) expect(backupText).not.toContain(secret)
+    expect(await ceremonies(page)).toEqual({ create: 0, get: 1 }) // the backup needs no ceremony
+
     // A second authenticator (the first one gone, as on another device): the browser answers
     // NotAllowedError without saying that the credential is missing (a privacy rule of WebAuthn).
     await cdp.send('WebAuthn.removeVirtualAuthenticator', { authenticatorId })
@@ -283,6 +312,29 @@ describe.skipIf(!existsSync(CHROMIUM))('examples/browser-notes in Chromium', () 
     expect(await page.isVisible('#notebook')).toBe(false)
     expect(await page.locator('#notes li').count()).toBe(0)
     await page.context().close()
+
+    // Recovery: a new notebook elsewhere (its own context, a passphrase), the backup imported.
+    const elsewhere = await openPage(await browser.newPage(), `${origin}/`, 'notesReady')
+    await elsewhere.click('#choose-passphrase')
+    await passphrase(elsewhere, PASSPHRASE)
+    await elsewhere.click('#backup summary')
+    await elsewhere.setInputFiles('#import-file', backupFile)
+    await elsewhere.fill('#import-passphrase', 'not the backup passphrase')
+    await press(elsewhere, '#import')
+    expect(await elsewhere.textContent('#error')).toBe('Wrong backup passphrase.')
+    expect(await elsewhere.locator('#notes li').count()).toBe(0)
+    await elsewhere.fill('#import-passphrase', BACKUP_PASSPHRASE)
+    await press(elsewhere, '#import')
+    expect(await elsewhere.textContent('#status')).toBe('2 notes imported from the backup.')
+    await expectNotesShown(elsewhere)
+    // imported again: nothing twice
+    await elsewhere.fill('#import-passphrase', BACKUP_PASSPHRASE)
+    await press(elsewhere, '#import')
+    expect(await elsewhere.textContent('#status')).toBe('0 notes imported from the backup.')
+    // re-encrypted under the new notebook's own chain (render() read them back from IndexedDB)
+    await expectNotesShown(elsewhere)
+    expectCiphertextOnly(await readAtRest(elsewhere), 'passphrase-pbkdf2')
+    await elsewhere.context().close()
   })
 
   it('an authenticator without PRF: the ERR_ROOT_KEY message on the page, and the passphrase offered instead', async () => {
