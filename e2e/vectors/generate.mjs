@@ -12,7 +12,12 @@
  *
  * Every input is fixed: derived from SHA-256 of a label (so that the file is reproducible) and
  * written out in full in each case.
+ *
+ * Stream cases (kind "stream-positive" / "stream-negative", added after the message cases) are
+ * sealed with node:crypto's AES-128-GCM (createCipheriv), not crypto.subtle, so that the two
+ * halves of the file come from two implementations, and neither is kms-proxy.
  */
+import { createCipheriv, createDecipheriv } from 'node:crypto'
 import { existsSync, writeFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 
@@ -336,6 +341,242 @@ negative('stored/pattern-1027', 'text-not-utf8', 'valid text form, but decryptTe
   })
 }
 
+// ------------------------------------------------------------------------------ streams (docs/FORMAT.md, "Streams")
+
+const FLAG_STREAM = 0x02
+const NONCE_PREFIX_BYTES = 7
+
+/** AES-128-GCM with node:crypto: ciphertext || 16-byte tag. */
+function ncSeal(key, iv, plaintext, aad) {
+  const c = createCipheriv('aes-128-gcm', key, iv, { authTagLength: 16 })
+  c.setAAD(aad)
+  return cat(new Uint8Array(c.update(plaintext)), new Uint8Array(c.final()), new Uint8Array(c.getAuthTag()))
+}
+function ncOpen(key, iv, sealed, aad) {
+  const d = createDecipheriv('aes-128-gcm', key, iv, { authTagLength: 16 })
+  d.setAAD(aad)
+  d.setAuthTag(sealed.subarray(sealed.length - 16))
+  return cat(new Uint8Array(d.update(sealed.subarray(0, sealed.length - 16))), new Uint8Array(d.final()))
+}
+
+/** STREAM nonce: prefix (7) || counter u32 || last flag (1). */
+const segmentNonce = (prefix, i, last) => cat(prefix, u32(i), new Uint8Array([last ? 1 : 0]))
+/** Segment AAD: version, kind 0x01 (stream segment), segment size u32, caller's associated data. */
+const segmentAad = (segmentSize, ad, kind = 0x01) => cat(new Uint8Array([VERSION, kind]), u32(segmentSize), ad)
+
+/** Plaintext pieces: full segments, then a last one of 1..S bytes (0 only for an empty stream). */
+function pieces(plaintext, S) {
+  const out = []
+  for (let o = 0; o === 0 || o < plaintext.length; o += S) out.push(plaintext.subarray(o, Math.min(plaintext.length, o + S)))
+  return out
+}
+
+/**
+ * header (flags with bit 1) || iv1 || AES-GCM(kek, iv1, dek, header) || u32 S || prefix || segments.
+ * `tweak` lets a negative case seal the segments wrongly: ({ i, n }) -> { counter?, last?, aadKind? }.
+ */
+function encryptStreamV1({ kek, kekId, embeddedKek, dek, iv1, noncePrefix, segmentSize, plaintext, associatedData, tweak, wrapHeader }) {
+  const flags = FLAG_STREAM | (embeddedKek ? FLAG_EMBEDDED : 0)
+  const h = header(kekId, embeddedKek, flags)
+  const wrappedDek = ncSeal(kek, iv1, dek, wrapHeader ?? h)
+  const parts = pieces(plaintext, segmentSize)
+  const segments = parts.map((piece, i) => {
+    const t = tweak?.({ i, n: parts.length }) ?? {}
+    const last = t.last ?? i === parts.length - 1
+    return ncSeal(dek, segmentNonce(noncePrefix, t.counter ?? i, last), piece, segmentAad(segmentSize, associatedData, t.aadKind))
+  })
+  return { encrypted: cat(h, iv1, wrappedDek, u32(segmentSize), noncePrefix, ...segments), headerLength: h.length + 12 + 32 + 4 + NONCE_PREFIX_BYTES, segments }
+}
+
+/** Independent check of a positive stream case, by node:crypto: KEK, DEK, then every segment. */
+function selfCheckStream(c) {
+  const b = (k) => Uint8Array.from(Buffer.from(c[k], 'hex'))
+  const data = b('encrypted')
+  if (!(data[5] & FLAG_STREAM)) throw new Error(`${c.name}: stream flag`)
+  const H = data[5] & FLAG_EMBEDDED ? 8 + ((data[6] << 8) | data[7]) : 6
+  const wrapped = data[5] & FLAG_EMBEDDED ? data.subarray(8, H) : b('wrappedKek')
+  const kekBytes = (() => {
+    const root = b('rootKey')
+    const d = createDecipheriv(root.length === 32 ? 'aes-256-gcm' : 'aes-128-gcm', root, wrapped.subarray(1, 13), { authTagLength: 16 })
+    d.setAAD(kekAad(c.chain, c.kekId))
+    d.setAuthTag(wrapped.subarray(wrapped.length - 16))
+    return cat(new Uint8Array(d.update(wrapped.subarray(13, wrapped.length - 16))), new Uint8Array(d.final()))
+  })()
+  if (hex(kekBytes) !== c.kek) throw new Error(`${c.name}: KEK`)
+  const dek = ncOpen(kekBytes, data.subarray(H, H + 12), data.subarray(H + 12, H + 44), data.subarray(0, H))
+  if (hex(dek) !== c.dek) throw new Error(`${c.name}: DEK`)
+  const S = ((data[H + 44] << 24) | (data[H + 45] << 16) | (data[H + 46] << 8) | data[H + 47]) >>> 0
+  if (S !== c.segmentSize) throw new Error(`${c.name}: segment size`)
+  const prefix = data.subarray(H + 48, H + 55)
+  const body = data.subarray(H + 55)
+  const out = []
+  const n = Math.max(1, Math.ceil((body.length - 16) / (S + 16)))
+  for (let i = 0; i < n; i++) {
+    const seg = body.subarray(i * (S + 16), Math.min(body.length, (i + 1) * (S + 16)))
+    out.push(ncOpen(dek, segmentNonce(prefix, i, i === n - 1), seg, segmentAad(S, b('associatedData'))))
+  }
+  if (hex(cat(...out)) !== c.plaintext) throw new Error(`${c.name}: plaintext`)
+}
+
+const STREAMS = [
+  { id: 'empty', kek: 'main', size: 0, S: 16, ad: new Uint8Array(0), modes: ['stored', 'embedded'] },
+  { id: 'one-byte', kek: 'main', size: 1, S: 16, ad: new Uint8Array(0), modes: ['stored'] },
+  { id: 'one-full-segment', kek: 'main', size: 16, S: 16, ad: new Uint8Array(0), modes: ['stored'] },
+  { id: 'segment-plus-one', kek: 'main', size: 17, S: 16, ad: utf8('file=a.bin'), modes: ['stored'] },
+  { id: 'four-segments', kek: 'main', size: 64, S: 16, ad: utf8('file=plans.txt'), modes: ['stored', 'embedded'] },
+  { id: 'pattern-1000-segment-64', kek: 'main', size: 1000, S: 64, ad: utf8('file=pattern'), modes: ['stored', 'embedded'] },
+  { id: 'default-segment-size', kek: 'main', size: 100, S: 65536, ad: new Uint8Array(0), modes: ['stored', 'embedded'] },
+  { id: 'unicode-chain-128-root', kek: 'unicode', size: 40, S: 32, ad: Uint8Array.from([0x00, 0xff]), modes: ['stored'] },
+  { id: 'max-kek-id', kek: 'max', size: 33, S: 16, ad: utf8('x'), modes: ['stored'] },
+]
+
+const streamPositives = new Map()
+
+async function streamInputs(name, k, mode, s, plaintext) {
+  return {
+    kek: k.kek,
+    kekId: k.kekId,
+    embeddedKek: mode === 'embedded' ? k.wrappedKek : undefined,
+    dek: await derive(`${name}/dek`, 16),
+    iv1: await derive(`${name}/iv1`, 12),
+    noncePrefix: await derive(`${name}/nonce-prefix`, NONCE_PREFIX_BYTES),
+    segmentSize: s.S,
+    plaintext,
+    associatedData: s.ad,
+  }
+}
+
+function streamCase(name, description, kind, k, mode, inputs, encrypted, extra = {}) {
+  return {
+    name,
+    description,
+    kind,
+    rootKey: hex(k.rootKey),
+    chain: k.chain,
+    kekId: inputs.kekId,
+    kek: hex(k.kek),
+    iv0: hex(k.iv0),
+    wrappedKek: hex(k.wrappedKek),
+    mode,
+    dek: hex(inputs.dek),
+    iv1: hex(inputs.iv1),
+    noncePrefix: hex(inputs.noncePrefix),
+    segmentSize: inputs.segmentSize,
+    plaintext: hex(inputs.plaintext),
+    associatedData: hex(inputs.associatedData),
+    encrypted: hex(encrypted),
+    ...extra,
+  }
+}
+
+for (const s of STREAMS) {
+  for (const mode of s.modes) {
+    const k = KEKS[s.kek]
+    const name = `stream/${mode}/${s.id}`
+    const plaintext = pattern(s.size)
+    const inputs = await streamInputs(name, k, mode, s, plaintext)
+    const made = encryptStreamV1(inputs)
+    const segs = made.segments.length
+    const c = streamCase(
+      name,
+      `stream, ${mode === 'stored' ? 'KEK in the store (flags 2)' : 'wrapped KEK embedded (flags 3)'}; ${s.size} B plaintext in ${segs} segment${segs === 1 ? '' : 's'} of ${s.S} B, ${s.ad.length} B associated data`,
+      'stream-positive',
+      k,
+      mode,
+      inputs,
+      made.encrypted,
+    )
+    selfCheckStream(c)
+    cases.push(c)
+    streamPositives.set(name, { case: c, inputs, made, k, s })
+  }
+}
+
+/** A stream negative from a positive: `change(p)` returns { encrypted?, fields? }. */
+function streamNegative(from, name, description, expectedError, change) {
+  const p = streamPositives.get(from)
+  if (!p) throw new Error(`no stream case ${from}`)
+  const altered = change(p)
+  cases.push({
+    ...p.case,
+    name: `stream/${p.case.mode}/negative/${name}`,
+    description: `${description} (from ${from})`,
+    kind: 'stream-negative',
+    ...altered.fields,
+    encrypted: hex(altered.encrypted ?? p.made.encrypted),
+    expectedError,
+  })
+}
+
+const SP = 'stream/stored/four-segments' // 61-byte header, four 32-byte segments (16 B + tag), the last full
+const seg = (p, i) => p.made.segments[i]
+const headOf = (p) => p.made.encrypted.subarray(0, p.made.headerLength)
+const rebuilt = (p, ...segments) => ({ encrypted: cat(headOf(p), ...segments) })
+const resealed = (p, tweak, more = {}) => ({ encrypted: encryptStreamV1({ ...p.inputs, ...more, tweak }).encrypted })
+const HS = 61
+
+streamNegative(SP, 'final-segment-missing', 'cut at a segment boundary: the last of four segments removed', 'ERR_DECRYPT', (p) => rebuilt(p, seg(p, 0), seg(p, 1), seg(p, 2)))
+streamNegative(SP, 'only-first-segment', 'cut after the first segment', 'ERR_DECRYPT', (p) => rebuilt(p, seg(p, 0)))
+streamNegative(SP, 'header-only', 'every segment removed', 'ERR_DECRYPT', (p) => rebuilt(p))
+streamNegative(SP, 'last-byte-cut', 'last byte (of the final tag) cut', 'ERR_DECRYPT', (p) => bytes(p.made.encrypted.slice(0, -1)))
+streamNegative(SP, 'cut-mid-segment', 'cut in the middle of the third segment', 'ERR_DECRYPT', (p) => bytes(p.made.encrypted.slice(0, HS + 2 * 32 + 20)))
+streamNegative(SP, 'cut-to-15-bytes-after-header', 'header and 15 bytes: shorter than a tag', 'ERR_DECRYPT', (p) => bytes(p.made.encrypted.slice(0, HS + 15)))
+streamNegative(SP, 'segments-swapped', 'segments 1 and 2 swapped', 'ERR_DECRYPT', (p) => rebuilt(p, seg(p, 0), seg(p, 2), seg(p, 1), seg(p, 3)))
+streamNegative(SP, 'segment-duplicated', 'segment 1 repeated', 'ERR_DECRYPT', (p) => rebuilt(p, seg(p, 0), seg(p, 1), seg(p, 1), seg(p, 2), seg(p, 3)))
+streamNegative(SP, 'segment-dropped', 'segment 1 removed', 'ERR_DECRYPT', (p) => rebuilt(p, seg(p, 0), seg(p, 2), seg(p, 3)))
+streamNegative(SP, 'segment-from-another-stream', 'segment 1 replaced by segment 1 of another stream (other DEK and prefix, same size and associated data)', 'ERR_DECRYPT', (p) => {
+  const other = encryptStreamV1({ ...p.inputs, dek: p.inputs.dek.map((x) => x ^ 0x5a), noncePrefix: p.inputs.noncePrefix.map((x) => x ^ 0xa5) })
+  return rebuilt(p, seg(p, 0), other.segments[1], seg(p, 2), seg(p, 3))
+})
+streamNegative(SP, 'same-dek-other-prefix-spliced', 'segment 1 sealed under the same DEK but another nonce prefix', 'ERR_DECRYPT', (p) => {
+  const other = encryptStreamV1({ ...p.inputs, noncePrefix: p.inputs.noncePrefix.map((x) => x ^ 0x01) })
+  return rebuilt(p, seg(p, 0), other.segments[1], seg(p, 2), seg(p, 3))
+})
+streamNegative(SP, 'extra-final-segment', 'a fifth segment, correctly sealed as final (counter 4), after the real final one', 'ERR_DECRYPT', (p) => {
+  const extra = ncSeal(p.inputs.dek, segmentNonce(p.inputs.noncePrefix, 4, true), utf8('0123456789abcdef'), segmentAad(16, p.inputs.associatedData))
+  return rebuilt(p, ...p.made.segments, extra)
+})
+streamNegative(SP, 'no-final-flag', 'every segment sealed as not last (a stream that was never finished)', 'ERR_DECRYPT', (p) => resealed(p, () => ({ last: false })))
+streamNegative(SP, 'final-flag-early', 'segment 2 sealed as last, and segment 3 too', 'ERR_DECRYPT', (p) => resealed(p, ({ i }) => ({ last: i >= 2 })))
+streamNegative(SP, 'counter-from-1', 'segments sealed with counters 1..4 instead of 0..3', 'ERR_DECRYPT', (p) => resealed(p, ({ i }) => ({ counter: i + 1 })))
+streamNegative(SP, 'segments-with-message-aad-kind', 'segments sealed with AAD kind 0x00 (single message) instead of 0x01', 'ERR_DECRYPT', (p) => resealed(p, () => ({ aadKind: 0x00 })))
+streamNegative(SP, 'dek-wrapped-under-message-header', 'the DEK wrap AAD is the header without the stream flag', 'ERR_DECRYPT', (p) => resealed(p, undefined, { wrapHeader: header(p.inputs.kekId, undefined, 0) }))
+streamNegative(SP, 'trailing-byte', 'one zero byte appended', 'ERR_DECRYPT', (p) => bytes(cat(p.made.encrypted, new Uint8Array(1))))
+streamNegative(SP, 'trailing-16-bytes', 'sixteen zero bytes appended (a tag-sized empty segment)', 'ERR_DECRYPT', (p) => bytes(cat(p.made.encrypted, new Uint8Array(16))))
+streamNegative(SP, 'wrong-associated-data', 'associated data with its last byte changed', 'ERR_DECRYPT', (p) => ({ fields: { associatedData: hex(flip(p.inputs.associatedData, -1)) } }))
+streamNegative(SP, 'associated-data-missing', 'associated data left out', 'ERR_DECRYPT', () => ({ fields: { associatedData: '' } }))
+streamNegative(SP, 'segment-size-changed', 'segment size 16 -> 32 in the header (in range, so it decodes)', 'ERR_DECRYPT', (p) => bytes(set(p.made.encrypted, HS - 8, 32)))
+streamNegative(SP, 'segment-size-15', 'segment size 15, below the minimum 16', 'ERR_FORMAT', (p) => bytes(set(p.made.encrypted, HS - 8, 15)))
+streamNegative(SP, 'segment-size-0', 'segment size 0', 'ERR_FORMAT', (p) => bytes(set(p.made.encrypted, HS - 8, 0)))
+streamNegative(SP, 'segment-size-too-large', 'segment size 2^24 + 1, above the maximum', 'ERR_FORMAT', (p) => bytes(cat(p.made.encrypted.slice(0, HS - 11), u32(2 ** 24 + 1), p.made.encrypted.slice(HS - 7))))
+streamNegative(SP, 'nonce-prefix-flipped', 'first nonce-prefix byte flipped', 'ERR_DECRYPT', (p) => bytes(flip(p.made.encrypted, HS - 7)))
+streamNegative(SP, 'flipped-wrapped-dek', 'first wrapped-DEK byte flipped', 'ERR_DECRYPT', (p) => bytes(flip(p.made.encrypted, 6 + 12)))
+streamNegative(SP, 'flipped-iv1', 'first iv1 byte flipped', 'ERR_DECRYPT', (p) => bytes(flip(p.made.encrypted, 6)))
+streamNegative(SP, 'flipped-first-segment-tag', 'last byte of segment 0 (its tag) flipped', 'ERR_DECRYPT', (p) => bytes(flip(p.made.encrypted, HS + 31)))
+streamNegative(SP, 'flipped-final-ciphertext', 'first ciphertext byte of the final segment flipped', 'ERR_DECRYPT', (p) => bytes(flip(p.made.encrypted, HS + 3 * 32)))
+streamNegative(SP, 'unknown-kek-id', 'KEK id changed to one that is not in the store', 'ERR_UNKNOWN_KEK', (p) => bytes(flip(p.made.encrypted, 4)))
+streamNegative(SP, 'stream-flag-cleared', 'flags 2 -> 0: a single message, which a stream decryptor refuses', 'ERR_FORMAT', (p) => bytes(set(p.made.encrypted, 5, 0x00)))
+streamNegative(SP, 'unknown-flag-bit-2', 'flags 0x06: stream + unknown bit', 'ERR_FORMAT', (p) => bytes(set(p.made.encrypted, 5, 0x06)))
+streamNegative(SP, 'version-2', 'version byte 0x02', 'ERR_FORMAT', (p) => bytes(set(p.made.encrypted, 0, 0x02)))
+streamNegative(SP, 'truncated-in-header', 'cut inside the stream header (after the wrapped DEK)', 'ERR_FORMAT', (p) => bytes(p.made.encrypted.slice(0, HS - 3)))
+streamNegative(SP, 'truncated-5', 'cut inside the fixed header', 'ERR_FORMAT', (p) => bytes(p.made.encrypted.slice(0, 5)))
+streamNegative(SP, 'empty-input', 'zero bytes', 'ERR_FORMAT', () => bytes(new Uint8Array(0)))
+streamNegative(SP, 'single-message-given', 'a valid single message (stored/one-byte) given to the stream decryptor', 'ERR_FORMAT', () => bytes(positives.get('stored/one-byte').encrypted))
+streamNegative('stream/stored/empty', 'empty-final-segment-missing', 'empty stream with its only (final, empty) segment removed', 'ERR_DECRYPT', (p) => rebuilt(p))
+streamNegative('stream/stored/empty', 'empty-final-segment-doubled', 'empty stream with its final segment twice', 'ERR_DECRYPT', (p) => rebuilt(p, seg(p, 0), seg(p, 0)))
+const SE = 'stream/embedded/four-segments'
+const HE = 61 + 2 + KEKS.main.wrappedKek.length
+streamNegative(SE, 'flipped-embedded-kek', 'last byte of the embedded wrapped KEK flipped (root unwrap fails first)', 'ERR_ROOT_KEY', (p) => bytes(flip(p.made.encrypted, HE - 55 - 1)))
+streamNegative(SE, 'final-segment-missing', 'the last of four segments removed', 'ERR_DECRYPT', (p) => rebuilt(p, seg(p, 0), seg(p, 1), seg(p, 2)))
+streamNegative(SE, 'segments-swapped', 'segments 0 and 1 swapped', 'ERR_DECRYPT', (p) => rebuilt(p, seg(p, 1), seg(p, 0), seg(p, 2), seg(p, 3)))
+streamNegative(SE, 'flipped-last-tag', 'last byte flipped', 'ERR_DECRYPT', (p) => bytes(flip(p.made.encrypted, -1)))
+streamNegative(SE, 'embedded-flag-cleared', 'flags 3 -> 2: read as a stored-KEK stream, whose segment-size field then falls inside the embedded KEK and is out of range (decoding comes before the KEK lookup)', 'ERR_FORMAT', (p) => {
+  const e = p.made.encrypted
+  const size = ((e[50] << 24) | (e[51] << 16) | (e[52] << 8) | e[53]) >>> 0
+  if (size >= 16 && size <= 2 ** 24) throw new Error('expected an out-of-range segment size')
+  return bytes(set(e, 5, FLAG_STREAM))
+})
+
 // ------------------------------------------------------------------------------ write
 
 const names = new Set()
@@ -351,6 +592,9 @@ if (process.argv.includes('--stdout')) {
   process.exit(1)
 } else {
   writeFileSync(OUT, json)
-  const pos = cases.filter((c) => c.kind === 'positive').length
-  console.log(`wrote ${OUT}: ${cases.length} cases (${pos} positive, ${cases.length - pos} negative)`)
+  const count = (kind) => cases.filter((c) => c.kind === kind).length
+  console.log(
+    `wrote ${OUT}: ${cases.length} cases (messages: ${count('positive')} positive, ${count('negative')} negative; ` +
+      `streams: ${count('stream-positive')} positive, ${count('stream-negative')} negative)`,
+  )
 }

@@ -102,12 +102,11 @@ class Segmenter {
     let off = 0
     while (off < chunk.length) {
       if (this.#filled === size) {
-        // More bytes follow, so the held piece is not the last. A fresh buffer rather than reuse:
-        // the piece may still be read by a call in flight on a runtime that copies lazily.
-        const piece = this.#buf
-        this.#buf = new Uint8Array(size)
+        // More bytes follow, so the held piece is not the last. The buffer is reused at once:
+        // `emit` hands it to crypto.subtle synchronously, and WebCrypto copies its input before
+        // returning ("get a copy of the bytes held by the data parameter").
         this.#filled = 0
-        await emit(piece)
+        await emit(this.#buf)
       } else if (this.#filled === 0 && chunk.length - off > size) {
         const piece = chunk.subarray(off, off + size)
         off += size
