@@ -496,7 +496,9 @@ ${CONFIG_HELP}
     if (!s.isDirectory()) throw usage(`${dir} is not a folder`)
     const files: string[] = []
     for await (const f of walk(dir)) files.push(f)
-    const { chain } = await openConfigured(configPath(str(v.config)), { leaseSize: Math.max(1, Math.min(65_536, files.length)) })
+    const { chain, config, store } = await openConfigured(configPath(str(v.config)), { leaseSize: Math.max(1, Math.min(65_536, files.length)) })
+    // Files already under the primary are left as they are (no root-key call, no write).
+    const primaryAtStart = (await store.getHead(config.chain))?.value.primary
     const counts = { rewrapped: 0, messages: 0, streams: 0, current: 0, skipped: 0, failed: 0 }
     let firstFailure: unknown
     for (const file of files) {
@@ -505,6 +507,10 @@ ${CONFIG_HELP}
         const head = await readHead(file, Math.min(info.size, MAX_STREAM_HEADER))
         if (head.length < 6 || head[0] !== 0x01) {
           counts.skipped++
+          continue
+        }
+        if (head.length >= 5 && new DataView(head.buffer, head.byteOffset).getUint32(1) === primaryAtStart) {
+          counts.current++
           continue
         }
         if ((head[5]! & FLAG_STREAM) !== 0) {

@@ -1,0 +1,302 @@
+import { randomBytes } from 'node:crypto'
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { EXIT, FAST_KDF, bundleCli, spawnCollect, tempDir, type Result } from './helpers.js'
+
+const PASSPHRASE = 'correct horse battery staple'
+let bundle: string
+let work: ReturnType<typeof tempDir>
+
+beforeAll(async () => {
+  work = tempDir('cli')
+  bundle = await bundleCli(work.dir)
+})
+afterAll(() => work.cleanup())
+
+/** A fresh folder with an initialized chain (passphrase root, file store). */
+async function initialized(name: string, extra: string[] = []): Promise<string> {
+  const dir = join(work.dir, name)
+  mkdirSync(dir)
+  const r = await kp(dir, ['init', ...FAST_KDF, ...extra])
+  expect(r.stderr).toBe('')
+  expect(r.code).toBe(EXIT.OK)
+  return dir
+}
+
+function kp(cwd: string, args: string[], options: { env?: Record<string, string | undefined>; input?: Uint8Array | string } = {}): Promise<Result> {
+  return spawnCollect(process.execPath, [bundle, ...args], { cwd, env: { KMS_PROXY_PASSPHRASE: PASSPHRASE, ...options.env }, input: options.input })
+}
+
+/** Files in `dir` other than the config and store: what a failed command must not leave. */
+const leftovers = (dir: string) => readdirSync(dir).filter((f) => !['kms-proxy.json', 'kms-proxy-keys.json', 'in.bin', 'in.kp'].includes(f))
+
+const statusOf = async (dir: string) => JSON.parse((await kp(dir, ['status', '--json'])).stdout.toString())
+
+describe('init', () => {
+  it('writes a config with no secret and a chain with one KEK in the file store', async () => {
+    const dir = await initialized('init')
+    const config = readFileSync(join(dir, 'kms-proxy.json'), 'utf8')
+    expect(JSON.parse(config)).toEqual({
+      format: 'kms-proxy-cli/v1',
+      chain: 'default',
+      store: { type: 'file', path: 'kms-proxy-keys.json' },
+      rootKey: { type: 'passphrase', kdf: 'pbkdf2', iterations: 1000 },
+    })
+    const store = readFileSync(join(dir, 'kms-proxy-keys.json'), 'utf8')
+    for (const text of [config, store]) expect(text).not.toContain('correct horse')
+    expect(statSync(join(dir, 'kms-proxy-keys.json')).mode & 0o777).toBe(0o600)
+    const status = await statusOf(dir)
+    expect(status.keks).toHaveLength(1)
+    expect(status.keks[0].primary).toBe(true)
+    expect(status.rootKeyCalls).toEqual({ wraps: 0, unwraps: 0 }) // status needs no secret and no root-key call
+  })
+
+  it('refuses to overwrite a config without --force, and checks the passphrase when the chain exists', async () => {
+    const dir = await initialized('init-again')
+    const again = await kp(dir, ['init', ...FAST_KDF])
+    expect(again.code).toBe(EXIT.USAGE)
+    expect(again.stderr).toMatch(/exists: pass --force/)
+    const wrong = await kp(dir, ['init', '--force', ...FAST_KDF], { env: { KMS_PROXY_PASSPHRASE: 'not it' } })
+    expect(wrong.code).toBe(EXIT.ROOT_KEY)
+    expect(wrong.stderr).toMatch(/wrong passphrase/)
+    const right = await kp(dir, ['init', '--force', ...FAST_KDF])
+    expect(right.code).toBe(EXIT.OK)
+    expect(right.stdout.toString()).toMatch(/already exists; the root key unlocks its primary KEK 0x[0-9a-f]{8}/)
+  })
+
+  it('leaves no config when the root key cannot be reached, and exits with its own code', async () => {
+    const dir = join(work.dir, 'init-vault-down')
+    mkdirSync(dir)
+    const r = await kp(dir, ['init', '--root', 'vault', '--vault-address', 'http://127.0.0.1:9', '--vault-key', 'k'], { env: { VAULT_TOKEN: 'hvs.secret-token-value' } })
+    expect(r.code).toBe(EXIT.ROOT_KEY_UNREACHABLE)
+    expect(r.stderr).toMatch(/root key is unreachable/)
+    expect(r.stderr).not.toContain('hvs.secret-token-value')
+    expect(existsSync(join(dir, 'kms-proxy.json'))).toBe(false)
+  })
+
+  it('names the variable when a secret is missing and there is no terminal', async () => {
+    const dir = join(work.dir, 'init-no-secret')
+    mkdirSync(dir)
+    const r = await kp(dir, ['init'], { env: { KMS_PROXY_PASSPHRASE: undefined } })
+    expect(r.code).toBe(EXIT.USAGE)
+    expect(r.stderr).toMatch(/set KMS_PROXY_PASSPHRASE/)
+    const vault = await kp(dir, ['init', '--root', 'vault', '--vault-address', 'http://127.0.0.1:9', '--vault-key', 'k'])
+    expect(vault.code).toBe(EXIT.USAGE)
+    expect(vault.stderr).toMatch(/set VAULT_TOKEN/)
+  })
+})
+
+describe('encrypt and decrypt', () => {
+  let dir: string
+  const data = randomBytes(300_000)
+  beforeAll(async () => {
+    dir = await initialized('crypt')
+    writeFileSync(join(dir, 'in.bin'), data)
+  })
+
+  it('round-trips a file with associated data, through a private output file', async () => {
+    const enc = await kp(dir, ['encrypt', '-i', 'in.bin', '-o', 'in.kp', '--aad', 'invoice-42'])
+    expect(enc.code).toBe(EXIT.OK)
+    expect(enc.stdout.length + enc.stderr.length).toBe(0)
+    const encrypted = readFileSync(join(dir, 'in.kp'))
+    expect(encrypted[0]).toBe(0x01)
+    expect(encrypted[5]! & 0x02).toBe(0x02) // a stream
+    expect(encrypted.length).toBeGreaterThan(data.length)
+    expect(statSync(join(dir, 'in.kp')).mode & 0o777).toBe(0o600)
+    const dec = await kp(dir, ['decrypt', '-i', 'in.kp', '-o', 'out.bin', '--aad', 'invoice-42'])
+    expect(dec.code).toBe(EXIT.OK)
+    expect(readFileSync(join(dir, 'out.bin')).equals(data)).toBe(true)
+  })
+
+  it('round-trips a pipe (stdin to stdout), as a stream and as a single message', async () => {
+    const enc = await kp(dir, ['encrypt'], { input: data })
+    expect(enc.code).toBe(EXIT.OK)
+    const dec = await kp(dir, ['decrypt'], { input: enc.stdout })
+    expect(dec.code).toBe(EXIT.OK)
+    expect(dec.stdout.equals(data)).toBe(true)
+    const message = await kp(dir, ['encrypt', '--message'], { input: 'a short secret' })
+    expect(message.stdout[5]! & 0x02).toBe(0) // not a stream
+    expect(message.stdout.length).toBe('a short secret'.length + 78)
+    const back = await kp(dir, ['decrypt', '-i', '-'], { input: message.stdout })
+    expect(back.stdout.toString()).toBe('a short secret')
+  })
+
+  it('wrong passphrase: exit 4, a clear message, no output file, no passphrase printed', async () => {
+    const r = await kp(dir, ['decrypt', '-i', 'in.kp', '-o', 'wrong.bin', '--aad', 'invoice-42'], { env: { KMS_PROXY_PASSPHRASE: 'Tr0ub4dor&3' } })
+    expect(r.code).toBe(EXIT.ROOT_KEY)
+    expect(r.stderr).toBe('kms-proxy decrypt: the root key refused: wrong passphrase, or the wrapped KEK was altered\n')
+    expect(r.stdout.length).toBe(0)
+    expect(leftovers(dir)).toEqual(['out.bin'])
+    const enc = await kp(dir, ['encrypt', '-i', 'in.bin', '-o', 'wrong.kp'], { env: { KMS_PROXY_PASSPHRASE: 'Tr0ub4dor&3' } })
+    expect(enc.code).toBe(EXIT.ROOT_KEY)
+    expect(leftovers(dir)).toEqual(['out.bin'])
+  })
+
+  it('tampered input, wrong associated data, truncation and non-kms-proxy input: exit 5 and no output file', async () => {
+    const good = readFileSync(join(dir, 'in.kp'))
+    const cases: Array<[string, Uint8Array, string[]]> = [
+      ['flipped', Uint8Array.from(good, (b, i) => (i === 200_000 ? b ^ 1 : b)), ['--aad', 'invoice-42']],
+      ['cut', good.subarray(0, good.length - 70_000), ['--aad', 'invoice-42']],
+      ['aad', good, ['--aad', 'invoice-43']],
+      ['header', Uint8Array.from(good, (b, i) => (i === 5 ? b | 0x80 : b)), ['--aad', 'invoice-42']],
+      ['plain', new TextEncoder().encode('just some text, not encrypted'), []],
+    ]
+    const results = await Promise.all(
+      cases.map(([name, bytes, aad]) => {
+        writeFileSync(join(dir, `${name}.kp`), bytes)
+        return kp(dir, ['decrypt', '-i', `${name}.kp`, '-o', `${name}.out`, ...aad])
+      }),
+    )
+    for (const [i, [name]] of cases.entries()) {
+      const r = results[i]!
+      expect(r.code, name).toBe(EXIT.TAMPERED)
+      expect(r.stderr, name).toMatch(/^kms-proxy decrypt: (decryption failed: the input was altered|the input is not intact kms-proxy data)/)
+      expect(r.stderr, name).not.toMatch(/\n\s+at /) // no stack trace
+      expect(existsSync(join(dir, `${name}.out`)), name).toBe(false)
+    }
+    expect(leftovers(dir).filter((f) => f.includes('kms-proxy-tmp'))).toEqual([])
+  })
+
+  it('missing config, missing store and missing chain: exit 3', async () => {
+    const empty = join(work.dir, 'empty')
+    mkdirSync(empty)
+    const noConfig = await kp(empty, ['encrypt', '-i', join(dir, 'in.bin'), '-o', 'x.kp'])
+    expect(noConfig.code).toBe(EXIT.MISSING)
+    expect(noConfig.stderr).toMatch(/no config at .*kms-proxy\.json: run `kms-proxy init` first/)
+    expect(existsSync(join(empty, 'x.kp'))).toBe(false)
+    const viaEnv = await kp(empty, ['decrypt', '-i', join(dir, 'in.kp')], { env: { KMS_PROXY_CONFIG: join(empty, 'other.json') } })
+    expect(viaEnv.code).toBe(EXIT.MISSING)
+    expect(viaEnv.stderr).toContain('other.json')
+    const config = JSON.parse(readFileSync(join(dir, 'kms-proxy.json'), 'utf8'))
+    writeFileSync(join(empty, 'nostore.json'), JSON.stringify({ ...config, store: { type: 'file', path: 'gone.json' } }))
+    const noStore = await kp(empty, ['status', '-c', 'nostore.json'])
+    expect(noStore.code).toBe(EXIT.MISSING)
+    expect(noStore.stderr).toMatch(/gone\.json .* does not exist/)
+    writeFileSync(join(dir, 'other-chain.json'), JSON.stringify({ ...config, chain: 'payroll' }))
+    const noChain = await kp(dir, ['decrypt', '-c', 'other-chain.json', '-i', 'in.kp', '-o', 'nochain.out'])
+    expect(noChain.code).toBe(EXIT.MISSING)
+    expect(noChain.stderr).toMatch(/chain "payroll" is not in the store/)
+    expect(existsSync(join(dir, 'nochain.out'))).toBe(false)
+  })
+
+  it('data of another chain: exit 8 (unknown KEK); an unreadable input: exit 9', async () => {
+    const other = await initialized('other')
+    const r = await kp(other, ['decrypt', '-i', join(dir, 'in.kp'), '-o', 'x.out', '--aad', 'invoice-42'])
+    expect(r.code).toBe(EXIT.UNKNOWN_KEK)
+    expect(existsSync(join(other, 'x.out'))).toBe(false)
+    const missing = await kp(dir, ['encrypt', '-i', 'no-such-file', '-o', 'x.kp'])
+    expect(missing.code).toBe(EXIT.IO)
+    expect(missing.stderr).toMatch(/no-such-file: no such file or directory/)
+    if (process.getuid?.() !== 0) {
+      // root reads any file; elsewhere a mode-000 input must fail the same way
+      writeFileSync(join(dir, 'locked.bin'), 'x')
+      chmodSync(join(dir, 'locked.bin'), 0)
+      expect((await kp(dir, ['encrypt', '-i', 'locked.bin'])).code).toBe(EXIT.IO)
+    }
+  })
+
+  it('usage errors: exit 2 with a pointer to --help; --help for every command', async () => {
+    const unknown = await kp(dir, ['encrypt', '--bogus'])
+    expect(unknown.code).toBe(EXIT.USAGE)
+    expect(unknown.stderr).toMatch(/Unknown option '--bogus'[\s\S]*See kms-proxy encrypt --help/)
+    expect((await kp(dir, ['frobnicate'])).code).toBe(EXIT.USAGE)
+    expect((await kp(dir, [])).code).toBe(EXIT.USAGE)
+    expect((await kp(dir, ['rewrap'])).code).toBe(EXIT.USAGE)
+    expect((await kp(dir, ['k8s-plugin'])).stderr).toMatch(/--socket is required/)
+    const overview = await kp(dir, ['--help'])
+    expect(overview.code).toBe(EXIT.OK)
+    const commands = ['init', 'encrypt', 'decrypt', 'rotate', 'status', 'rewrap', 'k8s-plugin']
+    const helps = await Promise.all(commands.map((command) => kp(dir, [command, '--help'])))
+    for (const [i, command] of commands.entries()) {
+      expect(overview.stdout.toString()).toContain(`  ${command} `)
+      const help = helps[i]!
+      expect(help.code, command).toBe(EXIT.OK)
+      expect(help.stdout.toString(), command).toMatch(new RegExp(`^Usage: kms-proxy ${command}`))
+    }
+  })
+
+  it('k8s-plugin without @kms-proxy/k8s installed: exit 10 and what to install', async () => {
+    const r = await kp(dir, ['k8s-plugin', '--socket', join(dir, 'kms.sock')])
+    expect(r.code).toBe(EXIT.NOT_INSTALLED)
+    expect(r.stderr).toMatch(/needs the package @kms-proxy\/k8s, which is not installed/)
+  })
+})
+
+describe('rotate, status and rewrap', () => {
+  it('rotate makes a new primary; status shows both KEKs, usage and root-key calls', async () => {
+    const dir = await initialized('rotate')
+    const before = await statusOf(dir)
+    const rotated = await kp(dir, ['rotate', '--json'])
+    expect(rotated.code).toBe(EXIT.OK)
+    const { primary } = JSON.parse(rotated.stdout.toString())
+    expect(primary).not.toBe(before.primary.id)
+    const after = await statusOf(dir)
+    expect(after.primary.id).toBe(primary)
+    expect(after.keks.map((k: { id: number }) => k.id).sort()).toEqual([before.primary.id, primary].sort())
+    expect(after.keks.find((k: { primary: boolean }) => k.primary).id).toBe(primary)
+    const checked = JSON.parse((await kp(dir, ['status', '--json', '--check'])).stdout.toString())
+    expect(checked.rootKeyCalls).toEqual({ wraps: 0, unwraps: 1 })
+    expect(checked.rootKeyAvailable).toBe(true)
+    expect(checked.primary.usesReserved).toBeGreaterThan(after.primary.usesReserved)
+    const text = (await kp(dir, ['status'])).stdout.toString()
+    expect(text).toMatch(/^chain {8}default$/m)
+    expect(text).toMatch(/^KEKs {9}2$/m)
+    expect(text).toMatch(new RegExp(`0x${primary.toString(16).padStart(8, '0')} .* primary$`, 'm'))
+    expect(text).toMatch(/^usage {8}\d+ of 2,097,152 uses reserved/m)
+    expect(text).not.toContain('correct horse')
+  })
+
+  it('rewrap moves every file of a folder to the new primary, changing header bytes only', async () => {
+    const dir = await initialized('rewrap')
+    const files = join(dir, 'files')
+    mkdirSync(join(files, 'nested'), { recursive: true })
+    const plain: Record<string, Buffer> = {
+      'a.kp': randomBytes(200_000),
+      'nested/b.kp': randomBytes(10),
+      'c.kp': Buffer.from('a single message'),
+      'empty.kp': Buffer.alloc(0),
+    }
+    for (const [name, bytes] of Object.entries(plain)) {
+      const r = await kp(dir, ['encrypt', '-o', join(files, name), ...(name === 'c.kp' ? ['--message'] : [])], { input: bytes })
+      expect(r.code).toBe(EXIT.OK)
+    }
+    writeFileSync(join(files, 'notes.txt'), 'not encrypted')
+    const before = Object.fromEntries(Object.keys(plain).map((n) => [n, readFileSync(join(files, n))]))
+    const oldPrimary = (await statusOf(dir)).primary.id
+    const { primary } = JSON.parse((await kp(dir, ['rotate', '--json'])).stdout.toString())
+
+    const r = await kp(dir, ['rewrap', 'files', '--json'])
+    expect(r.stderr).toBe('')
+    expect(r.code).toBe(EXIT.OK)
+    expect(JSON.parse(r.stdout.toString())).toEqual({ rewrapped: 4, messages: 1, streams: 3, current: 0, skipped: 1, failed: 0, primary, rootKeyUnwraps: 2, rootKeyWraps: 0 })
+    for (const [name, old] of Object.entries(before)) {
+      const now = readFileSync(join(files, name))
+      expect(now.length, name).toBe(old.length)
+      const changed = [...now.keys()].filter((i) => now[i] !== old[i])
+      // version 0, KEK id 1..4, flags 5; iv1 and wrapped DEK 6..49; everything after is untouched
+      expect(Math.max(...changed), name).toBeLessThan(50)
+      expect(now.readUInt32BE(1), name).toBe(primary)
+      expect(old.readUInt32BE(1), name).toBe(oldPrimary)
+      const back = await kp(dir, ['decrypt', '-i', join(files, name)])
+      expect(back.code, name).toBe(EXIT.OK)
+      expect(back.stdout.equals(plain[name]!), name).toBe(true)
+    }
+    expect(readFileSync(join(files, 'notes.txt'), 'utf8')).toBe('not encrypted')
+    expect(readdirSync(files).filter((f) => f.includes('kms-proxy-tmp'))).toEqual([])
+
+    const again = JSON.parse((await kp(dir, ['rewrap', 'files', '--json'])).stdout.toString())
+    expect(again).toMatchObject({ rewrapped: 0, current: 4, skipped: 1, failed: 0 })
+
+    // A tampered file fails alone, keeps its bytes, and sets the exit code; the others are done.
+    await kp(dir, ['rotate'])
+    const a = readFileSync(join(files, 'a.kp'))
+    a[20] = a[20]! ^ 1 // inside the wrapped DEK
+    writeFileSync(join(files, 'a.kp'), a)
+    const partial = await kp(dir, ['rewrap', 'files', '--json'])
+    expect(partial.code).toBe(EXIT.TAMPERED)
+    expect(partial.stderr).toMatch(/a\.kp: decryption failed/)
+    expect(JSON.parse(partial.stdout.toString())).toMatchObject({ rewrapped: 3, failed: 1 })
+    expect(readFileSync(join(files, 'a.kp')).equals(a)).toBe(true)
+  })
+})
