@@ -157,7 +157,7 @@ async function act(button, busy, action) {
     show(describeError(error), true)
     // No PRF on this authenticator, before any notebook exists: offer the passphrase instead.
     if (!created && error?.code === 'ERR_ROOT_KEY' && error.message === NO_PRF_MESSAGE) {
-      $('error').textContent += ' Protect the notes with a passphrase instead:'
+      $('error').textContent += ' Protect the notes with a passphrase instead.'
       offerPassphrase()
     }
   } finally {

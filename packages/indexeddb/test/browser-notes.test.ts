@@ -340,7 +340,7 @@ describe.skipIf(!existsSync(CHROMIUM))('examples/browser-notes in Chromium', () 
   it('an authenticator without PRF: the ERR_ROOT_KEY message on the page, and the passphrase offered instead', async () => {
     const { page } = await passkeyPage(false)
     await press(page, '#choose-passkey')
-    expect(await page.textContent('#error')).toBe(`The passkey could not be used: ${NO_PRF_MESSAGE}. Protect the notes with a passphrase instead:`)
+    expect(await page.textContent('#error')).toBe(`The passkey could not be used: ${NO_PRF_MESSAGE}. Protect the notes with a passphrase instead.`)
     expect(await page.isVisible('#notebook')).toBe(false)
     expect(await page.isVisible('#setup')).toBe(true)
     expect(await page.isVisible('#unlock-form')).toBe(true)
