@@ -26,6 +26,58 @@ function pattern(size) {
   return out
 }
 
+
+// ------------------------------------------------------------------ WHATWG stream helpers (every runtime has them)
+
+/** `bytes` cut at the given sizes, cycling through them. */
+function chunksOf(bytes, sizes) {
+  const out = []
+  for (let o = 0, i = 0; o < bytes.length; i++) {
+    const n = sizes[i % sizes.length]
+    out.push(bytes.subarray(o, o + n))
+    o += n
+  }
+  return out
+}
+
+function concatAll(parts) {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0))
+  let o = 0
+  for (const p of parts) {
+    out.set(p, o)
+    o += p.length
+  }
+  return out
+}
+
+/** Pipes `chunks` through a TransformStream; resolves to { output, error }. */
+async function pipe(ts, chunks) {
+  const list = [...chunks]
+  const source = new ReadableStream({
+    pull(controller) {
+      if (list.length === 0) controller.close()
+      else controller.enqueue(list.shift())
+    },
+  })
+  const reader = source.pipeThrough(ts).getReader()
+  const out = []
+  try {
+    for (;;) {
+      const { done, value } = await reader.read()
+      if (done) return { output: concatAll(out), error: undefined }
+      out.push(value)
+    }
+  } catch (error) {
+    return { output: concatAll(out), error }
+  }
+}
+
+async function piped(ts, chunks) {
+  const { output, error } = await pipe(ts, chunks)
+  if (error) throw error
+  return output
+}
+
 export function conformance(t, lib, env) {
   const { core, passphrase } = lib
   const { KeyChain, KmsProxyError, aesRootKey, memoryStore, embeddedStore } = core
@@ -228,6 +280,115 @@ export function conformance(t, lib, env) {
     }
   })
 
+
+  // ------------------------------------------------------------------ streams
+
+  const streamCases = cases.filter((c) => c.kind === 'stream-positive')
+  const streamNegatives = cases.filter((c) => c.kind === 'stream-negative')
+
+  t.test(`stream vectors: ${streamCases.length} positive cases decrypt through decryptStream, whole and in 1-7 byte chunks`, async () => {
+    t.ok(streamCases.length >= 10, 'stream vectors present')
+    for (const c of streamCases) {
+      const chain = await chainFor(c)
+      const encrypted = hex.decode(c.encrypted)
+      t.ok(core.isStream(encrypted), `${c.name} isStream`)
+      t.equal(core.decodeStreamHeader(encrypted).segmentSize, c.segmentSize, `${c.name} segment size`)
+      for (const sizes of [[encrypted.length], [1, 7, 3]]) {
+        const out = await piped(chain.decryptStream({ associatedData: hex.decode(c.associatedData) }), chunksOf(encrypted, sizes))
+        t.bytesEqual(out, hex.decode(c.plaintext), c.name)
+      }
+    }
+  })
+
+  t.test(`stream vectors: ${streamNegatives.length} negative cases error the stream with their code and release only authentic segments`, async () => {
+    t.ok(streamNegatives.length >= 30, 'stream negatives present')
+    for (const c of streamNegatives) {
+      const chain = await chainFor(c)
+      const plaintext = hex.decode(c.plaintext)
+      const { output, error } = await pipe(chain.decryptStream({ associatedData: hex.decode(c.associatedData) }), chunksOf(hex.decode(c.encrypted), [5, 64]))
+      t.ok(error instanceof KmsProxyError, `${c.name}: not a KmsProxyError: ${error?.message}`)
+      t.equal(error?.code, c.expectedError, `${c.name}:`)
+      t.equal(output.length % c.segmentSize, 0, `${c.name}: whole segments only`)
+      t.bytesEqual(output, plaintext.subarray(0, output.length), `${c.name}: released bytes`)
+    }
+  })
+
+  for (const [label, makeStore] of [
+    ['memory store', memoryStore],
+    ['embedded store', embeddedStore],
+  ]) {
+    t.test(`stream round trips (${label}): 0, 1, S-1, S, S+1, 3S bytes at S = 64 and 64 KiB, random chunking, and 1 MiB`, async () => {
+      const chain = await KeyChain.open({ rootKey: aesRootKey(ROOT), store: makeStore() })
+      for (const S of [64, 65536]) {
+        for (const size of [0, 1, S - 1, S, S + 1, 3 * S]) {
+          const plaintext = pattern(size)
+          const r = crypto.getRandomValues(new Uint16Array(4))
+          const inSizes = [...r.subarray(0, 2)].map((x) => 1 + (x % (2 * S)))
+          const outSizes = [...r.subarray(2)].map((x) => 1 + (x % (2 * S)))
+          const ad = { associatedData: `file ${size}` }
+          const encrypted = await piped(chain.encryptStream({ ...ad, segmentSize: S }), chunksOf(plaintext, inSizes))
+          const headerBytes = makeStore === embeddedStore ? 61 + 2 + 45 : 61
+          t.equal(encrypted.length, headerBytes + size + 16 * Math.max(1, Math.ceil(size / S)), `size ${size}, S ${S}:`)
+          t.bytesEqual(await piped(chain.decryptStream(ad), chunksOf(encrypted, outSizes)), plaintext, `size ${size}, S ${S}`)
+        }
+      }
+      const mib = pattern(1 << 20)
+      const encrypted = await piped(chain.encryptStream(), [mib])
+      t.bytesEqual(await piped(chain.decryptStream(), chunksOf(encrypted, [65536 + 16])), mib, '1 MiB')
+    })
+  }
+
+  t.test('stream attacks: truncation, reordering, duplication, splicing, extra final segment, trailing bytes, wrong associated data: ERR_DECRYPT, only authentic plaintext released', async () => {
+    const chain = await KeyChain.open({ rootKey: aesRootKey(ROOT), store: memoryStore() })
+    const S = 32
+    const SEG = S + 16
+    const plaintext = pattern(4 * S)
+    const ad = { associatedData: 'ad' }
+    const a = await piped(chain.encryptStream({ ...ad, segmentSize: S }), [plaintext])
+    const b = await piped(chain.encryptStream({ ...ad, segmentSize: S }), [pattern(4 * S).reverse()])
+    const head = a.subarray(0, 61)
+    const seg = (x, i) => x.subarray(61 + i * SEG, 61 + (i + 1) * SEG)
+    const attacks = {
+      'final segment missing': concatAll([head, seg(a, 0), seg(a, 1), seg(a, 2)]),
+      'cut mid segment': a.subarray(0, a.length - 20),
+      'header only': head,
+      reordered: concatAll([head, seg(a, 1), seg(a, 0), seg(a, 2), seg(a, 3)]),
+      duplicated: concatAll([head, seg(a, 0), seg(a, 0), seg(a, 1), seg(a, 2), seg(a, 3)]),
+      'spliced from another stream': concatAll([head, seg(a, 0), seg(b, 1), seg(a, 2), seg(a, 3)]),
+      'extra final segment': concatAll([a, seg(b, 3)]),
+      'trailing byte': concatAll([a, new Uint8Array(1)]),
+      'another stream header': concatAll([b.subarray(0, 61), seg(a, 0), seg(a, 1), seg(a, 2), seg(a, 3)]),
+    }
+    for (const [name, data] of Object.entries(attacks)) {
+      const { output, error } = await pipe(chain.decryptStream(ad), chunksOf(data, [SEG]))
+      isCode('ERR_DECRYPT')(error)
+      t.equal(output.length % S, 0, `${name}: whole segments`)
+      t.bytesEqual(output, plaintext.subarray(0, output.length), `${name}: released bytes`)
+    }
+    const wrongAd = await pipe(chain.decryptStream({ associatedData: 'ae' }), [a])
+    isCode('ERR_DECRYPT')(wrongAd.error)
+    t.equal(wrongAd.output.length, 0, 'wrong associated data releases nothing')
+    t.bytesEqual(await piped(chain.decryptStream(ad), [a]), plaintext, 'the untouched stream')
+  })
+
+  t.test('rewrapStreamHeader: new header under the new primary, segments untouched; rewrap() refuses a stream; decrypt() refuses a stream', async () => {
+    for (const store of [memoryStore(), embeddedStore()]) {
+      const chain = await KeyChain.open({ rootKey: aesRootKey(ROOT), store })
+      const plaintext = pattern(5000)
+      const old = await piped(chain.encryptStream({ associatedData: 'f', segmentSize: 1000 }), [plaintext])
+      const { id } = await chain.rotate()
+      const { header, replaces } = await chain.rewrapStreamHeader(old.subarray(0, 200))
+      t.equal(kekIdOf(header), id, 'new KEK id:')
+      t.equal(header.length, replaces, 'same header length:')
+      const moved = concatAll([header, old.subarray(replaces)])
+      t.bytesEqual(await piped(chain.decryptStream({ associatedData: 'f' }), [moved]), plaintext, 'rewrapped stream')
+      await t.rejects(chain.rewrapStreamHeader(old.subarray(0, 20)), isCode('ERR_FORMAT'))
+      await t.rejects(chain.rewrap(old), isCode('ERR_FORMAT'))
+      await t.rejects(chain.decrypt(old), isCode('ERR_FORMAT'))
+      t.equal(core.isStream(await chain.encrypt('m')), false, 'isStream(message)')
+    }
+  })
+
   // ------------------------------------------------------------------ passphrase root key
 
   t.test('passphrase root key: round trip, reopen with the passphrase alone, wrong passphrase is ERR_ROOT_KEY', async () => {
@@ -255,7 +416,7 @@ export function conformance(t, lib, env) {
 export const INTEROP_PASSPHRASE = 'interop: same bytes everywhere'
 export const INTEROP_ITERATIONS = 100_000
 
-/** Encrypted data made on this runtime: passphrase root key, embedded store. */
+/** Encrypted data made on this runtime (a message, its text form and a stream): passphrase root key, embedded store. */
 export async function produce(lib, runtime) {
   const chain = await lib.core.KeyChain.open({
     rootKey: lib.passphrase.passphraseRootKey({ passphrase: INTEROP_PASSPHRASE, iterations: INTEROP_ITERATIONS }),
@@ -266,6 +427,7 @@ export async function produce(lib, runtime) {
     plaintext,
     encrypted: hex.encode(await chain.encrypt(plaintext, { associatedData: 'interop' })),
     text: await chain.encryptText(plaintext, { associatedData: 'interop-text' }),
+    stream: hex.encode(await piped(chain.encryptStream({ associatedData: 'interop-stream', segmentSize: 16 }), [new TextEncoder().encode(plaintext.repeat(3))])),
   }
 }
 
@@ -279,7 +441,8 @@ export async function consume(lib, items) {
     try {
       const a = new TextDecoder().decode(await chain.decrypt(hex.decode(item.encrypted), { associatedData: 'interop' }))
       const b = await chain.decryptText(item.text, { associatedData: 'interop-text' })
-      out.push({ from: item.runtime, ok: a === item.plaintext && b === item.plaintext })
+      const c = new TextDecoder().decode(await piped(chain.decryptStream({ associatedData: 'interop-stream' }), [hex.decode(item.stream)]))
+      out.push({ from: item.runtime, ok: a === item.plaintext && b === item.plaintext && c === item.plaintext.repeat(3) })
     } catch (error) {
       out.push({ from: item.runtime, ok: false, error: `${error?.code ?? error?.name}: ${error?.message}` })
     }
