@@ -57,18 +57,22 @@ afterAll(async () => {
   dir.cleanup()
 })
 
-async function plugin(name: string): Promise<{ plugin: KmsPlugin; client: KmsClient; root: ReturnType<typeof countingRootKey>; chain: KeyChain }> {
+async function plugin(name: string, maxKekAgeMs?: number): Promise<{ plugin: KmsPlugin; client: KmsClient; root: ReturnType<typeof countingRootKey>; chain: KeyChain }> {
   // retries: 0, so that "the bridge is down" shows at once instead of after the backoff.
   const root = countingRootKey(pkcs11BridgeRootKey({ url: `http://127.0.0.1:${port}`, token: TOKEN, retries: 0, timeoutMs: 2_000 }))
-  const chain = await KeyChain.open({ rootKey: root, store: embeddedStore(), name: 'hsm-cluster' })
+  const chain = await KeyChain.open({ rootKey: root, store: embeddedStore(), name: 'hsm-cluster', ...(maxKekAgeMs ? { maxKekAgeMs } : {}) })
   const p = await serveKmsPlugin({ socket: `${dir.dir}/${name}.sock`, chain, rootKey: root, healthCacheMs: 0 })
   const client = kmsClient(p.socket)
   opened.push(p, client)
   return { plugin: p, client, root, chain }
 }
 
-it('SoftHSM2 through the PKCS#11 bridge: seeds encrypt and decrypt, key_id follows rotation; with the bridge down Status is unhealthy and Encrypt goes on; back up, all decrypts', async () => {
+it('SoftHSM2 through the PKCS#11 bridge: seeds encrypt and decrypt, key_id follows rotation; with the bridge down Status is unhealthy, Encrypt goes on until a rotation is due; back up, the rotation happens and all decrypts', async () => {
   const a = await plugin('a')
+  // Plugin c's KEK expires 2 s after it is made: its rotation falls due while the bridge is down.
+  const c = await plugin('c', 2_000)
+  const cKeyId = (await c.client.encrypt(seed())).key_id
+  const cMadeAt = Date.now()
   const status = await a.client.status()
   expect(status).toMatchObject({ version: 'v2', healthz: 'ok' })
 
@@ -104,8 +108,21 @@ it('SoftHSM2 through the PKCS#11 bridge: seeds encrypt and decrypt, key_id follo
   expect(codeOf(unavailable)).toBe('UNAVAILABLE')
   expect(unavailable.details).not.toContain(TOKEN)
 
+  // Rotation due with the root away: it fails, so key_id stays (kube-apiserver keeps its seed);
+  // Status is unhealthy and Encrypt, which would need the new KEK, is UNAVAILABLE.
+  await new Promise((r) => setTimeout(r, Math.max(0, cMadeAt + 2_100 - Date.now())))
+  const cDown = await c.client.status()
+  expect(cDown.healthz).toMatch(/^unhealthy: ERR_ROOT_KEY: /)
+  expect(cDown.key_id).toBe(cKeyId)
+  expect(codeOf(await grpcError(c.client.encrypt(seed())))).toBe('UNAVAILABLE')
+
   // Back on the same port: healthy again, and the restarted plugin decrypts everything.
   await startBridge()
+  // The probe carries out the overdue rotation: a new key_id without any Encrypt call.
+  const cUp = await c.client.status()
+  expect(cUp.healthz).toBe('ok')
+  expect(cUp.key_id).not.toBe(cKeyId)
+  expect((await c.client.encrypt(seed())).key_id).toBe(cUp.key_id)
   expect((await a.client.status()).healthz).toBe('ok')
   for (const [e, s] of [[e1, s1], [e2, s2], [e3, s3]] as const) {
     expect(Buffer.compare(await b.client.decrypt({ ciphertext: e.ciphertext, key_id: e.key_id, annotations: e.annotations }), Buffer.from(s))).toBe(0)

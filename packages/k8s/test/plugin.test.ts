@@ -152,6 +152,17 @@ describe('rotation', () => {
     }
     expect(changes).toBeGreaterThanOrEqual(60 / 8 - 1)
   })
+
+  it('a rotation due by age happens at the next Status probe, so key_id moves without any Encrypt call', async () => {
+    const { client, chain } = await setup({ maxKekAgeMs: 300 }, { healthCacheMs: 0 })
+    const k1 = (await client.status()).key_id
+    expect((await client.status()).key_id).toBe(k1)
+    await new Promise((r) => setTimeout(r, 350))
+    const k2 = (await client.status()).key_id
+    expect(k2).not.toBe(k1)
+    expect(chain.stats().rotations).toBe(2)
+    expect((await client.encrypt(seed())).key_id).toBe(k2)
+  })
 })
 
 describe('root-key calls against Encrypt calls', () => {
