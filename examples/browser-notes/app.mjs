@@ -256,7 +256,7 @@ async function backupAction(button, busy, action) {
   try {
     show(await action())
   } catch (error) {
-    show(error?.shown ? error.message : describeError(error), true)
+    show(error?.shown ? error.message : `The backup failed: ${error?.message ?? String(error)}.`, true)
   } finally {
     button.disabled = false
   }
