@@ -2,7 +2,7 @@
  * Exit codes and the one place that turns an error into a message and a code. Expected errors
  * print one line (no stack); only a bug prints a stack, and then only with KMS_PROXY_DEBUG=1.
  */
-import { KmsProxyError } from '@kms-proxy/core'
+import { ERROR_CODES, KmsProxyError, type ErrorCode } from '@kms-proxy/core'
 
 export const EXIT = {
   OK: 0,
@@ -44,10 +44,20 @@ export const usage = (message: string): CliError => new CliError(EXIT.USAGE, mes
 
 const IO_CODES = new Set(['ENOENT', 'EACCES', 'EPERM', 'EISDIR', 'ENOTDIR', 'EEXIST', 'ENOSPC', 'EROFS', 'EBUSY', 'EMFILE'])
 
+/**
+ * By class, or by code: a program that ends up with two copies of core (a bundler, a monorepo)
+ * still gets the right exit code.
+ */
+function isKmsProxyError(error: unknown): error is KmsProxyError {
+  if (error instanceof KmsProxyError) return true
+  const code = (error as { code?: unknown } | null)?.code
+  return error instanceof Error && typeof code === 'string' && Object.hasOwn(ERROR_CODES, code) && (error as { name?: string }).name === ERROR_CODES[code as ErrorCode]
+}
+
 /** The exit code and the one-line message for any error a command throws. */
 export function explain(error: unknown): { exitCode: ExitCode; message: string } {
   if (error instanceof CliError) return { exitCode: error.exitCode, message: error.message }
-  if (error instanceof KmsProxyError) {
+  if (isKmsProxyError(error)) {
     switch (error.code) {
       case 'ERR_DECRYPT':
         return { exitCode: EXIT.TAMPERED, message: 'decryption failed: the input was altered, is truncated, or the associated data (--aad) differs' }
