@@ -154,10 +154,10 @@ describe('rotation', () => {
   })
 
   it('a rotation due by age happens at the next Status probe, so key_id moves without any Encrypt call', async () => {
-    const { client, chain } = await setup({ maxKekAgeMs: 300 }, { healthCacheMs: 0 })
+    const { client, chain } = await setup({ maxKekAgeMs: 1_500 }, { healthCacheMs: 0 })
     const k1 = (await client.status()).key_id
     expect((await client.status()).key_id).toBe(k1)
-    await new Promise((r) => setTimeout(r, 350))
+    await new Promise((r) => setTimeout(r, 1_600))
     const k2 = (await client.status()).key_id
     expect(k2).not.toBe(k1)
     expect(chain.stats().rotations).toBe(2)
