@@ -302,6 +302,9 @@ export async function serveKmsPlugin(options: KmsPluginOptions): Promise<KmsPlug
         (response) => {
           report(Code.OK, 'key_id' in response ? { keyId: String(response.key_id) } : {})
           callback(null, response)
+          // grpc-js has serialized the answer by now (synchronously, into its own buffer): the
+          // seed kube-apiserver asked for does not stay in this process's memory.
+          if (method === 'Decrypt') (response as { plaintext: Buffer }).plaintext.fill(0)
         },
         (error: unknown) => {
           const code = grpcCodeFor(error)
