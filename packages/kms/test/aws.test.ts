@@ -1,5 +1,4 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { spawn, type ChildProcess } from 'node:child_process'
 import { createServer, type Server } from 'node:http'
 import { SignatureV4 } from '@smithy/signature-v4'
 import { HttpRequest } from '@smithy/protocol-http'
@@ -8,9 +7,10 @@ import { KMSClient, DecryptCommand, GenerateDataKeyCommand } from '@aws-sdk/clie
 import { KeyChain, KmsProxyError, memoryStore } from '@kms-proxy/core'
 import { createHarness, describeRootKey } from '@kms-proxy/testkit'
 import { awsKmsRootKey, signV4 } from '../src/index.ts'
+import { startMoto, type Moto } from './fakes/moto.ts'
 
 const credentials = { accessKeyId: 'AKIDKMSPROXYTEST', secretAccessKey: 'kms-proxy-test-secret-key/abc+def' }
-let moto: ChildProcess
+let moto: Moto
 let endpoint = ''
 let keyId = ''
 let otherKeyId = ''
@@ -23,42 +23,18 @@ const countingFetch: typeof fetch = async (input, init) => {
   return fetch(input, init)
 }
 
-async function freePort(): Promise<number> {
-  const server = createServer()
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
-  const port = (server.address() as { port: number }).port
-  await new Promise((r) => server.close(r))
-  return port
-}
-
-async function kms(action: string, payload: object): Promise<any> {
-  const body = JSON.stringify(payload)
-  const url = new URL(endpoint)
-  const headers = await signV4({ method: 'POST', url, headers: { 'content-type': 'application/x-amz-json-1.1', 'x-amz-target': `TrentService.${action}` }, body, region: 'eu-central-1', service: 'kms', credentials })
-  const response = await fetch(endpoint, { method: 'POST', headers, body })
-  return response.json()
-}
+const kms = (action: string, payload: object) => moto.kms(action, payload)
 
 beforeAll(async () => {
-  const port = await freePort()
-  moto = spawn('moto_server', ['-H', '127.0.0.1', '-p', String(port)], { stdio: 'ignore' })
-  endpoint = `http://127.0.0.1:${port}/`
-  for (let i = 0; ; i++) {
-    try {
-      await fetch(endpoint)
-      break
-    } catch {
-      if (i > 100) throw new Error('moto_server did not start')
-      await new Promise((r) => setTimeout(r, 100))
-    }
-  }
+  moto = await startMoto(credentials)
+  endpoint = moto.endpoint
   keyId = (await kms('CreateKey', {})).KeyMetadata.KeyId
   otherKeyId = (await kms('CreateKey', {})).KeyMetadata.KeyId
   await kms('CreateAlias', { AliasName: 'alias/kms-proxy-test', TargetKeyId: keyId })
 }, 30_000)
 
 afterAll(() => {
-  moto?.kill()
+  moto?.close()
 })
 
 const root = (overrides = {}) => awsKmsRootKey({ keyId, region: 'eu-central-1', credentials, endpoint, fetch: countingFetch, ...overrides })

@@ -1,0 +1,42 @@
+/** moto_server (the open-source AWS emulator) started on a free loopback port, with a KMS caller. */
+import { spawn } from 'node:child_process'
+import { createServer } from 'node:http'
+import { signV4, type AwsCredentials } from '../../src/index.ts'
+
+export interface Moto {
+  endpoint: string
+  /** Calls a KMS action on moto, signed with our signer. */
+  kms(action: string, payload: object): Promise<any>
+  close(): void
+}
+
+async function freePort(): Promise<number> {
+  const server = createServer()
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
+  const port = (server.address() as { port: number }).port
+  await new Promise((r) => server.close(r))
+  return port
+}
+
+export async function startMoto(credentials: AwsCredentials, region = 'eu-central-1'): Promise<Moto> {
+  const port = await freePort()
+  const child = spawn('moto_server', ['-H', '127.0.0.1', '-p', String(port)], { stdio: 'ignore' })
+  const endpoint = `http://127.0.0.1:${port}/`
+  for (let i = 0; ; i++) {
+    try {
+      await fetch(endpoint)
+      break
+    } catch {
+      if (i > 100) throw new Error('moto_server did not start')
+      await new Promise((r) => setTimeout(r, 100))
+    }
+  }
+  async function kms(action: string, payload: object): Promise<any> {
+    const body = JSON.stringify(payload)
+    const url = new URL(endpoint)
+    const headers = await signV4({ method: 'POST', url, headers: { 'content-type': 'application/x-amz-json-1.1', 'x-amz-target': `TrentService.${action}` }, body, region, service: 'kms', credentials })
+    const response = await fetch(endpoint, { method: 'POST', headers, body })
+    return response.json()
+  }
+  return { endpoint, kms, close: () => void child.kill() }
+}

@@ -1,0 +1,154 @@
+/**
+ * The four KMS root keys, unchanged, in Deno, Bun, workerd (Miniflare) and Chromium: the
+ * describeRootKey contract against moto (AWS) and the local Google, Vault and Azure servers,
+ * each run's code bundled by esbuild from the package sources. Node is covered by the other files.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { spawn } from 'node:child_process'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { createServer, type Server } from 'node:http'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import * as esbuild from 'esbuild'
+import { startMoto, type Moto } from './fakes/moto.ts'
+import { startFakeGcpKms, type FakeGcpKms } from './fakes/gcp.ts'
+import { startFakeVault, type FakeVault } from './fakes/vault.ts'
+import { startFakeAzureKeyVault, type FakeAzureKeyVault } from './fakes/azure.ts'
+import { startCorsProxy } from './fakes/cors.ts'
+import type { Targets } from './portable/suite.ts'
+
+const repo = join(import.meta.dirname, '..', '..', '..')
+const bin = (name: string) => join(repo, 'node_modules', '.bin', name)
+type Result = { name: string; ok: boolean; ms: number; error?: string }
+const credentials = { accessKeyId: 'AKIDKMSPROXYRUNTIMES', secretAccessKey: 'kms-proxy-runtimes-secret/abc+def' }
+const gcpKey = (k: string) => `projects/p/locations/europe-west1/keyRings/r/cryptoKeys/${k}`
+
+let moto: Moto
+let gcp: FakeGcpKms
+let vault: FakeVault
+let azure: FakeAzureKeyVault
+let targets: Targets
+const closers: (() => unknown)[] = []
+const dir = mkdtempSync(join(tmpdir(), 'kms-runtimes-'))
+
+async function bundle(entry: string): Promise<string> {
+  const built = await esbuild.build({
+    entryPoints: [join(import.meta.dirname, 'portable', entry)],
+    bundle: true,
+    format: 'esm',
+    platform: 'browser',
+    target: 'es2022',
+    write: false,
+    absWorkingDir: repo,
+    logLevel: 'error',
+  })
+  return built.outputFiles[0]!.text
+}
+
+function check(results: Result[]): void {
+  expect(results.filter((r) => !r.ok).map((r) => `${r.name}: ${r.error}`)).toEqual([])
+  expect(results.length).toBe(16) // 4 contract tests × 4 KMSs
+}
+
+function run(command: string, args: string[], env: Record<string, string>): Promise<Result[]> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
+    let stdout = ''
+    let stderr = ''
+    child.stdout.on('data', (d) => (stdout += d))
+    child.stderr.on('data', (d) => (stderr += d))
+    child.on('error', reject)
+    child.on('close', (code) => {
+      try {
+        resolve(JSON.parse(stdout) as Result[])
+      } catch {
+        reject(new Error(`${command} exited ${code}: ${(stderr || stdout).slice(0, 2000)}`))
+      }
+    })
+  })
+}
+
+beforeAll(async () => {
+  moto = await startMoto(credentials)
+  closers.push(() => moto.close())
+  const keyId = (await moto.kms('CreateKey', {})).KeyMetadata.KeyId
+  const otherKeyId = (await moto.kms('CreateKey', {})).KeyMetadata.KeyId
+  gcp = await startFakeGcpKms({ token: 'ya29.runtimes-token', keys: [gcpKey('app'), gcpKey('other')] })
+  vault = await startFakeVault({ token: 'hvs.runtimes-token', keys: ['app', 'other'] })
+  azure = await startFakeAzureKeyVault({ token: 'eyJ.runtimes-token', keys: ['app', 'other'] })
+  closers.push(() => gcp.close(), () => vault.close(), () => azure.close())
+  targets = {
+    aws: { endpoint: moto.endpoint, keyId, otherKeyId, ...credentials },
+    gcp: { endpoint: gcp.url, token: 'ya29.runtimes-token', keyName: gcpKey('app'), otherKeyName: gcpKey('other') },
+    vault: { address: vault.url, token: 'hvs.runtimes-token' },
+    azure: { vaultUrl: azure.url, token: 'eyJ.runtimes-token' },
+  }
+}, 60_000)
+
+afterAll(async () => {
+  for (const close of closers.reverse()) await close()
+  rmSync(dir, { recursive: true, force: true })
+})
+
+describe('KMS root keys in other runtimes', () => {
+  it('Deno: the contract passes for AWS, Google, Vault and Azure', async () => {
+    const file = join(dir, 'deno.mjs')
+    writeFileSync(file, await bundle('cli.ts'))
+    const env = { KMS_TARGETS: JSON.stringify(targets), DENO_DIR: join(dir, 'deno-dir'), NO_COLOR: '1', DENO_NO_UPDATE_CHECK: '1' }
+    check(await run(bin('deno'), ['run', '--quiet', '--allow-net=127.0.0.1', '--allow-env=KMS_TARGETS', file], env))
+  }, 60_000)
+
+  it('Bun: the contract passes for AWS, Google, Vault and Azure', async () => {
+    const file = join(dir, 'bun.mjs')
+    writeFileSync(file, await bundle('cli.ts'))
+    check(await run(bin('bun'), [file], { KMS_TARGETS: JSON.stringify(targets) }))
+  }, 60_000)
+
+  it('workerd (Miniflare): the contract passes for AWS, Google, Vault and Azure', async () => {
+    const { Miniflare } = await import('miniflare')
+    const mf = new Miniflare({ modules: true, script: await bundle('worker.ts'), compatibilityDate: '2026-05-01' })
+    try {
+      const response = await mf.dispatchFetch('http://localhost/', { method: 'POST', body: JSON.stringify(targets) })
+      const body = await response.text()
+      if (!response.ok) throw new Error(`worker answered ${response.status}: ${body.slice(0, 2000)}`)
+      check(JSON.parse(body) as Result[])
+    } finally {
+      await mf.dispose()
+    }
+  }, 60_000)
+
+  it('Chromium (a page on http://localhost, each KMS behind a CORS proxy): the contract passes', async () => {
+    const { chromium } = await import('playwright-core')
+    const proxied = async (url: string) => {
+      const proxy = await startCorsProxy(url)
+      closers.push(() => proxy.close())
+      return proxy.url
+    }
+    const browserTargets: Targets = {
+      aws: { ...targets.aws, endpoint: `${await proxied(targets.aws.endpoint)}/` },
+      gcp: { ...targets.gcp, endpoint: await proxied(targets.gcp.endpoint) },
+      vault: { ...targets.vault, address: await proxied(targets.vault.address) },
+      azure: { ...targets.azure, vaultUrl: await proxied(targets.azure.vaultUrl) },
+    }
+    const script = await bundle('page.ts')
+    const server: Server = createServer((req, res) => {
+      if (req.url?.startsWith('/page.js')) res.writeHead(200, { 'content-type': 'text/javascript' }).end(script)
+      else res.writeHead(200, { 'content-type': 'text/html' }).end('<!doctype html><script type="module" src="/page.js"></script>')
+    })
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()))
+    const browser = await chromium.launch({
+      executablePath: '/usr/bin/chromium',
+      args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    })
+    try {
+      const page = await browser.newPage()
+      const port = (server.address() as { port: number }).port
+      await page.goto(`http://localhost:${port}/?targets=${encodeURIComponent(JSON.stringify(browserTargets))}`)
+      await page.waitForFunction(() => (globalThis as { results?: unknown }).results !== undefined)
+      check((await page.evaluate(() => (globalThis as unknown as { results: Promise<unknown> }).results)) as Result[])
+    } finally {
+      await browser.close()
+      server.close()
+    }
+  }, 60_000)
+})
