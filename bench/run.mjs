@@ -14,6 +14,7 @@ import os from 'node:os'
 import v8 from 'node:v8'
 import vm from 'node:vm'
 import { KeyChain, aesRootKey, memoryStore, embeddedStore } from '@kms-proxy/core'
+import { reportStreams, streamBench, streamMemory } from './stream.mjs'
 
 // A full garbage collection before every sample, so that no sample pays for the garbage of the
 // variant before it (1 MiB payloads make a lot). `node --expose-gc` without the flag on the
@@ -23,7 +24,7 @@ const gc = vm.runInNewContext('gc')
 
 const subtle = globalThis.crypto.subtle
 const QUICK = process.env.BENCH_QUICK === '1' || process.env.BENCH_QUICK === 'true'
-const ONLY = process.env.BENCH_ONLY // optional: comma-separated group ids (enc1,dec1,encN,decN,peerEnc,peerDec,paced)
+const ONLY = process.env.BENCH_ONLY // optional: comma-separated group ids (enc1,dec1,encN,decN,peerEnc,peerDec,paced,stream)
 // rounds: at most `rounds`, fewer (down to minRounds) where one round takes long (1 MiB, 64 in flight).
 const CFG = QUICK
   ? { warmMs: 25, sampleMs: 10, rounds: 5, minRounds: 3, groupMs: 600, paced: 40 }
@@ -426,6 +427,14 @@ for (const [size, sizeLabel] of SIZES) {
     results.push({ size, sizeLabel, group: 'paced', values })
   }
 }
+// Streams: encryptStream / decryptStream against raw segmented AES-GCM (bench/stream.mjs).
+let streamResults = []
+let streamRss
+if (!ONLY || ONLY.split(',').includes('stream')) {
+  streamResults = await streamBench(measure, QUICK)
+  progress('stream peak memory')
+  streamRss = streamMemory(QUICK ? 256 : 1024)
+}
 progress('')
 if (process.stderr.isTTY) process.stderr.write('\r\x1b[K')
 
@@ -526,6 +535,7 @@ if (results.some((r) => r.group === 'peerEnc' || r.group === 'peerDec') || joseN
   if (awsNote) log(awsNote)
   else log('AWS Encryption SDK: `@aws-crypto/client-node`, suite ALG_AES256_GCM_IV12_TAG16_HKDF_SHA512_COMMIT_KEY (its recommended suite without signatures; kms-proxy does not sign either), raw AES-128-GCM keyring, `NodeCachingMaterialsManager`; the associated data goes in its encryption context.')
 }
+reportStreams(streamResults, streamRss, log)
 if (verdicts.length) {
   log()
   log('Targets (met when both stores meet them; a ratio within the noise of its limit is a coin toss):')

@@ -5,6 +5,7 @@
  * RSS is the pipeline's alone, not the test runner's.
  */
 import { createHash } from 'node:crypto'
+import { readFileSync } from 'node:fs'
 import { KeyChain, aesRootKey, memoryStore } from '../src/index.ts'
 
 const TOTAL = Number(process.env.STREAM_BYTES ?? 2 ** 30)
@@ -56,6 +57,17 @@ process.stdout.write(
     inputSha256: inHash.digest('hex'),
     outputSha256: outHash.digest('hex'),
     maxRssMiB: Math.round((process.resourceUsage().maxRSS / 1024) * 10) / 10,
+    vmHwmMiB: vmHwm(),
     seconds: Math.round(seconds * 10) / 10,
   }) + '\n',
 )
+
+/** Peak RSS of this process image from /proc (Linux), in MiB; null where there is no /proc. */
+function vmHwm(): number | null {
+  try {
+    const kib = Number(/VmHWM:\s+(\d+)/.exec(readFileSync('/proc/self/status', 'utf8'))?.[1])
+    return Number.isFinite(kib) ? Math.round((kib / 1024) * 10) / 10 : null
+  } catch {
+    return null
+  }
+}
