@@ -3,7 +3,7 @@
  * Bun and Deno, which all provide node:fs), output files that appear whole or not at all, and a
  * progress bar on a terminal.
  */
-import { createReadStream, fstatSync } from 'node:fs'
+import { createReadStream, fstatSync, unlinkSync } from 'node:fs'
 import { open, rename, stat, unlink, type FileHandle } from 'node:fs/promises'
 import { basename, dirname, join } from 'node:path'
 import process from 'node:process'
@@ -115,6 +115,29 @@ function tempName(target: string): string {
 /** True for the temporary files this module writes (rewrap skips them). */
 export const isTempName = (name: string): boolean => name.endsWith('.kms-proxy-tmp')
 
+/** Temporary files being written; removed if the process is interrupted. */
+const pending = new Set<string>()
+let trapped = false
+
+/** Ctrl-C or a kill while an output is being written removes its temporary file (exit 130 / 143). */
+function trapSignals(): void {
+  if (trapped) return
+  trapped = true
+  for (const [signal, code] of [['SIGINT', 130], ['SIGTERM', 143]] as const) {
+    process.once(signal, () => {
+      for (const temp of pending) {
+        try {
+          unlinkSync(temp)
+        } catch {
+          // already gone
+        }
+      }
+      process.stderr.write(`\nkms-proxy: interrupted; no output written\n`)
+      process.exit(code)
+    })
+  }
+}
+
 export interface Output {
   writable: WritableStream<Uint8Array>
   /** Makes the output final (rename into place). Call only after the pipe finished without error. */
@@ -129,7 +152,9 @@ export interface Output {
  */
 export async function openOutputFile(path: string, mode = 0o600): Promise<Output> {
   const temp = tempName(path)
+  trapSignals()
   const handle: FileHandle = await open(temp, 'wx', mode)
+  pending.add(temp)
   let closed = false
   const close = async () => {
     if (!closed) {
@@ -148,10 +173,12 @@ export async function openOutputFile(path: string, mode = 0o600): Promise<Output
       await handle.sync()
       await close()
       await rename(temp, path)
+      pending.delete(temp)
     },
     async discard() {
       await close().catch(() => {})
       await unlink(temp).catch(() => {})
+      pending.delete(temp)
     },
   }
 }

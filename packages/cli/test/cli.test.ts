@@ -1,5 +1,6 @@
+import { spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { EXIT, FAST_KDF, bundleCli, spawnCollect, tempDir, type Result } from './helpers.js'
@@ -93,6 +94,8 @@ describe('encrypt and decrypt', () => {
   beforeAll(async () => {
     dir = await initialized('crypt')
     writeFileSync(join(dir, 'in.bin'), data)
+    // Later tests read in.kp; the first test checks how it is made.
+    expect((await kp(dir, ['encrypt', '-i', 'in.bin', '-o', 'in.kp', '--aad', 'invoice-42'])).code).toBe(EXIT.OK)
   })
 
   it('round-trips a file with associated data, through a private output file', async () => {
@@ -188,12 +191,9 @@ describe('encrypt and decrypt', () => {
     const missing = await kp(dir, ['encrypt', '-i', 'no-such-file', '-o', 'x.kp'])
     expect(missing.code).toBe(EXIT.IO)
     expect(missing.stderr).toMatch(/no-such-file: no such file or directory/)
-    if (process.getuid?.() !== 0) {
-      // root reads any file; elsewhere a mode-000 input must fail the same way
-      writeFileSync(join(dir, 'locked.bin'), 'x')
-      chmodSync(join(dir, 'locked.bin'), 0)
-      expect((await kp(dir, ['encrypt', '-i', 'locked.bin'])).code).toBe(EXIT.IO)
-    }
+    const noFolder = await kp(dir, ['encrypt', '-i', 'in.bin', '-o', join('no-such-folder', 'x.kp')])
+    expect(noFolder.code).toBe(EXIT.IO)
+    expect(noFolder.stderr).toMatch(/no-such-folder.*: no such file or directory/)
   })
 
   it('usage errors: exit 2 with a pointer to --help; --help for every command', async () => {
@@ -214,6 +214,22 @@ describe('encrypt and decrypt', () => {
       expect(help.code, command).toBe(EXIT.OK)
       expect(help.stdout.toString(), command).toMatch(new RegExp(`^Usage: kms-proxy ${command}`))
     }
+  })
+
+  it('Ctrl-C while writing removes the temporary output file (exit 130)', async () => {
+    const child = spawn(process.execPath, [bundle, 'encrypt', '-o', 'interrupted.kp'], { cwd: dir, env: { PATH: process.env.PATH, KMS_PROXY_PASSPHRASE: PASSPHRASE }, stdio: ['pipe', 'ignore', 'pipe'] })
+    let stderr = ''
+    child.stderr.on('data', (c: Buffer) => (stderr += c))
+    const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)))
+    child.stdin.write(randomBytes(200_000)) // and keep stdin open: the command waits for more
+    const temp = () => readdirSync(dir).filter((f) => f.startsWith('.interrupted.kp.') && f.endsWith('.kms-proxy-tmp'))
+    for (let i = 0; i < 200 && temp().length === 0; i++) await new Promise((r) => setTimeout(r, 25))
+    expect(temp()).toHaveLength(1)
+    child.kill('SIGINT')
+    expect(await exited).toBe(130)
+    expect(stderr).toMatch(/interrupted; no output written/)
+    expect(temp()).toEqual([])
+    expect(existsSync(join(dir, 'interrupted.kp'))).toBe(false)
   })
 
   it('k8s-plugin without @kms-proxy/k8s installed: exit 10 and what to install', async () => {
