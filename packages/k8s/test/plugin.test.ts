@@ -165,6 +165,33 @@ describe('rotation', () => {
   })
 })
 
+describe('several control-plane nodes on one store', () => {
+  it('two plugins sharing a file store report the same key_id, and after an age rotation by one the other adopts its KEK', async () => {
+    const a = await setup({ maxKekAgeMs: 1_500 }, { healthCacheMs: 0 })
+    const rootB = countingRootKey(aesRootKey(ROOT_BYTES))
+    const chainB = await KeyChain.open({ rootKey: rootB, store: fileStore(join(a.dir, 'keys.json')), name: 'cluster-a', maxKekAgeMs: 1_500 })
+    const socketB = join(a.dir, 'node-b.sock')
+    const pluginB = await serveKmsPlugin({ socket: socketB, chain: chainB, rootKey: rootB, healthCacheMs: 0 })
+    cleanups.push(() => pluginB.close())
+    const b = kmsClient(socketB)
+    cleanups.push(() => b.close())
+
+    const k1 = (await a.client.status()).key_id
+    expect((await b.status()).key_id).toBe(k1)
+    const fromA = await a.client.encrypt(seed())
+    expect((await b.decrypt({ ciphertext: fromA.ciphertext, key_id: fromA.key_id })).length).toBe(32)
+
+    await new Promise((r) => setTimeout(r, 1_600))
+    const k2 = (await a.client.status()).key_id // a's probe rotates: the head's primary was too old
+    expect(k2).not.toBe(k1)
+    expect((await b.status()).key_id).toBe(k2) // b's probe finds a's new KEK in the store and adopts it
+    expect(chainB.stats().rotations).toBe(0)
+    const fromB = await b.encrypt(seed())
+    expect(fromB.key_id).toBe(k2)
+    expect((await a.client.decrypt({ ciphertext: fromB.ciphertext, key_id: fromB.key_id })).length).toBe(32)
+  })
+})
+
 describe('root-key calls against Encrypt calls', () => {
   it('1,000 Encrypt calls cost 1 root-key call (default policy); decrypting them all in a restarted chain costs 1 unwrap', async () => {
     const { client, root, dir, plugin } = await setup({}, { withRoot: false })
