@@ -1,0 +1,81 @@
+/**
+ * `kms-proxy k8s-plugin` with @kms-proxy/k8s installed next to the CLI, as `npm install
+ * @kms-proxy/cli @kms-proxy/k8s` would lay them out: the built packages copied into one
+ * node_modules (so both load the same core), their third-party dependencies linked. A gRPC
+ * client built from the plugin's own proto calls Status, Encrypt and Decrypt on the socket.
+ */
+import { cpSync, existsSync, mkdirSync, realpathSync, symlinkSync, writeFileSync } from 'node:fs'
+import { spawn, type ChildProcess } from 'node:child_process'
+import { join } from 'node:path'
+import { pathToFileURL } from 'node:url'
+import { afterAll, beforeAll, expect, it } from 'vitest'
+import { EXIT, FAST_KDF, ROOT, assertBuilt, spawnCollect, tempDir } from './helpers.js'
+
+const PASSPHRASE = 'kube secrets'
+let work: ReturnType<typeof tempDir>
+let app: string
+let child: ChildProcess | undefined
+
+beforeAll(() => {
+  assertBuilt()
+  work = tempDir('k8s')
+  app = join(work.dir, 'app')
+  const modules = join(app, 'node_modules')
+  for (const name of ['cli', 'core', 'file', 'passphrase', 'etcd', 'kms', 'pkcs11', 'k8s']) {
+    const from = join(ROOT, 'packages', name)
+    if (!existsSync(join(from, 'dist/index.js'))) throw new Error(`packages/${name} is not built: run pnpm build`)
+    const to = join(modules, '@kms-proxy', name)
+    mkdirSync(to, { recursive: true })
+    for (const part of ['package.json', 'dist', 'bin', 'proto']) if (existsSync(join(from, part))) cpSync(join(from, part), join(to, part), { recursive: true })
+  }
+  for (const dep of ['@grpc/grpc-js', '@grpc/proto-loader']) {
+    mkdirSync(join(modules, '@grpc'), { recursive: true })
+    symlinkSync(realpathSync(join(ROOT, 'packages/k8s/node_modules', dep)), join(modules, dep))
+  }
+  writeFileSync(join(app, 'package.json'), '{ "private": true, "type": "module" }')
+})
+afterAll(() => {
+  child?.kill('SIGKILL')
+  work?.cleanup()
+})
+
+const bin = () => join(app, 'node_modules/@kms-proxy/cli/bin/kms-proxy.js')
+
+it('serves the config\'s chain over the KMS v2 gRPC API on a Unix socket, and stops on SIGTERM', async () => {
+  const env = { KMS_PROXY_PASSPHRASE: PASSPHRASE }
+  const init = await spawnCollect(process.execPath, [bin(), 'init', '--chain', 'kube', ...FAST_KDF], { cwd: app, env })
+  expect(init.code, init.stderr).toBe(EXIT.OK)
+
+  const socket = join(work.dir, 'kms.sock')
+  const proc = spawn(process.execPath, [bin(), 'k8s-plugin', '--socket', socket], { cwd: app, env: { PATH: process.env.PATH, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
+  child = proc
+  let stderr = ''
+  proc.stderr!.on('data', (c: Buffer) => (stderr += c))
+  const exited = new Promise<number | null>((resolve) => proc.on('close', (code) => resolve(code)))
+  for (let i = 0; i < 200 && !stderr.includes('serving'); i++) await new Promise((r) => setTimeout(r, 25))
+  expect(stderr).toMatch(new RegExp(`serving chain "kube" on ${socket.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`))
+
+  // A client from the installed plugin's proto, with the installed grpc-js.
+  const grpc = await import(pathToFileURL(join(app, 'node_modules/@grpc/grpc-js/build/src/index.js')).href)
+  const { loadKmsService } = await import(pathToFileURL(join(app, 'node_modules/@kms-proxy/k8s/dist/index.js')).href)
+  const Service = loadKmsService()
+  const client = new Service(`unix:${socket}`, grpc.credentials.createInsecure())
+  const call = <T>(method: string, request: object): Promise<T> =>
+    new Promise((resolve, reject) => client[method](request, { deadline: Date.now() + 5000 }, (e: Error | null, r: T) => (e ? reject(e) : resolve(r))))
+  try {
+    const status = await call<{ version: string; healthz: string; key_id: string }>('Status', {})
+    expect(status.version).toBe('v2')
+    expect(status.healthz).toBe('ok')
+    const seed = crypto.getRandomValues(new Uint8Array(32))
+    const encrypted = await call<{ ciphertext: Buffer; key_id: string; annotations: Record<string, Buffer> }>('Encrypt', { plaintext: seed, uid: 'u1' })
+    expect(encrypted.key_id.length).toBeGreaterThan(0)
+    expect(Buffer.from(encrypted.ciphertext).includes(Buffer.from(seed))).toBe(false)
+    const decrypted = await call<{ plaintext: Buffer }>('Decrypt', { ciphertext: encrypted.ciphertext, key_id: encrypted.key_id, annotations: encrypted.annotations ?? {}, uid: 'u2' })
+    expect(Buffer.compare(decrypted.plaintext, Buffer.from(seed))).toBe(0)
+  } finally {
+    client.close()
+  }
+  proc.kill('SIGTERM')
+  expect(await exited).toBe(EXIT.OK)
+  expect(stderr).not.toContain(PASSPHRASE)
+})
