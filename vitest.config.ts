@@ -18,6 +18,8 @@ export default defineConfig({
       '@kms-proxy/webauthn': src('webauthn'),
       '@kms-proxy/pkcs11-bridge': src('pkcs11-bridge'),
       '@kms-proxy/pkcs11': src('pkcs11'),
+      '@kms-proxy/k8s': src('k8s'),
+      '@kms-proxy/cli': src('cli'),
     },
   },
   test: {
