@@ -272,6 +272,10 @@ ${IO_HELP}
   async run(v) {
     const segmentSize = positiveInt('segment-size', v['segment-size'])
     if (segmentSize !== undefined && v.message) throw usage('--segment-size applies to streams, not --message')
+    const output = str(v.output)
+    if ((output === undefined || output === '-') && process.stdout.isTTY) {
+      throw usage('refusing to write encrypted bytes to a terminal: pass -o FILE or redirect stdout')
+    }
     const { chain } = await openConfigured(configPath(str(v.config)))
     const input = await openInput(str(v.input))
     const aad = str(v.aad)

@@ -5,7 +5,7 @@
  * (packages/cli/bin/kms-proxy.js over dist/), as users of the published package would.
  */
 import { spawn } from 'node:child_process'
-import { mkdtempSync, readFileSync, rmSync, existsSync } from 'node:fs'
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -75,6 +75,9 @@ export function assertBuilt(): void {
   if (!existsSync(cli) || !existsSync(core) || !readFileSync(core, 'utf8').includes('encryptStream')) {
     throw new Error('the built packages are missing or stale: run `pnpm build` (or `PACKAGES=core,cli npx rollup -c`) first')
   }
+  const src = join(ROOT, 'packages/cli/src')
+  const newest = Math.max(...readdirSync(src).map((f) => statSync(join(src, f)).mtimeMs))
+  if (statSync(cli).mtimeMs < newest) throw new Error('packages/cli/dist is older than its sources: run `PACKAGES=cli npx rollup -c` (or `pnpm build`)')
 }
 
 /** A low PBKDF2 count keeps each command fast; the CLI stores it in the config (a public parameter). */

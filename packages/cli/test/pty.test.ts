@@ -74,6 +74,10 @@ describe('on a terminal', () => {
     const quiet = await onPty([process.execPath, bundle, 'encrypt', '-q', '-i', 'large.bin', '-o', 'quiet.kp'], [], env)
     expect(quiet.code).toBe(EXIT.OK)
     expect(quiet.stdout.toString()).not.toMatch(FRAME)
+    // encrypted bytes are never written to the terminal itself
+    const toTty = await onPty([process.execPath, bundle, 'encrypt', '-i', 'small.bin'], [], env)
+    expect(toTty.code).toBe(EXIT.USAGE)
+    expect(toTty.stdout.toString()).toMatch(/refusing to write encrypted bytes to a terminal/)
     const small = await onPty([process.execPath, bundle, 'encrypt', '-i', 'small.bin', '-o', 'small.kp'], [], env)
     expect(small.code).toBe(EXIT.OK)
     expect(small.stdout.toString()).toBe('')
