@@ -176,8 +176,10 @@ export function decryptingStream(
   dekFor: (header: StreamHeader) => Promise<CryptoKey>,
   onClose: () => void,
 ): TransformStream<Uint8Array, Uint8Array> {
-  // Header bytes collected until the whole stream header has arrived (at most ~64 KiB).
-  let head: Uint8Array = new Uint8Array(0)
+  // Header bytes collected until the whole stream header has arrived (at most ~64 KiB), in a
+  // buffer that doubles, so that a header arriving byte by byte costs linear time.
+  let head = new Uint8Array(64)
+  let headLength = 0
   let state: { dek: CryptoKey; header: StreamHeader; aad: Bytes; segmenter: Segmenter; out: Ordered } | undefined
   let counter = 0
   const decryptFailed = () => new DecryptError('decryption failed')
@@ -194,12 +196,18 @@ export function decryptingStream(
       let bytes = chunkArgument(chunk)
       if (!state) {
         // Copy: the caller may reuse its chunk, and the header is kept across writes.
-        head = concat(head, bytes)
-        const length = streamHeaderLength(head)
-        if (length === undefined || head.length < length) return
-        const header = decodeStreamHeader(head.slice(0, length))
-        bytes = head.subarray(length)
-        head = new Uint8Array(0)
+        if (headLength + bytes.length > head.length) {
+          const grown = new Uint8Array(Math.max(2 * head.length, headLength + bytes.length))
+          grown.set(head.subarray(0, headLength))
+          head = grown
+        }
+        head.set(bytes, headLength)
+        headLength += bytes.length
+        const seen = head.subarray(0, headLength)
+        const length = streamHeaderLength(seen)
+        if (length === undefined || headLength < length) return
+        const header = decodeStreamHeader(seen.slice(0, length))
+        bytes = seen.subarray(length)
         const dek = await dekFor(header)
         state = {
           dek,
@@ -214,7 +222,7 @@ export function decryptingStream(
     async flush() {
       if (!state) {
         // Nothing or part of a header: say which, as decodeStreamHeader would.
-        if (head.length === 0) throw new FormatError('the stream is empty')
+        if (headLength === 0) throw new FormatError('the stream is empty')
         throw new FormatError('stream header is truncated')
       }
       const rest = state.segmenter.rest()
