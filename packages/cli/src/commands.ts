@@ -1,6 +1,6 @@
 /** The commands. Each takes its own arguments and returns an exit code; errors go to explain(). */
 import { lstat, open, readdir, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises'
-import { join, relative, dirname, basename } from 'node:path'
+import { basename, dirname, join, relative, resolve } from 'node:path'
 import process from 'node:process'
 import { parseArgs } from 'node:util'
 import { KeyChain, type KeyChainStats } from '@kms-proxy/core'
@@ -95,8 +95,9 @@ function rootKeyConfig(v: Record<string, unknown>): RootKeyConfig {
 function storeConfig(v: Record<string, unknown>, configFile: string): StoreConfig {
   const type = str(v.store) ?? 'file'
   if (type === 'file') {
-    let path = str(v['store-path']) ?? DEFAULT_STORE_FILE
-    return { type, path: relative(dirname(configFile), join(process.cwd(), path)) || path }
+    // Kept relative to the config's folder, so that the two can move together.
+    const path = relative(dirname(configFile), resolve(str(v['store-path']) ?? DEFAULT_STORE_FILE))
+    return { type, path }
   }
   if (type === 'etcd') {
     const endpoints = required('etcd-endpoints', v['etcd-endpoints']).split(',').map((e) => e.trim()).filter(Boolean)

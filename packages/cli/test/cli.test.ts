@@ -66,6 +66,19 @@ describe('init', () => {
     expect(right.stdout.toString()).toMatch(/already exists; the root key unlocks its primary KEK 0x[0-9a-f]{8}/)
   })
 
+  it('keeps config and store where asked, the store path relative to the config', async () => {
+    const dir = join(work.dir, 'places')
+    mkdirSync(join(dir, 'etc'), { recursive: true })
+    mkdirSync(join(dir, 'var'))
+    const r = await kp(dir, ['init', '--config', 'etc/kp.json', '--store-path', join(dir, 'var'), '--chain', 'orders', ...FAST_KDF])
+    expect(r.code, r.stderr).toBe(EXIT.OK)
+    const config = JSON.parse(readFileSync(join(dir, 'etc/kp.json'), 'utf8'))
+    expect(config.store).toEqual({ type: 'file', path: '../var/kms-proxy-keys.json' })
+    expect(config.chain).toBe('orders')
+    const enc = await kp(join(dir, 'var'), ['encrypt', '--message'], { input: 'x', env: { KMS_PROXY_CONFIG: join(dir, 'etc/kp.json') } })
+    expect(enc.code, enc.stderr).toBe(EXIT.OK)
+  })
+
   it('leaves no config when the root key cannot be reached, and exits with its own code', async () => {
     const dir = join(work.dir, 'init-vault-down')
     mkdirSync(dir)
