@@ -1,0 +1,80 @@
+/** The CLI on a real etcd (Debian's etcd-server, one member on loopback): init, round trip, two configs sharing the chain, etcd down. */
+import { spawn, type ChildProcess } from 'node:child_process'
+import { mkdirSync, readFileSync } from 'node:fs'
+import { createServer } from 'node:net'
+import { join } from 'node:path'
+import { afterAll, beforeAll, expect, it } from 'vitest'
+import { EXIT, FAST_KDF, bundleCli, spawnCollect, tempDir, type Result } from './helpers.js'
+
+const ETCD = process.env.ETCD_BIN ?? 'etcd'
+const PASSPHRASE = 'etcd chain passphrase'
+let work: ReturnType<typeof tempDir>
+let bundle: string
+let etcd: ChildProcess | undefined
+let endpoint: string
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer()
+    s.on('error', reject)
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as { port: number }
+      s.close(() => resolve(port))
+    })
+  })
+}
+
+beforeAll(async () => {
+  work = tempDir('etcd')
+  bundle = await bundleCli(work.dir)
+  const [client, peer] = [await freePort(), await freePort()]
+  endpoint = `http://127.0.0.1:${client}`
+  const peerUrl = `http://127.0.0.1:${peer}`
+  etcd = spawn(ETCD, [
+    '--name', 'n1', '--data-dir', join(work.dir, 'etcd-data'), '--logger=zap', '--log-level', 'error',
+    '--listen-client-urls', endpoint, '--advertise-client-urls', endpoint,
+    '--listen-peer-urls', peerUrl, '--initial-advertise-peer-urls', peerUrl, '--initial-cluster', `n1=${peerUrl}`,
+  ], { stdio: 'ignore' })
+  for (let i = 0; i < 200; i++) {
+    const ok = await fetch(`${endpoint}/health`).then((r) => r.ok, () => false)
+    if (ok) return
+    await new Promise((r) => setTimeout(r, 50))
+  }
+  throw new Error(`etcd did not start at ${endpoint}`)
+})
+afterAll(() => {
+  etcd?.kill('SIGKILL')
+  work?.cleanup()
+})
+
+const kp = (cwd: string, args: string[], input?: string | Uint8Array): Promise<Result> =>
+  spawnCollect(process.execPath, [bundle, ...args], { cwd, env: { KMS_PROXY_PASSPHRASE: PASSPHRASE }, input })
+
+it('init --store etcd; two hosts with their own config share the chain; etcd down exits 7', async () => {
+  const [a, b] = [join(work.dir, 'host-a'), join(work.dir, 'host-b')]
+  mkdirSync(a)
+  mkdirSync(b)
+  const init = await kp(a, ['init', '--store', 'etcd', '--etcd-endpoints', endpoint, '--etcd-prefix', 'cli-test/', '--chain', 'shared', ...FAST_KDF])
+  expect(init.code, init.stderr).toBe(EXIT.OK)
+  expect(JSON.parse(readFileSync(join(a, 'kms-proxy.json'), 'utf8')).store).toEqual({ type: 'etcd', endpoints: [endpoint], prefix: 'cli-test/' })
+  // The second host joins: init finds the chain and checks that the passphrase unlocks it.
+  const join2 = await kp(b, ['init', '--store', 'etcd', '--etcd-endpoints', endpoint, '--etcd-prefix', 'cli-test/', '--chain', 'shared', ...FAST_KDF])
+  expect(join2.code, join2.stderr).toBe(EXIT.OK)
+  expect(join2.stdout.toString()).toMatch(/chain "shared" already exists/)
+
+  const enc = await kp(a, ['encrypt'], 'written on host a')
+  expect(enc.code, enc.stderr).toBe(EXIT.OK)
+  const dec = await kp(b, ['decrypt'], enc.stdout)
+  expect(dec.stdout.toString()).toBe('written on host a')
+  const rotated = JSON.parse((await kp(b, ['rotate', '--json'])).stdout.toString())
+  const status = JSON.parse((await kp(a, ['status', '--json'])).stdout.toString())
+  expect(status.store).toEqual({ type: 'etcd', endpoints: [endpoint] })
+  expect(status.primary.id).toBe(rotated.primary)
+  expect(status.keks).toHaveLength(2)
+
+  etcd!.kill('SIGKILL')
+  await new Promise((r) => etcd!.once('exit', r))
+  const down = await kp(a, ['encrypt', '--message'], 'x')
+  expect(down.code).toBe(EXIT.STORE)
+  expect(down.stderr).toMatch(/^kms-proxy encrypt: the store failed: /)
+})
