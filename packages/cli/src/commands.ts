@@ -3,7 +3,7 @@ import { lstat, open, readdir, readFile, rename, stat, unlink, writeFile } from 
 import { basename, dirname, join, relative, resolve } from 'node:path'
 import process from 'node:process'
 import { parseArgs } from 'node:util'
-import { KeyChain, type KeyChainStats } from '@kms-proxy/core'
+import { KeyChain, type KeyChainStats, type RootKey } from '@kms-proxy/core'
 import {
   CONFIG_FORMAT,
   DEFAULT_STORE_FILE,
@@ -13,7 +13,6 @@ import {
   openConfigured,
   openRootKey,
   openStore,
-  openChainFromConfig,
   storeFilePath,
   type CliConfig,
   type RootKeyConfig,
@@ -569,7 +568,7 @@ ${CONFIG_HELP}
 // ------------------------------------------------------------------------------ k8s-plugin
 
 interface KmsPluginModule {
-  serveKmsPlugin(options: { socket: string; chain: KeyChain }): Promise<{ close(): Promise<void> }>
+  serveKmsPlugin(options: { socket: string; chain: KeyChain; rootKey?: RootKey }): Promise<{ close(): Promise<void> }>
 }
 
 const k8sPlugin: Command = {
@@ -597,8 +596,10 @@ ${CONFIG_HELP}
       throw error
     }
     if (typeof plugin.serveKmsPlugin !== 'function') throw new CliError(EXIT.NOT_INSTALLED, '@kms-proxy/k8s is installed but has no serveKmsPlugin: update it')
-    const chain = await openChainFromConfig(configPath(str(v.config)))
-    const server = await plugin.serveKmsPlugin({ socket, chain })
+    // With the root key, Status is healthy only while the root key itself answers (probed at
+    // most once per health cache period), not just while the chain's last root call succeeded.
+    const { chain, rootKey } = await openConfigured(resolve(configPath(str(v.config))), { service: true })
+    const server = await plugin.serveKmsPlugin({ socket, chain, rootKey })
     note(`kms-proxy k8s-plugin: serving chain "${chain.name}" on ${socket}`)
     await new Promise<void>((resolve) => {
       process.once('SIGINT', resolve)

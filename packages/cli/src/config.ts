@@ -186,6 +186,8 @@ export function chainOptions(config: CliConfig, rootKey: RootKey, store: KeyStor
 
 export interface OpenedChain {
   chain: KeyChain
+  /** The chain's root key, for callers that probe it (the Kubernetes plugin's health check). */
+  rootKey: RootKey
   config: CliConfig
   store: KeyStore
 }
@@ -205,7 +207,7 @@ export async function openConfigured(path: string, options: OpenOptions = {}): P
   if (!head) throw new CliError(EXIT.MISSING, `chain "${config.chain}" is not in the store: run \`kms-proxy init\``)
   const rootKey = await openRootKey(config.rootKey)
   const chain = await KeyChain.open(chainOptions(config, rootKey, store, options))
-  return { chain, config, store }
+  return { chain, rootKey, config, store }
 }
 
 /**
