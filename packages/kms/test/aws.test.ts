@@ -8,6 +8,7 @@ import { KeyChain, KmsProxyError, memoryStore } from '@kms-proxy/core'
 import { createHarness, describeRootKey } from '@kms-proxy/testkit'
 import { awsKmsRootKey, signV4 } from '../src/index.ts'
 import { startMoto, type Moto } from './fakes/moto.ts'
+import { countCallsThroughChain, decryptWithKekMovedToAnotherChain } from './chain.ts'
 
 const credentials = { accessKeyId: 'AKIDKMSPROXYTEST', secretAccessKey: 'kms-proxy-test-secret-key/abc+def' }
 let moto: Moto
@@ -68,32 +69,16 @@ describe('SigV4', () => {
 
 describe('AWS KMS through a key chain', () => {
   it('one GenerateDataKey per rotation, one Decrypt per KEK per process, none per message', async () => {
-    calls.length = 0
-    const store = memoryStore()
-    // No DEK pool here: with it, a KEK may be made ahead of need, in the background.
-    const chain = await KeyChain.open({ rootKey: root(), store, maxWrapsPerKek: 500, dekPoolSize: 0 })
-    const encrypted = []
-    for (let i = 0; i < 2000; i++) encrypted.push(await chain.encrypt(`record ${i}`))
-    const keks = (await store.listKeks('default')).length
-    expect(keks).toBe(4)
-    expect(calls.filter((c) => c === 'GenerateDataKey').length).toBe(keks)
-    expect(calls.filter((c) => c === 'Decrypt').length).toBe(0)
-    calls.length = 0
-    const reader = await KeyChain.open({ rootKey: root(), store })
-    await Promise.all(encrypted.map((e) => reader.decrypt(e)))
-    const used = new Set(encrypted.map((e) => new DataView(e.buffer, e.byteOffset).getUint32(1))).size
-    expect(used).toBe(4)
-    expect(calls).toEqual(Array(used).fill('Decrypt'))
+    // No DEK pool in the helper: with it, a KEK may be made ahead of need, in the background.
+    const { keks, used, encryptCalls, decryptCalls } = await countCallsThroughChain(root, calls)
+    expect([keks, used]).toEqual([4, 4])
+    expect(encryptCalls).toEqual(Array(keks).fill('GenerateDataKey'))
+    expect(decryptCalls).toEqual(Array(used).fill('Decrypt'))
     console.log(`AWS KMS (moto): 2,000 encryptions made ${keks} GenerateDataKey calls (maxWrapsPerKek 500); 2,000 decryptions in a new chain made ${used} Decrypt calls`)
   })
 
   it('the encryption context binds each KEK to its chain and id; a wrong context is ERR_ROOT_KEY', async () => {
-    const store = memoryStore()
-    const a = await KeyChain.open({ rootKey: root(), store, name: 'a' })
-    const encrypted = await a.encrypt('x')
-    for (const r of await store.listKeks('a')) await store.putKekIfAbsent('b', r)
-    const b = await KeyChain.open({ rootKey: root(), store, name: 'b' })
-    const error = await b.decrypt(encrypted).catch((e) => e)
+    const error = await decryptWithKekMovedToAnotherChain(root)
     expect(error).toBeInstanceOf(KmsProxyError)
     expect(error.code).toBe('ERR_ROOT_KEY')
     expect(error.message).toMatch(/InvalidCiphertextException/)
