@@ -4,7 +4,7 @@
  * each wrapped KEK to its chain name and id.
  */
 import { RootKeyError, type NewKek, type RootKey } from '@kms-proxy/core'
-import { fetchWithRetry, fromBase64, importKek, toBase64, type RetryOptions } from './http.js'
+import { fromBase64, importKek, postJson, toBase64, type RetryOptions } from './http.js'
 import { signV4, type AwsCredentials } from './sigv4.js'
 
 export interface AwsKmsRootKeyOptions extends RetryOptions {
@@ -36,38 +36,21 @@ export function awsKmsRootKey(options: AwsKmsRootKeyOptions): RootKey {
 
   async function call(action: string, payload: Record<string, unknown>): Promise<Record<string, string>> {
     const body = JSON.stringify(payload)
-    const response = await fetchWithRetry(
-      `AWS KMS ${action}`,
-      endpoint.href,
-      async () => ({
+    const headers = async () =>
+      signV4({
         method: 'POST',
+        url: endpoint,
+        headers: { 'content-type': 'application/x-amz-json-1.1', 'x-amz-target': `TrentService.${action}` },
         body,
-        headers: await signV4({
-          method: 'POST',
-          url: endpoint,
-          headers: { 'content-type': 'application/x-amz-json-1.1', 'x-amz-target': `TrentService.${action}` },
-          body,
-          region,
-          service: 'kms',
-          credentials: await credentials(),
-        }),
-      }),
-      options,
-    )
-    const text = await response.text()
-    if (!response.ok) {
-      let type = `HTTP ${response.status}`
-      try {
-        const parsed = JSON.parse(text) as { __type?: string }
-        if (parsed.__type) type = parsed.__type.split('#').pop()!
-      } catch {
-        // Not JSON: keep the status.
-      }
-      const retryable = response.status === 429 || response.status >= 500
-      const hint = type === 'InvalidCiphertextException' ? ' (wrong key, or a KEK moved to another chain or id)' : ''
-      throw new RootKeyError(`AWS KMS ${action} failed: ${type}${hint}`, { retryable })
-    }
-    return JSON.parse(text) as Record<string, string>
+        region,
+        service: 'kms',
+        credentials: await credentials(),
+      })
+    return (await postJson(`AWS KMS ${action}`, endpoint.href, body, headers, options, (status, error) => {
+      const named = (error as { __type?: unknown } | undefined)?.__type
+      const type = typeof named === 'string' ? named.split('#').pop()! : `HTTP ${status}`
+      return type === 'InvalidCiphertextException' ? `${type} (wrong key, or a KEK moved to another chain or id)` : type
+    })) as Record<string, string>
   }
 
   return {

@@ -15,7 +15,7 @@
  * `0x23 || version length (u8) || version (ASCII) || RSA-OAEP-256 ciphertext`.
  */
 import { RootKeyError, type NewKek, type RootKey } from '@kms-proxy/core'
-import { fetchWithRetry, fromBase64, importKek, toBase64, type RetryOptions } from './http.js'
+import { fromBase64, importKek, postJson, refused, toBase64, type RetryOptions } from './http.js'
 
 export interface AzureKeyVaultRootKeyOptions extends RetryOptions {
   /** The vault's URL, e.g. https://my-vault.vault.azure.net (https, or http on loopback only). */
@@ -85,45 +85,17 @@ export function azureKeyVaultRootKey(options: AzureKeyVaultRootKeyOptions): Root
   async function call(action: 'wrapkey' | 'unwrapkey', version: string, value: Uint8Array): Promise<{ kid: string; value: Uint8Array<ArrayBuffer> }> {
     const body = JSON.stringify({ alg: ALG, value: toBase64Url(value) })
     const url = `${base}/keys/${keyName}/${version}/${action}?api-version=${encodeURIComponent(apiVersion)}`
-    const response = await fetchWithRetry(
-      `Azure Key Vault ${action}`,
-      url,
-      async () => ({
-        method: 'POST',
-        body,
-        headers: { 'content-type': 'application/json', authorization: `Bearer ${await token()}` },
-      }),
-      options,
-    )
-    const text = await response.text()
-    if (!response.ok) {
-      let code = `HTTP ${response.status}`
-      try {
-        const parsed = JSON.parse(text) as { error?: { code?: unknown } }
-        // Azure's codes (Unauthorized, Forbidden, KeyNotFound, BadParameter) carry no secrets; its
-        // messages may echo request details, so they are left out.
-        const c = parsed.error?.code
-        if (typeof c === 'string' && /^[A-Za-z.]{1,64}$/.test(c)) code = `${c} (HTTP ${response.status})`
-      } catch {
-        // Not JSON: keep the status.
-      }
-      const retryable = response.status === 429 || response.status >= 500
-      const hint =
-        response.status === 401 || response.status === 403
-          ? ': the KMS refused the credentials'
-          : response.status === 404
-            ? `: no such key or version (${keyName}${version ? `/${version}` : ''})`
-            : action === 'unwrapkey' && response.status === 400
-              ? ' (wrong key, or altered wrapped KEK)'
-              : ''
-      throw new RootKeyError(`Azure Key Vault ${action} failed: ${code}${hint}`, { retryable })
-    }
-    let out: { kid?: unknown; value?: unknown }
-    try {
-      out = JSON.parse(text) as typeof out
-    } catch {
-      throw new RootKeyError(`Azure Key Vault ${action} returned no JSON`)
-    }
+    const headers = async () => ({ 'content-type': 'application/json', authorization: `Bearer ${await token()}` })
+    const out = (await postJson(`Azure Key Vault ${action}`, url, body, headers, options, (status, error) => {
+      // Azure's codes (Unauthorized, Forbidden, KeyNotFound, BadParameter) carry no secrets; its
+      // messages may echo request details, so they are left out.
+      const c = (error as { error?: { code?: unknown } } | undefined)?.error?.code
+      const code = typeof c === 'string' && /^[A-Za-z.]{1,64}$/.test(c) ? `${c} (HTTP ${status})` : `HTTP ${status}`
+      if (refused(status)) return `${code}: the KMS refused the credentials`
+      if (status === 404) return `${code}: no such key or version (${keyName}${version ? `/${version}` : ''})`
+      if (action === 'unwrapkey' && status === 400) return `${code} (wrong key, or altered wrapped KEK)`
+      return code
+    })) as { kid?: unknown; value?: unknown }
     if (typeof out.kid !== 'string' || typeof out.value !== 'string' || out.value === '') throw new RootKeyError(`Azure Key Vault ${action} returned no kid or value`)
     let bytes: Uint8Array<ArrayBuffer>
     try {

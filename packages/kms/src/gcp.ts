@@ -5,7 +5,7 @@
  * unwrapped with `cryptoKeys.decrypt`, so Cloud KMS itself binds each KEK to its chain and id.
  */
 import { RootKeyError, type NewKek, type RootKey } from '@kms-proxy/core'
-import { fetchWithRetry, fromBase64, importKek, toBase64, type RetryOptions } from './http.js'
+import { fromBase64, importKek, postJson, refused, toBase64, type RetryOptions } from './http.js'
 
 export interface GcpKmsRootKeyOptions extends RetryOptions {
   /** projects/{p}/locations/{l}/keyRings/{r}/cryptoKeys/{k} (a symmetric ENCRYPT_DECRYPT key). */
@@ -33,40 +33,16 @@ export function gcpKmsRootKey(options: GcpKmsRootKeyOptions): RootKey {
   const token = typeof options.accessToken === 'function' ? options.accessToken : async () => options.accessToken as string
 
   async function call(action: string, resource: string, payload: Record<string, unknown>): Promise<Record<string, string>> {
-    const body = JSON.stringify(payload)
     const url = new URL(`/v1/${resource}:${action}`, endpoint).href
-    const response = await fetchWithRetry(
-      `Google Cloud KMS ${action}`,
-      url,
-      async () => ({
-        method: 'POST',
-        body,
-        headers: { 'content-type': 'application/json', authorization: `Bearer ${await token()}` },
-      }),
-      options,
-    )
-    const text = await response.text()
-    if (!response.ok) {
-      let status = `HTTP ${response.status}`
-      try {
-        const parsed = JSON.parse(text) as { error?: { status?: string } }
-        if (typeof parsed.error?.status === 'string') status = `${parsed.error.status} (HTTP ${response.status})`
-      } catch {
-        // Not JSON: keep the status.
-      }
-      const retryable = response.status === 429 || response.status >= 500
-      const hint =
-        response.status === 401 || response.status === 403
-          ? ': the KMS refused the credentials'
-          : response.status === 404
-            ? `: no such key or location (${resource})`
-            : action === 'decrypt' && response.status === 400
-              ? ' (wrong key, or a KEK moved to another chain or id)'
-              : ''
-      // The message never includes the response body: it could echo a request field.
-      throw new RootKeyError(`Google Cloud KMS ${action} failed: ${status}${hint}`, { retryable })
-    }
-    return JSON.parse(text) as Record<string, string>
+    const headers = async () => ({ 'content-type': 'application/json', authorization: `Bearer ${await token()}` })
+    return (await postJson(`Google Cloud KMS ${action}`, url, JSON.stringify(payload), headers, options, (status, error) => {
+      const named = (error as { error?: { status?: unknown } } | undefined)?.error?.status
+      const code = typeof named === 'string' ? `${named} (HTTP ${status})` : `HTTP ${status}`
+      if (refused(status)) return `${code}: the KMS refused the credentials`
+      if (status === 404) return `${code}: no such key or location (${resource})`
+      if (action === 'decrypt' && status === 400) return `${code} (wrong key, or a KEK moved to another chain or id)`
+      return code
+    })) as Record<string, string>
   }
 
   return {

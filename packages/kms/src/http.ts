@@ -70,3 +70,34 @@ export async function importKek(who: string, plaintext: Uint8Array<ArrayBuffer>)
     plaintext.fill(0) // invariant 1 (b): KEK bytes from a byte-oriented root, zeroed at once
   }
 }
+
+/**
+ * POSTs a JSON body with fetchWithRetry and parses the JSON answer. A non-2xx answer becomes an
+ * ERR_ROOT_KEY error, retryable on 429 and 5xx, worded by `describe` from the status and the
+ * parsed error body; the body itself is never put in a message (it could echo a request field).
+ */
+export async function postJson(
+  what: string,
+  url: string,
+  body: string,
+  headers: () => Promise<Record<string, string>>,
+  options: RetryOptions,
+  describe: (status: number, error: unknown) => string,
+): Promise<unknown> {
+  const response = await fetchWithRetry(what, url, async () => ({ method: 'POST', body, headers: await headers() }), options)
+  const text = await response.text()
+  let parsed: unknown
+  try {
+    parsed = JSON.parse(text)
+  } catch {
+    parsed = undefined
+  }
+  if (!response.ok) {
+    throw new RootKeyError(`${what} failed: ${describe(response.status, parsed)}`, { retryable: response.status === 429 || response.status >= 500 })
+  }
+  if (typeof parsed !== 'object' || parsed === null) throw new RootKeyError(`${what} returned no JSON object`)
+  return parsed
+}
+
+/** 401 and 403 worded the same for every KMS. */
+export const refused = (status: number) => status === 401 || status === 403

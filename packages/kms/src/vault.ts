@@ -7,7 +7,7 @@
  * Vault's `datakey` endpoint documents no associated_data parameter, so it is not used.
  */
 import { RootKeyError, type NewKek, type RootKey } from '@kms-proxy/core'
-import { fetchWithRetry, fromBase64, importKek, toBase64, type RetryOptions } from './http.js'
+import { fromBase64, importKek, postJson, refused, toBase64, type RetryOptions } from './http.js'
 
 export interface VaultTransitRootKeyOptions extends RetryOptions {
   /** Vault's address, e.g. https://vault.example.com:8200. */
@@ -44,42 +44,23 @@ export function vaultTransitRootKey(options: VaultTransitRootKeyOptions): RootKe
   const token = typeof options.token === 'function' ? options.token : async () => options.token as string
 
   async function call(action: string, path: string, payload: Record<string, unknown>): Promise<Record<string, unknown>> {
-    const body = JSON.stringify(payload)
     const url = new URL(`/v1/${mount}/${path}`, address).href
-    const response = await fetchWithRetry(
-      `Vault Transit ${action}`,
-      url,
-      async () => {
-        const headers: Record<string, string> = { 'content-type': 'application/json', 'x-vault-token': await token() }
-        if (namespace !== undefined) headers['x-vault-namespace'] = namespace
-        return { method: 'POST', body, headers }
-      },
-      options,
-    )
-    const text = await response.text()
-    if (!response.ok) {
-      const retryable = response.status === 429 || response.status >= 500
-      let detail = ''
+    const headers = async () => {
+      const h: Record<string, string> = { 'content-type': 'application/json', 'x-vault-token': await token() }
+      if (namespace !== undefined) h['x-vault-namespace'] = namespace
+      return h
+    }
+    const out = await postJson(`Vault Transit ${action}`, url, JSON.stringify(payload), headers, options, (status, error) => {
       // Vault's own error strings ("permission denied", "encryption key not found", "cipher:
       // message authentication failed") carry no secrets; keep a short one for the message.
-      try {
-        const parsed = JSON.parse(text) as { errors?: unknown[] }
-        const first = parsed.errors?.[0]
-        if (typeof first === 'string' && first.length <= 120 && !first.includes('vault:v')) detail = `: ${first}`
-      } catch {
-        // Not JSON: keep the status.
-      }
-      const hint =
-        response.status === 401 || response.status === 403
-          ? ' (the KMS refused the credentials)'
-          : response.status === 404
-            ? ` (no such transit mount or key: ${mount}/${key})`
-            : action === 'decrypt' && response.status === 400
-              ? ' (wrong key, missing key, or a KEK moved to another chain or id)'
-              : ''
-      throw new RootKeyError(`Vault Transit ${action} failed: HTTP ${response.status}${detail}${hint}`, { retryable })
-    }
-    return ((JSON.parse(text) as { data?: Record<string, unknown> }).data ?? {}) as Record<string, unknown>
+      const first = (error as { errors?: unknown[] } | undefined)?.errors?.[0]
+      const detail = typeof first === 'string' && first.length <= 120 && !first.includes('vault:v') ? `: ${first}` : ''
+      if (refused(status)) return `HTTP ${status}${detail} (the KMS refused the credentials)`
+      if (status === 404) return `HTTP ${status}${detail} (no such transit mount or key: ${mount}/${key})`
+      if (action === 'decrypt' && status === 400) return `HTTP ${status}${detail} (wrong key, missing key, or a KEK moved to another chain or id)`
+      return `HTTP ${status}${detail}`
+    })
+    return ((out as { data?: Record<string, unknown> }).data ?? {}) as Record<string, unknown>
   }
 
   return {
