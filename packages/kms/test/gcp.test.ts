@@ -78,6 +78,12 @@ describe('when Cloud KMS refuses or fails', () => {
     expect(String(error)).not.toContain(token)
   })
 
+  it('a 200 answer that is not JSON (a captive portal, a proxy page) is ERR_ROOT_KEY, not a SyntaxError', async () => {
+    const portal: typeof fetch = async () => new Response('<html>sign in to the proxy</html>', { status: 200, headers: { 'content-type': 'text/html' } })
+    const error = await root({ fetch: portal }).newKek(new Uint8Array(4)).catch((e) => e)
+    expect([error.code, error.retryable, error.message]).toEqual(['ERR_ROOT_KEY', false, 'Google Cloud KMS generateRandomBytes returned no JSON object'])
+  })
+
   it('bad options are TypeError', () => {
     expect(() => gcpKmsRootKey({ keyName: 'k', accessToken: token })).toThrow(TypeError)
     expect(() => gcpKmsRootKey({ keyName, accessToken: '' })).toThrow(TypeError)
