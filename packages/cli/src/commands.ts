@@ -196,7 +196,7 @@ The passphrase comes from $KMS_PROXY_PASSPHRASE, or is typed twice on a terminal
     }
     const store = openStore(config, file)
     const existing = await store.getHead(config.chain)
-    const rootKey = await openRootKey(config.rootKey, { confirm: !existing })
+    const rootKey = await openRootKey(config.rootKey, { confirm: !existing, store, chain: config.chain })
     const chain = await KeyChain.open(chainOptions(config, rootKey, store))
     let message: string
     if (existing) {

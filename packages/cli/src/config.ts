@@ -5,7 +5,7 @@
 import { readFile, stat } from 'node:fs/promises'
 import { dirname, isAbsolute, join, resolve } from 'node:path'
 import process from 'node:process'
-import { KeyChain, type KeyChainOptions, type KeyStore, type RootKey } from '@kms-proxy/core'
+import { KeyChain, kekAad, type KeyChainOptions, type KeyStore, type RootKey } from '@kms-proxy/core'
 import { etcdStore } from '@kms-proxy/etcd'
 import { fileStore } from '@kms-proxy/file'
 import { awsKmsRootKey, azureKeyVaultRootKey, gcpKmsRootKey, vaultTransitRootKey } from '@kms-proxy/kms'
@@ -121,6 +121,38 @@ function env(name: string, forWhat: string): string {
 export interface RootKeyContext {
   /** Prompt twice (a new chain's passphrase). */
   confirm?: boolean
+  /** The chain the root key is for: a passphrase is then proved before it makes a KEK. */
+  store?: KeyStore
+  chain?: string
+}
+
+/**
+ * A passphrase root makes a KEK under any passphrase, right or wrong. A typo would then make the
+ * chain's next primary KEK (at `rotate`, or at the first encryption once the primary is past its
+ * age), and everything encrypted under it would open only with the typo. So before its first new
+ * KEK this wrapper unwraps the chain's primary KEK (one root-key call, the KDF result cached);
+ * a wrong passphrase fails there with ERR_ROOT_KEY and nothing is written.
+ */
+function provedBeforeNewKek(root: RootKey, store: KeyStore, chain: string): RootKey {
+  let proof: Promise<void> | undefined
+  const prove = async () => {
+    const head = await store.getHead(chain)
+    const primary = head && (await store.getKek(chain, head.value.primary))
+    if (primary && primary.rootKind === root.kind) await root.unwrapKek(primary.wrapped, kekAad(chain, primary.id))
+  }
+  return {
+    kind: root.kind,
+    async newKek(aad) {
+      await (proof ??= prove().catch((error: unknown) => {
+        proof = undefined
+        throw error
+      }))
+      return root.newKek(aad)
+    },
+    unwrapKek: (wrapped, aad) => root.unwrapKek(wrapped, aad),
+    toString: () => String(root),
+    toJSON: () => (root as { toJSON?: () => unknown }).toJSON?.() ?? { kind: root.kind },
+  } as RootKey
 }
 
 /** Builds the root key; secrets come from the environment or, for a passphrase, a prompt on a TTY. */
@@ -128,7 +160,8 @@ export async function openRootKey(r: RootKeyConfig, context: RootKeyContext = {}
   switch (r.type) {
     case 'passphrase': {
       const passphrase = await readSecret(SECRET_ENV.passphrase, 'Passphrase', context.confirm ?? false)
-      return passphraseRootKey({ passphrase, kdf: r.kdf ?? 'pbkdf2', ...(r.iterations ? { iterations: r.iterations } : {}) })
+      const root = passphraseRootKey({ passphrase, kdf: r.kdf ?? 'pbkdf2', ...(r.iterations ? { iterations: r.iterations } : {}) })
+      return context.store && context.chain !== undefined ? provedBeforeNewKek(root, context.store, context.chain) : root
     }
     case 'aws-kms': {
       const accessKeyId = env(SECRET_ENV.awsAccessKeyId, 'AWS KMS')
@@ -205,7 +238,7 @@ export async function openConfigured(path: string, options: OpenOptions = {}): P
     throw new CliError(EXIT.STORE, `the store failed: ${(error as Error)?.message ?? 'error'}`)
   })
   if (!head) throw new CliError(EXIT.MISSING, `chain "${config.chain}" is not in the store: run \`kms-proxy init\``)
-  const rootKey = await openRootKey(config.rootKey)
+  const rootKey = await openRootKey(config.rootKey, { store, chain: config.chain })
   const chain = await KeyChain.open(chainOptions(config, rootKey, store, options))
   return { chain, rootKey, config, store }
 }

@@ -66,6 +66,26 @@ describe('init', () => {
     expect(right.stdout.toString()).toMatch(/already exists; the root key unlocks its primary KEK 0x[0-9a-f]{8}/)
   })
 
+  it('a wrong passphrase never makes a KEK: rotate, and encrypt once the primary is past its age, exit 4 and write nothing', async () => {
+    const dir = await initialized('wrong-rotate', ['--max-kek-age-days', '0.00001']) // 0.86 s
+    const first = (await statusOf(dir)).primary.id
+    const wrong = { env: { KMS_PROXY_PASSPHRASE: 'a typo' } }
+    const rotate = await kp(dir, ['rotate'], wrong)
+    expect(rotate.code).toBe(EXIT.ROOT_KEY)
+    expect(rotate.stderr).toMatch(/wrong passphrase/)
+    await new Promise((r) => setTimeout(r, 1_000))
+    const enc = await kp(dir, ['encrypt', '--message', '-o', 'typo.kp'], { ...wrong, input: 'x' })
+    expect(enc.code).toBe(EXIT.ROOT_KEY)
+    expect(existsSync(join(dir, 'typo.kp'))).toBe(false)
+    const after = await statusOf(dir)
+    expect(after.keks.map((k: { id: number }) => k.id)).toEqual([first])
+    // The right passphrase rotates by age as usual, and what it writes decrypts.
+    const ok = await kp(dir, ['encrypt', '--message', '-o', 'ok.kp'], { input: 'x' })
+    expect(ok.code, ok.stderr).toBe(EXIT.OK)
+    expect((await statusOf(dir)).keks).toHaveLength(2)
+    expect((await kp(dir, ['decrypt', '-i', 'ok.kp'])).stdout.toString()).toBe('x')
+  })
+
   it('keeps config and store where asked, the store path relative to the config', async () => {
     const dir = join(work.dir, 'places')
     mkdirSync(join(dir, 'etc'), { recursive: true })
