@@ -298,8 +298,9 @@ const decrypt: Command = {
   help: `Usage: kms-proxy decrypt [-i IN] [-o OUT] [--aad TEXT]
 
 Decrypts what encrypt wrote (a stream or a single message). Each segment is released only after
-it authenticated. With -o the file appears only if the whole input authenticated; to stdout, a
-failure part way leaves the segments already written (and exits non-zero).
+it authenticated. With -o the file appears only if the whole input authenticated; to stdout (or
+a FIFO or device given to -o), a failure part way leaves the segments already written (and
+exits non-zero).
 
 ${CONFIG_HELP}
 ${IO_HELP}`,

@@ -148,13 +148,17 @@ export interface Output {
 
 /**
  * A file written under a temporary name in the same folder and renamed over `path` on commit,
- * so a failure never leaves a half-written file at `path`. `mode` defaults to 0600.
+ * so a failure never leaves a half-written file at `path`. `mode` defaults to 0600. A FIFO, a
+ * terminal or a device (`/dev/null`, `/dev/stdout`) is written in place, like stdout: renaming
+ * over it would replace it with a regular file (as root, /dev/null itself).
  */
 export async function openOutputFile(path: string, mode = 0o600): Promise<Output> {
-  const temp = tempName(path)
-  trapSignals()
-  const handle: FileHandle = await open(temp, 'wx', mode)
-  pending.add(temp)
+  const existing = await stat(path).catch(() => undefined)
+  const direct = existing !== undefined && !existing.isFile() && !existing.isDirectory()
+  const temp = direct ? path : tempName(path)
+  if (!direct) trapSignals()
+  const handle: FileHandle = await open(temp, direct ? 'w' : 'wx', mode)
+  if (!direct) pending.add(temp)
   let closed = false
   const close = async () => {
     if (!closed) {
@@ -170,6 +174,7 @@ export async function openOutputFile(path: string, mode = 0o600): Promise<Output
       },
     }),
     async commit() {
+      if (direct) return close()
       await handle.sync()
       await close()
       await rename(temp, path)
@@ -177,6 +182,7 @@ export async function openOutputFile(path: string, mode = 0o600): Promise<Output
     },
     async discard() {
       await close().catch(() => {})
+      if (direct) return
       await unlink(temp).catch(() => {})
       pending.delete(temp)
     },

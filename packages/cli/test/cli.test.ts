@@ -1,6 +1,6 @@
-import { spawn } from 'node:child_process'
+import { execFileSync, spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
+import { createReadStream, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { EXIT, FAST_KDF, bundleCli, spawnCollect, tempDir, type Result } from './helpers.js'
@@ -156,6 +156,24 @@ describe('encrypt and decrypt', () => {
     expect(message.stdout.length).toBe('a short secret'.length + 78)
     const back = await kp(dir, ['decrypt', '-i', '-'], { input: message.stdout })
     expect(back.stdout.toString()).toBe('a short secret')
+  })
+
+  it('-o naming a FIFO (or a device such as /dev/null) writes into it instead of renaming a regular file over it', async () => {
+    const fifo = join(dir, 'out.fifo')
+    execFileSync('mkfifo', [fifo])
+    try {
+      const received = new Promise<Buffer>((resolve, reject) => {
+        const chunks: Buffer[] = []
+        createReadStream(fifo).on('data', (c) => chunks.push(c as Buffer)).on('end', () => resolve(Buffer.concat(chunks))).on('error', reject)
+      })
+      const dec = await kp(dir, ['decrypt', '-i', 'in.kp', '-o', fifo, '--aad', 'invoice-42'])
+      expect(dec.code, dec.stderr).toBe(EXIT.OK)
+      expect(statSync(fifo).isFIFO()).toBe(true)
+      expect((await received).equals(data)).toBe(true)
+      expect(readdirSync(dir).filter((f) => f.includes('kms-proxy-tmp'))).toEqual([])
+    } finally {
+      rmSync(fifo, { force: true })
+    }
   })
 
   it('wrong passphrase: exit 4, a clear message, no output file, no passphrase printed', async () => {
