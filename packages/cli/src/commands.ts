@@ -232,11 +232,17 @@ const IO_OPTIONS = {
   quiet: { type: 'boolean', short: 'q' },
 } as const
 
-/** Pipes `source` into the output and commits it only if every step succeeded. */
+/**
+ * Copies `source` into the output and commits it only if every step succeeded. A loop rather
+ * than pipeTo: when the output fails (EPIPE, ENOSPC), pipeTo cancels the source and may reject
+ * with the cancel's error instead of the output's, which then gets the wrong exit code.
+ */
 async function deliver(source: ReadableStream<Uint8Array>, outputPath: string | undefined): Promise<void> {
   const output: Output = outputPath === undefined || outputPath === '-' ? stdoutOutput() : await openOutputFile(outputPath)
   try {
-    await source.pipeTo(output.writable)
+    const writer = output.writable.getWriter()
+    for await (const chunk of source as unknown as AsyncIterable<Uint8Array>) await writer.write(chunk)
+    await writer.close()
     await output.commit()
   } catch (error) {
     await output.discard()

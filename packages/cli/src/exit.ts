@@ -79,6 +79,7 @@ export function explain(error: unknown): { exitCode: ExitCode; message: string }
     return { exitCode: EXIT.USAGE, message: error.message }
   }
   const code = (error as { code?: unknown } | null)?.code
+  if (code === 'EPIPE') return { exitCode: EXIT.IO, message: 'the output was closed before the end (broken pipe)' }
   if (typeof code === 'string' && IO_CODES.has(code)) {
     const path = (error as { path?: unknown }).path
     const where = typeof path === 'string' ? ` ${path}` : ''

@@ -189,16 +189,30 @@ export async function openOutputFile(path: string, mode = 0o600): Promise<Output
   }
 }
 
-/** Standard output, with back-pressure. Nothing to commit; a failure may leave part written. */
+/**
+ * Standard output, with back-pressure. Nothing to commit; a failure may leave part written. A
+ * reader that goes away (`| head`) fails the write with EPIPE instead of crashing the process.
+ */
 export function stdoutOutput(): Output {
   const out = process.stdout
+  let failed: Error | undefined
+  out.on('error', (error) => void (failed ??= error))
   return {
     writable: new WritableStream<Uint8Array>({
       write(chunk) {
         return new Promise<void>((resolve, reject) => {
+          if (failed) return reject(failed)
+          const onError = (error: Error) => {
+            out.off('drain', onDrain)
+            reject(error)
+          }
+          const onDrain = () => {
+            out.off('error', onError)
+            resolve()
+          }
           const ok = out.write(chunk, (error) => (error ? reject(error) : undefined))
           if (ok) resolve()
-          else out.once('drain', resolve)
+          else out.once('drain', onDrain).once('error', onError)
         })
       },
       close() {

@@ -176,6 +176,18 @@ describe('encrypt and decrypt', () => {
     }
   })
 
+  it('a reader that stops early (| head): exit 9 with one line, no crash and no stack trace', async () => {
+    for (let round = 0; round < 4; round++) {
+      const child = spawn(process.execPath, [bundle, 'decrypt', '-i', 'in.kp', '--aad', 'invoice-42'], { cwd: dir, env: { PATH: process.env.PATH, KMS_PROXY_PASSPHRASE: PASSPHRASE }, stdio: ['ignore', 'pipe', 'pipe'] })
+      let stderr = ''
+      child.stderr.on('data', (c: Buffer) => (stderr += c))
+      const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)))
+      child.stdout.once('data', () => child.stdout.destroy()) // like `head -c 10`: read a little, then close
+      expect(await exited, stderr).toBe(EXIT.IO)
+      expect(stderr).toBe('kms-proxy decrypt: the output was closed before the end (broken pipe)\n')
+    } // a race (which error ends the pipe first): several rounds
+  })
+
   it('wrong passphrase: exit 4, a clear message, no output file, no passphrase printed', async () => {
     const r = await kp(dir, ['decrypt', '-i', 'in.kp', '-o', 'wrong.bin', '--aad', 'invoice-42'], { env: { KMS_PROXY_PASSPHRASE: 'Tr0ub4dor&3' } })
     expect(r.code).toBe(EXIT.ROOT_KEY)

@@ -4,5 +4,5 @@ import { main } from '../src/index.ts'
 
 const code = await main(process.argv.slice(2))
 process.exitCode = code
-if (process.stdout.writableLength > 0) process.stdout.once('drain', () => process.exit(code))
+if (process.stdout.writableLength > 0 && !process.stdout.destroyed) process.stdout.once('drain', () => process.exit(code))
 else process.exit(code)
