@@ -9,7 +9,8 @@
  */
 import * as grpc from '@grpc/grpc-js'
 import { connect } from 'node:net'
-import { chmod, lstat, unlink } from 'node:fs/promises'
+import { chmod, lstat, mkdtemp, rename, rm, unlink } from 'node:fs/promises'
+import { dirname, join } from 'node:path'
 import { KeyChain, KmsProxyError, decodeHeader, kekAad, type KeyChainStats, type RootKey } from '@kms-proxy/core'
 import {
   KMS_API_VERSION,
@@ -326,14 +327,22 @@ export async function serveKmsPlugin(options: KmsPluginOptions): Promise<KmsPlug
     Encrypt: unary('Encrypt', encrypt as Handler),
     Decrypt: unary('Decrypt', decrypt as Handler),
   })
-  await new Promise<void>((resolve, reject) => {
-    server.bindAsync(`unix:${path}`, grpc.ServerCredentials.createInsecure(), (error) => (error ? reject(error) : resolve()))
-  })
+  // The socket is made with the process umask's mode (0777 under umask 0): bound in place, it
+  // would take calls from any local user until a chmod. So it is bound in a private (0700)
+  // folder next to `path`, given its mode, and only then renamed into place.
+  const staging = await mkdtemp(join(dirname(path), '.kms-proxy-'))
   try {
-    await chmod(path, socketMode)
+    const bound = join(staging, 's')
+    await new Promise<void>((resolve, reject) => {
+      server.bindAsync(`unix:${bound}`, grpc.ServerCredentials.createInsecure(), (error) => (error ? reject(error) : resolve()))
+    })
+    await chmod(bound, socketMode)
+    await rename(bound, path)
   } catch (error) {
     server.forceShutdown()
     throw error
+  } finally {
+    await rm(staging, { recursive: true, force: true })
   }
 
   let closed: Promise<void> | undefined

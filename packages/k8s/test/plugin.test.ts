@@ -6,7 +6,7 @@
  */
 import { afterAll, afterEach, describe, expect, it } from 'vitest'
 import { lstat, stat, writeFile } from 'node:fs/promises'
-import { existsSync } from 'node:fs'
+import { existsSync, readdirSync } from 'node:fs'
 import { join } from 'node:path'
 import { DecryptError, KeyChain, RootKeyError, aesRootKey, decodeHeader, embeddedStore, memoryStore, type KeyChainOptions } from '@kms-proxy/core'
 import { fileStore } from '@kms-proxy/file'
@@ -350,6 +350,16 @@ describe('the socket', () => {
     await expect(serveKmsPlugin({ socket: join(dir, 'x.sock'), chain, healthCacheMs: -1 })).rejects.toBeInstanceOf(RangeError)
     await plugin.close()
     await expect(lstat(socket)).rejects.toThrow(/ENOENT/)
+  })
+
+  it('is never reachable at its path with a wider mode, even under umask 0 (no window before the chmod)', async () => {
+    for (let round = 0; round < 2; round++) {
+      const t = tempDir()
+      cleanups.push(t.cleanup)
+      const child = spawnTs(new URL('./socket-umask.ts', import.meta.url).href, { ...process.env, KMS_PROXY_K8S_SOCKET: t.socket })
+      expect(await readLine<number[]>(child, 'MODES ')).toEqual([0o600])
+      expect(readdirSync(t.dir)).toEqual([]) // no staging folder left behind
+    }
   })
 
   it('accepts unix:///path, as in the EncryptionConfiguration endpoint', async () => {
