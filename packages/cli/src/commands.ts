@@ -1,6 +1,6 @@
 /** The commands. Each takes its own arguments and returns an exit code; errors go to explain(). */
-import { lstat, open, readdir, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises'
-import { basename, dirname, join, relative, resolve } from 'node:path'
+import { lstat, open, readdir, readFile, stat } from 'node:fs/promises'
+import { dirname, join, relative, resolve } from 'node:path'
 import process from 'node:process'
 import { parseArgs } from 'node:util'
 import { KeyChain, type KeyChainStats, type RootKey } from '@kms-proxy/core'
@@ -19,7 +19,7 @@ import {
   type StoreConfig,
 } from './config.js'
 import { CliError, EXIT, explain, usage } from './exit.js'
-import { isTempName, openInput, openOutputFile, peek, progressBar, readAll, stdoutOutput, wantsProgress, type Output } from './io.js'
+import { isTempName, openInput, openOutputFile, peek, progressBar, readAll, stdoutOutput, wantsProgress, writeWhole, type Output } from './io.js'
 
 type Spec = Record<string, { type: 'string' | 'boolean'; short?: string; multiple?: boolean }>
 
@@ -104,18 +104,6 @@ function storeConfig(v: Record<string, unknown>, configFile: string): StoreConfi
     return { type, endpoints, ...(str(v['etcd-prefix']) ? { prefix: str(v['etcd-prefix'])! } : {}), ...(str(v['etcd-username']) ? { username: str(v['etcd-username'])! } : {}) }
   }
   throw usage('--store: expected file or etcd')
-}
-
-/** Writes a file whole or not at all (temporary name, then rename). */
-async function writeAtomically(path: string, text: string, mode: number): Promise<void> {
-  const temp = join(dirname(path), `.${basename(path)}.${Date.now().toString(36)}.kms-proxy-tmp`)
-  await writeFile(temp, text, { mode, flag: 'wx' })
-  try {
-    await rename(temp, path)
-  } catch (error) {
-    await unlink(temp).catch(() => {})
-    throw error
-  }
 }
 
 const init: Command = {
@@ -208,7 +196,7 @@ The passphrase comes from $KMS_PROXY_PASSPHRASE, or is typed twice on a terminal
       const { id } = await chain.rotate()
       message = `created chain "${config.chain}" with KEK ${kekId(id)}`
     }
-    await writeAtomically(file, `${JSON.stringify(config, null, 2)}\n`, 0o644)
+    await writeWhole(file, new TextEncoder().encode(`${JSON.stringify(config, null, 2)}\n`), 0o644)
     const where = config.store.type === 'file' ? `file store ${storeFilePath(config, file)}` : `etcd ${config.store.endpoints.join(',')}`
     out(`${message} (${config.rootKey.type} root key, ${where})`)
     out(`config written to ${file}`)
@@ -539,16 +527,7 @@ ${CONFIG_HELP}
             counts.current++
             continue
           }
-          const output = await openOutputFile(file, info.mode & 0o777)
-          try {
-            const writer = output.writable.getWriter()
-            await writer.write(moved)
-            await writer.close()
-            await output.commit()
-          } catch (error) {
-            await output.discard()
-            throw error
-          }
+          await writeWhole(file, moved, info.mode & 0o777)
           counts.messages++
         }
         counts.rewrapped++

@@ -158,7 +158,10 @@ export async function openOutputFile(path: string, mode = 0o600): Promise<Output
   const temp = direct ? path : tempName(path)
   if (!direct) trapSignals()
   const handle: FileHandle = await open(temp, direct ? 'w' : 'wx', mode)
-  if (!direct) pending.add(temp)
+  if (!direct) {
+    pending.add(temp)
+    await handle.chmod(mode) // exactly `mode`, not narrowed by the umask: rewrap keeps a file's mode
+  }
   let closed = false
   const close = async () => {
     if (!closed) {
@@ -186,6 +189,20 @@ export async function openOutputFile(path: string, mode = 0o600): Promise<Output
       await unlink(temp).catch(() => {})
       pending.delete(temp)
     },
+  }
+}
+
+/** Writes `bytes` to `path` whole or not at all (openOutputFile, one write, commit). */
+export async function writeWhole(path: string, bytes: Uint8Array, mode?: number): Promise<void> {
+  const output = await openOutputFile(path, mode)
+  try {
+    const writer = output.writable.getWriter()
+    await writer.write(bytes)
+    await writer.close()
+    await output.commit()
+  } catch (error) {
+    await output.discard()
+    throw error
   }
 }
 

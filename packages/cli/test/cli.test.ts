@@ -1,6 +1,6 @@
 import { execFileSync, spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { createReadStream, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { chmodSync, createReadStream, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { EXIT, FAST_KDF, bundleCli, spawnCollect, tempDir, type Result } from './helpers.js'
@@ -345,8 +345,14 @@ describe('rotate, status and rewrap', () => {
     const oldPrimary = (await statusOf(dir)).primary.id
     const { primary } = JSON.parse((await kp(dir, ['rotate', '--json'])).stdout.toString())
 
+    // Modes are kept exactly, even those the umask (022 here) would narrow.
+    chmodSync(join(files, 'a.kp'), 0o664)
+    chmodSync(join(files, 'c.kp'), 0o660)
     const r = await kp(dir, ['rewrap', 'files', '--json'])
     expect(r.stderr).toBe('')
+    expect(statSync(join(files, 'a.kp')).mode & 0o777).toBe(0o664)
+    expect(statSync(join(files, 'c.kp')).mode & 0o777).toBe(0o660)
+    expect(statSync(join(files, 'nested/b.kp')).mode & 0o777).toBe(0o600)
     expect(r.code).toBe(EXIT.OK)
     expect(JSON.parse(r.stdout.toString())).toEqual({ rewrapped: 4, messages: 1, streams: 3, current: 0, skipped: 1, failed: 0, primary, rootKeyUnwraps: 2, rootKeyWraps: 0 })
     for (const [name, old] of Object.entries(before)) {
