@@ -9,7 +9,7 @@
  */
 import * as grpc from '@grpc/grpc-js'
 import { connect } from 'node:net'
-import { chmod, lstat, mkdtemp, rename, rm, unlink } from 'node:fs/promises'
+import { chmod, link, lstat, mkdtemp, rm, unlink } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { KeyChain, KmsProxyError, decodeHeader, kekAad, type KeyChainStats, type RootKey } from '@kms-proxy/core'
 import {
@@ -329,7 +329,8 @@ export async function serveKmsPlugin(options: KmsPluginOptions): Promise<KmsPlug
   })
   // The socket is made with the process umask's mode (0777 under umask 0): bound in place, it
   // would take calls from any local user until a chmod. So it is bound in a private (0700)
-  // folder next to `path`, given its mode, and only then renamed into place.
+  // folder next to `path`, given its mode, and only then linked into place (a link, unlike a
+  // rename, fails if another plugin took the path meanwhile, as a bind in place would).
   const staging = await mkdtemp(join(dirname(path), '.kms-proxy-'))
   try {
     const bound = join(staging, 's')
@@ -337,7 +338,9 @@ export async function serveKmsPlugin(options: KmsPluginOptions): Promise<KmsPlug
       server.bindAsync(`unix:${bound}`, grpc.ServerCredentials.createInsecure(), (error) => (error ? reject(error) : resolve()))
     })
     await chmod(bound, socketMode)
-    await rename(bound, path)
+    await link(bound, path).catch((error: { code?: string }) => {
+      throw error.code === 'EEXIST' ? new Error(`socket: ${path} was created by someone else while this server started`) : error
+    })
   } catch (error) {
     server.forceShutdown()
     throw error
