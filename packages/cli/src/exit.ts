@@ -86,6 +86,8 @@ export function explain(error: unknown): { exitCode: ExitCode; message: string }
     const what: Record<string, string> = { ENOENT: 'no such file or directory', EACCES: 'permission denied', EPERM: 'operation not permitted', EISDIR: 'is a directory', ENOTDIR: 'not a directory', ENOSPC: 'no space left on device', EROFS: 'read-only file system' }
     return { exitCode: EXIT.IO, message: `cannot access${where}: ${what[code] ?? code}` }
   }
-  if (error instanceof RangeError || error instanceof TypeError) return { exitCode: EXIT.USAGE, message: error.message }
+  // Bad options (ours, or a package's TypeError about a config value) are usage errors; a
+  // runtime's own coded TypeError (ERR_INVALID_STATE from a stream, ...) is not the user's doing.
+  if ((error instanceof RangeError || error instanceof TypeError) && typeof code !== 'string') return { exitCode: EXIT.USAGE, message: error.message }
   return { exitCode: EXIT.INTERNAL, message: `unexpected error: ${(error as Error)?.message ?? String(error)} (set KMS_PROXY_DEBUG=1 for details)` }
 }

@@ -119,11 +119,11 @@ export const isTempName = (name: string): boolean => name.endsWith('.kms-proxy-t
 const pending = new Set<string>()
 let trapped = false
 
-/** Ctrl-C or a kill while an output is being written removes its temporary file (exit 130 / 143). */
+/** Ctrl-C, a kill or a closed terminal while an output is written removes its temporary file (exit 130 / 143 / 129). */
 function trapSignals(): void {
   if (trapped) return
   trapped = true
-  for (const [signal, code] of [['SIGINT', 130], ['SIGTERM', 143]] as const) {
+  for (const [signal, code] of [['SIGINT', 130], ['SIGTERM', 143], ['SIGHUP', 129]] as const) {
     process.once(signal, () => {
       for (const temp of pending) {
         try {

@@ -279,7 +279,11 @@ describe('encrypt and decrypt', () => {
     }
   })
 
-  it('Ctrl-C while writing removes the temporary output file (exit 130)', async () => {
+  it.each([
+    ['SIGINT', 130],
+    ['SIGTERM', 143],
+    ['SIGHUP', 129],
+  ] as const)('%s while writing (Ctrl-C, kill, a closed terminal) removes the temporary output file (exit %i)', async (signal, exitCode) => {
     const child = spawn(process.execPath, [bundle, 'encrypt', '-o', 'interrupted.kp'], { cwd: dir, env: { PATH: process.env.PATH, KMS_PROXY_PASSPHRASE: PASSPHRASE }, stdio: ['pipe', 'ignore', 'pipe'] })
     let stderr = ''
     child.stderr.on('data', (c: Buffer) => (stderr += c))
@@ -288,8 +292,8 @@ describe('encrypt and decrypt', () => {
     const temp = () => readdirSync(dir).filter((f) => f.startsWith('.interrupted.kp.') && f.endsWith('.kms-proxy-tmp'))
     for (let i = 0; i < 200 && temp().length === 0; i++) await new Promise((r) => setTimeout(r, 25))
     expect(temp()).toHaveLength(1)
-    child.kill('SIGINT')
-    expect(await exited).toBe(130)
+    child.kill(signal)
+    expect(await exited).toBe(exitCode)
     expect(stderr).toMatch(/interrupted; no output written/)
     expect(temp()).toEqual([])
     expect(existsSync(join(dir, 'interrupted.kp'))).toBe(false)

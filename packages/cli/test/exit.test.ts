@@ -1,0 +1,20 @@
+/** explain(): the one place that turns an error into an exit code and a line. */
+import { expect, it } from 'vitest'
+import { DecryptError, RootKeyError } from '@kms-proxy/core'
+import { EXIT, explain } from '../src/exit.ts'
+
+it('maps each kind of failure to its own exit code; a runtime fault is not a usage error', () => {
+  const cases: [unknown, number][] = [
+    [new DecryptError('decryption failed'), EXIT.TAMPERED],
+    [new RootKeyError('wrong passphrase'), EXIT.ROOT_KEY],
+    [new RootKeyError('the KMS did not answer', { retryable: true }), EXIT.ROOT_KEY_UNREACHABLE],
+    [new TypeError('kdf: expected pbkdf2, scrypt or argon2id'), EXIT.USAGE], // a bad option
+    [new RangeError('the input is over 268435456 bytes'), EXIT.USAGE],
+    [Object.assign(new TypeError("Unknown option '--x'"), { code: 'ERR_PARSE_ARGS_UNKNOWN_OPTION' }), EXIT.USAGE],
+    [Object.assign(new TypeError('Invalid state: Unable to enqueue'), { code: 'ERR_INVALID_STATE' }), EXIT.INTERNAL],
+    [Object.assign(new Error('write EPIPE'), { code: 'EPIPE' }), EXIT.IO],
+    [Object.assign(new Error('no space'), { code: 'ENOSPC', path: '/x' }), EXIT.IO],
+    [new Error('something else'), EXIT.INTERNAL],
+  ]
+  for (const [error, code] of cases) expect(explain(error).exitCode, String(error)).toBe(code)
+})
