@@ -42,7 +42,7 @@ export interface KmsPluginOptions {
   rootKey?: RootKey
   /** A probe of your own instead of the root-key call: resolves when healthy. */
   healthCheck?: () => Promise<void>
-  /** A health probe that has not answered within this long counts as failed. Default 2,500 ms. */
+  /** A health probe (key chain and root key together) that has not answered within this long counts as failed. Default 2,500 ms. */
   healthTimeoutMs?: number
   /** Mode of the socket file. Default 0o600 (kube-apiserver runs as root). */
   socketMode?: number
@@ -164,10 +164,12 @@ async function clearStaleSocket(path: string): Promise<void> {
   await unlink(path)
 }
 
-function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+/** `promise`, or a failure once `deadline` (a performance.now() time) passes; `budgetMs` is for the message. */
+function withTimeout<T>(promise: Promise<T>, deadline: number, budgetMs: number, what: string): Promise<T> {
   let timer: ReturnType<typeof setTimeout> | undefined
   const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Refusal(Code.DEADLINE_EXCEEDED, `${what} did not answer within ${ms} ms`)), ms)
+    const refuse = () => reject(new Refusal(Code.DEADLINE_EXCEEDED, `${what} did not answer within ${budgetMs} ms`))
+    timer = setTimeout(refuse, Math.max(0, deadline - performance.now()))
   })
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer))
 }
@@ -220,10 +222,12 @@ export async function serveKmsPlugin(options: KmsPluginOptions): Promise<KmsPlug
    */
   async function probe(): Promise<void> {
     health.probes++
+    // One budget for the whole probe, so that Status answers within healthTimeoutMs.
+    const deadline = performance.now() + healthTimeoutMs
     try {
-      await withTimeout(chain.encrypt(PROBE_PLAINTEXT, { associatedData: PROBE_ASSOCIATED_DATA }), healthTimeoutMs, 'the key chain')
-      if (healthCheck) await withTimeout(healthCheck(), healthTimeoutMs, 'the health check')
-      else if (rootKey) await withTimeout(rootKey.newKek(kekAad(chain.name, 0)), healthTimeoutMs, 'the root key')
+      await withTimeout(chain.encrypt(PROBE_PLAINTEXT, { associatedData: PROBE_ASSOCIATED_DATA }), deadline, healthTimeoutMs, 'the key chain')
+      if (healthCheck) await withTimeout(healthCheck(), deadline, healthTimeoutMs, 'the health check')
+      else if (rootKey) await withTimeout(rootKey.newKek(kekAad(chain.name, 0)), deadline, healthTimeoutMs, 'the root key')
       else if (!chain.stats().rootKeyAvailable) throw new Refusal(Code.UNAVAILABLE, `root key unavailable (${chain.stats().rootKeyLastError ?? 'no detail'})`)
       health.ok = true
       health.healthz = 'ok'

@@ -8,7 +8,7 @@ import { afterAll, afterEach, describe, expect, it } from 'vitest'
 import { lstat, stat, writeFile } from 'node:fs/promises'
 import { existsSync, readdirSync } from 'node:fs'
 import { join } from 'node:path'
-import { DecryptError, KeyChain, RootKeyError, aesRootKey, decodeHeader, embeddedStore, memoryStore, type KeyChainOptions } from '@kms-proxy/core'
+import { DecryptError, KeyChain, RootKeyError, aesRootKey, decodeHeader, embeddedStore, memoryStore, type KeyChainOptions, type RootKey } from '@kms-proxy/core'
 import { fileStore } from '@kms-proxy/file'
 import { countingRootKey } from '@kms-proxy/testkit'
 import { KEK_ANNOTATION, SEED_ASSOCIATED_DATA, serveKmsPlugin, type KmsPlugin, type KmsPluginRequestEvent } from '../src/index.ts'
@@ -270,6 +270,19 @@ describe('health', () => {
   it('a probe that hangs counts as failed after healthTimeoutMs', async () => {
     const { client } = await setup({}, { healthCacheMs: 0, healthTimeoutMs: 50, healthCheck: () => new Promise(() => {}) })
     expect((await client.status()).healthz).toBe('unhealthy: the health check did not answer within 50 ms')
+  })
+
+  it('healthTimeoutMs bounds the whole probe (key chain, then root key), not each part', async () => {
+    const t = tempDir()
+    cleanups.push(t.cleanup)
+    const inner = aesRootKey(ROOT_BYTES)
+    // Each root call takes 80 ms: the probe's first encryption makes the first KEK (one call),
+    // then the probe asks the root (another): about 160 ms in all, each part under 120 ms.
+    const slow: RootKey = { kind: inner.kind, newKek: async (aad) => (await new Promise((r) => setTimeout(r, 80)), inner.newKek(aad)), unwrapKek: (w, aad) => inner.unwrapKek(w, aad) }
+    const chain = await KeyChain.open({ rootKey: slow, store: memoryStore() })
+    const plugin = await serveKmsPlugin({ socket: t.socket, chain, rootKey: slow, healthTimeoutMs: 120 })
+    cleanups.push(() => plugin.close())
+    expect(await plugin.checkHealth()).toMatch(/^unhealthy: the (root key|key chain) did not answer within 120 ms$/)
   })
 
   it('without rootKey or healthCheck, health follows the chain: ok once it has made its primary KEK', async () => {
