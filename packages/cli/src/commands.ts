@@ -448,7 +448,7 @@ async function readHead(path: string, n: number): Promise<Uint8Array> {
 }
 
 /** Writes header || bytes of `path` from `from` to its end, as a new file renamed over `path`. */
-async function replaceHeader(path: string, header: Uint8Array, from: number, mode: number): Promise<void> {
+async function replaceHeader(path: string, header: Uint8Array, from: number, mode: number, beforeRename: () => Promise<void>): Promise<void> {
   const output = await openOutputFile(path, mode)
   try {
     const writer = output.writable.getWriter()
@@ -467,7 +467,7 @@ async function replaceHeader(path: string, header: Uint8Array, from: number, mod
       await handle.close()
     }
     await writer.close()
-    await output.commit()
+    await output.commit(beforeRename)
   } catch (error) {
     await output.discard()
     throw error
@@ -503,6 +503,14 @@ ${CONFIG_HELP}
     for (const file of files) {
       try {
         const info = await lstat(file)
+        // Another writer may replace or change the file meanwhile (an encrypt -o to the same
+        // name): then its new bytes win, and this file is reported, not overwritten.
+        const unchanged = async () => {
+          const now = await lstat(file)
+          if (now.ino !== info.ino || now.size !== info.size || now.mtimeMs !== info.mtimeMs) {
+            throw new CliError(EXIT.IO, 'it changed while being rewrapped; left as it is (run rewrap again)')
+          }
+        }
         const head = await readHead(file, Math.min(info.size, MAX_STREAM_HEADER))
         if (head.length < 6 || head[0] !== 0x01) {
           counts.skipped++
@@ -518,7 +526,7 @@ ${CONFIG_HELP}
             counts.current++
             continue
           }
-          await replaceHeader(file, header, replaces, info.mode & 0o777)
+          await replaceHeader(file, header, replaces, info.mode & 0o777, unchanged)
           counts.streams++
         } else {
           const data = new Uint8Array(await readFile(file))
@@ -527,7 +535,7 @@ ${CONFIG_HELP}
             counts.current++
             continue
           }
-          await writeWhole(file, moved, info.mode & 0o777)
+          await writeWhole(file, moved, info.mode & 0o777, unchanged)
           counts.messages++
         }
         counts.rewrapped++

@@ -140,8 +140,11 @@ function trapSignals(): void {
 
 export interface Output {
   writable: WritableStream<Uint8Array>
-  /** Makes the output final (rename into place). Call only after the pipe finished without error. */
-  commit(): Promise<void>
+  /**
+   * Makes the output final (rename into place). Call only after the pipe finished without error.
+   * `beforeRename` may still refuse (throw), after the data is on disk and before it replaces `path`.
+   */
+  commit(beforeRename?: () => Promise<void>): Promise<void>
   /** Removes what was written. Safe to call after a failure at any point. */
   discard(): Promise<void>
 }
@@ -176,10 +179,11 @@ export async function openOutputFile(path: string, mode = 0o600): Promise<Output
         while (at < chunk.length) at += (await handle.write(chunk, at, chunk.length - at)).bytesWritten
       },
     }),
-    async commit() {
+    async commit(beforeRename) {
       if (direct) return close()
       await handle.sync()
       await close()
+      await beforeRename?.()
       await rename(temp, path)
       pending.delete(temp)
     },
@@ -193,13 +197,13 @@ export async function openOutputFile(path: string, mode = 0o600): Promise<Output
 }
 
 /** Writes `bytes` to `path` whole or not at all (openOutputFile, one write, commit). */
-export async function writeWhole(path: string, bytes: Uint8Array, mode?: number): Promise<void> {
+export async function writeWhole(path: string, bytes: Uint8Array, mode?: number, beforeRename?: () => Promise<void>): Promise<void> {
   const output = await openOutputFile(path, mode)
   try {
     const writer = output.writable.getWriter()
     await writer.write(bytes)
     await writer.close()
-    await output.commit()
+    await output.commit(beforeRename)
   } catch (error) {
     await output.discard()
     throw error

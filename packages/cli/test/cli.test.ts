@@ -1,6 +1,6 @@
 import { execFileSync, spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { chmodSync, createReadStream, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { chmodSync, createReadStream, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, watch, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { EXIT, FAST_KDF, bundleCli, spawnCollect, tempDir, type Result } from './helpers.js'
@@ -387,5 +387,32 @@ describe('rotate, status and rewrap', () => {
     expect(partial.stderr).toMatch(/a\.kp: decryption failed/)
     expect(JSON.parse(partial.stdout.toString())).toMatchObject({ rewrapped: 3, failed: 1 })
     expect(readFileSync(join(files, 'a.kp')).equals(a)).toBe(true)
+  })
+  it('rewrap never overwrites a file that another writer replaced while it was being rewrapped', async () => {
+    const dir = await initialized('rewrap-race')
+    const files = join(dir, 'files')
+    mkdirSync(files)
+    const big = join(files, 'big.kp')
+    const enc = await kp(dir, ['encrypt', '-i', '-', '-o', big], { input: randomBytes(48 * 1024 * 1024) })
+    expect(enc.code, enc.stderr).toBe(EXIT.OK)
+    await kp(dir, ['rotate'])
+    // As soon as rewrap opens its temporary file (it then copies 48 MiB and fsyncs), a newer
+    // version of big.kp lands under the same name, the way `encrypt -o` writes it.
+    const newer = (await kp(dir, ['encrypt', '--message'], { input: 'the newer version' })).stdout
+    writeFileSync(join(dir, 'newer.kp'), newer)
+    const watcher = watch(files, (_event, name) => {
+      if (name && String(name).endsWith('.kms-proxy-tmp') && existsSync(join(dir, 'newer.kp'))) renameSync(join(dir, 'newer.kp'), big)
+    })
+    try {
+      const r = await kp(dir, ['rewrap', 'files', '--json'])
+      expect(existsSync(join(dir, 'newer.kp'))).toBe(false) // the swap happened during the rewrap
+      expect(r.code).toBe(EXIT.IO)
+      expect(r.stderr).toMatch(/big\.kp: it changed while being rewrapped; left as it is/)
+      expect(JSON.parse(r.stdout.toString())).toMatchObject({ rewrapped: 0, failed: 1 })
+    } finally {
+      watcher.close()
+    }
+    expect(readFileSync(big).equals(newer)).toBe(true)
+    expect(readdirSync(files).filter((f) => f.includes('kms-proxy-tmp'))).toEqual([])
   })
 })
