@@ -66,3 +66,16 @@ export async function main(args: string[]): Promise<number> {
     return exitCode
   }
 }
+
+/**
+ * The bin's whole body: runs `main`, then exits with its code once stdout has drained (an exit
+ * code set while streams are still open would be lost on some runtimes, and a k8s-plugin that
+ * stopped must not wait for idle handles). A stdout whose reader went away (EPIPE) never
+ * drains: then it exits at once.
+ */
+export async function runAndExit(args: string[]): Promise<void> {
+  const code = await main(args)
+  process.exitCode = code
+  if (process.stdout.writableLength > 0 && !process.stdout.destroyed) process.stdout.once('drain', () => process.exit(code))
+  else process.exit(code)
+}
