@@ -95,6 +95,10 @@ export async function loadConfig(path: string): Promise<CliConfig> {
       (r.type === 'azure' && str(r.vaultUrl) && str(r.keyName)) ||
       (r.type === 'pkcs11' && str(r.url)))
   if (!ok) throw bad(path, '"rootKey" must name a type (passphrase, aws-kms, vault, gcp, azure, pkcs11) and its fields')
+  if (c.maxWrapsPerKek !== undefined && !(Number.isSafeInteger(c.maxWrapsPerKek) && c.maxWrapsPerKek >= 1 && c.maxWrapsPerKek <= 2 ** 32)) {
+    throw bad(path, '"maxWrapsPerKek" must be an integer from 1 to 2^32')
+  }
+  if (c.maxKekAgeMs !== undefined && !(typeof c.maxKekAgeMs === 'number' && c.maxKekAgeMs > 0)) throw bad(path, '"maxKekAgeMs" must be a positive number')
   return c as CliConfig
 }
 

@@ -239,6 +239,10 @@ describe('encrypt and decrypt', () => {
     const noStore = await kp(empty, ['status', '-c', 'nostore.json'])
     expect(noStore.code).toBe(EXIT.MISSING)
     expect(noStore.stderr).toMatch(/gone\.json .* does not exist/)
+    writeFileSync(join(dir, 'bad-policy.json'), JSON.stringify({ ...config, maxWrapsPerKek: -1 }))
+    const badPolicy = await kp(dir, ['encrypt', '-c', 'bad-policy.json', '-i', 'in.bin', '-o', 'bad-policy.out'])
+    expect(badPolicy.code).toBe(EXIT.MISSING) // a config problem, not a usage error
+    expect(badPolicy.stderr).toMatch(/bad-policy\.json: "maxWrapsPerKek" must be an integer/)
     writeFileSync(join(dir, 'other-chain.json'), JSON.stringify({ ...config, chain: 'payroll' }))
     const noChain = await kp(dir, ['decrypt', '-c', 'other-chain.json', '-i', 'in.kp', '-o', 'nochain.out'])
     expect(noChain.code).toBe(EXIT.MISSING)
