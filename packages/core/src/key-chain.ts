@@ -595,6 +595,10 @@ export class KeyChain {
       if (attempt > 0) await new Promise((r) => setTimeout(r, (randomPublicBytes(1)[0]! * Math.min(64, 2 ** attempt)) / 256))
       const head = await this.#storeCall('read the chain head', () => this.#store.getHead(this.name))
       const h = head?.value
+      // Our rotation may have landed although its compare-and-swap answered false (a lost answer
+      // retried on another etcd member): the spare is then the primary, and installing it again
+      // would restart its usage count.
+      if (this.#spare?.id === h?.primary) this.#spare = undefined
       const mustRotate =
         force || h === undefined || h.leased >= this.#maxWraps || Date.now() - h.primaryCreatedAt >= this.#maxAge
       if (!mustRotate) {

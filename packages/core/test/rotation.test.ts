@@ -210,3 +210,32 @@ describe('embedded KEKs seen by a chain on a shared store', () => {
     await expect(KeyChain.open({ acceptEmbeddedKeks: 'yes' as never })).rejects.toBeInstanceOf(TypeError)
   })
 })
+
+describe('a compare-and-swap whose answer is lost', () => {
+  it('a rotation that landed although casHead answered false does not restart the new KEK\'s usage count', async () => {
+    // As the etcd store behaves when a leader dies after committing: the write is applied, the
+    // answer is lost, the retry on another member fails its compare and says false.
+    const inner = memoryStore()
+    let lose = 0
+    const store = {
+      ...inner,
+      embedsKeks: inner.embedsKeks,
+      async casHead(chain: string, expected: string | undefined, next: { primary: number; primaryCreatedAt: number; leased: number }) {
+        const current = await inner.getHead(chain)
+        const ok = await inner.casHead(chain, expected, next)
+        const rotation = ok && current !== undefined && current.value.primary !== next.primary
+        if (rotation && lose++ < 3) return false
+        return ok
+      },
+    } as typeof inner
+    const MAX = 10
+    const chain = await KeyChain.open({ rootKey: counting(), store, maxWrapsPerKek: MAX, leaseSize: 5, dekPoolSize: 0 })
+    const encrypted: Uint8Array[] = []
+    for (let i = 0; i < 100; i++) encrypted.push(await chain.encrypt(`record ${i}`))
+    expect(lose).toBeGreaterThanOrEqual(3)
+    const perKek = new Map<number, number>()
+    for (const e of encrypted) perKek.set(kekIdOf(e), (perKek.get(kekIdOf(e)) ?? 0) + 1)
+    expect(Math.max(...perKek.values())).toBeLessThanOrEqual(MAX)
+    for (let i = 0; i < 100; i++) expect(text(await chain.decrypt(encrypted[i]!))).toBe(`record ${i}`)
+  })
+})
