@@ -3,27 +3,15 @@
  * http://localhost talking cross-origin to etcd, whose CORS default is `*`).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { createServer, type Server } from 'node:http'
 import { join } from 'node:path'
-import * as esbuild from 'esbuild'
+import { bundle, launch, serve } from '../../indexeddb/test/serve.ts'
 import { haveEtcd, startEtcd, type EtcdCluster } from './etcd-process.ts'
 
-const repo = join(import.meta.dirname, '..', '..', '..')
 type Result = { name: string; ok: boolean; ms: number; error?: string }
 
-async function bundle(entry: string): Promise<string> {
-  // tsconfigRaw left default: the repo's tsconfig paths map @kms-proxy/* to the sources.
-  const built = await esbuild.build({
-    entryPoints: [join(import.meta.dirname, 'portable', entry)],
-    bundle: true,
-    format: 'esm',
-    platform: 'browser',
-    target: 'es2022',
-    write: false,
-    absWorkingDir: repo,
-    logLevel: 'error',
-  })
-  return built.outputFiles[0]!.text
+/** The portable suite, bundled from the sources (the Chromium tests' shared esbuild helper). */
+async function bundleEntry(entry: string): Promise<string> {
+  return new TextDecoder().decode(await bundle(join(import.meta.dirname, 'portable', entry)))
 }
 
 function check(where: string, results: Result[]): void {
@@ -44,7 +32,7 @@ describe.skipIf(!haveEtcd)('etcdStore in other runtimes', () => {
 
   it('workerd (Miniflare): describeStore passes', async () => {
     const { Miniflare } = await import('miniflare')
-    const mf = new Miniflare({ modules: true, script: await bundle('worker.ts'), compatibilityDate: '2026-05-01' })
+    const mf = new Miniflare({ modules: true, script: await bundleEntry('worker.ts'), compatibilityDate: '2026-05-01' })
     try {
       const response = await mf.dispatchFetch(`http://localhost/?etcd=${encodeURIComponent(etcd.urls[0]!)}`)
       const body = await response.text()
@@ -56,24 +44,11 @@ describe.skipIf(!haveEtcd)('etcdStore in other runtimes', () => {
   }, 60_000)
 
   it('Chromium (a page on http://localhost, etcd cross-origin): describeStore passes', async () => {
-    const { chromium } = await import('playwright-core')
-    const script = await bundle('page.ts')
-    const server: Server = createServer((req, res) => {
-      if (req.url?.startsWith('/page.js')) {
-        res.writeHead(200, { 'content-type': 'text/javascript' }).end(script)
-      } else {
-        res.writeHead(200, { 'content-type': 'text/html' }).end('<!doctype html><script type="module" src="/page.js"></script>')
-      }
-    })
-    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()))
-    const browser = await chromium.launch({
-      executablePath: '/usr/bin/chromium',
-      args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-    })
+    const { server, origin } = await serve({ '/page.js': await bundleEntry('page.ts'), '/index.html': '<!doctype html><script type="module" src="/page.js"></script>' })
+    const browser = await launch()
     try {
       const page = await browser.newPage()
-      const port = (server.address() as { port: number }).port
-      await page.goto(`http://localhost:${port}/?etcd=${encodeURIComponent(etcd.urls[0]!)}`)
+      await page.goto(`${origin}/?etcd=${encodeURIComponent(etcd.urls[0]!)}`)
       await page.waitForFunction(() => (globalThis as { results?: unknown }).results !== undefined)
       const results = (await page.evaluate(() => (globalThis as unknown as { results: Promise<unknown> }).results)) as Result[]
       check('Chromium', results)

@@ -6,10 +6,9 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { spawn } from 'node:child_process'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
-import { createServer, type Server } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import * as esbuild from 'esbuild'
+import { bundle, launch, serve } from '../../indexeddb/test/serve.ts'
 import { startMoto, type Moto } from './fakes/moto.ts'
 import { startFakeGcpKms, type FakeGcpKms } from './fakes/gcp.ts'
 import { startFakeVault, type FakeVault } from './fakes/vault.ts'
@@ -17,8 +16,7 @@ import { startFakeAzureKeyVault, type FakeAzureKeyVault } from './fakes/azure.ts
 import { startCorsProxy } from './fakes/cors.ts'
 import type { Targets } from './portable/suite.ts'
 
-const repo = join(import.meta.dirname, '..', '..', '..')
-const bin = (name: string) => join(repo, 'node_modules', '.bin', name)
+const bin = (name: string) => join(import.meta.dirname, '..', '..', '..', 'node_modules', '.bin', name)
 type Result = { name: string; ok: boolean; ms: number; error?: string }
 const credentials = { accessKeyId: 'AKIDKMSPROXYRUNTIMES', secretAccessKey: 'kms-proxy-runtimes-secret/abc+def' }
 const gcpKey = (k: string) => `projects/p/locations/europe-west1/keyRings/r/cryptoKeys/${k}`
@@ -31,18 +29,9 @@ let targets: Targets
 const closers: (() => unknown)[] = []
 const dir = mkdtempSync(join(tmpdir(), 'kms-runtimes-'))
 
-async function bundle(entry: string): Promise<string> {
-  const built = await esbuild.build({
-    entryPoints: [join(import.meta.dirname, 'portable', entry)],
-    bundle: true,
-    format: 'esm',
-    platform: 'browser',
-    target: 'es2022',
-    write: false,
-    absWorkingDir: repo,
-    logLevel: 'error',
-  })
-  return built.outputFiles[0]!.text
+/** The portable suite, bundled from the sources (the Chromium tests' shared esbuild helper). */
+async function bundleEntry(entry: string): Promise<string> {
+  return new TextDecoder().decode(await bundle(join(import.meta.dirname, 'portable', entry)))
 }
 
 function check(results: Result[]): void {
@@ -93,20 +82,20 @@ afterAll(async () => {
 describe('KMS root keys in other runtimes', () => {
   it('Deno: the contract passes for AWS, Google, Vault and Azure', async () => {
     const file = join(dir, 'deno.mjs')
-    writeFileSync(file, await bundle('cli.ts'))
+    writeFileSync(file, await bundleEntry('cli.ts'))
     const env = { KMS_TARGETS: JSON.stringify(targets), DENO_DIR: join(dir, 'deno-dir'), NO_COLOR: '1', DENO_NO_UPDATE_CHECK: '1' }
     check(await run(bin('deno'), ['run', '--quiet', '--allow-net=127.0.0.1', '--allow-env=KMS_TARGETS', file], env))
   }, 60_000)
 
   it('Bun: the contract passes for AWS, Google, Vault and Azure', async () => {
     const file = join(dir, 'bun.mjs')
-    writeFileSync(file, await bundle('cli.ts'))
+    writeFileSync(file, await bundleEntry('cli.ts'))
     check(await run(bin('bun'), [file], { KMS_TARGETS: JSON.stringify(targets) }))
   }, 60_000)
 
   it('workerd (Miniflare): the contract passes for AWS, Google, Vault and Azure', async () => {
     const { Miniflare } = await import('miniflare')
-    const mf = new Miniflare({ modules: true, script: await bundle('worker.ts'), compatibilityDate: '2026-05-01' })
+    const mf = new Miniflare({ modules: true, script: await bundleEntry('worker.ts'), compatibilityDate: '2026-05-01' })
     try {
       const response = await mf.dispatchFetch('http://localhost/', { method: 'POST', body: JSON.stringify(targets) })
       const body = await response.text()
@@ -118,7 +107,6 @@ describe('KMS root keys in other runtimes', () => {
   }, 60_000)
 
   it('Chromium (a page on http://localhost, each KMS behind a CORS proxy): the contract passes', async () => {
-    const { chromium } = await import('playwright-core')
     const proxied = async (url: string) => {
       const proxy = await startCorsProxy(url)
       closers.push(() => proxy.close())
@@ -130,20 +118,11 @@ describe('KMS root keys in other runtimes', () => {
       vault: { ...targets.vault, address: await proxied(targets.vault.address) },
       azure: { ...targets.azure, vaultUrl: await proxied(targets.azure.vaultUrl) },
     }
-    const script = await bundle('page.ts')
-    const server: Server = createServer((req, res) => {
-      if (req.url?.startsWith('/page.js')) res.writeHead(200, { 'content-type': 'text/javascript' }).end(script)
-      else res.writeHead(200, { 'content-type': 'text/html' }).end('<!doctype html><script type="module" src="/page.js"></script>')
-    })
-    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()))
-    const browser = await chromium.launch({
-      executablePath: '/usr/bin/chromium',
-      args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-    })
+    const { server, origin } = await serve({ '/page.js': await bundleEntry('page.ts'), '/index.html': '<!doctype html><script type="module" src="/page.js"></script>' })
+    const browser = await launch()
     try {
       const page = await browser.newPage()
-      const port = (server.address() as { port: number }).port
-      await page.goto(`http://localhost:${port}/?targets=${encodeURIComponent(JSON.stringify(browserTargets))}`)
+      await page.goto(`${origin}/?targets=${encodeURIComponent(JSON.stringify(browserTargets))}`)
       await page.waitForFunction(() => (globalThis as { results?: unknown }).results !== undefined)
       check((await page.evaluate(() => (globalThis as unknown as { results: Promise<unknown> }).results)) as Result[])
     } finally {
