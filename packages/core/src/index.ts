@@ -32,3 +32,5 @@ export {
   kekAad,
 } from './format.js'
 export type { Header, MessageParts, StreamHeader } from './format.js'
+export { httpExchange, httpWithRetry, transientStatus, isLoopbackHost, checkServerUrl, HttpExchangeError } from './http.js'
+export type { HttpAnswer, HttpExchangeOptions, HttpRetryOptions, HttpFailureReason } from './http.js'
