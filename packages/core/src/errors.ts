@@ -22,6 +22,32 @@ export interface KmsProxyErrorOptions {
   retryable?: boolean
 }
 
+/**
+ * The brand every error of every copy of this package carries. An adapter may resolve its own
+ * copy of `@kms-proxy/core` (two versions in one install are common), and `instanceof` across
+ * copies compares two different classes: errors are recognised by this registered symbol
+ * instead, so that a KMS 503 thrown by an adapter's copy stays a retryable `RootKeyError`.
+ */
+const BRAND = Symbol.for('@kms-proxy/core/error')
+
+/** Our own generated classes, whose `instanceof` also accepts errors of other copies. */
+const ownClasses = new WeakSet<object>()
+
+/**
+ * True for an error of any copy of `@kms-proxy/core`: a `KmsProxyError` with a known `code`.
+ * Prefer it (or `instanceof`, which does the same for this package's classes) to comparing
+ * constructors.
+ */
+export function isKmsProxyError(value: unknown): value is AnyKmsProxyError {
+  return (
+    typeof value === 'object' &&
+    value !== null &&
+    (value as Record<symbol, unknown>)[BRAND] === true &&
+    Object.prototype.hasOwnProperty.call(ERROR_CODES, (value as { code?: unknown }).code as string)
+  )
+}
+
+/** Base class of every error this library throws; `code` is stable, `retryable` says whether to try again. */
 export class KmsProxyError extends Error {
   readonly code: ErrorCode
   readonly retryable: boolean
@@ -31,6 +57,19 @@ export class KmsProxyError extends Error {
     this.code = code
     this.retryable = options.retryable ?? false
     this.name = ERROR_CODES[code] ?? 'KmsProxyError'
+    Object.defineProperty(this, BRAND, { value: true })
+  }
+
+  /**
+   * `instanceof` that holds across copies of the package: an error of another copy is an
+   * instance of `KmsProxyError`, and of the subclass with its code. Classes users derive keep
+   * the ordinary prototype check.
+   */
+  static override [Symbol.hasInstance](value: unknown): boolean {
+    if (Function.prototype[Symbol.hasInstance].call(this, value)) return true
+    if (!ownClasses.has(this) || !isKmsProxyError(value)) return false
+    const code = (this as unknown as { code?: ErrorCode }).code
+    return code === undefined || value.code === code
   }
 
   /** What `JSON.stringify` sees: the code and message, never a cause chain. */
@@ -39,15 +78,26 @@ export class KmsProxyError extends Error {
   }
 }
 
-function defineError<C extends ErrorCode>(code: C) {
+ownClasses.add(KmsProxyError)
+
+/** The shape of each generated subclass: declared, not inferred, so the public types stay plain. */
+export interface KmsProxyErrorClass<C extends ErrorCode> {
+  new (message: string, options?: KmsProxyErrorOptions): KmsProxyError & { readonly code: C }
+  readonly prototype: KmsProxyError & { readonly code: C }
+  /** The code every instance carries. */
+  readonly code: C
+}
+
+function defineError<C extends ErrorCode>(code: C): KmsProxyErrorClass<C> {
   const Class = class extends KmsProxyError {
-    declare readonly code: C
     constructor(message: string, options?: KmsProxyErrorOptions) {
       super(code, message, options)
     }
   }
   Object.defineProperty(Class, 'name', { value: ERROR_CODES[code] })
-  return Class
+  Object.defineProperty(Class, 'code', { value: code })
+  ownClasses.add(Class)
+  return Class as unknown as KmsProxyErrorClass<C>
 }
 
 /** Authentication failed. Says nothing about why: wrong key, wrong associated data or altered bytes. */

@@ -15,7 +15,7 @@
  * bytes, the last one shorter (1..segmentSize plaintext bytes, 0 only for an empty stream).
  */
 import { FormatError } from './errors.js'
-import { asBytes, concat, fromBase64Url, toBase64Url, u32be, type Bytes } from './internal/bytes.js'
+import { asBytes, concat, fromBase64Url, toBase64Url, u32be, utf8, type Bytes } from './internal/bytes.js'
 
 export const FORMAT_VERSION = 0x01
 export const FLAG_EMBEDDED_KEK = 0x01
@@ -242,14 +242,14 @@ export function segmentAad(segmentSize: number, associatedData: Uint8Array | und
   return aad
 }
 
-const KEK_AAD_LABEL = new TextEncoder().encode('kms-proxy/kek/v1\0')
+const KEK_AAD_LABEL = utf8('kms-proxy/kek/v1\0')
 
 /**
  * AAD the root key binds to a wrapped KEK: a label, the KEK id, then the chain name (last, so
  * the encoding is unambiguous). A KEK record moved to another chain or id fails to unwrap.
  */
 export function kekAad(chainName: string, kekId: number): Bytes {
-  return concat(KEK_AAD_LABEL, u32be(kekId), new TextEncoder().encode(chainName))
+  return concat(KEK_AAD_LABEL, u32be(kekId), utf8(chainName, 'chain name'))
 }
 
 export function toText(bytes: Uint8Array): string {

@@ -2,6 +2,7 @@ export { KeyChain } from './key-chain.js'
 export type { KeyChainOptions, EncryptOptions, EncryptStreamOptions, KeyChainStats, KekStats } from './key-chain.js'
 export {
   KmsProxyError,
+  isKmsProxyError,
   DecryptError,
   FormatError,
   UnknownKekError,
@@ -10,7 +11,7 @@ export {
   LimitError,
   ERROR_CODES,
 } from './errors.js'
-export type { ErrorCode, AnyKmsProxyError, KmsProxyErrorOptions } from './errors.js'
+export type { ErrorCode, AnyKmsProxyError, KmsProxyErrorOptions, KmsProxyErrorClass } from './errors.js'
 export { memoryStore, embeddedStore } from './store.js'
 export type { KeyStore, KekRecord, ChainHead, Versioned } from './store.js'
 export { ephemeralRootKey, aesRootKey, sealNewKek, openSealedKek, KEK_ALGORITHM, KEK_USAGES } from './root-key.js'

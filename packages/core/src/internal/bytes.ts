@@ -7,12 +7,23 @@ export function asBytes(view: Uint8Array): Bytes {
 }
 
 const encoder = new TextEncoder()
-const decoder = new TextDecoder('utf-8', { fatal: true })
+// ignoreBOM: a leading U+FEFF is text like any other; the default would drop it, and
+// encryptText('\uFEFFA') would come back as 'A'.
+const decoder = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true })
+// With the u flag a surrogate pair is one code point, so this matches unpaired surrogates only.
+const LONE_SURROGATE = /\p{Cs}/u
 
-export function utf8(text: string): Bytes {
+/**
+ * UTF-8 of a well-formed string. A string with an unpaired surrogate is refused: TextEncoder
+ * would turn it into U+FFFD, so "t\uD800", "t\uDFFF" and "t\uFFFD" would become the same bytes
+ * (the same chain, the same associated data) and would not round-trip.
+ */
+export function utf8(text: string, what = 'string'): Bytes {
+  if (LONE_SURROGATE.test(text)) throw new TypeError(`${what}: not a well-formed string (it has an unpaired surrogate)`)
   return encoder.encode(text)
 }
 
+/** Text from UTF-8, exactly: a byte order mark is kept, malformed bytes throw. */
 export function fromUtf8(bytes: Uint8Array): string {
   return decoder.decode(bytes)
 }

@@ -1,0 +1,189 @@
+/**
+ * Where a chain's KEKs come from: the cache of unwrapped KEKs, the store, and the root key. Every
+ * root-key call and every store call of a chain goes through here, so this is where they are
+ * counted, coalesced, turned into typed errors, and where failures are remembered.
+ */
+import { KmsProxyError, LimitError, RootKeyError, StoreError, UnknownKekError, isKmsProxyError } from '../errors.js'
+import { MAX_EMBEDDED_KEK_BYTES, kekAad } from '../format.js'
+import type { RootKey } from '../root-key.js'
+import type { KeyStore, KekRecord } from '../store.js'
+import { bytesKey } from './bytes.js'
+import { Lru } from './lru.js'
+import { randomU32 } from './random.js'
+
+/** The counters behind `stats()`, shared by the parts of a chain. */
+export interface Counts {
+  encryptions: number
+  decryptions: number
+  rotations: number
+  rootKeyWraps: number
+  rootKeyUnwraps: number
+  dekCacheHits: number
+  dekCacheMisses: number
+}
+
+/** What this process knows of a KEK, for `stats()`. */
+export interface KekEntry {
+  id: number
+  createdAt: number
+  wraps: number
+}
+
+/** A KEK this process created and persisted. */
+export interface NewKekMade {
+  id: number
+  createdAt: number
+  kek: CryptoKey
+  wrapped: Uint8Array
+}
+
+const ID_ATTEMPTS = 8
+/** Failures remembered: enough for every KEK of a long-lived chain, small enough to ignore. */
+const FAILURE_MEMORY = 256
+/**
+ * How long "no such KEK" is believed. KEK records are written before any data names them
+ * (invariant 2), so on a consistent store an unknown id stays unknown; the bound is for stores
+ * that are only eventually consistent, where a new record may arrive late.
+ */
+const UNKNOWN_KEK_MS = 5_000
+
+export class KekSource {
+  readonly #name: string
+  readonly #root: RootKey
+  readonly #store: KeyStore
+  readonly #counts: Counts
+  /** Unwrapped KEKs by id (stored) or id + wrapped bytes (embedded). Failed promises are removed. */
+  readonly #keks = new Map<string, Promise<CryptoKey>>()
+  /**
+   * Non-retryable failures by the same key: a planted or corrupt KEK record is immutable, so it
+   * fails the same way every time, and must not cost a (billed) root-key call per message.
+   */
+  readonly #failed = new Lru<string, { error: KmsProxyError; until: number }>(FAILURE_MEMORY)
+  readonly entries = new Map<number, KekEntry>()
+  #available = true
+  #lastError: string | undefined
+
+  constructor(name: string, root: RootKey, store: KeyStore, counts: Counts) {
+    this.#name = name
+    this.#root = root
+    this.#store = store
+    this.#counts = counts
+  }
+
+  get rootKind(): string {
+    return this.#root.kind
+  }
+
+  /** False after a retryable root-key failure, until a call succeeds. */
+  get available(): boolean {
+    return this.#available
+  }
+
+  get lastError(): string | undefined {
+    return this.#lastError
+  }
+
+  remember(id: number, createdAt: number): KekEntry {
+    let entry = this.entries.get(id)
+    if (!entry) this.entries.set(id, (entry = { id, createdAt, wraps: 0 }))
+    return entry
+  }
+
+  /**
+   * The unwrapped KEK `id`: from the cache, else from `embedded` (the data's own wrapped KEK),
+   * else from `record` or the store; one root-key call per KEK per process, concurrent misses
+   * coalesced, non-retryable failures remembered.
+   */
+  kekFor(id: number, embedded: Uint8Array | undefined, record?: KekRecord): Promise<CryptoKey> {
+    const cacheKey = embedded ? `${id}:${bytesKey(embedded)}` : String(id)
+    const pending = this.#keks.get(cacheKey)
+    if (pending) return pending
+    const failed = this.#failed.get(cacheKey)
+    // A record in hand (the head names it) overrides an earlier "unknown".
+    const stale = failed === undefined || Date.now() >= failed.until || (record !== undefined && failed.error.code === 'ERR_UNKNOWN_KEK')
+    if (!stale) return Promise.reject(failed.error)
+    const loading = (async () => {
+      let wrapped = embedded
+      if (!wrapped) {
+        const found = record ?? (await this.storeCall('read a KEK', () => this.#store.getKek(this.#name, id)))
+        if (!found) throw new UnknownKekError('unknown KEK: not cached, embedded or in the store')
+        this.remember(found.id, found.createdAt)
+        wrapped = found.wrapped
+      }
+      return this.#unwrap(wrapped, id)
+    })()
+    this.#keks.set(cacheKey, loading)
+    loading.catch((error: unknown) => {
+      if (this.#keks.get(cacheKey) === loading) this.#keks.delete(cacheKey)
+      if (isKmsProxyError(error) && !error.retryable) {
+        const until = error.code === 'ERR_UNKNOWN_KEK' ? Date.now() + UNKNOWN_KEK_MS : Infinity
+        this.#failed.set(cacheKey, { error, until })
+      }
+    })
+    return loading
+  }
+
+  /** Caches a KEK this process just made, under the key kekFor would use. */
+  cache(id: number, embedded: Uint8Array | undefined, kek: CryptoKey): void {
+    this.#keks.set(embedded ? `${id}:${bytesKey(embedded)}` : String(id), Promise.resolve(kek))
+  }
+
+  async #unwrap(wrapped: Uint8Array, id: number): Promise<CryptoKey> {
+    this.#counts.rootKeyUnwraps++
+    const kek = await this.#rootCall('unwrap a KEK', () => this.#root.unwrapKek(wrapped, kekAad(this.#name, id)))
+    assertKek(kek)
+    return kek
+  }
+
+  /** A new KEK from the root key, durably in the store before anything uses it (invariant 2). */
+  async createKek(): Promise<NewKekMade> {
+    for (let attempt = 0; attempt < ID_ATTEMPTS; attempt++) {
+      const id = randomU32()
+      if (this.entries.has(id)) continue
+      this.#counts.rootKeyWraps++
+      const made = await this.#rootCall('wrap a new KEK', () => this.#root.newKek(kekAad(this.#name, id)))
+      assertKek(made.kek)
+      if (!(made.wrapped instanceof Uint8Array) || made.wrapped.length === 0) throw new RootKeyError('the root key returned an empty wrapped KEK')
+      if (this.#store.embedsKeks && made.wrapped.length > MAX_EMBEDDED_KEK_BYTES) {
+        throw new LimitError(`a wrapped KEK of ${made.wrapped.length} bytes is too large to embed (max ${MAX_EMBEDDED_KEK_BYTES})`)
+      }
+      const record: KekRecord = { id, createdAt: Date.now(), rootKind: this.#root.kind, wrapped: made.wrapped }
+      if (await this.storeCall('write a KEK', () => this.#store.putKekIfAbsent(this.#name, record))) {
+        this.remember(id, record.createdAt)
+        this.cache(id, this.#store.embedsKeks ? made.wrapped : undefined, made.kek)
+        return { id, createdAt: record.createdAt, kek: made.kek, wrapped: made.wrapped }
+      }
+    }
+    throw new LimitError('could not find a free KEK id')
+  }
+
+  /** Every root-key call goes through here: typed errors, availability for stats(). */
+  async #rootCall<T>(what: string, call: () => Promise<T>): Promise<T> {
+    try {
+      const result = await call()
+      this.#available = true
+      return result
+    } catch (error) {
+      const e = error instanceof KmsProxyError ? error : new RootKeyError(`the root key failed to ${what}`, { cause: error })
+      if (e.retryable) this.#available = false
+      this.#lastError = `${e.code}: ${e.message}`
+      throw e
+    }
+  }
+
+  /** Every store call goes through here: anything but our own errors becomes a retryable ERR_STORE. */
+  async storeCall<T>(what: string, call: () => Promise<T>): Promise<T> {
+    try {
+      return await call()
+    } catch (error) {
+      if (error instanceof KmsProxyError) throw error
+      throw new StoreError(`the store failed to ${what}`, { cause: error, retryable: true })
+    }
+  }
+}
+
+function assertKek(kek: unknown): asserts kek is CryptoKey {
+  const k = kek as CryptoKey | undefined
+  if (!k || typeof k !== 'object' || k.type !== 'secret') throw new RootKeyError('the root key returned no secret CryptoKey')
+  if (k.extractable) throw new RootKeyError('the root key returned an extractable KEK')
+}

@@ -1,0 +1,186 @@
+/**
+ * The primary KEK and its lease: blocks of uses reserved by compare-and-swap on the chain head,
+ * so the usage limit holds across every process that shares a store (invariant 4) with no store
+ * write per encryption; and rotation when the primary is used up, too old, missing, or on demand.
+ */
+import { StoreError } from '../errors.js'
+import { encodeHeader } from '../format.js'
+import type { ChainHead, KeyStore, Versioned } from '../store.js'
+import type { Bytes } from './bytes.js'
+import type { Counts, KekSource, NewKekMade } from './kek-source.js'
+import { randomPublicBytes } from './random.js'
+
+/** The primary KEK as this process holds it, with the lease of uses it reserved. */
+export interface Primary {
+  readonly id: number
+  readonly createdAt: number
+  readonly kek: CryptoKey
+  /** Header of data under this KEK: the DEK wrap's AAD. */
+  readonly header: Bytes
+  /** The same with the stream flag: the DEK wrap's AAD for a stream. */
+  readonly streamHeader: Bytes
+  next: number
+  end: number
+}
+
+/**
+ * A KEK this process created and persisted but has not (knowingly) made primary. `replaces` is
+ * the primary of the head it was made to replace: the spare may be proposed again only while the
+ * head still names that primary. A compare-and-swap can land and still answer false or throw
+ * (a lost answer); once the head has moved on, the spare may have been primary meanwhile and
+ * used by others, and installing it again would restart its usage count. No KEK is ever
+ * installed twice, so a head that still names `replaces` proves the spare never was primary.
+ */
+interface Spare extends NewKekMade {
+  readonly replaces: number | undefined
+}
+
+const CAS_ATTEMPTS = 1000
+
+export interface LeaseSettings {
+  readonly name: string
+  readonly store: KeyStore
+  readonly maxWraps: number
+  readonly maxAge: number
+  readonly leaseSize: number
+}
+
+export class Leases {
+  readonly #s: LeaseSettings
+  readonly #keks: KekSource
+  readonly #counts: Counts
+  #primary: Primary | undefined
+  #refreshing: Promise<void> | undefined
+  #spare: Spare | undefined
+
+  constructor(settings: LeaseSettings, keks: KekSource, counts: Counts) {
+    this.#s = settings
+    this.#keks = keks
+    this.#counts = counts
+  }
+
+  /** The primary as this process holds it, if any (no store call). */
+  get primary(): Primary | undefined {
+    return this.#primary
+  }
+
+  expired(p: Primary): boolean {
+    return Date.now() - p.createdAt >= this.#s.maxAge
+  }
+
+  /** Reserves one use of the primary KEK, renewing the lease or rotating when needed. */
+  async acquire(): Promise<Primary> {
+    let refreshed = false
+    for (;;) {
+      const p = this.#primary
+      // Right after a refresh the primary is used even if already past its age, so that a
+      // tiny maxKekAgeMs cannot make the loop rotate forever.
+      if (p && p.next < p.end && (refreshed || !this.expired(p))) {
+        p.next++
+        this.#keks.entries.get(p.id)!.wraps++
+        return p
+      }
+      await (this.#refreshing ?? this.#startRefresh(false))
+      refreshed = true
+    }
+  }
+
+  /** Up to `n` more uses of `p` from its current lease, without a store call; returns how many. */
+  take(p: Primary, n: number): number {
+    let taken = 0
+    while (taken < n && p.next < p.end) {
+      p.next++
+      taken++
+    }
+    this.#keks.entries.get(p.id)!.wraps += taken
+    return taken
+  }
+
+  /** A new primary now, after any refresh in flight. */
+  async rotate(): Promise<Primary> {
+    while (this.#refreshing) await this.#refreshing.catch(() => {})
+    await this.#startRefresh(true)
+    return this.#primary!
+  }
+
+  /** Runs #refresh as the one refresh in flight; concurrent callers await it instead of starting their own. */
+  #startRefresh(force: boolean): Promise<void> {
+    const run: Promise<void> = this.#refresh(force).finally(() => {
+      if (this.#refreshing === run) this.#refreshing = undefined
+    })
+    this.#refreshing = run
+    return run
+  }
+
+  /**
+   * Brings #primary up to date with a fresh lease: reads the head; reserves a block of uses by
+   * compare-and-swap; rotates when the primary is used up, too old, missing, or `force`.
+   */
+  async #refresh(force: boolean): Promise<void> {
+    const { name, store, maxWraps, maxAge, leaseSize } = this.#s
+    for (let attempt = 0; attempt < CAS_ATTEMPTS; attempt++) {
+      // Lost a compare-and-swap: back off with full jitter (up to 2^attempt ms, at most 64 ms)
+      // so that processes contending on one head do not retry in lockstep.
+      if (attempt > 0) await new Promise((r) => setTimeout(r, (randomPublicBytes(1)[0]! * Math.min(64, 2 ** attempt)) / 256))
+      const head = await this.#keks.storeCall('read the chain head', () => store.getHead(name))
+      const h = head?.value
+      if (this.#spare && this.#spare.replaces !== h?.primary) this.#spare = undefined
+      const mustRotate = force || h === undefined || h.leased >= maxWraps || Date.now() - h.primaryCreatedAt >= maxAge
+      if (!mustRotate) {
+        if (await this.#leaseFrom(head!, h)) return
+        continue
+      }
+      const spare = (this.#spare ??= { ...(await this.#keks.createKek()), replaces: h?.primary })
+      const take = Math.min(leaseSize, maxWraps)
+      const next: ChainHead = { primary: spare.id, primaryCreatedAt: spare.createdAt, leased: take }
+      if (await this.#keks.storeCall('update the chain head', () => store.casHead(name, head?.version, next))) {
+        this.#spare = undefined
+        this.#counts.rotations++
+        this.#setPrimary(spare.id, spare.createdAt, spare.kek, spare.wrapped, 0, take)
+        return
+      }
+    }
+    throw new StoreError('too much contention on the chain head; gave up', { retryable: true })
+  }
+
+  async #leaseFrom(head: Versioned<ChainHead>, h: ChainHead): Promise<boolean> {
+    const { name, store, maxWraps, leaseSize } = this.#s
+    const current = this.#primary
+    let loaded: { kek: CryptoKey; wrapped: Uint8Array; createdAt: number } | undefined
+    if (current?.id !== h.primary) {
+      // Another process rotated: load its KEK (one root unwrap, cached) BEFORE reserving uses,
+      // so that a root key that is down costs no uses: a lease taken first and then not used
+      // would count as spent, and a few failed encrypts could use up the primary for everyone.
+      const record = await this.#keks.storeCall('read a KEK', () => store.getKek(name, h.primary))
+      // Retryable: on an eventually consistent store the record may not have arrived yet.
+      if (!record) throw new StoreError('the chain head names a KEK that the store does not have', { retryable: true })
+      const kek = await this.#keks.kekFor(record.id, store.embedsKeks ? record.wrapped : undefined, record)
+      this.#keks.remember(record.id, record.createdAt)
+      loaded = { kek, wrapped: record.wrapped, createdAt: h.primaryCreatedAt }
+    }
+    const take = Math.min(leaseSize, maxWraps - h.leased)
+    const next: ChainHead = { primary: h.primary, primaryCreatedAt: h.primaryCreatedAt, leased: h.leased + take }
+    if (!(await this.#keks.storeCall('update the chain head', () => store.casHead(name, head.version, next)))) return false
+    if (!loaded) {
+      // Same KEK, new block of uses: keep the object, so the prepared pool stays valid.
+      current!.next = h.leased
+      current!.end = h.leased + take
+      return true
+    }
+    this.#setPrimary(h.primary, loaded.createdAt, loaded.kek, loaded.wrapped, h.leased, h.leased + take)
+    return true
+  }
+
+  #setPrimary(id: number, createdAt: number, kek: CryptoKey, wrapped: Uint8Array, next: number, end: number): void {
+    const embedded = this.#s.store.embedsKeks ? wrapped : undefined
+    this.#primary = {
+      id,
+      createdAt,
+      kek,
+      header: encodeHeader(id, embedded),
+      streamHeader: encodeHeader(id, embedded, true),
+      next,
+      end,
+    }
+  }
+}

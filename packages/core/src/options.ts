@@ -1,0 +1,136 @@
+/**
+ * The options of a key chain, their defaults and their checks, and the checks of the arguments
+ * of every call: wrong types are a TypeError naming the argument, out-of-range numbers a
+ * RangeError, strings that are not well-formed UTF-16 a TypeError.
+ */
+import { asBytes, utf8, type Bytes } from './internal/bytes.js'
+import { ephemeralRootKey, type RootKey } from './root-key.js'
+import { embeddedStore, type KeyStore } from './store.js'
+
+/** Options of `KeyChain.open`. Every one has a default. */
+export interface KeyChainOptions {
+  /** Wraps the KEKs. Default: ephemeralRootKey() (this process only). */
+  rootKey?: RootKey
+  /** Keeps the wrapped KEKs and the head. Default: embeddedStore(). */
+  store?: KeyStore
+  /** Chain name: the store key prefix, bound into every KEK wrap. Default "default". */
+  name?: string
+  /** DEKs a KEK wraps before rotation, across every process. Default 2^21, at most 2^32. */
+  maxWrapsPerKek?: number
+  /** Age at which the primary KEK rotates. Default 7 days. */
+  maxKekAgeMs?: number
+  /** Unwrapped DEKs kept for repeated decryption of the same data. Default 1024; 0 turns it off. */
+  dekCacheSize?: number
+  /** DEKs prepared (generated and wrapped) ahead of encrypt calls. Default 16; 0 turns it off. */
+  dekPoolSize?: number
+  /** Uses of the primary KEK reserved per store write. Default maxWrapsPerKek / 64, between 1 and 65,536. */
+  leaseSize?: number
+  /**
+   * Whether decryption may send a KEK embedded in the data to the root key. Default: true with
+   * an embedding store, false otherwise, so that a chain on a shared store looks KEKs up only in
+   * its store and invented embedded KEKs cannot make it call the root key. Turn it on to read
+   * data written with the embedded store (for example, to rewrap it into a shared store).
+   */
+  acceptEmbeddedKeks?: boolean
+}
+
+/** Options of `encrypt`, `decrypt` and their text and stream forms. */
+export interface EncryptOptions {
+  /** Authenticated, not encrypted, not stored: the same bytes must be given to decrypt. */
+  associatedData?: Uint8Array | string
+}
+
+/** Options of `encryptStream`. */
+export interface EncryptStreamOptions extends EncryptOptions {
+  /** Plaintext bytes per segment, recorded in the stream header. Default 65,536; 16 to 2^24. */
+  segmentSize?: number
+}
+
+/** One KEK as `stats()` reports it. */
+export interface KekStats {
+  id: number
+  primary: boolean
+  /** DEKs this process wrapped (or prepared) under the KEK. */
+  wraps: number
+  createdAt: number
+}
+
+/** What `stats()` returns: counters of this process since `open`. */
+export interface KeyChainStats {
+  encryptions: number
+  decryptions: number
+  rotations: number
+  rootKeyWraps: number
+  rootKeyUnwraps: number
+  /**
+   * False after a root-key call failed with a retryable error (a KMS that is down), until a call
+   * succeeds. Meanwhile encryption goes on under the current KEK until its rotation is due.
+   */
+  rootKeyAvailable: boolean
+  /** The last root-key failure (its code and message), if any. */
+  rootKeyLastError?: string
+  dekCacheHits: number
+  dekCacheMisses: number
+  keks: KekStats[]
+}
+
+const DEFAULT_MAX_WRAPS = 2 ** 21
+const HARD_MAX_WRAPS = 2 ** 32
+const DEFAULT_MAX_AGE_MS = 7 * 24 * 3600 * 1000
+
+/** Every option of a chain, checked and with its default filled in. */
+export type ResolvedOptions = Required<KeyChainOptions>
+
+export function resolveOptions(options: KeyChainOptions): ResolvedOptions {
+  if (typeof options !== 'object' || options === null) throw new TypeError('options: expected an object')
+  const rootKey = options.rootKey ?? ephemeralRootKey()
+  if (typeof rootKey !== 'object' || typeof rootKey.newKek !== 'function' || typeof rootKey.unwrapKek !== 'function') {
+    throw new TypeError('rootKey: expected a RootKey (newKek and unwrapKek)')
+  }
+  const store = options.store ?? embeddedStore()
+  for (const method of ['getHead', 'casHead', 'getKek', 'putKekIfAbsent', 'listKeks'] as const) {
+    if (typeof store !== 'object' || typeof store[method] !== 'function') {
+      throw new TypeError(`store: expected a KeyStore (missing ${method})`)
+    }
+  }
+  const name = options.name ?? 'default'
+  if (typeof name !== 'string' || name.length < 1 || name.length > 255) {
+    throw new TypeError('name: expected a string of 1 to 255 characters')
+  }
+  utf8(name, 'name') // bound into every KEK wrap: must be well-formed
+  const maxWrapsPerKek = options.maxWrapsPerKek ?? DEFAULT_MAX_WRAPS
+  if (!Number.isInteger(maxWrapsPerKek) || maxWrapsPerKek < 1 || maxWrapsPerKek > HARD_MAX_WRAPS) {
+    throw new RangeError('maxWrapsPerKek: expected an integer from 1 to 2^32')
+  }
+  const maxKekAgeMs = options.maxKekAgeMs ?? DEFAULT_MAX_AGE_MS
+  if (typeof maxKekAgeMs !== 'number' || !(maxKekAgeMs > 0)) {
+    throw new RangeError('maxKekAgeMs: expected a positive number')
+  }
+  const dekCacheSize = integerOption('dekCacheSize', options.dekCacheSize, 1024, 0, 2 ** 24)
+  const dekPoolSize = integerOption('dekPoolSize', options.dekPoolSize, 16, 0, 1024)
+  const leaseDefault = Math.max(1, Math.min(65536, Math.floor(maxWrapsPerKek / 64)))
+  const leaseSize = integerOption('leaseSize', options.leaseSize, leaseDefault, 1, HARD_MAX_WRAPS)
+  const acceptEmbeddedKeks = options.acceptEmbeddedKeks ?? store.embedsKeks === true
+  if (typeof acceptEmbeddedKeks !== 'boolean') throw new TypeError('acceptEmbeddedKeks: expected a boolean')
+  return { rootKey, store, name, maxWrapsPerKek, maxKekAgeMs, dekCacheSize, dekPoolSize, leaseSize, acceptEmbeddedKeks }
+}
+
+/** Bytes of a data argument: a Uint8Array as it is, a string as UTF-8 (well-formed only). */
+export function bytesArgument(name: string, value: Uint8Array | string): Bytes {
+  if (typeof value === 'string') return utf8(value, name)
+  if (value instanceof Uint8Array) return asBytes(value)
+  throw new TypeError(`${name}: expected a Uint8Array or a string`)
+}
+
+export function associatedDataOf(options: EncryptOptions | undefined): Uint8Array | undefined {
+  if (options === undefined) return undefined
+  if (typeof options !== 'object' || options === null) throw new TypeError('options: expected an object')
+  const ad = options.associatedData
+  return ad === undefined ? undefined : bytesArgument('associatedData', ad)
+}
+
+function integerOption(name: string, value: number | undefined, fallback: number, min: number, max: number): number {
+  if (value === undefined) return fallback
+  if (!Number.isInteger(value) || value < min || value > max) throw new RangeError(`${name}: expected an integer from ${min} to ${max}`)
+  return value
+}
