@@ -99,8 +99,10 @@ describe('scrypt and Argon2id (through @noble/hashes)', () => {
     const encrypted = await chain.encrypt('x')
     const [record] = await store.listKeks('default')
     expect(record!.rootKind).toBe(`passphrase-${name}`)
-    // A reader set up for PBKDF2 still reads it: the wrapped KEK says which KDF it needs.
-    const reader = await KeyChain.open({ rootKey: passphraseRootKey({ passphrase: 'pw', iterations: FAST }), store })
+    // A reader set up for PBKDF2 refuses another family unless it lists it in acceptKdfs.
+    const pbkdf2Only = await KeyChain.open({ rootKey: passphraseRootKey({ passphrase: 'pw', iterations: FAST }), store })
+    await expect(pbkdf2Only.decrypt(encrypted)).rejects.toMatchObject({ code: 'ERR_ROOT_KEY', message: expect.stringMatching(/not accepted/) })
+    const reader = await KeyChain.open({ rootKey: passphraseRootKey({ passphrase: 'pw', iterations: FAST, acceptKdfs: [kdf] }), store })
     expect(dec(await reader.decrypt(encrypted))).toBe('x')
     const wrong = await KeyChain.open({ rootKey: passphraseRootKey({ passphrase: 'nope', kdf }), store })
     await expect(wrong.decrypt(encrypted)).rejects.toMatchObject({ code: 'ERR_ROOT_KEY', message: expect.stringMatching(/wrong passphrase/) })
