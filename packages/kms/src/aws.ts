@@ -3,26 +3,64 @@
  * Decrypt to unwrap one. The chain's KEK AAD goes in the encryption context, so KMS itself binds
  * each wrapped KEK to its chain name and id.
  */
-import { RootKeyError, type NewKek, type RootKey } from '@kms-proxy/core'
+import { RootKeyError, checkServerUrl, transientStatus, type HttpAnswer, type NewKek, type RootKey } from '@kms-proxy/core'
 import { fromBase64, importKek, postJson, toBase64, type RetryOptions } from './http.js'
 import { signV4, type AwsCredentials } from './sigv4.js'
 
+/** Options of {@link awsKmsRootKey}. */
 export interface AwsKmsRootKeyOptions extends RetryOptions {
   /** Key id, key ARN, alias name (alias/…) or alias ARN. */
   keyId: string
   region: string
   /** Static credentials, or a function called before each request (for expiring ones). */
   credentials: AwsCredentials | (() => Promise<AwsCredentials>)
-  /** Default https://kms.{region}.amazonaws.com. */
+  /** Default https://kms.{region}.amazonaws.com. Plain http only on loopback or a host in `plainHttpHosts`. */
   endpoint?: string
+  /**
+   * This host's clock in milliseconds since the epoch, for signing. Default `Date.now`. For tests
+   * and for hosts whose clock is known to be off; a skew is also corrected on its own (see
+   * {@link awsKmsRootKey}).
+   */
+  now?: () => number
 }
 
 const TAG = 0x20
+/** AWS's own SDK retries these as throttling; KMS answers them with HTTP 400. */
+const THROTTLING = new Set(['ThrottlingException', 'Throttling', 'TooManyRequestsException', 'RequestLimitExceeded', 'LimitExceededException', 'RequestThrottled', 'RequestThrottledException', 'SlowDown'])
+/** Errors AWS answers when a signature's time is too far from its own; AWS's own SDK list. */
+const CLOCK_SKEW = new Set(['InvalidSignatureException', 'RequestExpired', 'RequestInTheFuture', 'RequestTimeTooSkewed', 'SignatureDoesNotMatch', 'AuthFailure'])
+/** AWS accepts a signature up to 5 minutes off its clock; the SDK corrects from 4 minutes on. */
+const SKEW_THRESHOLD_MS = 4 * 60_000
 
 function context(aad: Uint8Array): Record<string, string> {
   return { 'kms-proxy:kek': toBase64(aad) }
 }
 
+/** The AWS error name of an answer: `__type` in the body (`namespace#Name`), else the `x-amzn-ErrorType` header. */
+function errorType(answer: HttpAnswer): string | undefined {
+  const named = (answer.json() as { __type?: unknown } | undefined)?.__type ?? answer.headers.get('x-amzn-errortype')
+  return typeof named === 'string' ? named.split('#').pop()!.split(':')[0] : undefined
+}
+
+/** A base64 field of a KMS answer as bytes; missing, empty or not base64 is ERR_ROOT_KEY. */
+function field(out: Record<string, unknown>, name: 'CiphertextBlob' | 'Plaintext', action: string): Uint8Array<ArrayBuffer> {
+  const value = out[name]
+  let bytes: Uint8Array<ArrayBuffer> | undefined
+  try {
+    if (typeof value === 'string') bytes = fromBase64(value)
+  } catch {
+    // Reported below.
+  }
+  if (!bytes || bytes.length === 0) throw new RootKeyError(`AWS KMS ${action} returned no ${name}`)
+  return bytes
+}
+
+/**
+ * AWS KMS as a root key. Throttling (HTTP 400 `ThrottlingException` and its kin) is retried like
+ * a 5xx. A clock-skew refusal (`InvalidSignatureException` "Signature expired",
+ * `RequestTimeTooSkewed`, …) whose `Date` header is 4 minutes or more away from the signing clock
+ * corrects that clock by the difference, for this root key's later calls too, and is retried once.
+ */
 export function awsKmsRootKey(options: AwsKmsRootKeyOptions): RootKey {
   if (typeof options !== 'object' || options === null) throw new TypeError('options: expected an object')
   const { keyId, region } = options
@@ -31,13 +69,34 @@ export function awsKmsRootKey(options: AwsKmsRootKeyOptions): RootKey {
   if (typeof options.credentials !== 'function' && (typeof options.credentials?.accessKeyId !== 'string' || typeof options.credentials?.secretAccessKey !== 'string')) {
     throw new TypeError('credentials: expected { accessKeyId, secretAccessKey, sessionToken? } or a function returning them')
   }
-  const endpoint = new URL(options.endpoint ?? `https://kms.${region}.amazonaws.com`)
+  if (options.now !== undefined && typeof options.now !== 'function') throw new TypeError('now: expected a function returning milliseconds since the epoch')
+  const endpoint = checkServerUrl(options.endpoint ?? `https://kms.${region}.amazonaws.com`, 'endpoint', options.plainHttpHosts)
   const credentials = typeof options.credentials === 'function' ? options.credentials : async () => options.credentials as AwsCredentials
+  const now = options.now ?? Date.now
+  /** Server time minus this host's, learned from a clock-skew refusal. */
+  let clockOffsetMs = 0
 
-  async function call(action: string, payload: Record<string, unknown>): Promise<Record<string, string>> {
+  const transient = (answer: HttpAnswer) => transientStatus(answer) || (answer.status === 400 && THROTTLING.has(errorType(answer) ?? ''))
+
+  /** Corrects the signing clock from a skew refusal's Date header; true when it changed enough to retry. */
+  function correctClock(answer: HttpAnswer, offsetUsed: number): boolean {
+    if ((answer.status !== 400 && answer.status !== 403) || !CLOCK_SKEW.has(errorType(answer) ?? '')) return false
+    // A cached answer (Age) tells nothing about the server's clock now.
+    if (answer.headers.has('age')) return false
+    const server = Date.parse(answer.headers.get('date') ?? '')
+    if (Number.isNaN(server)) return false
+    const offset = server - now()
+    if (Math.abs(offset - offsetUsed) < SKEW_THRESHOLD_MS) return false
+    clockOffsetMs = offset
+    return true
+  }
+
+  async function call(action: string, payload: Record<string, unknown>): Promise<Record<string, unknown>> {
     const body = JSON.stringify(payload)
-    const headers = async () =>
-      signV4({
+    let offsetUsed = clockOffsetMs
+    const headers = async () => {
+      offsetUsed = clockOffsetMs
+      return signV4({
         method: 'POST',
         url: endpoint,
         headers: { 'content-type': 'application/x-amz-json-1.1', 'x-amz-target': `TrentService.${action}` },
@@ -45,30 +104,40 @@ export function awsKmsRootKey(options: AwsKmsRootKeyOptions): RootKey {
         region,
         service: 'kms',
         credentials: await credentials(),
+        date: new Date(now() + offsetUsed),
       })
-    return (await postJson(`AWS KMS ${action}`, endpoint.href, body, headers, options, (status, error) => {
-      const named = (error as { __type?: unknown } | undefined)?.__type
-      const type = typeof named === 'string' ? named.split('#').pop()! : `HTTP ${status}`
+    }
+    const describe = (status: number, _error: unknown, answer: HttpAnswer) => {
+      const type = errorType(answer) ?? `HTTP ${status}`
       return type === 'InvalidCiphertextException' ? `${type} (wrong key, or a KEK moved to another chain or id)` : type
-    })) as Record<string, string>
+    }
+    return postJson(`AWS KMS ${action}`, endpoint.href, body, headers, options, describe, { transient, againOnce: (answer) => correctClock(answer, offsetUsed) })
   }
 
   return {
     kind: 'aws-kms',
     async newKek(aad): Promise<NewKek> {
       const out = await call('GenerateDataKey', { KeyId: keyId, KeySpec: 'AES_128', EncryptionContext: context(aad) })
-      const blob = fromBase64(out.CiphertextBlob!)
+      const plaintext = field(out, 'Plaintext', 'GenerateDataKey')
+      let blob: Uint8Array
+      try {
+        // Checked before the KEK is used: a KEK stored without its wrapped form could never be read back.
+        blob = field(out, 'CiphertextBlob', 'GenerateDataKey')
+      } catch (error) {
+        plaintext.fill(0)
+        throw error
+      }
       const wrapped = new Uint8Array(1 + blob.length)
       wrapped[0] = TAG
       wrapped.set(blob, 1)
-      return { kek: await importKek('AWS KMS', fromBase64(out.Plaintext!)), wrapped }
+      return { kek: await importKek('AWS KMS', plaintext), wrapped }
     },
     async unwrapKek(wrapped, aad) {
       if (!(wrapped instanceof Uint8Array) || wrapped[0] !== TAG || wrapped.length < 2) {
         throw new RootKeyError('this KEK was not wrapped by an AWS KMS root key')
       }
       const out = await call('Decrypt', { KeyId: keyId, CiphertextBlob: toBase64(wrapped.subarray(1)), EncryptionContext: context(aad) })
-      return importKek('AWS KMS', fromBase64(out.Plaintext!))
+      return importKek('AWS KMS', field(out, 'Plaintext', 'Decrypt'))
     },
     toString: () => '[RootKey aws-kms]',
     toJSON: () => ({ kind: 'aws-kms', keyId, region, endpoint: endpoint.origin }),

@@ -14,11 +14,12 @@
  * wrapped before an Azure key rotation still unwrap:
  * `0x23 || version length (u8) || version (ASCII) || RSA-OAEP-256 ciphertext`.
  */
-import { RootKeyError, type NewKek, type RootKey } from '@kms-proxy/core'
+import { RootKeyError, checkServerUrl, type NewKek, type RootKey } from '@kms-proxy/core'
 import { fromBase64, importKek, postJson, refused, toBase64, type RetryOptions } from './http.js'
 
+/** Options of {@link azureKeyVaultRootKey}. */
 export interface AzureKeyVaultRootKeyOptions extends RetryOptions {
-  /** The vault's URL, e.g. https://my-vault.vault.azure.net (https, or http on loopback only). */
+  /** The vault's URL, e.g. https://my-vault.vault.azure.net. Plain http only on loopback or a host in `plainHttpHosts`. */
   vaultUrl: string
   /** Name of an RSA key (RSA or RSA-HSM) with the wrapKey and unwrapKey operations allowed. */
   keyName: string
@@ -36,7 +37,6 @@ const KEK_BYTES = 16
 const DIGEST_BYTES = 32
 const KEY_NAME = /^[0-9a-zA-Z-]{1,127}$/
 const KEY_VERSION = /^[0-9a-zA-Z]{1,64}$/
-const LOOPBACK = new Set(['localhost', '127.0.0.1', '[::1]'])
 
 function toBase64Url(b: Uint8Array): string {
   return toBase64(b).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '')
@@ -59,6 +59,7 @@ function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   return diff === 0
 }
 
+/** Azure Key Vault as a root key: RSA-OAEP-256 wrapkey/unwrapkey of a KEK made here, bound to the chain by a digest inside the RSA block. */
 export function azureKeyVaultRootKey(options: AzureKeyVaultRootKeyOptions): RootKey {
   if (typeof options !== 'object' || options === null) throw new TypeError('options: expected an object')
   const { keyName, keyVersion } = options
@@ -69,16 +70,7 @@ export function azureKeyVaultRootKey(options: AzureKeyVaultRootKeyOptions): Root
   if (typeof options.accessToken !== 'function' && (typeof options.accessToken !== 'string' || options.accessToken === '')) {
     throw new TypeError('accessToken: expected a Microsoft Entra access token or a function returning one')
   }
-  let vault: URL
-  try {
-    vault = new URL(options.vaultUrl)
-  } catch {
-    throw new TypeError('vaultUrl: expected a URL such as https://my-vault.vault.azure.net')
-  }
-  // A bearer token goes with every request: never in clear text off this machine.
-  if (vault.protocol !== 'https:' && !(vault.protocol === 'http:' && LOOPBACK.has(vault.hostname))) {
-    throw new TypeError('vaultUrl: expected https (http only on loopback, for tests)')
-  }
+  const vault = checkServerUrl(options.vaultUrl, 'vaultUrl', options.plainHttpHosts)
   const base = vault.origin + vault.pathname.replace(/\/+$/, '')
   const token = typeof options.accessToken === 'function' ? options.accessToken : async () => options.accessToken as string
 

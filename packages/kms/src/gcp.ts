@@ -4,21 +4,23 @@
  * `cryptoKeys.encrypt` under the chain's KEK AAD as `additionalAuthenticatedData`, and are
  * unwrapped with `cryptoKeys.decrypt`, so Cloud KMS itself binds each KEK to its chain and id.
  */
-import { RootKeyError, type NewKek, type RootKey } from '@kms-proxy/core'
+import { RootKeyError, checkServerUrl, type NewKek, type RootKey } from '@kms-proxy/core'
 import { fromBase64, importKek, postJson, refused, toBase64, type RetryOptions } from './http.js'
 
+/** Options of {@link gcpKmsRootKey}. */
 export interface GcpKmsRootKeyOptions extends RetryOptions {
   /** projects/{p}/locations/{l}/keyRings/{r}/cryptoKeys/{k} (a symmetric ENCRYPT_DECRYPT key). */
   keyName: string
   /** OAuth 2.0 access token, or a function called before each request (for expiring ones). */
   accessToken: string | (() => Promise<string>)
-  /** Default https://cloudkms.googleapis.com. */
+  /** Default https://cloudkms.googleapis.com. Plain http only on loopback or a host in `plainHttpHosts`. */
   endpoint?: string
 }
 
 const TAG = 0x21
 const KEY_NAME = /^projects\/[^/]+\/locations\/[^/]+\/keyRings\/[^/]+\/cryptoKeys\/[^/]+$/
 
+/** Google Cloud KMS as a root key: HSM random bytes for each KEK, bound to the chain with additionalAuthenticatedData. */
 export function gcpKmsRootKey(options: GcpKmsRootKeyOptions): RootKey {
   if (typeof options !== 'object' || options === null) throw new TypeError('options: expected an object')
   const { keyName } = options
@@ -29,7 +31,7 @@ export function gcpKmsRootKey(options: GcpKmsRootKeyOptions): RootKey {
     throw new TypeError('accessToken: expected an OAuth 2.0 access token or a function returning one')
   }
   const location = keyName.split('/').slice(0, 4).join('/')
-  const endpoint = new URL(options.endpoint ?? 'https://cloudkms.googleapis.com')
+  const endpoint = checkServerUrl(options.endpoint ?? 'https://cloudkms.googleapis.com', 'endpoint', options.plainHttpHosts)
   const token = typeof options.accessToken === 'function' ? options.accessToken : async () => options.accessToken as string
 
   async function call(action: string, resource: string, payload: Record<string, unknown>): Promise<Record<string, string>> {

@@ -1,51 +1,82 @@
-import { KEK_USAGES, RootKeyError } from '@kms-proxy/core'
+import { HttpExchangeError, KEK_USAGES, RootKeyError, httpWithRetry, transientStatus, type HttpAnswer } from '@kms-proxy/core'
 
+/** Transport options every KMS root key takes. */
 export interface RetryOptions {
-  /** Per attempt. Default 10 s. */
+  /**
+   * Deadline of each attempt, covering the whole exchange: connection, headers and every byte of
+   * the body (a server that stalls mid-answer fails at this deadline too). Default 10 s.
+   */
   timeoutMs?: number
-  /** Attempts after the first on 429, 5xx and network errors. Default 3. */
+  /** Attempts after the first on 429, 5xx, throttling, timeouts and network errors. Default 3. */
   retries?: number
   /** First backoff; doubles each retry, with full jitter. Default 100 ms. */
   backoffMs?: number
+  /** The `fetch` to use. Default: the global one. */
   fetch?: typeof fetch
+  /**
+   * Hosts the caller allows plain `http:` to, by name (compared without case). Without it, a KMS
+   * URL must be `https:` unless its host is loopback (`localhost`, 127.0.0.0/8, `::1`): over plain
+   * http anyone on the path reads the credentials and the KEK bytes, or answers in the KMS's place.
+   */
+  plainHttpHosts?: string[]
+}
+
+/** How one KMS speaks beyond plain HTTP statuses. */
+export interface KmsProtocol {
+  /** Which complete answers are worth another attempt. Default: 429 and 5xx. */
+  transient?: (answer: HttpAnswer) => boolean
+  /**
+   * Called with a final non-2xx answer; true asks for one more round of attempts (AWS: the
+   * signing clock was just corrected from the server's `Date`). Called at most once per call.
+   */
+  againOnce?: (answer: HttpAnswer) => boolean
+}
+
+/** An answer's JSON body when it is an object, else undefined. */
+function jsonObject(answer: HttpAnswer): Record<string, unknown> | undefined {
+  const parsed = answer.json()
+  return typeof parsed === 'object' && parsed !== null && !Array.isArray(parsed) ? (parsed as Record<string, unknown>) : undefined
 }
 
 /**
- * fetch with a timeout per attempt and retries with exponential backoff and full jitter on 429,
- * 5xx and network errors. `describe(response)` turns a final non-2xx answer into an error.
+ * POSTs a JSON body through `httpWithRetry` (the deadline covers the whole answer, retries with
+ * backoff and full jitter) and parses the JSON answer. No answer at all (timeout, network) is a
+ * retryable ERR_ROOT_KEY; a non-2xx answer is an ERR_ROOT_KEY, retryable when `transient` says
+ * so, worded by `describe` from the status and the parsed error body; the body itself is never put
+ * in a message (it could echo a request field).
  */
-export async function fetchWithRetry(
+export async function postJson(
   what: string,
   url: string,
-  init: () => Promise<RequestInit> | RequestInit,
+  body: string,
+  headers: () => Promise<Record<string, string>>,
   options: RetryOptions,
-): Promise<Response> {
-  const doFetch = options.fetch ?? globalThis.fetch
-  const retries = options.retries ?? 3
-  const base = options.backoffMs ?? 100
-  for (let attempt = 0; ; attempt++) {
-    const controller = new AbortController()
-    const timer = setTimeout(() => controller.abort(), options.timeoutMs ?? 10_000)
-    let response: Response | undefined
-    let failure: unknown
-    try {
-      response = await doFetch(url, { ...(await init()), signal: controller.signal })
-    } catch (error) {
-      failure = error
-    } finally {
-      clearTimeout(timer)
-    }
-    const transient = response === undefined || response.status === 429 || response.status >= 500
-    if (!transient) return response!
-    if (attempt >= retries) {
-      if (response) return response
-      throw new RootKeyError(`${what}: the KMS did not answer (${(failure as Error)?.name ?? 'network error'})`, { cause: failure, retryable: true })
-    }
-    await response?.body?.cancel().catch(() => {})
-    const jitter = new Uint32Array(1)
-    crypto.getRandomValues(jitter)
-    await new Promise((resolve) => setTimeout(resolve, (base * 2 ** attempt * jitter[0]!) / 2 ** 32))
+  describe: (status: number, error: unknown, answer: HttpAnswer) => string,
+  protocol: KmsProtocol = {},
+): Promise<Record<string, unknown>> {
+  const transient = protocol.transient ?? transientStatus
+  const send = () =>
+    httpWithRetry(url, async () => ({ method: 'POST', body, headers: await headers() }), {
+      timeoutMs: options.timeoutMs ?? 10_000,
+      retries: options.retries ?? 3,
+      backoffMs: options.backoffMs ?? 100,
+      transient,
+      ...(options.fetch ? { fetch: options.fetch } : {}),
+    })
+  let answer: HttpAnswer
+  try {
+    answer = await send()
+    if (!answer.ok && protocol.againOnce?.(answer)) answer = await send()
+  } catch (error) {
+    if (!(error instanceof HttpExchangeError)) throw error
+    if (error.reason === 'too-large') throw new RootKeyError(`${what}: the KMS answered with more than 1 MiB`)
+    // No cause: it would add nothing the reason does not say, and the message names no request part.
+    throw new RootKeyError(`${what}: the KMS did not answer (${error.reason})`, { retryable: true })
   }
+  const parsed = jsonObject(answer)
+  if (!answer.ok) throw new RootKeyError(`${what} failed: ${describe(answer.status, parsed, answer)}`, { retryable: transient(answer) })
+  if (!parsed) throw new RootKeyError(`${what} returned no JSON object`)
+  return parsed
 }
 
 export function fromBase64(s: string): Uint8Array<ArrayBuffer> {
@@ -69,34 +100,6 @@ export async function importKek(who: string, plaintext: Uint8Array<ArrayBuffer>)
   } finally {
     plaintext.fill(0) // invariant 1 (b): KEK bytes from a byte-oriented root, zeroed at once
   }
-}
-
-/**
- * POSTs a JSON body with fetchWithRetry and parses the JSON answer. A non-2xx answer becomes an
- * ERR_ROOT_KEY error, retryable on 429 and 5xx, worded by `describe` from the status and the
- * parsed error body; the body itself is never put in a message (it could echo a request field).
- */
-export async function postJson(
-  what: string,
-  url: string,
-  body: string,
-  headers: () => Promise<Record<string, string>>,
-  options: RetryOptions,
-  describe: (status: number, error: unknown) => string,
-): Promise<unknown> {
-  const response = await fetchWithRetry(what, url, async () => ({ method: 'POST', body, headers: await headers() }), options)
-  const text = await response.text()
-  let parsed: unknown
-  try {
-    parsed = JSON.parse(text)
-  } catch {
-    parsed = undefined
-  }
-  if (!response.ok) {
-    throw new RootKeyError(`${what} failed: ${describe(response.status, parsed)}`, { retryable: response.status === 429 || response.status >= 500 })
-  }
-  if (typeof parsed !== 'object' || parsed === null) throw new RootKeyError(`${what} returned no JSON object`)
-  return parsed
 }
 
 /** 401 and 403 worded the same for every KMS. */

@@ -1,15 +1,18 @@
 /**
  * AWS Signature Version 4 in WebCrypto (HMAC-SHA256, SHA-256), for a JSON POST to one service.
- * Checked against AWS's own signer (@smithy/signature-v4) in the tests.
+ * Checked against AWS's own signer (@smithy/signature-v4) in the tests, paths and query strings
+ * included.
  */
 const encoder = new TextEncoder()
 
+/** AWS credentials; `sessionToken` for temporary ones (STS, instance roles). */
 export interface AwsCredentials {
   accessKeyId: string
   secretAccessKey: string
   sessionToken?: string
 }
 
+/** What {@link signV4} signs. */
 export interface SignInput {
   method: 'POST'
   url: URL
@@ -18,7 +21,7 @@ export interface SignInput {
   region: string
   service: string
   credentials: AwsCredentials
-  /** Defaults to now; fixed in tests. */
+  /** Signing time. Default: now; fixed in tests, corrected for clock skew by the AWS root key. */
   date?: Date
 }
 
@@ -37,6 +40,40 @@ async function hmac(key: Uint8Array | ArrayBuffer, data: string): Promise<ArrayB
   return crypto.subtle.sign('HMAC', k, encoder.encode(data))
 }
 
+/** RFC 3986 encoding as AWS wants it: everything but unreserved characters, `!'()*` included. */
+function escapeUri(s: string): string {
+  return encodeURIComponent(s).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`)
+}
+
+/**
+ * The canonical URI of every service but S3: the path as sent (already percent-encoded by URL
+ * parsing), with empty and dot segments removed, then each segment encoded once more.
+ */
+function canonicalPath(path: string): string {
+  const segments: string[] = []
+  for (const segment of path.split('/')) {
+    if (segment === '' || segment === '.') continue
+    if (segment === '..') segments.pop()
+    else segments.push(segment)
+  }
+  const normalized = `${path.startsWith('/') ? '/' : ''}${segments.join('/')}${segments.length > 0 && path.endsWith('/') ? '/' : ''}`
+  return escapeUri(normalized).replace(/%2F/g, '/')
+}
+
+/** The canonical query: decoded parameters, each name and value encoded, sorted by name, then by value. */
+function canonicalQuery(params: URLSearchParams): string {
+  const byName = new Map<string, string[]>()
+  for (const [name, value] of params) {
+    if (name.toLowerCase() === 'x-amz-signature') continue
+    const encoded = escapeUri(name)
+    byName.set(encoded, [...(byName.get(encoded) ?? []), `${encoded}=${escapeUri(value)}`])
+  }
+  return [...byName.keys()]
+    .sort()
+    .map((name) => byName.get(name)!.sort().join('&'))
+    .join('&')
+}
+
 /** Returns the headers to send: the input's, plus host, x-amz-date, the token, and authorization. */
 export async function signV4(input: SignInput): Promise<Record<string, string>> {
   const date = input.date ?? new Date()
@@ -50,8 +87,8 @@ export async function signV4(input: SignInput): Promise<Record<string, string>> 
   const names = Object.keys(headers).sort()
   const canonicalRequest = [
     input.method,
-    input.url.pathname || '/',
-    '',
+    canonicalPath(input.url.pathname || '/'),
+    canonicalQuery(input.url.searchParams),
     ...names.map((n) => `${n}:${headers[n]}`),
     '',
     names.join(';'),

@@ -6,11 +6,12 @@
  * (aes128-gcm96, aes256-gcm96 or chacha20-poly1305): only those authenticate associated_data.
  * Vault's `datakey` endpoint documents no associated_data parameter, so it is not used.
  */
-import { RootKeyError, type NewKek, type RootKey } from '@kms-proxy/core'
+import { RootKeyError, checkServerUrl, type NewKek, type RootKey } from '@kms-proxy/core'
 import { fromBase64, importKek, postJson, refused, toBase64, type RetryOptions } from './http.js'
 
+/** Options of {@link vaultTransitRootKey}. */
 export interface VaultTransitRootKeyOptions extends RetryOptions {
-  /** Vault's address, e.g. https://vault.example.com:8200. */
+  /** Vault's address, e.g. https://vault.example.com:8200. Plain http only on loopback or a host in `plainHttpHosts`. */
   address: string
   /** Vault token (X-Vault-Token), or a function called before each request (for expiring ones). */
   token: string | (() => Promise<string>)
@@ -25,6 +26,7 @@ export interface VaultTransitRootKeyOptions extends RetryOptions {
 const TAG = 0x22
 const VAULT_CIPHERTEXT = /^vault:v\d+:[A-Za-z0-9+/=]+$/
 
+/** HashiCorp Vault Transit as a root key: Vault makes each KEK's bytes and binds them to the chain with associated_data. */
 export function vaultTransitRootKey(options: VaultTransitRootKeyOptions): RootKey {
   if (typeof options !== 'object' || options === null) throw new TypeError('options: expected an object')
   const { key, namespace } = options
@@ -35,12 +37,7 @@ export function vaultTransitRootKey(options: VaultTransitRootKeyOptions): RootKe
   if (typeof options.token !== 'function' && (typeof options.token !== 'string' || options.token === '')) {
     throw new TypeError('token: expected a Vault token or a function returning one')
   }
-  let address: URL
-  try {
-    address = new URL(options.address)
-  } catch {
-    throw new TypeError('address: expected a URL such as https://vault.example.com:8200')
-  }
+  const address = checkServerUrl(options.address, 'address', options.plainHttpHosts)
   const token = typeof options.token === 'function' ? options.token : async () => options.token as string
 
   async function call(action: string, path: string, payload: Record<string, unknown>): Promise<Record<string, unknown>> {

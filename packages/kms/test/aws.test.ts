@@ -8,6 +8,7 @@ import { KeyChain, KmsProxyError, memoryStore } from '@kms-proxy/core'
 import { createHarness, describeRootKey } from '@kms-proxy/testkit'
 import { awsKmsRootKey, signV4 } from '../src/index.ts'
 import { startMoto, type Moto } from './fakes/moto.ts'
+import { startFront, type Front } from './fakes/front.ts'
 import { countCallsThroughChain, decryptWithKekMovedToAnotherChain } from './chain.ts'
 
 const credentials = { accessKeyId: 'AKIDKMSPROXYTEST', secretAccessKey: 'kms-proxy-test-secret-key/abc+def' }
@@ -65,6 +66,37 @@ describe('SigV4', () => {
       expect(ours['x-amz-date']).toBe(theirs.headers['x-amz-date'])
     }
   })
+})
+
+describe('SigV4 canonical path and query', () => {
+  // Paths and queries as a caller may give them in an endpoint (a VPC endpoint or a gateway
+  // with a path prefix), in the form fetch sends them: URL parsing encodes spaces and unicode,
+  // keeps %, + and = as they are. Smithy's query is the decoded parameters of that same URL.
+  const urls = [
+    'https://kms.eu-central-1.amazonaws.com/a b/ü/',
+    'https://kms.eu-central-1.amazonaws.com/100%/x+y/k=v/',
+    'https://kms.eu-central-1.amazonaws.com/already%20encoded/%2F/%25',
+    'https://kms.eu-central-1.amazonaws.com//double//slashes///',
+    'https://kms.eu-central-1.amazonaws.com/./dot/../segments/.',
+    "https://kms.eu-central-1.amazonaws.com/sub-delims/!'()*~/",
+    'https://gw.example.com:8443/prefix/kms?b=2&a=1&a=0&a-b=3&c=x y&d=%2B&e=+&f=ü&g=&h&%C3%A9=%&X-Amz-Signature=ignored',
+    'https://kms.eu-central-1.amazonaws.com/?z=1&Z=2&_=3&~=4',
+  ]
+  for (const href of urls) {
+    it(`matches @smithy/signature-v4 for ${href}`, async () => {
+      const url = new URL(href)
+      const headers = { 'content-type': 'application/x-amz-json-1.1', 'x-amz-target': 'TrentService.Decrypt' }
+      const date = new Date('2026-11-30T05:00:00Z')
+      const body = '{"KeyId":"k"}'
+      const ours = await signV4({ method: 'POST', url, headers, body, region: 'eu-central-1', service: 'kms', credentials, date })
+      const query: Record<string, string | string[]> = {}
+      for (const [k, v] of url.searchParams) query[k] = k in query ? [query[k]!].flat().concat(v) : v
+      const signer = new SignatureV4({ credentials, region: 'eu-central-1', service: 'kms', sha256: Sha256, applyChecksum: false })
+      const request = new HttpRequest({ method: 'POST', protocol: 'https:', hostname: url.hostname, port: url.port ? Number(url.port) : undefined, path: url.pathname, query, headers: { ...headers, host: url.host }, body })
+      const theirs = await signer.sign(request, { signingDate: date })
+      expect(ours.authorization).toBe(theirs.headers.authorization)
+    })
+  }
 })
 
 describe('AWS KMS through a key chain', () => {
@@ -186,5 +218,133 @@ describe('stats() while the KMS is down', () => {
     down = false
     await chain.rotate()
     expect(chain.stats().rootKeyAvailable).toBe(true)
+  })
+})
+
+describe('AWS KMS protocol details', () => {
+  let front: Front
+  beforeAll(async () => {
+    front = await startFront(endpoint)
+  })
+  afterAll(() => front?.close())
+  const via = (overrides = {}) => root({ endpoint: `${front.url}/`, fetch, backoffMs: 5, ...overrides })
+  const throttled = { status: 400, body: '{"__type":"ThrottlingException","message":"Rate exceeded"}' }
+
+  it('throttling (HTTP 400 ThrottlingException) is retried, and the call then succeeds', async () => {
+    let left = 2
+    front.requests = 0
+    front.intercept = () => (left-- > 0 ? throttled : undefined)
+    try {
+      const chain = await KeyChain.open({ rootKey: via(), store: memoryStore() })
+      expect(new TextDecoder().decode(await chain.decrypt(await chain.encrypt('x')))).toBe('x')
+      expect(left).toBeLessThan(0)
+      expect(front.requests).toBe(3) // 2 throttled + GenerateDataKey (the chain keeps the KEK it made)
+    } finally {
+      front.intercept = undefined
+    }
+  })
+
+  it('throttling past the retries is a retryable ERR_ROOT_KEY, and stats() says the root key is unavailable', async () => {
+    const chain = await KeyChain.open({ rootKey: via({ retries: 2 }), store: memoryStore() })
+    await chain.encrypt('x')
+    front.requests = 0
+    front.intercept = () => throttled
+    try {
+      const error = await chain.rotate().catch((e) => e)
+      expect(error).toBeInstanceOf(KmsProxyError)
+      expect([error.code, error.retryable]).toEqual(['ERR_ROOT_KEY', true])
+      expect(error.message).toMatch(/ThrottlingException/)
+      expect(front.requests).toBe(3)
+      expect(chain.stats().rootKeyAvailable).toBe(false)
+    } finally {
+      front.intercept = undefined
+    }
+    await chain.rotate()
+    expect(chain.stats().rootKeyAvailable).toBe(true)
+  })
+
+  it('an empty or missing CiphertextBlob from GenerateDataKey is ERR_ROOT_KEY, and nothing is stored', async () => {
+    const plaintext = Buffer.alloc(16, 7).toString('base64')
+    for (const answer of [{ CiphertextBlob: '', Plaintext: plaintext, KeyId: keyId }, { Plaintext: plaintext, KeyId: keyId }, { CiphertextBlob: '!!', Plaintext: plaintext }]) {
+      front.intercept = () => ({ status: 200, body: JSON.stringify(answer) })
+      try {
+        const store = memoryStore()
+        const chain = await KeyChain.open({ rootKey: via(), store })
+        const error = await chain.encrypt('x').catch((e) => e)
+        expect(error).toBeInstanceOf(KmsProxyError)
+        expect([error.code, error.message]).toEqual(['ERR_ROOT_KEY', expect.stringMatching(/CiphertextBlob/)])
+        expect(await store.listKeks('default')).toEqual([])
+      } finally {
+        front.intercept = undefined
+      }
+    }
+  })
+
+  /** A KMS whose clock is `serverSkewMs` off this machine's, and that refuses a request signed more than 5 minutes off its own. */
+  function skewedKms(serverSkewMs: number, withDate = true) {
+    const seen = { refused: 0, accepted: 0 }
+    front.intercept = (req) => {
+      const now = Date.now() + serverSkewMs
+      const m = /^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z$/.exec(String(req.headers['x-amz-date']))
+      const signed = m ? Date.UTC(+m[1]!, +m[2]! - 1, +m[3]!, +m[4]!, +m[5]!, +m[6]!) : NaN
+      if (Math.abs(signed - now) <= 5 * 60_000) return void seen.accepted++
+      seen.refused++
+      const stamp = new Date(now).toISOString().replace(/[-:]|\.\d{3}/g, '')
+      return {
+        status: 400,
+        body: JSON.stringify({ __type: 'InvalidSignatureException', message: `Signature expired: ${req.headers['x-amz-date']} is now earlier than ${stamp} (${stamp} - 5 min.)` }),
+        headers: withDate ? { date: new Date(now).toUTCString() } : ({} as Record<string, string>),
+      }
+    }
+    return seen
+  }
+
+  it('a KMS whose clock is an hour ahead: the signing clock is corrected from its Date header, the call retried once, the correction kept', async () => {
+    const seen = skewedKms(3_600_000)
+    try {
+      const store = memoryStore()
+      const rootKey = via()
+      const chain = await KeyChain.open({ rootKey, store })
+      const encrypted = await chain.encrypt('skewed')
+      expect(seen).toEqual({ refused: 1, accepted: 1 })
+      await rootKey.newKek(new Uint8Array(8))
+      expect(seen).toEqual({ refused: 1, accepted: 2 }) // the same root key now signs with the server's time
+      const reader = await KeyChain.open({ rootKey: via(), store })
+      expect(new TextDecoder().decode(await reader.decrypt(encrypted))).toBe('skewed')
+      expect(seen).toEqual({ refused: 2, accepted: 3 }) // a new root key corrects once too
+    } finally {
+      front.intercept = undefined
+    }
+  })
+
+  it('a host whose own clock is an hour behind (the now option): corrected the same way', async () => {
+    const seen = skewedKms(0)
+    try {
+      const chain = await KeyChain.open({ rootKey: via({ now: () => Date.now() - 3_600_000 }), store: memoryStore() })
+      expect(new TextDecoder().decode(await chain.decrypt(await chain.encrypt('late')))).toBe('late')
+      expect(seen).toEqual({ refused: 1, accepted: 1 })
+    } finally {
+      front.intercept = undefined
+    }
+  })
+
+  it('a signature error without a Date header, or with a Date that agrees with ours (a wrong secret), is not retried', async () => {
+    const seen = skewedKms(3_600_000, false)
+    try {
+      const error = await via({ retries: 3 }).newKek(new Uint8Array(4)).catch((e) => e)
+      expect([error.code, error.retryable, error.message]).toEqual(['ERR_ROOT_KEY', false, expect.stringMatching(/InvalidSignatureException/)])
+      expect(seen).toEqual({ refused: 1, accepted: 0 })
+      front.requests = 0
+      front.intercept = () => ({
+        status: 400,
+        body: '{"__type":"InvalidSignatureException","message":"The request signature we calculated does not match the signature you provided."}',
+        headers: { date: new Date().toUTCString() },
+      })
+      const wrong = await via({ retries: 3 }).newKek(new Uint8Array(4)).catch((e) => e)
+      expect([wrong.code, wrong.retryable, wrong.message]).toEqual(['ERR_ROOT_KEY', false, expect.stringMatching(/InvalidSignatureException/)])
+      expect(front.requests).toBe(1)
+    } finally {
+      front.intercept = undefined
+    }
   })
 })

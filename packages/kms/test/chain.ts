@@ -29,3 +29,12 @@ export async function decryptWithKekMovedToAnotherChain(root: () => RootKey): Pr
   const b = await KeyChain.open({ rootKey: root(), store, name: 'b' })
   return b.decrypt(encrypted).then(() => undefined, (e: unknown) => e)
 }
+
+/** `promise`, or a rejection after `ms`: turns a hang into a test failure instead of a stuck run. */
+export function within<T>(ms: number, promise: Promise<T>): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined
+  const limit = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`still pending after ${ms} ms (hung)`)), ms)
+  })
+  return Promise.race([promise, limit]).finally(() => clearTimeout(timer))
+}
