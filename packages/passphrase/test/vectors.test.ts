@@ -46,6 +46,19 @@ it('the file holds the cases the format page shows', () => {
   expect(negatives.every((v) => v.expectedError === 'ERR_ROOT_KEY' && v.expectedMessage)).toBe(true)
 })
 
+it('docs/FORMAT.md shows the same wrapped KEKs and AAD', () => {
+  const page = readFileSync(new URL('../../../docs/FORMAT.md', import.meta.url), 'utf8')
+  const section = page.slice(page.indexOf('## Passphrase root key: wrapped KEK layout'))
+  for (const v of positives) {
+    const row = section.split('\n').find((line) => line.startsWith(`| \`${v.name}\` |`))
+    expect(row, v.name).toBeDefined()
+    const shown = row!.split('|').at(-2)!.replace(/[`\s]/g, '')
+    expect(shown, v.name).toBe(v.wrappedKek)
+  }
+  const aad = /The AAD\s+of the first case is `([0-9a-f ]+)`/.exec(section)
+  expect(aad?.[1]!.replace(/\s/g, '')).toBe(positives[0]!.aad)
+})
+
 describe.each(positives)('$name', (v) => {
   it('the independent encoder reproduces the frozen bytes; the AAD is core\'s kekAad', () => {
     expect(toHex(kekAad(v.chain, v.kekId))).toBe(v.aad)
