@@ -8,31 +8,52 @@
  *   compare-and-swap across every process: `atomic: true`.
  * - KEK records live at `${prefix}${chain}/kek/${id as 8 hex digits}`, written by one
  *   transaction `create_revision == 0` then put: put-if-absent, never overwritten.
- * - Several endpoints: a network error, a timeout or a 5xx moves to the next one, and the one that
- *   answered is remembered. A retried write can only fail safe (a swap that had in fact applied
- *   reads as lost, and the chain counts that lease as used; a KEK write reads as "id taken", and
- *   the chain picks another id, leaving one unused record).
- * - Username and password: one `authenticate` call, the token cached and renewed once on an
- *   auth error. Neither the password nor the token ever appears in an error message.
+ * - Several endpoints: a network error, a timeout (covering the whole answer, body included) or a
+ *   5xx moves to the next one, and the one that answered is remembered. A retried write can only
+ *   fail safe (a swap that had in fact applied reads as lost, and the chain counts that lease as
+ *   used; a KEK write reads as "id taken", and the chain picks another id, leaving one unused
+ *   record).
+ * - Username and password: one `authenticate` call, the token cached and renewed once when etcd
+ *   refuses it (invalid or expired, or a JWT issued before an auth change: "revision of auth store
+ *   is old"). Neither the password nor the token ever appears in an error message.
+ * - Plain http only to loopback or to hosts named in `plainHttpHosts`: over it, anyone on the path
+ *   reads the password and token, or answers `succeeded: true` to every write.
  *
  * No `node:` imports: only fetch, TextEncoder/TextDecoder, btoa/atob.
  */
-import type { ChainHead, KekRecord, KeyStore, Versioned } from '@kms-proxy/core'
+import { HttpExchangeError, checkServerUrl, httpExchange, type ChainHead, type KekRecord, type KeyStore, type Versioned } from '@kms-proxy/core'
 
+/** Options of {@link etcdStore}. */
 export interface EtcdStoreOptions {
-  /** Client URLs of the cluster members, e.g. `['https://etcd-1:2379', 'https://etcd-2:2379']`. */
+  /**
+   * Client URLs of the cluster members, e.g. `['https://etcd-1:2379', 'https://etcd-2:2379']`.
+   * `http:` only to a loopback host (`localhost`, 127.0.0.0/8, `::1`) or a host in `plainHttpHosts`.
+   */
   endpoints: string[]
+  /**
+   * Hosts that may be reached over plain `http:` although they are not loopback: the explicit
+   * opt-in for a network where nobody else can read or answer the traffic. Over plain http the
+   * password, the token and every record cross in the clear, and anyone on the path can answer
+   * `{"succeeded":true}` to a write that never happened. Host names only, no port.
+   */
+  plainHttpHosts?: string[]
   /** etcd user (auth enabled); `password` is then required. */
   username?: string
+  /** The etcd user's password; never appears in an error. */
   password?: string
   /** Key prefix for every key this store writes. Default `'kms-proxy/'`. */
   prefix?: string
   /** The fetch to use. Default: the global fetch. */
   fetch?: typeof fetch
-  /** Per-request timeout in milliseconds, before moving to the next endpoint. Default 5,000. */
+  /**
+   * Deadline in milliseconds for each request to one endpoint, covering the whole answer (headers
+   * and body, even with a `fetch` that ignores its abort signal); past it the store moves to the
+   * next endpoint. Default 5,000.
+   */
   timeoutMs?: number
 }
 
+/** The store {@link etcdStore} returns: a `KeyStore` with compare-and-swap that never embeds KEKs. */
 export interface EtcdStore extends KeyStore {
   readonly atomic: true
   readonly embedsKeks: false
@@ -118,14 +139,17 @@ class EtcdHttpError extends Error {
   }
 }
 
-/** Something that should make us try the next endpoint (no answer, or a 5xx). */
+/** Something that should make us try the next endpoint (no complete answer, or a 5xx). */
 class EndpointDown extends Error {}
 
-function describe(cause: unknown): string {
-  const e = cause as { name?: string; message?: string; cause?: { code?: string } } | undefined
-  const code = e?.cause?.code
-  return code ? `${e?.name ?? 'Error'} (${code})` : `${e?.name ?? 'Error'}: ${e?.message ?? String(cause)}`
-}
+/**
+ * The largest answer read from etcd. A KEK record takes under 1.5 KiB of a listKeks answer (base64
+ * twice over, even with a 512-byte wrapped KEK), so a chain's KEKs fit by the tens of thousands.
+ */
+const MAX_ANSWER_BYTES = 64 << 20
+
+/** etcd refuses the token: invalid or expired, or a JWT issued before the last auth change. */
+const REFUSED_TOKEN = /invalid auth token|user name is empty|auth token is not provided|revision of auth store is old/i
 
 /** A KeyStore on etcd v3's HTTP/JSON gateway. `atomic: true`: the head changes only by compare-and-swap. */
 export function etcdStore(options: EtcdStoreOptions): EtcdStore {
@@ -133,14 +157,7 @@ export function etcdStore(options: EtcdStoreOptions): EtcdStore {
   const { endpoints, username, password } = options
   if (!Array.isArray(endpoints) || endpoints.length === 0) throw new TypeError('endpoints: expected a non-empty array of URLs')
   const bases = endpoints.map((e, i) => {
-    let url: URL
-    try {
-      url = new URL(String(e))
-    } catch {
-      throw new TypeError(`endpoints[${i}]: not a URL`)
-    }
-    if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new TypeError(`endpoints[${i}]: expected an http: or https: URL`)
-    if (url.username || url.password) throw new TypeError(`endpoints[${i}]: put credentials in username/password, not in the URL`)
+    const url = checkServerUrl(String(e), `endpoints[${i}]`, options.plainHttpHosts)
     return url.origin + url.pathname.replace(/\/+$/, '')
   })
   if (username !== undefined && (typeof username !== 'string' || username.length === 0)) throw new TypeError('username: expected a non-empty string')
@@ -159,33 +176,22 @@ export function etcdStore(options: EtcdStoreOptions): EtcdStore {
 
   /** One POST to one endpoint: parsed JSON, EtcdHttpError for an answer etcd refused, EndpointDown otherwise. */
   async function post(base: string, path: string, body: unknown, auth: string | undefined): Promise<Record<string, unknown>> {
-    const controller = new AbortController()
-    const timer = setTimeout(() => controller.abort(), timeoutMs)
-    let response: Response
-    let text: string
+    const headers: Record<string, string> = { 'content-type': 'application/json' }
+    if (auth !== undefined) headers.authorization = auth
+    let response
     try {
-      const headers: Record<string, string> = { 'content-type': 'application/json' }
-      if (auth !== undefined) headers.authorization = auth
-      // Bound (not a method call on our closure) so that browsers and workerd accept it.
-      response = await doFetch.call(globalThis, `${base}${path}`, { method: 'POST', headers, body: JSON.stringify(body), signal: controller.signal })
-      text = await response.text()
-    } catch (cause) {
-      throw new EndpointDown(controller.signal.aborted ? `${base}: no answer within ${timeoutMs} ms` : `${base}: ${describe(cause)}`)
-    } finally {
-      clearTimeout(timer)
+      response = await httpExchange(`${base}${path}`, { method: 'POST', headers, body: JSON.stringify(body) }, { timeoutMs, fetch: doFetch, maxBodyBytes: MAX_ANSWER_BYTES })
+    } catch (error) {
+      if (error instanceof HttpExchangeError) throw new EndpointDown(`${base}: ${error.message}`)
+      throw error
     }
-    let json: Record<string, unknown> | undefined
-    try {
-      json = JSON.parse(text) as Record<string, unknown>
-    } catch {
-      json = undefined
-    }
+    const json = response.json() as Record<string, unknown> | null | undefined
     if (response.ok && json && typeof json === 'object') return json
     const message = typeof json?.message === 'string' ? json.message : typeof json?.error === 'string' ? json.error : `HTTP ${response.status}`
     if (response.status >= 500 && !/permission denied|authentication failed|auth token|user name/i.test(message)) {
       throw new EndpointDown(`${base}: HTTP ${response.status}: ${message.slice(0, 200)}`)
     }
-    const isAuth = response.status === 401 || /invalid auth token|user name is empty|auth token is not provided/i.test(message)
+    const isAuth = response.status === 401 || REFUSED_TOKEN.test(message)
     throw new EtcdHttpError(`etcd ${path} failed: HTTP ${response.status}: ${message.slice(0, 200)}`, response.status, isAuth)
   }
 
@@ -227,7 +233,10 @@ export function etcdStore(options: EtcdStoreOptions): EtcdStore {
     return authenticating
   }
 
-  /** A gateway call with the auth token, renewed once if etcd says it is invalid or expired. */
+  /**
+   * A gateway call with the auth token, renewed once if etcd refuses it. A request refused for its
+   * token was not applied (etcd checks the token before it applies a write), so the retry is safe.
+   */
   async function request(path: string, body: unknown): Promise<Record<string, unknown>> {
     if (username === undefined) return call(path, body, undefined)
     const used = token ?? (await authenticate())

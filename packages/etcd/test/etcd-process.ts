@@ -133,5 +133,23 @@ export async function gateway(url: string, path: string, body: unknown, token?: 
   return json
 }
 
+/**
+ * Turns auth on: user `root` (role root), and a least-privilege user `app` whose role `kms` reads
+ * and writes under `app/` only. Returns a function that runs a gateway call as root.
+ */
+export async function enableAuth(url: string, passwords: { root: string; app: string }): Promise<(path: string, body: unknown) => Promise<any>> {
+  await gateway(url, '/v3/auth/user/add', { name: 'root', password: passwords.root })
+  await gateway(url, '/v3/auth/user/grant', { user: 'root', role: 'root' })
+  await gateway(url, '/v3/auth/role/add', { name: 'kms' })
+  await gateway(url, '/v3/auth/role/grant', { name: 'kms', perm: { permType: 'READWRITE', key: b64('app/'), range_end: b64('app0') } })
+  await gateway(url, '/v3/auth/user/add', { name: 'app', password: passwords.app })
+  await gateway(url, '/v3/auth/user/grant', { user: 'app', role: 'kms' })
+  await gateway(url, '/v3/auth/enable', {})
+  return async (path, body) => {
+    const { token } = await gateway(url, '/v3/auth/authenticate', { name: 'root', password: passwords.root })
+    return gateway(url, path, body, token)
+  }
+}
+
 export const b64 = (s: string) => Buffer.from(s).toString('base64')
 export const unb64 = (s: string) => Buffer.from(s, 'base64')

@@ -2,12 +2,20 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { KeyChain, KmsProxyError, aesRootKey } from '@kms-proxy/core'
 import { createHarness, describeStore } from '@kms-proxy/testkit'
 import { etcdStore } from '../src/index.ts'
-import { b64, gateway, haveEtcd, startEtcd, type EtcdCluster } from './etcd-process.ts'
+import { createServer as createHttpServer, type ServerResponse } from 'node:http'
+import { b64, enableAuth, gateway, haveEtcd, startEtcd, type EtcdCluster } from './etcd-process.ts'
 
 const ROOT = Uint8Array.from({ length: 32 }, (_, i) => (i * 7 + 1) & 0xff)
 let seq = 0
 const uniquePrefix = () => `t${Date.now().toString(36)}-${++seq}/`
 const kekIdOf = (e: Uint8Array) => ((e[1]! << 24) | (e[2]! << 16) | (e[3]! << 8) | e[4]!) >>> 0
+
+/** `promise`, or a failure after `ms`: turns a hang into a failing assertion. */
+function within<T>(ms: number, promise: Promise<T>, message: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined
+  const deadline = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(message)), ms)))
+  return Promise.race([promise, deadline]).finally(() => clearTimeout(timer))
+}
 
 describe.skipIf(!haveEtcd)('etcdStore on one etcd member', () => {
   let etcd: EtcdCluster
@@ -49,9 +57,32 @@ describe.skipIf(!haveEtcd)('etcdStore on one etcd member', () => {
   it('validates its arguments', () => {
     expect(() => etcdStore({ endpoints: [] })).toThrow(TypeError)
     expect(() => etcdStore({ endpoints: ['ftp://x'] })).toThrow(TypeError)
-    expect(() => etcdStore({ endpoints: ['http://u:p@x'] })).toThrow(/credentials/)
-    expect(() => etcdStore({ endpoints: ['http://x'], username: 'u' })).toThrow(TypeError)
-    expect(() => etcdStore({ endpoints: ['http://x'], timeoutMs: 0 })).toThrow(RangeError)
+    expect(() => etcdStore({ endpoints: ['https://u:p@x'] })).toThrow(/credentials/)
+    expect(() => etcdStore({ endpoints: ['https://x'], username: 'u' })).toThrow(/username and password/)
+    expect(() => etcdStore({ endpoints: ['https://x'], timeoutMs: 0 })).toThrow(RangeError)
+  })
+
+  it('refuses plain http outside loopback unless the host is named in plainHttpHosts', async () => {
+    for (const endpoint of ['http://etcd-1.internal:2379', 'http://10.0.0.7:2379', 'http://[fd00::7]:2379']) {
+      expect(() => etcdStore({ endpoints: [endpoint] }), endpoint).toThrow(TypeError)
+      expect(() => etcdStore({ endpoints: ['https://etcd-2.internal:2379', endpoint] }), endpoint).toThrow(/endpoints\[1\]: plain http .* plainHttpHosts/)
+    }
+    expect(() => etcdStore({ endpoints: ['http://etcd-1.internal:2379'], plainHttpHosts: ['etcd-2.internal'] })).toThrow(TypeError)
+    expect(() => etcdStore({ endpoints: ['https://x'], plainHttpHosts: 'x' as never })).toThrow(/plainHttpHosts/)
+    for (const endpoint of ['https://etcd-1.internal:2379', 'http://127.0.0.1:2379', 'http://localhost:2379', 'http://[::1]:2379']) {
+      expect(etcdStore({ endpoints: [endpoint] }).atomic, endpoint).toBe(true)
+    }
+    // The opt-in works end to end: a host named in plainHttpHosts (routed here to the local etcd).
+    const real = new URL(etcd.urls[0]!)
+    const routed: typeof fetch = (input, init) => {
+      const url = new URL(String(input))
+      expect(url.host).toBe('etcd-1.internal:2379')
+      url.host = real.host
+      return fetch(url, init)
+    }
+    const store = etcdStore({ endpoints: ['http://ETCD-1.internal:2379'], plainHttpHosts: ['etcd-1.internal'], prefix: uniquePrefix(), fetch: routed })
+    expect(await store.casHead('c', undefined, { primary: 1, primaryCreatedAt: 1, leased: 0 })).toBe(true)
+    expect((await store.getHead('c'))!.value.primary).toBe(1)
   })
 
   it('fails over: [dead port, live url] works, and the live endpoint is remembered', async () => {
@@ -90,26 +121,77 @@ describe.skipIf(!haveEtcd)('etcdStore on one etcd member', () => {
       silent.close()
     }
   })
+
+  it('an endpoint that sends the headers and then stalls the body: the request moves on within timeoutMs, whatever the fetch', async () => {
+    const held: ServerResponse[] = []
+    let requests = 0
+    const stalling = createHttpServer((req, res) => {
+      requests++
+      req.resume()
+      res.writeHead(200, { 'content-type': 'application/json' })
+      res.write('{"header":{') // and never the rest
+      held.push(res)
+    })
+    await new Promise<void>((r) => stalling.listen(0, '127.0.0.1', () => r()))
+    try {
+      const stalled = `http://127.0.0.1:${(stalling.address() as { port: number }).port}`
+      // The global fetch, and one that ignores the abort signal (as simple socket adapters do).
+      const fetches: Array<[string, typeof fetch]> = [
+        ['global fetch', fetch],
+        ['a fetch without abort', (input, init) => fetch(input, { ...init, signal: undefined })],
+      ]
+      for (const [name, f] of fetches) {
+        const store = etcdStore({ endpoints: [stalled, etcd.urls[0]!], prefix: uniquePrefix(), timeoutMs: 1000, fetch: f })
+        const before = requests
+        const started = Date.now()
+        const head = await within(8000, store.getHead('x'), `getHead through ${name} hung on the stalled body`)
+        const elapsed = Date.now() - started
+        expect(head).toBe(undefined)
+        expect(requests - before).toBe(1)
+        expect(elapsed).toBeGreaterThanOrEqual(900)
+        expect(elapsed).toBeLessThan(6000)
+        // The live endpoint is remembered: the stalled one is not asked again.
+        expect(await store.casHead('x', undefined, { primary: 1, primaryCreatedAt: 1, leased: 0 })).toBe(true)
+        expect(requests - before).toBe(1)
+      }
+    } finally {
+      for (const res of held) res.destroy()
+      stalling.close()
+    }
+  })
+
+  it('an endpoint that announces an answer over 64 MiB: not read, the store moves on at once', async () => {
+    const held: ServerResponse[] = []
+    const huge = createHttpServer((req, res) => {
+      req.resume()
+      res.writeHead(200, { 'content-type': 'application/json', 'content-length': String(64 * 1024 * 1024 + 1) })
+      res.write('{"kvs":[')
+      held.push(res)
+    })
+    await new Promise<void>((r) => huge.listen(0, '127.0.0.1', () => r()))
+    try {
+      const url = `http://127.0.0.1:${(huge.address() as { port: number }).port}`
+      const store = etcdStore({ endpoints: [url, etcd.urls[0]!], prefix: uniquePrefix(), timeoutMs: 10_000 })
+      const started = Date.now()
+      expect(await store.listKeks('x')).toEqual([])
+      expect(Date.now() - started).toBeLessThan(5000)
+      const alone = etcdStore({ endpoints: [url], prefix: uniquePrefix(), timeoutMs: 10_000 })
+      await expect(alone.getHead('x')).rejects.toThrow(/no endpoint answered .*over 67108864 bytes/)
+    } finally {
+      for (const res of held) res.destroy()
+      huge.close()
+    }
+  })
 })
 
 describe.skipIf(!haveEtcd)('etcdStore with etcd auth enabled', () => {
   let etcd: EtcdCluster
   const PASSWORD = 'pw-Zq8!secret-never-shown'
   const APP_PASSWORD = 'app-Kx7#also-secret'
+  let asRoot: Awaited<ReturnType<typeof enableAuth>>
   beforeAll(async () => {
     etcd = await startEtcd()
-    const url = etcd.urls[0]!
-    await gateway(url, '/v3/auth/user/add', { name: 'root', password: PASSWORD })
-    await gateway(url, '/v3/auth/user/grant', { user: 'root', role: 'root' })
-    // A least-privilege user: read and write under its prefix only.
-    await gateway(url, '/v3/auth/role/add', { name: 'kms' })
-    await gateway(url, '/v3/auth/role/grant', {
-      name: 'kms',
-      perm: { permType: 'READWRITE', key: b64('app/'), range_end: b64('app0') },
-    })
-    await gateway(url, '/v3/auth/user/add', { name: 'app', password: APP_PASSWORD })
-    await gateway(url, '/v3/auth/user/grant', { user: 'app', role: 'kms' })
-    await gateway(url, '/v3/auth/enable', {})
+    asRoot = await enableAuth(etcd.urls[0]!, { root: PASSWORD, app: APP_PASSWORD })
   }, 30_000)
   afterAll(async () => {
     await etcd?.stop()
@@ -168,5 +250,22 @@ describe.skipIf(!haveEtcd)('etcdStore with etcd auth enabled', () => {
     expect(authCalls).toBe(2)
     expect((await store.getHead('c'))!.value.leased).toBe(1)
     expect(authCalls).toBe(2)
+  })
+
+  it('simple tokens outlive an auth change (a user added, a role granted): no error, no new login', async () => {
+    let authCalls = 0
+    const counting: typeof fetch = (input, init) => {
+      if (String(input).endsWith('/v3/auth/authenticate')) authCalls++
+      return fetch(input, init)
+    }
+    const store = etcdStore({ endpoints: etcd.urls, prefix: `app/${uniquePrefix()}`, username: 'app', password: APP_PASSWORD, fetch: counting })
+    expect(await store.getHead('c')).toBe(undefined)
+    const n = ++seq
+    await asRoot('/v3/auth/user/add', { name: `someone-${n}`, password: 'x' })
+    expect(await store.casHead('c', undefined, { primary: 1, primaryCreatedAt: 1, leased: 0 })).toBe(true)
+    await asRoot('/v3/auth/role/add', { name: `extra-${n}` })
+    await asRoot('/v3/auth/user/grant', { user: 'app', role: `extra-${n}` })
+    expect((await store.getHead('c'))!.value.primary).toBe(1)
+    expect(authCalls).toBe(1)
   })
 })
