@@ -23,15 +23,15 @@ export interface TestToken {
   cleanup(): void
 }
 
-/** A fresh SoftHSM2 token labelled kms-proxy (user PIN 5678) in its own temporary directory. */
-export function makeToken(): TestToken {
+/** A fresh SoftHSM2 token labelled `label` (user PIN 5678) in its own temporary directory. */
+export function makeToken(label = TOKEN_LABEL): TestToken {
   const dir = mkdtempSync(join(tmpdir(), 'kms-proxy-softhsm-'))
   const tokens = join(dir, 'tokens')
   execFileSync('mkdir', ['-p', tokens])
   const conf = join(dir, 'softhsm2.conf')
   writeFileSync(conf, `directories.tokendir = ${tokens}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n`)
   const env = { ...process.env, SOFTHSM2_CONF: conf }
-  execFileSync('softhsm2-util', ['--init-token', '--free', '--label', TOKEN_LABEL, '--so-pin', SO_PIN, '--pin', PIN], { env, stdio: 'ignore' })
+  execFileSync('softhsm2-util', ['--init-token', '--free', '--label', label, '--so-pin', SO_PIN, '--pin', PIN], { env, stdio: 'ignore' })
   return { dir, env, cleanup: () => rmSync(dir, { recursive: true, force: true }) }
 }
 
