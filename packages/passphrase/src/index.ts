@@ -137,7 +137,6 @@ export function passphraseRootKey(options: PassphraseRootKeyOptions): RootKey {
         const { argon2idAsync } = await import('@noble/hashes/argon2.js')
         bytes = (await argon2idAsync(pass, salt, argon2idOptions(k))) as Uint8Array<ArrayBuffer>
       }
-      pass.fill(0)
       return await crypto.subtle.importKey('raw', bytes, WRAPPING_KEY.name, false, WRAP_USAGES)
     } finally {
       pass.fill(0)

@@ -7,19 +7,12 @@ import { readFileSync } from 'node:fs'
 import { describe, expect, it } from 'vitest'
 import { KmsProxyError, kekAad } from '@kms-proxy/core'
 import { passphraseRootKey } from '../src/index.ts'
-import { aadOf, unwrap, wrap, wrappingKeyOf, type VectorKdf } from './vector-encoder.ts'
+import { aadOf, unwrap, wrap, wrappingKeyOf, type WrapInput } from './vector-encoder.ts'
 
-interface Vector {
+interface Vector extends WrapInput {
   name: string
   description: string
   kind: 'positive' | 'negative'
-  kdf: VectorKdf
-  passphrase: string
-  chain: string
-  kekId: number
-  salt: string
-  iv: string
-  kek: string
   aad: string
   wrappingKey: string
   wrappedKek: string
