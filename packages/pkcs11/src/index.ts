@@ -10,16 +10,30 @@
  *   POST {url}/v1/unwrap   {wrapped, aad} -> {kek}
  * All byte fields are standard base64. `wrapped` is `0x30 || iv (12) || ciphertext (16) || tag (16)`.
  */
-import { KEK_USAGES, RootKeyError, type NewKek, type RootKey } from '@kms-proxy/core'
+import { HttpExchangeError, KEK_USAGES, RootKeyError, checkServerUrl, httpWithRetry, type NewKek, type RootKey } from '@kms-proxy/core'
 
+/** Options of {@link pkcs11BridgeRootKey}. */
 export interface Pkcs11BridgeRootKeyOptions {
-  /** Base URL of the bridge, such as http://127.0.0.1:7711 (what startPkcs11Bridge returns). */
+  /**
+   * Base URL of the bridge, such as http://127.0.0.1:7711 (what startPkcs11Bridge returns), or
+   * http://localhost with a `fetch` that dials the bridge's Unix socket. `http:` only to a loopback
+   * host (`localhost`, 127.0.0.0/8, `::1`) or a host in `plainHttpHosts`.
+   */
   url: string
+  /**
+   * Hosts that may be reached over plain `http:` although they are not loopback: the explicit
+   * opt-in. Over plain http the bearer token and the KEK bytes in every answer cross in the
+   * clear, and anyone on the path can answer in the bridge's place. Host names only, no port.
+   */
+  plainHttpHosts?: string[]
   /** The bridge's bearer token. Never appears in errors, `String()` or `JSON.stringify`. */
   token: string
-  /** Per attempt. Default 10 s. */
+  /**
+   * Deadline for each attempt, covering the whole answer (headers and body, even with a `fetch`
+   * that ignores its abort signal). Default 10 s.
+   */
   timeoutMs?: number
-  /** Attempts after the first on 429, 5xx and network errors. Default 3. */
+  /** Attempts after the first on 429, 5xx, network errors and timeouts. Default 3. */
   retries?: number
   /** First backoff; doubles each retry, with full jitter. Default 100 ms. */
   backoffMs?: number
@@ -82,65 +96,30 @@ function describe(status: number, body: { error?: unknown; message?: unknown }):
   return new RootKeyError(`${WHAT} failed: HTTP ${status}${code ? ` ${code}` : ''}${detail}`, { retryable })
 }
 
+/** A root key held in an HSM behind the PKCS#11 bridge, reached over HTTP with `fetch`. */
 export function pkcs11BridgeRootKey(options: Pkcs11BridgeRootKeyOptions): RootKey {
   if (typeof options !== 'object' || options === null) throw new TypeError('options: expected an object')
   if (typeof options.token !== 'string' || options.token === '') throw new TypeError('token: expected the bridge\'s bearer token')
-  let base: URL
-  try {
-    base = new URL(options.url)
-  } catch {
-    throw new TypeError('url: expected the bridge\'s URL, such as http://127.0.0.1:7711')
-  }
-  if (base.protocol !== 'http:' && base.protocol !== 'https:') throw new TypeError('url: expected an http: or https: URL')
+  const base = checkServerUrl(options.url, 'url', options.plainHttpHosts)
   const root = base.href.endsWith('/') ? base.href : `${base.href}/`
   const token = options.token
-  const doFetch = options.fetch ?? ((input: RequestInfo | URL, init?: RequestInit) => globalThis.fetch(input, init))
-  const retries = options.retries ?? 3
-  const backoff = options.backoffMs ?? 100
-  const timeoutMs = options.timeoutMs ?? 10_000
+  const retry = { timeoutMs: options.timeoutMs ?? 10_000, retries: options.retries ?? 3, backoffMs: options.backoffMs ?? 100, fetch: options.fetch }
 
   async function call(path: 'generate' | 'unwrap', payload: Record<string, string>): Promise<Record<string, unknown>> {
     const body = JSON.stringify(payload)
-    const url = `${root}v1/${path}`
-    for (let attempt = 0; ; attempt++) {
-      const controller = new AbortController()
-      const timer = setTimeout(() => controller.abort(), timeoutMs)
-      let response: Response | undefined
-      let failure: unknown
-      try {
-        response = await doFetch(url, {
-          method: 'POST',
-          body,
-          headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
-          signal: controller.signal,
-        })
-      } catch (error) {
-        failure = error
-      } finally {
-        clearTimeout(timer)
-      }
-      const transient = response === undefined || response.status === 429 || response.status >= 500
-      if (!transient || attempt >= retries) {
-        if (!response) {
-          // No cause: a fetch error may carry the request, and with it the Authorization header.
-          const name = (failure as Error | undefined)?.name ?? 'network error'
-          throw new RootKeyError(`${WHAT} did not answer at ${base.origin} (${name}): is it running?`, { retryable: true })
-        }
-        const text = await response.text()
-        let parsed: Record<string, unknown> = {}
-        try {
-          parsed = JSON.parse(text) as Record<string, unknown>
-        } catch {
-          // Not JSON: keep the status.
-        }
-        if (!response.ok) throw describe(response.status, parsed)
-        return parsed
-      }
-      await response?.body?.cancel().catch(() => {})
-      const jitter = new Uint32Array(1)
-      crypto.getRandomValues(jitter)
-      await new Promise((resolve) => setTimeout(resolve, (backoff * 2 ** attempt * jitter[0]!) / 2 ** 32))
+    const init = () => ({ method: 'POST', body, headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` } })
+    let answer
+    try {
+      answer = await httpWithRetry(`${root}v1/${path}`, init, retry)
+    } catch (error) {
+      if (!(error instanceof HttpExchangeError)) throw error
+      // Its message names no request, header or body: the bearer token cannot leak through it.
+      throw new RootKeyError(`${WHAT} at ${base.origin}: ${error.message}${error.reason === 'network' ? '; is it running?' : ''}`, { retryable: true })
     }
+    const parsed = answer.json()
+    const fields = (parsed !== null && typeof parsed === 'object' ? parsed : {}) as Record<string, unknown>
+    if (!answer.ok) throw describe(answer.status, fields)
+    return fields
   }
 
   function bytes(value: unknown, field: string): Uint8Array<ArrayBuffer> {

@@ -6,6 +6,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { ChildProcess } from 'node:child_process'
 import { createServer } from 'node:net'
+import { createServer as createHttpServer, type Server, type ServerResponse } from 'node:http'
 import { KeyChain, KmsProxyError, memoryStore } from '@kms-proxy/core'
 import { createHarness, describeRootKey } from '@kms-proxy/testkit'
 import { pkcs11BridgeRootKey } from '../src/index.ts'
@@ -48,6 +49,50 @@ afterAll(async () => {
 })
 
 const root = (i = 0, overrides = {}) => pkcs11BridgeRootKey({ url: urls[i]!, token: TOKEN, fetch: countingFetch, ...overrides })
+
+/** `promise`, or a failure after `ms`: turns a hang into a failing assertion. */
+function within<T>(ms: number, promise: Promise<T>, message: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined
+  const deadline = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(message)), ms)))
+  return Promise.race([promise, deadline]).finally(() => clearTimeout(timer))
+}
+
+/**
+ * A real HTTP server in front of a bridge: while `stalled`, it answers every request with the
+ * status and headers and then never the rest of the body (as a stuck proxy does); otherwise it
+ * forwards the request and the bridge's answer.
+ */
+async function stallingProxy(target: string) {
+  const held: ServerResponse[] = []
+  const state = { stalled: true, requests: 0 }
+  const server: Server = createHttpServer(async (req, res) => {
+    state.requests++
+    const chunks: Buffer[] = []
+    for await (const chunk of req) chunks.push(chunk as Buffer)
+    if (state.stalled) {
+      res.writeHead(200, { 'content-type': 'application/json' })
+      res.write('{"kek":"')
+      held.push(res)
+      return
+    }
+    const answer = await fetch(`${target}${req.url}`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: String(req.headers.authorization) },
+      body: Buffer.concat(chunks),
+    })
+    res.writeHead(answer.status, { 'content-type': 'application/json' })
+    res.end(Buffer.from(await answer.arrayBuffer()))
+  })
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()))
+  return {
+    state,
+    url: `http://127.0.0.1:${(server.address() as { port: number }).port}`,
+    close() {
+      for (const res of held) res.destroy()
+      server.close()
+    },
+  }
+}
 
 async function rootKeyError(promise: Promise<unknown>, message: RegExp): Promise<KmsProxyError> {
   const error = await promise.then(() => undefined, (e: unknown) => e)
@@ -110,7 +155,7 @@ describe('clear, typed errors from the client', () => {
     await rootKeyError(pkcs11BridgeRootKey({ url: urls[0]!, token: wrong }).unwrapKek(wrapped, new Uint8Array(4)), /refused the token/)
   })
 
-  it('the bridge down: "did not answer", retryable, after the retries', async () => {
+  it('the bridge down: "no answer; is it running?", retryable, after the retries', async () => {
     const port = await new Promise<number>((resolve) => {
       const s = createServer().listen(0, '127.0.0.1', () => {
         const p = (s.address() as { port: number }).port
@@ -121,7 +166,7 @@ describe('clear, typed errors from the client', () => {
     const counting: typeof fetch = (input, init) => (attempts++, fetch(input, init))
     const error = await rootKeyError(
       pkcs11BridgeRootKey({ url: `http://127.0.0.1:${port}`, token: TOKEN, retries: 2, backoffMs: 1, fetch: counting }).newKek(new Uint8Array(4)),
-      /the PKCS#11 bridge did not answer at http:\/\/127\.0\.0\.1:\d+ \(TypeError\): is it running\?/,
+      /^the PKCS#11 bridge at http:\/\/127\.0\.0\.1:\d+: no answer \(TypeError\); is it running\?$/,
     )
     expect(error.retryable).toBe(true)
     expect(attempts).toBe(3)
@@ -149,6 +194,60 @@ describe('clear, typed errors from the client', () => {
     const error = await rootKeyError(root(2).unwrapKek(wrapped, aad), /the PKCS#11 bridge reports that its key is missing on the token: .*no secret key labelled "bridge-c"/)
     expect(error.retryable).toBe(false)
     await rootKeyError(root(2).newKek(aad), /key is missing on the token/)
+  })
+
+  it('a bridge (or proxy) that sends headers then stalls the body: the unwrap fails within timeoutMs as a retryable ERR_ROOT_KEY, and the chain decrypts again once it answers', async () => {
+    const store = memoryStore()
+    const encrypted = await (await KeyChain.open({ rootKey: root(0), store })).encrypt('after the stall')
+    const proxy = await stallingProxy(urls[0]!)
+    try {
+      const rootKey = pkcs11BridgeRootKey({ url: proxy.url, token: TOKEN, timeoutMs: 1000, retries: 1, backoffMs: 1 })
+      const reader = await KeyChain.open({ rootKey, store })
+      const started = Date.now()
+      const failed = await within(10_000, reader.decrypt(encrypted).then(() => undefined, (e: unknown) => e), 'decrypt hung on the stalled body')
+      const elapsed = Date.now() - started
+      errors.push(failed)
+      expect(failed).toBeInstanceOf(KmsProxyError)
+      expect((failed as KmsProxyError).code).toBe('ERR_ROOT_KEY')
+      expect((failed as KmsProxyError).retryable).toBe(true)
+      expect((failed as KmsProxyError).message).toMatch(/^the PKCS#11 bridge at http:\/\/127\.0\.0\.1:\d+: no complete answer within 1000 ms$/)
+      expect(proxy.state.requests).toBe(2) // the first attempt and one retry, each cut at 1 s
+      expect(elapsed).toBeGreaterThanOrEqual(1900)
+      expect(elapsed).toBeLessThan(8000)
+      // The chain kept no hung unwrap: once the bridge answers, the same chain decrypts.
+      proxy.state.stalled = false
+      const text = await within(10_000, reader.decrypt(encrypted), 'decrypt still hung after the bridge recovered')
+      expect(new TextDecoder().decode(text)).toBe('after the stall')
+      expect(proxy.state.requests).toBe(3)
+    } finally {
+      proxy.close()
+    }
+  })
+
+  it('plain http only to loopback or to a host named in plainHttpHosts', async () => {
+    for (const url of ['http://bridge.internal:7711', 'http://10.0.0.7:7711', 'http://[fd00::7]:7711']) {
+      expect(() => pkcs11BridgeRootKey({ url, token: TOKEN }), url).toThrow(/url: plain http .* plainHttpHosts/)
+      expect(() => pkcs11BridgeRootKey({ url, token: TOKEN, plainHttpHosts: ['other.internal'] }), url).toThrow(TypeError)
+    }
+    expect(() => pkcs11BridgeRootKey({ url: 'https://bridge.internal', token: TOKEN, plainHttpHosts: 'bridge.internal' as never })).toThrow(/plainHttpHosts/)
+    for (const url of ['https://bridge.internal:7711', 'http://127.0.0.1:7711', 'http://localhost', 'http://[::1]:7711']) {
+      expect(pkcs11BridgeRootKey({ url, token: TOKEN }).kind, url).toBe('pkcs11-bridge')
+    }
+    const aad = new Uint8Array([5])
+    const bridge = new URL(urls[0]!)
+    /** A fetch that reaches the bridge whatever the URL says: as a socket adapter does; it ignores the abort signal. */
+    const adapter = (expectedHost: string): typeof fetch => (input, init) => {
+      const url = new URL(String(input))
+      expect(url.host).toBe(expectedHost)
+      url.host = bridge.host
+      return fetch(url, { ...init, signal: undefined })
+    }
+    // http://localhost with an adapter (the Unix-socket case) needs no opt-in.
+    const local = pkcs11BridgeRootKey({ url: 'http://localhost', token: TOKEN, fetch: adapter('localhost') })
+    const { wrapped } = await local.newKek(aad)
+    // A named host is reached over plain http (routed here to the bridge on loopback).
+    const named = pkcs11BridgeRootKey({ url: 'http://Bridge.internal:7711', token: TOKEN, plainHttpHosts: ['bridge.internal'], fetch: adapter('bridge.internal:7711') })
+    await named.unwrapKek(wrapped, aad)
   })
 
   it('String() and JSON.stringify() of the root key show no token', () => {
