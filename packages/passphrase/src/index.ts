@@ -97,7 +97,11 @@ export function passphraseRootKey(options: PassphraseRootKeyOptions): RootKey {
   if (typeof options !== 'object' || options === null) throw new TypeError('options: expected an object')
   const { passphrase } = options
   let secret: Uint8Array<ArrayBuffer>
-  if (typeof passphrase === 'string') secret = new TextEncoder().encode(passphrase)
+  if (typeof passphrase === 'string') {
+    // An unpaired surrogate becomes U+FFFD in UTF-8: "a\uD800" and "a\uDFFF" would be one passphrase.
+    if (/\p{Cs}/u.test(passphrase)) throw new TypeError('passphrase: not a well-formed string (it has an unpaired surrogate)')
+    secret = new TextEncoder().encode(passphrase)
+  }
   else if (passphrase instanceof Uint8Array) secret = new Uint8Array(passphrase)
   else throw new TypeError('passphrase: expected a string or a Uint8Array')
   if (secret.length === 0) throw new RangeError('passphrase: must not be empty')

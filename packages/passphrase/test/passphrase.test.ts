@@ -71,6 +71,11 @@ it('a planted wrapped KEK that asks for absurd iterations is refused before deri
   expect(derive).not.toHaveBeenCalled()
 })
 
+it('a passphrase that is not well-formed UTF-16 is a TypeError (it would derive the same key as its U+FFFD twin)', () => {
+  for (const p of ['a\uD800', 'a\uDFFF', '\uDC00pass']) expect(() => passphraseRootKey({ passphrase: p })).toThrow(TypeError)
+  expect(() => passphraseRootKey({ passphrase: 'a\uFFFD \u{1F511}' })).not.toThrow()
+})
+
 it('bad options are TypeError / RangeError', () => {
   expect(() => passphraseRootKey({ passphrase: '' })).toThrow(RangeError)
   expect(() => passphraseRootKey({ passphrase: 42 as never })).toThrow(TypeError)
