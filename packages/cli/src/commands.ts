@@ -1,25 +1,34 @@
 /** The commands. Each takes its own arguments and returns an exit code; errors go to explain(). */
-import { lstat, open, readdir, readFile, stat } from 'node:fs/promises'
+import { lstat, open, readdir, readFile, stat, unlink } from 'node:fs/promises'
 import { dirname, join, relative, resolve } from 'node:path'
 import process from 'node:process'
 import { parseArgs } from 'node:util'
 import { KeyChain, type KeyChainStats, type RootKey } from '@kms-proxy/core'
+import { DEFAULT_ITERATIONS } from '@kms-proxy/passphrase'
 import {
   CONFIG_FORMAT,
   DEFAULT_STORE_FILE,
   chainOptions,
-  configPath,
+  WEAK_KDF_ENV,
+  chainHead,
   loadConfig,
+  networkPart,
   openConfigured,
   openRootKey,
   openStore,
+  resolveConfig,
   storeFilePath,
+  urlProblem,
+  weakKdf,
+  weakKdfAllowed,
   type CliConfig,
+  type OpenOptions,
   type RootKeyConfig,
   type StoreConfig,
 } from './config.js'
 import { CliError, EXIT, explain, usage } from './exit.js'
-import { isTempName, openInput, openOutputFile, peek, progressBar, readAll, stdoutOutput, wantsProgress, writeWhole, type Output } from './io.js'
+import { scanTemps, type Leftover } from './leftovers.js'
+import { isTempName, openInput, openOutputFile, peek, progressBar, readAll, stdoutOutput, wantsProgress, writeWhole, type Output, type OutputOptions } from './io.js'
 
 type Spec = Record<string, { type: 'string' | 'boolean'; short?: string; multiple?: boolean }>
 
@@ -32,7 +41,14 @@ export interface Command {
 }
 
 const CONFIG_OPTION = { config: { type: 'string', short: 'c' } } as const
-const CONFIG_HELP = `  -c, --config PATH   config file (default ./kms-proxy.json, or $KMS_PROXY_CONFIG)`
+const CONFIG_HELP = `  -c, --config PATH   config file (default $KMS_PROXY_CONFIG, else ./kms-proxy.json, which
+                      is then named on stderr and may reach no network service)`
+
+/** The chain of the config the command line or the environment names (else ./kms-proxy.json, implicitly). */
+function openNamed(v: Record<string, unknown>, options: OpenOptions = {}) {
+  const { path, implicit } = resolveConfig(str(v.config))
+  return openConfigured(path, { ...options, implicit })
+}
 
 const out = (line: string) => process.stdout.write(`${line}\n`)
 const note = (line: string) => process.stderr.write(`${line}\n`)
@@ -63,7 +79,12 @@ function rootKeyConfig(v: Record<string, unknown>): RootKeyConfig {
       if (kdf !== 'pbkdf2' && kdf !== 'scrypt' && kdf !== 'argon2id') throw usage('--kdf: expected pbkdf2, scrypt or argon2id')
       const iterations = positiveInt('iterations', v.iterations)
       if (iterations !== undefined && kdf !== 'pbkdf2') throw usage('--iterations applies to --kdf pbkdf2 only')
-      return { type, kdf, ...(iterations ? { iterations } : {}) }
+      const config: RootKeyConfig = { type, kdf, ...(iterations ? { iterations } : {}) }
+      const weak = weakKdf(config)
+      if (weak !== undefined && !weakKdfAllowed(weak)) {
+        throw usage(`--iterations ${weak} is below ${DEFAULT_ITERATIONS.toLocaleString('en-US')} (the passphrase package's default); set ${WEAK_KDF_ENV}=1 to allow it (tests only)`)
+      }
+      return config
     }
     case 'aws-kms':
       return { type, keyId: required('aws-key-id', v['aws-key-id']), region: required('aws-region', v['aws-region']), ...(str(v.endpoint) ? { endpoint: str(v.endpoint)! } : {}) }
@@ -131,6 +152,7 @@ ${CONFIG_HELP}
       --pkcs11-url URL        kms-proxy PKCS#11 bridge; token: $KMS_PROXY_PKCS11_TOKEN
       --max-wraps-per-kek N   rotation after N DEKs (default 2^21)
       --max-kek-age-days D    rotation after D days (default 7)
+      --plain-http-host HOST  allow plain http: to HOST (not loopback); repeatable; kept in the config
       --force                 overwrite an existing config
 
 The passphrase comes from $KMS_PROXY_PASSPHRASE, or is typed twice on a terminal (not echoed).`,
@@ -159,10 +181,11 @@ The passphrase comes from $KMS_PROXY_PASSPHRASE, or is typed twice on a terminal
     'pkcs11-url': { type: 'string' },
     'max-wraps-per-kek': { type: 'string' },
     'max-kek-age-days': { type: 'string' },
+    'plain-http-host': { type: 'string', multiple: true },
     force: { type: 'boolean' },
   },
   async run(v) {
-    const file = configPath(str(v.config))
+    const { path: file, implicit } = resolveConfig(str(v.config))
     if (!v.force && (await stat(file).then(() => true, () => false))) throw usage(`${file} exists: pass --force to overwrite it`)
     const chainName = str(v.chain) ?? 'default'
     if (chainName.length > 255) throw usage('--chain: at most 255 characters')
@@ -176,7 +199,10 @@ The passphrase comes from $KMS_PROXY_PASSPHRASE, or is typed twice on a terminal
       rootKey: rootKeyConfig(v),
       ...(maxWrapsPerKek ? { maxWrapsPerKek } : {}),
       ...(days ? { maxKekAgeMs: Math.round(days * 86_400_000) } : {}),
+      ...(Array.isArray(v['plain-http-host']) ? { plainHttpHosts: v['plain-http-host'] } : {}),
     }
+    const url = urlProblem(config)
+    if (url) throw usage(url.replace('in plainHttpHosts', 'with --plain-http-host'))
     // A folder given as the store path gets the default file name inside it.
     const storeFile = storeFilePath(config, file)
     if (storeFile && config.store.type === 'file' && (await stat(storeFile).then((s) => s.isDirectory(), () => false))) {
@@ -196,10 +222,13 @@ The passphrase comes from $KMS_PROXY_PASSPHRASE, or is typed twice on a terminal
       const { id } = await chain.rotate()
       message = `created chain "${config.chain}" with KEK ${kekId(id)}`
     }
-    await writeWhole(file, new TextEncoder().encode(`${JSON.stringify(config, null, 2)}\n`), 0o644)
+    await writeWhole(file, new TextEncoder().encode(`${JSON.stringify(config, null, 2)}\n`), { mode: 0o644 })
     const where = config.store.type === 'file' ? `file store ${storeFilePath(config, file)}` : `etcd ${config.store.endpoints.join(',')}`
     out(`${message} (${config.rootKey.type} root key, ${where})`)
     out(`config written to ${file}`)
+    if (implicit && networkPart(config)) {
+      out(`it reaches the network, so commands use it only when named: --config ${relative(process.cwd(), file)} or KMS_PROXY_CONFIG`)
+    }
     return EXIT.OK
   },
 }
@@ -270,7 +299,7 @@ ${IO_HELP}
     if ((output === undefined || output === '-') && process.stdout.isTTY) {
       throw usage('refusing to write encrypted bytes to a terminal: pass -o FILE or redirect stdout')
     }
-    const { chain } = await openConfigured(configPath(str(v.config)))
+    const { chain } = await openNamed(v)
     const input = await openInput(str(v.input))
     const aad = str(v.aad)
     const plain = withProgress(input.stream, input.size, v.quiet === true, 'encrypt')
@@ -300,7 +329,7 @@ ${CONFIG_HELP}
 ${IO_HELP}`,
   options: IO_OPTIONS,
   async run(v) {
-    const { chain } = await openConfigured(configPath(str(v.config)))
+    const { chain } = await openNamed(v)
     const input = await openInput(str(v.input))
     const aad = str(v.aad)
     const options = aad === undefined ? undefined : { associatedData: aad }
@@ -330,7 +359,7 @@ ${CONFIG_HELP}
       --json              print {"primary": id, "createdAt": ms} as JSON`,
   options: { ...CONFIG_OPTION, json: { type: 'boolean' } },
   async run(v) {
-    const { chain } = await openConfigured(configPath(str(v.config)))
+    const { chain } = await openNamed(v)
     const { id, createdAt } = await chain.rotate()
     if (v.json) out(JSON.stringify({ primary: id, primaryHex: kekId(id), createdAt }))
     else out(`new primary KEK ${kekId(id)} (${new Date(createdAt).toISOString()})`)
@@ -355,26 +384,28 @@ const status: Command = {
 
 Reads the chain from the store: its KEKs, which is primary, how many of the primary's uses are
 reserved, and when it rotates. Needs no secret and makes no root-key call, unless --check.
+Also lists the temporary files a killed command left in the working folder and the config's
+folder (they may hold plaintext; \`kms-proxy clean\` removes them).
 
 ${CONFIG_HELP}
       --check             also unlock the primary KEK (one root-key unwrap) to prove the root key
       --json              machine-readable output`,
   options: { ...CONFIG_OPTION, check: { type: 'boolean' }, json: { type: 'boolean' } },
   async run(v) {
-    const file = configPath(str(v.config))
+    const { path: file, implicit } = resolveConfig(str(v.config))
     let config: CliConfig
     let stats: KeyChainStats | undefined
     let storeFile: string | undefined
     let store
     if (v.check) {
-      const opened = await openConfigured(file)
+      const opened = await openConfigured(file, { implicit })
       config = opened.config
       store = opened.store
       const probe = await opened.chain.encrypt(new Uint8Array(0))
       await opened.chain.decrypt(probe)
       stats = opened.chain.stats()
     } else {
-      config = await loadConfig(file)
+      config = await loadConfig(file, { implicit })
       storeFile = storeFilePath(config, file)
       if (storeFile && !(await stat(storeFile).then(() => true, () => false))) {
         throw new CliError(EXIT.MISSING, `the store file ${storeFile} named by ${file} does not exist: run \`kms-proxy init\``)
@@ -382,12 +413,14 @@ ${CONFIG_HELP}
       store = openStore(config, file)
     }
     storeFile = storeFilePath(config, file)
-    const head = await store.getHead(config.chain)
-    if (!head) throw new CliError(EXIT.MISSING, `chain "${config.chain}" is not in the store: run \`kms-proxy init\``)
+    const head = await chainHead(store, config.chain)
     const keks = (await store.listKeks(config.chain)).sort((a, b) => a.createdAt - b.createdAt)
     const maxWraps = config.maxWrapsPerKek ?? DEFAULT_MAX_WRAPS
     const maxAge = config.maxKekAgeMs ?? DEFAULT_MAX_AGE_MS
     const h = head.value
+    const folders = [...new Set([process.cwd(), dirname(file)])]
+    const leftovers: Leftover[] = []
+    for (const folder of folders) leftovers.push(...(await scanTemps(folder, false)).leftovers)
     const report = {
       chain: config.chain,
       store: config.store.type === 'file' ? { type: 'file', path: storeFile } : { type: 'etcd', endpoints: config.store.endpoints },
@@ -397,6 +430,7 @@ ${CONFIG_HELP}
       keks: keks.map((k) => ({ id: k.id, createdAt: k.createdAt, rootKind: k.rootKind, primary: k.id === h.primary })),
       rootKeyCalls: { wraps: stats?.rootKeyWraps ?? 0, unwraps: stats?.rootKeyUnwraps ?? 0 },
       ...(stats ? { rootKeyAvailable: stats.rootKeyAvailable } : {}),
+      leftovers,
     }
     if (v.json) {
       out(JSON.stringify(report, null, 2))
@@ -412,7 +446,49 @@ ${CONFIG_HELP}
     out(`KEKs         ${keks.length}`)
     for (const k of keks) out(`  ${kekId(k.id)}  ${new Date(k.createdAt).toISOString()}  ${k.rootKind}${k.id === h.primary ? '  primary' : ''}`)
     out(`root-key calls by this command: ${report.rootKeyCalls.wraps} wraps, ${report.rootKeyCalls.unwraps} unwraps${stats ? ` (root key ${stats.rootKeyAvailable ? 'ok' : 'unavailable'})` : ''}`)
+    if (leftovers.length > 0) {
+      const where = [...new Set(leftovers.map((l) => dirname(l.path)))].join(' ')
+      out(`leftovers    ${plural(leftovers.length, 'temporary file')} left by a killed command (may hold plaintext); remove with: kms-proxy clean ${where}`)
+      for (const l of leftovers) out(`  ${l.path}  ${l.bytes.toLocaleString('en-US')} bytes, ${age(now - l.modifiedAt)} old`)
+    }
     return EXIT.OK
+  },
+}
+
+const plural = (n: number, what: string) => `${n} ${what}${n === 1 ? '' : 's'}`
+
+// ------------------------------------------------------------------------------ clean
+
+const clean: Command = {
+  summary: 'remove temporary files left by a killed command',
+  help: `Usage: kms-proxy clean [DIR...]
+
+Removes, under each DIR (default: the working folder; recursive, symbolic links not followed),
+the temporary files (.NAME.PID-RANDOM.kms-proxy-tmp) that a command killed with SIGKILL, a
+crash or a power cut left behind; a decrypt's may hold plaintext. A file whose writer (PID) is
+still running is left alone. Needs no config.`,
+  options: {},
+  positionals: true,
+  async run(_v, positionals) {
+    let removed = 0
+    let inUse = 0
+    let firstFailure: unknown
+    for (const dir of positionals.length > 0 ? positionals : ['.']) {
+      const scan = await scanTemps(dir, true)
+      inUse += scan.inUse.length
+      for (const { path } of scan.leftovers) {
+        try {
+          await unlink(path)
+          removed++
+          out(`removed ${path}`)
+        } catch (error) {
+          firstFailure ??= error
+          note(`kms-proxy clean: ${explain(error).message}`)
+        }
+      }
+    }
+    out(`removed ${plural(removed, 'leftover temporary file')}${inUse > 0 ? `; ${inUse} in use by a running command (left alone)` : ''}`)
+    return firstFailure === undefined ? EXIT.OK : explain(firstFailure).exitCode
   },
 }
 
@@ -448,8 +524,8 @@ async function readHead(path: string, n: number): Promise<Uint8Array> {
 }
 
 /** Writes header || bytes of `path` from `from` to its end, as a new file renamed over `path`. */
-async function replaceHeader(path: string, header: Uint8Array, from: number, mode: number, beforeRename: () => Promise<void>): Promise<void> {
-  const output = await openOutputFile(path, mode)
+async function replaceHeader(path: string, header: Uint8Array, from: number, keep: OutputOptions, beforeRename: () => Promise<void>): Promise<void> {
+  const output = await openOutputFile(path, keep)
   try {
     const writer = output.writable.getWriter()
     await writer.write(header)
@@ -495,7 +571,9 @@ ${CONFIG_HELP}
     if (!s.isDirectory()) throw usage(`${dir} is not a folder`)
     const files: string[] = []
     for await (const f of walk(dir)) files.push(f)
-    const { chain, config, store } = await openConfigured(configPath(str(v.config)), { leaseSize: Math.max(1, Math.min(65_536, files.length)) })
+    const { chain, config, store } = await openNamed(v, { leaseSize: Math.max(1, Math.min(65_536, files.length)) })
+    const { leftovers } = await scanTemps(dir, true)
+    if (leftovers.length > 0) note(`kms-proxy rewrap: ${plural(leftovers.length, 'leftover temporary file')} under ${dir} from a killed command: kms-proxy clean ${dir}`)
     // Files already under the primary are left as they are (no root-key call, no write).
     const primaryAtStart = (await store.getHead(config.chain))?.value.primary
     const counts = { rewrapped: 0, messages: 0, streams: 0, current: 0, skipped: 0, failed: 0 }
@@ -511,6 +589,8 @@ ${CONFIG_HELP}
             throw new CliError(EXIT.IO, 'it changed while being rewrapped; left as it is (run rewrap again)')
           }
         }
+        // The new copy gets the file's mode, owner and group (ACLs and extended attributes are not copied).
+        const keep: OutputOptions = { mode: info.mode & 0o777, owner: { uid: info.uid, gid: info.gid } }
         const head = await readHead(file, Math.min(info.size, MAX_STREAM_HEADER))
         if (head.length < 6 || head[0] !== 0x01) {
           counts.skipped++
@@ -526,7 +606,7 @@ ${CONFIG_HELP}
             counts.current++
             continue
           }
-          await replaceHeader(file, header, replaces, info.mode & 0o777, unchanged)
+          await replaceHeader(file, header, replaces, keep, unchanged)
           counts.streams++
         } else {
           const data = new Uint8Array(await readFile(file))
@@ -535,7 +615,7 @@ ${CONFIG_HELP}
             counts.current++
             continue
           }
-          await writeWhole(file, moved, info.mode & 0o777, unchanged)
+          await writeWhole(file, moved, { ...keep, beforeRename: unchanged })
           counts.messages++
         }
         counts.rewrapped++
@@ -592,7 +672,7 @@ ${CONFIG_HELP}
     if (typeof plugin.serveKmsPlugin !== 'function') throw new CliError(EXIT.NOT_INSTALLED, '@kms-proxy/k8s is installed but has no serveKmsPlugin: update it')
     // With the root key, Status is healthy only while the root key itself answers (probed at
     // most once per health cache period), not just while the chain's last root call succeeded.
-    const { chain, rootKey } = await openConfigured(resolve(configPath(str(v.config))), { service: true })
+    const { chain, rootKey } = await openNamed(v, { service: true })
     const server = await plugin.serveKmsPlugin({ socket, chain, rootKey })
     note(`kms-proxy k8s-plugin: serving chain "${chain.name}" on ${socket}`)
     await new Promise<void>((resolve) => {
@@ -611,6 +691,7 @@ export const COMMANDS: Record<string, Command> = {
   rotate,
   status,
   rewrap,
+  clean,
   'k8s-plugin': k8sPlugin,
 }
 

@@ -2,14 +2,14 @@
  * The config file: which chain, which store, which root key. It holds no secret: passphrases,
  * tokens and credentials come from the environment (or a prompt) each time a command runs.
  */
-import { readFile, stat } from 'node:fs/promises'
-import { dirname, isAbsolute, join, resolve } from 'node:path'
+import { open, stat } from 'node:fs/promises'
+import { dirname, isAbsolute, join, relative, resolve } from 'node:path'
 import process from 'node:process'
-import { KeyChain, kekAad, type KeyChainOptions, type KeyStore, type RootKey } from '@kms-proxy/core'
+import { KeyChain, checkServerUrl, kekAad, type ChainHead, type KeyChainOptions, type KeyStore, type RootKey, type Versioned } from '@kms-proxy/core'
 import { etcdStore } from '@kms-proxy/etcd'
 import { fileStore } from '@kms-proxy/file'
 import { awsKmsRootKey, azureKeyVaultRootKey, gcpKmsRootKey, vaultTransitRootKey } from '@kms-proxy/kms'
-import { passphraseRootKey } from '@kms-proxy/passphrase'
+import { DEFAULT_ITERATIONS, passphraseRootKey } from '@kms-proxy/passphrase'
 import { pkcs11BridgeRootKey } from '@kms-proxy/pkcs11'
 import { CliError, EXIT } from './exit.js'
 import { readSecret } from './prompt.js'
@@ -38,6 +38,11 @@ export interface CliConfig {
   /** Rotation policy shared by every process on this chain. */
   maxWrapsPerKek?: number
   maxKekAgeMs?: number
+  /**
+   * Hosts that may be reached over plain `http:` although they are not loopback (the explicit
+   * opt-in); passed on to the store and root key.
+   */
+  plainHttpHosts?: string[]
 }
 
 /** Environment variables that carry secrets, by root key or store type. Documented in the README. */
@@ -53,26 +58,121 @@ export const SECRET_ENV = {
   etcdPassword: 'KMS_PROXY_ETCD_PASSWORD',
 } as const
 
+/** The environment's opt-in to a KDF below the floor (for tests); a config file cannot set it. */
+export const WEAK_KDF_ENV = 'KMS_PROXY_ALLOW_WEAK_KDF'
+
+/** The config a command uses: `--config`, else `$KMS_PROXY_CONFIG`, else `./kms-proxy.json`. */
 export function configPath(explicit: string | undefined): string {
-  return resolve(explicit ?? process.env.KMS_PROXY_CONFIG ?? DEFAULT_CONFIG)
+  return resolveConfig(explicit).path
+}
+
+/** Which config, and whether the user named it (`--config`, `$KMS_PROXY_CONFIG`) or it was found in the working folder. */
+export function resolveConfig(explicit: string | undefined): { path: string; implicit: boolean } {
+  const named = explicit ?? process.env.KMS_PROXY_CONFIG
+  return { path: resolve(named ?? DEFAULT_CONFIG), implicit: named === undefined }
 }
 
 const bad = (path: string, what: string) => new CliError(EXIT.MISSING, `config ${path}: ${what}`)
 
-function str(v: unknown): v is string {
-  return typeof v === 'string' && v.length > 0
-}
-
-/** Reads and checks a config file. A missing or unreadable file is EXIT.MISSING. */
-export async function loadConfig(path: string): Promise<CliConfig> {
-  let text: string
+/**
+ * A config decides where the environment's credentials go and which keys protect the data, so
+ * only a file the invoking user (or root) controls is read: owned by them, not writable by
+ * group or others, in a folder others cannot replace it in. Checked on the open file, so a
+ * swap after the check reads as the swapped file's owner. Skipped where the platform has no
+ * POSIX owners (Windows).
+ */
+async function readTrusted(path: string): Promise<string> {
+  let handle
   try {
-    text = await readFile(path, 'utf8')
+    handle = await open(path, 'r')
   } catch (error) {
     const code = (error as { code?: string }).code
     if (code === 'ENOENT') throw new CliError(EXIT.MISSING, `no config at ${path}: run \`kms-proxy init\` first, or pass --config PATH (or set KMS_PROXY_CONFIG)`)
     throw new CliError(EXIT.MISSING, `cannot read the config ${path} (${code ?? 'error'})`)
   }
+  try {
+    const me = typeof process.geteuid === 'function' ? process.geteuid() : undefined
+    if (me !== undefined) {
+      const s = await handle.stat()
+      if (s.uid !== me && s.uid !== 0) throw bad(path, `owned by uid ${s.uid}, not by you (uid ${me}) or root`)
+      if ((s.mode & 0o022) !== 0) throw bad(path, `writable by other users (mode ${(s.mode & 0o777).toString(8)}): chmod go-w it`)
+      const folder = dirname(path)
+      const d = await stat(folder)
+      if ((d.mode & 0o002) !== 0 && (d.mode & 0o1000) === 0) throw bad(path, `its folder ${folder} is writable by everyone without the sticky bit, so anyone may replace the file`)
+    }
+    return await handle.readFile('utf8')
+  } catch (error) {
+    if (error instanceof CliError) throw error
+    throw new CliError(EXIT.MISSING, `cannot read the config ${path} (${(error as { code?: string }).code ?? 'error'})`)
+  } finally {
+    await handle.close()
+  }
+}
+
+/** Every URL of a config that receives a request, named as in the file. */
+function serverUrls(c: CliConfig): Array<[field: string, url: string]> {
+  const urls: Array<[string, string]> = c.store.type === 'etcd' ? c.store.endpoints.map((e, i) => [`store.endpoints[${i}]`, e]) : []
+  const r = c.rootKey
+  if ((r.type === 'aws-kms' || r.type === 'gcp') && r.endpoint !== undefined) urls.push(['rootKey.endpoint', r.endpoint])
+  if (r.type === 'vault') urls.push(['rootKey.address', r.address])
+  if (r.type === 'azure') urls.push(['rootKey.vaultUrl', r.vaultUrl])
+  if (r.type === 'pkcs11') urls.push(['rootKey.url', r.url])
+  return urls
+}
+
+/**
+ * The transport rule of @kms-proxy/core (https:, or plain http: to loopback or to a host in
+ * `plainHttpHosts`) applied to every URL before anything is sent, so a refused config fails at
+ * once with the config's field named. Returns the problem, or undefined.
+ */
+export function urlProblem(c: CliConfig): string | undefined {
+  for (const [field, url] of serverUrls(c)) {
+    try {
+      checkServerUrl(url, field, c.plainHttpHosts)
+    } catch (error) {
+      return (error as Error).message
+    }
+  }
+  return undefined
+}
+
+/** PBKDF2 iterations below DEFAULT_ITERATIONS, unless the environment opts in (then a warning). */
+export function weakKdf(r: RootKeyConfig): number | undefined {
+  if (r.type !== 'passphrase' || (r.kdf ?? 'pbkdf2') !== 'pbkdf2') return undefined
+  const iterations = r.iterations ?? DEFAULT_ITERATIONS
+  return iterations < DEFAULT_ITERATIONS ? iterations : undefined
+}
+
+/** True when the environment accepts a weak KDF; prints the warning that says so. */
+export function weakKdfAllowed(iterations: number): boolean {
+  if (process.env[WEAK_KDF_ENV] !== '1') return false
+  process.stderr.write(`kms-proxy: warning: ${WEAK_KDF_ENV}=1 accepts PBKDF2 with ${iterations} iterations (below ${DEFAULT_ITERATIONS.toLocaleString('en-US')})\n`)
+  return true
+}
+
+/** The part of a config that reaches a network service (a config found implicitly may have none), or undefined. */
+export function networkPart(c: CliConfig): string | undefined {
+  if (c.store.type !== 'file') return `an ${c.store.type} store`
+  if (c.rootKey.type !== 'passphrase') return `a ${c.rootKey.type} root key`
+  return undefined
+}
+
+export interface LoadOptions {
+  /** Found in the working folder rather than named: then local only (file store, passphrase root), and named on stderr. */
+  implicit?: boolean
+}
+
+function str(v: unknown): v is string {
+  return typeof v === 'string' && v.length > 0
+}
+
+/**
+ * Reads and checks a config file: a file the user controls (readTrusted), well-formed, every
+ * URL by the transport rule, the KDF at or above the library's default, and, when found
+ * implicitly, one that reaches no network service. Any refusal is EXIT.MISSING (3), one line.
+ */
+export async function loadConfig(path: string, options: LoadOptions = {}): Promise<CliConfig> {
+  const text = await readTrusted(path)
   let c: Partial<CliConfig>
   try {
     c = JSON.parse(text)
@@ -88,7 +188,7 @@ export async function loadConfig(path: string): Promise<CliConfig> {
   const r = c.rootKey as RootKeyConfig | undefined
   const ok =
     r &&
-    ((r.type === 'passphrase') ||
+    ((r.type === 'passphrase' && (r.kdf === undefined || ['pbkdf2', 'scrypt', 'argon2id'].includes(r.kdf)) && (r.iterations === undefined || (Number.isSafeInteger(r.iterations) && r.iterations > 0))) ||
       (r.type === 'aws-kms' && str(r.keyId) && str(r.region)) ||
       (r.type === 'vault' && str(r.address) && str(r.key)) ||
       (r.type === 'gcp' && str(r.keyName)) ||
@@ -99,7 +199,23 @@ export async function loadConfig(path: string): Promise<CliConfig> {
     throw bad(path, '"maxWrapsPerKek" must be an integer from 1 to 2^32')
   }
   if (c.maxKekAgeMs !== undefined && !(typeof c.maxKekAgeMs === 'number' && c.maxKekAgeMs > 0)) throw bad(path, '"maxKekAgeMs" must be a positive number')
-  return c as CliConfig
+  if (c.plainHttpHosts !== undefined && !(Array.isArray(c.plainHttpHosts) && c.plainHttpHosts.every(str))) throw bad(path, '"plainHttpHosts" must be a list of host names')
+  const config = c as CliConfig
+  const network = networkPart(config)
+  if (options.implicit && network) {
+    throw new CliError(
+      EXIT.MISSING,
+      `config ${path} was found in the working folder, and such a config may reach no network service (it names ${network}): pass --config ${relative(process.cwd(), path)} or set KMS_PROXY_CONFIG to use it`,
+    )
+  }
+  const url = urlProblem(config)
+  if (url) throw bad(path, url)
+  const weak = weakKdf(config.rootKey)
+  if (weak !== undefined && !weakKdfAllowed(weak)) {
+    throw bad(path, `PBKDF2 with ${weak} iterations is below ${DEFAULT_ITERATIONS.toLocaleString('en-US')} (the passphrase package's default): raise "iterations" (existing KEKs stay readable) or set ${WEAK_KDF_ENV}=1`)
+  }
+  if (options.implicit) process.stderr.write(`kms-proxy: using ${path} found in the working folder (name a config with --config or KMS_PROXY_CONFIG)\n`)
+  return config
 }
 
 /** A relative store path is relative to the config file's folder, so the pair can move together. */
@@ -108,12 +224,15 @@ export function storeFilePath(config: CliConfig, configFile: string): string | u
   return isAbsolute(config.store.path) ? config.store.path : join(dirname(configFile), config.store.path)
 }
 
+/** The config's plain-http opt-in, in the adapters' option name (spread, so an adapter without the option ignores it). */
+const plainHttp = (hosts: string[] | undefined): { plainHttpHosts?: string[] } => (hosts ? { plainHttpHosts: hosts } : {})
+
 export function openStore(config: CliConfig, configFile: string): KeyStore {
   const s = config.store
   if (s.type === 'file') return fileStore(storeFilePath(config, configFile)!)
   const password = process.env[SECRET_ENV.etcdPassword]
   if (s.username && !password) throw new CliError(EXIT.USAGE, `the etcd store has a username: set ${SECRET_ENV.etcdPassword}`)
-  return etcdStore({ endpoints: s.endpoints, ...(s.prefix ? { prefix: s.prefix } : {}), ...(s.username ? { username: s.username, password } : {}) })
+  return etcdStore({ endpoints: s.endpoints, ...(s.prefix ? { prefix: s.prefix } : {}), ...(s.username ? { username: s.username, password } : {}), ...plainHttp(config.plainHttpHosts) })
 }
 
 function env(name: string, forWhat: string): string {
@@ -128,6 +247,8 @@ export interface RootKeyContext {
   /** The chain the root key is for: a passphrase is then proved before it makes a KEK. */
   store?: KeyStore
   chain?: string
+  /** The config's plainHttpHosts, passed on to a remote root key. */
+  plainHttpHosts?: string[]
 }
 
 /**
@@ -161,6 +282,7 @@ function provedBeforeNewKek(root: RootKey, store: KeyStore, chain: string): Root
 
 /** Builds the root key; secrets come from the environment or, for a passphrase, a prompt on a TTY. */
 export async function openRootKey(r: RootKeyConfig, context: RootKeyContext = {}): Promise<RootKey> {
+  const optIn = plainHttp(context.plainHttpHosts)
   switch (r.type) {
     case 'passphrase': {
       const passphrase = await readSecret(SECRET_ENV.passphrase, 'Passphrase', context.confirm ?? false)
@@ -176,6 +298,7 @@ export async function openRootKey(r: RootKeyConfig, context: RootKeyContext = {}
         region: r.region,
         credentials: { accessKeyId, secretAccessKey, ...(sessionToken ? { sessionToken } : {}) },
         ...(r.endpoint ? { endpoint: r.endpoint } : {}),
+        ...optIn,
       })
     }
     case 'vault':
@@ -185,22 +308,24 @@ export async function openRootKey(r: RootKeyConfig, context: RootKeyContext = {}
         token: env(SECRET_ENV.vaultToken, 'Vault'),
         ...(r.mount ? { mount: r.mount } : {}),
         ...(r.namespace ? { namespace: r.namespace } : {}),
+        ...optIn,
       })
     case 'gcp':
-      return gcpKmsRootKey({ keyName: r.keyName, accessToken: env(SECRET_ENV.gcpAccessToken, 'Google Cloud KMS'), ...(r.endpoint ? { endpoint: r.endpoint } : {}) })
+      return gcpKmsRootKey({ keyName: r.keyName, accessToken: env(SECRET_ENV.gcpAccessToken, 'Google Cloud KMS'), ...(r.endpoint ? { endpoint: r.endpoint } : {}), ...optIn })
     case 'azure':
       return azureKeyVaultRootKey({
         vaultUrl: r.vaultUrl,
         keyName: r.keyName,
         accessToken: env(SECRET_ENV.azureAccessToken, 'Azure Key Vault'),
         ...(r.keyVersion ? { keyVersion: r.keyVersion } : {}),
+        ...optIn,
       })
     case 'pkcs11':
-      return pkcs11BridgeRootKey({ url: r.url, token: env(SECRET_ENV.pkcs11Token, 'the PKCS#11 bridge') })
+      return pkcs11BridgeRootKey({ url: r.url, token: env(SECRET_ENV.pkcs11Token, 'the PKCS#11 bridge'), ...optIn })
   }
 }
 
-export interface OpenOptions {
+export interface OpenOptions extends LoadOptions {
   /** Uses of the primary KEK to reserve per store write (a command: what it needs). Default 1. */
   leaseSize?: number
   /** A long-running service (the k8s plugin): the chain's own defaults for the DEK pool and leases. */
@@ -229,20 +354,26 @@ export interface OpenedChain {
   store: KeyStore
 }
 
+/** The chain's head: EXIT.STORE if the store fails (whatever it throws), EXIT.MISSING if `init` never made the chain. */
+export async function chainHead(store: KeyStore, chain: string): Promise<Versioned<ChainHead>> {
+  const head = await store.getHead(chain).catch((error: unknown) => {
+    throw new CliError(EXIT.STORE, `the store failed: ${(error as Error)?.message ?? 'error'}`)
+  })
+  if (!head) throw new CliError(EXIT.MISSING, `chain "${chain}" is not in the store: run \`kms-proxy init\``)
+  return head
+}
+
 /** Opens the chain a config describes and checks that `init` made it (EXIT.MISSING if not). */
 export async function openConfigured(path: string, options: OpenOptions = {}): Promise<OpenedChain> {
-  const config = await loadConfig(path)
+  const config = await loadConfig(path, { implicit: options.implicit ?? false })
   const storeFile = storeFilePath(config, path)
   if (storeFile) {
     const exists = await stat(storeFile).then(() => true, () => false)
     if (!exists) throw new CliError(EXIT.MISSING, `the store file ${storeFile} named by ${path} does not exist: run \`kms-proxy init\``)
   }
   const store = openStore(config, path)
-  const head = await store.getHead(config.chain).catch((error: unknown) => {
-    throw new CliError(EXIT.STORE, `the store failed: ${(error as Error)?.message ?? 'error'}`)
-  })
-  if (!head) throw new CliError(EXIT.MISSING, `chain "${config.chain}" is not in the store: run \`kms-proxy init\``)
-  const rootKey = await openRootKey(config.rootKey, { store, chain: config.chain })
+  await chainHead(store, config.chain)
+  const rootKey = await openRootKey(config.rootKey, { store, chain: config.chain, ...plainHttp(config.plainHttpHosts) })
   const chain = await KeyChain.open(chainOptions(config, rootKey, store, options))
   return { chain, rootKey, config, store }
 }
@@ -252,6 +383,7 @@ export async function openConfigured(path: string, options: OpenOptions = {}): P
  * environment (or a passphrase prompt on a TTY). For programs that share the CLI's chain, such
  * as the Kubernetes KMS plugin.
  */
-export async function openChainFromConfig(path: string = configPath(undefined)): Promise<KeyChain> {
-  return (await openConfigured(resolve(path), { service: true })).chain
+export async function openChainFromConfig(path?: string): Promise<KeyChain> {
+  const which = path === undefined ? resolveConfig(undefined) : { path: resolve(path), implicit: false }
+  return (await openConfigured(which.path, { service: true, implicit: which.implicit })).chain
 }

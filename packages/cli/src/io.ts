@@ -7,6 +7,7 @@ import { createReadStream, fstatSync, unlinkSync } from 'node:fs'
 import { open, rename, stat, unlink, type FileHandle } from 'node:fs/promises'
 import { basename, dirname, join } from 'node:path'
 import process from 'node:process'
+import { CliError, EXIT } from './exit.js'
 
 /** A Node readable (file or stdin) as a WHATWG ReadableStream of Uint8Array. */
 export function webStream(source: AsyncIterable<Uint8Array | string>): ReadableStream<Uint8Array> {
@@ -107,13 +108,36 @@ export async function peek(stream: ReadableStream<Uint8Array>, n: number): Promi
   return { head, stream: again }
 }
 
+const TEMP_SUFFIX = '.kms-proxy-tmp'
+
+/**
+ * `.NAME.PID-RANDOM.kms-proxy-tmp` beside the target: hidden, recognisable, and naming the
+ * process that writes it, so `clean` can tell a killed command's leftover from a running one's.
+ */
 function tempName(target: string): string {
   const tag = Array.from(crypto.getRandomValues(new Uint8Array(6)), (b) => b.toString(16).padStart(2, '0')).join('')
-  return join(dirname(target), `.${basename(target)}.${tag}.kms-proxy-tmp`)
+  return join(dirname(target), `.${basename(target)}.${process.pid}-${tag}${TEMP_SUFFIX}`)
 }
 
 /** True for the temporary files this module writes (rewrap skips them). */
-export const isTempName = (name: string): boolean => name.endsWith('.kms-proxy-tmp')
+export const isTempName = (name: string): boolean => name.endsWith(TEMP_SUFFIX)
+
+/** The writer's process id in a temporary file's name (undefined for a name without one). */
+export function tempWriter(name: string): number | undefined {
+  const m = /\.(\d+)-[0-9a-f]{12}\.kms-proxy-tmp$/.exec(name)
+  return m ? Number(m[1]) : undefined
+}
+
+/** True while process `pid` exists (EPERM: it does, under another user). */
+export function isRunning(pid: number): boolean {
+  if (pid === process.pid) return true
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (error) {
+    return (error as { code?: string }).code === 'EPERM'
+  }
+}
 
 /** Temporary files being written; removed if the process is interrupted. */
 const pending = new Set<string>()
@@ -149,13 +173,25 @@ export interface Output {
   discard(): Promise<void>
 }
 
+export interface OutputOptions {
+  /** The new file's mode, exactly (not narrowed by the umask). Default 0600. */
+  mode?: number
+  /**
+   * The new file's owner and group (rewrap keeps a file's): given to the temporary file before
+   * it is renamed into place. Where this user may not give them, the output fails (EXIT.IO) and
+   * nothing replaces `path`.
+   */
+  owner?: { uid: number; gid: number }
+}
+
 /**
  * A file written under a temporary name in the same folder and renamed over `path` on commit,
- * so a failure never leaves a half-written file at `path`. `mode` defaults to 0600. A FIFO, a
- * terminal or a device (`/dev/null`, `/dev/stdout`) is written in place, like stdout: renaming
- * over it would replace it with a regular file (as root, /dev/null itself).
+ * so a failure never leaves a half-written file at `path`. A FIFO, a terminal or a device
+ * (`/dev/null`, `/dev/stdout`) is written in place, like stdout: renaming over it would replace
+ * it with a regular file (as root, /dev/null itself).
  */
-export async function openOutputFile(path: string, mode = 0o600): Promise<Output> {
+export async function openOutputFile(path: string, options: OutputOptions = {}): Promise<Output> {
+  const { mode = 0o600, owner } = options
   const existing = await stat(path).catch(() => undefined)
   const direct = existing !== undefined && !existing.isFile() && !existing.isDirectory()
   const temp = direct ? path : tempName(path)
@@ -163,7 +199,15 @@ export async function openOutputFile(path: string, mode = 0o600): Promise<Output
   const handle: FileHandle = await open(temp, direct ? 'w' : 'wx', mode)
   if (!direct) {
     pending.add(temp)
-    await handle.chmod(mode) // exactly `mode`, not narrowed by the umask: rewrap keeps a file's mode
+    try {
+      await keepOwner(handle, owner)
+      await handle.chmod(mode) // after chown, which may clear bits; exactly `mode`, not narrowed by the umask
+    } catch (error) {
+      await handle.close().catch(() => {})
+      await unlink(temp).catch(() => {})
+      pending.delete(temp)
+      throw error
+    }
   }
   let closed = false
   const close = async () => {
@@ -196,9 +240,24 @@ export async function openOutputFile(path: string, mode = 0o600): Promise<Output
   }
 }
 
+/** Gives the new file `owner`'s uid and gid when they differ from the writer's (no call otherwise). */
+async function keepOwner(handle: FileHandle, owner: OutputOptions['owner']): Promise<void> {
+  if (!owner) return
+  const mine = await handle.stat()
+  if (mine.uid === owner.uid && mine.gid === owner.gid) return
+  try {
+    await handle.chown(owner.uid, owner.gid)
+  } catch (error) {
+    const code = (error as { code?: string }).code
+    if (code !== 'EPERM' && code !== 'EINVAL') throw error
+    throw new CliError(EXIT.IO, `owned by uid ${owner.uid} gid ${owner.gid}, which this user (uid ${mine.uid}) cannot give to the new copy; left as it is`)
+  }
+}
+
 /** Writes `bytes` to `path` whole or not at all (openOutputFile, one write, commit). */
-export async function writeWhole(path: string, bytes: Uint8Array, mode?: number, beforeRename?: () => Promise<void>): Promise<void> {
-  const output = await openOutputFile(path, mode)
+export async function writeWhole(path: string, bytes: Uint8Array, options: OutputOptions & { beforeRename?: () => Promise<void> } = {}): Promise<void> {
+  const { beforeRename, ...outputOptions } = options
+  const output = await openOutputFile(path, outputOptions)
   try {
     const writer = output.writable.getWriter()
     await writer.write(bytes)

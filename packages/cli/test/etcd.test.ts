@@ -4,7 +4,7 @@ import { mkdirSync, readFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { join } from 'node:path'
 import { afterAll, beforeAll, expect, it } from 'vitest'
-import { EXIT, FAST_KDF, bundleCli, spawnCollect, tempDir, type Result } from './helpers.js'
+import { EXIT, FAST_KDF, WEAK_KDF_ENV, bundleCli, spawnCollect, tempDir, withoutWeakKdfWarning, type Result } from './helpers.js'
 
 const ETCD = process.env.ETCD_BIN ?? 'etcd'
 const PASSPHRASE = 'etcd chain passphrase'
@@ -47,8 +47,11 @@ afterAll(() => {
   work?.cleanup()
 })
 
-const kp = (cwd: string, args: string[], input?: string | Uint8Array): Promise<Result> =>
-  spawnCollect(process.execPath, [bundle, ...args], { cwd, env: { KMS_PROXY_PASSPHRASE: PASSPHRASE }, input })
+/** Each host names its config (KMS_PROXY_CONFIG): one found in the working folder may not reach etcd. */
+async function kp(cwd: string, args: string[], input?: string | Uint8Array, named = true): Promise<Result> {
+  const r = await spawnCollect(process.execPath, [bundle, ...args], { cwd, env: { KMS_PROXY_PASSPHRASE: PASSPHRASE, ...WEAK_KDF_ENV, ...(named ? { KMS_PROXY_CONFIG: join(cwd, 'kms-proxy.json') } : {}) }, input })
+  return { ...r, stderr: withoutWeakKdfWarning(r.stderr) }
+}
 
 it('init --store etcd; two hosts with their own config share the chain; etcd down exits 7', async () => {
   const [a, b] = [join(work.dir, 'host-a'), join(work.dir, 'host-b')]
@@ -62,6 +65,9 @@ it('init --store etcd; two hosts with their own config share the chain; etcd dow
   expect(join2.code, join2.stderr).toBe(EXIT.OK)
   expect(join2.stdout.toString()).toMatch(/chain "shared" already exists/)
 
+  const implicit = await kp(a, ['encrypt'], 'x', false)
+  expect(implicit.code).toBe(EXIT.MISSING)
+  expect(implicit.stderr).toMatch(/found in the working folder, and such a config may reach no network service \(it names an etcd store\)/)
   const enc = await kp(a, ['encrypt'], 'written on host a')
   expect(enc.code, enc.stderr).toBe(EXIT.OK)
   const dec = await kp(b, ['decrypt'], enc.stdout)

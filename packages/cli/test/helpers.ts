@@ -44,6 +44,8 @@ export interface RunOptions {
   cwd: string
   env?: Record<string, string | undefined>
   input?: Uint8Array | string
+  /** Run as this user (and group): the tests run as root. */
+  uid?: number
 }
 
 /** Spawns `command args` with a clean environment (PATH and HOME, plus `env`). */
@@ -51,7 +53,8 @@ export function spawnCollect(command: string, args: string[], options: RunOption
   const env: Record<string, string> = { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? '/root', NO_COLOR: '1' }
   for (const [k, v] of Object.entries(options.env ?? {})) if (v !== undefined) env[k] = v
   return new Promise((resolve, reject) => {
-    const child = spawn(command, args, { cwd: options.cwd, env, stdio: ['pipe', 'pipe', 'pipe'] })
+    const ids = options.uid === undefined ? {} : { uid: options.uid, gid: options.uid }
+    const child = spawn(command, args, { cwd: options.cwd, env, stdio: ['pipe', 'pipe', 'pipe'], ...ids })
     const out: Buffer[] = []
     const err: Buffer[] = []
     child.stdout.on('data', (c: Buffer) => out.push(c))
@@ -80,5 +83,15 @@ export function assertBuilt(): void {
   if (statSync(cli).mtimeMs < newest) throw new Error('packages/cli/dist is older than its sources: run `PACKAGES=cli npx rollup -c` (or `pnpm build`)')
 }
 
-/** A low PBKDF2 count keeps each command fast; the CLI stores it in the config (a public parameter). */
+/**
+ * A low PBKDF2 count keeps each command fast; the CLI stores it in the config (a public
+ * parameter) and accepts it only with the environment's opt-in, WEAK_KDF_ENV.
+ */
 export const FAST_KDF = ['--iterations', '1000']
+export const WEAK_KDF_ENV = { KMS_PROXY_ALLOW_WEAK_KDF: '1' }
+
+/** stderr without the warning WEAK_KDF_ENV prints (trust.test.ts checks that it is printed). */
+export const withoutWeakKdfWarning = (stderr: string): string => stderr.replace(/^kms-proxy: warning: KMS_PROXY_ALLOW_WEAK_KDF=1 accepts [^\n]*\n/gm, '')
+
+/** stderr without that warning and without the line naming a config found in the working folder (both checked in trust.test.ts). */
+export const withoutNotes = (stderr: string): string => withoutWeakKdfWarning(stderr).replace(/^kms-proxy: using [^\n]* found in the working folder \([^\n]*\n/gm, '')

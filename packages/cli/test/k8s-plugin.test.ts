@@ -9,7 +9,7 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import { join } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import { afterAll, beforeAll, expect, it } from 'vitest'
-import { EXIT, FAST_KDF, ROOT, assertBuilt, spawnCollect, tempDir } from './helpers.js'
+import { EXIT, FAST_KDF, ROOT, WEAK_KDF_ENV, assertBuilt, spawnCollect, tempDir } from './helpers.js'
 
 const PASSPHRASE = 'kube secrets'
 let work: ReturnType<typeof tempDir>
@@ -42,7 +42,7 @@ afterAll(() => {
 const bin = () => join(app, 'node_modules/@kms-proxy/cli/bin/kms-proxy.js')
 
 it('serves the config\'s chain over the KMS v2 gRPC API on a Unix socket, and stops on SIGTERM', async () => {
-  const env = { KMS_PROXY_PASSPHRASE: PASSPHRASE }
+  const env = { KMS_PROXY_PASSPHRASE: PASSPHRASE, ...WEAK_KDF_ENV }
   const init = await spawnCollect(process.execPath, [bin(), 'init', '--chain', 'kube', ...FAST_KDF], { cwd: app, env })
   expect(init.code, init.stderr).toBe(EXIT.OK)
 

@@ -6,7 +6,7 @@ import { randomBytes } from 'node:crypto'
 import { readFileSync, writeFileSync, existsSync, mkdirSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { BIN, BUN, DENO, ROOT, EXIT, FAST_KDF, assertBuilt, spawnCollect, tempDir, type Result } from './helpers.js'
+import { BIN, BUN, DENO, ROOT, EXIT, FAST_KDF, WEAK_KDF_ENV, assertBuilt, spawnCollect, tempDir, withoutNotes, type Result } from './helpers.js'
 
 const PASSPHRASE = 'one chain, three runtimes'
 let work: ReturnType<typeof tempDir>
@@ -22,13 +22,14 @@ const RUNTIMES = {
 } as const
 type Runtime = keyof typeof RUNTIMES
 
-function kp(runtime: Runtime, args: string[], options: { env?: Record<string, string | undefined>; input?: Uint8Array | string } = {}): Promise<Result> {
+async function kp(runtime: Runtime, args: string[], options: { env?: Record<string, string | undefined>; input?: Uint8Array | string } = {}): Promise<Result> {
   const [command, ...pre] = RUNTIMES[runtime]
-  return spawnCollect(command, [...pre, ...args], {
+  const r = await spawnCollect(command, [...pre, ...args], {
     cwd: dir,
-    env: { KMS_PROXY_PASSPHRASE: PASSPHRASE, DENO_DIR: join(work.dir, 'deno-cache'), DENO_NO_UPDATE_CHECK: '1', ...options.env },
+    env: { KMS_PROXY_PASSPHRASE: PASSPHRASE, ...WEAK_KDF_ENV, DENO_DIR: join(work.dir, 'deno-cache'), DENO_NO_UPDATE_CHECK: '1', ...options.env },
     input: options.input,
   })
+  return { ...r, stderr: withoutNotes(r.stderr) }
 }
 
 const data = randomBytes(700_000)
