@@ -7,7 +7,7 @@
  * scoped to chain names with one log line per unwrap.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
+import { execFileSync, type ChildProcess } from 'node:child_process'
 import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
 import { lstat, stat } from 'node:fs/promises'
 import { request } from 'node:http'
@@ -18,6 +18,7 @@ import { KeyChain, KmsProxyError, kekAad, memoryStore } from '@kms-proxy/core'
 import { pkcs11BridgeRootKey } from '../../pkcs11/src/index.ts'
 import { startPkcs11Bridge } from '../src/index.ts'
 import { MODULE, PIN, SO_PIN, TOKEN_LABEL, bearer, makeToken, spawnTs, type TestToken } from './hsm.ts'
+import { watchModes } from './socket-watch.ts'
 
 const ADMIN = bearer()
 const PAYMENTS = bearer()
@@ -231,8 +232,13 @@ const SCOPED = { payments: { name: 'payments-svc', token: PAYMENTS, chains: ['pa
 // Started as soon as the bridge with default limits is up, checked at the end (they take 5-10 s).
 let defaultHeaders: ReturnType<typeof trickle>
 let defaultBody: ReturnType<typeof trickle>
+// Two tokens labelled kms-proxy (the second with user PIN 0000), started alongside the main bridges.
+let twins: Bridge
 
 beforeAll(async () => {
+  const pair = token()
+  execFileSync('softhsm2-util', ['--init-token', '--free', '--label', TOKEN_LABEL, '--so-pin', SO_PIN, '--pin', '0000'], { env: pair.env, stdio: 'ignore' })
+  twins = bridgeProcess(pair, [{ ...base, keyLabel: 'k', token: ADMIN }])
   const hsm = token()
   main = bridgeProcess(hsm, [
     // 0: scopes and the log
@@ -260,31 +266,15 @@ describe('the Unix socket', () => {
   let first: Bridge
 
   it('is never reachable at its path with a wider mode than 0600, even under umask 0', async () => {
-    // A watcher in its own process, as another local user would poll: it reports each new mode.
-    const watcher = spawn('python3', ['-c', `
-import os, sys
-seen = set()
-print('WATCHING', flush=True)
-while True:
-    try:
-        m = os.lstat(sys.argv[1]).st_mode & 0o777
-    except FileNotFoundError:
-        continue
-    if m not in seen:
-        seen.add(m)
-        print(m, flush=True)
-`, socketPath], { stdio: ['ignore', 'pipe', 'inherit'] })
-    let watched = ''
-    watcher.stdout.on('data', (c: Buffer) => (watched += c))
+    const watch = await watchModes(socketPath)
+    let seen: number[]
     try {
-      for (let i = 0; i < 200 && !watched.includes('WATCHING'); i++) await new Promise((r) => setTimeout(r, 25))
       first = bridgeProcess(hsm, [config], { KMS_PROXY_TEST_UMASK: '0' })
       expect((await first.started).urls).toEqual(['http://localhost'])
       await new Promise((r) => setTimeout(r, 200)) // let the watcher see the final mode
     } finally {
-      watcher.kill()
+      seen = watch.stop()
     }
-    const seen = watched.split('\n').slice(1).filter(Boolean).map(Number)
     expect(seen.map((m) => m.toString(8))).toEqual(['600'])
     expect((await stat(socketPath)).mode & 0o777).toBe(0o600)
     expect(readdirSync(dir)).toEqual(['bridge.sock']) // no staging folder left behind
@@ -327,10 +317,7 @@ while True:
 
 describe('two tokens with the same label', () => {
   it('the bridge refuses to start and says so, instead of giving the PIN to the last slot', async () => {
-    const hsm = token()
-    execFileSync('softhsm2-util', ['--init-token', '--free', '--label', TOKEN_LABEL, '--so-pin', SO_PIN, '--pin', '0000'], { env: hsm.env, stdio: 'ignore' })
-    const bridge = bridgeProcess(hsm, [{ ...base, keyLabel: 'k', token: ADMIN }])
-    const { failures, urls: started } = await bridge.started
+    const { failures, urls: started } = await twins.started
     expect(started).toBeUndefined()
     expect(failures![0]!.code).toBe('ERR_ROOT_KEY')
     expect(failures![0]!.message).toMatch(/^2 PKCS#11 tokens are labelled "kms-proxy" \(serial numbers [0-9a-f]+, [0-9a-f]+\): refusing to choose one/)
@@ -365,6 +352,7 @@ describe('limits that hold before authentication', () => {
     expect(await headOnly(urls[3]!, head(wrongToken))).toMatch(/^HTTP\/1\.1 401 [^]*"error":"unauthorized"/)
     expect(await headOnly(urls[3]!, head(declared))).toMatch(/^HTTP\/1\.1 413 [^]*"error":"too_large"/)
     expect(await headOnly(urls[3]!, `${head(chunked)}${chunkHead}${'a'.repeat(20_000)}`)).toMatch(/^HTTP\/1\.1 413 [^]*"error":"too_large"/)
+    expect(await headOnly(urls[3]!, head(`x-pad: ${'p'.repeat(9 * 1024)}\r\n${declared}`))).toMatch(/^HTTP\/1\.1 431 /) // headers over 8 KiB
     // Sent anyway, as fast as the bridge takes it: it stops taking and closes.
     const floods = [await flood(urls[3]!, wrongToken, total), await flood(urls[3]!, declared, total), await flood(urls[3]!, chunked, total, chunkHead)]
     console.log(`64 MiB bodies: the bridge took ${floods.map((f) => (f.written / 2 ** 20).toFixed(1)).join(', ')} MiB (wrong token, declared too large, chunked) before closing`)
@@ -375,27 +363,29 @@ describe('limits that hold before authentication', () => {
     }
   })
 
-  it('at most maxConnections connections (4 here): one more is closed at once; a request works again when they go', async () => {
-    const { hostname, port } = new URL(urls[2]!)
-    const idle = await Promise.all(
-      Array.from({ length: 4 }, () => new Promise<ReturnType<typeof connect>>((resolve) => {
-        const s = connect(Number(port), hostname, () => resolve(s))
-        s.on('error', () => {})
-      })),
-    )
-    await new Promise((r) => setTimeout(r, 100))
-    const refused = await post({ url: urls[2]! }, '/v1/generate', ADMIN, { aad: b64(kekAad('cap', 1)) }).then(
-      (a) => `answered ${a.status}`,
-      (e: NodeJS.ErrnoException) => e.code ?? e.message,
-    )
-    expect(refused).toMatch(/ECONNRESET|socket hang up/)
-    for (const s of idle) s.destroy()
-    let status = 0
-    for (let i = 0; i < 40 && status !== 200; i++) {
-      await new Promise((r) => setTimeout(r, 50))
-      status = await post({ url: urls[2]! }, '/v1/generate', ADMIN, { aad: b64(kekAad('cap', 1)) }).then((a) => a.status, () => 0)
+  it('at most maxConnections connections (4 here, 32 by default): one more is closed at once; a request works again when they go', async () => {
+    for (const [url, cap] of [[urls[2]!, 4], [urls[0]!, 32]] as const) {
+      const { hostname, port } = new URL(url)
+      const idle = await Promise.all(
+        Array.from({ length: cap }, () => new Promise<ReturnType<typeof connect>>((resolve) => {
+          const s = connect(Number(port), hostname, () => resolve(s))
+          s.on('error', () => {})
+        })),
+      )
+      await new Promise((r) => setTimeout(r, 100))
+      const refused = await post({ url }, '/v1/generate', ADMIN, { aad: b64(kekAad('cap', 1)) }).then(
+        (a) => `answered ${a.status}`,
+        (e: NodeJS.ErrnoException) => e.code ?? e.message,
+      )
+      expect(refused, `connection ${cap + 1}`).toMatch(/ECONNRESET|socket hang up/)
+      for (const s of idle) s.destroy()
+      let status = 0
+      for (let i = 0; i < 40 && status !== 200; i++) {
+        await new Promise((r) => setTimeout(r, 50))
+        status = await post({ url }, '/v1/generate', ADMIN, { aad: b64(kekAad('cap', 1)) }).then((a) => a.status, () => 0)
+      }
+      expect(status).toBe(200)
     }
-    expect(status).toBe(200)
   })
 })
 
@@ -501,6 +491,12 @@ describe('tokens scoped to chain names', () => {
     await post({ url: urls[0]! }, '/v1/unwrap', ORDERS, { aad, wrapped })
     await post({ url: urls[0]! }, '/v1/unwrap', ADMIN, { aad, wrapped })
     await post({ url: urls[0]! }, '/v1/unwrap', PAYMENTS, { aad: b64(kekAad('payments', 0x0badf00e)), wrapped })
+    expect((await post({ url: urls[0]! }, '/v1/unwrap', bearer(), { aad, wrapped })).status).toBe(401)
+    // A chain name that tries to forge a second log line stays inside one, quoted.
+    const forged = 'x" kek=0 caller=admin result=ok\nunwrap chain="payments'
+    expect((await post({ url: urls[0]! }, '/v1/generate', ADMIN, { aad: b64(kekAad(forged, 1)) })).status).toBe(200)
+    // Associated data that is not a KEK-wrap AAD (the unscoped token may use it) names no chain.
+    expect((await post({ url: urls[0]! }, '/v1/generate', ADMIN, { aad: b64(Uint8Array.of(9, 9)) })).status).toBe(200)
     await new Promise((r) => setTimeout(r, 100)) // the child's stdout is a pipe
     const logs = main.logs()
     const expected = [
@@ -510,8 +506,9 @@ describe('tokens scoped to chain names', () => {
       'unwrap chain="payments" kek=0badf00d caller=default result=ok',
       'unwrap chain="payments" kek=0badf00e caller=payments-svc result=unwrap_failed',
     ]
+    expected.push(`generate chain=${JSON.stringify(forged)} kek=00000001 caller=default result=ok`, 'generate chain=- kek=- caller=default result=ok', 'request result=unauthorized')
     for (const line of expected) expect(logs).toContain(line)
-    expect(logs.some((l) => /^unwrap chain=- kek=- caller=default result=ok$/.test(l) || /^generate chain=- kek=- caller=default result=ok$/.test(l))).toBe(true)
+    for (const line of logs) expect(line).not.toMatch(/[\n\r]/)
     const all = logs.join('\n')
     for (const s of [...TOKENS, PIN, kek]) expect(all).not.toContain(s)
   })

@@ -5,7 +5,7 @@
  */
 import * as graphene from 'graphene-pk11'
 import { request } from 'node:http'
-import { stat } from 'node:fs/promises'
+import { readFile, stat, unlink, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { KeyChain, KmsProxyError, memoryStore } from '@kms-proxy/core'
@@ -142,6 +142,13 @@ t.test('the bridge over a Unix socket (mode 0600): pkcs11BridgeRootKey with a no
     await bridge.close()
   }
   await t.rejects(stat(socketPath), undefined, 'the socket file is removed at close')
+  // close() removes only the socket it linked: a file put at the path meanwhile stays.
+  const again = await startPkcs11Bridge({ ...base, keyLabel: 'in-process-a', token: TOKEN, socketPath })
+  await unlink(socketPath)
+  await writeFile(socketPath, 'someone else')
+  await again.close()
+  t.equal(await readFile(socketPath, 'utf8'), 'someone else', 'the file at the path after close:')
+  await unlink(socketPath)
 })
 
 t.test('measures ms per generate and unwrap in process (SoftHSM2)', async () => {
