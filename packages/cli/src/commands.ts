@@ -144,7 +144,8 @@ ${CONFIG_HELP}
       --etcd-username U       etcd user; the password comes from $KMS_PROXY_ETCD_PASSWORD
       --root TYPE             passphrase (default), aws-kms, vault, gcp, azure, pkcs11
       --kdf pbkdf2|scrypt|argon2id   passphrase KDF (default pbkdf2)
-      --iterations N          PBKDF2 iterations (default 600000)
+      --iterations N          PBKDF2 iterations (default and least 600000; lower only with
+                              KMS_PROXY_ALLOW_WEAK_KDF=1 in the environment, for tests)
       --aws-key-id ID --aws-region R [--endpoint URL]       credentials: $AWS_ACCESS_KEY_ID, $AWS_SECRET_ACCESS_KEY
       --vault-address URL --vault-key K [--vault-mount M] [--vault-namespace N]   token: $VAULT_TOKEN
       --gcp-key-name projects/.../cryptoKeys/K [--endpoint URL]   token: $GCP_ACCESS_TOKEN

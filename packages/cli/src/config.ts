@@ -381,7 +381,8 @@ export async function openConfigured(path: string, options: OpenOptions = {}): P
 /**
  * Opens the KeyChain that a `kms-proxy init` config describes, with the secrets from the
  * environment (or a passphrase prompt on a TTY). For programs that share the CLI's chain, such
- * as the Kubernetes KMS plugin.
+ * as the Kubernetes KMS plugin. The config passes the same checks as the command's (loadConfig);
+ * without `path`, `$KMS_PROXY_CONFIG`, else `./kms-proxy.json` found implicitly (local only).
  */
 export async function openChainFromConfig(path?: string): Promise<KeyChain> {
   const which = path === undefined ? resolveConfig(undefined) : { path: resolve(path), implicit: false }

@@ -10,7 +10,7 @@ export const EXIT = {
   INTERNAL: 1,
   /** Bad command line: unknown command or option, missing argument. */
   USAGE: 2,
-  /** No config file, or the chain it names is not in the store (run `kms-proxy init`). */
+  /** No config file, a config refused by the trust checks, or the chain it names is not in the store (run `kms-proxy init`). */
   MISSING: 3,
   /** The root key refused: wrong passphrase, wrong KMS key, bad credentials (ERR_ROOT_KEY). */
   ROOT_KEY: 4,

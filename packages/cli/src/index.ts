@@ -7,7 +7,7 @@ import { COMMANDS, parse } from './commands.js'
 import { EXIT, explain } from './exit.js'
 
 export { openChainFromConfig, loadConfig, configPath, CONFIG_FORMAT, SECRET_ENV } from './config.js'
-export type { CliConfig, StoreConfig, RootKeyConfig } from './config.js'
+export type { CliConfig, StoreConfig, RootKeyConfig, LoadOptions } from './config.js'
 export { EXIT, CliError, explain } from './exit.js'
 export type { ExitCode } from './exit.js'
 
@@ -26,7 +26,7 @@ ${Object.entries(COMMANDS)
   .join('\n')}
 
 Run \`kms-proxy <command> --help\` for its options. Exit codes: 0 ok, 1 internal error, 2 usage,
-3 config or chain missing, 4 root key refused (wrong passphrase), 5 tampered or not kms-proxy
+3 config missing or refused, or chain missing, 4 root key refused (wrong passphrase), 5 tampered or not kms-proxy
 data, 6 root key unreachable, 7 store failed, 8 unknown KEK, 9 file error, 10 package missing.`
 }
 

@@ -57,8 +57,9 @@ it('init --store etcd; two hosts with their own config share the chain; etcd dow
   const [a, b] = [join(work.dir, 'host-a'), join(work.dir, 'host-b')]
   mkdirSync(a)
   mkdirSync(b)
-  const init = await kp(a, ['init', '--store', 'etcd', '--etcd-endpoints', endpoint, '--etcd-prefix', 'cli-test/', '--chain', 'shared', ...FAST_KDF])
+  const init = await kp(a, ['init', '--store', 'etcd', '--etcd-endpoints', endpoint, '--etcd-prefix', 'cli-test/', '--chain', 'shared', ...FAST_KDF], undefined, false)
   expect(init.code, init.stderr).toBe(EXIT.OK)
+  expect(init.stdout.toString()).toMatch(/it reaches the network, so commands use it only when named: --config kms-proxy\.json or KMS_PROXY_CONFIG\n$/)
   expect(JSON.parse(readFileSync(join(a, 'kms-proxy.json'), 'utf8')).store).toEqual({ type: 'etcd', endpoints: [endpoint], prefix: 'cli-test/' })
   // The second host joins: init finds the chain and checks that the passphrase unlocks it.
   const join2 = await kp(b, ['init', '--store', 'etcd', '--etcd-endpoints', endpoint, '--etcd-prefix', 'cli-test/', '--chain', 'shared', ...FAST_KDF])

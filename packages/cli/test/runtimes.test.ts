@@ -3,7 +3,7 @@
  * one runtime encrypts another decrypts, and the exit codes are the same everywhere.
  */
 import { randomBytes } from 'node:crypto'
-import { readFileSync, writeFileSync, existsSync, mkdirSync } from 'node:fs'
+import { chmodSync, readFileSync, writeFileSync, existsSync, mkdirSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { BIN, BUN, DENO, ROOT, EXIT, FAST_KDF, WEAK_KDF_ENV, assertBuilt, spawnCollect, tempDir, withoutNotes, type Result } from './helpers.js'
@@ -70,15 +70,20 @@ describe('the built CLI on Node, Bun and Deno', () => {
     expect(bunDec.stdout.toString()).toBe('from deno')
   })
 
-  it('the same exit codes and messages: wrong passphrase 4, tampered 5, missing config 3', async () => {
+  it('the same exit codes and messages: wrong passphrase 4, tampered 5, missing or untrusted config 3', async () => {
     const good = readFileSync(join(dir, 'by-node.kp'))
     writeFileSync(join(dir, 'tampered.kp'), Uint8Array.from(good, (b, i) => (i === 100_000 ? b ^ 0x40 : b)))
+    writeFileSync(join(dir, 'loose.json'), readFileSync(join(dir, 'kms-proxy.json')))
+    chmodSync(join(dir, 'loose.json'), 0o666)
     for (const runtime of ['bun', 'deno'] as const) {
-      const [wrong, tampered, missing] = await Promise.all([
+      const [wrong, tampered, missing, loose] = await Promise.all([
         kp(runtime, ['decrypt', '-i', 'by-node.kp', '-o', `wrong-${runtime}.bin`, '--aad', 'x'], { env: { KMS_PROXY_PASSPHRASE: 'nope' } }),
         kp(runtime, ['decrypt', '-i', 'tampered.kp', '-o', `tampered-${runtime}.bin`, '--aad', 'x']),
         kp(runtime, ['status', '--config', 'absent.json']),
+        kp(runtime, ['status', '--config', 'loose.json']),
       ])
+      expect(loose.code, runtime).toBe(EXIT.MISSING) // the trust checks hold on every runtime
+      expect(loose.stderr, runtime).toMatch(/loose\.json: writable by other users \(mode 666\)/)
       expect(wrong.code, runtime).toBe(EXIT.ROOT_KEY)
       expect(wrong.stderr, runtime).toBe('kms-proxy decrypt: the root key refused: wrong passphrase, or the wrapped KEK was altered\n')
       expect(tampered.code, runtime).toBe(EXIT.TAMPERED)
