@@ -266,18 +266,20 @@ describe('the Unix socket', () => {
   let first: Bridge
 
   it('is never reachable at its path with a wider mode than 0600, even under umask 0', async () => {
-    const watch = await watchModes(socketPath)
-    let seen: number[]
+    // Three bridges in one process, one socket each, made one after the other: three windows to catch.
+    const paths = [socketPath, join(dir, 'b.sock'), join(dir, 'c.sock')]
+    const watch = await watchModes(paths)
+    let seen: number[][]
     try {
-      first = bridgeProcess(hsm, [config], { KMS_PROXY_TEST_UMASK: '0' })
-      expect((await first.started).urls).toEqual(['http://localhost'])
-      await new Promise((r) => setTimeout(r, 200)) // let the watcher see the final mode
+      first = bridgeProcess(hsm, paths.map((p) => ({ ...config, socketPath: p })), { KMS_PROXY_TEST_UMASK: '0' })
+      expect((await first.started).urls).toEqual(['http://localhost', 'http://localhost', 'http://localhost'])
+      await new Promise((r) => setTimeout(r, 200)) // let the watcher see the final modes
     } finally {
       seen = watch.stop()
     }
-    expect(seen.map((m) => m.toString(8))).toEqual(['600'])
-    expect((await stat(socketPath)).mode & 0o777).toBe(0o600)
-    expect(readdirSync(dir)).toEqual(['bridge.sock']) // no staging folder left behind
+    expect(seen.map((modes) => modes.map((m) => m.toString(8)))).toEqual([['600'], ['600'], ['600']])
+    for (const p of paths) expect((await stat(p)).mode & 0o777).toBe(0o600)
+    expect(readdirSync(dir).sort()).toEqual(['b.sock', 'bridge.sock', 'c.sock']) // no staging folder left behind
   })
 
   it('a socket left by a killed bridge is replaced at restart; a live socket, a file that is not a socket and a path taken at the same moment are refused', async () => {
@@ -311,7 +313,7 @@ describe('the Unix socket', () => {
     second.child.stdin!.end()
     await exited
     expect(existsSync(socketPath)).toBe(false) // removed at close
-    expect(readdirSync(dir).sort()).toEqual(['not-a-socket']) // the racing bridges cleaned up too
+    expect(readdirSync(dir).sort()).toEqual(['b.sock', 'c.sock', 'not-a-socket']) // the racing bridges cleaned up too (b and c: left by the killed bridge)
   })
 })
 

@@ -1,30 +1,34 @@
 /**
- * Watches a path's mode from another process, as another local user would poll it: a tight
- * lstat loop in Python that reports each new mode. For tests that a Unix socket is never
+ * Watches paths' modes from another process, as another local user would poll them: a tight
+ * lstat loop in Python that reports each new (path, mode). For tests that a Unix socket is never
  * reachable with a wider mode than intended (the server runs under umask 0 in its own process).
+ * A window of a few microseconds can slip between two polls on a loaded machine, so tests watch
+ * several sockets made one after the other.
  */
 import { spawn } from 'node:child_process'
 
 export interface ModeWatch {
-  /** Stops watching; the modes seen, in order, first to last. */
-  stop(): number[]
+  /** Stops watching; for each path, the modes seen, first to last. */
+  stop(): number[][]
 }
 
 /** Starts the watcher and resolves once it polls (within 5 s). */
-export async function watchModes(path: string): Promise<ModeWatch> {
+export async function watchModes(paths: string[]): Promise<ModeWatch> {
   const watcher = spawn('python3', ['-c', `
 import os, sys
+paths = sys.argv[1:]
 seen = set()
 print('WATCHING', flush=True)
 while True:
-    try:
-        m = os.lstat(sys.argv[1]).st_mode & 0o777
-    except FileNotFoundError:
-        continue
-    if m not in seen:
-        seen.add(m)
-        print(m, flush=True)
-`, path], { stdio: ['ignore', 'pipe', 'inherit'] })
+    for i, p in enumerate(paths):
+        try:
+            m = os.lstat(p).st_mode & 0o777
+        except FileNotFoundError:
+            continue
+        if (i, m) not in seen:
+            seen.add((i, m))
+            print(i, m, flush=True)
+`, ...paths], { stdio: ['ignore', 'pipe', 'inherit'] })
   let watched = ''
   watcher.stdout.on('data', (c: Buffer) => (watched += c))
   for (let i = 0; i < 200 && !watched.includes('WATCHING'); i++) await new Promise((r) => setTimeout(r, 25))
@@ -35,7 +39,12 @@ while True:
   return {
     stop() {
       watcher.kill()
-      return watched.split('\n').slice(1).filter(Boolean).map(Number)
+      const modes: number[][] = paths.map(() => [])
+      for (const line of watched.split('\n').slice(1).filter(Boolean)) {
+        const [i, m] = line.split(' ').map(Number)
+        modes[i!]!.push(m!)
+      }
+      return modes
     },
   }
 }
