@@ -51,7 +51,7 @@ function compileScope(name: string, chains: unknown): ((chain: string) => boolea
   const exact = new Set<string>()
   const prefixes: string[] = []
   for (const pattern of chains as unknown[]) {
-    if (typeof pattern !== 'string' || pattern === '' || pattern.length > 256) throw new TypeError(`tokens: "${name}" has a chain pattern that is not a chain name of 1 to 255 characters`)
+    if (typeof pattern !== 'string' || pattern === '' || pattern.replace(/\*$/, '').length > 255) throw new TypeError(`tokens: "${name}" has a chain pattern that is neither a chain name (1 to 255 characters) nor such a prefix ending in *`)
     const star = pattern.indexOf('*')
     if (star !== -1 && star !== pattern.length - 1) throw new TypeError(`tokens: "${name}" has a chain pattern with * elsewhere than at its end`)
     if (star === -1) exact.add(pattern)

@@ -278,6 +278,7 @@ export class TokenKey {
   }
 }
 
+/** TypeError unless the token options are there and non-empty; `who` names the caller in the message. */
 export function checkKeyOptions(options: Pkcs11KeyOptions, who: string): void {
   if (typeof options !== 'object' || options === null) throw new TypeError(`${who}: expected an options object`)
   for (const field of ['module', 'tokenLabel', 'pin', 'keyLabel'] as const) {
