@@ -11,6 +11,7 @@ import {
   chainOptions,
   WEAK_KDF_ENV,
   chainHead,
+  headOf,
   loadConfig,
   networkPart,
   openConfigured,
@@ -210,7 +211,7 @@ The passphrase comes from $KMS_PROXY_PASSPHRASE, or is typed twice on a terminal
       config.store = { type: 'file', path: join(config.store.path, DEFAULT_STORE_FILE) }
     }
     const store = openStore(config, file)
-    const existing = await store.getHead(config.chain)
+    const existing = await headOf(store, config.chain)
     const rootKey = await openRootKey(config.rootKey, { confirm: !existing, store, chain: config.chain })
     const chain = await KeyChain.open(chainOptions(config, rootKey, store))
     let message: string
@@ -421,7 +422,8 @@ ${CONFIG_HELP}
     const h = head.value
     const folders = [...new Set([process.cwd(), dirname(file)])]
     const leftovers: Leftover[] = []
-    for (const folder of folders) leftovers.push(...(await scanTemps(folder, false)).leftovers)
+    // A folder this user cannot list has nothing status could report or clean could remove.
+    for (const folder of folders) leftovers.push(...(await scanTemps(folder, false).catch(() => ({ leftovers: [] }))).leftovers)
     const report = {
       chain: config.chain,
       store: config.store.type === 'file' ? { type: 'file', path: storeFile } : { type: 'etcd', endpoints: config.store.endpoints },

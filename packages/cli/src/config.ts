@@ -2,7 +2,8 @@
  * The config file: which chain, which store, which root key. It holds no secret: passphrases,
  * tokens and credentials come from the environment (or a prompt) each time a command runs.
  */
-import { open, stat } from 'node:fs/promises'
+import { constants } from 'node:fs'
+import { access, open, stat } from 'node:fs/promises'
 import { dirname, isAbsolute, join, relative, resolve } from 'node:path'
 import process from 'node:process'
 import { KeyChain, checkServerUrl, kekAad, type ChainHead, type KeyChainOptions, type KeyStore, type RootKey, type Versioned } from '@kms-proxy/core'
@@ -74,6 +75,9 @@ export function resolveConfig(explicit: string | undefined): { path: string; imp
 
 const bad = (path: string, what: string) => new CliError(EXIT.MISSING, `config ${path}: ${what}`)
 
+/** A folder on a read-only mount (a Kubernetes ConfigMap volume is 0777 but mounted read-only): nobody can replace its files. */
+const readOnly = (folder: string): Promise<boolean> => access(folder, constants.W_OK).then(() => false, (error: { code?: string }) => error.code === 'EROFS')
+
 /**
  * A config decides where the environment's credentials go and which keys protect the data, so
  * only a file the invoking user (or root) controls is read: owned by them, not writable by
@@ -98,7 +102,9 @@ async function readTrusted(path: string): Promise<string> {
       if ((s.mode & 0o022) !== 0) throw bad(path, `writable by other users (mode ${(s.mode & 0o777).toString(8)}): chmod go-w it`)
       const folder = dirname(path)
       const d = await stat(folder)
-      if ((d.mode & 0o002) !== 0 && (d.mode & 0o1000) === 0) throw bad(path, `its folder ${folder} is writable by everyone without the sticky bit, so anyone may replace the file`)
+      if ((d.mode & 0o002) !== 0 && (d.mode & 0o1000) === 0 && !(await readOnly(folder))) {
+        throw bad(path, `its folder ${folder} is writable by everyone without the sticky bit, so anyone may replace the file`)
+      }
     }
     return await handle.readFile('utf8')
   } catch (error) {
@@ -354,11 +360,16 @@ export interface OpenedChain {
   store: KeyStore
 }
 
-/** The chain's head: EXIT.STORE if the store fails (whatever it throws), EXIT.MISSING if `init` never made the chain. */
-export async function chainHead(store: KeyStore, chain: string): Promise<Versioned<ChainHead>> {
-  const head = await store.getHead(chain).catch((error: unknown) => {
+/** The chain's head, if any; EXIT.STORE if the store fails, whatever it throws (an unreachable etcd throws a plain Error). */
+export function headOf(store: KeyStore, chain: string): Promise<Versioned<ChainHead> | undefined> {
+  return store.getHead(chain).catch((error: unknown) => {
     throw new CliError(EXIT.STORE, `the store failed: ${(error as Error)?.message ?? 'error'}`)
   })
+}
+
+/** The chain's head (headOf); EXIT.MISSING if `init` never made the chain. */
+export async function chainHead(store: KeyStore, chain: string): Promise<Versioned<ChainHead>> {
+  const head = await headOf(store, chain)
   if (!head) throw new CliError(EXIT.MISSING, `chain "${chain}" is not in the store: run \`kms-proxy init\``)
   return head
 }

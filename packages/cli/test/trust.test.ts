@@ -3,7 +3,7 @@
  * repository, an unpacked archive, a folder others can write), not the environment or the
  * command line.
  */
-import { chmodSync, chownSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { createServer, type Server } from 'node:http'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -64,6 +64,24 @@ describe('which config files are trusted', () => {
     chmodSync(dir, 0o1777) // like /tmp: others may add files but not replace ours
     expect((await kp(dir, explicit)).code).toBe(EXIT.OK)
     chmodSync(dir, 0o755)
+  })
+
+  it('a config in a 0777 folder on a read-only mount (how Kubernetes mounts a ConfigMap) is accepted; the same folder writable is refused', async () => {
+    const source = folderWith('configmap-source', baseConfig)
+    const mount = join(work.dir, 'configmap')
+    mkdirSync(mount)
+    // A private mount namespace (unshare -m): the tmpfs goes away with the process.
+    const inMount = (readOnly: boolean) =>
+      spawnCollect('unshare', ['-m', 'sh', '-c', `mount -t tmpfs -o mode=0777 none "$1" && cp "$2" "$1/kms-proxy.json" && ${readOnly ? 'mount -o remount,ro "$1" && ' : ''}exec "$3" "$4" status --config "$1/kms-proxy.json"`, 'sh', mount, join(source, 'kms-proxy.json'), process.execPath, bundle], {
+        cwd: work.dir,
+        env: { KMS_PROXY_PASSPHRASE: PASSPHRASE, ...WEAK_KDF_ENV },
+      })
+    const writable = await inMount(false)
+    expect(writable.code, writable.stderr).toBe(EXIT.MISSING)
+    expect(writable.stderr).toMatch(/its folder .*configmap is writable by everyone without the sticky bit/)
+    const readOnly = await inMount(true)
+    expect(readOnly.code, readOnly.stderr).toBe(EXIT.OK)
+    expect(readOnly.stdout.toString()).toMatch(/^chain {8}default$/m)
   })
 
   it('a config owned by another user is refused (root running a config chowned to nobody)', async () => {
@@ -128,7 +146,17 @@ describe('plain http and KDF cost', () => {
       expect(r.stderr, name).toMatch(new RegExp(`^kms-proxy status: config .*http-${name}/kms-proxy\\.json: ${field.replace(/[[\]]/g, '\\$&')}: plain http to [^ ]+ would expose credentials and keys on the network; use https:, or name the host in plainHttpHosts\\n$`))
       for (const secret of Object.values(env)) expect(r.stderr).not.toContain(secret)
     }
+    const initDir = join(work.dir, 'http-init')
+    mkdirSync(initDir)
+    const initArgs = ['init', '--store', 'etcd', '--etcd-endpoints', away, '--etcd-username', 'root', ...FAST_KDF]
+    const init = await kp(initDir, initArgs, { KMS_PROXY_ETCD_PASSWORD: 'etcd-secret-pw' })
+    expect(init.code).toBe(EXIT.USAGE)
+    expect(init.stderr).toMatch(/^kms-proxy init: store\.endpoints\[0\]: plain http to 0\.0\.0\.0 would expose credentials and keys on the network; use https:, or name the host with --plain-http-host\n/)
     expect(requests).toEqual([])
+    const initOptIn = await kp(initDir, [...initArgs, '--plain-http-host', '0.0.0.0'], { KMS_PROXY_ETCD_PASSWORD: 'etcd-secret-pw' })
+    expect(initOptIn.code, initOptIn.stderr).toBe(EXIT.STORE) // it reached the (fake) server
+    expect(requests.splice(0)).toContain('POST /v3/auth/authenticate')
+    expect(existsSync(join(initDir, 'kms-proxy.json'))).toBe(false)
     // The explicit opt-in: the host named in plainHttpHosts is contacted (and answers 503 here).
     const optIn = folderWith('http-opt-in', { ...baseConfig, store: { type: 'etcd', endpoints: [away], username: 'root' }, plainHttpHosts: ['0.0.0.0'] })
     const r = await kp(optIn, ['status', '--config', 'kms-proxy.json'], { KMS_PROXY_ETCD_PASSWORD: 'etcd-secret-pw' })
