@@ -94,7 +94,7 @@ it('SoftHSM2 through the PKCS#11 bridge: seeds encrypt and decrypt, key_id follo
   // The bridge goes away.
   await stopBridge()
   const down = await a.client.status()
-  expect(down.healthz).toMatch(/^unhealthy: ERR_ROOT_KEY: the PKCS#11 bridge did not answer at http:\/\/127\.0\.0\.1:\d+ \(.+\): is it running\?$/)
+  expect(down.healthz).toMatch(/^unhealthy: ERR_ROOT_KEY: the PKCS#11 bridge at http:\/\/127\.0\.0\.1:\d+: no answer \(.+\); is it running\?$/)
   expect(down.healthz).not.toContain(TOKEN)
   expect(down.key_id).toBe(e2.key_id)
   // Encrypt goes on under the cached primary KEK until a rotation is due; Decrypt of known KEKs too.
