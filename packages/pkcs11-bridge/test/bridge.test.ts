@@ -482,6 +482,7 @@ describe('tokens scoped to chain names', () => {
     expect(error).toBeInstanceOf(KmsProxyError)
     expect((error as KmsProxyError).code).toBe('ERR_ROOT_KEY')
     expect((error as KmsProxyError).retryable).toBe(false)
+    expect((error as KmsProxyError).message).toMatch(/refused this token for this key chain \(HTTP 403\)/)
     expect(`${String(error)} ${(error as Error).stack}`).not.toContain(ORDERS)
   })
 

@@ -88,6 +88,8 @@ function describe(status: number, body: { error?: unknown; message?: unknown }):
       return new RootKeyError(`${WHAT} refused the token (HTTP 401): check the bearer token`)
     case 'unwrap_failed':
       return new RootKeyError(`${WHAT} could not unwrap this KEK: wrong key, the wrapped KEK was altered, or the associated data differs`)
+    case 'forbidden':
+      return new RootKeyError(`${WHAT} refused this token for this key chain (HTTP 403): the token is scoped to other chains`)
     case 'key_missing':
       return new RootKeyError(`${WHAT} reports that its key is missing on the token${typeof body.message === 'string' ? `: ${body.message}` : ''}`)
   }
