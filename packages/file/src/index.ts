@@ -2,21 +2,32 @@
  * A KeyStore in one JSON file, for the CLI, the demo and single-machine services on Node, Bun
  * and Deno (all three provide node:fs).
  *
- * Writes take a lock file (created with O_EXCL), read the file, change it, write a temporary
- * file, fsync it and rename it over the old one, so a reader sees the old or the new file and
- * never half of one, and a crash leaves the last complete file. Compare-and-swap and
- * put-if-absent happen under the lock, so they hold across processes on one machine.
+ * Every write takes the lock (see _lock.ts for the protocol and why takeover stays exclusive),
+ * reads the file, changes it, writes an exclusively created temporary file with a random name,
+ * fsyncs it, and, still provably holding the lock, renames it over the old file and fsyncs the
+ * folder. A reader sees the old or the new file and never half of one, a crash leaves the last
+ * complete file, and compare-and-swap and put-if-absent hold across processes on one machine.
  */
-import { open, readFile, rename, stat, unlink } from 'node:fs/promises'
-import process from 'node:process'
-import type { ChainHead, KekRecord, KeyStore, Versioned } from '@kms-proxy/core'
+import { readFile, rename, unlink } from 'node:fs/promises'
+import { StoreError, type ChainHead, type KekRecord, type KeyStore, type Versioned } from '@kms-proxy/core'
+import { acquireLock, commitAndRelease, stageFile, syncFolder, type LockOptions } from './_lock.js'
 
+/** Lock timing of a {@link fileStore}. */
 export interface FileStoreOptions {
-  /** Give up waiting for the lock after this long. Default 10 s. */
-  lockTimeoutMs?: number
-  /** A lock file older than this is left by a crashed process and is removed. Default 30 s. */
+  /**
+   * A lock file untouched for this long was left by a crashed process and is taken over. A live
+   * holder touches its lock every quarter of this. Default 10 s.
+   */
   staleLockMs?: number
+  /**
+   * Give up waiting for the lock after this long (a retryable `ERR_STORE`). Must be longer than
+   * `staleLockMs`, or a crashed process's lock would fail every caller instead of being taken
+   * over. Default 2 × `staleLockMs` + 10 s (30 s), which also covers a crash during a takeover.
+   */
+  lockTimeoutMs?: number
 }
+
+const FORMAT = 'kms-proxy-file-store/v1'
 
 interface StoredKek {
   createdAt: number
@@ -24,77 +35,105 @@ interface StoredKek {
   wrapped: string // base64
 }
 
-interface FileContents {
-  format: 'kms-proxy-file-store/v1'
-  chains: Record<string, { head?: { value: ChainHead; version: string }; keks: Record<string, StoredKek> }>
+interface StoredChain {
+  head?: { value: ChainHead; version: string }
+  keks: Map<string, StoredKek>
 }
 
-const EMPTY = (): FileContents => ({ format: 'kms-proxy-file-store/v1', chains: {} })
+/** Maps, not plain objects: a chain named `__proto__` or `constructor` is just a name. */
+type Contents = Map<string, StoredChain>
 
+const isObject = (x: unknown): x is Record<string, unknown> => typeof x === 'object' && x !== null && !Array.isArray(x)
+
+function parse(raw: string, path: string): Contents {
+  const notAStore = () => new StoreError(`fileStore: ${path} is not a kms-proxy file store`)
+  let parsed: unknown
+  try {
+    parsed = JSON.parse(raw)
+  } catch {
+    throw notAStore()
+  }
+  if (!isObject(parsed) || parsed.format !== FORMAT || !isObject(parsed.chains)) throw notAStore()
+  const contents: Contents = new Map()
+  // JSON.parse makes every key an own property, "__proto__" included; Object.entries sees them all.
+  for (const [name, chain] of Object.entries(parsed.chains)) {
+    if (!isObject(chain) || !isObject(chain.keks)) throw notAStore()
+    contents.set(name, {
+      ...(chain.head === undefined ? {} : { head: chain.head as StoredChain['head'] }),
+      keks: new Map(Object.entries(chain.keks as Record<string, StoredKek>)),
+    })
+  }
+  return contents
+}
+
+function serialize(contents: Contents): string {
+  // Object.fromEntries defines own properties, so "__proto__" stays a key and sets no prototype.
+  const chains = Object.fromEntries(
+    [...contents].map(([name, c]) => [name, { ...(c.head ? { head: c.head } : {}), keks: Object.fromEntries(c.keks) }]),
+  )
+  return JSON.stringify({ format: FORMAT, chains })
+}
+
+/**
+ * A {@link KeyStore} in the JSON file at `path` (created on the first write, mode 0600), shared
+ * safely by processes on one machine; next to it live `path.lock` and, during a takeover,
+ * `path.lock.break`. Not for network file systems.
+ */
 export function fileStore(path: string, options: FileStoreOptions = {}): KeyStore {
   if (typeof path !== 'string' || path.length === 0) throw new TypeError('fileStore: expected a file path')
-  const lockTimeoutMs = options.lockTimeoutMs ?? 10_000
-  const staleLockMs = options.staleLockMs ?? 30_000
+  const staleLockMs = options.staleLockMs ?? 10_000
+  if (typeof staleLockMs !== 'number' || !Number.isFinite(staleLockMs) || staleLockMs < 0) {
+    throw new RangeError('fileStore: staleLockMs must be a finite number of milliseconds >= 0')
+  }
+  const lockTimeoutMs = options.lockTimeoutMs ?? 2 * staleLockMs + 10_000
+  if (typeof lockTimeoutMs !== 'number' || !Number.isFinite(lockTimeoutMs) || lockTimeoutMs <= staleLockMs) {
+    throw new RangeError('fileStore: lockTimeoutMs must be longer than staleLockMs, or a crashed process\'s lock is never taken over')
+  }
+  const lock: LockOptions = { staleMs: staleLockMs, timeoutMs: lockTimeoutMs }
   const lockPath = `${path}.lock`
 
-  async function load(): Promise<FileContents> {
-    let raw: string
+  async function load(): Promise<Contents> {
     try {
-      raw = await readFile(path, 'utf8')
+      return parse(await readFile(path, 'utf8'), path)
     } catch (error) {
-      if ((error as { code?: string }).code === 'ENOENT') return EMPTY()
+      if ((error as { code?: string }).code === 'ENOENT') return new Map()
       throw error
-    }
-    const parsed = JSON.parse(raw) as FileContents
-    if (parsed?.format !== 'kms-proxy-file-store/v1' || typeof parsed.chains !== 'object') {
-      throw new Error(`fileStore: ${path} is not a kms-proxy file store`)
-    }
-    return parsed
-  }
-
-  async function lock(): Promise<() => Promise<void>> {
-    const started = Date.now()
-    for (let wait = 2; ; wait = Math.min(wait * 2, 50)) {
-      try {
-        const handle = await open(lockPath, 'wx')
-        await handle.writeFile(`${process.pid} ${new Date().toISOString()}\n`)
-        await handle.close()
-        return () => unlink(lockPath).catch(() => {})
-      } catch (error) {
-        if ((error as { code?: string }).code !== 'EEXIST') throw error
-      }
-      try {
-        if (Date.now() - (await stat(lockPath)).mtimeMs > staleLockMs) await unlink(lockPath).catch(() => {})
-      } catch {
-        // The holder just released it.
-      }
-      if (Date.now() - started > lockTimeoutMs) throw new Error(`fileStore: timed out waiting for ${lockPath}`)
-      await new Promise((resolve) => setTimeout(resolve, wait))
     }
   }
 
   /** Runs `change` on the current contents under the lock; writes only if it returns true. */
-  async function update(change: (contents: FileContents) => boolean): Promise<boolean> {
-    const release = await lock()
+  async function update(change: (contents: Contents) => boolean): Promise<boolean> {
+    const held = await acquireLock(lockPath, lock)
+    let staged: string | undefined
     try {
       const contents = await load()
-      if (!change(contents)) return false
-      const temporary = `${path}.${process.pid}.${Date.now()}.tmp`
-      const handle = await open(temporary, 'w', 0o600)
-      try {
-        await handle.writeFile(JSON.stringify(contents))
-        await handle.sync()
-      } finally {
-        await handle.close()
-      }
-      await rename(temporary, path)
-      return true
+      const changed = change(contents)
+      if (changed) staged = await stageFile(path, serialize(contents))
+      await commitAndRelease(
+        held,
+        lock,
+        staged === undefined
+          ? undefined
+          : async () => {
+              await rename(staged!, path)
+              staged = undefined
+              await syncFolder(path)
+            },
+      )
+      return changed
     } finally {
-      await release()
+      // After a failure before the commit (an unreadable file, a full disk): release under the
+      // breaker too, falling back to a plain release if even the breaker cannot be had.
+      if (!held.released) await commitAndRelease(held, lock).catch(() => held.release())
+      if (staged !== undefined) await unlink(staged).catch(() => {})
     }
   }
 
-  const chainOf = (contents: FileContents, chain: string) => (contents.chains[chain] ??= { keks: {} })
+  const chainOf = (contents: Contents, chain: string): StoredChain => {
+    let c = contents.get(chain)
+    if (!c) contents.set(chain, (c = { keks: new Map() }))
+    return c
+  }
   const toRecord = (id: number, k: StoredKek): KekRecord => ({
     id,
     createdAt: k.createdAt,
@@ -106,7 +145,7 @@ export function fileStore(path: string, options: FileStoreOptions = {}): KeyStor
     atomic: true,
     embedsKeks: false,
     async getHead(chain): Promise<Versioned<ChainHead> | undefined> {
-      return (await load()).chains[chain]?.head
+      return (await load()).get(chain)?.head
     },
     async casHead(chain, expected, next) {
       return update((contents) => {
@@ -118,24 +157,24 @@ export function fileStore(path: string, options: FileStoreOptions = {}): KeyStor
       })
     },
     async getKek(chain, id) {
-      const k = (await load()).chains[chain]?.keks[String(id)]
+      const k = (await load()).get(chain)?.keks.get(String(id))
       return k && toRecord(id, k)
     },
     async putKekIfAbsent(chain, record) {
       return update((contents) => {
         const c = chainOf(contents, chain)
-        if (c.keks[String(record.id)]) return false
-        c.keks[String(record.id)] = {
+        if (c.keks.has(String(record.id))) return false
+        c.keks.set(String(record.id), {
           createdAt: record.createdAt,
           rootKind: record.rootKind,
           wrapped: btoa(String.fromCharCode(...record.wrapped)),
-        }
+        })
         return true
       })
     },
     async listKeks(chain) {
-      const keks = (await load()).chains[chain]?.keks ?? {}
-      return Object.entries(keks).map(([id, k]) => toRecord(Number(id), k))
+      const keks = (await load()).get(chain)?.keks ?? new Map<string, StoredKek>()
+      return [...keks].map(([id, k]) => toRecord(Number(id), k))
     },
   }
 }

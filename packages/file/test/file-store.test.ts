@@ -1,6 +1,6 @@
 import { afterAll, expect, it } from 'vitest'
 import { spawn } from 'node:child_process'
-import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs'
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createHarness, describeStore } from '@kms-proxy/testkit'
@@ -59,7 +59,7 @@ it('4 Node processes share one file store: no KEK over its limit, nothing lost, 
   for (const id of perKek.keys()) expect(stored.some((r) => r.id === id)).toBe(true)
   const head = await fileStore(path).getHead('default')
   expect(head!.value.leased).toBeLessThanOrEqual(100)
-  expect(existsSync(`${path}.lock`)).toBe(false)
+  expect(readdirSync(dir).filter((f) => f.startsWith('shared.json.')), 'lock, breaker or temporary files left behind').toEqual([])
   const input = join(dir, 'input.json')
   writeFileSync(input, JSON.stringify(all))
   const decrypted = await run('node', [path, 'decrypt', '0', '100'], { KMS_PROXY_INPUT: input })
@@ -83,22 +83,44 @@ it('Node, Bun and Deno read and write the same file store', async () => {
   expect(JSON.parse(readFileSync(path, 'utf8')).format).toBe('kms-proxy-file-store/v1')
 }, 60_000)
 
-it('a stale lock left by a crashed process is taken over; a live one times out with a clear error', async () => {
-  const path = join(dir, 'locked.json')
-  writeFileSync(`${path}.lock`, '12345 crashed\n')
-  const stale = fileStore(path, { staleLockMs: 0 })
-  expect(await stale.casHead('c', undefined, { primary: 1, primaryCreatedAt: 1, leased: 0 })).toBe(true)
-  writeFileSync(`${path}.lock`, 'live\n')
-  const patient = fileStore(path, { lockTimeoutMs: 100, staleLockMs: 60_000 })
-  await expect(patient.putKekIfAbsent('c', { id: 1, createdAt: 1, rootKind: 'aes', wrapped: new Uint8Array(3) })).rejects.toThrow(/timed out waiting/)
-  rmSync(`${path}.lock`)
-})
-
 it('a file that is not a store is refused, not overwritten', async () => {
   const path = join(dir, 'other.json')
   writeFileSync(path, '{"hello":"world"}')
   await expect(fileStore(path).getHead('c')).rejects.toThrow(/not a kms-proxy file store/)
+  await expect(fileStore(path).getHead('c')).rejects.toMatchObject({ code: 'ERR_STORE' })
   await expect(fileStore(path).casHead('c', undefined, { primary: 1, primaryCreatedAt: 1, leased: 0 })).rejects.toThrow(/not a kms-proxy file store/)
   expect(readFileSync(path, 'utf8')).toBe('{"hello":"world"}')
   expect(() => fileStore('')).toThrow(TypeError)
+  for (const bad of ['not json', '{"format":"kms-proxy-file-store/v1","chains":[]}', '{"format":"kms-proxy-file-store/v1","chains":{"c":{"keks":null}}}']) {
+    writeFileSync(path, bad)
+    await expect(fileStore(path).putKekIfAbsent('c', { id: 1, createdAt: 1, rootKind: 'aes', wrapped: new Uint8Array(3) })).rejects.toMatchObject({ code: 'ERR_STORE' })
+    expect(readFileSync(path, 'utf8')).toBe(bad)
+  }
+  expect(existsSync(`${path}.lock`)).toBe(false)
+})
+
+it('chain names such as __proto__, constructor and hasOwnProperty are names like any other', async () => {
+  const path = join(dir, 'names.json')
+  const names = ['__proto__', 'constructor', 'hasOwnProperty', 'toString', 'valueOf', 'prototype', 'keks', 'head']
+  const store = fileStore(path)
+  for (const [i, name] of names.entries()) {
+    expect(await store.getHead(name), name).toBeUndefined()
+    expect(await store.listKeks(name), name).toEqual([])
+    expect(await store.getKek(name, i + 1), name).toBeUndefined()
+    expect(await store.putKekIfAbsent(name, { id: i + 1, createdAt: i, rootKind: 'aes', wrapped: new Uint8Array([i]) }), name).toBe(true)
+    expect(await store.putKekIfAbsent(name, { id: i + 1, createdAt: i, rootKind: 'aes', wrapped: new Uint8Array([99]) }), name).toBe(false)
+    expect(await store.casHead(name, undefined, { primary: i + 1, primaryCreatedAt: i, leased: i }), name).toBe(true)
+    expect(await store.casHead(name, undefined, { primary: 0, primaryCreatedAt: 0, leased: 0 }), name).toBe(false)
+  }
+  const reopened = fileStore(path)
+  for (const [i, name] of names.entries()) {
+    expect(await reopened.getHead(name), name).toEqual({ value: { primary: i + 1, primaryCreatedAt: i, leased: i }, version: '1' })
+    expect((await reopened.listKeks(name)).map((r) => [r.id, [...r.wrapped]]), name).toEqual([[i + 1, [i]]])
+    expect((await reopened.getKek(name, i + 1))?.createdAt, name).toBe(i)
+  }
+  expect(await reopened.getHead('__defineGetter__')).toBeUndefined()
+  // Stored as keys of the file, nothing leaked onto Object.prototype.
+  expect(Object.keys(JSON.parse(readFileSync(path, 'utf8')).chains).sort()).toEqual([...names].sort())
+  expect(({} as Record<string, unknown>).head).toBeUndefined()
+  expect(({} as Record<string, unknown>).keks).toBeUndefined()
 })
