@@ -425,6 +425,7 @@ ${CONFIG_HELP}
     // A folder this user cannot list has nothing status could report or clean could remove.
     for (const folder of folders) leftovers.push(...(await scanTemps(folder, false).catch(() => ({ leftovers: [] }))).leftovers)
     const report = {
+      config: file,
       chain: config.chain,
       store: config.store.type === 'file' ? { type: 'file', path: storeFile } : { type: 'etcd', endpoints: config.store.endpoints },
       rootKey: { type: config.rootKey.type },
@@ -441,6 +442,7 @@ ${CONFIG_HELP}
     }
     const now = Date.now()
     const where = report.store.type === 'file' ? `file ${storeFile}` : `etcd ${config.store.type === 'etcd' ? config.store.endpoints.join(',') : ''}`
+    out(`config       ${file}`)
     out(`chain        ${config.chain}`)
     out(`store        ${where}`)
     out(`root key     ${config.rootKey.type}${config.rootKey.type === 'passphrase' ? ` (${config.rootKey.kdf ?? 'pbkdf2'})` : ''}`)

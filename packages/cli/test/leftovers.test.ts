@@ -25,6 +25,7 @@ async function kp(cwd: string, args: string[], options: { input?: Uint8Array | s
 /** A child that writes an output file and waits for more input (its stdin stays open). */
 function writer(cwd: string, args: string[]): ChildProcess {
   const child = spawn(process.execPath, [bundle, ...args], { cwd, env: { PATH: process.env.PATH, ...ENV }, stdio: ['pipe', 'ignore', 'ignore'] })
+  child.stdin!.on('error', () => {}) // input still buffered when the child is killed: EPIPE, expected
   children.push(child)
   return child
 }
@@ -88,6 +89,9 @@ describe('leftovers of a killed command', () => {
     const json = JSON.parse((await kp(dir, ['status', '--json'])).stdout.toString())
     expect(json.leftovers).toEqual([{ path: join(dir, leftover!), bytes: written.length, pid: killed.pid, modifiedAt: expect.any(Number) }])
 
+    const rewrap = await kp(dir, ['rewrap', dir, '--json'])
+    expect(rewrap.code, rewrap.stderr).toBe(EXIT.OK)
+    expect(rewrap.stderr).toBe(`kms-proxy rewrap: 1 leftover temporary file under ${dir} from a killed command: kms-proxy clean ${dir}\n`)
     const clean = await kp(dir, ['clean', dir])
     expect(clean.code, clean.stderr).toBe(EXIT.OK)
     expect(clean.stdout.toString()).toBe(`removed ${join(dir, leftover!)}\nremoved 1 leftover temporary file; 1 in use by a running command (left alone)\n`)

@@ -100,6 +100,7 @@ describe('which config files are trusted', () => {
     expect(local.stderr).toBe(`kms-proxy: using ${join(chainDir, 'kms-proxy.json')} found in the working folder (name a config with --config or KMS_PROXY_CONFIG)\n`)
     const named = await kp(chainDir, ['status', '--config', 'kms-proxy.json'])
     expect(named.stderr).toBe('')
+    expect(named.stdout.toString()).toMatch(new RegExp(`^config {7}${join(chainDir, 'kms-proxy.json').replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\n`)) // status names it too
     const viaEnv = await kp(work.dir, ['status'], { KMS_PROXY_CONFIG: join(chainDir, 'kms-proxy.json') })
     expect(viaEnv.stderr).toBe('')
 
