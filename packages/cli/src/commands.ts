@@ -381,7 +381,7 @@ const DEFAULT_MAX_WRAPS = 2 ** 21
 const DEFAULT_MAX_AGE_MS = 7 * 86_400_000
 
 const status: Command = {
-  summary: 'show the chain: KEKs, usage, root-key calls',
+  summary: 'show the config and chain: KEKs, usage, root-key calls, leftovers',
   help: `Usage: kms-proxy status [--check] [--json]
 
 Reads the chain from the store: its KEKs, which is primary, how many of the primary's uses are

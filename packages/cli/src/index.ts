@@ -26,8 +26,9 @@ ${Object.entries(COMMANDS)
   .join('\n')}
 
 Run \`kms-proxy <command> --help\` for its options. Exit codes: 0 ok, 1 internal error, 2 usage,
-3 config missing or refused, or chain missing, 4 root key refused (wrong passphrase), 5 tampered or not kms-proxy
-data, 6 root key unreachable, 7 store failed, 8 unknown KEK, 9 file error, 10 package missing.`
+3 config missing or refused, or chain missing, 4 root key refused (wrong passphrase), 5 tampered
+or not kms-proxy data, 6 root key unreachable, 7 store failed, 8 unknown KEK, 9 file error,
+10 package missing.`
 }
 
 /** Runs one command line (without the program name) and resolves to the exit code. Never throws. */
