@@ -124,12 +124,10 @@ export async function acquireLock(path: string, options: LockOptions, deadline =
     await unlink(staging).catch(() => {})
     if (!linked) await handle.close()
   }
-  const beat = options.staleMs >= 100
-    ? setInterval(() => {
-        const now = new Date()
-        handle.utimes(now, now).catch(() => {})
-      }, options.staleMs / 4)
-    : undefined
+  const beat = setInterval(() => {
+    const now = new Date()
+    handle.utimes(now, now).catch(() => {})
+  }, Math.max(options.staleMs / 4, 10))
   let released = false
   const owned = async () => (await inspect(path))?.identity === identity
   return {

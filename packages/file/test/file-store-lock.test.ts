@@ -26,7 +26,7 @@ async function waitFor(condition: () => boolean, what: string) {
   for (const started = Date.now(); !condition(); await sleep(10)) if (Date.now() - started > 10_000) throw new Error(`timed out waiting for ${what}`)
 }
 
-it('a crashed process\'s lock is taken over, at once when old, after staleLockMs when fresh', async () => {
+it('a crashed process\'s lock is taken over, at once when old, after staleLockMs when fresh, and so is a crashed breaker', async () => {
   const path = join(dir, 'crashed.json')
   writeFileSync(`${path}.lock`, '12345 crashed\n')
   const anHourAgo = new Date(Date.now() - 3_600_000)
@@ -38,6 +38,13 @@ it('a crashed process\'s lock is taken over, at once when old, after staleLockMs
   expect(await fileStore(path, { staleLockMs: 1_500 }).putKekIfAbsent('c', record(1))).toBe(true)
   expect(Date.now() - started).toBeGreaterThanOrEqual(1_400)
   expect(await fileStore(path).listKeks('c')).toHaveLength(1)
+  // A process that crashed in the middle of a takeover left the breaker too: both are taken over.
+  for (const left of [`${path}.lock`, `${path}.lock.break`]) {
+    writeFileSync(left, 'crashed\n')
+    utimesSync(left, anHourAgo, anHourAgo)
+  }
+  expect(await fileStore(path).putKekIfAbsent('c', record(2))).toBe(true)
+  expect(await fileStore(path).listKeks('c')).toHaveLength(2)
   expect(leftovers('crashed.json')).toEqual([])
 })
 
