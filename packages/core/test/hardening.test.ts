@@ -1,10 +1,11 @@
 // Findings of the security review (issue 11) that live in core: each test failed on the code
 // before its fix.
-import { describe, expect, it } from 'vitest'
+import { describe, expect, it, vi } from 'vitest'
 import {
   KeyChain,
   KmsProxyError,
   RootKeyError,
+  StoreError,
   aesRootKey,
   embeddedStore,
   memoryStore,
@@ -183,5 +184,55 @@ describe('strings that are not well-formed (finding 7) and the byte order mark (
       expect(await chain.decryptText(await chain.encryptText('x', { associatedData: s }), { associatedData: s })).toBe('x')
     }
     expect([...(await chain.decrypt(await chain.encrypt('\uFEFF')))]).toEqual([0xef, 0xbb, 0xbf])
+  })
+})
+
+describe('what the failure memory forgets', () => {
+  it('a store that failed for good while reading a KEK is asked again; a refusal is believed for 60 s only', async () => {
+    const inner = memoryStore()
+    let deny = true
+    const store: KeyStore = {
+      ...inner,
+      atomic: inner.atomic,
+      embedsKeks: inner.embedsKeks,
+      getKek: (c, id) => (deny ? Promise.reject(new StoreError('etcd: permission denied', { retryable: false })) : inner.getKek(c, id)),
+    }
+    const writer = await KeyChain.open({ rootKey: aesRootKey(ROOT_BYTES), store: inner })
+    const encrypted = await writer.encrypt('x')
+    const reader = await KeyChain.open({ rootKey: aesRootKey(ROOT_BYTES), store })
+    await expectCode(reader.decrypt(encrypted), 'ERR_STORE')
+    deny = false
+    expect(text(await reader.decrypt(encrypted))).toBe('x')
+  })
+
+  it('a root key\'s refusal is asked again after 60 s (a key policy mended)', async () => {
+    const store = memoryStore()
+    const writer = await KeyChain.open({ rootKey: aesRootKey(ROOT_BYTES), store })
+    const encrypted = await writer.encrypt('x')
+    let refuse = true
+    let calls = 0
+    const inner = aesRootKey(ROOT_BYTES)
+    const rootKey: RootKey = {
+      kind: 'kms',
+      newKek: (aad) => inner.newKek(aad),
+      unwrapKek: (w, a) => (calls++, refuse ? Promise.reject(new RootKeyError('AccessDeniedException')) : inner.unwrapKek(w, a)),
+    }
+    const reader = await KeyChain.open({ rootKey, store })
+    const now = Date.now()
+    const clock = vi.spyOn(Date, 'now')
+    try {
+      clock.mockReturnValue(now)
+      for (let i = 0; i < 10; i++) await expectCode(reader.decrypt(encrypted), 'ERR_ROOT_KEY')
+      expect(calls).toBe(1)
+      refuse = false
+      clock.mockReturnValue(now + 59_000)
+      await expectCode(reader.decrypt(encrypted), 'ERR_ROOT_KEY')
+      expect(calls).toBe(1)
+      clock.mockReturnValue(now + 61_000)
+      expect(text(await reader.decrypt(encrypted))).toBe('x')
+      expect(calls).toBe(2)
+    } finally {
+      clock.mockRestore()
+    }
   })
 })

@@ -46,6 +46,12 @@ const FAILURE_MEMORY = 256
  * that are only eventually consistent, where a new record may arrive late.
  */
 const UNKNOWN_KEK_MS = 5_000
+/**
+ * How long a root key's refusal is believed. A planted or corrupt KEK is refused the same way
+ * every time; the bound is for refusals an operator can mend (a KMS key policy, a bridge token's
+ * scope), which a long-running process should notice without a restart.
+ */
+const REFUSED_KEK_MS = 60_000
 
 export class KekSource {
   readonly #name: string
@@ -57,6 +63,7 @@ export class KekSource {
   /**
    * Non-retryable failures by the same key: a planted or corrupt KEK record is immutable, so it
    * fails the same way every time, and must not cost a (billed) root-key call per message.
+   * Bounded in count (FAILURE_MEMORY) and in time (REFUSED_KEK_MS, UNKNOWN_KEK_MS).
    */
   readonly #failed = new Lru<string, { error: KmsProxyError; until: number }>(FAILURE_MEMORY)
   readonly entries = new Map<number, KekEntry>()
@@ -115,9 +122,9 @@ export class KekSource {
     this.#keks.set(cacheKey, loading)
     loading.catch((error: unknown) => {
       if (this.#keks.get(cacheKey) === loading) this.#keks.delete(cacheKey)
-      if (isKmsProxyError(error) && !error.retryable) {
-        const until = error.code === 'ERR_UNKNOWN_KEK' ? Date.now() + UNKNOWN_KEK_MS : Infinity
-        this.#failed.set(cacheKey, { error, until })
+      // Only what the KEK itself caused: a store that failed (even for good) is asked again.
+      if (isKmsProxyError(error) && !error.retryable && (error.code === 'ERR_ROOT_KEY' || error.code === 'ERR_UNKNOWN_KEK')) {
+        this.#failed.set(cacheKey, { error, until: Date.now() + (error.code === 'ERR_UNKNOWN_KEK' ? UNKNOWN_KEK_MS : REFUSED_KEK_MS) })
       }
     })
     return loading
