@@ -21,7 +21,7 @@
  *
  * No `node:` imports: only fetch, TextEncoder/TextDecoder, btoa/atob.
  */
-import { HttpExchangeError, checkServerUrl, httpExchange, type ChainHead, type KekRecord, type KeyStore, type Versioned } from '@kms-proxy/core'
+import { HttpExchangeError, StoreError, checkServerUrl, httpExchange, type ChainHead, type KekRecord, type KeyStore, type Versioned } from '@kms-proxy/core'
 
 /** Options of {@link etcdStore}. */
 export interface EtcdStoreOptions {
@@ -102,7 +102,7 @@ const isRevision = (v: unknown): v is string => typeof v === 'string' && /^[1-9]
 function checkHead(v: unknown): ChainHead {
   const h = v as Partial<ChainHead> | null
   if (!h || typeof h !== 'object' || !isU32(h.primary) || !isTime(h.primaryCreatedAt) || !isCount(h.leased)) {
-    throw new Error('etcd store: the chain head is malformed')
+    throw new StoreError('etcd store: the chain head is malformed')
   }
   return Object.freeze({ primary: h.primary, primaryCreatedAt: h.primaryCreatedAt, leased: h.leased })
 }
@@ -128,14 +128,14 @@ interface Kv {
   mod_revision?: string
 }
 
-class EtcdHttpError extends Error {
+/** An answer etcd refused (permission denied, a bad request): a typed, non-retryable ERR_STORE. */
+class EtcdHttpError extends StoreError {
   constructor(
     message: string,
     readonly status: number,
     readonly auth: boolean,
   ) {
-    super(message)
-    this.name = 'EtcdError'
+    super(message, { retryable: false })
   }
 }
 
@@ -213,18 +213,18 @@ export function etcdStore(options: EtcdStoreOptions): EtcdStore {
         down.push(error.message)
       }
     }
-    throw new Error(`etcd ${path}: no endpoint answered (${down.join('; ')})`)
+    throw new StoreError(`etcd ${path}: no endpoint answered (${down.join('; ')})`, { retryable: true })
   }
 
   function authenticate(): Promise<string> {
     authenticating ??= (async () => {
       try {
         const r = await call('/v3/auth/authenticate', { name: username, password }, undefined)
-        if (typeof r.token !== 'string' || r.token.length === 0) throw new Error('etcd /v3/auth/authenticate returned no token')
+        if (typeof r.token !== 'string' || r.token.length === 0) throw new StoreError('etcd /v3/auth/authenticate returned no token')
         token = r.token
         return r.token
       } catch (error) {
-        if (error instanceof EtcdHttpError) throw new Error(`etcd authentication as ${JSON.stringify(username)} failed: HTTP ${error.status} (wrong username or password?)`)
+        if (error instanceof EtcdHttpError) throw new StoreError(`etcd authentication as ${JSON.stringify(username)} failed: HTTP ${error.status} (wrong username or password?)`)
         throw error
       } finally {
         authenticating = undefined
@@ -258,7 +258,7 @@ export function etcdStore(options: EtcdStoreOptions): EtcdStore {
     if (rangeEnd !== undefined) body.range_end = rangeEnd
     const r = await request('/v3/kv/range', body)
     const kvs = r.kvs ?? []
-    if (!Array.isArray(kvs)) throw new Error('etcd /v3/kv/range: malformed answer')
+    if (!Array.isArray(kvs)) throw new StoreError('etcd /v3/kv/range: malformed answer')
     return kvs as Kv[]
   }
 
@@ -278,13 +278,13 @@ export function etcdStore(options: EtcdStoreOptions): EtcdStore {
     try {
       r = JSON.parse(valueOf(kv))
     } catch {
-      throw new Error(`etcd store: the KEK record ${hex8(id)} is not JSON`)
+      throw new StoreError(`etcd store: the KEK record ${hex8(id)} is not JSON`)
     }
     if (r?.id !== id || !isTime(r.createdAt) || typeof r.rootKind !== 'string' || typeof r.wrapped !== 'string') {
-      throw new Error(`etcd store: the KEK record ${hex8(id)} is malformed`)
+      throw new StoreError(`etcd store: the KEK record ${hex8(id)} is malformed`)
     }
     const wrapped = fromBase64(r.wrapped)
-    if (wrapped.length === 0) throw new Error(`etcd store: the KEK record ${hex8(id)} is malformed`)
+    if (wrapped.length === 0) throw new StoreError(`etcd store: the KEK record ${hex8(id)} is malformed`)
     return Object.freeze({ id, createdAt: r.createdAt, rootKind: r.rootKind, wrapped })
   }
 
@@ -295,12 +295,12 @@ export function etcdStore(options: EtcdStoreOptions): EtcdStore {
     async getHead(chain): Promise<Versioned<ChainHead> | undefined> {
       const [kv] = await range(headKey(chain))
       if (!kv) return undefined
-      if (!isRevision(kv.mod_revision)) throw new Error('etcd store: the chain head has no mod_revision')
+      if (!isRevision(kv.mod_revision)) throw new StoreError('etcd store: the chain head has no mod_revision')
       let value: unknown
       try {
         value = JSON.parse(valueOf(kv))
       } catch {
-        throw new Error('etcd store: the chain head is not JSON')
+        throw new StoreError('etcd store: the chain head is not JSON')
       }
       return Object.freeze({ value: checkHead(value), version: kv.mod_revision })
     },

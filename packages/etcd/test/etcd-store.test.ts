@@ -54,6 +54,24 @@ describe.skipIf(!haveEtcd)('etcdStore on one etcd member', () => {
     expect((await store.listKeks('a')).map((r) => r.id)).toEqual([1])
   })
 
+  it('every failure of the store itself is a typed ERR_STORE: retryable when no endpoint answers, not when a record is malformed', async () => {
+    const prefix = uniquePrefix()
+    const down = await etcdStore({ endpoints: ['http://127.0.0.1:9'], prefix, timeoutMs: 500 }).getHead('c').catch((e: unknown) => e)
+    expect(down).toBeInstanceOf(KmsProxyError)
+    expect(down).toMatchObject({ code: 'ERR_STORE', retryable: true })
+    await gateway(etcd.urls[0]!, '/v3/kv/put', { key: b64(`${prefix}c/head`), value: b64('{"primary":"nope"}') })
+    await gateway(etcd.urls[0]!, '/v3/kv/put', { key: b64(`${prefix}c/kek/00000007`), value: b64('not json') })
+    const store = etcdStore({ endpoints: [etcd.urls[0]!], prefix })
+    for (const call of [store.getHead('c'), store.getKek('c', 7), store.listKeks('c')]) {
+      const error = await call.catch((e: unknown) => e)
+      expect(error).toBeInstanceOf(KmsProxyError)
+      expect(error).toMatchObject({ code: 'ERR_STORE', retryable: false })
+    }
+    // Through a chain, too: a malformed head is not worth retrying.
+    const chainError = await KeyChain.open({ rootKey: aesRootKey(ROOT), store, name: 'c' }).catch((e: unknown) => e)
+    expect(chainError).toMatchObject({ code: 'ERR_STORE', retryable: false })
+  })
+
   it('validates its arguments', () => {
     expect(() => etcdStore({ endpoints: [] })).toThrow(TypeError)
     expect(() => etcdStore({ endpoints: ['ftp://x'] })).toThrow(TypeError)
@@ -102,7 +120,8 @@ describe.skipIf(!haveEtcd)('etcdStore on one etcd member', () => {
     const error = await KeyChain.open({ store: none }).catch((x) => x)
     expect(error).toBeInstanceOf(KmsProxyError)
     expect(error.code).toBe('ERR_STORE')
-    expect(String(error.cause)).toMatch(/no endpoint answered.*127\.0\.0\.1:9/)
+    expect(error.message).toMatch(/no endpoint answered.*127\.0\.0\.1:9/)
+    expect(error.retryable).toBe(true)
   })
 
   it('a request that gets no answer times out and moves on', async () => {
@@ -221,8 +240,10 @@ describe.skipIf(!haveEtcd)('etcdStore with etcd auth enabled', () => {
       expect(error.code).toBe('ERR_STORE')
       errors.push(error)
     }
-    expect(String(errors[1]!.cause)).toMatch(/authentication as "app" failed/)
-    expect(String(errors[3]!.cause)).toMatch(/permission denied/)
+    // The store's own typed errors: wrong credentials and missing permissions are not retryable.
+    expect(errors[1]!.message).toMatch(/authentication as "app" failed/)
+    expect(errors[3]!.message).toMatch(/permission denied/)
+    for (const e of errors.slice(1)) expect((e as KmsProxyError).retryable).toBe(false)
     // The token of a working login must not leak either.
     const { token } = await gateway(url, '/v3/auth/authenticate', { name: 'app', password: APP_PASSWORD })
     for (const err of errors) {

@@ -13,7 +13,7 @@
  * Only wrapped KEK bytes are stored, never `CryptoKey` handles: see the README for why.
  */
 import { createStore, type UseStore } from 'idb-keyval'
-import type { ChainHead, KekRecord, KeyStore, Versioned } from '@kms-proxy/core'
+import { StoreError, type ChainHead, type KekRecord, type KeyStore, type Versioned } from '@kms-proxy/core'
 
 export interface IndexedDbStoreOptions {
   /** Store name; the database is `kms-proxy:${name}`. Every tab that opens the same name shares it. */
@@ -61,7 +61,7 @@ function readHead(raw: unknown): HeadValue | undefined {
   const r = raw as Partial<HeadValue> | null
   const h = r?.head as Partial<ChainHead> | undefined
   if (!r || r.v !== 1 || typeof r.version !== 'string' || !h || !isU32(h.primary) || !isTime(h.primaryCreatedAt) || !isCount(h.leased)) {
-    throw new Error('indexedDbStore: the chain head is malformed')
+    throw new StoreError('indexedDbStore: the chain head is malformed')
   }
   return { v: 1, version: r.version, head: Object.freeze({ primary: h.primary, primaryCreatedAt: h.primaryCreatedAt, leased: h.leased }) }
 }
@@ -70,7 +70,7 @@ function readKek(raw: unknown): KekRecord | undefined {
   if (raw === undefined) return undefined
   const r = raw as Partial<KekValue> | null
   if (!r || r.v !== 1 || !isU32(r.id) || !isTime(r.createdAt) || typeof r.rootKind !== 'string' || !(r.wrapped instanceof Uint8Array) || r.wrapped.length === 0) {
-    throw new Error('indexedDbStore: a KEK record is malformed')
+    throw new StoreError('indexedDbStore: a KEK record is malformed')
   }
   return Object.freeze({ id: r.id, createdAt: r.createdAt, rootKind: r.rootKind, wrapped: r.wrapped.slice() })
 }

@@ -11,7 +11,7 @@
  * No `node:` imports and no reference to the `Deno` global: both stores take the binding or the
  * `Deno.Kv` handle as an argument and run on workerd, Deno, Node and browsers alike.
  */
-import type { ChainHead, KekRecord, KeyStore, Versioned } from '@kms-proxy/core'
+import { StoreError, type ChainHead, type KekRecord, type KeyStore, type Versioned } from '@kms-proxy/core'
 
 // ------------------------------------------------------------------------------------ shared
 
@@ -46,17 +46,26 @@ const isU32 = (v: unknown): v is number => Number.isInteger(v) && (v as number) 
 const isCount = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0
 const isTime = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v)
 
+/** A stored value as JSON, or undefined: malformed data is the store's typed error, not a SyntaxError. */
+function parseJson(raw: string): unknown {
+  try {
+    return JSON.parse(raw)
+  } catch {
+    return undefined
+  }
+}
+
 function checkHead(v: unknown, where: string): ChainHead {
   const h = v as Partial<ChainHead> | null
   if (!h || typeof h !== 'object' || !isU32(h.primary) || !isTime(h.primaryCreatedAt) || !isCount(h.leased)) {
-    throw new Error(`${where}: the chain head is malformed`)
+    throw new StoreError(`${where}: the chain head is malformed`)
   }
   return Object.freeze({ primary: h.primary, primaryCreatedAt: h.primaryCreatedAt, leased: h.leased })
 }
 
 function checkRecord(id: number, createdAt: unknown, rootKind: unknown, wrapped: unknown, where: string): KekRecord {
   if (!isTime(createdAt) || typeof rootKind !== 'string' || !(wrapped instanceof Uint8Array) || wrapped.length === 0) {
-    throw new Error(`${where}: the KEK record ${id} is malformed`)
+    throw new StoreError(`${where}: the KEK record ${id} is malformed`)
   }
   return Object.freeze({ id, createdAt, rootKind, wrapped: wrapped.slice() })
 }
@@ -144,17 +153,17 @@ export function workersKvStore(namespace: WorkersKvNamespace, options: WorkersKv
   async function readHead(chain: string): Promise<KvHeadValue | undefined> {
     const raw = await namespace.get(headKey(chain), 'text')
     if (raw === null) return undefined
-    const parsed = JSON.parse(raw) as KvHeadValue
-    if (parsed?.v !== 1 || typeof parsed.version !== 'string') throw new Error('workersKvStore: the chain head is malformed')
+    const parsed = parseJson(raw) as KvHeadValue | undefined
+    if (parsed?.v !== 1 || typeof parsed.version !== 'string') throw new StoreError('workersKvStore: the chain head is malformed')
     return { v: 1, head: checkHead(parsed.head, 'workersKvStore'), version: parsed.version }
   }
 
   async function readKek(chain: string, id: number): Promise<KvKekValue | undefined> {
     const raw = await namespace.get(kekKey(chain, id), 'text')
     if (raw === null) return undefined
-    const parsed = JSON.parse(raw) as KvKekValue
+    const parsed = parseJson(raw) as KvKekValue | undefined
     if (parsed?.v !== 1 || parsed.id !== id || typeof parsed.wrapped !== 'string') {
-      throw new Error(`workersKvStore: the KEK record ${id} is malformed`)
+      throw new StoreError(`workersKvStore: the KEK record ${id} is malformed`)
     }
     return parsed
   }

@@ -2,7 +2,7 @@ import { afterAll, beforeAll, expect, it } from 'vitest'
 import { join } from 'node:path'
 import * as esbuild from 'esbuild'
 import { Miniflare } from 'miniflare'
-import { KeyChain, aesRootKey } from '@kms-proxy/core'
+import { KeyChain, KmsProxyError, aesRootKey } from '@kms-proxy/core'
 import { workersKvStore, type WorkersKvNamespace } from '../src/index.ts'
 import { locationView } from './workerd/kv-behaviour.ts'
 
@@ -109,3 +109,19 @@ it('model: 2, 4 and 8 instances on stale KV locations (5 ms, about one lease) lo
   }
   console.log(`workers KV model, leaseSize 10, staleness 5 ms:\n  ${rows.join('\n  ')}`)
 }, 30_000)
+
+it('a malformed record in the namespace is a typed, non-retryable ERR_STORE, not a SyntaxError', async () => {
+  const kv = (await mf.getKVNamespace('KEYS')) as unknown as NodeKv
+  const prefix = 'malformed-test:'
+  const store = workersKvStore(kv, { prefix })
+  await kv.put(`${prefix}bad-json:head`, '{not json')
+  await kv.put(`${prefix}bad-shape:head`, JSON.stringify({ v: 1, version: 'x', head: { primary: 'nope' } }))
+  await kv.put(`${prefix}bad-kek:kek:7`, '{"v":1,"id":7}')
+  for (const call of [store.getHead('bad-json'), store.getHead('bad-shape'), store.getKek('bad-kek', 7)]) {
+    const error = await call.catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(KmsProxyError)
+    expect(error).toMatchObject({ code: 'ERR_STORE', retryable: false })
+  }
+  const viaChain = await KeyChain.open({ rootKey: aesRootKey(new Uint8Array(32)), store, name: 'bad-json' }).catch((e: unknown) => e)
+  expect(viaChain).toMatchObject({ code: 'ERR_STORE', retryable: false })
+})
