@@ -28,7 +28,7 @@
  * stalls for more than about 3/4 of `staleMs` while holding the breaker can see its breaker
  * taken over. Every lock age is the file system's mtime against this machine's clock.
  */
-import { link, open, unlink, type FileHandle } from 'node:fs/promises'
+import { link, open, stat, unlink, type FileHandle } from 'node:fs/promises'
 import { dirname } from 'node:path'
 import { StoreError } from '@kms-proxy/core'
 
@@ -210,8 +210,23 @@ export async function syncFolder(path: string): Promise<void> {
 /** Writes `data` to a new, exclusively created file with a random name next to `path`, fsynced; returns its name. */
 export async function stageFile(path: string, data: string): Promise<string> {
   const staged = `${path}.${randomName()}.tmp`
+  const current = await stat(path).catch(() => undefined)
   const handle = await createExclusive(staged, data)
   try {
+    if (current) {
+      // The new copy replaces the old file: give it the old one's mode, and its owner and group
+      // where this process may (root may; others keep their own), so that a store belonging to
+      // a service is still the service's after root rotated it.
+      // (Compared with the new file's own owner, not the process's ids: Deno asks for --allow-sys
+      // to tell a process its uid.)
+      await handle.chmod(current.mode & 0o7777)
+      const mine = await handle.stat()
+      if (current.uid !== mine.uid || current.gid !== mine.gid) {
+        await handle.chown(current.uid, current.gid).catch((error: { code?: string }) => {
+          if (error.code !== 'EPERM' && error.code !== 'EINVAL') throw error
+        })
+      }
+    }
     await handle.sync()
   } catch (error) {
     await unlink(staged).catch(() => {})

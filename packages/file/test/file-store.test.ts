@@ -1,6 +1,6 @@
 import { afterAll, expect, it } from 'vitest'
 import { spawn } from 'node:child_process'
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { chmodSync, chownSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createHarness, describeStore } from '@kms-proxy/testkit'
@@ -123,4 +123,25 @@ it('chain names such as __proto__, constructor and hasOwnProperty are names like
   expect(Object.keys(JSON.parse(readFileSync(path, 'utf8')).chains).sort()).toEqual([...names].sort())
   expect(({} as Record<string, unknown>).head).toBeUndefined()
   expect(({} as Record<string, unknown>).keks).toBeUndefined()
+})
+
+it('a write keeps the store file\'s owner, group and mode (a service\'s store touched by root stays the service\'s)', async () => {
+  // Runs as root here and in CI: root may give a file away, which is what the store must do.
+  expect(process.getuid?.(), 'this test needs root, to own a file as nobody').toBe(0)
+  const dir = mkdtempSync(join(tmpdir(), 'kp-file-owner-'))
+  try {
+    const path = join(dir, 'keys.json')
+    const store = fileStore(path)
+    await store.putKekIfAbsent('c', { id: 1, createdAt: 1, rootKind: 'aes', wrapped: new Uint8Array([1, 2, 3]) })
+    const NOBODY = 65534
+    chownSync(path, NOBODY, NOBODY)
+    chmodSync(path, 0o640)
+    expect(await store.putKekIfAbsent('c', { id: 2, createdAt: 2, rootKind: 'aes', wrapped: new Uint8Array([4]) })).toBe(true)
+    expect(await store.casHead('c', undefined, { primary: 2, primaryCreatedAt: 2, leased: 1 })).toBe(true)
+    const after = statSync(path)
+    expect([after.uid, after.gid, after.mode & 0o777]).toEqual([NOBODY, NOBODY, 0o640])
+    expect((await store.listKeks('c')).map((r) => r.id).sort()).toEqual([1, 2])
+  } finally {
+    rmSync(dir, { recursive: true, force: true })
+  }
 })
