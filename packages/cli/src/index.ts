@@ -47,7 +47,7 @@ export async function main(args: string[]): Promise<number> {
     process.stdout.write(`kms-proxy ${VERSION}\n`)
     return EXIT.OK
   }
-  const command = COMMANDS[name]
+  const command = Object.hasOwn(COMMANDS, name) ? COMMANDS[name] : undefined
   if (!command) {
     process.stderr.write(`kms-proxy: unknown command "${name}". Commands: ${Object.keys(COMMANDS).join(', ')}. See kms-proxy --help\n`)
     return EXIT.USAGE

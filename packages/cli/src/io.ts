@@ -230,6 +230,7 @@ export async function openOutputFile(path: string, options: OutputOptions = {}):
       await beforeRename?.()
       await rename(temp, path)
       pending.delete(temp)
+      await syncFolder(path)
     },
     async discard() {
       await close().catch(() => {})
@@ -237,6 +238,24 @@ export async function openOutputFile(path: string, options: OutputOptions = {}):
       await unlink(temp).catch(() => {})
       pending.delete(temp)
     },
+  }
+}
+
+/**
+ * Makes a rename durable: until the folder is fsynced, a power cut can bring back the old name
+ * (or no file at all) although the rename returned. Where the platform cannot open or fsync a
+ * folder (Windows, some file systems), the rename is as durable as the file system makes it.
+ */
+async function syncFolder(path: string): Promise<void> {
+  let folder: FileHandle | undefined
+  try {
+    folder = await open(dirname(path), 'r')
+    await folder.sync()
+  } catch (error) {
+    const code = (error as { code?: string }).code
+    if (!['EISDIR', 'EPERM', 'EACCES', 'EINVAL', 'ENOTSUP', 'EBADF'].includes(code ?? '')) throw error
+  } finally {
+    await folder?.close()
   }
 }
 

@@ -270,6 +270,12 @@ describe('encrypt and decrypt', () => {
     expect(unknown.code).toBe(EXIT.USAGE)
     expect(unknown.stderr).toMatch(/Unknown option '--bogus'[\s\S]*See kms-proxy encrypt --help/)
     expect((await kp(dir, ['frobnicate'])).code).toBe(EXIT.USAGE)
+    // Names that an object lookup would find on Object.prototype are unknown commands too.
+    for (const name of ['constructor', '__proto__', 'toString', 'hasOwnProperty']) {
+      const r = await kp(dir, [name])
+      expect(r.code, name).toBe(EXIT.USAGE)
+      expect(r.stderr, name).toMatch(new RegExp(`unknown command "${name}"`))
+    }
     expect((await kp(dir, [])).code).toBe(EXIT.USAGE)
     expect((await kp(dir, ['rewrap'])).code).toBe(EXIT.USAGE)
     expect((await kp(dir, ['k8s-plugin'])).stderr).toMatch(/--socket is required/)

@@ -156,3 +156,37 @@ describe('rewrap keeps each file as it was', () => {
     expect(readdirSync(files).filter((f) => f.endsWith('.kms-proxy-tmp'))).toEqual([])
   })
 })
+
+describe('an output that survives a power cut', () => {
+  it('the folder is fsynced after the output file is renamed into place (seen by strace)', async () => {
+    const dir = await initialized('durable')
+    writeFileSync(join(dir, 'plain.txt'), 'durable data')
+    const traceDir = join(dir, 'trace')
+    mkdirSync(traceDir)
+    const r = await spawnCollect(
+      'strace',
+      ['-f', '-ff', '-ttt', '-e', 'trace=openat,close,rename,renameat,renameat2,fsync,fdatasync', '-o', join(traceDir, 't'), process.execPath, bundle, 'encrypt', '-i', 'plain.txt', '-o', 'out.kp'],
+      { cwd: dir, env: { ...ENV, KMS_PROXY_CONFIG: join(dir, 'kms-proxy.json') } },
+    )
+    expect(r.code, `strace must be installed (Debian: apt-get install strace): ${r.stderr}`).toBe(EXIT.OK)
+    // Merge the threads' traces in time order; follow which descriptor is the folder.
+    const calls = readdirSync(traceDir)
+      .flatMap((f) => readFileSync(join(traceDir, f), 'utf8').split('\n'))
+      .map((line) => line.match(/^(\d+\.\d+) (\w+)\((.*)\)\s+= (-?\d+)/))
+      .filter((m) => m !== null)
+      .map((m) => ({ at: Number(m![1]), call: m![2]!, args: m![3]!, result: Number(m![4]) }))
+      .sort((a, b) => a.at - b.at)
+    const fds = new Map<number, string>()
+    const events: string[] = []
+    for (const { call, args, result } of calls) {
+      const path = args.match(/"((?:[^"\\]|\\.)*)"/g)?.map((s) => s.slice(1, -1))
+      if (call === 'openat' && result >= 0) fds.set(result, path?.[0] ?? '')
+      else if (call === 'close') fds.delete(Number(args.split(',')[0]))
+      else if (call.startsWith('rename') && result === 0 && path?.[1]?.endsWith('out.kp')) events.push('rename')
+      else if ((call === 'fsync' || call === 'fdatasync') && result === 0 && [dir, '.'].includes(fds.get(Number(args)) ?? '')) events.push('folder fsync')
+    }
+    // (The key file's store fsyncs the same folder before, when the encryption leases uses.)
+    expect(events.filter((e) => e === 'rename')).toHaveLength(1)
+    expect(events.slice(events.indexOf('rename'))).toEqual(['rename', 'folder fsync'])
+  })
+})
