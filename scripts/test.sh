@@ -11,6 +11,8 @@ missing=()
 command -v "${CHROMIUM_PATH:-/usr/bin/chromium}" >/dev/null 2>&1 || missing+=(chromium)
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server etcd-client)
 command -v softhsm2-util >/dev/null 2>&1 || missing+=(softhsm2)
+# strace: the file store and the CLI prove that a rename is followed by an fsync of its folder.
+command -v strace >/dev/null 2>&1 || missing+=(strace)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "test: installing ${missing[*]} from Debian"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
