@@ -8,6 +8,7 @@
  * that sends headers and then stalls the body would otherwise hang the call for ever, and a key
  * chain that coalesces unwraps would keep that pending call and hang every later decrypt.
  */
+import { concat } from './internal/bytes.js'
 
 /** Why an exchange produced no usable answer. */
 export type HttpFailureReason = 'timeout' | 'network' | 'too-large'
@@ -123,13 +124,7 @@ async function readBody(response: Response, maxBytes: number, signal: AbortSigna
     reader.cancel().catch(() => {})
     throw error
   }
-  const body = new Uint8Array(length)
-  let offset = 0
-  for (const chunk of chunks) {
-    body.set(chunk, offset)
-    offset += chunk.length
-  }
-  return body
+  return concat(...chunks)
 }
 
 function answer(response: Response, body: Uint8Array): HttpAnswer {
