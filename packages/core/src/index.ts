@@ -1,5 +1,5 @@
 export { KeyChain } from './key-chain.js'
-export type { KeyChainOptions, EncryptOptions, EncryptStreamOptions, KeyChainStats, KekStats } from './key-chain.js'
+export type { KeyChainOptions, EncryptOptions, EncryptStreamOptions, KeyChainStats, KekStats, PrimaryStatus } from './key-chain.js'
 export {
   KmsProxyError,
   isKmsProxyError,

@@ -36,10 +36,11 @@ import {
   type EncryptStreamOptions,
   type KeyChainOptions,
   type KeyChainStats,
+  type PrimaryStatus,
   type ResolvedOptions,
 } from './options.js'
 
-export type { KeyChainOptions, EncryptOptions, EncryptStreamOptions, KeyChainStats, KekStats } from './options.js'
+export type { KeyChainOptions, EncryptOptions, EncryptStreamOptions, KeyChainStats, KekStats, PrimaryStatus } from './options.js'
 
 /** What finding a DEK needs; a message and a stream header both have it. */
 type DekParts = Pick<MessageParts, 'kekId' | 'embeddedKek' | 'headerLength' | 'dekPrefix'>
@@ -238,6 +239,16 @@ export class KeyChain {
 
   // ---------------------------------------------------------------------------------- stats
 
+  /**
+   * The primary KEK as the store's head names it, and how much of it is left: one store read,
+   * no root-key call, so it answers while the root key is unreachable (a Kubernetes plugin that
+   * restarted during a KMS outage still knows its key id). `undefined` before the first KEK.
+   */
+  primaryStatus(): Promise<PrimaryStatus | undefined> {
+    return this.#leases.status()
+  }
+
+  /** Counters of this process since `open`, and the KEKs it knows; no I/O. */
   stats(): KeyChainStats {
     const primary = this.#leases.primary?.id
     const lastError = this.#keks.lastError

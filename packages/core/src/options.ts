@@ -55,6 +55,23 @@ export interface KekStats {
   createdAt: number
 }
 
+/**
+ * The primary KEK as the store's head names it, and how much of it is left, across every
+ * process that shares the store. What `primaryStatus()` returns.
+ */
+export interface PrimaryStatus {
+  /** The KEK id the head names as primary: the one the next encryption uses unless it rotates. */
+  id: number
+  /** When that KEK was made (ms since the epoch). */
+  createdAt: number
+  /** Milliseconds until the age limit rotates it (0 when already due). */
+  ageLeftMs: number
+  /** Uses left before the usage limit rotates it: unleased uses plus this process's unused lease. */
+  usesLeft: number
+  /** Whether this process holds the KEK unwrapped (it can encrypt under it without the root key). */
+  loaded: boolean
+}
+
 /** What `stats()` returns: counters of this process since `open`. */
 export interface KeyChainStats {
   encryptions: number

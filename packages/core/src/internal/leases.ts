@@ -64,6 +64,22 @@ export class Leases {
     return this.#primary
   }
 
+  /** The head's primary and what is left of it; one store read, no root-key call. */
+  async status(): Promise<{ id: number; createdAt: number; ageLeftMs: number; usesLeft: number; loaded: boolean } | undefined> {
+    const { name, store, maxWraps, maxAge } = this.#s
+    const head = await this.#keks.storeCall('read the chain head', () => store.getHead(name))
+    if (!head) return undefined
+    const h = head.value
+    const mine = this.#primary?.id === h.primary ? this.#primary : undefined
+    return {
+      id: h.primary,
+      createdAt: h.primaryCreatedAt,
+      ageLeftMs: Math.max(0, h.primaryCreatedAt + maxAge - Date.now()),
+      usesLeft: Math.max(0, maxWraps - h.leased) + (mine ? mine.end - mine.next : 0),
+      loaded: mine !== undefined,
+    }
+  }
+
   expired(p: Primary): boolean {
     return Date.now() - p.createdAt >= this.#s.maxAge
   }
