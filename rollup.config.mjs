@@ -30,7 +30,8 @@ export default packages.flatMap((name) => {
       input: `${dir}/src/index.ts`,
       output: { file: `${dir}/dist/index.js`, format: 'es', sourcemap: true },
       external,
-      plugins: [esbuild({ target: 'es2022', tsconfig })],
+      // JSON: the CLI imports its package.json's version, inlined here (only that field is kept).
+      plugins: [esbuild({ target: 'es2022', tsconfig, loaders: { '.json': 'json' } })],
     },
     {
       input: `${dir}/src/index.ts`,

@@ -5,13 +5,15 @@
 import process from 'node:process'
 import { COMMANDS, parse } from './commands.js'
 import { EXIT, explain } from './exit.js'
+import { version } from '../package.json'
 
 export { openChainFromConfig, loadConfig, configPath, CONFIG_FORMAT, SECRET_ENV } from './config.js'
 export type { CliConfig, StoreConfig, RootKeyConfig, LoadOptions } from './config.js'
 export { EXIT, CliError, explain } from './exit.js'
 export type { ExitCode } from './exit.js'
 
-export const VERSION = '0.1.0'
+/** This package's version, from its package.json (inlined by the build: a release prints its own). */
+export const VERSION: string = version
 
 function overview(): string {
   const width = Math.max(...Object.keys(COMMANDS).map((c) => c.length))
