@@ -5,18 +5,44 @@
  * (no oracle). A `DecryptError` carries no `cause`.
  */
 
+/**
+ * Every stable error code, and the name of the class that carries it.
+ *
+ * @example
+ * ```ts
+ * try {
+ *   await chain.decrypt(data)
+ * } catch (e) {
+ *   if (!isKmsProxyError(e)) throw e
+ *   switch (e.code) {
+ *     case 'ERR_DECRYPT': return reject('altered or wrong associated data')
+ *     case 'ERR_ROOT_KEY': if (e.retryable) return retryLater(); throw e
+ *     default: throw e
+ *   }
+ * }
+ * ```
+ */
 export const ERROR_CODES = {
+  /** {@link DecryptError}: authentication failed; nothing more is said. */
   ERR_DECRYPT: 'DecryptError',
+  /** {@link FormatError}: malformed or truncated data, an unknown version or flag, a bad text form. */
   ERR_FORMAT: 'FormatError',
+  /** {@link UnknownKekError}: the data names a KEK neither cached, embedded nor in the store. */
   ERR_UNKNOWN_KEK: 'UnknownKekError',
+  /** {@link RootKeyError}: a wrong, failed or unreachable root key. */
   ERR_ROOT_KEY: 'RootKeyError',
+  /** {@link StoreError}: the store failed or answered something unusable. */
   ERR_STORE: 'StoreError',
+  /** {@link LimitError}: a limit of the format or of AES-GCM. */
   ERR_LIMIT: 'LimitError',
 } as const
 
+/** One of the stable codes: `'ERR_DECRYPT' | 'ERR_FORMAT' | 'ERR_UNKNOWN_KEK' | 'ERR_ROOT_KEY' | 'ERR_STORE' | 'ERR_LIMIT'`. */
 export type ErrorCode = keyof typeof ERROR_CODES
 
+/** Options of an error's constructor, for adapters that throw the library's errors. */
 export interface KmsProxyErrorOptions {
+  /** The underlying failure, kept as `cause` (never give a `DecryptError` one). */
   cause?: unknown
   /** True when the same call may succeed later (a KMS that answered 503, a store that timed out). */
   retryable?: boolean
@@ -49,9 +75,20 @@ export function isKmsProxyError(value: unknown): value is AnyKmsProxyError {
 
 /** Base class of every error this library throws; `code` is stable, `retryable` says whether to try again. */
 export class KmsProxyError extends Error {
+  /** The stable code: switch on it. */
   readonly code: ErrorCode
+  /**
+   * True when the same call may succeed later (a KMS that answered 503, a store that timed out).
+   *
+   * @defaultValue false
+   */
   readonly retryable: boolean
 
+  /**
+   * For adapters: throw a subclass instead (`new RootKeyError('…', { retryable: true })`).
+   *
+   * @param message - what failed, without key bytes, plaintext, passphrases or tokens.
+   */
   constructor(code: ErrorCode, message: string, options: KmsProxyErrorOptions = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause })
     this.code = code
@@ -73,7 +110,16 @@ export class KmsProxyError extends Error {
   }
 
   /** What `JSON.stringify` sees: the code and message, never a cause chain. */
-  toJSON(): { name: string; code: ErrorCode; message: string; retryable: boolean } {
+  toJSON(): {
+    /** The class name, such as `'RootKeyError'`. */
+    name: string
+    /** The stable code. */
+    code: ErrorCode
+    /** The message. */
+    message: string
+    /** Whether the same call may succeed later. */
+    retryable: boolean
+  } {
     return { name: this.name, code: this.code, message: this.message, retryable: this.retryable }
   }
 }
@@ -82,8 +128,16 @@ ownClasses.add(KmsProxyError)
 
 /** The shape of each generated subclass: declared, not inferred, so the public types stay plain. */
 export interface KmsProxyErrorClass<C extends ErrorCode> {
-  new (message: string, options?: KmsProxyErrorOptions): KmsProxyError & { readonly code: C }
-  readonly prototype: KmsProxyError & { readonly code: C }
+  /** Makes an error with this class's code. */
+  new (message: string, options?: KmsProxyErrorOptions): KmsProxyError & {
+    /** This class's code. */
+    readonly code: C
+  }
+  /** Instances are `KmsProxyError`s with this class's code. */
+  readonly prototype: KmsProxyError & {
+    /** This class's code. */
+    readonly code: C
+  }
   /** The code every instance carries. */
   readonly code: C
 }
@@ -119,6 +173,7 @@ export type StoreError = InstanceType<typeof StoreError>
 export const LimitError = defineError('ERR_LIMIT')
 export type LimitError = InstanceType<typeof LimitError>
 
+/** Every error class of the library: narrow it by `code`. */
 export type AnyKmsProxyError =
   | DecryptError
   | FormatError

@@ -17,6 +17,7 @@
 import { FormatError } from './errors.js'
 import { asBytes, concat, fromBase64Url, toBase64Url, u32be, utf8, type Bytes } from './internal/bytes.js'
 
+/** The format version this library writes and the only one it reads: the first byte of every encrypted data. */
 export const FORMAT_VERSION = 0x01
 export const FLAG_EMBEDDED_KEK = 0x01
 export const FLAG_STREAM = 0x02
@@ -26,6 +27,7 @@ export const IV_BYTES = 12
 export const TAG_BYTES = 16
 export const DEK_BYTES = 16
 export const WRAPPED_DEK_BYTES = DEK_BYTES + TAG_BYTES
+/** Largest wrapped KEK that can be embedded (its length is a u16); a root key whose wrap is longer gives `ERR_LIMIT` with the embedded store. */
 export const MAX_EMBEDDED_KEK_BYTES = 0xffff
 /** Fixed part of the header: version, KEK id, flags. */
 export const FIXED_HEADER_BYTES = 6
@@ -37,9 +39,13 @@ export const MAX_PLAINTEXT_BYTES = 2 ** 36 - 32
 /** Text form: this prefix, then base64url (no padding) of the binary form. */
 export const TEXT_PREFIX = 'kp1.'
 
+/** The header of an encrypted data (message or stream), as {@link decodeHeader} reads it. */
 export interface Header {
+  /** The format version, {@link FORMAT_VERSION}. */
   version: number
+  /** The id of the KEK that wrapped the DEK: a u32, never 0. */
   kekId: number
+  /** Bit 0: a wrapped KEK is embedded; bit 1: a stream. */
   flags: number
   /** The root-wrapped KEK carried inside the data (flag bit 0), else undefined. */
   embeddedKek: Bytes | undefined
@@ -47,12 +53,17 @@ export interface Header {
   headerLength: number
 }
 
+/** A single message split into its parts by {@link decodeMessage}; views into the input, not copies. */
 export interface MessageParts extends Header {
+  /** Bytes `[0, headerLength)`: the AAD of the DEK wrap. */
   header: Bytes
+  /** The IV of the DEK wrap. */
   iv1: Bytes
+  /** The DEK wrapped by the KEK: 16 bytes and a 16-byte tag. */
   wrappedDek: Bytes
   /** header || iv1 || wrapped DEK: everything the DEK's identity depends on (the DEK cache key). */
   dekPrefix: Bytes
+  /** The IV of the payload. */
   iv2: Bytes
   /** Ciphertext followed by its 16-byte tag. */
   sealed: Bytes
@@ -74,7 +85,16 @@ function checkFixed(bytes: Uint8Array): void {
   if (bytes.length >= 6 && (bytes[5]! & ~KNOWN_FLAGS) !== 0) throw new FormatError('unknown flags are set')
 }
 
-/** Reads the header only. Throws FormatError; never reads past `bytes`. */
+/**
+ * Reads the header only (of a message or a stream); never reads past `input`. Pure: no crypto.
+ *
+ * @throws {@link FormatError} - `ERR_FORMAT`: too short, an unknown version or flag, a KEK id 0,
+ *   an embedded KEK longer than the input.
+ * @example
+ * ```ts
+ * const { kekId, embeddedKek } = decodeHeader(encryptedData) // which KEK a record needs, before decrypting
+ * ```
+ */
 export function decodeHeader(input: Uint8Array): Header {
   if (!(input instanceof Uint8Array)) throw new TypeError('encryptedData: expected a Uint8Array')
   const bytes = asBytes(input)
@@ -97,7 +117,11 @@ export function decodeHeader(input: Uint8Array): Header {
   return { version, kekId, flags, embeddedKek, headerLength }
 }
 
-/** Splits a single-message encrypted data into its parts. Pure; throws FormatError. */
+/**
+ * Splits a single-message encrypted data into its parts. Pure: no crypto, nothing authenticated.
+ *
+ * @throws {@link FormatError} - `ERR_FORMAT`: malformed or truncated, or a stream.
+ */
 export function decodeMessage(input: Uint8Array): MessageParts {
   const h = decodeHeader(input)
   const bytes = asBytes(input)
@@ -131,6 +155,7 @@ export function payloadAad(associatedData: Uint8Array | undefined): Bytes {
 
 // ------------------------------------------------------------------------------ streams
 
+/** Plaintext bytes per stream segment unless `segmentSize` says otherwise: 64 KiB. */
 export const DEFAULT_SEGMENT_SIZE = 65536
 /** Smallest segment size a stream may declare (tiny segments are for tests; each costs a 16 B tag). */
 export const MIN_SEGMENT_SIZE = 16
@@ -142,14 +167,19 @@ export const MAX_SEGMENTS = 2 ** 32
 /** What follows the header of a stream, before the segments: iv1, wrapped DEK, segment size, nonce prefix. */
 const STREAM_TAIL_BYTES = IV_BYTES + WRAPPED_DEK_BYTES + 4 + NONCE_PREFIX_BYTES
 
+/** A stream header split into its parts by {@link decodeStreamHeader}; views into the input. */
 export interface StreamHeader extends Header {
+  /** Bytes `[0, headerLength)`: the AAD of the DEK wrap. */
   header: Bytes
+  /** The IV of the DEK wrap. */
   iv1: Bytes
+  /** The stream's DEK wrapped by the KEK: 16 bytes and a 16-byte tag. */
   wrappedDek: Bytes
   /** header || iv1 || wrapped DEK: the part a rewrap replaces. */
   dekPrefix: Bytes
   /** Plaintext bytes per segment (the last one may be shorter). */
   segmentSize: number
+  /** The 7 random bytes that start every segment's nonce. */
   noncePrefix: Bytes
   /** Bytes before the first segment: header, iv1, wrapped DEK, segment size, nonce prefix. */
   streamHeaderLength: number
@@ -158,6 +188,13 @@ export interface StreamHeader extends Header {
 /**
  * Whether encrypted data is a stream (flags bit 1), from its first 6 bytes. Throws FormatError
  * when they are fewer or are not kms-proxy v1 data.
+ *
+ * @throws {@link FormatError} - `ERR_FORMAT`: fewer than 6 bytes, or not kms-proxy v1 data.
+ * @example
+ * ```ts
+ * const first = await readFirstBytes(file, 6)
+ * const fresh = isStream(first) ? await rewrapFileStream(file) : await chain.rewrap(await readAll(file))
+ * ```
  */
 export function isStream(head: Uint8Array): boolean {
   if (!(head instanceof Uint8Array)) throw new TypeError('head: expected a Uint8Array')
@@ -169,6 +206,8 @@ export function isStream(head: Uint8Array): boolean {
 /**
  * Length of the stream header that `head` starts, or undefined while more bytes are needed to
  * know it. Throws FormatError as soon as the bytes seen cannot start a stream.
+ *
+ * @throws {@link FormatError} - `ERR_FORMAT`: the bytes cannot start a stream.
  */
 export function streamHeaderLength(head: Uint8Array): number | undefined {
   if (!(head instanceof Uint8Array)) throw new TypeError('head: expected a Uint8Array')
@@ -183,7 +222,11 @@ export function streamHeaderLength(head: Uint8Array): number | undefined {
   return FIXED_HEADER_BYTES + 2 + len + STREAM_TAIL_BYTES
 }
 
-/** Decodes the stream header at the start of `head` (the segments may follow). Pure; throws FormatError. */
+/**
+ * Decodes the stream header at the start of `head` (the segments may follow). Pure: no crypto.
+ *
+ * @throws {@link FormatError} - `ERR_FORMAT`: not a stream, too short, or a segment size out of range.
+ */
 export function decodeStreamHeader(head: Uint8Array): StreamHeader {
   const length = streamHeaderLength(head)
   if (length === undefined || head.length < length) throw new FormatError('stream header is truncated')
@@ -247,6 +290,9 @@ const KEK_AAD_LABEL = utf8('kms-proxy/kek/v1\0')
 /**
  * AAD the root key binds to a wrapped KEK: a label, the KEK id, then the chain name (last, so
  * the encoding is unambiguous). A KEK record moved to another chain or id fails to unwrap.
+ * A root key receives it as `aad` in `newKek` and `unwrapKek`.
+ *
+ * @throws TypeError - a chain name that is not well-formed UTF-16.
  */
 export function kekAad(chainName: string, kekId: number): Bytes {
   return concat(KEK_AAD_LABEL, u32be(kekId), utf8(chainName, 'chain name'))

@@ -23,6 +23,7 @@ export class HttpExchangeError extends Error {
   /** What went wrong; `network` includes a refused connection and a reset. */
   readonly reason: HttpFailureReason
 
+  /** @param message - what failed, with no request, header or body in it. */
   constructor(reason: HttpFailureReason, message: string) {
     super(message)
     this.name = 'HttpExchangeError'
@@ -32,9 +33,13 @@ export class HttpExchangeError extends Error {
 
 /** A complete answer: the status, the headers and the whole body, read within the deadline. */
 export interface HttpAnswer {
+  /** The HTTP status code. */
   readonly status: number
+  /** True for a 2xx status. */
   readonly ok: boolean
+  /** The response headers. */
   readonly headers: Headers
+  /** The whole body. */
   readonly body: Uint8Array
   /** The body as UTF-8 text. */
   text(): string
@@ -46,9 +51,17 @@ export interface HttpAnswer {
 export interface HttpExchangeOptions {
   /** Deadline for the whole exchange: connection, headers and every byte of the body. */
   timeoutMs: number
-  /** The `fetch` to use. Default: the global one. */
+  /**
+   * The `fetch` to use.
+   *
+   * @defaultValue the global `fetch`
+   */
   fetch?: typeof fetch
-  /** Largest body accepted; a longer one fails with reason `too-large`. Default 1 MiB. */
+  /**
+   * Largest body accepted; a longer one fails with reason `too-large`.
+   *
+   * @defaultValue 1 MiB (1,048,576)
+   */
   maxBodyBytes?: number
 }
 
@@ -58,6 +71,13 @@ const DEFAULT_MAX_BODY = 1 << 20
  * One HTTP request whose deadline covers the whole exchange, body included. Resolves with the
  * complete answer whatever its status; rejects with {@link HttpExchangeError} only when there is
  * no complete answer. The deadline holds even with a `fetch` that ignores its abort signal.
+ *
+ * @throws {@link HttpExchangeError} - no complete answer: `timeout`, `network` or `too-large`.
+ * @example
+ * ```ts
+ * const answer = await httpExchange(url, { method: 'POST', body }, { timeoutMs: 10_000 })
+ * if (!answer.ok) throw new RootKeyError(`my-kms answered HTTP ${answer.status}`, { retryable: answer.status >= 500 })
+ * ```
  */
 export async function httpExchange(url: string | URL, init: RequestInit, options: HttpExchangeOptions): Promise<HttpAnswer> {
   const timeoutMs = options.timeoutMs
@@ -146,13 +166,23 @@ function answer(response: Response, body: Uint8Array): HttpAnswer {
 
 /** Options of {@link httpWithRetry}. */
 export interface HttpRetryOptions extends HttpExchangeOptions {
-  /** Attempts after the first. Default 3. */
+  /**
+   * Attempts after the first.
+   *
+   * @defaultValue 3
+   */
   retries?: number
-  /** First backoff in milliseconds; doubles each retry, with full jitter. Default 100. */
+  /**
+   * First backoff in milliseconds; doubles each retry, with full jitter.
+   *
+   * @defaultValue 100
+   */
   backoffMs?: number
   /**
    * Whether a complete answer is worth another attempt. Default: 429 and 5xx. A KMS that
    * signals throttling another way (AWS KMS: HTTP 400 `ThrottlingException`) adds its own test.
+   *
+   * @defaultValue {@link transientStatus}
    */
   transient?: (answer: HttpAnswer) => boolean
 }
@@ -165,6 +195,12 @@ export const transientStatus = (answer: HttpAnswer): boolean => answer.status ==
  * and full jitter. `init` is called for each attempt (a signature may include the time). Resolves
  * with the last complete answer (transient or not) once retries run out; rejects with the last
  * {@link HttpExchangeError} when no attempt produced an answer.
+ *
+ * @throws {@link HttpExchangeError} - no attempt produced a complete answer.
+ * @example
+ * ```ts
+ * const answer = await httpWithRetry(url, async () => ({ method: 'POST', headers: await sign(), body }), { timeoutMs: 10_000 })
+ * ```
  */
 export async function httpWithRetry(
   url: string | URL,
@@ -199,6 +235,15 @@ export function isLoopbackHost(hostname: string): boolean {
  * `http:` only to a loopback host or to a host the caller named in `plainHttpHosts` (the
  * explicit opt-in), because over plain http anyone on the path can read credentials and KEK
  * bytes, or answer in the server's place. `field` names the option in error messages.
+ *
+ * @throws TypeError - not a URL, not http(s), credentials in the URL, or plain http to a host
+ *   that is neither loopback nor listed in `plainHttpHosts`.
+ * @example
+ * ```ts
+ * checkServerUrl('https://vault.internal:8200', 'address')                  // ok
+ * checkServerUrl('http://vault.internal:8200', 'address', ['vault.internal']) // ok: named explicitly
+ * checkServerUrl('http://vault.internal:8200', 'address')                   // TypeError
+ * ```
  */
 export function checkServerUrl(value: string | URL, field: string, plainHttpHosts?: readonly string[]): URL {
   let url: URL

@@ -1,3 +1,22 @@
+/**
+ * Envelope encryption with a key chain on `crypto.subtle`: data under a fresh DEK per message,
+ * DEKs wrapped by the chain's primary KEK, KEKs wrapped by a root key that is asked once per
+ * unlock and once per rotation. Also the format v1 codec, the memory and embedded stores, the
+ * ephemeral and AES root keys, the typed errors, and the HTTP exchange the network adapters share.
+ * Zero runtime dependencies; the same code on browsers, Node, Deno, Bun and Workers.
+ *
+ * @example
+ * ```ts
+ * import { KeyChain } from '@kms-proxy/core'
+ *
+ * const keyChain = await KeyChain.open()                       // ephemeral root key, KEK embedded in the data
+ * const encryptedData = await keyChain.encrypt('plaintext')    // Uint8Array: header, wrapped DEK, ciphertext
+ * const plaintext = await keyChain.decrypt(encryptedData)      // Uint8Array of the UTF-8 bytes
+ * ```
+ *
+ * @packageDocumentation
+ * @module @kms-proxy/core
+ */
 export { KeyChain } from './key-chain.js'
 export type { KeyChainOptions, EncryptOptions, EncryptStreamOptions, KeyChainStats, KekStats, PrimaryStatus } from './key-chain.js'
 export {

@@ -51,8 +51,19 @@ const GCM = 'AES-GCM'
  * A key chain: KEKs wrapped by a root key, one primary, rotated by usage and age.
  * Data is encrypted under a fresh DEK wrapped by the primary KEK; steady-state encryption makes
  * no root-key calls and no store writes (uses are reserved in leases).
+ *
+ * @example
+ * ```ts
+ * import { KeyChain, memoryStore } from '@kms-proxy/core'
+ * import { passphraseRootKey } from '@kms-proxy/passphrase'
+ *
+ * const chain = await KeyChain.open({ rootKey: passphraseRootKey({ passphrase }), store: memoryStore(), name: 'customers' })
+ * const encryptedData = await chain.encrypt(JSON.stringify(row), { associatedData: `customers/${row.id}` })
+ * const plaintext = await chain.decrypt(encryptedData, { associatedData: `customers/${row.id}` })
+ * ```
  */
 export class KeyChain {
+  /** The chain's name, as given to {@link KeyChain.open}: bound into every KEK wrap. */
   readonly name: string
   readonly #root: RootKey
   readonly #acceptEmbedded: boolean
@@ -87,6 +98,17 @@ export class KeyChain {
   /**
    * Opens (or starts) the chain `name` in `store`. Reads the head once; makes no root-key call
    * (the primary KEK is unwrapped on the first encryption).
+   *
+   * @param options - every field has a default: see {@link KeyChainOptions}.
+   * @throws TypeError - an option of the wrong type (a `rootKey` without `newKek`, a `store`
+   *   missing a method, a chain name that is empty, over 255 characters or not well-formed).
+   * @throws RangeError - a number out of range (`maxWrapsPerKek` above 2^32, a negative size).
+   * @throws {@link StoreError} - `ERR_STORE`: the store could not be read.
+   * @example
+   * ```ts
+   * const chain = await KeyChain.open()  // ephemeral root key, KEKs embedded in the data
+   * const shared = await KeyChain.open({ rootKey: aesRootKey(rootBytes), store: memoryStore(), name: 'orders', maxWrapsPerKek: 1_000_000 })
+   * ```
    */
   static async open(options: KeyChainOptions = {}): Promise<KeyChain> {
     const resolved = resolveOptions(options)
@@ -97,6 +119,24 @@ export class KeyChain {
 
   // ---------------------------------------------------------------------------------- encrypt
 
+  /**
+   * Encrypts one message under a fresh DEK wrapped by the primary KEK, rotating first when the
+   * primary's usage or age limit says so. Steady state: no root-key call, no store write.
+   *
+   * @param data - bytes, or a string (encrypted as UTF-8; it must be well-formed UTF-16).
+   * @param options - `associatedData`: authenticated, not stored; give the same bytes to {@link KeyChain.decrypt}.
+   * @returns the encrypted data: header, wrapped DEK, ciphertext (78 bytes more than `data`, more
+   *   with the embedded store).
+   * @throws TypeError - `data` is neither a `Uint8Array` nor a well-formed string.
+   * @throws {@link LimitError} - `ERR_LIMIT`: `data` is over 2^36 − 32 bytes, or no free KEK id.
+   * @throws {@link RootKeyError} - `ERR_ROOT_KEY`: a rotation or the first load of the primary needed
+   *   the root key and it failed (`retryable` when it was unreachable).
+   * @throws {@link StoreError} - `ERR_STORE`: a rotation or a lease needed the store and it failed.
+   * @example
+   * ```ts
+   * const encryptedData = await chain.encrypt('4111 1111 1111 1111', { associatedData: 'customer/42' })
+   * ```
+   */
   async encrypt(data: Uint8Array | string, options?: EncryptOptions): Promise<Uint8Array> {
     const plaintext = bytesArgument('data', data)
     const aad = payloadAad(associatedDataOf(options))
@@ -109,7 +149,15 @@ export class KeyChain {
     return concat(prepared.prefix, iv2, new Uint8Array(sealed))
   }
 
-  /** UTF-8 text in, text form out: `kp1.` followed by base64url, safe for JSON and localStorage. */
+  /**
+   * UTF-8 text in, text form out: `kp1.` followed by base64url, safe for JSON and localStorage.
+   * Otherwise as {@link KeyChain.encrypt}, with the same errors.
+   *
+   * @example
+   * ```ts
+   * const column = await chain.encryptText(JSON.stringify(row), { associatedData: `customers/${row.id}` }) // "kp1.AQ…"
+   * ```
+   */
   async encryptText(text: string, options?: EncryptOptions): Promise<string> {
     if (typeof text !== 'string') throw new TypeError('text: expected a string')
     return toText(await this.encrypt(bytesArgument('text', text), options))
@@ -117,6 +165,29 @@ export class KeyChain {
 
   // ---------------------------------------------------------------------------------- decrypt
 
+  /**
+   * Decrypts what {@link KeyChain.encrypt} (or {@link KeyChain.rewrap}) made. Its KEK is unwrapped at
+   * most once per process (concurrent misses share one root-key call); its DEK is cached
+   * (`dekCacheSize`) for data decrypted again.
+   *
+   * @param encryptedData - the bytes `encrypt` returned.
+   * @param options - `associatedData`: the same bytes given to `encrypt` (absent and empty are the same).
+   * @returns the plaintext bytes.
+   * @throws TypeError - `encryptedData` is not a `Uint8Array`.
+   * @throws {@link DecryptError} - `ERR_DECRYPT`: authentication failed (altered bytes, wrong
+   *   associated data, a swapped wrapped DEK). One message, no cause, whatever layer failed.
+   * @throws {@link FormatError} - `ERR_FORMAT`: truncated, an unknown version or flag, or a stream
+   *   (use {@link KeyChain.decryptStream}).
+   * @throws {@link UnknownKekError} - `ERR_UNKNOWN_KEK`: the KEK id is neither cached, embedded (and
+   *   accepted) nor in the store.
+   * @throws {@link RootKeyError} - `ERR_ROOT_KEY`: the root key refused or could not unwrap the KEK.
+   * @throws {@link StoreError} - `ERR_STORE`: the store could not be read.
+   * @example
+   * ```ts
+   * const plaintext = await chain.decrypt(encryptedData, { associatedData: 'customer/42' })
+   * new TextDecoder().decode(plaintext) // '4111 1111 1111 1111'
+   * ```
+   */
   async decrypt(encryptedData: Uint8Array, options?: EncryptOptions): Promise<Uint8Array> {
     if (!(encryptedData instanceof Uint8Array)) throw new TypeError('encryptedData: expected a Uint8Array')
     const aad = payloadAad(associatedDataOf(options))
@@ -132,6 +203,16 @@ export class KeyChain {
     return new Uint8Array(plaintext)
   }
 
+  /**
+   * Decrypts the text form that {@link KeyChain.encryptText} made and returns the UTF-8 text.
+   * The errors of {@link KeyChain.decrypt}, and `ERR_FORMAT` for a string that is not the text form
+   * or a plaintext that is not UTF-8.
+   *
+   * @example
+   * ```ts
+   * const row = JSON.parse(await chain.decryptText(column, { associatedData: `customers/${id}` }))
+   * ```
+   */
   async decryptText(encryptedText: string, options?: EncryptOptions): Promise<string> {
     const plaintext = await this.decrypt(fromText(encryptedText), options)
     try {
@@ -149,6 +230,15 @@ export class KeyChain {
    * Encrypts a byte stream of any length in constant memory: one DEK for the stream (one use of
    * the primary KEK), then segments of `segmentSize` bytes under the STREAM construction. The
    * output starts with the stream header. Chunks may have any size; they are re-segmented.
+   *
+   * @param options - `associatedData` as for {@link KeyChain.encrypt}; `segmentSize` (default 65,536).
+   * @throws RangeError - `segmentSize` outside 16 … 2^24 (at once, not through the stream).
+   * @throws TypeError - `associatedData` of the wrong type (at once).
+   * @example
+   * ```ts
+   * const encrypted = file.stream().pipeThrough(chain.encryptStream({ associatedData: 'report.pdf' }))
+   * await encrypted.pipeTo(destination) // errors of encrypt (ERR_ROOT_KEY, ERR_STORE) error the stream
+   * ```
    */
   encryptStream(options?: EncryptStreamOptions): TransformStream<Uint8Array, Uint8Array> {
     const associatedData = associatedDataOf(options)?.slice()
@@ -174,6 +264,15 @@ export class KeyChain {
    * it authenticated; a cut, reordered, spliced or extended stream errors the stream with
    * ERR_DECRYPT, at the latest when the input ends. Until the stream closes without error the
    * output is incomplete: write it somewhere provisional, and keep it only after the close.
+   *
+   * @param options - `associatedData`: the same bytes given to {@link KeyChain.encryptStream}.
+   * @throws TypeError - `associatedData` of the wrong type (at once). Every other failure errors the
+   *   stream: `ERR_DECRYPT` (cut, reordered, spliced, extended, altered, wrong associated data),
+   *   `ERR_FORMAT` (not a stream), `ERR_UNKNOWN_KEK`, `ERR_ROOT_KEY`, `ERR_STORE`.
+   * @example
+   * ```ts
+   * const plaintext = encrypted.pipeThrough(chain.decryptStream({ associatedData: 'report.pdf' }))
+   * ```
    */
   decryptStream(options?: EncryptOptions): TransformStream<Uint8Array, Uint8Array> {
     const associatedData = associatedDataOf(options)?.slice()
@@ -188,8 +287,28 @@ export class KeyChain {
    * Moves a stream to the primary KEK without touching its segments: give it at least the
    * stream header (the first bytes of the encrypted stream; more is fine), and write
    * `header` in place of the first `replaces` bytes. The segments' AAD leaves the KEK out.
+   *
+   * @param head - the first bytes of an encrypted stream: at least its header (61 bytes, more
+   *   with an embedded KEK).
+   * @returns `header`, the new stream header, and `replaces`, how many leading bytes it replaces.
+   *   When the stream is already under the primary KEK, `header` is the same bytes.
+   * @throws TypeError - `head` is not a `Uint8Array`.
+   * @throws {@link FormatError} - `ERR_FORMAT`: not a stream, or too short to hold its header.
+   * @throws {@link DecryptError} - `ERR_DECRYPT`: the header or its wrapped DEK was altered.
+   * @throws {@link UnknownKekError} - `ERR_UNKNOWN_KEK`, {@link RootKeyError} `ERR_ROOT_KEY`,
+   *   {@link StoreError} `ERR_STORE`: as for {@link KeyChain.decrypt}.
+   * @example
+   * ```ts
+   * const { header, replaces } = await chain.rewrapStreamHeader(firstBytesOfFile)
+   * // write `header` over bytes [0, replaces) of the file (header.length may differ: rewrite the file)
+   * ```
    */
-  async rewrapStreamHeader(head: Uint8Array): Promise<{ header: Uint8Array; replaces: number }> {
+  async rewrapStreamHeader(head: Uint8Array): Promise<{
+    /** The new stream header, under the primary KEK. */
+    header: Uint8Array
+    /** How many leading bytes of the stream it replaces. */
+    replaces: number
+  }> {
     if (!(head instanceof Uint8Array)) throw new TypeError('head: expected a Uint8Array')
     const parts = decodeStreamHeader(head)
     const replaces = parts.streamHeaderLength
@@ -208,8 +327,27 @@ export class KeyChain {
 
   // ---------------------------------------------------------------------------------- rotate and rewrap
 
-  /** Makes a new primary KEK now (one root-key wrap). Older KEKs stay for decryption. */
-  async rotate(): Promise<{ id: number; createdAt: number }> {
+  /**
+   * Makes a new primary KEK now (one root-key wrap). Older KEKs stay for decryption. Other
+   * processes on the same store move to it when their lease runs out.
+   *
+   * @returns the new primary KEK's `id` (a random u32) and `createdAt` (ms since the epoch).
+   * @throws {@link RootKeyError} - `ERR_ROOT_KEY`: the root key failed to make the KEK.
+   * @throws {@link StoreError} - `ERR_STORE`: the KEK record or the head could not be written (no
+   *   data is ever encrypted under a KEK that is not stored).
+   * @throws {@link LimitError} - `ERR_LIMIT`: no free KEK id after eight random draws.
+   * @example
+   * ```ts
+   * const { id } = await chain.rotate()
+   * chain.stats().keks.find((k) => k.primary)?.id === id // true
+   * ```
+   */
+  async rotate(): Promise<{
+    /** The new primary KEK's id. */
+    id: number
+    /** When it was made (ms since the epoch). */
+    createdAt: number
+  }> {
     const p = await this.#leases.rotate()
     this.#pool.drop()
     return { id: p.id, createdAt: p.createdAt }
@@ -218,6 +356,19 @@ export class KeyChain {
   /**
    * Re-wraps the DEK of `encryptedData` under the current primary KEK. The payload bytes are
    * not re-encrypted (its AAD leaves the KEK out on purpose), and the DEK never leaves WebCrypto.
+   * Data already under the primary KEK comes back as a copy, after its header was authenticated.
+   *
+   * @returns the encrypted data under the primary KEK; it decrypts with the same associated data.
+   * @throws TypeError - `encryptedData` is not a `Uint8Array`.
+   * @throws {@link FormatError} - `ERR_FORMAT`: malformed, or a stream (use {@link KeyChain.rewrapStreamHeader}).
+   * @throws {@link DecryptError} - `ERR_DECRYPT`: the header or its wrapped DEK was altered.
+   * @throws {@link UnknownKekError} - `ERR_UNKNOWN_KEK`, {@link RootKeyError} `ERR_ROOT_KEY`,
+   *   {@link StoreError} `ERR_STORE`: as for {@link KeyChain.decrypt} and {@link KeyChain.encrypt}.
+   * @example
+   * ```ts
+   * await chain.rotate()
+   * const moved = await chain.rewrap(old) // same plaintext, DEK now wrapped by the new primary
+   * ```
    */
   async rewrap(encryptedData: Uint8Array): Promise<Uint8Array> {
     if (!(encryptedData instanceof Uint8Array)) throw new TypeError('encryptedData: expected a Uint8Array')
@@ -243,12 +394,27 @@ export class KeyChain {
    * The primary KEK as the store's head names it, and how much of it is left: one store read,
    * no root-key call, so it answers while the root key is unreachable (a Kubernetes plugin that
    * restarted during a KMS outage still knows its key id). `undefined` before the first KEK.
+   *
+   * @throws {@link StoreError} - `ERR_STORE`: the store could not be read.
+   * @example
+   * ```ts
+   * const status = await chain.primaryStatus()
+   * if (status && status.usesLeft < 1000) console.log(`KEK ${status.id} rotates soon`)
+   * ```
    */
   primaryStatus(): Promise<PrimaryStatus | undefined> {
     return this.#leases.status()
   }
 
-  /** Counters of this process since `open`, and the KEKs it knows; no I/O. */
+  /**
+   * Counters of this process since `open`, and the KEKs it knows; no I/O, never throws.
+   *
+   * @example
+   * ```ts
+   * const { encryptions, rootKeyWraps, rootKeyUnwraps, rootKeyAvailable } = chain.stats()
+   * if (!rootKeyAvailable) console.warn('root key unreachable: encrypting under the current KEK until it is due')
+   * ```
+   */
   stats(): KeyChainStats {
     const primary = this.#leases.primary?.id
     const lastError = this.#keks.lastError
@@ -260,11 +426,20 @@ export class KeyChain {
     }
   }
 
+  /** The chain's name only, never a key or a counter: `[KeyChain name]`. */
   toString(): string {
     return `[KeyChain ${this.name}]`
   }
 
-  toJSON(): { name: string; rootKey: string; stats: KeyChainStats } {
+  /** What `JSON.stringify(chain)` shows: the name, the root key's kind and {@link KeyChain.stats}; no secret. */
+  toJSON(): {
+    /** The chain's name. */
+    name: string
+    /** The root key's kind, such as `'passphrase-pbkdf2'`. */
+    rootKey: string
+    /** As {@link KeyChain.stats}. */
+    stats: KeyChainStats
+  } {
     return { name: this.name, rootKey: this.#root.kind, stats: this.stats() }
   }
 

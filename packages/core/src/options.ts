@@ -9,49 +9,97 @@ import { embeddedStore, type KeyStore } from './store.js'
 
 /** Options of `KeyChain.open`. Every one has a default. */
 export interface KeyChainOptions {
-  /** Wraps the KEKs. Default: ephemeralRootKey() (this process only). */
+  /**
+   * Wraps the KEKs: `aesRootKey`, `passphraseRootKey`, a KMS, an HSM, WebAuthn, or your own.
+   *
+   * @defaultValue `ephemeralRootKey()`: a random key of this process only; data dies with it.
+   */
   rootKey?: RootKey
-  /** Keeps the wrapped KEKs and the head. Default: embeddedStore(). */
+  /**
+   * Keeps the wrapped KEKs and the head: `memoryStore()`, `fileStore`, `etcdStore`, … or your own.
+   *
+   * @defaultValue `embeddedStore()`: each encrypted data carries its root-wrapped KEK.
+   */
   store?: KeyStore
-  /** Chain name: the store key prefix, bound into every KEK wrap. Default "default". */
+  /**
+   * Chain name: the store key prefix, bound into every KEK wrap. 1 to 255 characters.
+   *
+   * @defaultValue `'default'`
+   */
   name?: string
-  /** DEKs a KEK wraps before rotation, across every process. Default 2^21, at most 2^32. */
+  /**
+   * DEKs a KEK wraps before rotation, across every process. 1 to 2^32.
+   *
+   * @defaultValue 2^21 (2,097,152): an IV collision chance about 2^−55 per KEK.
+   */
   maxWrapsPerKek?: number
-  /** Age at which the primary KEK rotates. Default 7 days. */
+  /**
+   * Age (ms) at which the primary KEK rotates.
+   *
+   * @defaultValue 7 days (604,800,000)
+   */
   maxKekAgeMs?: number
-  /** Unwrapped DEKs kept for repeated decryption of the same data. Default 1024; 0 turns it off. */
+  /**
+   * Unwrapped DEKs kept for repeated decryption of the same data; 0 turns it off (then a
+   * decryption takes the same time whether or not the data was decrypted before).
+   *
+   * @defaultValue 1024
+   */
   dekCacheSize?: number
-  /** DEKs prepared (generated and wrapped) ahead of encrypt calls. Default 16; 0 turns it off. */
+  /**
+   * DEKs prepared (generated and wrapped) ahead of encrypt calls; 0 turns it off.
+   *
+   * @defaultValue 16
+   */
   dekPoolSize?: number
-  /** Uses of the primary KEK reserved per store write. Default maxWrapsPerKek / 64, between 1 and 65,536. */
+  /**
+   * Uses of the primary KEK reserved per store write. A process that crashes loses at most this
+   * many uses; another process sees a rotation at the latest after this many encryptions.
+   *
+   * @defaultValue `maxWrapsPerKek / 64`, between 1 and 65,536 (32,768 with the default limit)
+   */
   leaseSize?: number
   /**
    * Whether decryption may send a KEK embedded in the data to the root key. Default: true with
    * an embedding store, false otherwise, so that a chain on a shared store looks KEKs up only in
    * its store and invented embedded KEKs cannot make it call the root key. Turn it on to read
    * data written with the embedded store (for example, to rewrap it into a shared store).
+   *
+   * @defaultValue `store.embedsKeks`
    */
   acceptEmbeddedKeks?: boolean
 }
 
 /** Options of `encrypt`, `decrypt` and their text and stream forms. */
 export interface EncryptOptions {
-  /** Authenticated, not encrypted, not stored: the same bytes must be given to decrypt. */
+  /**
+   * Authenticated, not encrypted, not stored: the same bytes must be given to decrypt. A string
+   * is taken as UTF-8; absent and empty are the same.
+   *
+   * @defaultValue none (empty)
+   */
   associatedData?: Uint8Array | string
 }
 
 /** Options of `encryptStream`. */
 export interface EncryptStreamOptions extends EncryptOptions {
-  /** Plaintext bytes per segment, recorded in the stream header. Default 65,536; 16 to 2^24. */
+  /**
+   * Plaintext bytes per segment, recorded in the stream header; 16 to 2^24.
+   *
+   * @defaultValue 65,536
+   */
   segmentSize?: number
 }
 
 /** One KEK as `stats()` reports it. */
 export interface KekStats {
+  /** The KEK id (a random u32), as in the header of the data it protects. */
   id: number
+  /** Whether this process encrypts under it now. */
   primary: boolean
   /** DEKs this process wrapped (or prepared) under the KEK. */
   wraps: number
+  /** When the KEK was made (ms since the epoch). */
   createdAt: number
 }
 
@@ -74,10 +122,15 @@ export interface PrimaryStatus {
 
 /** What `stats()` returns: counters of this process since `open`. */
 export interface KeyChainStats {
+  /** Messages and streams encrypted. */
   encryptions: number
+  /** Messages and streams decrypted. */
   decryptions: number
+  /** New primary KEKs this process made (by `rotate()` or by a limit). */
   rotations: number
+  /** Root-key calls that made a KEK (`newKek`). */
   rootKeyWraps: number
+  /** Root-key calls that unwrapped a KEK (`unwrapKek`): at most one per KEK per process. */
   rootKeyUnwraps: number
   /**
    * False after a root-key call failed with a retryable error (a KMS that is down), until a call
@@ -86,8 +139,11 @@ export interface KeyChainStats {
   rootKeyAvailable: boolean
   /** The last root-key failure (its code and message), if any. */
   rootKeyLastError?: string
+  /** Decryptions that found their DEK in the DEK cache. */
   dekCacheHits: number
+  /** Decryptions that unwrapped their DEK. */
   dekCacheMisses: number
+  /** Every KEK this process has loaded or made. */
   keks: KekStats[]
 }
 

@@ -6,6 +6,7 @@ import { RootKeyError } from './errors.js'
 import { asBytes, concat } from './internal/bytes.js'
 import { randomBytes } from './internal/random.js'
 
+/** What {@link RootKey.newKek} returns: a new KEK and its wrapped form. */
 export interface NewKek {
   /** The KEK, non-extractable, usages encrypt / wrapKey / unwrapKey. */
   kek: CryptoKey
@@ -13,6 +14,27 @@ export interface NewKek {
   wrapped: Uint8Array
 }
 
+/**
+ * What wraps KEKs: the costly root of trust the chain asks rarely (once per rotation, once per
+ * KEK per process). Implementations reject with a {@link RootKeyError} (`ERR_ROOT_KEY`; set
+ * `retryable` when the root may answer later, such as a KMS that is down) and never put key
+ * bytes, passphrases or tokens in an error. A new root key passes `describeRootKey` from
+ * `@kms-proxy/testkit`.
+ *
+ * @example
+ * ```ts
+ * // A root key that wraps KEKs under a WebCrypto AES-GCM key you hold elsewhere:
+ * const TAG = new Uint8Array([0x70])
+ * const myRootKey: RootKey = {
+ *   kind: 'my-root',
+ *   newKek: async (aad) => sealNewKek(await wrappingKey(), aad, TAG),
+ *   unwrapKek: async (wrapped, aad) => {
+ *     if (wrapped[0] !== TAG[0]) throw new RootKeyError('not wrapped by my-root')
+ *     return openSealedKek(await wrappingKey(), wrapped.subarray(1), aad)
+ *   },
+ * }
+ * ```
+ */
 export interface RootKey {
   /** Short, stable name of the kind of root ("aes", "passphrase-pbkdf2", "aws-kms"), kept in KEK records. */
   readonly kind: string
@@ -26,7 +48,14 @@ export interface RootKey {
   unwrapKek(wrapped: Uint8Array, aad: Uint8Array): Promise<CryptoKey>
 }
 
-export const KEK_ALGORITHM = { name: 'AES-GCM', length: 128 } as const
+/** The algorithm of every KEK: AES-128-GCM. A byte-oriented root imports its KEK bytes with it. */
+export const KEK_ALGORITHM = {
+  /** AES-GCM. */
+  name: 'AES-GCM',
+  /** 128 bits. */
+  length: 128,
+} as const
+/** The usages every KEK is imported with; a root key that imports KEK bytes must use exactly these. */
 export const KEK_USAGES: KeyUsage[] = ['encrypt', 'wrapKey', 'unwrapKey']
 const WRAP_IV_BYTES = 12
 
@@ -100,7 +129,14 @@ function webCryptoRootKey(kind: keyof typeof TAGS, getKey: () => Promise<CryptoK
 
 /**
  * A root key that lives only in this process's memory: a non-extractable AES-256-GCM key made
- * on first use. Data encrypted under it cannot be decrypted by any other process, ever.
+ * on first use. Data encrypted under it cannot be decrypted by any other process, ever. The
+ * default root key of {@link KeyChain.open}: for tests, and for data that lives as long as the
+ * process (a cache, a session).
+ *
+ * @example
+ * ```ts
+ * const chain = await KeyChain.open({ rootKey: ephemeralRootKey() }) // the same as KeyChain.open()
+ * ```
  */
 export function ephemeralRootKey(): RootKey {
   let key: Promise<CryptoKey> | undefined
@@ -112,6 +148,15 @@ export function ephemeralRootKey(): RootKey {
 /**
  * A root key from an AES key you hold: 16 or 32 raw bytes (imported non-extractable; zero your
  * copy afterwards) or an AES-GCM `CryptoKey` with the usages wrapKey and unwrapKey.
+ *
+ * @throws RangeError - bytes that are not 16 or 32 long.
+ * @throws TypeError - neither bytes nor a `CryptoKey`, or a key that is not AES-GCM with
+ *   wrapKey and unwrapKey. Bytes that fail to import surface at first use as `ERR_ROOT_KEY`.
+ * @example
+ * ```ts
+ * const rootBytes = crypto.getRandomValues(new Uint8Array(32)) // keep these safe: they open every KEK
+ * const chain = await KeyChain.open({ rootKey: aesRootKey(rootBytes), store: memoryStore() })
+ * ```
  */
 export function aesRootKey(keyOrBytes: CryptoKey | Uint8Array): RootKey {
   let key: Promise<CryptoKey>

@@ -3,6 +3,7 @@
  * the head is the only mutable state and changes by compare-and-swap on its version.
  */
 
+/** One KEK as a store keeps it: written once (put-if-absent), never changed. */
 export interface KekRecord {
   /** Random u32, never 0, unique within the chain. */
   readonly id: number
@@ -14,6 +15,7 @@ export interface KekRecord {
   readonly wrapped: Uint8Array
 }
 
+/** The chain head: the only mutable record of a chain, changed by compare-and-swap. Not authenticated: see docs/SECURITY.md. */
 export interface ChainHead {
   /** KEK id of the primary KEK. */
   readonly primary: number
@@ -23,23 +25,46 @@ export interface ChainHead {
   readonly leased: number
 }
 
+/** A value and the opaque version a compare-and-swap compares. */
 export interface Versioned<T> {
+  /** The value as stored. */
   readonly value: T
   /** Opaque version for compare-and-swap (a counter, an etcd mod_revision, a Deno KV versionstamp). */
   readonly version: string
 }
 
+/**
+ * Where a chain's wrapped KEKs and its head live. KEK records are immutable (put-if-absent);
+ * the head changes only by compare-and-swap. Every method rejects with a
+ * {@link StoreError} (`ERR_STORE`, `retryable` when the store may answer later) on failure;
+ * `false` from `casHead` or `putKekIfAbsent` means "someone else was first", not a failure.
+ * A new store passes `describeStore` from `@kms-proxy/testkit`.
+ *
+ * @example
+ * ```ts
+ * import { describeStore, createHarness } from '@kms-proxy/testkit'
+ * const myStore: KeyStore = {
+ *   atomic: true, embedsKeks: false,
+ *   async getHead(chain) { … }, async casHead(chain, expected, next) { … },
+ *   async getKek(chain, id) { … }, async putKekIfAbsent(chain, record) { … }, async listKeks(chain) { … },
+ * }
+ * describeStore(createHarness(it), { name: 'myStore', open: async () => ({ store: myStore }) })
+ * ```
+ */
 export interface KeyStore {
   /** True when casHead is a real compare-and-swap across every process that shares the store. */
   readonly atomic: boolean
   /** True when each encrypted data carries its root-wrapped KEK, so decryption needs only the root key. */
   readonly embedsKeks: boolean
+  /** The chain's head and its version, or `undefined` when the chain has none yet. */
   getHead(chain: string): Promise<Versioned<ChainHead> | undefined>
   /** Writes `next` only if the head's version is still `expected` (undefined: no head yet). */
   casHead(chain: string, expected: string | undefined, next: ChainHead): Promise<boolean>
+  /** The KEK record with this id, or `undefined` when there is none. */
   getKek(chain: string, id: number): Promise<KekRecord | undefined>
   /** Writes the record only if no record has this id; never overwrites. */
   putKekIfAbsent(chain: string, record: KekRecord): Promise<boolean>
+  /** Every KEK record of the chain, in no particular order. */
   listKeks(chain: string): Promise<KekRecord[]>
 }
 
@@ -82,7 +107,17 @@ function inMemory(embedsKeks: boolean): KeyStore {
   }
 }
 
-/** KEK records and head in this process's memory. Share one instance between chains to share state. */
+/**
+ * KEK records and head in this process's memory. Share one instance between chains to share
+ * state; everything is gone when the process ends. `atomic: true`, `embedsKeks: false`.
+ *
+ * @example
+ * ```ts
+ * const store = memoryStore()
+ * const chain = await KeyChain.open({ rootKey: aesRootKey(rootBytes), store })
+ * const again = await KeyChain.open({ rootKey: aesRootKey(rootBytes), store }) // decrypts what `chain` made
+ * ```
+ */
 export function memoryStore(): KeyStore {
   return inMemory(false)
 }
@@ -91,7 +126,14 @@ export function memoryStore(): KeyStore {
  * The original design's "store along every ciphertext": each encrypted data carries the
  * root-wrapped KEK, so decryption anywhere needs only the root key (one unwrap per distinct KEK
  * per process). The head and usage counts live in this process only: a new process starts a new
- * KEK, so the usage limit holds per process, not across processes.
+ * KEK, so the usage limit holds per process, not across processes. The default store of
+ * {@link KeyChain.open}. `embedsKeks: true`.
+ *
+ * @example
+ * ```ts
+ * const chain = await KeyChain.open({ rootKey: passphraseRootKey({ passphrase }), store: embeddedStore() })
+ * const data = await chain.encrypt('notes') // any process with the passphrase decrypts it, no key file
+ * ```
  */
 export function embeddedStore(): KeyStore {
   return inMemory(true)

@@ -20,6 +20,18 @@
  *   reads the password and token, or answers `succeeded: true` to every write.
  *
  * No `node:` imports: only fetch, TextEncoder/TextDecoder, btoa/atob.
+ *
+ * @example
+ * ```ts
+ * import { KeyChain, aesRootKey } from '@kms-proxy/core'
+ * import { etcdStore } from '@kms-proxy/etcd'
+ * const store = etcdStore({ endpoints: ['https://etcd-1:2379', 'https://etcd-2:2379', 'https://etcd-3:2379'], username: 'kms', password })
+ * const chain = await KeyChain.open({ rootKey: aesRootKey(rootBytes), store, name: 'orders' })
+ * const encrypted = await chain.encrypt('hello') // any process on the same store and root key decrypts it
+ * ```
+ *
+ * @packageDocumentation
+ * @module @kms-proxy/etcd
  */
 import { HttpExchangeError, StoreError, checkServerUrl, httpExchange, type ChainHead, type KekRecord, type KeyStore, type Versioned } from '@kms-proxy/core'
 

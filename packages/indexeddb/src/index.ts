@@ -11,6 +11,18 @@
  * lost head write after a power cut would hand out a lease twice.
  *
  * Only wrapped KEK bytes are stored, never `CryptoKey` handles: see the README for why.
+ *
+ * @example
+ * ```ts
+ * import { KeyChain } from '@kms-proxy/core'
+ * import { passphraseRootKey } from '@kms-proxy/passphrase'
+ * import { indexedDbStore } from '@kms-proxy/indexeddb'
+ * const chain = await KeyChain.open({ rootKey: passphraseRootKey({ passphrase }), store: indexedDbStore({ name: 'notes' }) })
+ * const encrypted = await chain.encryptText('hello') // chain.decryptText(encrypted) -> 'hello'
+ * ```
+ *
+ * @packageDocumentation
+ * @module @kms-proxy/indexeddb
  */
 import { createStore, type UseStore } from 'idb-keyval'
 import { StoreError, type ChainHead, type KekRecord, type KeyStore, type Versioned } from '@kms-proxy/core'

@@ -10,6 +10,18 @@
  *
  * No `node:` imports and no reference to the `Deno` global: both stores take the binding or the
  * `Deno.Kv` handle as an argument and run on workerd, Deno, Node and browsers alike.
+ *
+ * @example
+ * ```ts
+ * import { KeyChain, aesRootKey } from '@kms-proxy/core'
+ * import { denoKvStore, workersKvStore } from '@kms-proxy/kv'
+ * const chain = await KeyChain.open({ rootKey: aesRootKey(rootKeyBytes), store: denoKvStore(await Deno.openKv()) })
+ * // On Cloudflare Workers, with a KV binding KEYS:  store: workersKvStore(env.KEYS)
+ * const encrypted = await chain.encryptText('hello') // chain.decryptText(encrypted) -> 'hello'
+ * ```
+ *
+ * @packageDocumentation
+ * @module @kms-proxy/kv
  */
 import { StoreError, type ChainHead, type KekRecord, type KeyStore, type Versioned } from '@kms-proxy/core'
 

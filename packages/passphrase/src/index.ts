@@ -14,6 +14,17 @@
  *   0x10 PBKDF2-SHA-256: iterations u32
  *   0x11 scrypt:         log2(N) u8, r u8, p u8
  *   0x12 Argon2id:       t u8, m (KiB) u32, p u8
+ *
+ * @example
+ * ```ts
+ * import { KeyChain } from '@kms-proxy/core'
+ * import { passphraseRootKey } from '@kms-proxy/passphrase'
+ * const chain = await KeyChain.open({ rootKey: passphraseRootKey({ passphrase }) })
+ * const encrypted = await chain.encrypt('notes')  // decryptable anywhere with the passphrase alone
+ * ```
+ *
+ * @packageDocumentation
+ * @module @kms-proxy/passphrase
  */
 import { RootKeyError, openSealedKek, sealNewKek, type RootKey } from '@kms-proxy/core'
 import {

@@ -15,6 +15,18 @@
  * PKCS#11 calls are synchronous here: one session serves one operation at a time, and on
  * SoftHSM2 each call takes well under a millisecond. The chain makes them rarely (once per
  * rotation, once per KEK per process).
+ *
+ * @example
+ * ```ts
+ * import { startPkcs11Bridge } from '@kms-proxy/pkcs11-bridge'
+ * const bridge = await startPkcs11Bridge({
+ *   module: '/usr/lib/softhsm/libsofthsm2.so', tokenLabel: 'kms-proxy', pin: process.env.HSM_PIN!, keyLabel: 'kms-proxy-root',
+ *   tokens: [{ name: 'payments-svc', token: process.env.PAYMENTS_TOKEN!, chains: ['payments'] }], socketPath: '/run/kms-proxy/bridge.sock' })
+ * // clients: pkcs11BridgeRootKey({ url: bridge.url, token }) from @kms-proxy/pkcs11
+ * ```
+ *
+ * @packageDocumentation
+ * @module @kms-proxy/pkcs11-bridge
  */
 export { pkcs11RootKey, type Pkcs11KeyOptions } from './token-key.js'
 export { startPkcs11Bridge, type Pkcs11Bridge, type Pkcs11BridgeOptions } from './bridge.js'

@@ -9,6 +9,18 @@
  *   POST {url}/v1/generate {aad}          -> {kek, wrapped}
  *   POST {url}/v1/unwrap   {wrapped, aad} -> {kek}
  * All byte fields are standard base64. `wrapped` is `0x30 || iv (12) || ciphertext (16) || tag (16)`.
+ *
+ * @example
+ * ```ts
+ * import { KeyChain } from '@kms-proxy/core'
+ * import { pkcs11BridgeRootKey } from '@kms-proxy/pkcs11'
+ * const rootKey = pkcs11BridgeRootKey({ url: 'http://127.0.0.1:7711', token: process.env.BRIDGE_TOKEN! })
+ * const chain = await KeyChain.open({ rootKey, store })
+ * const encrypted = await chain.encrypt('hello')
+ * ```
+ *
+ * @packageDocumentation
+ * @module @kms-proxy/pkcs11
  */
 import { HttpExchangeError, KEK_USAGES, RootKeyError, checkServerUrl, httpWithRetry, type NewKek, type RootKey } from '@kms-proxy/core'
 

@@ -2,6 +2,17 @@
  * Contract suites that need no test runner. `describeStore(t, options)` registers the tests that
  * every KeyStore must pass on a harness `t`; the same suite runs under vitest (pass vitest's `it`
  * to createHarness) or inside Deno, workerd and Chromium (collect, then `run()`).
+ *
+ * @example
+ * ```ts
+ * import { it } from 'vitest'
+ * import { createHarness, describeStore } from '@kms-proxy/testkit'
+ * describeStore(createHarness(it), { name: 'myStore', open: async () => ({ store, another: () => openAgain() }) })
+ * // In Deno, workerd or a browser: const t = createHarness(); describeStore(t, …); await t.run()
+ * ```
+ *
+ * @packageDocumentation
+ * @module @kms-proxy/testkit
  */
 import { KeyChain, KmsProxyError, aesRootKey, type KeyStore, type KekRecord, type RootKey } from '@kms-proxy/core'
 

@@ -12,6 +12,18 @@
  *
  * Wrapped KEK: 0x40 || iv (12) || AES-GCM(wrapping key, iv, KEK, aad) (16 + 16 tag)  = 45 bytes.
  * Wrapping key: HKDF-SHA-256(ikm = PRF output (32), salt = the salt, info = "kms-proxy/webauthn-prf/v1").
+ *
+ * @example
+ * ```ts
+ * import { KeyChain } from '@kms-proxy/core'
+ * import { registerPrfCredential, webauthnRootKey } from '@kms-proxy/webauthn'
+ * const params = await registerPrfCredential({ rpName: 'Notes', userName: 'alice' }) // once; keep it (public)
+ * const chain = await KeyChain.open({ rootKey: webauthnRootKey(params) })            // every page load
+ * const text = await chain.encryptText('notes')  // first use: one authenticator prompt; then none
+ * ```
+ *
+ * @packageDocumentation
+ * @module @kms-proxy/webauthn
  */
 import { RootKeyError, openSealedKek, sealNewKek, type RootKey } from '@kms-proxy/core'
 
