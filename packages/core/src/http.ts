@@ -23,7 +23,11 @@ export class HttpExchangeError extends Error {
   /** What went wrong; `network` includes a refused connection and a reset. */
   readonly reason: HttpFailureReason
 
-  /** @param message - what failed, with no request, header or body in it. */
+  /**
+   * For adapters and tests; {@link httpExchange} throws it.
+   *
+   * @param message - what failed, with no request, header or body in it.
+   */
   constructor(reason: HttpFailureReason, message: string) {
     super(message)
     this.name = 'HttpExchangeError'

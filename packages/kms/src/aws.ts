@@ -11,13 +11,18 @@ import { signV4, type AwsCredentials } from './sigv4.js'
 export interface AwsKmsRootKeyOptions extends RetryOptions {
   /** Key id, key ARN, alias name (alias/…) or alias ARN. */
   keyId: string
+  /** The AWS region of the key, such as `eu-central-1`. */
   region: string
   /** Static credentials, or a function called before each request (for expiring ones). */
   credentials: AwsCredentials | (() => Promise<AwsCredentials>)
-  /** Default https://kms.{region}.amazonaws.com. Plain http only on loopback or a host in `plainHttpHosts`. */
+  /**
+   * The KMS endpoint. Plain http only on loopback or a host in `plainHttpHosts`.
+   *
+   * @defaultValue `https://kms.{region}.amazonaws.com`
+   */
   endpoint?: string
   /**
-   * This host's clock in milliseconds since the epoch, for signing. Default `Date.now`. For tests
+   * This host's clock in milliseconds since the epoch, for signing (default `Date.now`). For tests
    * and for hosts whose clock is known to be off; a skew is also corrected on its own (see
    * {@link awsKmsRootKey}).
    */
@@ -60,6 +65,25 @@ function field(out: Record<string, unknown>, name: 'CiphertextBlob' | 'Plaintext
  * a 5xx. A clock-skew refusal (`InvalidSignatureException` "Signature expired",
  * `RequestTimeTooSkewed`, …) whose `Date` header is 4 minutes or more away from the signing clock
  * corrects that clock by the difference, for this root key's later calls too, and is retried once.
+ *
+ * A rotation costs one `GenerateDataKey` (AES_128), an unlock one `Decrypt` per KEK; messages
+ * cost none. The chain's KEK AAD is the encryption context, so KMS binds each KEK to its chain
+ * and id. The IAM principal needs `kms:GenerateDataKey` and `kms:Decrypt` on the key.
+ *
+ * @throws TypeError - a missing or malformed option (key id, region, credentials, endpoint, or
+ *   plain http to a host that is neither loopback nor in `plainHttpHosts`).
+ * @throws {@link @kms-proxy/core!RootKeyError} - (from `newKek` / `unwrapKek`) `ERR_ROOT_KEY`:
+ *   KMS refused (access denied, a wrong encryption context, a disabled key), `retryable` when it
+ *   was unreachable, throttled or answered 5xx after the retries.
+ * @example
+ * ```ts
+ * import { KeyChain } from '@kms-proxy/core'
+ * import { fileStore } from '@kms-proxy/file'
+ * import { awsKmsRootKey } from '@kms-proxy/kms'
+ *
+ * const rootKey = awsKmsRootKey({ keyId: 'alias/app', region: 'eu-central-1', credentials: { accessKeyId, secretAccessKey } })
+ * const chain = await KeyChain.open({ rootKey, store: fileStore('./keys.json') }) // one GenerateDataKey per rotation
+ * ```
  */
 export function awsKmsRootKey(options: AwsKmsRootKeyOptions): RootKey {
   if (typeof options !== 'object' || options === null) throw new TypeError('options: expected an object')

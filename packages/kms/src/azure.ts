@@ -23,11 +23,19 @@ export interface AzureKeyVaultRootKeyOptions extends RetryOptions {
   vaultUrl: string
   /** Name of an RSA key (RSA or RSA-HSM) with the wrapKey and unwrapKey operations allowed. */
   keyName: string
-  /** Version that wraps new KEKs. Default: the key's current version at each rotation. */
+  /**
+   * Version that wraps new KEKs.
+   *
+   * @defaultValue the key's current version at each rotation
+   */
   keyVersion?: string
   /** Microsoft Entra access token for https://vault.azure.net, or a function called before each request. */
   accessToken: string | (() => Promise<string>)
-  /** REST api-version. Default 7.4 (any later version speaks the same wrapkey/unwrapkey). */
+  /**
+   * REST api-version (any later version speaks the same wrapkey/unwrapkey).
+   *
+   * @defaultValue `'7.4'`
+   */
   apiVersion?: string
 }
 
@@ -59,7 +67,22 @@ function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   return diff === 0
 }
 
-/** Azure Key Vault as a root key: RSA-OAEP-256 wrapkey/unwrapkey of a KEK made here, bound to the chain by a digest inside the RSA block. */
+/**
+ * Azure Key Vault as a root key: RSA-OAEP-256 wrapkey/unwrapkey of a KEK made here, bound to the
+ * chain by a digest inside the RSA block (`wrapkey` takes no associated data). A rotation costs
+ * one `wrapkey`, an unlock one `unwrapkey` per KEK.
+ *
+ * @throws TypeError - a malformed `keyName`, `keyVersion` or `apiVersion`, a missing
+ *   `accessToken`, a bad `vaultUrl`.
+ * @throws {@link @kms-proxy/core!RootKeyError} - (from `newKek` / `unwrapKek`) `ERR_ROOT_KEY`:
+ *   Key Vault refused, the digest did not match (a KEK moved to another chain or id),
+ *   `retryable` when it was unreachable or answered 429/5xx after the retries.
+ * @example
+ * ```ts
+ * const rootKey = azureKeyVaultRootKey({ vaultUrl: 'https://my-vault.vault.azure.net', keyName: 'kms-proxy', accessToken: () => getToken() })
+ * const chain = await KeyChain.open({ rootKey, store })
+ * ```
+ */
 export function azureKeyVaultRootKey(options: AzureKeyVaultRootKeyOptions): RootKey {
   if (typeof options !== 'object' || options === null) throw new TypeError('options: expected an object')
   const { keyName, keyVersion } = options

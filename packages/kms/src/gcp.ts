@@ -13,14 +13,34 @@ export interface GcpKmsRootKeyOptions extends RetryOptions {
   keyName: string
   /** OAuth 2.0 access token, or a function called before each request (for expiring ones). */
   accessToken: string | (() => Promise<string>)
-  /** Default https://cloudkms.googleapis.com. Plain http only on loopback or a host in `plainHttpHosts`. */
+  /**
+   * The Cloud KMS endpoint. Plain http only on loopback or a host in `plainHttpHosts`.
+   *
+   * @defaultValue `https://cloudkms.googleapis.com`
+   */
   endpoint?: string
 }
 
 const TAG = 0x21
 const KEY_NAME = /^projects\/[^/]+\/locations\/[^/]+\/keyRings\/[^/]+\/cryptoKeys\/[^/]+$/
 
-/** Google Cloud KMS as a root key: HSM random bytes for each KEK, bound to the chain with additionalAuthenticatedData. */
+/**
+ * Google Cloud KMS as a root key: HSM random bytes for each KEK, bound to the chain with
+ * additionalAuthenticatedData. A rotation costs two calls (`generateRandomBytes`, `encrypt`), an
+ * unlock one `decrypt` per KEK; messages cost none.
+ *
+ * @throws TypeError - a malformed `keyName`, a missing `accessToken`, a bad endpoint.
+ * @throws {@link @kms-proxy/core!RootKeyError} - (from `newKek` / `unwrapKek`) `ERR_ROOT_KEY`:
+ *   Cloud KMS refused, `retryable` when it was unreachable or answered 429/5xx after the retries.
+ * @example
+ * ```ts
+ * const rootKey = gcpKmsRootKey({
+ *   keyName: 'projects/acme/locations/europe-west1/keyRings/app/cryptoKeys/kek-root',
+ *   accessToken: () => getAccessToken(), // called before each request
+ * })
+ * const chain = await KeyChain.open({ rootKey, store })
+ * ```
+ */
 export function gcpKmsRootKey(options: GcpKmsRootKeyOptions): RootKey {
   if (typeof options !== 'object' || options === null) throw new TypeError('options: expected an object')
   const { keyName } = options

@@ -4,19 +4,35 @@ import { HttpExchangeError, KEK_USAGES, RootKeyError, httpWithRetry, transientSt
 export interface RetryOptions {
   /**
    * Deadline of each attempt, covering the whole exchange: connection, headers and every byte of
-   * the body (a server that stalls mid-answer fails at this deadline too). Default 10 s.
+   * the body (a server that stalls mid-answer fails at this deadline too).
+   *
+   * @defaultValue 10,000 (10 s)
    */
   timeoutMs?: number
-  /** Attempts after the first on 429, 5xx, throttling, timeouts and network errors. Default 3. */
+  /**
+   * Attempts after the first on 429, 5xx, throttling, timeouts and network errors.
+   *
+   * @defaultValue 3
+   */
   retries?: number
-  /** First backoff; doubles each retry, with full jitter. Default 100 ms. */
+  /**
+   * First backoff (ms); doubles each retry, with full jitter.
+   *
+   * @defaultValue 100
+   */
   backoffMs?: number
-  /** The `fetch` to use. Default: the global one. */
+  /**
+   * The `fetch` to use.
+   *
+   * @defaultValue the global `fetch`
+   */
   fetch?: typeof fetch
   /**
    * Hosts the caller allows plain `http:` to, by name (compared without case). Without it, a KMS
    * URL must be `https:` unless its host is loopback (`localhost`, 127.0.0.0/8, `::1`): over plain
    * http anyone on the path reads the credentials and the KEK bytes, or answers in the KMS's place.
+   *
+   * @defaultValue none: plain http only to loopback
    */
   plainHttpHosts?: string[]
 }

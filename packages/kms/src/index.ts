@@ -1,3 +1,19 @@
+/**
+ * Remote KMSs as root keys, through `fetch` and `crypto.subtle` only, on every runtime: AWS KMS,
+ * Google Cloud KMS, HashiCorp Vault Transit and Azure Key Vault. No vendor SDK is bundled. A
+ * rotation costs one or two KMS calls, an unlock one per KEK, a message none.
+ *
+ * @example
+ * ```ts
+ * import { KeyChain } from '@kms-proxy/core'
+ * import { awsKmsRootKey } from '@kms-proxy/kms'
+ * const rootKey = awsKmsRootKey({ keyId: 'alias/app', region: 'eu-central-1', credentials })
+ * const chain = await KeyChain.open({ rootKey, store })   // one GenerateDataKey per rotation
+ * ```
+ *
+ * @packageDocumentation
+ * @module @kms-proxy/kms
+ */
 export { awsKmsRootKey } from './aws.js'
 export type { AwsKmsRootKeyOptions } from './aws.js'
 export { signV4 } from './sigv4.js'

@@ -7,8 +7,11 @@ const encoder = new TextEncoder()
 
 /** AWS credentials; `sessionToken` for temporary ones (STS, instance roles). */
 export interface AwsCredentials {
+  /** The access key id (`AKIA…`, or `ASIA…` for temporary credentials). */
   accessKeyId: string
+  /** The secret access key: used only to sign, never sent nor put in an error. */
   secretAccessKey: string
+  /** The session token of temporary credentials (STS). */
   sessionToken?: string
 }
 

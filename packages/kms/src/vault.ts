@@ -17,16 +17,39 @@ export interface VaultTransitRootKeyOptions extends RetryOptions {
   token: string | (() => Promise<string>)
   /** Name of the transit key. */
   key: string
-  /** Where the transit engine is mounted. Default 'transit'. */
+  /**
+   * Where the transit engine is mounted.
+   *
+   * @defaultValue `'transit'`
+   */
   mount?: string
-  /** Vault Enterprise / HCP namespace (X-Vault-Namespace). */
+  /**
+   * Vault Enterprise / HCP namespace (X-Vault-Namespace).
+   *
+   * @defaultValue none: the root namespace
+   */
   namespace?: string
 }
 
 const TAG = 0x22
 const VAULT_CIPHERTEXT = /^vault:v\d+:[A-Za-z0-9+/=]+$/
 
-/** HashiCorp Vault Transit as a root key: Vault makes each KEK's bytes and binds them to the chain with associated_data. */
+/**
+ * HashiCorp Vault Transit as a root key: Vault makes each KEK's bytes and binds them to the chain
+ * with associated_data. A rotation costs two calls (`random/16`, `encrypt`), an unlock one
+ * `decrypt` per KEK; the transit key's version is kept with each wrapped KEK.
+ *
+ * @throws TypeError - a missing `address`, `token` or `key`, or plain http to a host that is
+ *   neither loopback nor in `plainHttpHosts`.
+ * @throws {@link @kms-proxy/core!RootKeyError} - (from `newKek` / `unwrapKek`) `ERR_ROOT_KEY`:
+ *   Vault refused (permission denied, a key type without associated data), `retryable` when it
+ *   was unreachable or answered 429/5xx after the retries.
+ * @example
+ * ```ts
+ * const rootKey = vaultTransitRootKey({ address: 'https://vault.internal:8200', token: process.env.VAULT_TOKEN!, key: 'kms-proxy' })
+ * const chain = await KeyChain.open({ rootKey, store })
+ * ```
+ */
 export function vaultTransitRootKey(options: VaultTransitRootKeyOptions): RootKey {
   if (typeof options !== 'object' || options === null) throw new TypeError('options: expected an object')
   const { key, namespace } = options
