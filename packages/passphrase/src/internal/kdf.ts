@@ -6,9 +6,23 @@
 /** PBKDF2-SHA-256 iterations for new KEKs by default: OWASP Password Storage Cheat Sheet's 600,000. */
 export const DEFAULT_ITERATIONS = 600_000
 /** scrypt parameters with `kdf: 'scrypt'` (OWASP): N = 2^17, r = 8, p = 1, 128 MiB. */
-export const DEFAULT_SCRYPT = { N: 2 ** 17, r: 8, p: 1 } as const
+export const DEFAULT_SCRYPT = {
+  /** CPU and memory cost. */
+  N: 2 ** 17,
+  /** Block size. */
+  r: 8,
+  /** Parallelism. */
+  p: 1,
+} as const
 /** Argon2id parameters with `kdf: 'argon2id'` (OWASP): m = 19 MiB (in KiB), t = 2, p = 1. */
-export const DEFAULT_ARGON2ID = { t: 2, m: 19_456, p: 1 } as const
+export const DEFAULT_ARGON2ID = {
+  /** Passes. */
+  t: 2,
+  /** Memory in KiB. */
+  m: 19_456,
+  /** Parallelism. */
+  p: 1,
+} as const
 /** Fewest PBKDF2 iterations accepted, configured or read: below this a root is a toy, which tests may use. */
 export const MIN_ITERATIONS = 1_000
 /** Most PBKDF2 iterations accepted anywhere, whatever `maxCostFactor` says. */
