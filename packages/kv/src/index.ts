@@ -97,13 +97,31 @@ function checkId(id: number): void {
  * `env`, or Miniflare's `getKVNamespace()`, fits.
  */
 export interface WorkersKvNamespace {
+  /** Reads a value as text; `null` when the key is absent. */
   get(key: string, type: 'text'): Promise<string | null>
+  /** Writes a value (last write wins: KV has no condition). */
   put(key: string, value: string): Promise<unknown>
-  list(options: { prefix: string; cursor?: string }): Promise<{ keys: Array<{ name: string }>; list_complete: boolean; cursor?: string }>
+  /** One page of the keys under a prefix. */
+  list(options: { prefix: string; cursor?: string }): Promise<{
+    /** The keys of this page. */
+    keys: Array<{
+      /** The key. */
+      name: string
+    }>
+    /** True on the last page. */
+    list_complete: boolean
+    /** Where the next page starts. */
+    cursor?: string
+  }>
 }
 
+/** Options of {@link workersKvStore}. */
 export interface WorkersKvStoreOptions {
-  /** Prepended to every key, to share a namespace. Default "kms-proxy:". */
+  /**
+   * Prepended to every key, to share a namespace.
+   *
+   * @defaultValue `'kms-proxy:'`
+   */
   prefix?: string
 }
 
@@ -149,6 +167,19 @@ interface KvKekValue {
  * in that window) both see the id free and both write. The read-back makes the first writer give
  * up when the second put lands before its read-back; if it lands after (or in another location),
  * both use the id, the last write wins, and data under the other KEK could not be decrypted.
+ *
+ * @throws TypeError - `namespace` is not a KV binding, or `prefix` is not a string.
+ * @throws {@link @kms-proxy/core!StoreError} - (from its methods) `ERR_STORE`: KV failed, or a
+ *   record is malformed.
+ * @example
+ * ```ts
+ * export default {
+ *   async fetch(request: Request, env: { KEYS: KVNamespace }) {
+ *     const chain = await KeyChain.open({ rootKey: aesRootKey(rootKeyBytes), store: workersKvStore(env.KEYS) })
+ *     return new Response(await chain.encryptText(await request.text()))
+ *   },
+ * }
+ * ```
  */
 export function workersKvStore(namespace: WorkersKvNamespace, options: WorkersKvStoreOptions = {}): KeyStore {
   if (!namespace || typeof namespace.get !== 'function' || typeof namespace.put !== 'function' || typeof namespace.list !== 'function') {
@@ -260,15 +291,27 @@ interface DenoKvAtomic {
 
 /** The part of a `Deno.Kv` (from `Deno.openKv()`) that the store uses. */
 export interface DenoKv {
+  /** Reads one entry. */
   get(key: DenoKvKey): Promise<DenoKvEntry>
+  /** The entries under a key prefix. */
   list(selector: { prefix: DenoKvKey }): AsyncIterable<DenoKvEntry>
+  /** Starts an atomic operation (checks, then sets, then commit). */
   atomic(): DenoKvAtomic
 }
 
+/** Options of {@link denoKvStore}. */
 export interface DenoKvStoreOptions {
-  /** First part of every key, to share a database. Default "kms-proxy". */
+  /**
+   * First part of every key, to share a database.
+   *
+   * @defaultValue `'kms-proxy'`
+   */
   prefix?: string
-  /** How long to keep retrying while SQLite answers "database is locked". Default 10 s. */
+  /**
+   * How long (ms) to keep retrying while SQLite answers "database is locked".
+   *
+   * @defaultValue 10,000 (10 s)
+   */
   busyTimeoutMs?: number
 }
 
@@ -307,6 +350,15 @@ interface DenoKekValue {
  * compare-and-swap on its versionstamp and KEK records are put-if-absent
  * (`kv.atomic().check({ key, versionstamp })`), so the store is atomic across every process that
  * opens the same database: `atomic: true`.
+ *
+ * @throws TypeError - `kv` is not a Deno KV handle, or an option of the wrong type.
+ * @throws {@link @kms-proxy/core!StoreError} - (from its methods) `ERR_STORE`: KV failed (still
+ *   locked after `busyTimeoutMs`), or a record is malformed.
+ * @example
+ * ```ts
+ * const kv = await Deno.openKv('./keys.sqlite')   // --unstable-kv
+ * const chain = await KeyChain.open({ rootKey: passphraseRootKey({ passphrase }), store: denoKvStore(kv) })
+ * ```
  */
 export function denoKvStore(kv: DenoKv, options: DenoKvStoreOptions = {}): KeyStore {
   if (!kv || typeof kv.get !== 'function' || typeof kv.atomic !== 'function' || typeof kv.list !== 'function') {
