@@ -7,6 +7,17 @@
  * fsyncs it, and, still provably holding the lock, renames it over the old file and fsyncs the
  * folder. A reader sees the old or the new file and never half of one, a crash leaves the last
  * complete file, and compare-and-swap and put-if-absent hold across processes on one machine.
+ *
+ * @example
+ * ```ts
+ * import { KeyChain } from '@kms-proxy/core'
+ * import { fileStore } from '@kms-proxy/file'
+ * import { passphraseRootKey } from '@kms-proxy/passphrase'
+ * const chain = await KeyChain.open({ rootKey: passphraseRootKey({ passphrase }), store: fileStore('./keys.json') })
+ * ```
+ *
+ * @packageDocumentation
+ * @module @kms-proxy/file
  */
 import { readFile, rename, unlink } from 'node:fs/promises'
 import { StoreError, type ChainHead, type KekRecord, type KeyStore, type Versioned } from '@kms-proxy/core'
@@ -16,13 +27,17 @@ import { acquireLock, commitAndRelease, stageFile, syncFolder, type LockOptions 
 export interface FileStoreOptions {
   /**
    * A lock file untouched for this long was left by a crashed process and is taken over. A live
-   * holder touches its lock every quarter of this. Default 10 s.
+   * holder touches its lock every quarter of this.
+   *
+   * @defaultValue 10,000 (10 s)
    */
   staleLockMs?: number
   /**
    * Give up waiting for the lock after this long (a retryable `ERR_STORE`). Must be longer than
    * `staleLockMs`, or a crashed process's lock would fail every caller instead of being taken
-   * over. Default 2 × `staleLockMs` + 10 s (30 s), which also covers a crash during a takeover.
+   * over. The default also covers a crash during a takeover.
+   *
+   * @defaultValue 2 × `staleLockMs` + 10 s (30 s)
    */
   lockTimeoutMs?: number
 }
@@ -77,7 +92,22 @@ function serialize(contents: Contents): string {
 /**
  * A {@link KeyStore} in the JSON file at `path` (created on the first write, mode 0600), shared
  * safely by processes on one machine; next to it live `path.lock` and, during a takeover,
- * `path.lock.break`. Not for network file systems.
+ * `path.lock.break`. Not for network file systems. `atomic: true`, `embedsKeks: false`.
+ *
+ * @param path - the store file, such as `./keys.json`.
+ * @throws TypeError - `path` is not a non-empty string.
+ * @throws RangeError - a lock timing out of range, or `lockTimeoutMs` not longer than `staleLockMs`.
+ * @throws {@link @kms-proxy/core!StoreError} - (from its methods) `ERR_STORE`: the file could not
+ *   be read or written, is not a kms-proxy file store, or the lock was not free within
+ *   `lockTimeoutMs` (`retryable`).
+ * @example
+ * ```ts
+ * import { KeyChain } from '@kms-proxy/core'
+ * import { fileStore } from '@kms-proxy/file'
+ * import { passphraseRootKey } from '@kms-proxy/passphrase'
+ *
+ * const chain = await KeyChain.open({ rootKey: passphraseRootKey({ passphrase }), store: fileStore('./keys.json') })
+ * ```
  */
 export function fileStore(path: string, options: FileStoreOptions = {}): KeyStore {
   if (typeof path !== 'string' || path.length === 0) throw new TypeError('fileStore: expected a file path')
