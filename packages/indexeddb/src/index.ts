@@ -27,6 +27,7 @@
 import { createStore, type UseStore } from 'idb-keyval'
 import { StoreError, type ChainHead, type KekRecord, type KeyStore, type Versioned } from '@kms-proxy/core'
 
+/** Options of {@link indexedDbStore}. */
 export interface IndexedDbStoreOptions {
   /** Store name; the database is `kms-proxy:${name}`. Every tab that opens the same name shares it. */
   name: string
@@ -120,7 +121,16 @@ function readWrite<T>(use: UseStore, body: (store: IDBObjectStore, answer: (valu
 
 /**
  * A KeyStore in IndexedDB: `atomic: true` across tabs, workers and handles of one origin;
- * `embedsKeks: false` (data names its KEK by id; the wrapped KEK lives here).
+ * `embedsKeks: false` (data names its KEK by id; the wrapped KEK lives here). Keeps only
+ * root-wrapped KEKs, never `CryptoKey` handles, so a page load asks the root key once per KEK.
+ *
+ * @throws TypeError - no `name`, or a runtime without `indexedDB`.
+ * @throws {@link @kms-proxy/core!StoreError} - (from its methods) `ERR_STORE`: a transaction
+ *   failed (quota, a blocked upgrade), or a record is malformed.
+ * @example
+ * ```ts
+ * const chain = await KeyChain.open({ rootKey: webauthnRootKey(params), store: indexedDbStore({ name: 'notes' }) })
+ * ```
  */
 export function indexedDbStore(options: IndexedDbStoreOptions): KeyStore {
   if (typeof options !== 'object' || options === null) throw new TypeError('options: expected an object')
