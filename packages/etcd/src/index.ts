@@ -47,27 +47,45 @@ export interface EtcdStoreOptions {
    * opt-in for a network where nobody else can read or answer the traffic. Over plain http the
    * password, the token and every record cross in the clear, and anyone on the path can answer
    * `{"succeeded":true}` to a write that never happened. Host names only, no port.
+   *
+   * @defaultValue none: plain http only to loopback
    */
   plainHttpHosts?: string[]
-  /** etcd user (auth enabled); `password` is then required. */
+  /**
+   * etcd user (auth enabled); `password` is then required.
+   *
+   * @defaultValue none: no authentication
+   */
   username?: string
   /** The etcd user's password; never appears in an error. */
   password?: string
-  /** Key prefix for every key this store writes. Default `'kms-proxy/'`. */
+  /**
+   * Key prefix for every key this store writes.
+   *
+   * @defaultValue `'kms-proxy/'`
+   */
   prefix?: string
-  /** The fetch to use. Default: the global fetch. */
+  /**
+   * The fetch to use.
+   *
+   * @defaultValue the global `fetch`
+   */
   fetch?: typeof fetch
   /**
    * Deadline in milliseconds for each request to one endpoint, covering the whole answer (headers
    * and body, even with a `fetch` that ignores its abort signal); past it the store moves to the
-   * next endpoint. Default 5,000.
+   * next endpoint.
+   *
+   * @defaultValue 5,000
    */
   timeoutMs?: number
 }
 
 /** The store {@link etcdStore} returns: a `KeyStore` with compare-and-swap that never embeds KEKs. */
 export interface EtcdStore extends KeyStore {
+  /** Always true: etcd's transactions are a real compare-and-swap. */
   readonly atomic: true
+  /** Always false: data names its KEK by id; the wrapped KEK lives in etcd. */
   readonly embedsKeks: false
 }
 
@@ -163,7 +181,25 @@ const MAX_ANSWER_BYTES = 64 << 20
 /** etcd refuses the token: invalid or expired, or a JWT issued before the last auth change. */
 const REFUSED_TOKEN = /invalid auth token|user name is empty|auth token is not provided|revision of auth store is old/i
 
-/** A KeyStore on etcd v3's HTTP/JSON gateway. `atomic: true`: the head changes only by compare-and-swap. */
+/**
+ * A KeyStore on etcd v3's HTTP/JSON gateway. `atomic: true`: the head changes only by
+ * compare-and-swap, so many processes on many machines share one chain and its usage limit.
+ *
+ * @throws TypeError - no endpoints, a malformed endpoint or plain http to a host that is neither
+ *   loopback nor in `plainHttpHosts`, a username without a password (or the reverse), no `fetch`.
+ * @throws RangeError - `timeoutMs` not a positive number.
+ * @throws {@link @kms-proxy/core!StoreError} - (from its methods) `ERR_STORE`: `retryable` when no
+ *   endpoint answered; not retryable when etcd refused (permission denied, a failed login) or a
+ *   record is malformed.
+ * @example
+ * ```ts
+ * import { KeyChain, aesRootKey } from '@kms-proxy/core'
+ * import { etcdStore } from '@kms-proxy/etcd'
+ *
+ * const store = etcdStore({ endpoints: ['https://etcd-1:2379', 'https://etcd-2:2379', 'https://etcd-3:2379'], username: 'kms', password })
+ * const chain = await KeyChain.open({ rootKey: aesRootKey(rootBytes), store, name: 'orders' })
+ * ```
+ */
 export function etcdStore(options: EtcdStoreOptions): EtcdStore {
   if (typeof options !== 'object' || options === null) throw new TypeError('options: expected an object')
   const { endpoints, username, password } = options
