@@ -24,26 +24,56 @@ export interface Pkcs11BridgeOptions extends Pkcs11KeyOptions {
   token?: string
   /** Named bearer tokens, each optionally scoped to chain names. Names and tokens must differ. */
   tokens?: readonly Pkcs11BridgeToken[]
-  /** A loopback address: 127.0.0.1 (default), ::1 or localhost. */
+  /**
+   * A loopback address: 127.0.0.1, ::1 or localhost.
+   *
+   * @defaultValue `'127.0.0.1'`
+   */
   host?: string
-  /** Default 0: any free port. */
+  /**
+   * The TCP port; 0 takes any free port (read it from the returned `url`).
+   *
+   * @defaultValue 0
+   */
   port?: number
   /** Listen on this Unix socket instead of TCP. A stale socket from a killed bridge is replaced. */
   socketPath?: string
-  /** Mode of the Unix socket: 0o600 (default) or 0o660 to let the group connect; never bits for others. */
+  /**
+   * Mode of the Unix socket: 0o600, or 0o660 to let the group connect; never bits for others.
+   *
+   * @defaultValue 0o600
+   */
   socketMode?: number
-  /** Open connections at most; one more is closed at once. Default 32. */
+  /**
+   * Open connections at most; one more is closed at once.
+   *
+   * @defaultValue 32
+   */
   maxConnections?: number
-  /** The request's headers must arrive within this. Default 5,000 ms. */
+  /**
+   * The request's headers must arrive within this (ms).
+   *
+   * @defaultValue 5,000
+   */
   headersTimeoutMs?: number
-  /** The whole request, body included, must arrive within this. Default 10,000 ms. */
+  /**
+   * The whole request, body included, must arrive within this (ms).
+   *
+   * @defaultValue 10,000
+   */
   requestTimeoutMs?: number
-  /** Largest request body; a larger one is refused (413) without being read. Default 16 KiB. */
+  /**
+   * Largest request body; a larger one is refused (413) without being read.
+   *
+   * @defaultValue 16 KiB (16,384)
+   */
   maxBodyBytes?: number
   /**
    * Receives one line per generate, unwrap and refusal:
    * `unwrap chain="payments" kek=0badf00d caller=payments-svc result=ok`. Never a token, the PIN
-   * or key bytes. Default: the line to stderr.
+   * or key bytes.
+   *
+   * @defaultValue the line to stderr
    */
   log?: (line: string) => void
 }
@@ -121,6 +151,23 @@ const hex8 = (n: number) => n.toString(16).padStart(8, '0')
  * Starts the bridge: checks the options (TypeError / RangeError), replaces a stale socket, opens
  * the token (wrong label, two tokens with the label, wrong PIN or missing key reject here, as
  * ERR_ROOT_KEY), then listens on loopback or a Unix socket.
+ *
+ * @throws TypeError - a missing or malformed option: no token, a token under 16 characters,
+ *   duplicate token names or tokens, a host that is not loopback.
+ * @throws RangeError - a number out of range (port, socket mode with bits for others, limits).
+ * @throws {@link @kms-proxy/core!RootKeyError} - `ERR_ROOT_KEY`: the module would not load, no
+ *   token or two tokens with the label, a wrong PIN, or no key with `keyLabel` (and `createKey`
+ *   off).
+ * @example
+ * ```ts
+ * import { startPkcs11Bridge } from '@kms-proxy/pkcs11-bridge'
+ * const bridge = await startPkcs11Bridge({
+ *   module: '/usr/lib/softhsm/libsofthsm2.so', tokenLabel: 'kms-proxy', pin: process.env.HSM_PIN!, keyLabel: 'kms-proxy-root',
+ *   tokens: [{ name: 'payments-svc', token: process.env.PAYMENTS_TOKEN!, chains: ['payments'] }],
+ *   socketPath: '/run/kms-proxy/bridge.sock',
+ * })
+ * process.on('SIGTERM', () => bridge.close())
+ * ```
  */
 export async function startPkcs11Bridge(options: Pkcs11BridgeOptions): Promise<Pkcs11Bridge> {
   const who = 'startPkcs11Bridge'

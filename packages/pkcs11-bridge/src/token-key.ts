@@ -18,7 +18,11 @@ export interface Pkcs11KeyOptions {
   pin: string
   /** CKA_LABEL of the AES-256 wrapping key on the token. */
   keyLabel: string
-  /** Create the key (AES-256, token, sensitive, not extractable) when the token has none. Default false. */
+  /**
+   * Create the key (AES-256, token, sensitive, not extractable) when the token has none.
+   *
+   * @defaultValue false
+   */
   createKey?: boolean
 }
 
@@ -293,8 +297,21 @@ export function checkKeyOptions(options: Pkcs11KeyOptions, who: string): void {
  * (wrong token label, PIN or missing key surface there, as ERR_ROOT_KEY). `close()` ends the
  * session. The module reads its configuration (SOFTHSM2_CONF) from the process's real
  * environment: setting process.env in a worker thread does not reach it.
+ *
+ * @throws TypeError - a missing option (`module`, `tokenLabel`, `pin`, `keyLabel`).
+ * @throws {@link @kms-proxy/core!RootKeyError} - (at first use) `ERR_ROOT_KEY`: a wrong token
+ *   label, PIN or key label, or a token that fails; `retryable` when the token is unavailable.
+ * @example
+ * ```ts
+ * const rootKey = pkcs11RootKey({ module: '/usr/lib/softhsm/libsofthsm2.so', tokenLabel: 'kms-proxy', pin, keyLabel: 'kms-proxy-root' })
+ * const chain = await KeyChain.open({ rootKey, store: fileStore('./keys.json') })
+ * // at shutdown: rootKey.close()
+ * ```
  */
-export function pkcs11RootKey(options: Pkcs11KeyOptions): RootKey & { close(): void } {
+export function pkcs11RootKey(options: Pkcs11KeyOptions): RootKey & {
+  /** Ends the session (and finalizes the module when no other root key uses it). */
+  close(): void
+} {
   checkKeyOptions(options, 'pkcs11RootKey')
   const settings = { ...options }
   let token: TokenKey | undefined
