@@ -27,10 +27,13 @@
  */
 import { RootKeyError, openSealedKek, sealNewKek, type RootKey } from '@kms-proxy/core'
 
+/** The `kind` of this root key, kept in KEK records. */
 export const KIND = 'webauthn-prf'
+/** The HKDF `info` that turns the PRF output into the wrapping key. */
 export const HKDF_INFO = 'kms-proxy/webauthn-prf/v1'
 /** First byte of every KEK this root wraps. */
 export const TAG = 0x40
+/** Length of a PRF salt made by {@link registerPrfCredential}. */
 export const SALT_BYTES = 32
 const MIN_SALT_BYTES = 16
 const MAX_SALT_BYTES = 64
@@ -41,22 +44,44 @@ const WRAP_USAGES: KeyUsage[] = ['wrapKey', 'unwrapKey']
 const WRAPPED_BYTES_128 = 1 + 12 + 16 + 16
 const WRAPPED_BYTES_256 = 1 + 12 + 32 + 16
 
+/** The `RootKeyError` message when the authenticator has no PRF extension: offer another root (a passphrase). */
 export const NO_PRF_MESSAGE = 'this authenticator does not support the WebAuthn PRF extension'
+/** The `RootKeyError` message (`retryable`) when the user cancelled, or the ceremony timed out or was not allowed. */
 export const CANCELLED_MESSAGE = 'the WebAuthn ceremony was cancelled, timed out or was not allowed; try again'
 
+/** Options of {@link registerPrfCredential} and {@link registerPrfRootKey}. */
 export interface RegisterPrfCredentialOptions {
-  /** Relying party id (a registrable domain of the page's origin). Default: the page's host. */
+  /**
+   * Relying party id (a registrable domain of the page's origin).
+   *
+   * @defaultValue the page's host
+   */
   rpId?: string
+  /** The relying party's name, shown by the authenticator. */
   rpName: string
+  /** The account's name, shown by the authenticator. */
   userName: string
-  /** User handle, 1 to 64 bytes. Default: 16 random bytes (a new account entry on the authenticator). */
+  /**
+   * User handle, 1 to 64 bytes.
+   *
+   * @defaultValue 16 random bytes (a new account entry on the authenticator)
+   */
   userId?: Uint8Array
-  /** PRF salt (16 to 64 bytes, or base64url). Default: 32 random bytes. Public. */
+  /**
+   * PRF salt (16 to 64 bytes, or base64url). Public.
+   *
+   * @defaultValue 32 random bytes
+   */
   salt?: Uint8Array | string
-  /** Ceremony timeout in ms. Default 120,000. */
+  /**
+   * Ceremony timeout in ms.
+   *
+   * @defaultValue 120,000
+   */
   timeout?: number
 }
 
+/** The public parameters of a PRF credential: keep them (not secret) to unlock later. */
 export interface PrfCredential {
   /** base64url (no padding) */
   credentialId: string
@@ -64,6 +89,7 @@ export interface PrfCredential {
   salt: string
 }
 
+/** What {@link registerPrfRootKey} returns. */
 export interface RegisteredPrfRootKey {
   /** The public parameters to keep (as registerPrfCredential returns them). */
   credential: PrfCredential
@@ -71,14 +97,23 @@ export interface RegisteredPrfRootKey {
   rootKey: WebAuthnRootKey
 }
 
+/** Options of {@link webauthnRootKey}. */
 export interface WebAuthnRootKeyOptions {
   /** base64url of the credential's raw id, or its bytes. Public. */
   credentialId: string | Uint8Array
   /** base64url of the PRF salt, or its bytes (16 to 64). Public. */
   salt: string | Uint8Array
-  /** Relying party id used at registration. Default: the page's host. */
+  /**
+   * Relying party id used at registration.
+   *
+   * @defaultValue the page's host
+   */
   rpId?: string
-  /** Ceremony timeout in ms. Default 120,000. */
+  /**
+   * Ceremony timeout in ms.
+   *
+   * @defaultValue 120,000
+   */
   timeout?: number
 }
 
@@ -183,6 +218,16 @@ function viewOf(source: BufferSource): Uint8Array<ArrayBuffer> {
  * Asks the authenticator to evaluate the PRF at creation where it can (the output is discarded
  * and zeroed: the root key asks again at unlock). Throws RootKeyError with NO_PRF_MESSAGE when
  * the authenticator has no PRF.
+ *
+ * @throws TypeError - a missing `rpName` or `userName`, a malformed salt or user id.
+ * @throws RangeError - a salt or user id of the wrong length, a timeout that is not positive.
+ * @throws {@link @kms-proxy/core!RootKeyError} - `ERR_ROOT_KEY`: no PRF ({@link NO_PRF_MESSAGE}),
+ *   or the ceremony was cancelled, timed out or not allowed ({@link CANCELLED_MESSAGE}, `retryable`).
+ * @example
+ * ```ts
+ * const params = await registerPrfCredential({ rpName: 'Notes', userName: 'alice' }) // once
+ * localStorage.setItem('credential', JSON.stringify(params))                        // public: keep it
+ * ```
  */
 export async function registerPrfCredential(options: RegisterPrfCredentialOptions): Promise<PrfCredential> {
   return (await createPrfCredential(options, false)).credential
@@ -194,6 +239,13 @@ export async function registerPrfCredential(options: RegisterPrfCredentialOption
  * later `get` evaluates), the wrapping key is derived from that output at once and the returned
  * root is unlocked; otherwise it unlocks at its first use with one ceremony, like webauthnRootKey.
  * Same errors as registerPrfCredential.
+ *
+ * @example
+ * ```ts
+ * const { credential, rootKey } = await registerPrfRootKey({ rpName: 'Notes', userName: 'alice' }) // one prompt
+ * localStorage.setItem('credential', JSON.stringify(credential))
+ * const chain = await KeyChain.open({ rootKey, store: indexedDbStore({ name: 'notes' }) })
+ * ```
  */
 export async function registerPrfRootKey(options: RegisterPrfCredentialOptions): Promise<RegisteredPrfRootKey> {
   const { credential, wrappingKey } = await createPrfCredential(options, true)
@@ -279,6 +331,19 @@ async function wrappingKeyFrom(output: Uint8Array<ArrayBuffer>, salt: Uint8Array
  * A root key held by a WebAuthn authenticator. The first newKek / unwrapKek (or unlock()) runs
  * one navigator.credentials.get with the PRF extension; the derived wrapping key is cached for
  * the page's life. A failed or cancelled ceremony is not cached: the next call asks again.
+ *
+ * @throws TypeError - a missing or malformed `credentialId` or `salt`.
+ * @throws RangeError - a salt of the wrong length, a timeout that is not positive.
+ * @throws {@link @kms-proxy/core!RootKeyError} - (from `unlock`, `newKek`, `unwrapKek`)
+ *   `ERR_ROOT_KEY`: no PRF, a cancelled ceremony (`retryable`), or a KEK this credential and salt
+ *   did not wrap.
+ * @example
+ * ```ts
+ * const params = JSON.parse(localStorage.getItem('credential')!)
+ * const rootKey = webauthnRootKey(params)
+ * unlockButton.onclick = () => rootKey.unlock()    // one authenticator prompt per page load
+ * const chain = await KeyChain.open({ rootKey, store: indexedDbStore({ name: 'notes' }) })
+ * ```
  */
 export function webauthnRootKey(options: WebAuthnRootKeyOptions): WebAuthnRootKey {
   return makeRootKey(options)
