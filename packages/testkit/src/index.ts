@@ -16,19 +16,30 @@
  */
 import { KeyChain, KmsProxyError, aesRootKey, type KeyStore, type KekRecord, type RootKey } from '@kms-proxy/core'
 
+/** What the harness's assertions throw. */
 export class AssertionError extends Error {}
 
+/** One test's outcome, from `run()` of a harness made without a runner. */
 export interface TestResult {
+  /** The test's name. */
   name: string
+  /** Whether it passed. */
   ok: boolean
+  /** How long it took (ms). */
   ms: number
+  /** The failure's message, when it failed. */
   error?: string
 }
 
+/** What the contract suites need of a test runner: registration and four assertions. */
 export interface Harness {
+  /** Registers a test. */
   test(name: string, fn: () => Promise<void> | void): void
+  /** Asserts that `value` is truthy. */
   ok(value: unknown, message?: string): void
+  /** Asserts `actual === expected`. */
   equal<T>(actual: T, expected: T, message?: string): void
+  /** Asserts two byte arrays are equal, byte for byte. */
   bytesEqual(actual: Uint8Array, expected: Uint8Array, message?: string): void
   /** Awaits a rejection and returns the error; `check(error)` may assert more. */
   rejects(promise: Promise<unknown> | (() => Promise<unknown>), check?: (error: unknown) => void, message?: string): Promise<unknown>
@@ -37,8 +48,18 @@ export interface Harness {
 /**
  * A harness. With `register` (vitest's `it`, node:test's `test`) tests go to that runner;
  * without, they are collected and `run()` runs them one after another.
+ *
+ * @example
+ * ```ts
+ * const t = createHarness()              // in Deno, workerd or a browser page
+ * describeStore(t, { name: 'myStore', open })
+ * const results = await t.run()          // [{ name, ok, ms, error? }, …]
+ * ```
  */
-export function createHarness(register?: (name: string, fn: () => Promise<void>) => void): Harness & { run(): Promise<TestResult[]> } {
+export function createHarness(register?: (name: string, fn: () => Promise<void>) => void): Harness & {
+  /** Runs the collected tests one after another (nothing, when a runner was given). */
+  run(): Promise<TestResult[]>
+} {
   const tests: Array<{ name: string; fn: () => Promise<void> | void }> = []
   const t = {
     test(name: string, fn: () => Promise<void> | void) {
@@ -98,6 +119,7 @@ function show(value: unknown): string {
 
 // ------------------------------------------------------------------------------------ stores
 
+/** What {@link DescribeStoreOptions.open} returns for each test. */
 export interface StoreUnderTest {
   /** A handle on a fresh, empty backing (its own namespace, prefix or database). */
   store: KeyStore
@@ -110,15 +132,20 @@ export interface StoreUnderTest {
   close?(): Promise<void> | void
 }
 
+/** Options of {@link describeStore}. */
 export interface DescribeStoreOptions {
   /** Shown in test names. */
   name: string
   /** Called once per test. */
   open(): Promise<StoreUnderTest>
-  /** How many chains rotate at once in the concurrency tests. Default 4. */
+  /**
+   * How many chains rotate at once in the concurrency tests.
+   *
+   * @defaultValue 4
+   */
   concurrency?: number
   /**
-   * Whether the store promises compare-and-swap across handles. Default true. A store that says
+   * Whether the store promises compare-and-swap across handles (default true). A store that says
    * false (Workers KV) is held to "nothing lost" only, and the test names say so; the store's own
    * `atomic` flag must agree with this.
    */
@@ -150,6 +177,18 @@ function failing(inner: KeyStore, fail: { put?: boolean; cas?: boolean }): KeySt
  * The contract every KeyStore passes. Stores that say `atomic: false` (Workers KV) are held to
  * what they promise instead: nothing lost, every KEK used is stored; usage limits are not
  * checked across handles for them.
+ *
+ * @example
+ * ```ts
+ * import { it } from 'vitest'
+ * describeStore(createHarness(it), {
+ *   name: 'etcdStore',
+ *   open: async () => {
+ *     const prefix = `test-${crypto.randomUUID()}/`
+ *     return { store: etcdStore({ endpoints, prefix }), another: () => etcdStore({ endpoints, prefix }) }
+ *   },
+ * })
+ * ```
  */
 export function describeStore(t: Harness, options: DescribeStoreOptions): void {
   const n = options.concurrency ?? 4
@@ -268,10 +307,13 @@ export function describeStore(t: Harness, options: DescribeStoreOptions): void {
 
 // ------------------------------------------------------------------------------------ root keys
 
+/** Options of {@link describeRootKey}. */
 export interface DescribeRootKeyOptions {
+  /** Shown in test names. */
   name: string
   /** A root key under test; `other` makes a different root of the same kind (another key). */
   make(): Promise<RootKey> | RootKey
+  /** A different root of the same kind (another key, another passphrase): it must not unwrap `make()`'s KEKs. */
   other?(): Promise<RootKey> | RootKey
   /** Strings that must never appear in an error (passwords, tokens, secret keys). */
   secrets?: string[]
@@ -279,7 +321,20 @@ export interface DescribeRootKeyOptions {
 
 const AAD = new TextEncoder().encode('kms-proxy/kek/v1\0\0\0\0\x07chain')
 
-/** The contract every RootKey passes. */
+/**
+ * The contract every RootKey passes: non-extractable KEKs that wrap and unwrap, bound to the
+ * AAD, refused by another root of the same kind, typed errors without secrets in them.
+ *
+ * @example
+ * ```ts
+ * describeRootKey(createHarness(it), {
+ *   name: 'passphraseRootKey',
+ *   make: () => passphraseRootKey({ passphrase: 'correct horse', iterations: 1_000 }),
+ *   other: () => passphraseRootKey({ passphrase: 'wrong horse', iterations: 1_000 }),
+ *   secrets: ['correct horse'],
+ * })
+ * ```
+ */
 export function describeRootKey(t: Harness, options: DescribeRootKeyOptions): void {
   const isRootKeyError = (e: unknown) => t.ok(e instanceof KmsProxyError && e.code === 'ERR_ROOT_KEY', `expected ERR_ROOT_KEY, got ${String(e)}`)
   // As the chain uses a KEK: encrypt (wrap) 16 bytes under one handle, unwrapKey under the other.
@@ -342,7 +397,17 @@ export interface CountingRootKey extends RootKey {
   keks: CryptoKey[]
 }
 
-/** Wraps a root key and counts the calls that reach it: the cost the library exists to cut. */
+/**
+ * Wraps a root key and counts the calls that reach it: the cost the library exists to cut.
+ *
+ * @example
+ * ```ts
+ * const rootKey = countingRootKey(aesRootKey(rootBytes))
+ * const chain = await KeyChain.open({ rootKey, store: memoryStore() })
+ * for (let i = 0; i < 1000; i++) await chain.encrypt('x')
+ * rootKey.wraps // 1
+ * ```
+ */
 export function countingRootKey(inner: RootKey): CountingRootKey {
   const root: CountingRootKey = {
     kind: inner.kind,
