@@ -1,0 +1,35 @@
+// Type-checked by tsc in the consumer project (strict, skipLibCheck false, no @types/node): every
+// package that runs outside Node must compile against DOM and ES2022 alone.
+import { KeyChain, RootKeyError, isKmsProxyError, memoryStore, type KeyStore, type RootKey } from '@kms-proxy/core'
+import { passphraseRootKey } from '@kms-proxy/passphrase'
+import { awsKmsRootKey } from '@kms-proxy/kms'
+import { etcdStore } from '@kms-proxy/etcd'
+import { denoKvStore, workersKvStore, type WorkersKvNamespace } from '@kms-proxy/kv'
+import { indexedDbStore } from '@kms-proxy/indexeddb'
+import { webauthnRootKey } from '@kms-proxy/webauthn'
+import { pkcs11BridgeRootKey } from '@kms-proxy/pkcs11'
+import { createHarness, describeStore, type StoreUnderTest } from '@kms-proxy/testkit'
+
+export async function roundTrip(passphrase: string): Promise<string> {
+  const rootKey: RootKey = passphraseRootKey({ passphrase })
+  const store: KeyStore = memoryStore()
+  const chain: KeyChain = await KeyChain.open({ rootKey, store })
+  const encrypted: Uint8Array = await chain.encrypt('hello')
+  return new TextDecoder().decode(await chain.decrypt(encrypted))
+}
+
+export function retryable(error: unknown): boolean {
+  return (error instanceof RootKeyError || isKmsProxyError(error)) && error.retryable === true
+}
+
+export const factories = [awsKmsRootKey, etcdStore, denoKvStore, workersKvStore, indexedDbStore, webauthnRootKey, pkcs11BridgeRootKey] as const
+
+export function kv(namespace: WorkersKvNamespace): KeyStore {
+  return workersKvStore(namespace)
+}
+
+export async function contract(): Promise<number> {
+  const t = createHarness()
+  describeStore(t, { name: 'memory', open: async (): Promise<StoreUnderTest> => ({ store: memoryStore(), another: () => memoryStore() }) })
+  return (await t.run()).length
+}
