@@ -1,5 +1,5 @@
 export { serveKmsPlugin, grpcCodeFor } from './server.js'
-export type { KmsPlugin, KmsPluginOptions, KmsPluginStats, KmsPluginRequestEvent } from './server.js'
+export type { KmsPlugin, KmsPluginOptions, KmsPluginStats, KmsPluginHealth, KmsPluginRequestEvent } from './server.js'
 export { PROTO_PATH, SERVICE_NAME, LOADER_OPTIONS, loadKmsService } from './proto.js'
 export {
   KMS_API_VERSION,

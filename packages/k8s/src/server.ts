@@ -2,16 +2,20 @@
  * The KMS v2 plugin server: gRPC on a Unix socket, backed by a kms-proxy key chain.
  *
  * kube-apiserver makes a 32-byte DEK seed at start and whenever Status reports a new key_id, and
- * asks Encrypt to protect it; Decrypt runs on a cache miss (start, or data under another seed).
- * So Encrypt and Decrypt are rare and the chain makes them cost no root-key call in steady
- * state; Status is polled (about once a minute, every 10 s while unhealthy) and asks the root
- * key at most once per `healthCacheMs`.
+ * asks Encrypt to protect it at once, throwing the answer away unless Encrypt's key_id equals
+ * Status's; Decrypt runs on a cache miss (start, or data under another seed). So Encrypt and
+ * Decrypt are rare and the chain makes them cost no root-key call in steady state. Status is
+ * polled (every minute while healthy, every 10 s while not, its verdict cached 20 s / 3 s for
+ * /healthz and /readyz): it reads the chain head (one store read, no root-key call), reports the
+ * KEK the next Encrypt will use, rotates ahead of the KEK's age or usage limit so that Encrypt
+ * never rotates between a Status and its Encrypt, and asks the root key at most once per
+ * `healthCacheMs` (1 h), in the background.
  */
 import * as grpc from '@grpc/grpc-js'
 import { connect } from 'node:net'
-import { chmod, link, lstat, mkdtemp, rm, unlink } from 'node:fs/promises'
+import { chmod, chown, link, lstat, mkdtemp, readFile, rm, unlink } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
-import { KeyChain, KmsProxyError, decodeHeader, kekAad, type KeyChainStats, type RootKey } from '@kms-proxy/core'
+import { KeyChain, KmsProxyError, decodeHeader, kekAad, type KeyChainStats, type PrimaryStatus, type RootKey } from '@kms-proxy/core'
 import {
   KMS_API_VERSION,
   MAX_PLAINTEXT_BYTES,
@@ -27,29 +31,72 @@ import {
 import { loadKmsService } from './proto.js'
 
 export interface KmsPluginOptions {
-  /** Unix socket path (`/run/kms/kms-proxy.sock` or `unix:///run/kms/kms-proxy.sock`). */
+  /**
+   * Unix socket path (`/run/kms/kms-proxy.sock` or `unix:///run/kms/kms-proxy.sock`), or a Linux
+   * abstract socket (`unix:///@name` or `@name`, as kube-apiserver reads them), which needs
+   * `allowAbstractSocket`.
+   */
   socket: string
   /** The key chain that protects the seeds. Its root key is whatever it was opened with. */
   chain: KeyChain
-  /** How long a health verdict is reused by Status. Default 10,000 ms. */
+  /**
+   * How long a root-key probe's verdict is reused: the root key is asked at most once per this
+   * long (24 times a day by default). Default 3,600,000 ms (1 h); 0 probes at every Status.
+   */
   healthCacheMs?: number
   /**
-   * The chain's root key, for the health probe: Status then reports "ok" only while a real call
-   * to it succeeds (`newKek` with an AAD no KEK record can have; the KEK made is dropped). Without
-   * it (and without `healthCheck`) health follows the chain's last root-key call
-   * (`stats().rootKeyAvailable`), which only changes when the chain itself calls the root.
+   * The chain's root key, for the root-key probe (`newKek` with an AAD no KEK record can have; the
+   * KEK made is dropped). Its verdict shows in `stats().health.rootKey` and `degraded`, never in
+   * healthz: a plugin that can encrypt and decrypt from its loaded KEKs is healthy. Without it (and
+   * without `healthCheck`) the root key's state follows the chain's own root-key calls.
    */
   rootKey?: RootKey
-  /** A probe of your own instead of the root-key call: resolves when healthy. */
+  /** A probe of your own instead of the root-key call: resolves when the root key is reachable. */
   healthCheck?: () => Promise<void>
-  /** A health probe (key chain and root key together) that has not answered within this long counts as failed. Default 2,500 ms. */
+  /** A Status evaluation or a root-key probe that has not answered within this long counts as failed. Default 2,500 ms. */
   healthTimeoutMs?: number
   /** Mode of the socket file. Default 0o600 (kube-apiserver runs as root). */
   socketMode?: number
+  /**
+   * Group of the socket file, by gid or by name (looked up in /etc/group), for a kube-apiserver
+   * that runs as a non-root user: with `socketMode: 0o660` its group may connect. Default: the
+   * process's group.
+   */
+  socketGroup?: number | string
+  /**
+   * Serve an abstract socket (`unix:///@name`). It has no file, so no mode and no group: any
+   * process in the same network namespace can call Decrypt. Default false: such an endpoint is
+   * refused at start.
+   */
+  allowAbstractSocket?: boolean
   /** Largest gRPC request accepted; larger ones fail with RESOURCE_EXHAUSTED. Default 64 KiB. */
   maxRequestBytes?: number
   /** Called once per request, after the answer: for logs and metrics. Carries no secret. */
   onRequest?: (event: KmsPluginRequestEvent) => void
+  /** Called when healthz or the degraded state changes (for a log line). Carries no secret. */
+  onHealthChange?: (health: KmsPluginHealth) => void
+}
+
+/** What the plugin knows of its own health; `stats().health`. */
+export interface KmsPluginHealth {
+  /** Whether Status answers healthz "ok": the KEK the next Encrypt uses is loaded, within its age and with uses left. */
+  ok: boolean
+  /** What Status reports as healthz ("ok" or "unhealthy: <reason>"). */
+  healthz: string
+  /**
+   * Why the plugin, while still able to serve, is not as it should be: the root key or the store
+   * unreachable, a rotation due and failing. Undefined when nothing is wrong. Not sent to
+   * kube-apiserver (any healthz but "ok" takes the node out of its load balancer).
+   */
+  degraded?: string
+  /** When Status was last evaluated (ms since the epoch), 0 before the first. */
+  checkedAt: number
+  /** Root-key probes run: each costs one root-key call when `rootKey` or `healthCheck` is given. */
+  probes: number
+  /** The last root-key probe (or, without one, the chain's last root-key call). */
+  rootKey: { ok: boolean | undefined; checkedAt: number; error?: string }
+  /** The chain head's primary as the last evaluation read it (one store read, no root-key call). */
+  primary?: { keyId: string; ageLeftMs: number; usesLeft: number; loaded: boolean }
 }
 
 export interface KmsPluginRequestEvent {
@@ -68,25 +115,17 @@ export interface KmsPluginStats {
   requests: { Status: number; Encrypt: number; Decrypt: number }
   /** Failed requests by gRPC code name. */
   failures: Record<string, number>
-  health: {
-    ok: boolean
-    /** What Status reports as healthz ("ok" or the reason). */
-    healthz: string
-    /** When the last probe finished (ms since the epoch), 0 before the first. */
-    checkedAt: number
-    /** Probes run: each costs one root-key call when `rootKey` or `healthCheck` is given. */
-    probes: number
-  }
-  /** key_id of the current primary KEK ("" before the chain has one). */
+  health: KmsPluginHealth
+  /** key_id Status last reported, or of this process's primary KEK ("" before there is one). */
   keyId: string
   chain: KeyChainStats
 }
 
 export interface KmsPlugin {
-  /** The socket path the server listens on. */
+  /** The socket path the server listens on, or `@name` for an abstract socket. */
   readonly socket: string
   stats(): KmsPluginStats
-  /** Runs a health probe now, ignoring the cache; resolves to the healthz string. */
+  /** Runs a root-key probe now (ignoring `healthCacheMs`), then evaluates Status; resolves to the healthz string. */
   checkHealth(): Promise<string>
   /** Stops accepting calls, lets running calls finish (at most 5 s), removes the socket file. */
   close(): Promise<void>
@@ -128,18 +167,63 @@ export function grpcCodeFor(error: unknown): grpc.status {
   return Code.INTERNAL
 }
 
+const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g
+/**
+ * `text` with every unpaired surrogate replaced by U+FFFD: proto3 strings must be valid UTF-8,
+ * and Go's decoder (kube-apiserver's) refuses the whole message otherwise.
+ */
+const wellFormed = (text: string): string => text.replace(LONE_SURROGATE, '\ufffd')
+
 /** The message sent with a failure: kms-proxy messages are secret-free by contract; others are not shown. */
 function messageFor(error: unknown): string {
-  if (error instanceof Refusal) return error.message
-  if (error instanceof KmsProxyError) return `${error.code}: ${error.message}`
+  if (error instanceof Refusal) return wellFormed(error.message)
+  if (error instanceof KmsProxyError) return wellFormed(`${error.code}: ${error.message}`)
   return 'internal error'
 }
 
-function socketPath(socket: unknown): string {
+/** Where to listen: a socket file, or a name in Linux's abstract namespace. */
+type Endpoint = { kind: 'file'; path: string } | { kind: 'abstract'; name: string }
+
+/** Sockets of a sockaddr_un: 108 bytes with the terminating (or, abstract, leading) NUL. */
+const MAX_ABSTRACT_NAME_BYTES = 107
+
+function parseEndpoint(socket: unknown, allowAbstract: boolean): Endpoint {
   if (typeof socket !== 'string' || socket.length === 0) throw new TypeError('socket: expected a Unix socket path')
   const path = socket.startsWith('unix://') ? socket.slice('unix://'.length) : socket
-  if (!path.startsWith('/')) throw new TypeError('socket: expected an absolute path (or unix:///absolute/path)')
-  return path
+  // kube-apiserver (k8s.io/kms/pkg/util/util.go) dials unix:///@name as the abstract socket "name".
+  const name = path.startsWith('/@') ? path.slice(2) : path.startsWith('@') ? path.slice(1) : undefined
+  if (name === undefined) {
+    if (!path.startsWith('/')) throw new TypeError('socket: expected an absolute path (or unix:///absolute/path)')
+    return { kind: 'file', path }
+  }
+  if (name.length === 0 || name.includes('\0') || Buffer.byteLength(name) > MAX_ABSTRACT_NAME_BYTES) {
+    throw new TypeError(`socket: an abstract socket name must be 1 to ${MAX_ABSTRACT_NAME_BYTES} bytes without NUL`)
+  }
+  if (!allowAbstract) {
+    throw new TypeError(
+      `socket: ${socket} is a Linux abstract socket, which has no file permissions: any process in this network namespace could call Decrypt. ` +
+        'Use a socket file, or pass allowAbstractSocket: true (CLI: --allow-abstract-socket) to serve it anyway',
+    )
+  }
+  if (process.platform !== 'linux') throw new TypeError(`socket: abstract sockets exist only on Linux, not on ${process.platform}`)
+  return { kind: 'abstract', name }
+}
+
+/** A gid from a number or a group name in /etc/group (groups from NSS modules: pass the number). */
+async function groupId(group: number | string): Promise<number> {
+  const MAX_ID = 2 ** 32 - 2
+  if (typeof group === 'number') {
+    if (!Number.isInteger(group) || group < 0 || group > MAX_ID) throw new RangeError(`socketGroup: expected a gid from 0 to ${MAX_ID}`)
+    return group
+  }
+  if (typeof group !== 'string' || group.length === 0) throw new TypeError('socketGroup: expected a gid or a group name')
+  if (/^[0-9]+$/.test(group)) return groupId(Number(group))
+  const lines = (await readFile('/etc/group', 'utf8').catch(() => '')).split('\n')
+  for (const line of lines) {
+    const [name, , gid] = line.split(':')
+    if (name === group && gid !== undefined && /^[0-9]+$/.test(gid)) return Number(gid)
+  }
+  throw new TypeError(`socketGroup: no group named ${JSON.stringify(group)} in /etc/group (pass the gid as a number)`)
 }
 
 /** Removes a socket file left by a plugin that died; refuses a live socket or a file that is not a socket. */
@@ -183,6 +267,37 @@ function integer(name: string, value: number | undefined, fallback: number, min:
 const PROBE_PLAINTEXT = new Uint8Array(0)
 const PROBE_ASSOCIATED_DATA = 'kms-proxy.dev/k8s/v2 health probe'
 const MAX_STALE_RETRIES = 1100
+/**
+ * How long before its age limit the primary KEK is replaced by Status: two of kube-apiserver's
+ * healthy polls (1 min each) plus one unhealthy interval (10 s), so the rotation lands at a poll
+ * even when one poll is missed, and never between a Status and the Encrypt that follows it. A
+ * quarter of the chain's maxKekAgeMs when that is shorter.
+ */
+const ROTATE_AHEAD_MS = 2 * 60_000 + 10_000
+/** Uses of the primary kept in reserve the same way: a quarter of maxWrapsPerKek when that is fewer. Covers the DEK pool (16 by default). */
+const ROTATE_AHEAD_USES = 1024
+
+/** `DecryptResponse { bytes plaintext = 1; }` by hand, so the seed is zeroed right after the one copy made here, whenever grpc-js serializes. */
+function serializeDecryptResponse(response: { plaintext: Uint8Array }): Buffer {
+  const plaintext = response.plaintext
+  const length: number[] = []
+  for (let n = plaintext.length; ; n >>>= 7) {
+    if (n < 0x80) {
+      length.push(n)
+      break
+    }
+    length.push((n & 0x7f) | 0x80)
+  }
+  // proto3 leaves a field at its default (empty bytes) out.
+  const out = Buffer.alloc(plaintext.length === 0 ? 0 : 1 + length.length + plaintext.length)
+  if (plaintext.length > 0) {
+    out[0] = (1 << 3) | 2 // field 1, length-delimited
+    out.set(length, 1)
+    out.set(plaintext, 1 + length.length)
+  }
+  plaintext.fill(0)
+  return out
+}
 
 /**
  * Starts the KMS v2 plugin on `socket`. Resolves once kube-apiserver can connect. A stale socket
@@ -190,59 +305,162 @@ const MAX_STALE_RETRIES = 1100
  */
 export async function serveKmsPlugin(options: KmsPluginOptions): Promise<KmsPlugin> {
   if (typeof options !== 'object' || options === null) throw new TypeError('options: expected an object')
-  const path = socketPath(options.socket)
+  const endpoint = parseEndpoint(options.socket, options.allowAbstractSocket === true)
   const chain = options.chain
   if (!(chain instanceof KeyChain)) throw new TypeError('chain: expected a KeyChain (KeyChain.open)')
   // A chain name is at most 255 UTF-16 units, so at most 765 UTF-8 bytes: every key_id fits 1 KiB.
-  const healthCacheMs = integer('healthCacheMs', options.healthCacheMs, 10_000, 0, 24 * 3600 * 1000)
+  const healthCacheMs = integer('healthCacheMs', options.healthCacheMs, 3_600_000, 0, 24 * 3600 * 1000)
   const healthTimeoutMs = integer('healthTimeoutMs', options.healthTimeoutMs, 2_500, 1, 60_000)
   const socketMode = integer('socketMode', options.socketMode, 0o600, 0, 0o777)
   const maxRequestBytes = integer('maxRequestBytes', options.maxRequestBytes, 64 * 1024, 1024, 4 * 1024 * 1024)
-  const { rootKey, healthCheck, onRequest } = options
+  const { rootKey, healthCheck, onRequest, onHealthChange } = options
   if (rootKey !== undefined && (typeof rootKey !== 'object' || typeof rootKey.newKek !== 'function')) {
     throw new TypeError('rootKey: expected a RootKey')
   }
   if (healthCheck !== undefined && typeof healthCheck !== 'function') throw new TypeError('healthCheck: expected a function')
   if (onRequest !== undefined && typeof onRequest !== 'function') throw new TypeError('onRequest: expected a function')
+  if (onHealthChange !== undefined && typeof onHealthChange !== 'function') throw new TypeError('onHealthChange: expected a function')
+  if (endpoint.kind === 'abstract' && (options.socketMode !== undefined || options.socketGroup !== undefined)) {
+    throw new TypeError('socketMode, socketGroup: an abstract socket has no file, so no mode and no group')
+  }
+  const gid = options.socketGroup === undefined ? undefined : await groupId(options.socketGroup)
 
   const requests = { Status: 0, Encrypt: 0, Decrypt: 0 }
   const failures: Record<string, number> = {}
-  const health = { ok: false, healthz: 'not checked yet', checkedAt: 0, probes: 0 }
+  const health: KmsPluginHealth = { ok: false, healthz: 'not checked yet', checkedAt: 0, probes: 0, rootKey: { ok: undefined, checkedAt: 0 } }
+  let reportedKeyId = ''
+  let evaluating: Promise<void> | undefined
   let probing: Promise<void> | undefined
+  // The chain's limits, learnt from the head (the chain does not expose its options): an age
+  // limit is exact whenever the primary is within it; a use count is a lower bound of the limit.
+  let maxAgeMs: number | undefined
+  let maxUsesSeen = 0
 
-  const primaryKeyId = (): string => {
-    const primary = chain.stats().keks.find((k) => k.primary)
-    return primary ? keyIdFor(chain.name, primary.id) : ''
+  const localPrimary = () => chain.stats().keks.find((k) => k.primary)
+  const aheadMs = () => Math.min(ROTATE_AHEAD_MS, Math.floor((maxAgeMs ?? Infinity) / 4))
+  const aheadUses = () => Math.min(ROTATE_AHEAD_USES, Math.floor(maxUsesSeen / 4))
+
+  /** The root key's reachability: one call, at most once per healthCacheMs; it never changes healthz. */
+  function probeRoot(): Promise<void> {
+    return (probing ??= (async () => {
+      health.probes++
+      // From the probe's start, so that probes are exactly healthCacheMs apart however long each takes.
+      const checkedAt = Date.now()
+      const deadline = performance.now() + healthTimeoutMs
+      try {
+        if (healthCheck) await withTimeout(healthCheck(), deadline, healthTimeoutMs, 'the health check')
+        else await withTimeout(rootKey!.newKek(kekAad(chain.name, 0)), deadline, healthTimeoutMs, 'the root key')
+        health.rootKey = { ok: true, checkedAt }
+      } catch (error) {
+        health.rootKey = { ok: false, checkedAt, error: messageFor(error) }
+      }
+    })().finally(() => (probing = undefined)))
+  }
+
+  /** Starts a root-key probe in the background when one is due: Status never waits for the root key. */
+  function probeIfDue(): void {
+    if (!(rootKey || healthCheck) || probing) return
+    if (health.rootKey.checkedAt === 0 || Date.now() - health.rootKey.checkedAt >= healthCacheMs) void probeRoot()
+  }
+
+  function rootKeyState(): KmsPluginHealth['rootKey'] {
+    if (rootKey || healthCheck) return health.rootKey
+    const s = chain.stats()
+    return { ok: s.rootKeyAvailable, checkedAt: Date.now(), ...(s.rootKeyLastError === undefined ? {} : { error: wellFormed(s.rootKeyLastError) }) }
   }
 
   /**
-   * One probe: an encryption of nothing (no root call in steady state; it makes the first KEK,
-   * and carries out a rotation that is due by age or usage, so Status's key_id moves on time),
-   * then one call to the root key.
+   * What the next Encrypt would use without a root-key call: this process's primary KEK, if it is
+   * loaded, within its age and has uses left. Another process's newer primary is not used until
+   * this one expires or its lease of uses runs out (the chain has no call to adopt it sooner).
    */
-  async function probe(): Promise<void> {
-    health.probes++
-    // One budget for the whole probe, so that Status answers within healthTimeoutMs.
+  function usable(head: PrimaryStatus | undefined): { id: number; ageLeftMs: number; usesLeft: number } | undefined {
+    const local = localPrimary()
+    if (!local) return undefined
+    if (head && head.id === local.id) {
+      return head.loaded && head.ageLeftMs > 0 && head.usesLeft > 0 ? { id: local.id, ageLeftMs: head.ageLeftMs, usesLeft: head.usesLeft } : undefined
+    }
+    const ageLeftMs = maxAgeMs === undefined ? Infinity : local.createdAt + maxAgeMs - Date.now()
+    return ageLeftMs > 0 ? { id: local.id, ageLeftMs, usesLeft: Infinity } : undefined
+  }
+
+  /**
+   * One Status evaluation: read the head; when this process has no usable primary, do what the
+   * next Encrypt would (load the head's primary, or rotate); rotate ahead of the limits; report
+   * the KEK that Encrypt will use. Healthy exactly when there is one.
+   */
+  async function evaluate(): Promise<void> {
     const deadline = performance.now() + healthTimeoutMs
-    try {
-      await withTimeout(chain.encrypt(PROBE_PLAINTEXT, { associatedData: PROBE_ASSOCIATED_DATA }), deadline, healthTimeoutMs, 'the key chain')
-      if (healthCheck) await withTimeout(healthCheck(), deadline, healthTimeoutMs, 'the health check')
-      else if (rootKey) await withTimeout(rootKey.newKek(kekAad(chain.name, 0)), deadline, healthTimeoutMs, 'the root key')
-      else if (!chain.stats().rootKeyAvailable) throw new Refusal(Code.UNAVAILABLE, `root key unavailable (${chain.stats().rootKeyLastError ?? 'no detail'})`)
-      health.ok = true
-      health.healthz = 'ok'
-    } catch (error) {
-      health.ok = false
-      health.healthz = `unhealthy: ${messageFor(error)}`
-    } finally {
-      health.checkedAt = Date.now()
+    const bounded = <T>(promise: Promise<T>, what: string) => withTimeout(promise, deadline, healthTimeoutMs, what)
+    const degraded: string[] = []
+    let head: PrimaryStatus | undefined
+    let storeProblem: string | undefined
+    const readHead = async () => {
+      try {
+        head = await bounded(chain.primaryStatus(), 'the store')
+        storeProblem = undefined
+        if (head && head.ageLeftMs > 0) maxAgeMs = Math.round(head.ageLeftMs + Date.now() - head.createdAt)
+        if (head) maxUsesSeen = Math.max(maxUsesSeen, head.usesLeft)
+      } catch (error) {
+        head = undefined
+        storeProblem = messageFor(error)
+      }
+    }
+    await readHead()
+    let use = usable(head)
+    let problem: string | undefined
+    if (!use) {
+      try {
+        await bounded(chain.encrypt(PROBE_PLAINTEXT, { associatedData: PROBE_ASSOCIATED_DATA }), 'the key chain')
+      } catch (error) {
+        problem = messageFor(error)
+      }
+      await readHead()
+      use = usable(head)
+    }
+    // Ahead of the limits, so that the Encrypt kube-apiserver sends after this Status does not
+    // rotate. When another process already replaced this primary, its KEK is adopted when this
+    // one expires (no new KEK), unless expiry is so close that it could fall between the two.
+    if (use) {
+      const adoptLater = head !== undefined && head.id !== use.id
+      const ahead = adoptLater ? Math.min(healthTimeoutMs + 1_000, aheadMs()) : aheadMs()
+      if (use.ageLeftMs < ahead || use.usesLeft < aheadUses()) {
+        try {
+          await bounded(chain.rotate(), 'the root key')
+          await readHead()
+          use = usable(head) ?? use
+        } catch (error) {
+          degraded.push(`rotation due in ${Math.ceil(use.ageLeftMs / 1000)} s failed: ${messageFor(error)}`)
+        }
+      }
+    }
+    const root = rootKeyState()
+    if (root.ok === false) degraded.unshift(`root key: ${root.error ?? 'unavailable'}`)
+    if (storeProblem) degraded.push(`store: ${storeProblem}`)
+
+    const keyIdOf = (id: number) => keyIdFor(chain.name, id)
+    reportedKeyId = use ? keyIdOf(use.id) : head ? keyIdOf(head.id) : ''
+    const before = `${health.healthz}|${health.degraded}`
+    health.ok = use !== undefined
+    health.healthz = use
+      ? 'ok'
+      : `unhealthy: cannot serve Encrypt: ${problem ?? (storeProblem ? `store: ${storeProblem}` : 'the primary KEK is not loaded')}`
+    health.checkedAt = Date.now()
+    if (degraded.length > 0) health.degraded = degraded.join('; ')
+    else delete health.degraded
+    health.rootKey = root
+    if (head) health.primary = { keyId: keyIdOf(head.id), ageLeftMs: head.ageLeftMs, usesLeft: head.usesLeft, loaded: head.loaded }
+    if (`${health.healthz}|${health.degraded}` !== before) {
+      try {
+        onHealthChange?.(snapshot())
+      } catch {
+        // A logging hook must not break Status.
+      }
     }
   }
 
-  function checkHealth(force: boolean): Promise<void> {
-    if (!force && health.checkedAt !== 0 && Date.now() - health.checkedAt < healthCacheMs) return Promise.resolve()
-    return (probing ??= probe().finally(() => (probing = undefined)))
-  }
+  const snapshot = (): KmsPluginHealth => ({ ...health, rootKey: { ...health.rootKey }, ...(health.primary ? { primary: { ...health.primary } } : {}) })
+  const evaluateOnce = () => (evaluating ??= evaluate().finally(() => (evaluating = undefined)))
 
   async function encrypt(request: { plaintext: Buffer; uid: string }) {
     const plaintext = request.plaintext
@@ -252,12 +470,12 @@ export async function serveKmsPlugin(options: KmsPluginOptions): Promise<KmsPlug
     }
     try {
       // After a rotation for usage the chain may still hold DEKs prepared under the previous KEK;
-      // encrypt again until the data is under the current primary, so that the key_id returned
-      // here is the one Status reports (bounded: the pool holds at most 1024).
+      // encrypt again until the data is under the current primary, the one Status reports
+      // (bounded: the pool holds at most 1024).
       for (let attempt = 0; ; attempt++) {
         const data = await chain.encrypt(plaintext, { associatedData: SEED_ASSOCIATED_DATA })
         const header = decodeHeader(data)
-        const primary = chain.stats().keks.find((k) => k.primary)?.id
+        const primary = localPrimary()?.id
         if (primary !== undefined && header.kekId !== primary && attempt < MAX_STALE_RETRIES) continue
         const { ciphertext, annotations } = splitEncryptedData(data, header.headerLength, header.embeddedKek)
         const keyId = keyIdFor(chain.name, header.kekId)
@@ -284,8 +502,9 @@ export async function serveKmsPlugin(options: KmsPluginOptions): Promise<KmsPlug
   }
 
   async function status() {
-    await checkHealth(false)
-    return { version: KMS_API_VERSION, healthz: health.healthz, key_id: primaryKeyId() }
+    probeIfDue()
+    await evaluateOnce()
+    return { version: KMS_API_VERSION, healthz: health.healthz, key_id: reportedKeyId }
   }
 
   type Handler = (request: never) => Promise<object>
@@ -307,9 +526,13 @@ export async function serveKmsPlugin(options: KmsPluginOptions): Promise<KmsPlug
         (response) => {
           report(Code.OK, 'key_id' in response ? { keyId: String(response.key_id) } : {})
           callback(null, response)
-          // grpc-js has serialized the answer by now (synchronously, into its own buffer): the
-          // seed kube-apiserver asked for does not stay in this process's memory.
-          if (method === 'Decrypt') (response as { plaintext: Buffer }).plaintext.fill(0)
+          if (method === 'Decrypt') {
+            // serializeDecryptResponse zeroes the seed once encoded; an answer never encoded (the
+            // call was cancelled) is zeroed here.
+            const seed = (response as { plaintext: Buffer }).plaintext
+            if (call.cancelled) seed.fill(0)
+            else call.once('cancelled', () => seed.fill(0))
+          }
         },
         (error: unknown) => {
           const code = grpcCodeFor(error)
@@ -321,49 +544,68 @@ export async function serveKmsPlugin(options: KmsPluginOptions): Promise<KmsPlug
     }
   }
 
-  await clearStaleSocket(path)
+  const path = endpoint.kind === 'file' ? endpoint.path : undefined
+  if (path) await clearStaleSocket(path)
   const server = new grpc.Server({
     'grpc.max_receive_message_length': maxRequestBytes,
     'grpc.max_send_message_length': 64 * 1024,
   })
-  server.addService(loadKmsService().service, {
+  const service = { ...loadKmsService().service }
+  service.Decrypt = { ...service.Decrypt!, responseSerialize: serializeDecryptResponse as (value: unknown) => Buffer }
+  server.addService(service, {
     Status: unary('Status', status as Handler),
     Encrypt: unary('Encrypt', encrypt as Handler),
     Decrypt: unary('Decrypt', decrypt as Handler),
   })
-  // The socket is made with the process umask's mode (0777 under umask 0): bound in place, it
-  // would take calls from any local user until a chmod. So it is bound in a private (0700)
-  // folder next to `path`, given its mode, and only then linked into place (a link, unlike a
-  // rename, fails if another plugin took the path meanwhile, as a bind in place would).
-  const staging = await mkdtemp(join(dirname(path), '.kms-proxy-'))
-  try {
-    const bound = join(staging, 's')
-    await new Promise<void>((resolve, reject) => {
-      server.bindAsync(`unix:${bound}`, grpc.ServerCredentials.createInsecure(), (error) => (error ? reject(error) : resolve()))
+  const bind = (address: string) =>
+    new Promise<void>((resolve, reject) => {
+      server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (error) => (error ? reject(error) : resolve()))
     })
-    await chmod(bound, socketMode)
-    await link(bound, path).catch((error: { code?: string }) => {
-      throw error.code === 'EEXIST' ? new Error(`socket: ${path} was created by someone else while this server started`) : error
+  if (endpoint.kind === 'abstract') {
+    // No file: nothing to chmod, nothing stale to clear (the name goes when its process does).
+    await bind(`unix:\0${endpoint.name}`).catch((error: Error) => {
+      server.forceShutdown()
+      throw /EADDRINUSE/.test(error.message) ? new Error(`socket: the abstract socket @${endpoint.name} is in use by a running server`) : error
     })
-  } catch (error) {
-    server.forceShutdown()
-    throw error
-  } finally {
-    await rm(staging, { recursive: true, force: true })
+  } else {
+    // The socket is made with the process umask's mode (0777 under umask 0): bound in place, it
+    // would take calls from any local user until a chmod. So it is bound in a private (0700)
+    // folder next to `path`, given its group and mode, and only then linked into place (a link,
+    // unlike a rename, fails if another plugin took the path meanwhile, as a bind in place would).
+    const staging = await mkdtemp(join(dirname(endpoint.path), '.kms-proxy-'))
+    try {
+      const bound = join(staging, 's')
+      await bind(`unix:${bound}`)
+      if (gid !== undefined) await chown(bound, -1, gid)
+      await chmod(bound, socketMode)
+      await link(bound, endpoint.path).catch((error: { code?: string }) => {
+        throw error.code === 'EEXIST' ? new Error(`socket: ${endpoint.path} was created by someone else while this server started`) : error
+      })
+    } catch (error) {
+      server.forceShutdown()
+      throw error
+    } finally {
+      await rm(staging, { recursive: true, force: true })
+    }
   }
 
   let closed: Promise<void> | undefined
   return {
-    socket: path,
+    socket: endpoint.kind === 'file' ? endpoint.path : `@${endpoint.name}`,
     stats: () => ({
       requests: { ...requests },
       failures: { ...failures },
-      health: { ...health },
-      keyId: primaryKeyId(),
+      health: snapshot(),
+      keyId: reportedKeyId || (localPrimary() ? keyIdFor(chain.name, localPrimary()!.id) : ''),
       chain: chain.stats(),
     }),
     async checkHealth() {
-      await checkHealth(true)
+      if (rootKey || healthCheck) {
+        await probing
+        await probeRoot()
+      }
+      await evaluating
+      await evaluateOnce()
       return health.healthz
     },
     close() {
@@ -378,7 +620,7 @@ export async function serveKmsPlugin(options: KmsPluginOptions): Promise<KmsPlug
             resolve()
           })
         })
-        await unlink(path).catch(() => {})
+        if (path) await unlink(path).catch(() => {})
       })())
     },
   }

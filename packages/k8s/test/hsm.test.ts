@@ -21,6 +21,7 @@ let bridge: ChildProcess | undefined
 let port = 0
 const dir = tempDir('kms-proxy-k8s-hsm-')
 const opened: { close(): unknown }[] = []
+const children: ChildProcess[] = []
 
 async function freePort(): Promise<number> {
   const server = createServer()
@@ -51,6 +52,7 @@ beforeAll(async () => {
 }, 30_000)
 
 afterAll(async () => {
+  for (const c of children) if (c.exitCode === null) c.kill('SIGKILL')
   for (const o of opened.reverse()) await o.close()
   await stopBridge()
   hsm?.cleanup()
@@ -67,7 +69,7 @@ async function plugin(name: string, maxKekAgeMs?: number): Promise<{ plugin: Kms
   return { plugin: p, client, root, chain }
 }
 
-it('SoftHSM2 through the PKCS#11 bridge: seeds encrypt and decrypt, key_id follows rotation; with the bridge down Status is unhealthy, Encrypt goes on until a rotation is due; back up, the rotation happens and all decrypts', async () => {
+it('SoftHSM2 through the PKCS#11 bridge: seeds encrypt and decrypt, key_id follows rotation; with the bridge down Status stays ok (degraded) while the primary is loaded and Encrypt goes on, until a rotation is due; back up, the rotation happens and all decrypts', async () => {
   const a = await plugin('a')
   // Plugin c's KEK expires 2 s after it is made: its rotation falls due while the bridge is down.
   const c = await plugin('c', 2_000)
@@ -91,12 +93,15 @@ it('SoftHSM2 through the PKCS#11 bridge: seeds encrypt and decrypt, key_id follo
   expect(e2.key_id).not.toBe(e1.key_id)
   expect((await a.client.status()).key_id).toBe(e2.key_id)
 
-  // The bridge goes away.
+  // The bridge goes away: the plugin can still serve from its loaded primary, so it stays healthy
+  // (kube-apiserver keeps it in its load balancer) and says what is wrong in its own stats.
   await stopBridge()
+  expect(await a.plugin.checkHealth()).toBe('ok')
+  const degraded = a.plugin.stats().health.degraded
+  expect(degraded).toMatch(/^root key: ERR_ROOT_KEY: the PKCS#11 bridge at http:\/\/127\.0\.0\.1:\d+: no answer \(.+\); is it running\?$/)
+  expect(degraded).not.toContain(TOKEN)
   const down = await a.client.status()
-  expect(down.healthz).toMatch(/^unhealthy: ERR_ROOT_KEY: the PKCS#11 bridge at http:\/\/127\.0\.0\.1:\d+: no answer \(.+\); is it running\?$/)
-  expect(down.healthz).not.toContain(TOKEN)
-  expect(down.key_id).toBe(e2.key_id)
+  expect(down).toMatchObject({ healthz: 'ok', key_id: e2.key_id })
   // Encrypt goes on under the cached primary KEK until a rotation is due; Decrypt of known KEKs too.
   const s3 = seed()
   const e3 = await a.client.encrypt(s3)
@@ -109,10 +114,10 @@ it('SoftHSM2 through the PKCS#11 bridge: seeds encrypt and decrypt, key_id follo
   expect(unavailable.details).not.toContain(TOKEN)
 
   // Rotation due with the root away: it fails, so key_id stays (kube-apiserver keeps its seed);
-  // Status is unhealthy and Encrypt, which would need the new KEK, is UNAVAILABLE.
+  // past its age the primary cannot serve Encrypt (UNAVAILABLE): now Status is unhealthy.
   await new Promise((r) => setTimeout(r, Math.max(0, cMadeAt + 2_100 - Date.now())))
   const cDown = await c.client.status()
-  expect(cDown.healthz).toMatch(/^unhealthy: ERR_ROOT_KEY: /)
+  expect(cDown.healthz).toMatch(/^unhealthy: cannot serve Encrypt: ERR_ROOT_KEY: /)
   expect(cDown.key_id).toBe(cKeyId)
   expect(codeOf(await grpcError(c.client.encrypt(seed())))).toBe('UNAVAILABLE')
 
@@ -123,16 +128,64 @@ it('SoftHSM2 through the PKCS#11 bridge: seeds encrypt and decrypt, key_id follo
   expect(cUp.healthz).toBe('ok')
   expect(cUp.key_id).not.toBe(cKeyId)
   expect((await c.client.encrypt(seed())).key_id).toBe(cUp.key_id)
-  expect((await a.client.status()).healthz).toBe('ok')
+  expect(await a.plugin.checkHealth()).toBe('ok')
+  expect(a.plugin.stats().health.degraded).toBeUndefined()
   for (const [e, s] of [[e1, s1], [e2, s2], [e3, s3]] as const) {
     expect(Buffer.compare(await b.client.decrypt({ ciphertext: e.ciphertext, key_id: e.key_id, annotations: e.annotations }), Buffer.from(s))).toBe(0)
   }
-  // Root-key calls: plugin a made 2 KEKs (first, rotate) plus one call per Status probe (the failed
-  // one included); it never unwrapped.
+  // Root-key calls: plugin a made 2 KEKs (first, rotate) plus one call per root-key probe (the
+  // failed one included); it never unwrapped.
   const probes = a.plugin.stats().health.probes
-  expect(probes).toBe(4)
+  expect(probes).toBeGreaterThanOrEqual(3)
   expect(a.root.wraps).toBe(2 + probes)
   expect(a.root.unwraps).toBe(0)
   // Plugin b: one unwrap per distinct KEK (2), after the failed attempt.
   expect(b.root.unwraps).toBe(1 + 2)
+}, 60_000)
+
+it('a plugin process restarted while the HSM is unreachable reports the store\'s primary key_id (never ""), answers UNAVAILABLE until the bridge is back, then serves that same key_id', async () => {
+  const storeFile = `${dir.dir}/restart-keys.json`
+  const socket = `${dir.dir}/restart.sock`
+  const env = { ...process.env, KMS_PROXY_K8S_SOCKET: socket, KMS_PROXY_K8S_STORE: storeFile, KMS_PROXY_K8S_BRIDGE_URL: `http://127.0.0.1:${port}`, KMS_PROXY_K8S_BRIDGE_TOKEN: TOKEN }
+  const start = async () => {
+    const child = spawnTs(new URL('./plugin-process.ts', import.meta.url).href, env)
+    children.push(child)
+    return { child, ready: await readLine<{ keyId: string; healthz: string }>(child, 'READY ') }
+  }
+  const stop = async (child: ChildProcess) => {
+    const exited = new Promise((r) => child.once('exit', r))
+    child.stdin!.end()
+    await exited
+  }
+
+  const first = await start()
+  expect(first.ready.healthz).toBe('ok')
+  let client = kmsClient(socket)
+  const s1 = seed()
+  const e1 = await client.encrypt(s1)
+  expect(e1.key_id).toBe(first.ready.keyId)
+  client.close()
+  await stop(first.child)
+
+  // The HSM goes away, then the plugin restarts (an upgrade, a crash) during the outage.
+  await stopBridge()
+  const second = await start()
+  expect(second.ready.keyId).toBe(e1.key_id) // from the store's head: no root-key call needed
+  expect(second.ready.healthz).toMatch(/^unhealthy: .*ERR_ROOT_KEY: the PKCS#11 bridge at http:\/\/127\.0\.0\.1:\d+: no answer/)
+  client = kmsClient(socket)
+  const down = await client.status()
+  expect(down.key_id).toBe(e1.key_id) // kube-apiserver validates it and keeps extending its seed
+  expect(down.healthz).not.toContain(TOKEN)
+  // Nothing is cached in a fresh process: Encrypt and Decrypt are UNAVAILABLE (kube-apiserver retries).
+  expect(codeOf(await grpcError(client.encrypt(seed())))).toBe('UNAVAILABLE')
+  expect(codeOf(await grpcError(client.decrypt({ ciphertext: e1.ciphertext, key_id: e1.key_id, annotations: e1.annotations })))).toBe('UNAVAILABLE')
+  expect((await client.status()).key_id).toBe(e1.key_id) // the failed calls did not move it
+
+  await startBridge()
+  const up = await client.status()
+  expect(up).toMatchObject({ healthz: 'ok', key_id: e1.key_id })
+  expect((await client.encrypt(seed())).key_id).toBe(e1.key_id)
+  expect(Buffer.compare(await client.decrypt({ ciphertext: e1.ciphertext, key_id: e1.key_id, annotations: e1.annotations }), Buffer.from(s1))).toBe(0)
+  client.close()
+  await stop(second.child)
 }, 60_000)
