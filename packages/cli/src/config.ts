@@ -15,29 +15,109 @@ import { pkcs11BridgeRootKey } from '@kms-proxy/pkcs11'
 import { CliError, EXIT } from './exit.js'
 import { readSecret } from './prompt.js'
 
+/** The `format` every config file names; another value is refused. */
 export const CONFIG_FORMAT = 'kms-proxy-cli/v1'
 export const DEFAULT_CONFIG = 'kms-proxy.json'
 export const DEFAULT_STORE_FILE = 'kms-proxy-keys.json'
 
+/** The config's store: a file store, or an etcd store (its password from `KMS_PROXY_ETCD_PASSWORD`). */
 export type StoreConfig =
-  | { type: 'file'; path: string }
-  | { type: 'etcd'; endpoints: string[]; prefix?: string; username?: string }
+  | {
+      /** `fileStore`. */
+      type: 'file'
+      /** The store file, relative to the config file's folder unless absolute. */
+      path: string
+    }
+  | {
+      /** `etcdStore`. */
+      type: 'etcd'
+      /** Client URLs of the cluster members. */
+      endpoints: string[]
+      /** Key prefix (the store's default: `'kms-proxy/'`). */
+      prefix?: string
+      /** etcd user; the password comes from the environment. */
+      username?: string
+    }
 
+/** The config's root key; every secret comes from the environment ({@link SECRET_ENV}) or a prompt. */
 export type RootKeyConfig =
-  | { type: 'passphrase'; kdf?: 'pbkdf2' | 'scrypt' | 'argon2id'; iterations?: number }
-  | { type: 'aws-kms'; keyId: string; region: string; endpoint?: string }
-  | { type: 'vault'; address: string; key: string; mount?: string; namespace?: string }
-  | { type: 'gcp'; keyName: string; endpoint?: string }
-  | { type: 'azure'; vaultUrl: string; keyName: string; keyVersion?: string }
-  | { type: 'pkcs11'; url: string }
+  | {
+      /** `passphraseRootKey`. */
+      type: 'passphrase'
+      /** The KDF for new KEKs (the root's default: PBKDF2). */
+      kdf?: 'pbkdf2' | 'scrypt' | 'argon2id'
+      /** PBKDF2 iterations; below 600,000 only with `KMS_PROXY_ALLOW_WEAK_KDF=1`. */
+      iterations?: number
+    }
+  | {
+      /** `awsKmsRootKey`. */
+      type: 'aws-kms'
+      /** Key id, ARN or alias. */
+      keyId: string
+      /** The key's region. */
+      region: string
+      /** Another KMS endpoint. */
+      endpoint?: string
+    }
+  | {
+      /** `vaultTransitRootKey`. */
+      type: 'vault'
+      /** Vault's address. */
+      address: string
+      /** The transit key's name. */
+      key: string
+      /** Where transit is mounted (default `'transit'`). */
+      mount?: string
+      /** Vault Enterprise / HCP namespace. */
+      namespace?: string
+    }
+  | {
+      /** `gcpKmsRootKey`. */
+      type: 'gcp'
+      /** `projects/…/locations/…/keyRings/…/cryptoKeys/…`. */
+      keyName: string
+      /** Another Cloud KMS endpoint. */
+      endpoint?: string
+    }
+  | {
+      /** `azureKeyVaultRootKey`. */
+      type: 'azure'
+      /** The vault's URL. */
+      vaultUrl: string
+      /** The RSA key's name. */
+      keyName: string
+      /** The key version for new KEKs (default: the current one). */
+      keyVersion?: string
+    }
+  | {
+      /** `pkcs11BridgeRootKey`. */
+      type: 'pkcs11'
+      /** The bridge's URL. */
+      url: string
+    }
 
+/**
+ * A `kms-proxy.json` as `kms-proxy init` writes it. It holds no secret.
+ *
+ * @example
+ * ```json
+ * { "format": "kms-proxy-cli/v1", "chain": "default",
+ *   "store": { "type": "file", "path": "kms-proxy-keys.json" },
+ *   "rootKey": { "type": "passphrase" } }
+ * ```
+ */
 export interface CliConfig {
+  /** Always {@link CONFIG_FORMAT}. */
   format: typeof CONFIG_FORMAT
+  /** The chain name. */
   chain: string
+  /** Where the wrapped KEKs and the head live. */
   store: StoreConfig
+  /** What wraps the KEKs. */
   rootKey: RootKeyConfig
   /** Rotation policy shared by every process on this chain. */
   maxWrapsPerKek?: number
+  /** The primary KEK's age limit (ms); the library's default is 7 days. */
   maxKekAgeMs?: number
   /**
    * Hosts that may be reached over plain `http:` although they are not loopback (the explicit
@@ -48,14 +128,23 @@ export interface CliConfig {
 
 /** Environment variables that carry secrets, by root key or store type. Documented in the README. */
 export const SECRET_ENV = {
+  /** The passphrase (else a prompt on the terminal). */
   passphrase: 'KMS_PROXY_PASSPHRASE',
+  /** AWS access key id. */
   awsAccessKeyId: 'AWS_ACCESS_KEY_ID',
+  /** AWS secret access key. */
   awsSecretAccessKey: 'AWS_SECRET_ACCESS_KEY',
+  /** AWS session token, for temporary credentials. */
   awsSessionToken: 'AWS_SESSION_TOKEN',
+  /** Vault token. */
   vaultToken: 'VAULT_TOKEN',
+  /** Google OAuth 2.0 access token. */
   gcpAccessToken: 'GCP_ACCESS_TOKEN',
+  /** Microsoft Entra access token. */
   azureAccessToken: 'AZURE_ACCESS_TOKEN',
+  /** The PKCS#11 bridge's bearer token. */
   pkcs11Token: 'KMS_PROXY_PKCS11_TOKEN',
+  /** The etcd user's password. */
   etcdPassword: 'KMS_PROXY_ETCD_PASSWORD',
 } as const
 
@@ -163,6 +252,7 @@ export function networkPart(c: CliConfig): string | undefined {
   return undefined
 }
 
+/** Options of {@link loadConfig}. */
 export interface LoadOptions {
   /** Found in the working folder rather than named: then local only (file store, passphrase root), and named on stderr. */
   implicit?: boolean
@@ -176,6 +266,9 @@ function str(v: unknown): v is string {
  * Reads and checks a config file: a file the user controls (readTrusted), well-formed, every
  * URL by the transport rule, the KDF at or above the library's default, and, when found
  * implicitly, one that reaches no network service. Any refusal is EXIT.MISSING (3), one line.
+ *
+ * @throws {@link CliError} - exit code 3 (`EXIT.MISSING`): no such file, a file others may
+ *   change, not a config, a bad field, plain http to a host not listed, a weak KDF.
  */
 export async function loadConfig(path: string, options: LoadOptions = {}): Promise<CliConfig> {
   const text = await readTrusted(path)
@@ -394,6 +487,16 @@ export async function openConfigured(path: string, options: OpenOptions = {}): P
  * environment (or a passphrase prompt on a TTY). For programs that share the CLI's chain, such
  * as the Kubernetes KMS plugin. The config passes the same checks as the command's (loadConfig);
  * without `path`, `$KMS_PROXY_CONFIG`, else `./kms-proxy.json` found implicitly (local only).
+ *
+ * @throws {@link CliError} - a config missing or refused (exit code 3), or the chain not in the
+ *   store (run `kms-proxy init`).
+ * @throws {@link @kms-proxy/core!RootKeyError} - `ERR_ROOT_KEY`: the root key refused (a wrong
+ *   passphrase) or was unreachable; {@link @kms-proxy/core!StoreError} `ERR_STORE`: the store failed.
+ * @example
+ * ```ts
+ * const chain = await openChainFromConfig()      // $KMS_PROXY_CONFIG, else ./kms-proxy.json
+ * const plaintext = await chain.decrypt(encryptedData)
+ * ```
  */
 export async function openChainFromConfig(path?: string): Promise<KeyChain> {
   const which = path === undefined ? resolveConfig(undefined) : { path: resolve(path), implicit: false }

@@ -4,7 +4,9 @@
  */
 import { ERROR_CODES, KmsProxyError, type ErrorCode } from '@kms-proxy/core'
 
+/** The command's exit codes, by name: stable, for scripts to act on. */
 export const EXIT = {
+  /** Done. */
   OK: 0,
   /** A bug or an error nobody expected. */
   INTERNAL: 1,
@@ -28,11 +30,18 @@ export const EXIT = {
   NOT_INSTALLED: 10,
 } as const
 
+/** One of the {@link EXIT} codes, 0 to 10. */
 export type ExitCode = (typeof EXIT)[keyof typeof EXIT]
 
 /** An error the CLI expects and explains in one line. */
 export class CliError extends Error {
+  /** The exit code the command ends with. */
   readonly exitCode: ExitCode
+  /**
+   * An error that ends the command with `exitCode` and one line on stderr.
+   *
+   * @param message - one line for stderr, without secrets.
+   */
   constructor(exitCode: ExitCode, message: string) {
     super(message)
     this.name = 'CliError'
@@ -54,8 +63,20 @@ function isKmsProxyError(error: unknown): error is KmsProxyError {
   return error instanceof Error && typeof code === 'string' && Object.hasOwn(ERROR_CODES, code) && (error as { name?: string }).name === ERROR_CODES[code as ErrorCode]
 }
 
-/** The exit code and the one-line message for any error a command throws. */
-export function explain(error: unknown): { exitCode: ExitCode; message: string } {
+/**
+ * The exit code and the one-line message for any error a command throws.
+ *
+ * @example
+ * ```ts
+ * explain(new RootKeyError('wrong passphrase')) // { exitCode: 4, message: 'the root key refused: wrong passphrase' }
+ * ```
+ */
+export function explain(error: unknown): {
+  /** What the command exits with. */
+  exitCode: ExitCode
+  /** One line for stderr. */
+  message: string
+} {
   if (error instanceof CliError) return { exitCode: error.exitCode, message: error.message }
   if (isKmsProxyError(error)) {
     switch (error.code) {

@@ -1,6 +1,16 @@
 /**
  * The `kms-proxy` command and the helpers it shares: `main(args)` runs a command and resolves to
  * its exit code; `openChainFromConfig(path)` opens the chain a `kms-proxy init` config describes.
+ *
+ * @example
+ * ```ts
+ * import { openChainFromConfig } from '@kms-proxy/cli'
+ * const chain = await openChainFromConfig('/etc/kms-proxy/kms-proxy.json') // secrets from the environment
+ * const encrypted = await chain.encrypt(record)
+ * ```
+ *
+ * @packageDocumentation
+ * @module @kms-proxy/cli
  */
 import process from 'node:process'
 import { COMMANDS, parse } from './commands.js'
