@@ -11,8 +11,11 @@
  */
 import { OVERHEAD_BYTES } from '@kms-proxy/core'
 
+/** Largest ciphertext kube-apiserver accepts from Encrypt (encryptedDEKSourceMaxSize). */
 export const MAX_CIPHERTEXT_BYTES = 1024
+/** Largest key_id kube-apiserver accepts, in UTF-8 bytes (KeyIDMaxSize). */
 export const MAX_KEY_ID_BYTES = 1024
+/** Largest total of annotation keys and values kube-apiserver accepts (annotationsMaxSize). */
 export const MAX_ANNOTATIONS_BYTES = 32 * 1024
 /** The version string of the API; kube-apiserver accepts no other in a v2 configuration. */
 export const KMS_API_VERSION = 'v2'
@@ -95,8 +98,11 @@ export function parseKeyId(keyId: string, chainName: string): number | undefined
   return id === 0 ? undefined : id
 }
 
+/** What {@link splitEncryptedData} returns: the two parts of an Encrypt answer. */
 export interface Split {
+  /** The encrypted data without its embedded KEK: the Encrypt answer's ciphertext. */
   ciphertext: Uint8Array
+  /** `kek.kms-proxy.dev` with the embedded KEK, or none. */
   annotations: Record<string, Uint8Array>
 }
 
@@ -115,7 +121,22 @@ export function splitEncryptedData(data: Uint8Array, headerLength: number, embed
   return { ciphertext, annotations: { [KEK_ANNOTATION]: embeddedKek.slice() } }
 }
 
-export type Joined = { ok: true; data: Uint8Array; kekId: number } | { ok: false; problem: string }
+/** What {@link joinEncryptedData} returns: the encrypted data to decrypt, or why the request is refused. */
+export type Joined =
+  | {
+      /** The parts fit together. */
+      ok: true
+      /** The encrypted data, with its KEK put back when it had been moved out. */
+      data: Uint8Array
+      /** The KEK id its header names. */
+      kekId: number
+    }
+  | {
+      /** The request is refused. */
+      ok: false
+      /** Why, for the gRPC answer. */
+      problem: string
+    }
 
 /**
  * What Decrypt receives -> the encrypted data the chain decrypts. Checks only the framing (the

@@ -1,3 +1,21 @@
+/**
+ * A Kubernetes KMS v2 plugin: kube-apiserver talks gRPC to it on a Unix socket (`Status`,
+ * `Encrypt`, `Decrypt`), and it protects kube-apiserver's DEK seeds with a kms-proxy key chain
+ * whose root is any root key: an HSM through the PKCS#11 bridge, a cloud KMS, a passphrase.
+ * Node only. Operations and a sample `EncryptionConfiguration`: docs/k8s.md in the repository.
+ *
+ * @example
+ * ```ts
+ * import { KeyChain } from '@kms-proxy/core'
+ * import { fileStore } from '@kms-proxy/file'
+ * import { serveKmsPlugin } from '@kms-proxy/k8s'
+ * const chain = await KeyChain.open({ rootKey, store: fileStore('/var/lib/kms-proxy/keys.json'), name: 'cluster-a' })
+ * const plugin = await serveKmsPlugin({ socket: '/run/kms-proxy/kms.sock', chain, rootKey })  // plugin.close() to stop
+ * ```
+ *
+ * @packageDocumentation
+ * @module @kms-proxy/k8s
+ */
 export { serveKmsPlugin, grpcCodeFor } from './server.js'
 export type { KmsPlugin, KmsPluginOptions, KmsPluginStats, KmsPluginHealth, KmsPluginRequestEvent } from './server.js'
 export { PROTO_PATH, SERVICE_NAME, LOADER_OPTIONS, loadKmsService } from './proto.js'
