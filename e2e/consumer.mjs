@@ -5,7 +5,8 @@
 // adapters were not packed with), an app that imports the packages by name on Node, Deno and Bun
 // and as an esbuild browser bundle, `tsc --noEmit` strict without @types/node, and the CLI's bin.
 //   pnpm build && node e2e/consumer.mjs        (any Node: e2e/node_modules/node24/bin/node e2e/consumer.mjs)
-// Builds nothing. Prints one line per check and ends with "N passed, N failed".
+// Builds nothing. Prints one line per check and ends with "N passed, N failed"; writes
+// .tmp/consumer.json ({ node, passed, failed, seconds, results }).
 import { execFile } from 'node:child_process'
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, cpSync, statSync } from 'node:fs'
 import { createServer } from 'node:http'
@@ -53,6 +54,8 @@ function finish() {
   const passed = results.length - failed
   console.log(`consumer: Node ${process.version}, ${Math.round((Date.now() - started) / 1000)} s; project left in ${failed ? tmp : '(removed)'}`)
   if (!failed) rmSync(tmp, { recursive: true, force: true })
+  mkdirSync(join(root, '.tmp'), { recursive: true })
+  writeFileSync(join(root, '.tmp', 'consumer.json'), JSON.stringify({ node: process.version, passed, failed, seconds: Math.round((Date.now() - started) / 1000), results }, null, 2))
   console.log(`${passed} passed, ${failed} failed`)
   process.exit(failed === 0 && passed > 0 ? 0 : 1)
 }
@@ -269,14 +272,14 @@ function appResults(runtime, r) {
     throw new Error(`${runtime} exited ${r.code}:\n${tail(r)}`)
   }
   const failed = output.filter((c) => !c.ok)
-  if (output.length < 4 || failed.length) throw new Error(failed.map((c) => `${c.name}: ${c.detail}`).join('\n') || `${output.length} checks`)
+  if (output.length < 5 || failed.length) throw new Error(failed.map((c) => `${c.name}: ${c.detail}`).join('\n') || `${output.length} checks`)
   return `${output.length} checks (${output.map((c) => c.detail).filter(Boolean).join('; ')})`
 }
 
 const workspaceBin = (name) => join(root, 'node_modules', '.bin', name)
 await check(`the app runs on Node ${process.version}, importing the packages by name`, async () => appResults('node', await run(process.execPath, ['app.mjs', kmsUrl])))
 await check('the app runs on Deno, from the project\'s node_modules', async () => {
-  const r = await run(workspaceBin('deno'), ['run', '--quiet', '--node-modules-dir=manual', '--allow-read', '--allow-env', `--allow-net=${kmsUrl.slice('http://'.length)}`, 'app.mjs', kmsUrl], {
+  const r = await run(workspaceBin('deno'), ['run', '--quiet', '--node-modules-dir=manual', '--allow-read', '--allow-write=.', '--allow-env', `--allow-net=${kmsUrl.slice('http://'.length)}`, 'app.mjs', kmsUrl], {
     env: { ...env, DENO_DIR: join(tmp, 'deno-dir'), DENO_NO_UPDATE_CHECK: '1' },
   })
   return `${(await run(workspaceBin('deno'), ['--version'])).stdout.split('\n')[0]}: ${appResults('deno', r)}`
