@@ -391,8 +391,10 @@ folder (they may hold plaintext; \`kms-proxy clean\` removes them).
 
 ${CONFIG_HELP}
       --check             also unlock the primary KEK (one root-key unwrap) to prove the root key
+      --plugin SOCKET     also ask the Kubernetes plugin on SOCKET for its Status, as kube-apiserver
+                          does (needs @kms-proxy/k8s)
       --json              machine-readable output`,
-  options: { ...CONFIG_OPTION, check: { type: 'boolean' }, json: { type: 'boolean' } },
+  options: { ...CONFIG_OPTION, check: { type: 'boolean' }, plugin: { type: 'string' }, json: { type: 'boolean' } },
   async run(v) {
     const { path: file, implicit } = resolveConfig(str(v.config))
     let config: CliConfig
@@ -434,6 +436,7 @@ ${CONFIG_HELP}
       keks: keks.map((k) => ({ id: k.id, createdAt: k.createdAt, rootKind: k.rootKind, primary: k.id === h.primary })),
       rootKeyCalls: { wraps: stats?.rootKeyWraps ?? 0, unwraps: stats?.rootKeyUnwraps ?? 0 },
       ...(stats ? { rootKeyAvailable: stats.rootKeyAvailable } : {}),
+      ...(str(v.plugin) ? { plugin: await pluginStatus(str(v.plugin)!, `${config.chain}/${h.primary.toString(16).padStart(8, '0')}`) } : {}),
       leftovers,
     }
     if (v.json) {
@@ -447,10 +450,16 @@ ${CONFIG_HELP}
     out(`store        ${where}`)
     out(`root key     ${config.rootKey.type}${config.rootKey.type === 'passphrase' ? ` (${config.rootKey.kdf ?? 'pbkdf2'})` : ''}`)
     out(`primary KEK  ${kekId(h.primary)}, ${age(now - h.primaryCreatedAt)} old, rotates in ${age(h.primaryCreatedAt + maxAge - now)} or after ${maxWraps.toLocaleString('en-US')} uses`)
+    if (h.primaryCreatedAt + maxAge <= now) out(`             past its age by ${age(now - h.primaryCreatedAt - maxAge)}: the next plugin Status or encryption rotates it (one root-key call)`)
     out(`usage        ${h.leased.toLocaleString('en-US')} of ${maxWraps.toLocaleString('en-US')} uses reserved (${((100 * h.leased) / maxWraps).toFixed(h.leased * 1000 < maxWraps ? 3 : 1)}%)`)
     out(`KEKs         ${keks.length}`)
     for (const k of keks) out(`  ${kekId(k.id)}  ${new Date(k.createdAt).toISOString()}  ${k.rootKind}${k.id === h.primary ? '  primary' : ''}`)
     out(`root-key calls by this command: ${report.rootKeyCalls.wraps} wraps, ${report.rootKeyCalls.unwraps} unwraps${stats ? ` (root key ${stats.rootKeyAvailable ? 'ok' : 'unavailable'})` : ''}`)
+    if (report.plugin) {
+      const p = report.plugin
+      const about = 'error' in p ? `not answering (${p.error})` : `${p.healthz}, key_id ${p.keyId} (${p.isPrimary ? "the store's primary" : "not the store's primary: the plugin adopts it when its own KEK expires"})`
+      out(`plugin       ${p.socket}: ${about}`)
+    }
     if (leftovers.length > 0) {
       const where = [...new Set(leftovers.map((l) => dirname(l.path)))].join(' ')
       out(`leftovers    ${plural(leftovers.length, 'temporary file')} left by a killed command (may hold plaintext); remove with: kms-proxy clean ${where}`)
@@ -458,6 +467,17 @@ ${CONFIG_HELP}
     }
     return EXIT.OK
   },
+}
+
+/** The plugin's Status as kube-apiserver sees it, against the store's primary key_id. */
+async function pluginStatus(socket: string, primaryKeyId: string) {
+  const k8s = await k8sModule('kmsPluginStatus')
+  try {
+    const s = await k8s.kmsPluginStatus(socket)
+    return { socket, version: s.version, healthz: s.healthz, keyId: s.key_id, isPrimary: s.key_id === primaryKeyId }
+  } catch (error) {
+    return { socket, error: String((error as { details?: string }).details || (error as Error).message) }
+  }
 }
 
 const plural = (n: number, what: string) => `${n} ${what}${n === 1 ? '' : 's'}`
@@ -646,8 +666,47 @@ ${CONFIG_HELP}
 
 // ------------------------------------------------------------------------------ k8s-plugin
 
+interface KmsPluginHealthLine {
+  healthz: string
+  degraded?: string
+}
+
 interface KmsPluginModule {
-  serveKmsPlugin(options: { socket: string; chain: KeyChain; rootKey?: RootKey }): Promise<{ close(): Promise<void> }>
+  serveKmsPlugin(options: {
+    socket: string
+    chain: KeyChain
+    rootKey?: RootKey
+    socketMode?: number
+    socketGroup?: number | string
+    allowAbstractSocket?: boolean
+    onHealthChange?: (health: KmsPluginHealthLine) => void
+  }): Promise<{ socket: string; close(): Promise<void> }>
+  kmsPluginStatus(socket: string, timeoutMs?: number): Promise<{ version: string; healthz: string; key_id: string }>
+}
+
+/** @kms-proxy/k8s, an optional package: a clear exit when it is missing or too old for `needs`. */
+async function k8sModule(needs: keyof KmsPluginModule): Promise<KmsPluginModule> {
+  const specifier = '@kms-proxy/k8s' // a variable, so no bundler or type checker requires it
+  let plugin: KmsPluginModule
+  try {
+    plugin = (await import(specifier)) as KmsPluginModule
+  } catch (error) {
+    const code = (error as { code?: string }).code
+    const message = String((error as Error)?.message ?? '')
+    if (code === 'ERR_MODULE_NOT_FOUND' || /Cannot find (package|module)|not found/i.test(message)) {
+      throw new CliError(EXIT.NOT_INSTALLED, 'k8s-plugin needs the package @kms-proxy/k8s, which is not installed: npm install @kms-proxy/k8s')
+    }
+    throw error
+  }
+  if (typeof plugin[needs] !== 'function') throw new CliError(EXIT.NOT_INSTALLED, `@kms-proxy/k8s is installed but has no ${needs}: update it`)
+  return plugin
+}
+
+/** `--socket-mode 0660` (octal, as chmod takes it). */
+function socketMode(v: unknown): number | undefined {
+  if (v === undefined) return undefined
+  if (typeof v !== 'string' || !/^0?[0-7]{3}$/.test(v)) throw usage('--socket-mode: expected an octal mode such as 0660')
+  return Number.parseInt(v, 8)
 }
 
 const k8sPlugin: Command = {
@@ -656,30 +715,44 @@ const k8sPlugin: Command = {
 
 Serves the Kubernetes KMS v2 gRPC API (Status, Encrypt, Decrypt) on a Unix socket, backed by
 the chain of the config. Needs the optional package @kms-proxy/k8s. Stops on SIGINT or SIGTERM.
+Status is "ok" while the KEK the next Encrypt uses is loaded, within its age and with uses left;
+a root key or store that cannot be reached meanwhile is logged here as "degraded".
 
 ${CONFIG_HELP}
-      --socket PATH       Unix socket to listen on (e.g. /var/run/kmsplugin/socket.sock)`,
-  options: { ...CONFIG_OPTION, socket: { type: 'string' } },
+      --socket PATH       Unix socket to listen on (e.g. /var/run/kmsplugin/socket.sock), or
+                          unix:///@name for a Linux abstract socket (needs --allow-abstract-socket)
+      --socket-mode MODE  mode of the socket file, octal (default 0600: kube-apiserver as root)
+      --socket-group GRP  group of the socket file, by name or gid (with --socket-mode 0660, for
+                          a kube-apiserver that runs as a non-root user in that group)
+      --allow-abstract-socket
+                          serve an abstract socket: it has no file permissions, so any process in
+                          the network namespace can call Decrypt`,
+  options: {
+    ...CONFIG_OPTION,
+    socket: { type: 'string' },
+    'socket-mode': { type: 'string' },
+    'socket-group': { type: 'string' },
+    'allow-abstract-socket': { type: 'boolean' },
+  },
   async run(v) {
     const socket = required('socket', v.socket)
-    const specifier = '@kms-proxy/k8s' // a variable, so no bundler or type checker requires it
-    let plugin: KmsPluginModule
-    try {
-      plugin = (await import(specifier)) as KmsPluginModule
-    } catch (error) {
-      const code = (error as { code?: string }).code
-      const message = String((error as Error)?.message ?? '')
-      if (code === 'ERR_MODULE_NOT_FOUND' || /Cannot find (package|module)|not found/i.test(message)) {
-        throw new CliError(EXIT.NOT_INSTALLED, 'k8s-plugin needs the package @kms-proxy/k8s, which is not installed: npm install @kms-proxy/k8s')
-      }
-      throw error
-    }
-    if (typeof plugin.serveKmsPlugin !== 'function') throw new CliError(EXIT.NOT_INSTALLED, '@kms-proxy/k8s is installed but has no serveKmsPlugin: update it')
-    // With the root key, Status is healthy only while the root key itself answers (probed at
-    // most once per health cache period), not just while the chain's last root call succeeded.
+    const mode = socketMode(v['socket-mode'])
+    const group = str(v['socket-group'])
+    if (group !== undefined && group.length === 0) throw usage('--socket-group: expected a group name or gid')
+    const plugin = await k8sModule('serveKmsPlugin')
+    // With the root key, the plugin probes it (once an hour) and logs when it cannot be reached,
+    // not just when the chain's own last root call failed.
     const { chain, rootKey } = await openNamed(v, { service: true })
-    const server = await plugin.serveKmsPlugin({ socket, chain, rootKey })
-    note(`kms-proxy k8s-plugin: serving chain "${chain.name}" on ${socket}`)
+    const server = await plugin.serveKmsPlugin({
+      socket,
+      chain,
+      rootKey,
+      ...(mode === undefined ? {} : { socketMode: mode }),
+      ...(group === undefined ? {} : { socketGroup: group }),
+      ...(v['allow-abstract-socket'] ? { allowAbstractSocket: true } : {}),
+      onHealthChange: (h) => note(`kms-proxy k8s-plugin: ${h.healthz}${h.degraded ? ` (degraded: ${h.degraded})` : ''}`),
+    })
+    note(`kms-proxy k8s-plugin: serving chain "${chain.name}" on ${server.socket ?? socket}`)
     await new Promise<void>((resolve) => {
       process.once('SIGINT', resolve)
       process.once('SIGTERM', resolve)

@@ -4,7 +4,7 @@
  * node_modules (so both load the same core), their third-party dependencies linked. A gRPC
  * client built from the plugin's own proto calls Status, Encrypt and Decrypt on the socket.
  */
-import { cpSync, existsSync, mkdirSync, realpathSync, symlinkSync, writeFileSync } from 'node:fs'
+import { chmodSync, cpSync, existsSync, mkdirSync, realpathSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { join } from 'node:path'
 import { pathToFileURL } from 'node:url'
@@ -79,3 +79,44 @@ it('serves the config\'s chain over the KMS v2 gRPC API on a Unix socket, and st
   expect(await exited).toBe(EXIT.OK)
   expect(stderr).not.toContain(PASSPHRASE)
 })
+
+it('socket mode and group from the command line; status --plugin shows what kube-apiserver sees; health changes are logged; an abstract socket needs --allow-abstract-socket', async () => {
+  const env = { KMS_PROXY_PASSPHRASE: PASSPHRASE, ...WEAK_KDF_ENV }
+  const init = await spawnCollect(process.execPath, [bin(), 'init', '--chain', 'kube2', '--store-path', join(work.dir, 'kube2-keys.json'), '--config', join(app, 'kube2.json'), ...FAST_KDF], { cwd: app, env })
+  expect(init.code, init.stderr).toBe(EXIT.OK)
+  const config = ['--config', join(app, 'kube2.json')]
+
+  // Refused before anything is served: an abstract socket without the opt-in, a bad mode.
+  const abstract = await spawnCollect(process.execPath, [bin(), 'k8s-plugin', ...config, '--socket', `unix:///@kms-proxy-cli-${process.pid}`], { cwd: app, env })
+  expect(abstract.code).toBe(EXIT.USAGE)
+  expect(abstract.stderr).toMatch(/abstract socket, which has no file permissions.*--allow-abstract-socket/)
+  const badMode = await spawnCollect(process.execPath, [bin(), 'k8s-plugin', ...config, '--socket', join(work.dir, 'x.sock'), '--socket-mode', '0999'], { cwd: app, env })
+  expect(badMode.code).toBe(EXIT.USAGE)
+
+  const socket = join(work.dir, 'group.sock')
+  const proc = spawn(process.execPath, [bin(), 'k8s-plugin', ...config, '--socket', socket, '--socket-mode', '0660', '--socket-group', 'nogroup'], { cwd: app, env: { PATH: process.env.PATH, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
+  child = proc
+  let stderr = ''
+  proc.stderr!.on('data', (c: Buffer) => (stderr += c))
+  const exited = new Promise<number | null>((resolve) => proc.on('close', (code) => resolve(code)))
+  for (let i = 0; i < 200 && !stderr.includes('serving'); i++) await new Promise((r) => setTimeout(r, 25))
+  expect(statSync(socket).mode & 0o777).toBe(0o660)
+  expect(statSync(socket).gid).toBe(65534)
+  // A process of another user in that group (as a kube-apiserver run as non-root) can connect.
+  chmodSync(work.dir, 0o711)
+  const connectAs = `require('node:net').connect(${JSON.stringify(socket)}).on('connect', () => process.exit(0)).on('error', (e) => (console.error(e.code), process.exit(1)))`
+  const asNobody = await spawnCollect(process.execPath, ['-e', connectAs], { cwd: '/', uid: 65534 })
+  expect(asNobody.code, asNobody.stderr).toBe(0)
+
+  const text = await spawnCollect(process.execPath, [bin(), 'status', ...config, '--plugin', socket], { cwd: app, env })
+  expect(text.code, text.stderr).toBe(EXIT.OK)
+  expect(text.stdout.toString()).toMatch(new RegExp(`plugin {7}${socket.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: ok, key_id kube2/[0-9a-f]{8} \\(the store's primary\\)`))
+  const json = JSON.parse((await spawnCollect(process.execPath, [bin(), 'status', ...config, '--plugin', socket, '--json'], { cwd: app, env })).stdout.toString())
+  expect(json.plugin).toMatchObject({ socket, version: 'v2', healthz: 'ok', isPrimary: true })
+  expect(stderr).toContain('kms-proxy k8s-plugin: ok') // the first evaluation's health, logged
+  proc.kill('SIGTERM')
+  expect(await exited).toBe(EXIT.OK)
+
+  const gone = await spawnCollect(process.execPath, [bin(), 'status', ...config, '--plugin', socket], { cwd: app, env })
+  expect(gone.stdout.toString()).toMatch(/plugin {7}.*: not answering/)
+}, 60_000)

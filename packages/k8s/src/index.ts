@@ -36,3 +36,5 @@ export {
   splitEncryptedData,
   joinEncryptedData,
 } from './envelope.js'
+export { kmsPluginStatus } from './status.js'
+export type { KmsPluginStatus } from './status.js'

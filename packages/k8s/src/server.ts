@@ -182,12 +182,13 @@ function messageFor(error: unknown): string {
 }
 
 /** Where to listen: a socket file, or a name in Linux's abstract namespace. */
-type Endpoint = { kind: 'file'; path: string } | { kind: 'abstract'; name: string }
+export type Endpoint = { kind: 'file'; path: string } | { kind: 'abstract'; name: string }
 
 /** Sockets of a sockaddr_un: 108 bytes with the terminating (or, abstract, leading) NUL. */
 const MAX_ABSTRACT_NAME_BYTES = 107
 
-function parseEndpoint(socket: unknown, allowAbstract: boolean): Endpoint {
+/** `socket` as kube-apiserver reads an endpoint; an abstract one only if `allowAbstract`. */
+export function parseEndpoint(socket: unknown, allowAbstract: boolean): Endpoint {
   if (typeof socket !== 'string' || socket.length === 0) throw new TypeError('socket: expected a Unix socket path')
   const path = socket.startsWith('unix://') ? socket.slice('unix://'.length) : socket
   // kube-apiserver (k8s.io/kms/pkg/util/util.go) dials unix:///@name as the abstract socket "name".
@@ -208,6 +209,9 @@ function parseEndpoint(socket: unknown, allowAbstract: boolean): Endpoint {
   if (process.platform !== 'linux') throw new TypeError(`socket: abstract sockets exist only on Linux, not on ${process.platform}`)
   return { kind: 'abstract', name }
 }
+
+/** The grpc-js address of an endpoint: Node reads a leading NUL as the abstract namespace, as Go reads "@". */
+export const grpcAddress = (endpoint: Endpoint): string => (endpoint.kind === 'file' ? `unix:${endpoint.path}` : `unix:\0${endpoint.name}`)
 
 /** A gid from a number or a group name in /etc/group (groups from NSS modules: pass the number). */
 async function groupId(group: number | string): Promise<number> {
@@ -563,7 +567,7 @@ export async function serveKmsPlugin(options: KmsPluginOptions): Promise<KmsPlug
     })
   if (endpoint.kind === 'abstract') {
     // No file: nothing to chmod, nothing stale to clear (the name goes when its process does).
-    await bind(`unix:\0${endpoint.name}`).catch((error: Error) => {
+    await bind(grpcAddress(endpoint)).catch((error: Error) => {
       server.forceShutdown()
       throw /EADDRINUSE/.test(error.message) ? new Error(`socket: the abstract socket @${endpoint.name} is in use by a running server`) : error
     })

@@ -15,7 +15,7 @@ import * as grpc from '@grpc/grpc-js'
 import { KeyChain, RootKeyError, aesRootKey, memoryStore, type KeyChainOptions, type RootKey } from '@kms-proxy/core'
 import { fileStore } from '@kms-proxy/file'
 import { countingRootKey } from '@kms-proxy/testkit'
-import { serveKmsPlugin, type KmsPlugin, type KmsPluginOptions } from '../src/index.ts'
+import { kmsPluginStatus, serveKmsPlugin, type KmsPlugin, type KmsPluginOptions } from '../src/index.ts'
 import { codeOf, grpcError, kmsClient, seed, tempDir, type KmsClient } from './client.ts'
 
 const ROOT_BYTES = crypto.getRandomValues(new Uint8Array(32))
@@ -188,6 +188,8 @@ describe('abstract sockets (unix:///@name)', () => {
       raw.once('error', reject)
     })
     await expect(serveKmsPlugin({ socket: `unix:///@${name}`, chain: a.chain, allowAbstractSocket: true })).rejects.toThrow(/abstract socket @.* is in use/)
+    // The operators' one-call client reads it by the endpoint kube-apiserver is given.
+    expect(await kmsPluginStatus(`unix:///@${name}`)).toEqual({ version: 'v2', healthz: 'ok', key_id: (await a.client.status()).key_id })
   })
 
   it('refused at start without the opt-in, with an error that says why', async () => {
