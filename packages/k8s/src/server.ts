@@ -30,6 +30,7 @@ import {
 } from './envelope.js'
 import { loadKmsService } from './proto.js'
 
+/** Options of {@link serveKmsPlugin}. */
 export interface KmsPluginOptions {
   /**
    * Unix socket path (`/run/kms/kms-proxy.sock` or `unix:///run/kms/kms-proxy.sock`), or a Linux
@@ -94,12 +95,30 @@ export interface KmsPluginHealth {
   /** Root-key probes run: each costs one root-key call when `rootKey` or `healthCheck` is given. */
   probes: number
   /** The last root-key probe (or, without one, the chain's last root-key call). */
-  rootKey: { ok: boolean | undefined; checkedAt: number; error?: string }
+  rootKey: {
+    /** Whether it answered; undefined before the first probe. */
+    ok: boolean | undefined
+    /** When the probe started (ms since the epoch), 0 before the first. */
+    checkedAt: number
+    /** Why it failed (kms-proxy error code and message; no secret). */
+    error?: string
+  }
   /** The chain head's primary as the last evaluation read it (one store read, no root-key call). */
-  primary?: { keyId: string; ageLeftMs: number; usesLeft: number; loaded: boolean }
+  primary?: {
+    /** Its key_id. */
+    keyId: string
+    /** Milliseconds until its age limit (0: due). */
+    ageLeftMs: number
+    /** Uses left across every process sharing the store. */
+    usesLeft: number
+    /** Whether this process holds it unwrapped. */
+    loaded: boolean
+  }
 }
 
+/** One answered call, as `onRequest` receives it. */
 export interface KmsPluginRequestEvent {
+  /** The KMS v2 method called. */
   method: 'Status' | 'Encrypt' | 'Decrypt'
   /** kube-apiserver's request id (Encrypt, Decrypt), truncated to 128 characters. */
   uid?: string
@@ -107,23 +126,38 @@ export interface KmsPluginRequestEvent {
   code: string
   /** kms-proxy error code when one caused the failure (ERR_DECRYPT, ERR_ROOT_KEY, ...). */
   error?: string
+  /** key_id answered (Status, Encrypt). */
   keyId?: string
+  /** Time from the request to the answer, in milliseconds. */
   ms: number
 }
 
+/** What {@link KmsPlugin.stats} returns: counters since the start; no I/O. */
 export interface KmsPluginStats {
-  requests: { Status: number; Encrypt: number; Decrypt: number }
+  /** Calls received, by method. */
+  requests: {
+    /** Status calls (kube-apiserver's polls). */
+    Status: number
+    /** Encrypt calls (one per new seed). */
+    Encrypt: number
+    /** Decrypt calls (seeds kube-apiserver does not hold). */
+    Decrypt: number
+  }
   /** Failed requests by gRPC code name. */
   failures: Record<string, number>
+  /** Health as Status last reported it, and what is degraded. */
   health: KmsPluginHealth
   /** key_id Status last reported, or of this process's primary KEK ("" before there is one). */
   keyId: string
+  /** The key chain's own counters (`KeyChain.stats()`). */
   chain: KeyChainStats
 }
 
+/** A running plugin, as {@link serveKmsPlugin} resolves it. */
 export interface KmsPlugin {
   /** The socket path the server listens on, or `@name` for an abstract socket. */
   readonly socket: string
+  /** Counters, health and the chain's stats; no I/O. */
   stats(): KmsPluginStats
   /** Runs a root-key probe now (ignoring `healthCacheMs`), then evaluates Status; resolves to the healthz string. */
   checkHealth(): Promise<string>

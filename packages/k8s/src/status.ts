@@ -8,8 +8,11 @@ import { grpcAddress, parseEndpoint } from './server.js'
 
 /** Status as kube-apiserver reads it. */
 export interface KmsPluginStatus {
+  /** The API version: "v2". */
   version: string
+  /** "ok", or why not: anything else takes the node's kube-apiserver out of its load balancer. */
   healthz: string
+  /** The key_id the next Encrypt will return ("" only before the chain's first KEK). */
   key_id: string
 }
 
