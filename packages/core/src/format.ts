@@ -15,7 +15,8 @@
  * bytes, the last one shorter (1..segmentSize plaintext bytes, 0 only for an empty stream).
  */
 import { FormatError } from './errors.js'
-import { asBytes, concat, fromBase64Url, toBase64Url, u32be, utf8, type Bytes } from './internal/bytes.js'
+import { asBytes, concat, u32be, utf8, type Bytes } from './internal/bytes.js'
+import { fromBase64Url, toBase64Url } from './encoding.js'
 
 /** The format version this library writes and the only one it reads: the first byte of every encrypted data. */
 export const FORMAT_VERSION = 0x01
@@ -305,7 +306,9 @@ export function toText(bytes: Uint8Array): string {
 export function fromText(text: string): Bytes {
   if (typeof text !== 'string') throw new TypeError('encryptedText: expected a string')
   if (!text.startsWith(TEXT_PREFIX)) throw new FormatError('not kms-proxy text (expected the kp1. prefix)')
-  const bytes = fromBase64Url(text.slice(TEXT_PREFIX.length))
-  if (!bytes) throw new FormatError('text form is not valid base64url')
-  return bytes
+  try {
+    return fromBase64Url(text.slice(TEXT_PREFIX.length))
+  } catch {
+    throw new FormatError('text form is not valid base64url')
+  }
 }

@@ -52,5 +52,6 @@ export {
   kekAad,
 } from './format.js'
 export type { Header, MessageParts, StreamHeader } from './format.js'
+export { toBase64, fromBase64, toBase64Url, fromBase64Url, toHex } from './encoding.js'
 export { httpExchange, httpWithRetry, transientStatus, isLoopbackHost, checkServerUrl, HttpExchangeError } from './http.js'
 export type { HttpAnswer, HttpExchangeOptions, HttpRetryOptions, HttpFailureReason } from './http.js'

@@ -33,7 +33,7 @@
  * @packageDocumentation
  * @module @kms-proxy/etcd
  */
-import { HttpExchangeError, StoreError, checkServerUrl, httpExchange, type ChainHead, type KekRecord, type KeyStore, type Versioned } from '@kms-proxy/core'
+import { HttpExchangeError, StoreError, checkServerUrl, fromBase64, httpExchange, toBase64, type ChainHead, type KekRecord, type KeyStore, type Versioned } from '@kms-proxy/core'
 
 /** Options of {@link etcdStore}. */
 export interface EtcdStoreOptions {
@@ -94,17 +94,13 @@ export interface EtcdStore extends KeyStore {
 const encoder = new TextEncoder()
 const decoder = new TextDecoder('utf-8', { fatal: true })
 
-function toBase64(bytes: Uint8Array): string {
-  let s = ''
-  for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode(...bytes.subarray(i, i + 0x8000))
-  return btoa(s)
-}
-
-function fromBase64(text: string): Uint8Array {
-  const s = atob(text)
-  const out = new Uint8Array(s.length)
-  for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i)
-  return out
+/** A base64 field etcd answered, or one of our records: anything but canonical base64 is ERR_STORE. */
+function bytesOf(text: string, what: string): Uint8Array {
+  try {
+    return fromBase64(text)
+  } catch {
+    throw new StoreError(`etcd store: ${what} is not base64`)
+  }
 }
 
 const b64 = (text: string) => toBase64(encoder.encode(text))
@@ -319,7 +315,7 @@ export function etcdStore(options: EtcdStoreOptions): EtcdStore {
     return r.succeeded === true
   }
 
-  const valueOf = (kv: Kv) => decoder.decode(fromBase64(kv.value ?? ''))
+  const valueOf = (kv: Kv) => decoder.decode(bytesOf(kv.value ?? '', 'a value etcd answered'))
 
   function parseRecord(kv: Kv, id: number): KekRecord {
     let r: { id?: unknown; createdAt?: unknown; rootKind?: unknown; wrapped?: unknown }
@@ -331,7 +327,7 @@ export function etcdStore(options: EtcdStoreOptions): EtcdStore {
     if (r?.id !== id || !isTime(r.createdAt) || typeof r.rootKind !== 'string' || typeof r.wrapped !== 'string') {
       throw new StoreError(`etcd store: the KEK record ${hex8(id)} is malformed`)
     }
-    const wrapped = fromBase64(r.wrapped)
+    const wrapped = bytesOf(r.wrapped, `the KEK record ${hex8(id)}`)
     if (wrapped.length === 0) throw new StoreError(`etcd store: the KEK record ${hex8(id)} is malformed`)
     return Object.freeze({ id, createdAt: r.createdAt, rootKind: r.rootKind, wrapped })
   }
@@ -383,7 +379,7 @@ export function etcdStore(options: EtcdStoreOptions): EtcdStore {
       const kvs = await range(p, prefixEnd(p))
       const out: KekRecord[] = []
       for (const kv of kvs) {
-        const name = decoder.decode(fromBase64(kv.key ?? '')).slice(p.length)
+        const name = decoder.decode(bytesOf(kv.key ?? '', 'a key etcd answered')).slice(p.length)
         if (!/^[0-9a-f]{8}$/.test(name)) continue
         out.push(parseRecord(kv, parseInt(name, 16)))
       }

@@ -72,6 +72,26 @@ describe.skipIf(!haveEtcd)('etcdStore on one etcd member', () => {
     expect(chainError).toMatchObject({ code: 'ERR_STORE', retryable: false })
   })
 
+  it('a KEK record whose bytes are not canonical padded base64 is ERR_STORE, never read leniently', async () => {
+    const prefix = uniquePrefix()
+    const good = Buffer.from([1, 2, 3, 4]).toString('base64') // AQIDBA==
+    // Not base64; a trailing line break; a missing '='; nonzero leftover bits (AQIDBB== is AQIDBA== too).
+    const wrappedById = { 1: 'not base64!', 2: `${good}\n`, 3: good.slice(0, -1), 4: 'AQIDBB==' }
+    for (const [id, wrapped] of Object.entries(wrappedById)) {
+      const value = JSON.stringify({ id: Number(id), createdAt: 1, rootKind: 'aes', wrapped })
+      await gateway(etcd.urls[0]!, '/v3/kv/put', { key: b64(`${prefix}c/kek/0000000${id}`), value: b64(value) })
+    }
+    const store = etcdStore({ endpoints: [etcd.urls[0]!], prefix })
+    for (const id of [1, 2, 3, 4]) {
+      const error = await store.getKek('c', id).catch((e: unknown) => e)
+      expect(error, `record ${id}`).toBeInstanceOf(KmsProxyError)
+      expect(error, `record ${id}`).toMatchObject({ code: 'ERR_STORE', retryable: false })
+    }
+    expect(await store.listKeks('c').catch((e: unknown) => e)).toMatchObject({ code: 'ERR_STORE', retryable: false })
+    await gateway(etcd.urls[0]!, '/v3/kv/put', { key: b64(`${prefix}d/kek/00000001`), value: b64(JSON.stringify({ id: 1, createdAt: 1, rootKind: 'aes', wrapped: good })) })
+    expect(Array.from((await store.getKek('d', 1))!.wrapped)).toEqual([1, 2, 3, 4])
+  })
+
   it('validates its arguments', () => {
     expect(() => etcdStore({ endpoints: [] })).toThrow(TypeError)
     expect(() => etcdStore({ endpoints: ['ftp://x'] })).toThrow(TypeError)

@@ -30,7 +30,7 @@
  */
 import { link, open, stat, unlink, type FileHandle } from 'node:fs/promises'
 import { dirname } from 'node:path'
-import { StoreError } from '@kms-proxy/core'
+import { StoreError, toHex } from '@kms-proxy/core'
 
 export interface LockOptions {
   /** A lock file not touched for this long was left by a crashed process. */
@@ -55,7 +55,7 @@ const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve,
 
 /** 128 random bits in hex, from the platform CSPRNG: names nobody can plant a file at in advance. */
 export function randomName(): string {
-  return Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, '0')).join('')
+  return toHex(crypto.getRandomValues(new Uint8Array(16)))
 }
 
 /**

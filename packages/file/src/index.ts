@@ -20,7 +20,7 @@
  * @module @kms-proxy/file
  */
 import { readFile, rename, unlink } from 'node:fs/promises'
-import { StoreError, type ChainHead, type KekRecord, type KeyStore, type Versioned } from '@kms-proxy/core'
+import { StoreError, fromBase64, toBase64, type ChainHead, type KekRecord, type KeyStore, type Versioned } from '@kms-proxy/core'
 import { acquireLock, commitAndRelease, stageFile, syncFolder, type LockOptions } from './_lock.js'
 
 /** Lock timing of a {@link fileStore}. */
@@ -164,12 +164,15 @@ export function fileStore(path: string, options: FileStoreOptions = {}): KeyStor
     if (!c) contents.set(chain, (c = { keks: new Map() }))
     return c
   }
-  const toRecord = (id: number, k: StoredKek): KekRecord => ({
-    id,
-    createdAt: k.createdAt,
-    rootKind: k.rootKind,
-    wrapped: Uint8Array.from(atob(k.wrapped), (c) => c.charCodeAt(0)),
-  })
+  const toRecord = (id: number, k: StoredKek): KekRecord => {
+    let wrapped: Uint8Array
+    try {
+      wrapped = fromBase64(k.wrapped)
+    } catch {
+      throw new StoreError(`fileStore: the KEK record ${id} in ${path} is malformed`)
+    }
+    return { id, createdAt: k.createdAt, rootKind: k.rootKind, wrapped }
+  }
 
   return {
     atomic: true,
@@ -197,7 +200,7 @@ export function fileStore(path: string, options: FileStoreOptions = {}): KeyStor
         c.keks.set(String(record.id), {
           createdAt: record.createdAt,
           rootKind: record.rootKind,
-          wrapped: btoa(String.fromCharCode(...record.wrapped)),
+          wrapped: toBase64(record.wrapped),
         })
         return true
       })

@@ -83,6 +83,20 @@ it('Node, Bun and Deno read and write the same file store', async () => {
   expect(JSON.parse(readFileSync(path, 'utf8')).format).toBe('kms-proxy-file-store/v1')
 }, 60_000)
 
+it('a KEK record whose bytes are not canonical padded base64 is ERR_STORE, never read leniently', async () => {
+  const path = join(dir, 'base64.json')
+  // Not base64; a trailing line break; a missing '='; nonzero leftover bits (AQIDBB== is AQIDBA== too).
+  const wrappedById: Record<string, string> = { 1: 'not base64!', 2: 'AQIDBA==\n', 3: 'AQIDBA=', 4: 'AQIDBB==', 5: 'AQIDBA==' }
+  const keks = Object.fromEntries(Object.entries(wrappedById).map(([id, wrapped]) => [id, { createdAt: 1, rootKind: 'aes', wrapped }]))
+  writeFileSync(path, JSON.stringify({ format: 'kms-proxy-file-store/v1', chains: { c: { keks } } }))
+  const store = fileStore(path)
+  for (const id of [1, 2, 3, 4]) {
+    await expect(store.getKek('c', id), `record ${id}`).rejects.toMatchObject({ name: 'StoreError', code: 'ERR_STORE', retryable: false })
+  }
+  await expect(store.listKeks('c')).rejects.toMatchObject({ code: 'ERR_STORE' })
+  expect(Array.from((await store.getKek('c', 5))!.wrapped)).toEqual([1, 2, 3, 4])
+})
+
 it('a file that is not a store is refused, not overwritten', async () => {
   const path = join(dir, 'other.json')
   writeFileSync(path, '{"hello":"world"}')

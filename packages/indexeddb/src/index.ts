@@ -25,7 +25,7 @@
  * @module @kms-proxy/indexeddb
  */
 import { createStore, type UseStore } from 'idb-keyval'
-import { StoreError, type ChainHead, type KekRecord, type KeyStore, type Versioned } from '@kms-proxy/core'
+import { StoreError, toHex, type ChainHead, type KekRecord, type KeyStore, type Versioned } from '@kms-proxy/core'
 
 /** Options of {@link indexedDbStore}. */
 export interface IndexedDbStoreOptions {
@@ -56,9 +56,7 @@ const isCount = (v: unknown): v is number => Number.isSafeInteger(v) && (v as nu
 const isTime = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v)
 
 function randomToken(): string {
-  let s = ''
-  for (const b of crypto.getRandomValues(new Uint8Array(12))) s += b.toString(16).padStart(2, '0')
-  return s
+  return toHex(crypto.getRandomValues(new Uint8Array(12)))
 }
 
 function checkChain(chain: string): void {

@@ -3,8 +3,8 @@
  * Decrypt to unwrap one. The chain's KEK AAD goes in the encryption context, so KMS itself binds
  * each wrapped KEK to its chain name and id.
  */
-import { RootKeyError, checkServerUrl, transientStatus, type HttpAnswer, type NewKek, type RootKey } from '@kms-proxy/core'
-import { fromBase64, importKek, postJson, toBase64, type RetryOptions } from './http.js'
+import { RootKeyError, checkServerUrl, fromBase64, toBase64, transientStatus, type HttpAnswer, type NewKek, type RootKey } from '@kms-proxy/core'
+import { importKek, postJson, type RetryOptions } from './http.js'
 import { signV4, type AwsCredentials } from './sigv4.js'
 
 /** Options of {@link awsKmsRootKey}. */

@@ -14,8 +14,8 @@
  * wrapped before an Azure key rotation still unwrap:
  * `0x23 || version length (u8) || version (ASCII) || RSA-OAEP-256 ciphertext`.
  */
-import { RootKeyError, checkServerUrl, type NewKek, type RootKey } from '@kms-proxy/core'
-import { fromBase64, importKek, postJson, refused, toBase64, type RetryOptions } from './http.js'
+import { RootKeyError, checkServerUrl, fromBase64Url, toBase64Url, type NewKek, type RootKey } from '@kms-proxy/core'
+import { importKek, postJson, refused, type RetryOptions } from './http.js'
 
 /** Options of {@link azureKeyVaultRootKey}. */
 export interface AzureKeyVaultRootKeyOptions extends RetryOptions {
@@ -45,15 +45,6 @@ const KEK_BYTES = 16
 const DIGEST_BYTES = 32
 const KEY_NAME = /^[0-9a-zA-Z-]{1,127}$/
 const KEY_VERSION = /^[0-9a-zA-Z]{1,64}$/
-
-function toBase64Url(b: Uint8Array): string {
-  return toBase64(b).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '')
-}
-
-function fromBase64Url(s: string): Uint8Array<ArrayBuffer> {
-  const b64 = s.replace(/-/g, '+').replace(/_/g, '/')
-  return fromBase64(b64 + '='.repeat((4 - (b64.length % 4)) % 4))
-}
 
 async function digestOf(aad: Uint8Array): Promise<Uint8Array> {
   return new Uint8Array(await crypto.subtle.digest('SHA-256', aad as Uint8Array<ArrayBuffer>))

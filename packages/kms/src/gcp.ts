@@ -4,8 +4,8 @@
  * `cryptoKeys.encrypt` under the chain's KEK AAD as `additionalAuthenticatedData`, and are
  * unwrapped with `cryptoKeys.decrypt`, so Cloud KMS itself binds each KEK to its chain and id.
  */
-import { RootKeyError, checkServerUrl, type NewKek, type RootKey } from '@kms-proxy/core'
-import { fromBase64, importKek, postJson, refused, toBase64, type RetryOptions } from './http.js'
+import { RootKeyError, checkServerUrl, toBase64, type NewKek, type RootKey } from '@kms-proxy/core'
+import { base64Field, importKek, postJson, refused, type RetryOptions } from './http.js'
 
 /** Options of {@link gcpKmsRootKey}. */
 export interface GcpKmsRootKeyOptions extends RetryOptions {
@@ -71,12 +71,12 @@ export function gcpKmsRootKey(options: GcpKmsRootKeyOptions): RootKey {
     kind: 'gcp-kms',
     async newKek(aad): Promise<NewKek> {
       const random = await call('generateRandomBytes', location, { lengthBytes: 16, protectionLevel: 'HSM' })
-      const bytes = fromBase64(random.data ?? '')
+      const bytes = base64Field('Google Cloud KMS generateRandomBytes', random.data ?? '')
       let ciphertext: Uint8Array
       try {
         if (bytes.length !== 16) throw new RootKeyError(`Google Cloud KMS returned ${bytes.length} random bytes; expected 16`)
         const out = await call('encrypt', keyName, { plaintext: toBase64(bytes), additionalAuthenticatedData: toBase64(aad) })
-        ciphertext = fromBase64(out.ciphertext ?? '')
+        ciphertext = base64Field('Google Cloud KMS encrypt', out.ciphertext ?? '')
         if (ciphertext.length === 0) throw new RootKeyError('Google Cloud KMS encrypt returned no ciphertext')
       } catch (error) {
         bytes.fill(0)
@@ -92,7 +92,7 @@ export function gcpKmsRootKey(options: GcpKmsRootKeyOptions): RootKey {
         throw new RootKeyError('this KEK was not wrapped by a Google Cloud KMS root key')
       }
       const out = await call('decrypt', keyName, { ciphertext: toBase64(wrapped.subarray(1)), additionalAuthenticatedData: toBase64(aad) })
-      return importKek('Google Cloud KMS', fromBase64(out.plaintext ?? ''))
+      return importKek('Google Cloud KMS', base64Field('Google Cloud KMS decrypt', out.plaintext ?? ''))
     },
     toString: () => '[RootKey gcp-kms]',
     toJSON: () => ({ kind: 'gcp-kms', keyName, endpoint: endpoint.origin }),

@@ -1,4 +1,4 @@
-import { HttpExchangeError, KEK_USAGES, RootKeyError, httpWithRetry, transientStatus, type HttpAnswer } from '@kms-proxy/core'
+import { HttpExchangeError, KEK_USAGES, RootKeyError, fromBase64, httpWithRetry, transientStatus, type HttpAnswer } from '@kms-proxy/core'
 
 /** Transport options every KMS root key takes. */
 export interface RetryOptions {
@@ -95,17 +95,13 @@ export async function postJson(
   return parsed
 }
 
-export function fromBase64(s: string): Uint8Array<ArrayBuffer> {
-  const binary = atob(s)
-  const out = new Uint8Array(binary.length)
-  for (let i = 0; i < binary.length; i++) out[i] = binary.charCodeAt(i)
-  return out
-}
-
-export function toBase64(b: Uint8Array): string {
-  let s = ''
-  for (const x of b) s += String.fromCharCode(x)
-  return btoa(s)
+/** A base64 field of a KMS answer as bytes: anything but canonical padded base64 is ERR_ROOT_KEY. */
+export function base64Field(who: string, value: string): Uint8Array<ArrayBuffer> {
+  try {
+    return fromBase64(value)
+  } catch {
+    throw new RootKeyError(`${who} returned a value that is not base64`)
+  }
 }
 
 /** Imports 16 KEK bytes from a byte-oriented root as a non-extractable key and zeroes them. */

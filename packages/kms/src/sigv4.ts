@@ -3,6 +3,8 @@
  * Checked against AWS's own signer (@smithy/signature-v4) in the tests, paths and query strings
  * included.
  */
+import { toHex } from '@kms-proxy/core'
+
 const encoder = new TextEncoder()
 
 /** AWS credentials; `sessionToken` for temporary ones (STS, instance roles). */
@@ -28,11 +30,7 @@ export interface SignInput {
   date?: Date
 }
 
-function hex(buffer: ArrayBuffer): string {
-  let out = ''
-  for (const b of new Uint8Array(buffer)) out += b.toString(16).padStart(2, '0')
-  return out
-}
+const hex = (buffer: ArrayBuffer): string => toHex(new Uint8Array(buffer))
 
 async function sha256(data: string): Promise<string> {
   return hex(await crypto.subtle.digest('SHA-256', encoder.encode(data)))

@@ -6,8 +6,8 @@
  * (aes128-gcm96, aes256-gcm96 or chacha20-poly1305): only those authenticate associated_data.
  * Vault's `datakey` endpoint documents no associated_data parameter, so it is not used.
  */
-import { RootKeyError, checkServerUrl, type NewKek, type RootKey } from '@kms-proxy/core'
-import { fromBase64, importKek, postJson, refused, toBase64, type RetryOptions } from './http.js'
+import { RootKeyError, checkServerUrl, toBase64, type NewKek, type RootKey } from '@kms-proxy/core'
+import { base64Field, importKek, postJson, refused, type RetryOptions } from './http.js'
 
 /** Options of {@link vaultTransitRootKey}. */
 export interface VaultTransitRootKeyOptions extends RetryOptions {
@@ -87,7 +87,7 @@ export function vaultTransitRootKey(options: VaultTransitRootKeyOptions): RootKe
     kind: 'vault-transit',
     async newKek(aad): Promise<NewKek> {
       const random = await call('random', 'random/16', { format: 'base64' })
-      const bytes = fromBase64(typeof random.random_bytes === 'string' ? random.random_bytes : '')
+      const bytes = base64Field('Vault random', typeof random.random_bytes === 'string' ? random.random_bytes : '')
       let ciphertext: string
       try {
         if (bytes.length !== 16) throw new RootKeyError(`Vault returned ${bytes.length} random bytes; expected 16`)
@@ -112,7 +112,7 @@ export function vaultTransitRootKey(options: VaultTransitRootKeyOptions): RootKe
       const ciphertext = new TextDecoder('utf-8', { fatal: false }).decode(wrapped.subarray(1))
       if (!VAULT_CIPHERTEXT.test(ciphertext)) throw new RootKeyError('wrapped KEK is not a vault:vN: ciphertext')
       const out = await call('decrypt', `decrypt/${encodeURIComponent(key)}`, { ciphertext, associated_data: toBase64(aad) })
-      return importKek('Vault', fromBase64(typeof out.plaintext === 'string' ? out.plaintext : ''))
+      return importKek('Vault', base64Field('Vault Transit decrypt', typeof out.plaintext === 'string' ? out.plaintext : ''))
     },
     toString: () => '[RootKey vault-transit]',
     toJSON: () => ({ kind: 'vault-transit', address: address.origin, mount, key, ...(namespace !== undefined ? { namespace } : {}) }),

@@ -23,28 +23,21 @@
  * @packageDocumentation
  * @module @kms-proxy/kv
  */
-import { StoreError, type ChainHead, type KekRecord, type KeyStore, type Versioned } from '@kms-proxy/core'
+import { StoreError, fromBase64, toBase64, toHex, type ChainHead, type KekRecord, type KeyStore, type Versioned } from '@kms-proxy/core'
 
 // ------------------------------------------------------------------------------------ shared
 
 function randomToken(): string {
-  const b = crypto.getRandomValues(new Uint8Array(16))
-  let s = ''
-  for (const x of b) s += x.toString(16).padStart(2, '0')
-  return s
+  return toHex(crypto.getRandomValues(new Uint8Array(16)))
 }
 
-function toBase64(bytes: Uint8Array): string {
-  let s = ''
-  for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode(...bytes.subarray(i, i + 0x8000))
-  return btoa(s)
-}
-
-function fromBase64(text: string): Uint8Array {
-  const s = atob(text)
-  const out = new Uint8Array(s.length)
-  for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i)
-  return out
+/** A record's wrapped KEK: anything but canonical padded base64 is a malformed record, ERR_STORE. */
+function wrappedOf(text: string, id: number, where: string): Uint8Array {
+  try {
+    return fromBase64(text)
+  } catch {
+    throw new StoreError(`${where}: the KEK record ${id} is malformed`)
+  }
 }
 
 function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
@@ -211,7 +204,7 @@ export function workersKvStore(namespace: WorkersKvNamespace, options: WorkersKv
     return parsed
   }
 
-  const toRecord = (v: KvKekValue) => checkRecord(v.id, v.createdAt, v.rootKind, fromBase64(v.wrapped), 'workersKvStore')
+  const toRecord = (v: KvKekValue) => checkRecord(v.id, v.createdAt, v.rootKind, wrappedOf(v.wrapped, v.id, 'workersKvStore'), 'workersKvStore')
 
   return {
     atomic: false,
@@ -253,7 +246,7 @@ export function workersKvStore(namespace: WorkersKvNamespace, options: WorkersKv
       await namespace.put(kekKey(chain, record.id), JSON.stringify(value))
       // KV's put cannot be conditional: read back and use the KEK only if the record is ours.
       const back = await readKek(chain, record.id)
-      return back !== undefined && back.writer === value.writer && equalBytes(fromBase64(back.wrapped), checked.wrapped)
+      return back !== undefined && back.writer === value.writer && equalBytes(wrappedOf(back.wrapped, back.id, 'putKekIfAbsent'), checked.wrapped)
     },
     async listKeks(chain) {
       checkChain(chain)

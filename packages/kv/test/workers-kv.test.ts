@@ -125,3 +125,21 @@ it('a malformed record in the namespace is a typed, non-retryable ERR_STORE, not
   const viaChain = await KeyChain.open({ rootKey: aesRootKey(new Uint8Array(32)), store, name: 'bad-json' }).catch((e: unknown) => e)
   expect(viaChain).toMatchObject({ code: 'ERR_STORE', retryable: false })
 })
+
+it('a KEK record whose bytes are not canonical padded base64 is ERR_STORE, never read leniently', async () => {
+  const kv = (await mf.getKVNamespace('KEYS')) as unknown as NodeKv
+  const prefix = 'base64-test:'
+  const store = workersKvStore(kv, { prefix })
+  // Not base64; a trailing line break; a missing '='; nonzero leftover bits (AQIDBB== is AQIDBA== too).
+  const wrappedById: Record<number, string> = { 1: 'not base64!', 2: 'AQIDBA==\n', 3: 'AQIDBA=', 4: 'AQIDBB==' }
+  for (const [id, wrapped] of Object.entries(wrappedById)) {
+    await kv.put(`${prefix}c:kek:${id}`, JSON.stringify({ v: 1, id: Number(id), createdAt: 1, rootKind: 'aes', wrapped, writer: 'w' }))
+  }
+  for (const id of [1, 2, 3, 4]) {
+    const error = await store.getKek('c', id).catch((e: unknown) => e)
+    expect(error, `record ${id}`).toBeInstanceOf(KmsProxyError)
+    expect(error, `record ${id}`).toMatchObject({ code: 'ERR_STORE', retryable: false })
+  }
+  await kv.put(`${prefix}d:kek:1`, JSON.stringify({ v: 1, id: 1, createdAt: 1, rootKind: 'aes', wrapped: 'AQIDBA==', writer: 'w' }))
+  expect(Array.from((await store.getKek('d', 1))!.wrapped)).toEqual([1, 2, 3, 4])
+})

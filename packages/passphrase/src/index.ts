@@ -26,7 +26,7 @@
  * @packageDocumentation
  * @module @kms-proxy/passphrase
  */
-import { RootKeyError, openSealedKek, sealNewKek, type RootKey } from '@kms-proxy/core'
+import { RootKeyError, openSealedKek, sealNewKek, toHex, type RootKey } from '@kms-proxy/core'
 import {
   DEFAULT_MAX_COST_FACTOR,
   argon2idOptions,
@@ -253,7 +253,7 @@ export function passphraseRootKey(options: PassphraseRootKeyOptions): RootKey {
   }
 
   const wrappingKey = (k: Kdf, salt: Uint8Array<ArrayBuffer>): { id: string; key: Promise<CryptoKey> } => {
-    const id = `${hex(encodeKdf(k))}:${hex(salt)}`
+    const id = `${toHex(encodeKdf(k))}:${toHex(salt)}`
     const known = kept.get(id)
     if (known) {
       keep(id, known)
@@ -319,10 +319,4 @@ async function seal(secret: Uint8Array<ArrayBuffer>): Promise<Sealed> {
   // One encryption ever under this key, so a random IV cannot repeat.
   const iv = crypto.getRandomValues(new Uint8Array(12))
   return { key, iv, box: await crypto.subtle.encrypt({ name: 'AES-GCM', iv }, key, secret) }
-}
-
-function hex(bytes: Uint8Array): string {
-  let out = ''
-  for (const b of bytes) out += b.toString(16).padStart(2, '0')
-  return out
 }

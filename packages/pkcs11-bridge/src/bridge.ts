@@ -9,8 +9,8 @@
  * CKR_* codes go to the log, for the operator, and never to a caller.
  */
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
-import { RootKeyError } from '@kms-proxy/core'
-import { checkWrapped, fromBase64, toBase64 } from '@kms-proxy/pkcs11'
+import { RootKeyError, fromBase64, toBase64 } from '@kms-proxy/core'
+import { checkWrapped } from '@kms-proxy/pkcs11'
 import { callersFrom, parseKekAad, type Pkcs11BridgeToken } from './callers.js'
 import { clearStaleSocket, listenOnSocket, type PlacedSocket } from './socket.js'
 import { TokenKey, checkKeyOptions, failureOf, type Pkcs11KeyOptions, type TokenFailure } from './token-key.js'
@@ -220,8 +220,9 @@ export async function startPkcs11Bridge(options: Pkcs11BridgeOptions): Promise<P
     let wrapped: Uint8Array | undefined
     try {
       const json = JSON.parse(body.toString('utf8')) as Record<string, unknown>
-      aad = fromBase64(json.aad)
-      if (path === '/v1/unwrap') wrapped = fromBase64(json.wrapped)
+      // fromBase64 refuses a non-string too
+      aad = fromBase64(json.aad as string)
+      if (path === '/v1/unwrap') wrapped = fromBase64(json.wrapped as string)
     } catch {
       return refuse(res, 'bad_request')
     }
@@ -244,11 +245,11 @@ export async function startPkcs11Bridge(options: Pkcs11BridgeOptions): Promise<P
       let result: Record<string, string>
       if (wrapped) {
         kek = tokenKey.unwrap(wrapped, aad)
-        result = { kek: kek.toString('base64') }
+        result = { kek: toBase64(kek) }
       } else {
         const made = tokenKey.generate(aad)
         kek = made.kek
-        result = { kek: kek.toString('base64'), wrapped: toBase64(made.wrapped) }
+        result = { kek: toBase64(kek), wrapped: toBase64(made.wrapped) }
       }
       log(`${entry} result=ok`)
       send(res, 200, result)

@@ -22,7 +22,7 @@
  * @packageDocumentation
  * @module @kms-proxy/pkcs11
  */
-import { HttpExchangeError, KEK_USAGES, RootKeyError, checkServerUrl, httpWithRetry, type NewKek, type RootKey } from '@kms-proxy/core'
+import { HttpExchangeError, KEK_USAGES, RootKeyError, checkServerUrl, fromBase64, httpWithRetry, toBase64, type NewKek, type RootKey } from '@kms-proxy/core'
 
 /** Options of {@link pkcs11BridgeRootKey}. */
 export interface Pkcs11BridgeRootKeyOptions {
@@ -73,20 +73,6 @@ export interface Pkcs11BridgeRootKeyOptions {
 export const PKCS11_WRAP_TAG = 0x30
 /** Length of a wrapped KEK: tag, 12-byte IV, 16-byte KEK, 16-byte GCM tag. */
 export const PKCS11_WRAPPED_LENGTH = 1 + 12 + 16 + 16
-
-export function toBase64(b: Uint8Array): string {
-  let s = ''
-  for (const x of b) s += String.fromCharCode(x)
-  return btoa(s)
-}
-
-export function fromBase64(s: unknown): Uint8Array<ArrayBuffer> {
-  if (typeof s !== 'string') throw new TypeError('expected a base64 string')
-  const binary = atob(s)
-  const out = new Uint8Array(binary.length)
-  for (let i = 0; i < binary.length; i++) out[i] = binary.charCodeAt(i)
-  return out
-}
 
 /** Imports 16 KEK bytes as a non-extractable AES-GCM key and zeroes them, whatever happens. */
 export async function importKekBytes(bytes: Uint8Array<ArrayBuffer>, who: string): Promise<CryptoKey> {
@@ -170,7 +156,7 @@ export function pkcs11BridgeRootKey(options: Pkcs11BridgeRootKeyOptions): RootKe
 
   function bytes(value: unknown, field: string): Uint8Array<ArrayBuffer> {
     try {
-      return fromBase64(value)
+      return fromBase64(value as string) // throws on anything but a canonical base64 string
     } catch {
       throw new RootKeyError(`${WHAT} sent an unreadable answer (field ${field})`)
     }

@@ -25,7 +25,7 @@
  * @packageDocumentation
  * @module @kms-proxy/webauthn
  */
-import { RootKeyError, openSealedKek, sealNewKek, type RootKey } from '@kms-proxy/core'
+import { RootKeyError, fromBase64Url, openSealedKek, sealNewKek, toBase64Url, type RootKey } from '@kms-proxy/core'
 
 /** The `kind` of this root key, kept in KEK records. */
 export const KIND = 'webauthn-prf'
@@ -131,29 +131,11 @@ export interface WebAuthnRootKey extends RootKey {
   toJSON(): PrfCredential
 }
 
-// ------------------------------------------------------------------------------ base64url
-
-export function toBase64url(bytes: Uint8Array): string {
-  let s = ''
-  for (const b of bytes) s += String.fromCharCode(b)
-  return btoa(s).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '')
-}
-
-export function fromBase64url(text: string): Uint8Array<ArrayBuffer> {
-  if (typeof text !== 'string' || !/^[A-Za-z0-9_-]*$/.test(text) || text.length % 4 === 1) {
-    throw new TypeError('expected base64url text')
-  }
-  const s = atob(text.replace(/-/g, '+').replace(/_/g, '/') + '='.repeat((4 - (text.length % 4)) % 4))
-  const out = new Uint8Array(s.length)
-  for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i)
-  return out
-}
-
 function bytesParam(name: string, value: unknown, min: number, max: number): Uint8Array<ArrayBuffer> {
   let bytes: Uint8Array<ArrayBuffer>
   if (typeof value === 'string') {
     try {
-      bytes = fromBase64url(value)
+      bytes = fromBase64Url(value)
     } catch {
       throw new TypeError(`${name}: expected base64url text or a Uint8Array`)
     }
@@ -297,7 +279,7 @@ async function createPrfCredential(
     first?.fill(0)
     throw new RootKeyError(NO_PRF_MESSAGE)
   }
-  const found = { credentialId: toBase64url(new Uint8Array((credential as PublicKeyCredential).rawId)), salt: toBase64url(salt) }
+  const found = { credentialId: toBase64Url(new Uint8Array((credential as PublicKeyCredential).rawId)), salt: toBase64Url(salt) }
   if (!first) return { credential: found }
   if (!keepKey) {
     first.fill(0)
@@ -357,7 +339,7 @@ function makeRootKey(options: WebAuthnRootKeyOptions, ready?: CryptoKey): WebAut
   const { rpId } = options
   if (rpId !== undefined && (typeof rpId !== 'string' || rpId === '')) throw new TypeError('rpId: expected a non-empty string')
   const timeout = timeoutParam(options.timeout)
-  const publicParams: PrfCredential = { credentialId: toBase64url(credentialId), salt: toBase64url(salt) }
+  const publicParams: PrfCredential = { credentialId: toBase64Url(credentialId), salt: toBase64Url(salt) }
   const tag = new Uint8Array([TAG])
 
   let key: Promise<CryptoKey> | undefined = ready === undefined ? undefined : Promise.resolve(ready)

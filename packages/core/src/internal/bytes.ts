@@ -62,18 +62,10 @@ export function bytesKey(bytes: Uint8Array): string {
   return out
 }
 
-export function toBase64Url(bytes: Uint8Array): string {
-  return btoa(bytesKey(bytes)).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '')
-}
-
 /**
- * Strict base64url without padding; undefined for any other character, a length of 4k+1, or
- * nonzero leftover bits, so that each byte string has exactly one text form.
+ * AES-GCM parameters typed as AesGcmParams: Deno's declarations of wrapKey and unwrapKey do not
+ * list AesGcmParams, so the same object literal written inline fails its type check.
  */
-export function fromBase64Url(text: string): Bytes | undefined {
-  if (!/^[A-Za-z0-9_-]*$/.test(text) || text.length % 4 === 1) return undefined
-  const binary = atob(text.replace(/-/g, '+').replace(/_/g, '/'))
-  const out = new Uint8Array(binary.length)
-  for (let i = 0; i < binary.length; i++) out[i] = binary.charCodeAt(i)
-  return toBase64Url(out) === text ? out : undefined
+export function gcmParams(iv: Bytes, additionalData: Bytes): AesGcmParams {
+  return { name: 'AES-GCM', iv, additionalData }
 }

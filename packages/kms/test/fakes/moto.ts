@@ -1,7 +1,7 @@
 /** moto_server (the open-source AWS emulator) started on a free loopback port, with a KMS caller. */
 import { spawn } from 'node:child_process'
 import { createServer } from 'node:http'
-import { signV4, type AwsCredentials } from '../../src/index.ts'
+import { signV4, type AwsCredentials } from '../../src/sigv4.ts'
 
 export interface Moto {
   endpoint: string
