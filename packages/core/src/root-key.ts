@@ -3,7 +3,7 @@
  * a stored KEK once per process; these calls are the cost the library exists to cut.
  */
 import { RootKeyError } from './errors.js'
-import { asBytes, concat } from './internal/bytes.js'
+import { asBytes, concat, gcmParams } from './internal/bytes.js'
 import { randomBytes } from './internal/random.js'
 
 /** What {@link RootKey.newKek} returns: a new KEK and its wrapped form. */
@@ -56,7 +56,8 @@ export const KEK_ALGORITHM = {
   length: 128,
 } as const
 /** The usages every KEK is imported with; a root key that imports KEK bytes must use exactly these. */
-export const KEK_USAGES: KeyUsage[] = ['encrypt', 'wrapKey', 'unwrapKey']
+// Spelled out rather than KeyUsage[]: Cloudflare's workers-types has no KeyUsage type.
+export const KEK_USAGES: ('encrypt' | 'wrapKey' | 'unwrapKey')[] = ['encrypt', 'wrapKey', 'unwrapKey']
 const WRAP_IV_BYTES = 12
 
 /**
@@ -71,13 +72,13 @@ export async function sealNewKek(wrappingKey: CryptoKey, aadView: Uint8Array, ta
   const fresh = await crypto.subtle.generateKey(KEK_ALGORITHM, true, KEK_USAGES)
   const iv = randomBytes(WRAP_IV_BYTES)
   const sealed = new Uint8Array(
-    await crypto.subtle.wrapKey('raw', fresh, wrappingKey, { name: 'AES-GCM', iv, additionalData: aad }),
+    await crypto.subtle.wrapKey('raw', fresh, wrappingKey, gcmParams(iv, aad)),
   )
   const kek = await crypto.subtle.unwrapKey(
     'raw',
     sealed,
     wrappingKey,
-    { name: 'AES-GCM', iv, additionalData: aad },
+    gcmParams(iv, aad),
     KEK_ALGORITHM,
     false,
     KEK_USAGES,
@@ -96,7 +97,7 @@ export async function openSealedKek(wrappingKey: CryptoKey, bodyView: Uint8Array
       'raw',
       body.subarray(WRAP_IV_BYTES),
       wrappingKey,
-      { name: 'AES-GCM', iv: body.subarray(0, WRAP_IV_BYTES), additionalData: aad },
+      gcmParams(body.subarray(0, WRAP_IV_BYTES), aad),
       { name: 'AES-GCM' },
       false,
       KEK_USAGES,
