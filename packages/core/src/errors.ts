@@ -155,22 +155,22 @@ function defineError<C extends ErrorCode>(code: C): KmsProxyErrorClass<C> {
 }
 
 /** Authentication failed. Says nothing about why: wrong key, wrong associated data or altered bytes. */
-export const DecryptError = defineError('ERR_DECRYPT')
+export const DecryptError: KmsProxyErrorClass<'ERR_DECRYPT'> = defineError('ERR_DECRYPT')
 export type DecryptError = InstanceType<typeof DecryptError>
 /** Malformed encrypted data, unsupported version or flags. */
-export const FormatError = defineError('ERR_FORMAT')
+export const FormatError: KmsProxyErrorClass<'ERR_FORMAT'> = defineError('ERR_FORMAT')
 export type FormatError = InstanceType<typeof FormatError>
 /** The encrypted data names a KEK that is neither cached, embedded nor in the store. */
-export const UnknownKekError = defineError('ERR_UNKNOWN_KEK')
+export const UnknownKekError: KmsProxyErrorClass<'ERR_UNKNOWN_KEK'> = defineError('ERR_UNKNOWN_KEK')
 export type UnknownKekError = InstanceType<typeof UnknownKekError>
 /** The root key is wrong, failed or is unavailable. */
-export const RootKeyError = defineError('ERR_ROOT_KEY')
+export const RootKeyError: KmsProxyErrorClass<'ERR_ROOT_KEY'> = defineError('ERR_ROOT_KEY')
 export type RootKeyError = InstanceType<typeof RootKeyError>
 /** The store failed or returned something unusable. */
-export const StoreError = defineError('ERR_STORE')
+export const StoreError: KmsProxyErrorClass<'ERR_STORE'> = defineError('ERR_STORE')
 export type StoreError = InstanceType<typeof StoreError>
 /** A size or count limit of the format or of AES-GCM would be exceeded. */
-export const LimitError = defineError('ERR_LIMIT')
+export const LimitError: KmsProxyErrorClass<'ERR_LIMIT'> = defineError('ERR_LIMIT')
 export type LimitError = InstanceType<typeof LimitError>
 
 /** Every error class of the library: narrow it by `code`. */

@@ -21,7 +21,7 @@ import {
   type MessageParts,
 } from './format.js'
 import { decryptingStream, encryptingStream } from './stream.js'
-import { bytesKey, concat, equalBytes, fromUtf8 } from './internal/bytes.js'
+import { bytesKey, concat, equalBytes, fromUtf8, gcmParams } from './internal/bytes.js'
 import { DekPool } from './internal/dek-pool.js'
 import { KekSource, type Counts } from './internal/kek-source.js'
 import { Leases } from './internal/leases.js'
@@ -321,7 +321,7 @@ export class KeyChain {
     const dek = await this.#unwrapDek(parts, true)
     const p = await this.#leases.acquire()
     const iv1 = randomPublicBytes(IV_BYTES)
-    const wrapped = await crypto.subtle.wrapKey('raw', dek, p.kek, { name: GCM, iv: iv1, additionalData: p.streamHeader })
+    const wrapped = await crypto.subtle.wrapKey('raw', dek, p.kek, gcmParams(iv1, p.streamHeader))
     return { header: concat(p.streamHeader, iv1, new Uint8Array(wrapped), tail), replaces }
   }
 
@@ -384,7 +384,7 @@ export class KeyChain {
     const dek = await this.#unwrapDek(parts, true)
     const p = await this.#leases.acquire()
     const iv1 = randomPublicBytes(IV_BYTES)
-    const wrapped = await crypto.subtle.wrapKey('raw', dek, p.kek, { name: GCM, iv: iv1, additionalData: p.header })
+    const wrapped = await crypto.subtle.wrapKey('raw', dek, p.kek, gcmParams(iv1, p.header))
     return concat(p.header, iv1, new Uint8Array(wrapped), parts.iv2, parts.sealed)
   }
 
@@ -477,7 +477,7 @@ export class KeyChain {
         'raw',
         prefix.subarray(h + IV_BYTES),
         kek,
-        { name: GCM, iv: prefix.subarray(h, h + IV_BYTES), additionalData: prefix.subarray(0, h) },
+        gcmParams(prefix.subarray(h, h + IV_BYTES), prefix.subarray(0, h)),
         GCM,
         // extractable only for rewrap, whose wrapKey call requires it; the bytes stay inside WebCrypto.
         forRewrap,
