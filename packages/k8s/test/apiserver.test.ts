@@ -147,19 +147,19 @@ describe('key_id: Status and the Encrypt that follows it agree', () => {
     return { mismatches, keyIds: keyIds.size }
   }
 
-  it('across rotations by age (maxKekAgeMs 900), by rotate() and by another process on the same store: 0 mismatches', async () => {
+  it('across rotations by age (maxKekAgeMs 1,200), by rotate() and by another process on the same store: 0 mismatches', async () => {
     const t = dir()
     const store = join(t.dir, 'keys.json')
-    const a = await node(t.socket, { rootKey: aesRootKey(ROOT_BYTES), store: fileStore(store), maxKekAgeMs: 900 })
-    const other = await KeyChain.open({ rootKey: aesRootKey(ROOT_BYTES), store: fileStore(store), name: 'cluster-a', maxKekAgeMs: 900 })
-    const counted = await drive(a, 150, async (i) => {
-      if (i % 40 === 25) await a.chain.rotate()
-      if (i % 55 === 40) await other.rotate()
+    const a = await node(t.socket, { rootKey: aesRootKey(ROOT_BYTES), store: fileStore(store), maxKekAgeMs: 1_200 })
+    const other = await KeyChain.open({ rootKey: aesRootKey(ROOT_BYTES), store: fileStore(store), name: 'cluster-a', maxKekAgeMs: 1_200 })
+    const counted = await drive(a, 200, async (i) => {
+      if (i % 90 === 25) await a.chain.rotate()
+      if (i % 70 === 40) await other.rotate()
       await new Promise((r) => setTimeout(r, 15))
     })
-    console.log(`k8s: 150 Status+Encrypt rounds, age 900 ms and forced rotations: ${counted.keyIds} key_ids, ${counted.mismatches} mismatches`)
+    console.log(`k8s: 200 Status+Encrypt rounds, age 1,200 ms and forced rotations: ${counted.keyIds} key_ids, ${counted.mismatches} mismatches`)
     expect(counted.mismatches).toBe(0)
-    expect(counted.keyIds).toBeGreaterThanOrEqual(8)
+    expect(counted.keyIds).toBeGreaterThanOrEqual(5) // 2 by rotate(), the rest by age
   }, 30_000)
 
   it('across rotations by usage (maxWrapsPerKek 32, no DEK pool): 0 mismatches', async () => {
