@@ -43,6 +43,8 @@ export interface KmsPluginOptions {
   /**
    * How long a root-key probe's verdict is reused: the root key is asked at most once per this
    * long (24 times a day by default). Default 3,600,000 ms (1 h); 0 probes at every Status.
+   *
+   * @defaultValue 3,600,000 (1 h)
    */
   healthCacheMs?: number
   /**
@@ -54,23 +56,38 @@ export interface KmsPluginOptions {
   rootKey?: RootKey
   /** A probe of your own instead of the root-key call: resolves when the root key is reachable. */
   healthCheck?: () => Promise<void>
-  /** A Status evaluation or a root-key probe that has not answered within this long counts as failed. Default 2,500 ms. */
+  /**
+   * A Status evaluation or a root-key probe that has not answered within this long counts as failed.
+   *
+   * @defaultValue 2,500 ms
+   */
   healthTimeoutMs?: number
-  /** Mode of the socket file. Default 0o600 (kube-apiserver runs as root). */
+  /**
+   * Mode of the socket file.
+   *
+   * @defaultValue 0o600 (kube-apiserver runs as root)
+   */
   socketMode?: number
   /**
    * Group of the socket file, by gid or by name (looked up in /etc/group), for a kube-apiserver
-   * that runs as a non-root user: with `socketMode: 0o660` its group may connect. Default: the
-   * process's group.
+   * that runs as a non-root user: with `socketMode: 0o660` its group may connect.
+   *
+   * @defaultValue the process's group
    */
   socketGroup?: number | string
   /**
    * Serve an abstract socket (`unix:///@name`). It has no file, so no mode and no group: any
-   * process in the same network namespace can call Decrypt. Default false: such an endpoint is
-   * refused at start.
+   * process in the same network namespace can call Decrypt. Off, such an endpoint is refused at
+   * start.
+   *
+   * @defaultValue false
    */
   allowAbstractSocket?: boolean
-  /** Largest gRPC request accepted; larger ones fail with RESOURCE_EXHAUSTED. Default 64 KiB. */
+  /**
+   * Largest gRPC request accepted; larger ones fail with RESOURCE_EXHAUSTED.
+   *
+   * @defaultValue 64 KiB (65,536)
+   */
   maxRequestBytes?: number
   /** Called once per request, after the answer: for logs and metrics. Carries no secret. */
   onRequest?: (event: KmsPluginRequestEvent) => void
@@ -340,6 +357,18 @@ function serializeDecryptResponse(response: { plaintext: Uint8Array }): Buffer {
 /**
  * Starts the KMS v2 plugin on `socket`. Resolves once kube-apiserver can connect. A stale socket
  * file from a plugin that died is removed; a live one is an error.
+ *
+ * @throws TypeError - a malformed socket (a relative path, an abstract socket without
+ *   `allowAbstractSocket` or off Linux), no `chain`, an option of the wrong type.
+ * @throws RangeError - a number out of range (`healthCacheMs`, `socketMode`, `maxRequestBytes`, a gid).
+ * @throws Error - the socket path is in use by a running server, or exists and is not a socket.
+ * @example
+ * ```ts
+ * const chain = await KeyChain.open({ rootKey, store: fileStore('/var/lib/kms-proxy/keys.json'), name: 'cluster-a' })
+ * const plugin = await serveKmsPlugin({ socket: '/run/kms-proxy/kms.sock', chain, rootKey })
+ * process.on('SIGTERM', () => plugin.close())
+ * plugin.stats().health.healthz // 'ok' while it can serve
+ * ```
  */
 export async function serveKmsPlugin(options: KmsPluginOptions): Promise<KmsPlugin> {
   if (typeof options !== 'object' || options === null) throw new TypeError('options: expected an object')

@@ -20,6 +20,15 @@ export interface KmsPluginStatus {
  * Calls Status on the plugin at `socket` (a path, `unix:///path`, or `unix:///@name` / `@name`
  * for an abstract socket) with a deadline, as kube-apiserver does (3 s by default). Rejects with
  * the gRPC error when the plugin does not answer.
+ *
+ * @param timeoutMs - the deadline in ms (default 3,000, as kube-apiserver's).
+ * @throws RangeError - `timeoutMs` not a positive integer.
+ * @throws TypeError - a malformed socket.
+ * @example
+ * ```ts
+ * const { healthz, key_id } = await kmsPluginStatus('/run/kms-proxy/kms.sock')
+ * if (healthz !== 'ok') console.error(`plugin unhealthy: ${healthz}`)
+ * ```
  */
 export function kmsPluginStatus(socket: string, timeoutMs = 3_000): Promise<KmsPluginStatus> {
   if (!Number.isInteger(timeoutMs) || timeoutMs < 1) throw new RangeError('timeoutMs: expected a positive integer')
