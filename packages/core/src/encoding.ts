@@ -11,61 +11,53 @@
  */
 
 const STANDARD = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'
-const URL_SAFE = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
+const URL_SAFE = STANDARD.slice(0, 62) + '-_'
+const HEX = '0123456789abcdef'
 const PAD = 61 // '='
 
+/** Character codes of an alphabet, and the value of each code below 128 (-1: not in it). */
 interface Alphabet {
   readonly codes: Uint8Array
   readonly values: Int8Array
+  /** Bits per character: 6 for base64, 4 for hex. */
+  readonly width: number
 }
 
 function alphabet(chars: string): Alphabet {
-  const codes = new Uint8Array(64)
+  const codes = new TextEncoder().encode(chars)
   const values = new Int8Array(128).fill(-1)
-  for (let i = 0; i < 64; i++) {
-    codes[i] = chars.charCodeAt(i)
-    values[codes[i]!] = i
-  }
-  return { codes, values }
+  codes.forEach((code, i) => (values[code] = i))
+  return { codes, values, width: Math.log2(chars.length) }
 }
 
 const standard = alphabet(STANDARD)
 const urlSafe = alphabet(URL_SAFE)
+const hex = alphabet(HEX)
 // Every character written is ASCII, so UTF-8 decoding turns the codes into the string in one
 // native call: several times faster than building it from characters.
 const ascii = new TextDecoder()
 
-/** The string of the ASCII codes in `out`, which is then zeroed: they may spell a key. */
-function textOf(out: Uint8Array): string {
+function encode(bytes: Uint8Array, { codes, width }: Alphabet, pad: boolean, what: string): string {
+  if (!(bytes instanceof Uint8Array)) throw new TypeError(`${what}: expected a Uint8Array`)
+  const chars = Math.ceil((bytes.length * 8) / width)
+  const out = new Uint8Array(pad ? Math.ceil(chars / 4) * 4 : chars)
+  const mask = (1 << width) - 1
+  let acc = 0
+  let bits = 0
+  let n = 0
+  for (let i = 0; i < bytes.length; i++) {
+    acc = (acc << 8) | bytes[i]!
+    bits += 8
+    while (bits >= width) out[n++] = codes[(acc >>> (bits -= width)) & mask]!
+    acc &= (1 << bits) - 1
+  }
+  if (bits > 0) out[n++] = codes[(acc << (width - bits)) & mask]!
+  out.fill(PAD, n)
   try {
     return ascii.decode(out)
   } finally {
-    out.fill(0)
+    out.fill(0) // the codes spell the bytes, which may be a key
   }
-}
-
-function encode(bytes: Uint8Array, { codes }: Alphabet, pad: boolean, what: string): string {
-  if (!(bytes instanceof Uint8Array)) throw new TypeError(`${what}: expected a Uint8Array`)
-  const rest = bytes.length % 3
-  const out = new Uint8Array(Math.floor(bytes.length / 3) * 4 + (rest === 0 ? 0 : pad ? 4 : rest + 1))
-  let n = 0
-  let i = 0
-  for (const whole = bytes.length - rest; i < whole; i += 3) {
-    const v = (bytes[i]! << 16) | (bytes[i + 1]! << 8) | bytes[i + 2]!
-    out[n++] = codes[v >>> 18]!
-    out[n++] = codes[(v >>> 12) & 63]!
-    out[n++] = codes[(v >>> 6) & 63]!
-    out[n++] = codes[v & 63]!
-  }
-  if (rest > 0) {
-    const v = (bytes[i]! << 16) | (rest === 2 ? bytes[i + 1]! << 8 : 0)
-    out[n++] = codes[v >>> 18]!
-    out[n++] = codes[(v >>> 12) & 63]!
-    if (rest === 2) out[n++] = codes[(v >>> 6) & 63]!
-    else if (pad) out[n++] = PAD
-    if (pad) out[n++] = PAD
-  }
-  return textOf(out)
 }
 
 function decode(text: string, { values }: Alphabet, padded: boolean, what: string): Uint8Array<ArrayBuffer> {
@@ -74,41 +66,27 @@ function decode(text: string, { values }: Alphabet, padded: boolean, what: strin
   let end = text.length
   if (padded) {
     if (end % 4 !== 0) throw refused()
-    if (end > 0 && text.charCodeAt(end - 1) === PAD) end -= text.charCodeAt(end - 2) === PAD ? 2 : 1
+    while (end > text.length - 2 && text.charCodeAt(end - 1) === PAD) end--
   }
   if (end % 4 === 1) throw refused()
-  const value = (at: number): number => {
-    const code = text.charCodeAt(at)
-    return code < 128 ? values[code]! : -1
+  const out = new Uint8Array((end * 3) >>> 2)
+  let acc = 0
+  let bits = 0
+  let n = 0
+  for (let i = 0; i < end; i++) {
+    const code = text.charCodeAt(i)
+    const value = code < 128 ? values[code]! : -1
+    if (value < 0) break
+    acc = (acc << 6) | value
+    bits += 6
+    if (bits >= 8) out[n++] = acc >>> (bits -= 8)
+    acc &= (1 << bits) - 1
   }
-  const out = new Uint8Array(Math.floor((end * 3) / 4))
-  let o = 0
-  let i = 0
-  try {
-    for (; i + 4 <= end; i += 4) {
-      const a = value(i)
-      const b = value(i + 1)
-      const c = value(i + 2)
-      const d = value(i + 3)
-      if ((a | b | c | d) < 0) throw refused()
-      const v = (a << 18) | (b << 12) | (c << 6) | d
-      out[o++] = v >>> 16
-      out[o++] = (v >>> 8) & 255
-      out[o++] = v & 255
-    }
-    if (i < end) {
-      const a = value(i)
-      const b = value(i + 1)
-      const c = i + 2 < end ? value(i + 2) : 0
-      // Leftover bits must be zero: otherwise several texts would decode to the same bytes.
-      if ((a | b | c) < 0 || (i + 2 < end ? c & 3 : b & 15) !== 0) throw refused()
-      const v = (a << 18) | (b << 12) | (c << 6)
-      out[o++] = v >>> 16
-      if (i + 2 < end) out[o++] = (v >>> 8) & 255
-    }
-  } catch (error) {
+  // A character outside the alphabet stopped the loop early. Leftover bits must be zero:
+  // otherwise several texts would decode to the same bytes.
+  if (n !== out.length || acc !== 0) {
     out.fill(0) // the text may have been a key: leave no half-decoded copy behind
-    throw error
+    throw refused()
   }
   return out
 }
@@ -140,15 +118,7 @@ export function fromBase64Url(text: string): Uint8Array<ArrayBuffer> {
   return decode(text, urlSafe, false, 'fromBase64Url')
 }
 
-const HEX_DIGITS = new TextEncoder().encode('0123456789abcdef')
-
 /** Lower-case hex, two digits per byte. */
 export function toHex(bytes: Uint8Array): string {
-  if (!(bytes instanceof Uint8Array)) throw new TypeError('toHex: expected a Uint8Array')
-  const out = new Uint8Array(bytes.length * 2)
-  for (let i = 0; i < bytes.length; i++) {
-    out[2 * i] = HEX_DIGITS[bytes[i]! >>> 4]!
-    out[2 * i + 1] = HEX_DIGITS[bytes[i]! & 15]!
-  }
-  return textOf(out)
+  return encode(bytes, hex, false, 'toHex')
 }
