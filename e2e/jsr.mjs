@@ -36,9 +36,9 @@ const report = (ok, label, detail) => {
   if (!ok && detail) console.log(detail.trim().replace(/^/gm, '       '))
 }
 
-// The packages that run on Deno. Not k8s, cli, file, pkcs11-bridge (Node-only: gRPC, a native
-// PKCS#11 addon, Node's file locking) and not testkit (private).
-const JSR_PACKAGES = ['core', 'etcd', 'indexeddb', 'kms', 'kv', 'passphrase', 'pkcs11', 'webauthn']
+// The packages that run on Deno (file through Deno's node:fs, tested there). Not k8s, cli or
+// pkcs11-bridge (gRPC, the CLI's Node process model, a native PKCS#11 addon), nor testkit (private).
+const JSR_PACKAGES = ['core', 'etcd', 'file', 'indexeddb', 'kms', 'kv', 'passphrase', 'pkcs11', 'webauthn']
 const names = readdirSync(join(root, 'packages'))
   .filter((name) => existsSync(join(root, 'packages', name, 'jsr.json')))
   .sort()
