@@ -264,9 +264,11 @@ describe('AWS KMS protocol details', () => {
     expect(chain.stats().rootKeyAvailable).toBe(true)
   })
 
-  it('an empty or missing CiphertextBlob from GenerateDataKey is ERR_ROOT_KEY, and nothing is stored', async () => {
+  it('an empty, missing or non-canonical CiphertextBlob from GenerateDataKey is ERR_ROOT_KEY, and nothing is stored', async () => {
     const plaintext = Buffer.alloc(16, 7).toString('base64')
-    for (const answer of [{ CiphertextBlob: '', Plaintext: plaintext, KeyId: keyId }, { Plaintext: plaintext, KeyId: keyId }, { CiphertextBlob: '!!', Plaintext: plaintext }]) {
+    // atob, which the KMS roots used before, read the last two as AQIDBA== (a line break, nonzero leftover bits).
+    const blobs = ['', undefined, '!!', 'AQIDBA==\n', 'AQIDBB==', 'AQIDBA']
+    for (const answer of blobs.map((CiphertextBlob) => ({ CiphertextBlob, Plaintext: plaintext, KeyId: keyId }))) {
       front.intercept = () => ({ status: 200, body: JSON.stringify(answer) })
       try {
         const store = memoryStore()
