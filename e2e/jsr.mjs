@@ -14,6 +14,8 @@
 //
 //   node e2e/jsr.mjs              dry run (offline apart from npm for the npm dependencies)
 //   node e2e/jsr.mjs --publish    the real thing, from the same staging (needs jsr.io and a login)
+//   node e2e/jsr.mjs --sync-versions   writes each package.json's version into its jsr.json (after
+//                                 `changeset version`, which bumps package.json only), then checks
 //
 // Prints one line per check and "N passed, N failed" last; exits 1 on any failure.
 import { spawnSync } from 'node:child_process'
@@ -23,6 +25,7 @@ import { fileURLToPath } from 'node:url'
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
 const publish = process.argv.includes('--publish')
+const syncVersions = process.argv.includes('--sync-versions')
 const stage = join(root, '.tmp', 'jsr')
 const denoDir = join(root, '.tmp', 'jsr-deno-dir') // kept: npm tarballs are fetched once
 const deno = join(root, 'node_modules', '.bin', 'deno')
@@ -52,6 +55,10 @@ for (const name of names) {
   const dir = join(root, 'packages', name)
   const jsr = read(join(dir, 'jsr.json'))
   const pkg = read(join(dir, 'package.json'))
+  if (syncVersions && jsr.version !== pkg.version) {
+    jsr.version = pkg.version
+    writeFileSync(join(dir, 'jsr.json'), `${JSON.stringify(jsr, null, 2)}\n`)
+  }
   const deps = { ...pkg.dependencies, ...pkg.peerDependencies }
   const problems = []
   if (jsr.name !== pkg.name) problems.push(`jsr.json name ${jsr.name} is not package.json's ${pkg.name}`)
