@@ -515,7 +515,8 @@ export async function serveKmsPlugin(options: KmsPluginOptions): Promise<KmsPlug
     health.checkedAt = Date.now()
     if (degraded.length > 0) health.degraded = degraded.join('; ')
     else delete health.degraded
-    health.rootKey = root
+    // A probe's own result is written by the probe (it may finish after this line was reached).
+    if (!(rootKey || healthCheck)) health.rootKey = root
     if (head) health.primary = { keyId: keyIdOf(head.id), ageLeftMs: head.ageLeftMs, usesLeft: head.usesLeft, loaded: head.loaded }
     if (`${health.healthz}|${health.degraded}` !== before) {
       try {

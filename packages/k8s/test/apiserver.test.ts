@@ -159,7 +159,7 @@ describe('key_id: Status and the Encrypt that follows it agree', () => {
     })
     console.log(`k8s: 200 Status+Encrypt rounds, age 1,200 ms and forced rotations: ${counted.keyIds} key_ids, ${counted.mismatches} mismatches`)
     expect(counted.mismatches).toBe(0)
-    expect(counted.keyIds).toBeGreaterThanOrEqual(5) // 2 by rotate(), the rest by age
+    expect(counted.keyIds).toBeGreaterThanOrEqual(4) // 2 by rotate(), the rest by age (about 1 a second)
   }, 30_000)
 
   it('across rotations by usage (maxWrapsPerKek 32, no DEK pool): 0 mismatches', async () => {
