@@ -479,11 +479,11 @@ export async function serveKmsPlugin(options: KmsPluginOptions): Promise<KmsPlug
     if (!use) {
       try {
         await bounded(chain.encrypt(PROBE_PLAINTEXT, { associatedData: PROBE_ASSOCIATED_DATA }), 'the key chain')
+        await readHead()
+        use = usable(head)
       } catch (error) {
-        problem = messageFor(error)
+        problem = messageFor(error) // the head read before stays: the budget may be spent
       }
-      await readHead()
-      use = usable(head)
     }
     // Ahead of the limits, so that the Encrypt kube-apiserver sends after this Status does not
     // rotate. When another process already replaced this primary, its KEK is adopted when this
