@@ -11,7 +11,7 @@
  */
 
 const STANDARD = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'
-const URL_SAFE = STANDARD.slice(0, 62) + '-_'
+const URL_SAFE = /* @__PURE__ */ STANDARD.slice(0, 62) + '-_'
 const HEX = '0123456789abcdef'
 const PAD = 61 // '='
 
@@ -30,9 +30,10 @@ function alphabet(chars: string): Alphabet {
   return { codes, values, width: Math.log2(chars.length) }
 }
 
-const standard = alphabet(STANDARD)
-const urlSafe = alphabet(URL_SAFE)
-const hex = alphabet(HEX)
+// Pure: a bundle keeps only the alphabets of the functions it imports (KeyChain: base64url).
+const standard = /* @__PURE__ */ alphabet(STANDARD)
+const urlSafe = /* @__PURE__ */ alphabet(URL_SAFE)
+const hex = /* @__PURE__ */ alphabet(HEX)
 // Every character written is ASCII, so UTF-8 decoding turns the codes into the string in one
 // native call: several times faster than building it from characters.
 const ascii = new TextDecoder()
