@@ -1,8 +1,8 @@
 // The public types of every package, as a consumer's compiler sees them: for each package, a
 // consumer file imports every export of the BUILT package by name (through
-// e2e/node_modules/@kms-proxy/*, so package.json `exports` resolve it) and `tsc --noEmit`
-// compiles it with strict, skipLibCheck false, under TypeScript 5.9, 6.0 and 7.0 and in four
-// settings:
+// e2e/node_modules/@kms-proxy/*, so package.json `exports` resolve it), and `tsc --noEmit`
+// compiles the consumers with strict and skipLibCheck false, under TypeScript 5.9, 6.0 and 7.0
+// (the supported versions), in four settings:
 //   dom-bundler   lib ES2022 + DOM, no @types/node, moduleResolution bundler   (browsers, Deno, Bun)
 //   dom-node16    the same with moduleResolution node16
 //   workers       lib ES2022 + @cloudflare/workers-types, no DOM, no @types/node (Cloudflare Workers)
@@ -16,7 +16,7 @@
 //
 // Prints one line per check and "N passed, N failed" last; exits 1 on any failure.
 import { execFile } from 'node:child_process'
-import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { cpus } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -59,6 +59,9 @@ writeFileSync(join(work, 'package.json'), '{ "type": "module", "private": true }
 function exportsOf(name) {
   const dts = join(root, 'packages', name, 'dist', 'index.d.ts')
   if (!existsSync(dts)) throw new Error(`${dts} is missing: run the build first`)
+  const src = join(root, 'packages', name, 'src')
+  const newest = Math.max(...readdirSync(src, { recursive: true }).map((f) => statSync(join(src, String(f))).mtimeMs))
+  if (newest > statSync(dts).mtimeMs) throw new Error(`packages/${name}/dist is older than its src: run the build first`)
   const program = ts.createProgram([dts], { noEmit: true, types: [], lib: ['lib.es2022.d.ts', 'lib.dom.d.ts'], skipLibCheck: true })
   const checker = program.getTypeChecker()
   const moduleSymbol = checker.getSymbolAtLocation(program.getSourceFile(dts))
@@ -83,13 +86,29 @@ const run = (file, args) =>
     )
   })
 
+let passed = 0
+let failed = 0
+const report = (ok, label, detail, ms) => {
+  ok ? passed++ : failed++
+  console.log(`${ok ? 'ok  ' : 'FAIL'} ${label}${ms === undefined ? '' : ` (${(ms / 1000).toFixed(1)} s)`}`)
+  if (!ok && detail) console.log(detail.replace(/^/gm, '       '))
+}
+
 // One program per TypeScript version and setting, holding every package's consumer: lib.dom and
 // workers-types are checked once per program instead of once per package (about 10x faster). An
 // error is the package's whose consumer or dist/ it is in; one anywhere else fails the program.
 const checks = []
-for (const name of packages) writeFileSync(join(work, `${name}.ts`), consumer(name))
+const ready = packages.filter((name) => {
+  try {
+    writeFileSync(join(work, `${name}.ts`), consumer(name))
+    return true
+  } catch (error) {
+    report(false, `@kms-proxy/${name}: built declarations to check`, String(error?.message ?? error))
+    return false
+  }
+})
 for (const [setting, options] of Object.entries(settings)) {
-  const members = packages.filter((name) => !options.skip.includes(name))
+  const members = ready.filter((name) => !options.skip.includes(name))
   if (members.length === 0) continue
   const config = `tsconfig.${setting}.json`
   const compilerOptions = {
@@ -129,14 +148,6 @@ const nodeNames = (dir) =>
   readdirSync(dir, { recursive: true })
     .filter((f) => String(f).endsWith('.d.ts'))
     .flatMap((f) => (/\bNodeJS\.|\bBuffer\b|from 'node:/.test(readFileSync(join(dir, String(f)), 'utf8')) ? [String(f)] : []))
-
-let passed = 0
-let failed = 0
-const report = (ok, label, detail, ms) => {
-  ok ? passed++ : failed++
-  console.log(`${ok ? 'ok  ' : 'FAIL'} ${label}${ms === undefined ? '' : ` (${(ms / 1000).toFixed(1)} s)`}`)
-  if (!ok && detail) console.log(detail.replace(/^/gm, '       '))
-}
 
 // Two at a time: the machine's cores are shared, and tsc is mostly single-threaded.
 const parallel = Math.max(1, Math.min(Number(process.env.TYPES_JOBS) || 2, cpus().length))
