@@ -50,5 +50,40 @@ else
   failed=$((failed + 1)); status=1
 fi
 
+# Suites 4 and on: scripts that print one line per check and "N passed, N failed" last.
+#   publishing: pack every package, install the tarballs with npm in a fresh project, run an app
+#     on Node, Deno and Bun, bundle it, type-check it (e2e/consumer.mjs), on Node 20, 22 and 24;
+#   the conformance suite again on Node 22 and 24;
+#   public types under TypeScript 5.9, 6.0 and 7.0 (e2e/types.mjs); JSR dry run (e2e/jsr.mjs);
+#   the API reference and the changelogs (scripts/check-docs.sh).
+NODE22=e2e/node_modules/node22/bin/node
+NODE24=e2e/node_modules/node24/bin/node
+suite() { # name, command...
+  local name=$1 out line p f
+  shift
+  echo "== $name"
+  out=$("$@" 2>&1)
+  local code=$?
+  printf '%s\n' "$out" | grep -vE '^ok ' | tail -n 40
+  line=$(printf '%s\n' "$out" | grep -E '^[0-9]+ passed, [0-9]+ failed' | tail -n 1)
+  if [ -n "$line" ]; then
+    read -r p f < <(echo "$line" | sed -E 's/^([0-9]+) passed, ([0-9]+) failed.*/\1 \2/')
+    passed=$((passed + p)); failed=$((failed + f))
+    echo "$name: $line"
+  else
+    failed=$((failed + 1))
+    echo "$name: no result line"
+  fi
+  [ "$code" -eq 0 ] || status=1
+}
+suite "consumer, Node 20" node e2e/consumer.mjs
+suite "consumer, Node 22" "$NODE22" e2e/consumer.mjs
+suite "consumer, Node 24" "$NODE24" e2e/consumer.mjs
+suite "conformance, Node 22" "$NODE22" e2e/run.mjs
+suite "conformance, Node 24" "$NODE24" e2e/run.mjs
+suite "types" node e2e/types.mjs
+suite "jsr" node e2e/jsr.mjs
+suite "docs" bash scripts/check-docs.sh
+
 echo "$passed passed, $failed failed"
 exit $status
