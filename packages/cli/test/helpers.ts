@@ -18,11 +18,17 @@ export const DENO = join(ROOT, 'node_modules/.bin/deno')
 
 export const EXIT = { OK: 0, INTERNAL: 1, USAGE: 2, MISSING: 3, ROOT_KEY: 4, TAMPERED: 5, ROOT_KEY_UNREACHABLE: 6, STORE: 7, UNKNOWN_KEK: 8, IO: 9, NOT_INSTALLED: 10 }
 
-/** Bundles the CLI's sources to one file in `dir`; returns its path. */
-export async function bundleCli(dir: string): Promise<string> {
+/**
+ * Bundles the CLI's sources to one file in `dir`; returns its path. `sources` bundles another
+ * copy of the sources instead (its folder, beside its own package.json).
+ */
+export async function bundleCli(dir: string, sources?: string): Promise<string> {
   const outfile = join(dir, 'kms-proxy.mjs')
+  const entry = sources
+    ? { stdin: { contents: "import { runAndExit } from './src/index.ts'\nawait runAndExit(process.argv.slice(2))", resolveDir: sources, loader: 'ts' as const } }
+    : { entryPoints: [join(ROOT, 'packages/cli/test/entry.ts')] }
   await build({
-    entryPoints: [join(ROOT, 'packages/cli/test/entry.ts')],
+    ...entry,
     outfile,
     bundle: true,
     platform: 'node',

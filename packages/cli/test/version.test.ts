@@ -1,9 +1,8 @@
 import { cpSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, describe, expect, it, vi } from 'vitest'
-import { build } from 'esbuild'
 import { VERSION, main } from '@kms-proxy/cli'
-import { BIN, ROOT, assertBuilt, spawnCollect, tempDir } from './helpers.js'
+import { BIN, ROOT, assertBuilt, bundleCli, spawnCollect, tempDir } from './helpers.js'
 
 const manifest = JSON.parse(readFileSync(join(ROOT, 'packages/cli/package.json'), 'utf8')) as { version: string }
 const work = tempDir('version')
@@ -34,18 +33,7 @@ describe('kms-proxy --version', () => {
     const release = join(work.dir, 'cli')
     cpSync(join(ROOT, 'packages/cli/src'), join(release, 'src'), { recursive: true })
     writeFileSync(join(release, 'package.json'), JSON.stringify({ ...manifest, version: '7.8.9-release.1' }))
-    const outfile = join(work.dir, 'kms-proxy.mjs')
-    await build({
-      stdin: { contents: "import { runAndExit } from './src/index.ts'\nawait runAndExit(process.argv.slice(2))", resolveDir: release, loader: 'ts' },
-      outfile,
-      bundle: true,
-      platform: 'node',
-      format: 'esm',
-      target: 'node20',
-      // Maps the other @kms-proxy packages to their sources, as for the other CLI tests.
-      tsconfig: join(ROOT, 'tsconfig.json'),
-      logLevel: 'silent',
-    })
+    const outfile = await bundleCli(work.dir, release)
     const r = await spawnCollect(process.execPath, [outfile, '--version'], { cwd: work.dir })
     expect(r.code).toBe(0)
     expect(r.stdout.toString()).toBe('kms-proxy 7.8.9-release.1\n')
