@@ -8,7 +8,6 @@
  * that sends headers and then stalls the body would otherwise hang the call for ever, and a key
  * chain that coalesces unwraps would keep that pending call and hang every later decrypt.
  */
-import { concat } from './internal/bytes.js'
 
 /** Why an exchange produced no usable answer. */
 export type HttpFailureReason = 'timeout' | 'network' | 'too-large'
@@ -148,7 +147,15 @@ async function readBody(response: Response, maxBytes: number, signal: AbortSigna
     reader.cancel().catch(() => {})
     throw error
   }
-  return concat(...chunks)
+  // A loop, not concat(...chunks): a body read in very many small chunks would exceed the
+  // engine's limit on spread arguments.
+  const body = new Uint8Array(length)
+  let offset = 0
+  for (const chunk of chunks) {
+    body.set(chunk, offset)
+    offset += chunk.length
+  }
+  return body
 }
 
 function answer(response: Response, body: Uint8Array): HttpAnswer {
