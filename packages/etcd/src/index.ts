@@ -154,14 +154,17 @@ interface Kv {
   mod_revision?: string
 }
 
-/** An answer etcd refused (permission denied, a bad request): a typed, non-retryable ERR_STORE. */
+/**
+ * An answer etcd refused: a typed ERR_STORE, retryable only for "too many requests" (429) and a
+ * request timeout (408); permission denied or a bad request stay refused.
+ */
 class EtcdHttpError extends StoreError {
   constructor(
     message: string,
     readonly status: number,
     readonly auth: boolean,
   ) {
-    super(message, { retryable: false })
+    super(message, { retryable: status === 429 || status === 408 })
   }
 }
 

@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { spawn } from 'node:child_process'
 import { existsSync, statSync } from 'node:fs'
 import { join } from 'node:path'
-import { KeyChain, aesRootKey } from '@kms-proxy/core'
+import { KeyChain, KmsProxyError, aesRootKey } from '@kms-proxy/core'
 import { etcdStore } from '../src/index.ts'
 import { b64, gateway, haveEtcd, startEtcd, unb64, type EtcdCluster } from './etcd-process.ts'
 
@@ -111,9 +111,18 @@ describe.skipIf(!haveEtcd)('etcdStore on a three-member cluster', () => {
     let killedAt = -1
     let last = Date.now()
     let longestGap = 0
+    // As an application would: a retryable failure (the cluster electing a leader) is tried again.
+    const failures: KmsProxyError[] = []
     const loops = Array.from({ length: 4 }, async (_, k) => {
       for (let i = 0; !stop; i++) {
-        encrypted.push(await chain.encrypt(`l${k}:${i}`))
+        try {
+          encrypted.push(await chain.encrypt(`l${k}:${i}`))
+        } catch (error) {
+          failures.push(error as KmsProxyError)
+          if (!(error instanceof KmsProxyError && error.retryable)) throw error
+          await sleep(50)
+          continue
+        }
         const now = Date.now()
         if (now - last > longestGap) longestGap = now - last
         last = now
@@ -125,10 +134,12 @@ describe.skipIf(!haveEtcd)('etcdStore on a three-member cluster', () => {
     await etcd.kill(leaderIndex)
     const killTime = Date.now()
     // Go on until well past the election, and until the chain has rotated several times since.
-    while (Date.now() - killTime < 2500 || encrypted.length < killedAt + 10 * MAX) await sleep(100)
+    // Bounded, so that a loop that failed for good shows its error below instead of a timeout.
+    while ((Date.now() - killTime < 2500 || encrypted.length < killedAt + 10 * MAX) && Date.now() - killTime < 40_000) await sleep(100)
     stop = true
     await all
 
+    for (const f of failures) expect(f).toMatchObject({ code: 'ERR_STORE', retryable: true })
     const after = encrypted.length - killedAt
     expect(killedAt).toBeGreaterThan(5 * MAX)
     expect(after).toBeGreaterThan(10 * MAX)
@@ -140,7 +151,7 @@ describe.skipIf(!haveEtcd)('etcdStore on a three-member cluster', () => {
     for (const e of encrypted) expect(text(await reader.decrypt(e))).toMatch(/^l\d:\d+$/)
     console.log(
       `leader killed: ${killedAt} records before, ${after} after (over ${Date.now() - killTime} ms; longest pause between encryptions ${longestGap} ms), ` +
-        `${perKek.size} KEKs, max wraps per KEK ${maxUse}/${MAX}, all ${encrypted.length} decrypt from the two survivors`,
+        `${perKek.size} KEKs, max wraps per KEK ${maxUse}/${MAX}, all ${encrypted.length} decrypt from the two survivors; ${failures.length} retryable failures retried`,
     )
   }, 60_000)
 })

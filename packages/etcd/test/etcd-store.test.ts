@@ -62,8 +62,9 @@ describe.skipIf(!haveEtcd)('etcdStore on one etcd member', () => {
     await gateway(etcd.urls[0]!, '/v3/kv/put', { key: b64(`${prefix}c/head`), value: b64('{"primary":"nope"}') })
     await gateway(etcd.urls[0]!, '/v3/kv/put', { key: b64(`${prefix}c/kek/00000007`), value: b64('not json') })
     const store = etcdStore({ endpoints: [etcd.urls[0]!], prefix })
-    for (const call of [store.getHead('c'), store.getKek('c', 7), store.listKeks('c')]) {
-      const error = await call.catch((e: unknown) => e)
+    // Each call's rejection is caught as it is made: none is left unhandled while another is awaited.
+    for (const call of [() => store.getHead('c'), () => store.getKek('c', 7), () => store.listKeks('c')]) {
+      const error = await call().catch((e: unknown) => e)
       expect(error).toBeInstanceOf(KmsProxyError)
       expect(error).toMatchObject({ code: 'ERR_STORE', retryable: false })
     }
