@@ -13,5 +13,13 @@ fi
 # Native addons build against the system's Node headers; pnpm ignores nodedir in .npmrc.
 export npm_config_nodedir="${npm_config_nodedir:-/usr}"
 pnpm install --frozen-lockfile --reporter=silent
-pnpm --silent build >/dev/null
+# The build is quiet unless it fails: then its whole output (rollup writes to stderr) is shown.
+build_log=$(mktemp)
+if ! pnpm --silent build >"$build_log" 2>&1; then
+  cat "$build_log" >&2
+  rm -f "$build_log"
+  echo "setup: the build failed (its output is above)" >&2
+  exit 1
+fi
+rm -f "$build_log"
 echo "setup: pnpm $(pnpm --version), node $(node --version), packages built"

@@ -3,7 +3,12 @@
 # Ends with one plain line "N passed, N failed" summed over every suite it ran.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh || { echo "0 passed, 1 failed"; exit 1; }
+mkdir -p .tmp
+# Set-up must be quiet when it succeeds: its one summary line on stdout, nothing on stderr.
+bash scripts/setup.sh >.tmp/setup.out 2>.tmp/setup.err || { cat .tmp/setup.out .tmp/setup.err; echo "0 passed, 1 failed"; exit 1; }
+cat .tmp/setup.out
+setup_quiet=0
+if [ "$(wc -l <.tmp/setup.out)" -le 2 ] && [ ! -s .tmp/setup.err ]; then setup_quiet=1; else echo "setup printed more than its summary:"; cat .tmp/setup.err; fi
 # Real peers from Debian: Chromium for the browser tests (Playwright's own browser download
 # cannot work here), etcd for the etcd store, SoftHSM2 for the PKCS#11 root keys. Installed only
 # when missing. moto (the AWS KMS emulator) comes with the machine's Python; PyPI is out of reach.
@@ -20,10 +25,10 @@ if [ ${#missing[@]} -gt 0 ]; then
     || echo "test: could not install ${missing[*]}; the suites that need them will fail and say so"
 fi
 
-mkdir -p .tmp
 passed=0
 failed=0
 status=0
+if [ "$setup_quiet" -eq 1 ]; then passed=$((passed + 1)); else failed=$((failed + 1)); status=1; fi
 
 # Suite 1: type check (counts as one check).
 if pnpm --silent typecheck; then passed=$((passed + 1)); else failed=$((failed + 1)); status=1; fi
