@@ -21,6 +21,7 @@
  */
 import { readFile, rename, unlink } from 'node:fs/promises'
 import { StoreError, fromBase64, toBase64, type ChainHead, type KekRecord, type KeyStore, type Versioned } from '@kms-proxy/core'
+import { ensureFolder, storeFailure } from './_folder.js'
 import { acquireLock, commitAndRelease, stageFile, syncFolder, type LockOptions } from './_lock.js'
 
 /** Lock timing of a {@link fileStore}. */
@@ -94,12 +95,18 @@ function serialize(contents: Contents): string {
  * safely by processes on one machine; next to it live `path.lock` and, during a takeover,
  * `path.lock.break`. Not for network file systems. `atomic: true`, `embedsKeks: false`.
  *
+ * The first write also creates the file's folder if that alone is missing (mode 0700), never
+ * its parents: a missing parent is more often a mistyped path or an unmounted volume.
+ *
  * @param path - the store file, such as `./keys.json`.
  * @throws TypeError - `path` is not a non-empty string.
  * @throws RangeError - a lock timing out of range, or `lockTimeoutMs` not longer than `staleLockMs`.
- * @throws {@link @kms-proxy/core!StoreError} - (from its methods) `ERR_STORE`: the file could not
- *   be read or written, is not a kms-proxy file store, or the lock was not free within
- *   `lockTimeoutMs` (`retryable`).
+ * @throws {@link @kms-proxy/core!StoreError} - (from its methods) `ERR_STORE`, naming the path: not
+ *   retryable when the file is not a kms-proxy file store or the file system refuses in a way
+ *   only a person can change (a missing parent folder, a file where a folder should be, a folder
+ *   where the file should be, permission denied, a read-only file system); `retryable` when the
+ *   lock was not free within `lockTimeoutMs` or the failure may pass (a full disk, too many open
+ *   files, an I/O error).
  * @example
  * ```ts
  * import { KeyChain } from '@kms-proxy/core'
@@ -123,16 +130,28 @@ export function fileStore(path: string, options: FileStoreOptions = {}): KeyStor
   const lockPath = `${path}.lock`
 
   async function load(): Promise<Contents> {
+    let raw: string
     try {
-      return parse(await readFile(path, 'utf8'), path)
+      raw = await readFile(path, 'utf8')
     } catch (error) {
+      // No file (or no folder yet): an empty store, which the first write creates.
       if ((error as { code?: string }).code === 'ENOENT') return new Map()
-      throw error
+      throw await storeFailure(error, `read ${path}`, path)
     }
+    return parse(raw, path)
   }
 
   /** Runs `change` on the current contents under the lock; writes only if it returns true. */
   async function update(change: (contents: Contents) => boolean): Promise<boolean> {
+    try {
+      return await updateLocked(change)
+    } catch (error) {
+      throw await storeFailure(error, `write ${path}`, path)
+    }
+  }
+
+  async function updateLocked(change: (contents: Contents) => boolean): Promise<boolean> {
+    await ensureFolder(path)
     const held = await acquireLock(lockPath, lock)
     let staged: string | undefined
     try {
