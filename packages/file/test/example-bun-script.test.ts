@@ -1,0 +1,119 @@
+/**
+ * examples/bun-script/README.md followed as written, with the real bun: its shell commands, run
+ * literally from the repository root in a copy of the repository's layout (the example's files
+ * copied, everything else linked), so that what they write stays out of the tree. Each command
+ * but `cd` prints what the README's next `text` block shows, stdout and stderr together; a value
+ * the README cuts short with `…` differs on every run and is matched by its shape.
+ */
+import { spawn, spawnSync } from 'node:child_process'
+import { closeSync, copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, realpathSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join, relative, resolve } from 'node:path'
+import { afterAll, beforeAll, expect, it } from 'vitest'
+import { readmeBlocks, readmeCommands } from '../../testkit/test/readme-blocks.ts'
+
+const ROOT = resolve(import.meta.dirname, '..', '..', '..')
+const EXAMPLE = 'examples/bun-script'
+const README = join(ROOT, EXAMPLE, 'README.md')
+
+let checkout: string
+const example = () => join(checkout, EXAMPLE)
+const copied = new Set<string>()
+
+/**
+ * The repository's layout in a temporary folder: the example's files copied, its packages and Bun
+ * linked. Only leaves are links (never node_modules or packages as a whole): pnpm checks a
+ * workspace's dependencies before `exec`, and an install run here must not reach the real tree.
+ * The copy's pnpm-workspace.yaml holds the example alone and turns that check off.
+ */
+beforeAll(() => {
+  for (const pkg of ['core', 'file', 'passphrase']) {
+    if (!existsSync(join(ROOT, 'packages', pkg, 'dist', 'index.js'))) throw new Error('the built packages are missing: run `pnpm build` first')
+  }
+  checkout = mkdtempSync(join(tmpdir(), 'kms-proxy-bun-script-'))
+  copyFileSync(join(ROOT, 'package.json'), join(checkout, 'package.json'))
+  writeFileSync(join(checkout, 'pnpm-workspace.yaml'), `packages:\n  - ${EXAMPLE}\nverifyDepsBeforeRun: false\n`)
+  mkdirSync(join(checkout, 'node_modules', '.bin'), { recursive: true })
+  symlinkSync(join(ROOT, 'node_modules', '.bin', 'bun'), join(checkout, 'node_modules', '.bin', 'bun'))
+  const source = join(ROOT, EXAMPLE)
+  cpSync(source, example(), { recursive: true, filter: (path) => !relative(source, path).startsWith('node_modules') })
+  mkdirSync(join(example(), 'node_modules', '@kms-proxy'), { recursive: true })
+  for (const name of readdirSync(join(source, 'node_modules', '@kms-proxy'))) {
+    symlinkSync(realpathSync(join(source, 'node_modules', '@kms-proxy', name)), join(example(), 'node_modules', '@kms-proxy', name))
+  }
+  for (const file of listFiles(checkout)) copied.add(file)
+})
+afterAll(() => {
+  if (checkout) rmSync(checkout, { recursive: true, force: true })
+})
+
+/** Files (not folders) under `dir`, relative to it, without descending into symlinks. */
+function listFiles(dir: string, under = ''): string[] {
+  return readdirSync(join(dir, under), { withFileTypes: true }).flatMap((entry) => {
+    const path = join(under, entry.name)
+    return entry.isDirectory() ? listFiles(dir, path) : [path]
+  })
+}
+
+/** Runs one README command through bash in `cwd`, stdout and stderr into one file, in order. */
+async function runCommand(command: string, cwd: string): Promise<string> {
+  const outFile = join(checkout, 'command-output')
+  const fd = openSync(outFile, 'w')
+  try {
+    const child = spawn('bash', ['-c', command], { cwd, stdio: ['ignore', fd, fd], env: { PATH: process.env.PATH, HOME: process.env.HOME } })
+    await new Promise<void>((done, fail) => {
+      const timer = setTimeout(() => {
+        child.kill('SIGKILL')
+        fail(new Error(`timed out: ${command}`))
+      }, 60_000)
+      child.on('error', fail)
+      child.on('close', () => {
+        clearTimeout(timer)
+        done()
+      })
+    })
+  } finally {
+    closeSync(fd)
+  }
+  return readFileSync(outFile, 'utf8')
+}
+
+/** A line of the README's output as a pattern: `[\w-]+…` stands for any such value. */
+function linePattern(line: string): RegExp {
+  const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
+  return new RegExp(`^${line.split(/[\w-]+…/).map(escape).join('[\\w-]+…')}$`)
+}
+
+it('the README, followed as written, prints what it shows; its outputs are git-ignored', async () => {
+  const commands = readmeCommands(README)
+  const outputs = readmeBlocks(README, 'text').map((block) => block.text.trimEnd().split('\n'))
+  const runs = commands.filter((command) => !command.startsWith('cd '))
+  expect(commands[0], 'the README starts from the repository root').toBe(`cd ${EXAMPLE}`)
+  expect(runs.length, 'one output block per command').toBe(outputs.length)
+  expect(runs.every((command) => command.includes('pnpm exec bun main.ts')), 'Bun is reached through pnpm exec').toBe(true)
+
+  let cwd = checkout
+  let shown = 0
+  for (const command of commands) {
+    if (command.startsWith('cd ')) {
+      cwd = resolve(cwd, command.slice(3))
+      continue
+    }
+    const printed = (await runCommand(command, cwd)).trimEnd().split('\n')
+    const expected = outputs[shown++]!
+    expect(printed, `${command}\nprinted:\n${printed.join('\n')}`).toHaveLength(expected.length)
+    printed.forEach((line, i) => expect(line, `${command}, line ${i + 1}`).toMatch(linePattern(expected[i]!)))
+  }
+
+  // What the README says the first run wrote: the folder 0700, keys.json 0600.
+  const data = join(example(), 'data')
+  expect(statSync(data).mode & 0o777).toBe(0o700)
+  expect(statSync(join(data, 'keys.json')).mode & 0o777).toBe(0o600)
+  expect(readdirSync(data).sort()).toEqual(['keys.json', 'report.bin', 'report.bin.kp', 'report.out'])
+
+  // Everything the commands wrote is ignored by the repository's git.
+  const paths = listFiles(checkout).filter((file) => !copied.has(file) && file.startsWith(`${EXAMPLE}/`))
+  expect(paths.length).toBeGreaterThan(0)
+  const ignored = spawnSync('git', ['-C', ROOT, 'check-ignore', '--no-index', '--stdin'], { input: paths.join('\n'), encoding: 'utf8' })
+  expect(ignored.stdout.trim().split('\n').sort(), 'written but not git-ignored').toEqual(paths.sort())
+}, 120_000)
