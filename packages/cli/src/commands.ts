@@ -3,7 +3,7 @@ import { lstat, open, readdir, readFile, stat, unlink } from 'node:fs/promises'
 import { dirname, join, relative, resolve } from 'node:path'
 import process from 'node:process'
 import { parseArgs } from 'node:util'
-import { KeyChain, type KeyChainStats, type RootKey } from '@kms-proxy/core'
+import { FORMAT_VERSION, KeyChain, type ChainHead, type KeyStore, type RootKey } from '@kms-proxy/core'
 import { DEFAULT_ITERATIONS } from '@kms-proxy/passphrase'
 import {
   CONFIG_FORMAT,
@@ -18,7 +18,9 @@ import {
   openRootKey,
   openStore,
   resolveConfig,
+  storeFileExists,
   storeFilePath,
+  unlockPrimary,
   urlProblem,
   weakKdf,
   weakKdfAllowed,
@@ -29,7 +31,7 @@ import {
 } from './config.js'
 import { CliError, EXIT, explain, usage } from './exit.js'
 import { scanTemps, type Leftover } from './leftovers.js'
-import { isTempName, openInput, openOutputFile, peek, progressBar, readAll, stdoutOutput, wantsProgress, writeWhole, type Output, type OutputOptions } from './io.js'
+import { isTempName, openInput, refuseExisting, openOutputFile, peek, progressBar, readAll, stdoutOutput, wantsProgress, writeWhole, type Output, type OutputOptions } from './io.js'
 
 type Spec = Record<string, { type: 'string' | 'boolean'; short?: string; multiple?: boolean }>
 
@@ -128,6 +130,18 @@ function storeConfig(v: Record<string, unknown>, configFile: string): StoreConfi
   throw usage('--store: expected file or etcd')
 }
 
+/**
+ * What must be backed up. The store holds the only copies of the chain's wrapped KEKs: lost, it
+ * takes every file encrypted under the chain with it, and a new `init` cannot bring them back
+ * (it makes new KEKs). The root key is needed too, but it is not the CLI's to copy.
+ */
+function backupNote(config: CliConfig, configFile: string): string {
+  const s = config.store
+  const what = s.type === 'file' ? storeFilePath(config, configFile)! : `the etcd keys under ${s.prefix ?? 'kms-proxy/'}${config.chain}/`
+  const root = config.rootKey.type === 'passphrase' ? 'the passphrase' : `the ${config.rootKey.type} key`
+  return `back up ${what}: it holds the chain's wrapped KEKs, and nothing encrypted under chain "${config.chain}" can be decrypted without it (and ${root}); \`kms-proxy init\` cannot recreate it`
+}
+
 const init: Command = {
   summary: 'create a key chain and write the config',
   help: `Usage: kms-proxy init [options]
@@ -213,21 +227,21 @@ The passphrase comes from $KMS_PROXY_PASSPHRASE, or is typed twice on a terminal
     const store = openStore(config, file)
     const existing = await headOf(store, config.chain)
     const rootKey = await openRootKey(config.rootKey, { confirm: !existing, store, chain: config.chain })
-    const chain = await KeyChain.open(chainOptions(config, rootKey, store))
     let message: string
     if (existing) {
-      // Unlock the primary KEK: one root-key unwrap proves the root key before the config is written.
-      const probe = await chain.encrypt(new Uint8Array(0))
-      await chain.decrypt(probe)
+      // One root-key unwrap of the primary proves the root key before the config is written;
+      // nothing in the store changes (an encryption would spend a use, or rotate an overdue primary).
+      await checkRootKey(rootKey, config, store, existing.value)
       message = `chain "${config.chain}" already exists; the root key unlocks its primary KEK ${kekId(existing.value.primary)}`
     } else {
-      const { id } = await chain.rotate()
+      const { id } = await (await KeyChain.open(chainOptions(config, rootKey, store))).rotate()
       message = `created chain "${config.chain}" with KEK ${kekId(id)}`
     }
-    await writeWhole(file, new TextEncoder().encode(`${JSON.stringify(config, null, 2)}\n`), { mode: 0o644 })
+    await writeWhole(file, new TextEncoder().encode(`${JSON.stringify(config, null, 2)}\n`), { mode: 0o644, replace: true }) // --force was checked above
     const where = config.store.type === 'file' ? `file store ${storeFilePath(config, file)}` : `etcd ${config.store.endpoints.join(',')}`
     out(`${message} (${config.rootKey.type} root key, ${where})`)
     out(`config written to ${file}`)
+    out(backupNote(config, file))
     if (implicit && networkPart(config)) {
       out(`it reaches the network, so commands use it only when named: --config ${relative(process.cwd(), file)} or KMS_PROXY_CONFIG`)
     }
@@ -242,6 +256,8 @@ const IO_HELP = `  -i, --input PATH    input file (default: stdin; "-" is stdin)
   -o, --output PATH   output file, written under a temporary name and renamed when complete
                       (default: stdout)
       --aad TEXT      associated data: authenticated, not stored; decrypt needs the same text
+      --force         overwrite an existing output file (without it, an existing file is
+                      refused, exit 2, and kept as it is)
   -q, --quiet         no progress bar`
 const IO_OPTIONS = {
   ...CONFIG_OPTION,
@@ -249,6 +265,7 @@ const IO_OPTIONS = {
   output: { type: 'string', short: 'o' },
   aad: { type: 'string' },
   quiet: { type: 'boolean', short: 'q' },
+  force: { type: 'boolean' },
 } as const
 
 /**
@@ -256,8 +273,8 @@ const IO_OPTIONS = {
  * than pipeTo: when the output fails (EPIPE, ENOSPC), pipeTo cancels the source and may reject
  * with the cancel's error instead of the output's, which then gets the wrong exit code.
  */
-async function deliver(source: ReadableStream<Uint8Array>, outputPath: string | undefined): Promise<void> {
-  const output: Output = outputPath === undefined || outputPath === '-' ? stdoutOutput() : await openOutputFile(outputPath)
+async function deliver(source: ReadableStream<Uint8Array>, outputPath: string | undefined, force: boolean): Promise<void> {
+  const output: Output = outputPath === undefined || outputPath === '-' ? stdoutOutput() : await openOutputFile(outputPath, { replace: force })
   try {
     const writer = output.writable.getWriter()
     for await (const chunk of source as unknown as AsyncIterable<Uint8Array>) await writer.write(chunk)
@@ -301,16 +318,17 @@ ${IO_HELP}
     if ((output === undefined || output === '-') && process.stdout.isTTY) {
       throw usage('refusing to write encrypted bytes to a terminal: pass -o FILE or redirect stdout')
     }
+    await refuseExisting(output, v.force === true)
     const { chain } = await openNamed(v)
     const input = await openInput(str(v.input))
     const aad = str(v.aad)
     const plain = withProgress(input.stream, input.size, v.quiet === true, 'encrypt')
     if (v.message) {
       const encrypted = await chain.encrypt(await readAll(plain, MAX_MESSAGE_BYTES), aad === undefined ? undefined : { associatedData: aad })
-      await deliver(single(encrypted), str(v.output))
+      await deliver(single(encrypted), output, v.force === true)
     } else {
       const transform = chain.encryptStream({ ...(aad === undefined ? {} : { associatedData: aad }), ...(segmentSize ? { segmentSize } : {}) })
-      await deliver(plain.pipeThrough(transform), str(v.output))
+      await deliver(plain.pipeThrough(transform), output, v.force === true)
     }
     return EXIT.OK
   },
@@ -331,18 +349,23 @@ ${CONFIG_HELP}
 ${IO_HELP}`,
   options: IO_OPTIONS,
   async run(v) {
+    const output = str(v.output)
+    await refuseExisting(output, v.force === true)
     const { chain } = await openNamed(v)
     const input = await openInput(str(v.input))
     const aad = str(v.aad)
     const options = aad === undefined ? undefined : { associatedData: aad }
     const encrypted = withProgress(input.stream, input.size, v.quiet === true, 'decrypt')
     const { head, stream } = await peek(encrypted, 6)
-    if (head.length === 0) throw new CliError(EXIT.TAMPERED, `the input is not intact kms-proxy data: ${input.name} is empty`)
+    if (head.length === 0) throw new CliError(EXIT.TAMPERED, `${input.name} is empty: not kms-proxy data`)
+    // Everything kms-proxy writes starts with its format version: anything else (text, a PDF, a
+    // file that was never encrypted) is named as what it is, not as a format version it is not.
+    if (head[0] !== FORMAT_VERSION) throw new CliError(EXIT.TAMPERED, `${input.name} is not kms-proxy data`)
     if (head.length >= 6 && (head[5]! & FLAG_STREAM) !== 0) {
-      await deliver(stream.pipeThrough(chain.decryptStream(options)), str(v.output))
+      await deliver(stream.pipeThrough(chain.decryptStream(options)), output, v.force === true)
     } else {
       const plaintext = await chain.decrypt(await readAll(stream, MAX_MESSAGE_BYTES + 1024), options)
-      await deliver(single(plaintext), str(v.output))
+      await deliver(single(plaintext), output, v.force === true)
     }
     return EXIT.OK
   },
@@ -377,6 +400,14 @@ function age(ms: number): string {
   return `${Math.round(s / 86400)} d`
 }
 
+/** Proves `root` on the chain's primary KEK (unlockPrimary): one unwrap, nothing written. */
+async function checkRootKey(root: RootKey, config: CliConfig, store: KeyStore, head: ChainHead): Promise<true> {
+  if (!(await unlockPrimary(root, store, config.chain, head))) {
+    throw new CliError(EXIT.ROOT_KEY, `the primary KEK was made by another kind of root key than the config's (${root.kind}): this root key cannot unlock it`)
+  }
+  return true
+}
+
 const DEFAULT_MAX_WRAPS = 2 ** 21
 const DEFAULT_MAX_AGE_MS = 7 * 86_400_000
 
@@ -385,39 +416,28 @@ const status: Command = {
   help: `Usage: kms-proxy status [--check] [--json]
 
 Reads the chain from the store: its KEKs, which is primary, how many of the primary's uses are
-reserved, and when it rotates. Needs no secret and makes no root-key call, unless --check.
+reserved, and when it rotates; it writes nothing. Needs no secret and makes no root-key call,
+unless --check.
 Also lists the temporary files a killed command left in the working folder and the config's
 folder (they may hold plaintext; \`kms-proxy clean\` removes them).
 
 ${CONFIG_HELP}
-      --check             also unlock the primary KEK (one root-key unwrap) to prove the root key
+      --check             also unlock the primary KEK (one root-key unwrap) to prove the root key;
+                          changes nothing in the store (no use spent, never a rotation)
       --plugin SOCKET     also ask the Kubernetes plugin on SOCKET for its Status, as kube-apiserver
                           does (needs @kms-proxy/k8s)
       --json              machine-readable output`,
   options: { ...CONFIG_OPTION, check: { type: 'boolean' }, plugin: { type: 'string' }, json: { type: 'boolean' } },
   async run(v) {
     const { path: file, implicit } = resolveConfig(str(v.config))
-    let config: CliConfig
-    let stats: KeyChainStats | undefined
-    let storeFile: string | undefined
-    let store
-    if (v.check) {
-      const opened = await openConfigured(file, { implicit })
-      config = opened.config
-      store = opened.store
-      const probe = await opened.chain.encrypt(new Uint8Array(0))
-      await opened.chain.decrypt(probe)
-      stats = opened.chain.stats()
-    } else {
-      config = await loadConfig(file, { implicit })
-      storeFile = storeFilePath(config, file)
-      if (storeFile && !(await stat(storeFile).then(() => true, () => false))) {
-        throw new CliError(EXIT.MISSING, `the store file ${storeFile} named by ${file} does not exist: run \`kms-proxy init\``)
-      }
-      store = openStore(config, file)
-    }
-    storeFile = storeFilePath(config, file)
+    const config = await loadConfig(file, { implicit })
+    const storeFile = storeFilePath(config, file)
+    if (storeFile) await storeFileExists(storeFile, file, config.chain)
+    const store = openStore(config, file)
     const head = await chainHead(store, config.chain)
+    // A check unwraps the primary KEK and writes nothing: no use, no lease, no rotation of an
+    // overdue primary, no KEK (what an encryption would do).
+    const checked = v.check ? await checkRootKey(await openRootKey(config.rootKey, config.plainHttpHosts ? { plainHttpHosts: config.plainHttpHosts } : {}), config, store, head.value) : undefined
     const keks = (await store.listKeks(config.chain)).sort((a, b) => a.createdAt - b.createdAt)
     const maxWraps = config.maxWrapsPerKek ?? DEFAULT_MAX_WRAPS
     const maxAge = config.maxKekAgeMs ?? DEFAULT_MAX_AGE_MS
@@ -434,8 +454,8 @@ ${CONFIG_HELP}
       policy: { maxWrapsPerKek: maxWraps, maxKekAgeMs: maxAge },
       primary: { id: h.primary, createdAt: h.primaryCreatedAt, usesReserved: h.leased, rotatesAt: h.primaryCreatedAt + maxAge },
       keks: keks.map((k) => ({ id: k.id, createdAt: k.createdAt, rootKind: k.rootKind, primary: k.id === h.primary })),
-      rootKeyCalls: { wraps: stats?.rootKeyWraps ?? 0, unwraps: stats?.rootKeyUnwraps ?? 0 },
-      ...(stats ? { rootKeyAvailable: stats.rootKeyAvailable } : {}),
+      rootKeyCalls: { wraps: 0, unwraps: checked ? 1 : 0 },
+      ...(checked === undefined ? {} : { rootKeyAvailable: true }),
       ...(str(v.plugin) ? { plugin: await pluginStatus(str(v.plugin)!, `${config.chain}/${h.primary.toString(16).padStart(8, '0')}`) } : {}),
       leftovers,
     }
@@ -449,12 +469,12 @@ ${CONFIG_HELP}
     out(`chain        ${config.chain}`)
     out(`store        ${where}`)
     out(`root key     ${config.rootKey.type}${config.rootKey.type === 'passphrase' ? ` (${config.rootKey.kdf ?? 'pbkdf2'})` : ''}`)
-    out(`primary KEK  ${kekId(h.primary)}, ${age(now - h.primaryCreatedAt)} old, rotates in ${age(h.primaryCreatedAt + maxAge - now)} or after ${maxWraps.toLocaleString('en-US')} uses`)
+    out(`primary KEK  ${kekId(h.primary)}, ${age(now - h.primaryCreatedAt)} old, rotates in ${age(h.primaryCreatedAt + maxAge - now)} or after ${plural(maxWraps, 'use')}`)
     if (h.primaryCreatedAt + maxAge <= now) out(`             past its age by ${age(now - h.primaryCreatedAt - maxAge)}: the next plugin Status or encryption rotates it (one root-key call)`)
-    out(`usage        ${h.leased.toLocaleString('en-US')} of ${maxWraps.toLocaleString('en-US')} uses reserved (${((100 * h.leased) / maxWraps).toFixed(h.leased * 1000 < maxWraps ? 3 : 1)}%)`)
+    out(`usage        ${h.leased.toLocaleString('en-US')} of ${plural(maxWraps, 'use')} reserved (${((100 * h.leased) / maxWraps).toFixed(h.leased * 1000 < maxWraps ? 3 : 1)}%)`)
     out(`KEKs         ${keks.length}`)
     for (const k of keks) out(`  ${kekId(k.id)}  ${new Date(k.createdAt).toISOString()}  ${k.rootKind}${k.id === h.primary ? '  primary' : ''}`)
-    out(`root-key calls by this command: ${report.rootKeyCalls.wraps} wraps, ${report.rootKeyCalls.unwraps} unwraps${stats ? ` (root key ${stats.rootKeyAvailable ? 'ok' : 'unavailable'})` : ''}`)
+    out(`root-key calls by this command: ${plural(report.rootKeyCalls.wraps, 'wrap')}, ${plural(report.rootKeyCalls.unwraps, 'unwrap')}${checked ? ' (root key ok)' : ''}`)
     if (report.plugin) {
       const p = report.plugin
       const about = 'error' in p ? `not answering (${p.error})` : `${p.healthz}, key_id ${p.keyId} (${p.isPrimary ? "the store's primary" : "not the store's primary: the plugin adopts it when its own KEK expires"})`
@@ -480,7 +500,8 @@ async function pluginStatus(socket: string, primaryKeyId: string) {
   }
 }
 
-const plural = (n: number, what: string) => `${n} ${what}${n === 1 ? '' : 's'}`
+/** `1 file`, `2 files`, `2,097,152 uses`: every count the commands print goes through here. */
+const plural = (n: number, what: string) => `${n.toLocaleString('en-US')} ${what}${n === 1 ? '' : 's'}`
 
 // ------------------------------------------------------------------------------ clean
 
@@ -615,9 +636,9 @@ ${CONFIG_HELP}
           }
         }
         // The new copy gets the file's mode, owner and group (ACLs and extended attributes are not copied).
-        const keep: OutputOptions = { mode: info.mode & 0o777, owner: { uid: info.uid, gid: info.gid } }
+        const keep: OutputOptions = { mode: info.mode & 0o777, owner: { uid: info.uid, gid: info.gid }, replace: true }
         const head = await readHead(file, Math.min(info.size, MAX_STREAM_HEADER))
-        if (head.length < 6 || head[0] !== 0x01) {
+        if (head.length < 6 || head[0] !== FORMAT_VERSION) {
           counts.skipped++
           continue
         }
@@ -654,8 +675,8 @@ ${CONFIG_HELP}
     const primary = stats.keks.find((k) => k.primary)?.id
     if (v.json) out(JSON.stringify({ ...counts, primary, rootKeyUnwraps: stats.rootKeyUnwraps, rootKeyWraps: stats.rootKeyWraps }))
     else {
-      out(`rewrapped ${counts.rewrapped} files (${counts.messages} messages, ${counts.streams} streams)${primary ? ` to KEK ${kekId(primary)}` : ''}; ${counts.current} already current, ${counts.skipped} skipped (not kms-proxy data), ${counts.failed} failed`)
-      out(`root-key calls: ${stats.rootKeyUnwraps} unwraps, ${stats.rootKeyWraps} wraps`)
+      out(`rewrapped ${plural(counts.rewrapped, 'file')} (${plural(counts.messages, 'message')}, ${plural(counts.streams, 'stream')})${primary ? ` to KEK ${kekId(primary)}` : ''}; ${counts.current} already current, ${counts.skipped} skipped (not kms-proxy data), ${counts.failed} failed`)
+      out(`root-key calls: ${plural(stats.rootKeyUnwraps, 'unwrap')}, ${plural(stats.rootKeyWraps, 'wrap')}`)
     }
     if (firstFailure !== undefined) {
       return explain(firstFailure).exitCode

@@ -6,7 +6,7 @@ import { constants } from 'node:fs'
 import { access, open, stat } from 'node:fs/promises'
 import { dirname, isAbsolute, join, relative, resolve } from 'node:path'
 import process from 'node:process'
-import { KeyChain, checkServerUrl, kekAad, type ChainHead, type KeyChainOptions, type KeyStore, type RootKey, type Versioned } from '@kms-proxy/core'
+import { KeyChain, RootKeyError, StoreError, checkServerUrl, isKmsProxyError, kekAad, type ChainHead, type KeyChainOptions, type KeyStore, type RootKey, type Versioned } from '@kms-proxy/core'
 import { etcdStore } from '@kms-proxy/etcd'
 import { fileStore } from '@kms-proxy/file'
 import { awsKmsRootKey, azureKeyVaultRootKey, gcpKmsRootKey, vaultTransitRootKey } from '@kms-proxy/kms'
@@ -361,8 +361,7 @@ function provedBeforeNewKek(root: RootKey, store: KeyStore, chain: string): Root
   let proof: Promise<void> | undefined
   const prove = async () => {
     const head = await store.getHead(chain)
-    const primary = head && (await store.getKek(chain, head.value.primary))
-    if (primary && primary.rootKind === root.kind) await root.unwrapKek(primary.wrapped, kekAad(chain, primary.id))
+    if (head) await unlockPrimary(root, store, chain, head.value)
   }
   return {
     kind: root.kind,
@@ -377,6 +376,32 @@ function provedBeforeNewKek(root: RootKey, store: KeyStore, chain: string): Root
     toString: () => String(root),
     toJSON: () => (root as { toJSON?: () => unknown }).toJSON?.() ?? { kind: root.kind },
   } as RootKey
+}
+
+/**
+ * Unwraps the primary KEK that `head` names through the root key: one root-key call, and
+ * nothing written (no use spent, no lease, never a rotation or a new KEK), so proving a root
+ * key changes nothing in the store. A primary made by another kind of root key (a chain whose
+ * root changed) is not sent to this one: it returns false, having made no call.
+ *
+ * @throws {@link RootKeyError} - `ERR_ROOT_KEY`: refused (a wrong passphrase), or unreachable (`retryable`).
+ * @throws {@link StoreError} - `ERR_STORE`: the store failed, or the head names a KEK it does not have.
+ */
+export async function unlockPrimary(root: RootKey, store: KeyStore, chain: string, head: ChainHead): Promise<boolean> {
+  let record
+  try {
+    record = await store.getKek(chain, head.primary)
+  } catch (error) {
+    throw isKmsProxyError(error) ? error : new StoreError('the store failed to read a KEK', { cause: error, retryable: true })
+  }
+  if (!record) throw new StoreError('the chain head names a KEK that the store does not have')
+  if (record.rootKind !== root.kind) return false
+  try {
+    await root.unwrapKek(record.wrapped, kekAad(chain, record.id))
+  } catch (error) {
+    throw isKmsProxyError(error) ? error : new RootKeyError('the root key failed to unwrap a KEK', { cause: error })
+  }
+  return true
 }
 
 /** Builds the root key; secrets come from the environment or, for a passphrase, a prompt on a TTY. */
@@ -463,18 +488,33 @@ export function headOf(store: KeyStore, chain: string): Promise<Versioned<ChainH
 /** The chain's head (headOf); EXIT.MISSING if `init` never made the chain. */
 export async function chainHead(store: KeyStore, chain: string): Promise<Versioned<ChainHead>> {
   const head = await headOf(store, chain)
-  if (!head) throw new CliError(EXIT.MISSING, `chain "${chain}" is not in the store: run \`kms-proxy init\``)
+  if (!head) {
+    throw new CliError(
+      EXIT.MISSING,
+      `chain "${chain}" is not in the store: \`kms-proxy init\` makes it; if data was encrypted under it, restore the store from a backup instead (a new chain cannot read that data)`,
+    )
+  }
   return head
+}
+
+/**
+ * A config whose key file is gone: the chain's wrapped KEKs went with it, so everything
+ * encrypted under the chain is unreadable until the file is restored. `kms-proxy init` would
+ * make a new chain, with new KEKs, that can never read those files: the message says so.
+ */
+export async function storeFileExists(storeFile: string, configFile: string, chain: string): Promise<void> {
+  if (await stat(storeFile).then(() => true, () => false)) return
+  throw new CliError(
+    EXIT.MISSING,
+    `the key file ${storeFile} named by ${configFile} is missing: restore it from a backup. What chain "${chain}" encrypted cannot be decrypted without it (\`kms-proxy init\` would make a new chain, which cannot read it either)`,
+  )
 }
 
 /** Opens the chain a config describes and checks that `init` made it (EXIT.MISSING if not). */
 export async function openConfigured(path: string, options: OpenOptions = {}): Promise<OpenedChain> {
   const config = await loadConfig(path, { implicit: options.implicit ?? false })
   const storeFile = storeFilePath(config, path)
-  if (storeFile) {
-    const exists = await stat(storeFile).then(() => true, () => false)
-    if (!exists) throw new CliError(EXIT.MISSING, `the store file ${storeFile} named by ${path} does not exist: run \`kms-proxy init\``)
-  }
+  if (storeFile) await storeFileExists(storeFile, path, config.chain)
   const store = openStore(config, path)
   await chainHead(store, config.chain)
   const rootKey = await openRootKey(config.rootKey, { store, chain: config.chain, ...plainHttp(config.plainHttpHosts) })

@@ -15,6 +15,7 @@
 import process from 'node:process'
 import { COMMANDS, parse } from './commands.js'
 import { EXIT, explain } from './exit.js'
+import { endOnFailedOutput, errorLine, guardOutput, outputFailure } from './io.js'
 import { version } from '../package.json'
 
 export { openChainFromConfig, loadConfig, configPath, CONFIG_FORMAT, SECRET_ENV } from './config.js'
@@ -46,6 +47,8 @@ or not kms-proxy data, 6 root key unreachable, 7 store failed, 8 unknown KEK, 9 
 /** Runs one command line (without the program name) and resolves to the exit code. Never throws. */
 export async function main(args: string[]): Promise<number> {
   const [name, ...rest] = args
+  const known = name !== undefined && Object.hasOwn(COMMANDS, name)
+  guardOutput(known ? `kms-proxy ${name}` : 'kms-proxy')
   if (name === undefined || name === 'help' || name === '--help' || name === '-h') {
     const text = overview()
     if (name === undefined) {
@@ -59,9 +62,9 @@ export async function main(args: string[]): Promise<number> {
     process.stdout.write(`kms-proxy ${VERSION}\n`)
     return EXIT.OK
   }
-  const command = Object.hasOwn(COMMANDS, name) ? COMMANDS[name] : undefined
+  const command = known ? COMMANDS[name] : undefined
   if (!command) {
-    process.stderr.write(`kms-proxy: unknown command "${name}". Commands: ${Object.keys(COMMANDS).join(', ')}. See kms-proxy --help\n`)
+    errorLine(`kms-proxy: unknown command "${name}". Commands: ${Object.keys(COMMANDS).join(', ')}. See kms-proxy --help`)
     return EXIT.USAGE
   }
   if (rest.includes('--help') || rest.includes('-h')) {
@@ -72,8 +75,10 @@ export async function main(args: string[]): Promise<number> {
     const { values, positionals } = parse(command, rest)
     return await command.run(values, positionals)
   } catch (error) {
+    const failed = outputFailure()
+    if (failed) endOnFailedOutput(`kms-proxy ${name}`, failed.stream, failed.error)
     const { exitCode, message } = explain(error)
-    process.stderr.write(`kms-proxy ${name}: ${message}\n`)
+    errorLine(`kms-proxy ${name}: ${message}`)
     if (exitCode === EXIT.USAGE && !/^(cancelled|the two|passphrase)/.test(message)) process.stderr.write(`See kms-proxy ${name} --help\n`)
     if (exitCode === EXIT.INTERNAL && process.env.KMS_PROXY_DEBUG === '1') process.stderr.write(`${(error as Error)?.stack ?? ''}\n`)
     return exitCode
@@ -83,11 +88,13 @@ export async function main(args: string[]): Promise<number> {
 /**
  * The bin's whole body: runs `main`, then exits with its code once stdout has drained (an exit
  * code set while streams are still open would be lost on some runtimes, and a k8s-plugin that
- * stopped must not wait for idle handles). A stdout whose reader went away (EPIPE) never
- * drains: then it exits at once.
+ * stopped must not wait for idle handles). A write to stdout or stderr that failed (a reader
+ * that went away: EPIPE) ends in exit 9 with one line, whenever it happened.
  */
 export async function runAndExit(args: string[]): Promise<void> {
   const code = await main(args)
+  const failed = outputFailure()
+  if (failed) endOnFailedOutput(`kms-proxy${args[0] !== undefined && Object.hasOwn(COMMANDS, args[0]) ? ` ${args[0]}` : ''}`, failed.stream, failed.error)
   process.exitCode = code
   if (process.stdout.writableLength > 0 && !process.stdout.destroyed) process.stdout.once('drain', () => process.exit(code))
   else process.exit(code)

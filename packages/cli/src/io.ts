@@ -4,7 +4,7 @@
  * progress bar on a terminal.
  */
 import { createReadStream, fstatSync, unlinkSync } from 'node:fs'
-import { open, rename, stat, unlink, type FileHandle } from 'node:fs/promises'
+import { link, open, rename, stat, unlink, type FileHandle } from 'node:fs/promises'
 import { basename, dirname, join } from 'node:path'
 import process from 'node:process'
 import { CliError, EXIT } from './exit.js'
@@ -143,23 +143,74 @@ export function isRunning(pid: number): boolean {
 const pending = new Set<string>()
 let trapped = false
 
+/** Removes the temporary files being written, at once: the process is about to exit. */
+function discardPending(): void {
+  for (const temp of pending) {
+    try {
+      unlinkSync(temp)
+    } catch {
+      // already gone
+    }
+  }
+  pending.clear()
+}
+
 /** Ctrl-C, a kill or a closed terminal while an output is written removes its temporary file (exit 130 / 143 / 129). */
 function trapSignals(): void {
   if (trapped) return
   trapped = true
   for (const [signal, code] of [['SIGINT', 130], ['SIGTERM', 143], ['SIGHUP', 129]] as const) {
     process.once(signal, () => {
-      for (const temp of pending) {
-        try {
-          unlinkSync(temp)
-        } catch {
-          // already gone
-        }
-      }
+      discardPending()
       process.stderr.write(`\nkms-proxy: interrupted; no output written\n`)
       process.exit(code)
     })
   }
+}
+
+let guarded: string | undefined
+let lineWritten = false
+
+/** The failure of stdout or stderr (a reader that went away: EPIPE), if either failed. */
+export function outputFailure(): { stream: 'stdout' | 'stderr'; error: unknown } | undefined {
+  for (const stream of ['stdout', 'stderr'] as const) {
+    const s = process[stream] as NodeJS.WriteStream & { errored?: Error | null }
+    if (s.errored) return { stream, error: s.errored }
+  }
+  return undefined
+}
+
+/** Writes the command's one error line to stderr; a closed output then adds no second one. */
+export function errorLine(line: string): void {
+  lineWritten = true
+  process.stderr.write(`${line}\n`)
+}
+
+/**
+ * Ends the command at once in EXIT.IO because stdout or stderr failed (`| head` went away): one
+ * line on stderr when stdout failed and no error line was written yet, the temporary files
+ * removed. On a closed stderr nothing can be said: the exit code is all there is.
+ */
+export function endOnFailedOutput(command: string, stream: 'stdout' | 'stderr', error: unknown): never {
+  discardPending()
+  if (stream === 'stdout' && !lineWritten && !process.stderr.destroyed) {
+    lineWritten = true
+    const code = (error as { code?: unknown } | null)?.code
+    const why = code === 'EPIPE' || code === 'ERR_STREAM_DESTROYED' ? 'closed before the end (broken pipe)' : `failed (${typeof code === 'string' ? code : 'error'})`
+    process.stderr.write(`${command}: the output was ${why}\n`)
+  }
+  process.exit(EXIT.IO)
+}
+
+/**
+ * Without a listener, a write to a pipe whose reader went away is an unhandled 'error' event:
+ * a stack trace and exit 1. With it, every write of the command, to stdout or stderr, ends
+ * in EXIT.IO with one line ({@link endOnFailedOutput}). Call once, before the command writes.
+ */
+export function guardOutput(command: string): void {
+  if (guarded !== undefined) return
+  guarded = command
+  for (const stream of ['stdout', 'stderr'] as const) process[stream].on('error', (error) => endOnFailedOutput(command, stream, error))
 }
 
 export interface Output {
@@ -182,6 +233,34 @@ export interface OutputOptions {
    * nothing replaces `path`.
    */
   owner?: { uid: number; gid: number }
+  /**
+   * Replace a file already at `path` (rewrap, `--force`). Without it the new file is linked into
+   * place only if nothing is there (no-clobber, atomic: a file that appears meanwhile is kept),
+   * and the output fails with a usage error that names `--force`.
+   */
+  replace?: boolean
+}
+
+/** The refusal of an output path that exists, in the words of every command with `-o`. */
+export const existsError = (path: string): CliError => new CliError(EXIT.USAGE, `${path} exists: pass --force to overwrite it`)
+
+/** Refuses, before any work, an output file that exists (a FIFO or device is written in place: not refused). */
+export async function refuseExisting(path: string | undefined, force: boolean): Promise<void> {
+  if (force || path === undefined || path === '-') return
+  const existing = await stat(path).catch(() => undefined)
+  if (existing?.isFile()) throw existsError(path)
+}
+
+/** Errors about the temporary file name the path the user gave: the temporary name means nothing to them. */
+function namedAs<T>(temp: string, path: string, run: () => Promise<T>): Promise<T> {
+  return run().catch((error: unknown) => {
+    const e = error as { path?: unknown; dest?: unknown; message?: unknown } | null
+    if (e && typeof e === 'object' && e.path === temp) {
+      e.path = path
+      if (typeof e.message === 'string') e.message = e.message.split(temp).join(path)
+    }
+    throw error
+  })
 }
 
 /**
@@ -191,12 +270,13 @@ export interface OutputOptions {
  * it with a regular file (as root, /dev/null itself).
  */
 export async function openOutputFile(path: string, options: OutputOptions = {}): Promise<Output> {
-  const { mode = 0o600, owner } = options
+  const { mode = 0o600, owner, replace = false } = options
   const existing = await stat(path).catch(() => undefined)
   const direct = existing !== undefined && !existing.isFile() && !existing.isDirectory()
   const temp = direct ? path : tempName(path)
+  const named = <T>(run: () => Promise<T>) => namedAs(temp, path, run)
   if (!direct) trapSignals()
-  const handle: FileHandle = await open(temp, direct ? 'w' : 'wx', mode)
+  const handle: FileHandle = await named(() => open(temp, direct ? 'w' : 'wx', mode))
   if (!direct) {
     pending.add(temp)
     try {
@@ -220,15 +300,15 @@ export async function openOutputFile(path: string, options: OutputOptions = {}):
     writable: new WritableStream<Uint8Array>({
       async write(chunk) {
         let at = 0
-        while (at < chunk.length) at += (await handle.write(chunk, at, chunk.length - at)).bytesWritten
+        while (at < chunk.length) at += (await named(() => handle.write(chunk, at, chunk.length - at))).bytesWritten
       },
     }),
     async commit(beforeRename) {
-      if (direct) return close()
-      await handle.sync()
-      await close()
+      if (direct) return named(close)
+      await named(() => handle.sync())
+      await named(close)
       await beforeRename?.()
-      await rename(temp, path)
+      await named(() => (replace ? rename(temp, path) : linkIfAbsent(temp, path)))
       pending.delete(temp)
       await syncFolder(path)
     },
@@ -239,6 +319,24 @@ export async function openOutputFile(path: string, options: OutputOptions = {}):
       pending.delete(temp)
     },
   }
+}
+
+/**
+ * Puts `temp` at `path` only if nothing is there: link(2) fails with EEXIST instead of replacing,
+ * so a file that appeared since the command started is kept. Where the file system has no hard
+ * links, a check and a rename (a file appearing between the two is replaced).
+ */
+async function linkIfAbsent(temp: string, path: string): Promise<void> {
+  try {
+    await link(temp, path)
+  } catch (error) {
+    const code = (error as { code?: string }).code
+    if (code === 'EEXIST') throw existsError(path)
+    if (code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'EOPNOTSUPP' && code !== 'ENOSYS') throw error
+    if (await stat(path).then(() => true, () => false)) throw existsError(path)
+    return rename(temp, path)
+  }
+  await unlink(temp)
 }
 
 /**

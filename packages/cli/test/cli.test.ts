@@ -15,6 +15,9 @@ beforeAll(async () => {
 })
 afterAll(() => work.cleanup())
 
+/** What init printed, by folder. */
+const initOutput = new Map<string, string>()
+
 /** A fresh folder with an initialized chain (passphrase root, file store). */
 async function initialized(name: string, extra: string[] = []): Promise<string> {
   const dir = join(work.dir, name)
@@ -22,6 +25,7 @@ async function initialized(name: string, extra: string[] = []): Promise<string> 
   const r = await kp(dir, ['init', ...FAST_KDF, ...extra])
   expect(r.stderr).toBe('')
   expect(r.code).toBe(EXIT.OK)
+  initOutput.set(dir, r.stdout.toString())
   return dir
 }
 
@@ -49,6 +53,7 @@ describe('init', () => {
     const store = readFileSync(join(dir, 'kms-proxy-keys.json'), 'utf8')
     for (const text of [config, store]) expect(text).not.toContain('correct horse')
     expect(statSync(join(dir, 'kms-proxy-keys.json')).mode & 0o777).toBe(0o600)
+    expect(initOutput.get(dir)).toContain(`back up ${join(dir, 'kms-proxy-keys.json')}: it holds the chain's wrapped KEKs`)
     const status = await statusOf(dir)
     expect(status.keks).toHaveLength(1)
     expect(status.keks[0].primary).toBe(true)
@@ -134,7 +139,7 @@ describe('encrypt and decrypt', () => {
   })
 
   it('round-trips a file with associated data, through a private output file', async () => {
-    const enc = await kp(dir, ['encrypt', '-i', 'in.bin', '-o', 'in.kp', '--aad', 'invoice-42'])
+    const enc = await kp(dir, ['encrypt', '-i', 'in.bin', '-o', 'in.kp', '--aad', 'invoice-42', '--force'])
     expect(enc.code).toBe(EXIT.OK)
     expect(enc.stdout.length + enc.stderr.length).toBe(0)
     const encrypted = readFileSync(join(dir, 'in.kp'))
@@ -145,6 +150,21 @@ describe('encrypt and decrypt', () => {
     const dec = await kp(dir, ['decrypt', '-i', 'in.kp', '-o', 'out.bin', '--aad', 'invoice-42'])
     expect(dec.code).toBe(EXIT.OK)
     expect(readFileSync(join(dir, 'out.bin')).equals(data)).toBe(true)
+  })
+
+  it('an existing -o file is refused (exit 2, before any root-key call), unless --force', async () => {
+    writeFileSync(join(dir, 'kept.bin'), 'precious')
+    for (const args of [['encrypt', '-i', 'in.bin'], ['encrypt', '--message', '-i', 'in.bin'], ['decrypt', '-i', 'in.kp', '--aad', 'invoice-42']]) {
+      const r = await kp(dir, [...args, '-o', 'kept.bin'], { env: { KMS_PROXY_PASSPHRASE: 'not even the passphrase' } })
+      expect(r.code, args.join(' ')).toBe(EXIT.USAGE)
+      expect(r.stderr).toBe(`kms-proxy ${args[0]}: kept.bin exists: pass --force to overwrite it\nSee kms-proxy ${args[0]} --help\n`)
+      expect(readFileSync(join(dir, 'kept.bin'), 'utf8')).toBe('precious')
+    }
+    const forced = await kp(dir, ['decrypt', '-i', 'in.kp', '--aad', 'invoice-42', '-o', 'kept.bin', '--force'])
+    expect(forced.code, forced.stderr).toBe(EXIT.OK)
+    expect(readFileSync(join(dir, 'kept.bin')).equals(data)).toBe(true)
+    expect(readdirSync(dir).filter((f) => f.includes('kms-proxy-tmp'))).toEqual([])
+    rmSync(join(dir, 'kept.bin'))
   })
 
   it('round-trips a pipe (stdin to stdout), as a stream and as a single message', async () => {
@@ -209,6 +229,7 @@ describe('encrypt and decrypt', () => {
       ['aad', good, ['--aad', 'invoice-43']],
       ['header', Uint8Array.from(good, (b, i) => (i === 5 ? b | 0x80 : b)), ['--aad', 'invoice-42']],
       ['plain', new TextEncoder().encode('just some text, not encrypted'), []],
+      ['pdf', new TextEncoder().encode('%PDF-1.7\n'), []],
     ]
     const results = await Promise.all(
       cases.map(([name, bytes, aad]) => {
@@ -219,11 +240,18 @@ describe('encrypt and decrypt', () => {
     for (const [i, [name]] of cases.entries()) {
       const r = results[i]!
       expect(r.code, name).toBe(EXIT.TAMPERED)
-      expect(r.stderr, name).toMatch(/^kms-proxy decrypt: (decryption failed: the input was altered|the input is not intact kms-proxy data)/)
+      expect(r.stderr, name).toMatch(/^kms-proxy decrypt: (decryption failed: the input was altered|the input is not intact kms-proxy data|\w+\.kp is not kms-proxy data)/)
       expect(r.stderr, name).not.toMatch(/\n\s+at /) // no stack trace
       expect(existsSync(join(dir, `${name}.out`)), name).toBe(false)
     }
     expect(leftovers(dir).filter((f) => f.includes('kms-proxy-tmp'))).toEqual([])
+    // Input that is not kms-proxy data at all says so, not "unsupported format version 106".
+    for (const name of ['plain', 'pdf']) expect(results[cases.findIndex(([n]) => n === name)]!.stderr).toBe(`kms-proxy decrypt: ${name}.kp is not kms-proxy data\n`)
+    const piped = await kp(dir, ['decrypt'], { input: 'hello' })
+    expect(piped.code).toBe(EXIT.TAMPERED)
+    expect(piped.stderr).toBe('kms-proxy decrypt: stdin is not kms-proxy data\n')
+    const empty = await kp(dir, ['decrypt'], { input: '' })
+    expect(empty.stderr).toBe('kms-proxy decrypt: stdin is empty: not kms-proxy data\n')
   })
 
   it('missing config, missing store and missing chain: exit 3', async () => {
@@ -240,7 +268,12 @@ describe('encrypt and decrypt', () => {
     writeFileSync(join(empty, 'nostore.json'), JSON.stringify({ ...config, store: { type: 'file', path: 'gone.json' } }))
     const noStore = await kp(empty, ['status', '-c', 'nostore.json'])
     expect(noStore.code).toBe(EXIT.MISSING)
-    expect(noStore.stderr).toMatch(/gone\.json .* does not exist/)
+    // A deleted key file: `init` would make a new chain that can never read the old files.
+    expect(noStore.stderr).toMatch(/^kms-proxy status: the key file \S*gone\.json named by \S*nostore\.json is missing: restore it from a backup\. What chain "default" encrypted cannot be decrypted without it \(`kms-proxy init` would make a new chain, which cannot read it either\)\n$/)
+    const noStoreDecrypt = await kp(empty, ['decrypt', '-c', 'nostore.json', '-i', join(dir, 'in.kp'), '-o', 'x.out'])
+    expect(noStoreDecrypt.code).toBe(EXIT.MISSING)
+    expect(noStoreDecrypt.stderr).toMatch(/restore it from a backup/)
+    expect(noStoreDecrypt.stderr).not.toMatch(/run `kms-proxy init`/)
     writeFileSync(join(dir, 'bad-policy.json'), JSON.stringify({ ...config, maxWrapsPerKek: -1 }))
     const badPolicy = await kp(dir, ['encrypt', '-c', 'bad-policy.json', '-i', 'in.bin', '-o', 'bad-policy.out'])
     expect(badPolicy.code).toBe(EXIT.MISSING) // a config problem, not a usage error
@@ -262,7 +295,11 @@ describe('encrypt and decrypt', () => {
     expect(missing.stderr).toMatch(/no-such-file: no such file or directory/)
     const noFolder = await kp(dir, ['encrypt', '-i', 'in.bin', '-o', join('no-such-folder', 'x.kp')])
     expect(noFolder.code).toBe(EXIT.IO)
-    expect(noFolder.stderr).toMatch(/no-such-folder.*: no such file or directory/)
+    // The path the user gave, not the temporary file's name beside it.
+    expect(noFolder.stderr).toBe('kms-proxy encrypt: cannot access no-such-folder/x.kp: no such file or directory\n')
+    const absent = await kp(dir, ['decrypt', '-i', 'in.kp', '--aad', 'invoice-42', '-o', '/nonexistent/x.kp'])
+    expect(absent.code).toBe(EXIT.IO)
+    expect(absent.stderr).toBe('kms-proxy decrypt: cannot access /nonexistent/x.kp: no such file or directory\n')
   })
 
   it('usage errors: exit 2 with a pointer to --help; --help for every command', async () => {
@@ -333,7 +370,7 @@ describe('rotate, status and rewrap', () => {
     const checked = JSON.parse((await kp(dir, ['status', '--json', '--check'])).stdout.toString())
     expect(checked.rootKeyCalls).toEqual({ wraps: 0, unwraps: 1 })
     expect(checked.rootKeyAvailable).toBe(true)
-    expect(checked.primary.usesReserved).toBeGreaterThan(after.primary.usesReserved)
+    expect(checked.primary.usesReserved).toBe(after.primary.usesReserved) // a check spends no use
     const text = (await kp(dir, ['status'])).stdout.toString()
     expect(text).toMatch(/^chain {8}default$/m)
     expect(text).toMatch(/^KEKs {9}2$/m)
@@ -399,6 +436,15 @@ describe('rotate, status and rewrap', () => {
     expect(partial.stderr).toMatch(/a\.kp: decryption failed/)
     expect(JSON.parse(partial.stdout.toString())).toMatchObject({ rewrapped: 3, failed: 1 })
     expect(readFileSync(join(files, 'a.kp')).equals(a)).toBe(true)
+
+    // One of a kind is singular, in every count the text output has.
+    const one = join(dir, 'one')
+    mkdirSync(one)
+    writeFileSync(join(one, 'c.kp'), readFileSync(join(files, 'c.kp')))
+    await kp(dir, ['rotate'])
+    const text = await kp(dir, ['rewrap', 'one'])
+    expect(text.code, text.stderr).toBe(EXIT.OK)
+    expect(text.stdout.toString()).toMatch(/^rewrapped 1 file \(1 message, 0 streams\) to KEK 0x[0-9a-f]{8}; 0 already current, 0 skipped \(not kms-proxy data\), 0 failed\nroot-key calls: 2 unwraps, 0 wraps\n$/) // the old KEK and the new primary
   })
   it('rewrap never overwrites a file that another writer replaced while it was being rewrapped', async () => {
     const dir = await initialized('rewrap-race')
