@@ -33,7 +33,7 @@ export {
 export type { ErrorCode, AnyKmsProxyError, KmsProxyErrorOptions, KmsProxyErrorClass } from './errors.js'
 export { memoryStore, embeddedStore } from './store.js'
 export type { KeyStore, KekRecord, ChainHead, Versioned } from './store.js'
-export { ephemeralRootKey, aesRootKey, sealNewKek, openSealedKek, KEK_ALGORITHM, KEK_USAGES } from './root-key.js'
+export { ephemeralRootKey, aesRootKey, sealNewKek, openSealedKek, importKekBytes, KEK_ALGORITHM } from './root-key.js'
 export type { RootKey, NewKek } from './root-key.js'
 export {
   FORMAT_VERSION,

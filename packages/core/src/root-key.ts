@@ -49,15 +49,40 @@ export interface RootKey {
 }
 
 /** The algorithm of every KEK: AES-128-GCM. A byte-oriented root imports its KEK bytes with it. */
-export const KEK_ALGORITHM = {
-  /** AES-GCM. */
+export const KEK_ALGORITHM: { readonly name: 'AES-GCM'; readonly length: 128 } = Object.freeze({
   name: 'AES-GCM',
-  /** 128 bits. */
   length: 128,
-} as const
-/** The usages every KEK is imported with; a root key that imports KEK bytes must use exactly these. */
-// Spelled out rather than KeyUsage[]: Cloudflare's workers-types has no KeyUsage type.
-export const KEK_USAGES: ('encrypt' | 'wrapKey' | 'unwrapKey')[] = ['encrypt', 'wrapKey', 'unwrapKey']
+} as const)
+// The usages every KEK is imported with. Spelled out rather than KeyUsage[]: Cloudflare's
+// workers-types has no KeyUsage type. Not exported: a mutable array shared by every caller
+// could be changed by any of them; roots that hold KEK bytes use importKekBytes.
+const KEK_USAGES: ('encrypt' | 'wrapKey' | 'unwrapKey')[] = ['encrypt', 'wrapKey', 'unwrapKey']
+
+/**
+ * For byte-oriented roots (a KMS's GenerateDataKey or Decrypt, an HSM through a bridge): imports
+ * the 16 KEK bytes a root returned as a non-extractable AES-128-GCM KEK, and zeroes `bytes`
+ * whatever happens, so the KEK's bytes live in JavaScript only for the length of this call.
+ *
+ * @param bytes - The KEK's 16 bytes; zeroed on return or throw.
+ * @param who - The root's name for the error message (for example `'AWS KMS'`).
+ * @returns The KEK, usages encrypt / wrapKey / unwrapKey.
+ * @throws {@link RootKeyError} when `bytes` is not 16 bytes long (the message names `who` and the
+ * length in bits, never the bytes).
+ *
+ * @example
+ * ```ts
+ * const { Plaintext, CiphertextBlob } = await myKms.generateDataKey({ KeySpec: 'AES_128' })
+ * return { kek: await importKekBytes(Plaintext, 'my KMS'), wrapped: CiphertextBlob }
+ * ```
+ */
+export async function importKekBytes(bytes: Uint8Array<ArrayBuffer>, who: string): Promise<CryptoKey> {
+  try {
+    if (bytes.length !== 16) throw new RootKeyError(`${who} returned a ${bytes.length * 8}-bit KEK; expected 128`)
+    return await crypto.subtle.importKey('raw', bytes, KEK_ALGORITHM, false, KEK_USAGES)
+  } finally {
+    bytes.fill(0) // invariant 1 (b): KEK bytes from a byte-oriented root, zeroed at once
+  }
+}
 const WRAP_IV_BYTES = 12
 
 /**

@@ -11,7 +11,7 @@ import {
   keyIdProblem,
   parseKeyId,
   splitEncryptedData,
-} from '../src/index.ts'
+} from '../src/envelope.ts'
 
 describe('annotation keys: fully qualified domain names as kube-apiserver checks them', () => {
   it.each(['kek.kms-proxy.dev', 'a.b', 'kek.kms-proxy.dev.', 'x1.example-2.io', `${'a'.repeat(63)}.io`])('accepts %s', (name) => {

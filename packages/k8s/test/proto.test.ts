@@ -5,7 +5,7 @@
  */
 import { expect, it } from 'vitest'
 import * as protoLoader from '@grpc/proto-loader'
-import { LOADER_OPTIONS, PROTO_PATH, SERVICE_NAME, loadKmsService } from '../src/index.ts'
+import { LOADER_OPTIONS, PROTO_PATH, SERVICE_NAME, loadKmsService } from '../src/proto.ts'
 
 const UPSTREAM: Record<string, [name: string, number: number, type: string, label?: string][]> = {
   StatusRequest: [],

@@ -3,8 +3,8 @@
  * Decrypt to unwrap one. The chain's KEK AAD goes in the encryption context, so KMS itself binds
  * each wrapped KEK to its chain name and id.
  */
-import { RootKeyError, checkServerUrl, fromBase64, toBase64, transientStatus, type HttpAnswer, type NewKek, type RootKey } from '@kms-proxy/core'
-import { importKek, postJson, type RetryOptions } from './http.js'
+import { RootKeyError, importKekBytes, checkServerUrl, fromBase64, toBase64, transientStatus, type HttpAnswer, type NewKek, type RootKey } from '@kms-proxy/core'
+import { postJson, type RetryOptions } from './http.js'
 import { signV4, type AwsCredentials } from './sigv4.js'
 
 /** Options of {@link awsKmsRootKey}. */
@@ -154,14 +154,14 @@ export function awsKmsRootKey(options: AwsKmsRootKeyOptions): RootKey {
       const wrapped = new Uint8Array(1 + blob.length)
       wrapped[0] = TAG
       wrapped.set(blob, 1)
-      return { kek: await importKek('AWS KMS', plaintext), wrapped }
+      return { kek: await importKekBytes(plaintext, 'AWS KMS'), wrapped }
     },
     async unwrapKek(wrapped, aad) {
       if (!(wrapped instanceof Uint8Array) || wrapped[0] !== TAG || wrapped.length < 2) {
         throw new RootKeyError('this KEK was not wrapped by an AWS KMS root key')
       }
       const out = await call('Decrypt', { KeyId: keyId, CiphertextBlob: toBase64(wrapped.subarray(1)), EncryptionContext: context(aad) })
-      return importKek('AWS KMS', field(out, 'Plaintext', 'Decrypt'))
+      return importKekBytes(field(out, 'Plaintext', 'Decrypt'), 'AWS KMS')
     },
     toString: () => '[RootKey aws-kms]',
     toJSON: () => ({ kind: 'aws-kms', keyId, region, endpoint: endpoint.origin }),

@@ -14,8 +14,8 @@
  * wrapped before an Azure key rotation still unwrap:
  * `0x23 || version length (u8) || version (ASCII) || RSA-OAEP-256 ciphertext`.
  */
-import { RootKeyError, checkServerUrl, fromBase64Url, toBase64Url, type NewKek, type RootKey } from '@kms-proxy/core'
-import { importKek, postJson, refused, type RetryOptions } from './http.js'
+import { RootKeyError, importKekBytes, checkServerUrl, fromBase64Url, toBase64Url, type NewKek, type RootKey } from '@kms-proxy/core'
+import { postJson, refused, type RetryOptions } from './http.js'
 
 /** Options of {@link azureKeyVaultRootKey}. */
 export interface AzureKeyVaultRootKeyOptions extends RetryOptions {
@@ -148,7 +148,7 @@ export function azureKeyVaultRootKey(options: AzureKeyVaultRootKeyOptions): Root
       }
       let kek: CryptoKey
       try {
-        kek = await importKek('Azure Key Vault', payload.slice(0, KEK_BYTES))
+        kek = await importKekBytes(payload.slice(0, KEK_BYTES), 'Azure Key Vault')
       } finally {
         payload.fill(0)
       }
@@ -171,7 +171,7 @@ export function azureKeyVaultRootKey(options: AzureKeyVaultRootKeyOptions): Root
       try {
         if (value.length !== KEK_BYTES + DIGEST_BYTES) throw new RootKeyError(`Azure Key Vault unwrapped ${value.length} bytes; expected ${KEK_BYTES + DIGEST_BYTES}`)
         if (!sameBytes(value.subarray(KEK_BYTES), expected)) throw new RootKeyError('Azure Key Vault: KEK moved to another chain or id (associated data does not match)')
-        return await importKek('Azure Key Vault', value.slice(0, KEK_BYTES))
+        return await importKekBytes(value.slice(0, KEK_BYTES), 'Azure Key Vault')
       } finally {
         value.fill(0)
       }

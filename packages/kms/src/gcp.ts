@@ -4,8 +4,8 @@
  * `cryptoKeys.encrypt` under the chain's KEK AAD as `additionalAuthenticatedData`, and are
  * unwrapped with `cryptoKeys.decrypt`, so Cloud KMS itself binds each KEK to its chain and id.
  */
-import { RootKeyError, checkServerUrl, toBase64, type NewKek, type RootKey } from '@kms-proxy/core'
-import { base64Field, importKek, postJson, refused, type RetryOptions } from './http.js'
+import { RootKeyError, importKekBytes, checkServerUrl, toBase64, type NewKek, type RootKey } from '@kms-proxy/core'
+import { base64Field, postJson, refused, type RetryOptions } from './http.js'
 
 /** Options of {@link gcpKmsRootKey}. */
 export interface GcpKmsRootKeyOptions extends RetryOptions {
@@ -85,14 +85,14 @@ export function gcpKmsRootKey(options: GcpKmsRootKeyOptions): RootKey {
       const wrapped = new Uint8Array(1 + ciphertext.length)
       wrapped[0] = TAG
       wrapped.set(ciphertext, 1)
-      return { kek: await importKek('Google Cloud KMS', bytes), wrapped }
+      return { kek: await importKekBytes(bytes, 'Google Cloud KMS'), wrapped }
     },
     async unwrapKek(wrapped, aad) {
       if (!(wrapped instanceof Uint8Array) || wrapped[0] !== TAG || wrapped.length < 2) {
         throw new RootKeyError('this KEK was not wrapped by a Google Cloud KMS root key')
       }
       const out = await call('decrypt', keyName, { ciphertext: toBase64(wrapped.subarray(1)), additionalAuthenticatedData: toBase64(aad) })
-      return importKek('Google Cloud KMS', base64Field('Google Cloud KMS decrypt', out.plaintext ?? ''))
+      return importKekBytes(base64Field('Google Cloud KMS decrypt', out.plaintext ?? ''), 'Google Cloud KMS')
     },
     toString: () => '[RootKey gcp-kms]',
     toJSON: () => ({ kind: 'gcp-kms', keyName, endpoint: endpoint.origin }),

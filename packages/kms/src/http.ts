@@ -1,4 +1,4 @@
-import { HttpExchangeError, KEK_USAGES, RootKeyError, fromBase64, httpWithRetry, transientStatus, type HttpAnswer } from '@kms-proxy/core'
+import { HttpExchangeError, RootKeyError, fromBase64, httpWithRetry, transientStatus, type HttpAnswer } from '@kms-proxy/core'
 
 /** Transport options every KMS root key takes. */
 export interface RetryOptions {
@@ -101,16 +101,6 @@ export function base64Field(who: string, value: string): Uint8Array<ArrayBuffer>
     return fromBase64(value)
   } catch {
     throw new RootKeyError(`${who} returned a value that is not base64`)
-  }
-}
-
-/** Imports 16 KEK bytes from a byte-oriented root as a non-extractable key and zeroes them. */
-export async function importKek(who: string, plaintext: Uint8Array<ArrayBuffer>): Promise<CryptoKey> {
-  try {
-    if (plaintext.length !== 16) throw new RootKeyError(`${who} returned a ${plaintext.length * 8}-bit key; expected 128`)
-    return await crypto.subtle.importKey('raw', plaintext, { name: 'AES-GCM' }, false, KEK_USAGES)
-  } finally {
-    plaintext.fill(0) // invariant 1 (b): KEK bytes from a byte-oriented root, zeroed at once
   }
 }
 

@@ -6,8 +6,8 @@
  * (aes128-gcm96, aes256-gcm96 or chacha20-poly1305): only those authenticate associated_data.
  * Vault's `datakey` endpoint documents no associated_data parameter, so it is not used.
  */
-import { RootKeyError, checkServerUrl, toBase64, type NewKek, type RootKey } from '@kms-proxy/core'
-import { base64Field, importKek, postJson, refused, type RetryOptions } from './http.js'
+import { RootKeyError, importKekBytes, checkServerUrl, toBase64, type NewKek, type RootKey } from '@kms-proxy/core'
+import { base64Field, postJson, refused, type RetryOptions } from './http.js'
 
 /** Options of {@link vaultTransitRootKey}. */
 export interface VaultTransitRootKeyOptions extends RetryOptions {
@@ -103,7 +103,7 @@ export function vaultTransitRootKey(options: VaultTransitRootKeyOptions): RootKe
       const wrapped = new Uint8Array(1 + utf8.length)
       wrapped[0] = TAG
       wrapped.set(utf8, 1)
-      return { kek: await importKek('Vault', bytes), wrapped }
+      return { kek: await importKekBytes(bytes, 'Vault'), wrapped }
     },
     async unwrapKek(wrapped, aad) {
       if (!(wrapped instanceof Uint8Array) || wrapped[0] !== TAG || wrapped.length < 2) {
@@ -112,7 +112,7 @@ export function vaultTransitRootKey(options: VaultTransitRootKeyOptions): RootKe
       const ciphertext = new TextDecoder('utf-8', { fatal: false }).decode(wrapped.subarray(1))
       if (!VAULT_CIPHERTEXT.test(ciphertext)) throw new RootKeyError('wrapped KEK is not a vault:vN: ciphertext')
       const out = await call('decrypt', `decrypt/${encodeURIComponent(key)}`, { ciphertext, associated_data: toBase64(aad) })
-      return importKek('Vault', base64Field('Vault Transit decrypt', typeof out.plaintext === 'string' ? out.plaintext : ''))
+      return importKekBytes(base64Field('Vault Transit decrypt', typeof out.plaintext === 'string' ? out.plaintext : ''), 'Vault')
     },
     toString: () => '[RootKey vault-transit]',
     toJSON: () => ({ kind: 'vault-transit', address: address.origin, mount, key, ...(namespace !== undefined ? { namespace } : {}) }),

@@ -52,8 +52,8 @@ export {
 
 /** Salt length, bytes, in every wrapped KEK. */
 export const SALT_BYTES = 16
-/** Derived wrapping keys kept per root (least recently used out), each only after it unwrapped a KEK. */
-export const DERIVED_KEYS_KEPT = 8
+// Derived wrapping keys kept per root (least recently used out), each only after it unwrapped a KEK.
+const DERIVED_KEYS_KEPT = 8
 
 /** A KDF and its parameters; omitted parameters take the family's defaults. */
 export type KdfOptions =

@@ -10,10 +10,9 @@
  */
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
 import { RootKeyError, fromBase64, toBase64 } from '@kms-proxy/core'
-import { checkWrapped } from '@kms-proxy/pkcs11'
 import { callersFrom, parseKekAad, type Pkcs11BridgeToken } from './callers.js'
 import { clearStaleSocket, listenOnSocket, type PlacedSocket } from './socket.js'
-import { TokenKey, checkKeyOptions, failureOf, type Pkcs11KeyOptions, type TokenFailure } from './token-key.js'
+import { TokenKey, checkKeyOptions, checkWrapped, failureOf, type Pkcs11KeyOptions, type TokenFailure } from './token-key.js'
 
 /** Options of {@link startPkcs11Bridge}. `token`, `tokens` or both. */
 export interface Pkcs11BridgeOptions extends Pkcs11KeyOptions {

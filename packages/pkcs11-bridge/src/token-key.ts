@@ -5,8 +5,16 @@
  */
 import { createHash, timingSafeEqual } from 'node:crypto'
 import * as graphene from 'graphene-pk11'
-import { RootKeyError, type NewKek, type RootKey } from '@kms-proxy/core'
-import { PKCS11_WRAP_TAG, checkWrapped, importKekBytes } from '@kms-proxy/pkcs11'
+import { RootKeyError, importKekBytes, type NewKek, type RootKey } from '@kms-proxy/core'
+import { PKCS11_WRAPPED_LENGTH, PKCS11_WRAP_TAG } from '@kms-proxy/pkcs11'
+
+/** Throws unless `wrapped` has the shape of a KEK wrapped by a PKCS#11 root (docs/FORMAT.md). */
+export function checkWrapped(wrapped: unknown): asserts wrapped is Uint8Array {
+  if (!(wrapped instanceof Uint8Array) || wrapped[0] !== PKCS11_WRAP_TAG) {
+    throw new RootKeyError('this KEK was not wrapped by a PKCS#11 root key')
+  }
+  if (wrapped.length !== PKCS11_WRAPPED_LENGTH) throw new RootKeyError('wrapped KEK has the wrong length')
+}
 
 /** Options of {@link pkcs11RootKey}, and the token part of the bridge's options. */
 export interface Pkcs11KeyOptions {

@@ -22,7 +22,7 @@
  * @packageDocumentation
  * @module @kms-proxy/pkcs11
  */
-import { HttpExchangeError, KEK_USAGES, RootKeyError, checkServerUrl, fromBase64, httpWithRetry, toBase64, type NewKek, type RootKey } from '@kms-proxy/core'
+import { HttpExchangeError, RootKeyError, importKekBytes, checkServerUrl, fromBase64, httpWithRetry, toBase64, type NewKek, type RootKey } from '@kms-proxy/core'
 
 /** Options of {@link pkcs11BridgeRootKey}. */
 export interface Pkcs11BridgeRootKeyOptions {
@@ -74,18 +74,8 @@ export const PKCS11_WRAP_TAG = 0x30
 /** Length of a wrapped KEK: tag, 12-byte IV, 16-byte KEK, 16-byte GCM tag. */
 export const PKCS11_WRAPPED_LENGTH = 1 + 12 + 16 + 16
 
-/** Imports 16 KEK bytes as a non-extractable AES-GCM key and zeroes them, whatever happens. */
-export async function importKekBytes(bytes: Uint8Array<ArrayBuffer>, who: string): Promise<CryptoKey> {
-  try {
-    if (bytes.length !== 16) throw new RootKeyError(`${who} returned a ${bytes.length * 8}-bit KEK; expected 128`)
-    return await crypto.subtle.importKey('raw', bytes, { name: 'AES-GCM' }, false, KEK_USAGES)
-  } finally {
-    bytes.fill(0) // invariant 1 (b): KEK bytes from a byte-oriented root, zeroed at once
-  }
-}
-
 /** Throws unless `wrapped` has the shape of a KEK wrapped by a PKCS#11 root. */
-export function checkWrapped(wrapped: unknown): asserts wrapped is Uint8Array {
+function checkWrapped(wrapped: unknown): asserts wrapped is Uint8Array {
   if (!(wrapped instanceof Uint8Array) || wrapped[0] !== PKCS11_WRAP_TAG) {
     throw new RootKeyError('this KEK was not wrapped by a PKCS#11 root key')
   }

@@ -32,7 +32,7 @@ export const KIND = 'webauthn-prf'
 /** The HKDF `info` that turns the PRF output into the wrapping key. */
 export const HKDF_INFO = 'kms-proxy/webauthn-prf/v1'
 /** First byte of every KEK this root wraps. */
-export const TAG = 0x40
+export const WEBAUTHN_WRAP_TAG = 0x40
 /** Length of a PRF salt made by {@link registerPrfCredential}. */
 export const SALT_BYTES = 32
 const MIN_SALT_BYTES = 16
@@ -340,7 +340,7 @@ function makeRootKey(options: WebAuthnRootKeyOptions, ready?: CryptoKey): WebAut
   if (rpId !== undefined && (typeof rpId !== 'string' || rpId === '')) throw new TypeError('rpId: expected a non-empty string')
   const timeout = timeoutParam(options.timeout)
   const publicParams: PrfCredential = { credentialId: toBase64Url(credentialId), salt: toBase64Url(salt) }
-  const tag = new Uint8Array([TAG])
+  const tag = new Uint8Array([WEBAUTHN_WRAP_TAG])
 
   let key: Promise<CryptoKey> | undefined = ready === undefined ? undefined : Promise.resolve(ready)
   let unlocked = ready !== undefined
@@ -404,7 +404,7 @@ function makeRootKey(options: WebAuthnRootKeyOptions, ready?: CryptoKey): WebAut
     },
     async unwrapKek(wrapped: Uint8Array, aad: Uint8Array) {
       // Checked before any ceremony: a KEK from another kind of root must not prompt the user.
-      if (!(wrapped instanceof Uint8Array) || wrapped[0] !== TAG) {
+      if (!(wrapped instanceof Uint8Array) || wrapped[0] !== WEBAUTHN_WRAP_TAG) {
         throw new RootKeyError(`this KEK was not wrapped by a "${KIND}" root key`)
       }
       if (wrapped.length !== WRAPPED_BYTES_128 && wrapped.length !== WRAPPED_BYTES_256) {
