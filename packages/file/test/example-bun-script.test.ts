@@ -1,16 +1,15 @@
 /**
  * examples/bun-script/README.md followed as written, with the real bun: its shell commands, run
  * literally from the repository root in a copy of the repository's layout (the example's files
- * copied, everything else linked), so that what they write stays out of the tree. Each command
- * but `cd` prints what the README's next `text` block shows, stdout and stderr together; a value
- * the README cuts short with `…` differs on every run and is matched by its shape.
+ * copied, its packages and Bun linked), so that what they write stays out of the tree. Each
+ * command but `cd` prints what the README's next `text` block shows (see readme-run.ts).
  */
-import { spawn, spawnSync } from 'node:child_process'
-import { closeSync, copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, realpathSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
+import { spawnSync } from 'node:child_process'
+import { copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, realpathSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join, relative, resolve } from 'node:path'
 import { afterAll, beforeAll, expect, it } from 'vitest'
-import { readmeBlocks, readmeCommands } from '../../testkit/test/readme-blocks.ts'
+import { expectOutput, readmeSteps, runCommand } from './readme-run.ts'
 
 const ROOT = resolve(import.meta.dirname, '..', '..', '..')
 const EXAMPLE = 'examples/bun-script'
@@ -55,55 +54,12 @@ function listFiles(dir: string, under = ''): string[] {
   })
 }
 
-/** Runs one README command through bash in `cwd`, stdout and stderr into one file, in order. */
-async function runCommand(command: string, cwd: string): Promise<string> {
-  const outFile = join(checkout, 'command-output')
-  const fd = openSync(outFile, 'w')
-  try {
-    const child = spawn('bash', ['-c', command], { cwd, stdio: ['ignore', fd, fd], env: { PATH: process.env.PATH, HOME: process.env.HOME } })
-    await new Promise<void>((done, fail) => {
-      const timer = setTimeout(() => {
-        child.kill('SIGKILL')
-        fail(new Error(`timed out: ${command}`))
-      }, 60_000)
-      child.on('error', fail)
-      child.on('close', () => {
-        clearTimeout(timer)
-        done()
-      })
-    })
-  } finally {
-    closeSync(fd)
-  }
-  return readFileSync(outFile, 'utf8')
-}
-
-/** A line of the README's output as a pattern: `[\w-]+…` stands for any such value. */
-function linePattern(line: string): RegExp {
-  const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
-  return new RegExp(`^${line.split(/[\w-]+…/).map(escape).join('[\\w-]+…')}$`)
-}
-
 it('the README, followed as written, prints what it shows; its outputs are git-ignored', async () => {
-  const commands = readmeCommands(README)
-  const outputs = readmeBlocks(README, 'text').map((block) => block.text.trimEnd().split('\n'))
-  const runs = commands.filter((command) => !command.startsWith('cd '))
-  expect(commands[0], 'the README starts from the repository root').toBe(`cd ${EXAMPLE}`)
-  expect(runs.length, 'one output block per command').toBe(outputs.length)
-  expect(runs.every((command) => command.includes('pnpm exec bun main.ts')), 'Bun is reached through pnpm exec').toBe(true)
-
-  let cwd = checkout
-  let shown = 0
-  for (const command of commands) {
-    if (command.startsWith('cd ')) {
-      cwd = resolve(cwd, command.slice(3))
-      continue
-    }
-    const printed = (await runCommand(command, cwd)).trimEnd().split('\n')
-    const expected = outputs[shown++]!
-    expect(printed, `${command}\nprinted:\n${printed.join('\n')}`).toHaveLength(expected.length)
-    printed.forEach((line, i) => expect(line, `${command}, line ${i + 1}`).toMatch(linePattern(expected[i]!)))
-  }
+  const steps = readmeSteps(README, checkout)
+  expect(steps[0]!.command, 'the README starts from the repository root').toBe(`cd ${EXAMPLE}`)
+  const runs = steps.filter((step) => step.output !== undefined)
+  expect(runs.every((step) => step.command.includes('pnpm exec bun main.ts') && step.cwd === example()), 'Bun is reached through pnpm exec, in the example').toBe(true)
+  for (const step of runs) expectOutput(await runCommand(step.command, step.cwd, 60_000), step.output!, step.command)
 
   // What the README says the first run wrote: the folder 0700, keys.json 0600.
   const data = join(example(), 'data')
