@@ -49,7 +49,12 @@ export interface RootKey {
 }
 
 /** The algorithm of every KEK: AES-128-GCM. A byte-oriented root imports its KEK bytes with it. */
-export const KEK_ALGORITHM: { readonly name: 'AES-GCM'; readonly length: 128 } = Object.freeze({
+export const KEK_ALGORITHM: {
+  /** AES-GCM. */
+  readonly name: 'AES-GCM'
+  /** 128 bits. */
+  readonly length: 128
+} = Object.freeze({
   name: 'AES-GCM',
   length: 128,
 } as const)
