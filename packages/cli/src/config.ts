@@ -13,7 +13,7 @@ import { awsKmsRootKey, azureKeyVaultRootKey, gcpKmsRootKey, vaultTransitRootKey
 import { DEFAULT_ITERATIONS, passphraseRootKey } from '@kms-proxy/passphrase'
 import { pkcs11BridgeRootKey } from '@kms-proxy/pkcs11'
 import { CliError, EXIT } from './exit.js'
-import { readSecret } from './prompt.js'
+import { passphraseWeakness, readSecret } from './prompt.js'
 
 /** The `format` every config file names; another value is refused. */
 export const CONFIG_FORMAT = 'kms-proxy-cli/v1'
@@ -341,7 +341,7 @@ function env(name: string, forWhat: string): string {
 }
 
 export interface RootKeyContext {
-  /** Prompt twice (a new chain's passphrase). */
+  /** A new chain's passphrase (`init`): typed twice on a terminal, and a weak one warned about. */
   confirm?: boolean
   /** The chain the root key is for: a passphrase is then proved before it makes a KEK. */
   store?: KeyStore
@@ -410,6 +410,10 @@ export async function openRootKey(r: RootKeyConfig, context: RootKeyContext = {}
   switch (r.type) {
     case 'passphrase': {
       const passphrase = await readSecret(SECRET_ENV.passphrase, 'Passphrase', context.confirm ?? false)
+      const weak = context.confirm ? passphraseWeakness(passphrase) : undefined
+      if (weak) {
+        process.stderr.write(`kms-proxy init: warning: this passphrase ${weak}: 12 or more (not a well-known phrase) are advised, since anyone with a copy of the key file can guess at it offline\n`)
+      }
       const root = passphraseRootKey({ passphrase, kdf: r.kdf ?? 'pbkdf2', ...(r.iterations ? { iterations: r.iterations } : {}) })
       return context.store && context.chain !== undefined ? provedBeforeNewKek(root, context.store, context.chain) : root
     }

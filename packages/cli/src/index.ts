@@ -79,7 +79,7 @@ export async function main(args: string[]): Promise<number> {
     if (failed) endOnFailedOutput(`kms-proxy ${name}`, failed.stream, failed.error)
     const { exitCode, message } = explain(error)
     errorLine(`kms-proxy ${name}: ${message}`)
-    if (exitCode === EXIT.USAGE && !/^(cancelled|the two|passphrase)/.test(message)) process.stderr.write(`See kms-proxy ${name} --help\n`)
+    if (exitCode === EXIT.USAGE && !/^(cancelled|the two|(the )?passphrase|KMS_PROXY_PASSPHRASE)/.test(message)) process.stderr.write(`See kms-proxy ${name} --help\n`)
     if (exitCode === EXIT.INTERNAL && process.env.KMS_PROXY_DEBUG === '1') process.stderr.write(`${(error as Error)?.stack ?? ''}\n`)
     return exitCode
   }

@@ -2,57 +2,110 @@
 import process from 'node:process'
 import { CliError, EXIT } from './exit.js'
 
+/** A new passphrase shorter than this many characters is warned about (not refused). */
+export const MIN_PASSPHRASE_CHARS = 12
+/** A new passphrase with fewer different characters than this is warned about (`aaaa…`, `abab…`, `1212…`). */
+export const MIN_PASSPHRASE_DISTINCT = 5
+/** Typing a new passphrase: how many times an empty one or two that differ are asked again. */
+const ATTEMPTS = 3
+
 /**
- * Reads one line per label from the terminal in raw mode, echoing nothing. Raw mode is set before
- * the first prompt is shown and kept until the last line is read, so nothing typed ahead is ever
- * echoed by the terminal. Ctrl-C and Ctrl-D abort.
+ * One dialog on the terminal in raw mode, echoing nothing. Raw mode is set before the first
+ * prompt is shown and kept until `close`, so nothing typed ahead (even between two prompts) is
+ * ever echoed by the terminal. Ctrl-C, and Ctrl-D on an empty line, abort.
  */
-function readHidden(labels: string[]): Promise<string[]> {
+function hiddenDialog(): { ask(label: string): Promise<string>; close(): void } {
   const stdin = process.stdin
   const lines: string[] = []
+  let waiting: { resolve(line: string): void; reject(error: CliError): void } | undefined
+  let aborted: CliError | undefined
+  let typed = ''
+  const onData = (chunk: Buffer | string) => {
+    for (const ch of typeof chunk === 'string' ? chunk : chunk.toString('utf8')) {
+      if (ch === '\r' || ch === '\n') {
+        process.stderr.write('\n')
+        lines.push(typed)
+        typed = ''
+      } else if (ch === '\u0003' || (ch === '\u0004' && typed === '')) {
+        aborted = new CliError(EXIT.USAGE, 'cancelled')
+        process.stderr.write('\n')
+        break
+      } else if (ch === '\u007f' || ch === '\b') typed = typed.slice(0, -1)
+      else if (ch >= ' ') typed += ch
+    }
+    deliver()
+  }
+  const deliver = () => {
+    if (!waiting) return
+    const w = waiting
+    if (aborted) {
+      waiting = undefined
+      w.reject(aborted)
+    } else if (lines.length > 0) {
+      waiting = undefined
+      w.resolve(lines.shift()!)
+    }
+  }
   stdin.setRawMode(true)
-  process.stderr.write(`${labels[0]}: `)
-  return new Promise((resolve, reject) => {
-    let typed = ''
-    const finish = (error?: CliError) => {
+  stdin.on('data', onData)
+  stdin.resume()
+  return {
+    ask(label) {
+      process.stderr.write(`${label}: `)
+      return new Promise((resolve, reject) => {
+        waiting = { resolve, reject }
+        deliver()
+      })
+    },
+    close() {
       stdin.off('data', onData)
       stdin.setRawMode(false)
       stdin.pause()
-      if (error) {
-        process.stderr.write('\n')
-        reject(error)
-      } else resolve(lines)
-    }
-    const onData = (chunk: Buffer | string) => {
-      for (const ch of typeof chunk === 'string' ? chunk : chunk.toString('utf8')) {
-        if (ch === '\r' || ch === '\n') {
-          lines.push(typed)
-          typed = ''
-          process.stderr.write('\n')
-          if (lines.length === labels.length) return finish()
-          process.stderr.write(`${labels[lines.length]}: `)
-        } else if (ch === '\u0003' || (ch === '\u0004' && typed === '')) return finish(new CliError(EXIT.USAGE, 'cancelled'))
-        else if (ch === '\u007f' || ch === '\b') typed = typed.slice(0, -1)
-        else if (ch >= ' ') typed += ch
-      }
-    }
-    stdin.on('data', onData)
-    stdin.resume()
-  })
+    },
+  }
 }
 
 /**
- * The secret in `envName`, else typed on the terminal (twice when `confirm`). Off a terminal
- * with the variable unset, a usage error that names the variable.
+ * What makes a new passphrase weak, or undefined. The rule (documented in the README): fewer
+ * than {@link MIN_PASSPHRASE_CHARS} characters, or fewer than {@link MIN_PASSPHRASE_DISTINCT}
+ * different ones. Anyone with a copy of the key file can test guesses offline, each costing one
+ * KDF run; a short or repetitive passphrase is among the first guessed.
+ */
+export function passphraseWeakness(passphrase: string): string | undefined {
+  const chars = [...passphrase]
+  const s = (n: number, word: string) => `${n} ${word}${n === 1 ? '' : 's'}`
+  if (chars.length < MIN_PASSPHRASE_CHARS) return `is ${s(chars.length, 'character')} long`
+  const distinct = new Set(chars).size
+  if (distinct < MIN_PASSPHRASE_DISTINCT) return `has only ${s(distinct, 'different character')}`
+  return undefined
+}
+
+/**
+ * The secret in `envName`, else typed on the terminal. A new secret (`confirm`) is typed twice,
+ * and asked again when empty or when the two differ (up to three times). Off a terminal with the
+ * variable unset, a usage error that names the variable; set but empty, its own usage error.
  */
 export async function readSecret(envName: string, label: string, confirm: boolean): Promise<string> {
+  const what = label.toLowerCase()
   const fromEnv = process.env[envName]
-  if (fromEnv) return fromEnv
+  if (fromEnv === '') throw new CliError(EXIT.USAGE, `${envName} is set but empty: a ${what} must not be empty`)
+  if (fromEnv !== undefined) return fromEnv
   if (!process.stdin.isTTY || typeof process.stdin.setRawMode !== 'function') {
-    throw new CliError(EXIT.USAGE, `${label.toLowerCase()} needed: set ${envName}, or run on a terminal to type it`)
+    throw new CliError(EXIT.USAGE, `${what} needed: set ${envName}, or run on a terminal to type it`)
   }
-  const [first, again] = await readHidden(confirm ? [label, `${label} (again)`] : [label])
-  if (!first) throw new CliError(EXIT.USAGE, `${label.toLowerCase()}: must not be empty`)
-  if (confirm && again !== first) throw new CliError(EXIT.USAGE, `the two ${label.toLowerCase()}s differ`)
-  return first
+  const dialog = hiddenDialog()
+  try {
+    for (let attempt = 1; ; attempt++) {
+      const first = await dialog.ask(label)
+      const again = first && confirm ? await dialog.ask(`${label} (again)`) : first
+      if (first && again === first) return first
+      const problem = first ? `the two ${what}s differ` : `the ${what} must not be empty`
+      if (!confirm || attempt === ATTEMPTS) {
+        throw new CliError(EXIT.USAGE, !first ? `the ${what} must not be empty` : `the two ${what}s differed ${ATTEMPTS} times; nothing was written`)
+      }
+      process.stderr.write(`${problem}; type it again\n`)
+    }
+  } finally {
+    dialog.close()
+  }
 }

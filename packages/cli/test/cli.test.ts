@@ -93,6 +93,24 @@ describe('init', () => {
     expect((await kp(dir, ['decrypt', '-i', 'ok.kp'])).stdout.toString()).toBe('x')
   })
 
+  it('a weak passphrase for a new chain: a warning with the rule, and the chain is made', async () => {
+    const cases: Array<[string, string | undefined]> = [
+      ['x', 'is 1 character long'],
+      ['hunter2', 'is 7 characters long'],
+      ['aaaaaaaaaaaaaaaa', 'has only 1 different character'],
+      ['abababab12121212', 'has only 4 different characters'],
+      ['a long passphrase', undefined],
+    ]
+    for (const [i, [passphrase, why]] of cases.entries()) {
+      const dir = join(work.dir, `weak-${i}`)
+      mkdirSync(dir)
+      const r = await kp(dir, ['init', ...FAST_KDF], { env: { KMS_PROXY_PASSPHRASE: passphrase } })
+      expect(r.code, passphrase).toBe(EXIT.OK)
+      expect(r.stderr, passphrase).toBe(why ? `kms-proxy init: warning: this passphrase ${why}: 12 or more (not a well-known phrase) are advised, since anyone with a copy of the key file can guess at it offline\n` : '')
+      expect(r.stderr).not.toContain(`passphrase ${passphrase}`)
+    }
+  })
+
   it('keeps config and store where asked, the store path relative to the config', async () => {
     const dir = join(work.dir, 'places')
     mkdirSync(join(dir, 'etc'), { recursive: true })
@@ -122,6 +140,11 @@ describe('init', () => {
     const r = await kp(dir, ['init'], { env: { KMS_PROXY_PASSPHRASE: undefined } })
     expect(r.code).toBe(EXIT.USAGE)
     expect(r.stderr).toMatch(/set KMS_PROXY_PASSPHRASE/)
+    // Set but empty (`KMS_PROXY_PASSPHRASE=`, an unset variable expanded): its own message.
+    const empty = await kp(dir, ['init', ...FAST_KDF], { env: { KMS_PROXY_PASSPHRASE: '' } })
+    expect(empty.code).toBe(EXIT.USAGE)
+    expect(empty.stderr).toBe('kms-proxy init: KMS_PROXY_PASSPHRASE is set but empty: a passphrase must not be empty\n')
+    expect(existsSync(join(dir, 'kms-proxy.json'))).toBe(false)
     const vault = await kp(dir, ['init', '--root', 'vault', '--vault-address', 'http://127.0.0.1:9', '--vault-key', 'k'])
     expect(vault.code).toBe(EXIT.USAGE)
     expect(vault.stderr).toMatch(/set VAULT_TOKEN/)

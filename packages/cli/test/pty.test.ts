@@ -4,7 +4,7 @@
  * typed without echo.
  */
 import { randomBytes } from 'node:crypto'
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -49,6 +49,34 @@ describe('on a terminal', () => {
     const wrong = await onPty([process.execPath, bundle, 'status', '--check'], ['not the passphrase'])
     expect(wrong.code).toBe(EXIT.ROOT_KEY)
     expect(wrong.stdout.toString()).toMatch(/wrong passphrase/)
+  })
+
+  it('init: two passphrases that differ are asked again; three times differing ends with exit 2 and nothing written', async () => {
+    const first = join(dir, 'differ')
+    mkdirSync(first)
+    const config = join(first, 'kms-proxy.json')
+    const retried = await onPty([process.execPath, bundle, 'init', ...FAST_KDF, '--store-path', first], [PASSPHRASE, 'a typo in it, 7', PASSPHRASE, PASSPHRASE], { KMS_PROXY_CONFIG: config })
+    const screen = retried.stdout.toString()
+    expect(retried.code, screen).toBe(EXIT.OK)
+    expect(screen).toContain('the two passphrases differ; type it again\r\nPassphrase: ')
+    expect(screen).toMatch(/created chain "default"/)
+    expect(screen).not.toContain(PASSPHRASE)
+    const other = join(dir, 'differ-thrice')
+    mkdirSync(other)
+    const gaveUp = await onPty([process.execPath, bundle, 'init', ...FAST_KDF, '--store-path', join(other, 'keys.json')], ['one passphrase 1', 'two passphrase 2', 'one passphrase 1', 'two passphrase 2', 'one passphrase 1', 'two passphrase 2'], { KMS_PROXY_CONFIG: join(other, 'kms-proxy.json') })
+    expect(gaveUp.code).toBe(EXIT.USAGE)
+    expect(gaveUp.stdout.toString()).toMatch(/kms-proxy init: the two passphrases differed 3 times; nothing was written\r\n$/)
+    expect(readdirSync(other)).toEqual([])
+  })
+
+  it('init: an empty passphrase has its own message and is asked again; a weak one is warned about, not refused', async () => {
+    const folder = join(dir, 'empty-weak')
+    mkdirSync(folder)
+    const r = await onPty([process.execPath, bundle, 'init', ...FAST_KDF, '--store-path', folder], ['', 'x', 'x'], { KMS_PROXY_CONFIG: join(folder, 'kms-proxy.json') })
+    const screen = r.stdout.toString()
+    expect(r.code, screen).toBe(EXIT.OK)
+    expect(screen).toContain('Passphrase: \r\nthe passphrase must not be empty; type it again\r\nPassphrase: ')
+    expect(screen).toContain('kms-proxy init: warning: this passphrase is 1 character long: 12 or more (not a well-known phrase) are advised, since anyone with a copy of the key file can guess at it offline')
   })
 
   it('draws the progress bar on stderr for a large input, frames up to 100 %, and the output is intact', async () => {
