@@ -12,7 +12,7 @@ export const EXIT = {
   INTERNAL: 1,
   /** Bad command line: unknown command or option, missing argument. */
   USAGE: 2,
-  /** No config file, a config refused by the trust checks, or the chain it names is not in the store (run `kms-proxy init`). */
+  /** No config file (run `kms-proxy init`), a config refused by the trust checks, its key file missing (restore it from a backup), or the chain it names is not in the store. */
   MISSING: 3,
   /** The root key refused: wrong passphrase, wrong KMS key, bad credentials (ERR_ROOT_KEY). */
   ROOT_KEY: 4,
@@ -24,7 +24,7 @@ export const EXIT = {
   STORE: 7,
   /** The data names a KEK this chain does not have (ERR_UNKNOWN_KEK): another chain's data. */
   UNKNOWN_KEK: 8,
-  /** A file could not be read or written. */
+  /** A file could not be read or written, or stdout or stderr was closed early (`| head`). */
   IO: 9,
   /** An optional package the command needs is not installed (k8s-plugin needs @kms-proxy/k8s). */
   NOT_INSTALLED: 10,
@@ -89,7 +89,7 @@ export function explain(error: unknown): {
           ? { exitCode: EXIT.ROOT_KEY_UNREACHABLE, message: `the root key is unreachable: ${error.message}` }
           : { exitCode: EXIT.ROOT_KEY, message: `the root key refused: ${error.message}` }
       case 'ERR_UNKNOWN_KEK':
-        return { exitCode: EXIT.UNKNOWN_KEK, message: `${error.message} (was it encrypted with another chain or store?)` }
+        return { exitCode: EXIT.UNKNOWN_KEK, message: `${error.message} (was it encrypted with another chain or store, or before the key file was replaced? then restore that key file from a backup)` }
       case 'ERR_STORE':
         return { exitCode: EXIT.STORE, message: `the store failed: ${error.message}` }
       default:

@@ -2,6 +2,7 @@
  * The built package (bin/kms-proxy.js over dist/) under Node, Bun and Deno, on one chain: what
  * one runtime encrypts another decrypts, and the exit codes are the same everywhere.
  */
+import { spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { chmodSync, readFileSync, writeFileSync, existsSync, mkdirSync } from 'node:fs'
 import { join } from 'node:path'
@@ -90,6 +91,25 @@ describe('the built CLI on Node, Bun and Deno', () => {
       expect(tampered.stderr, runtime).toMatch(/^kms-proxy decrypt: decryption failed/)
       expect(missing.code, runtime).toBe(EXIT.MISSING)
       for (const f of [`wrong-${runtime}.bin`, `tampered-${runtime}.bin`]) expect(existsSync(join(dir, f)), f).toBe(false)
+    }
+  })
+
+  it('a closed stdout (`| head`) or stderr: exit 9 with one line on every runtime, never a stack', async () => {
+    for (const runtime of Object.keys(RUNTIMES) as Runtime[]) {
+      const [command, ...pre] = RUNTIMES[runtime]
+      for (const [closed, args, expected] of [
+        ['stdout', ['status'], 'kms-proxy status: the output was closed before the end (broken pipe)\n'],
+        ['stdout', ['decrypt', '-i', 'by-node.kp', '--aad', 'x'], 'kms-proxy decrypt: the output was closed before the end (broken pipe)\n'],
+        ['stderr', ['status', '--config', 'absent.json'], ''],
+      ] as const) {
+        const child = spawn(command, [...pre, ...args], { cwd: dir, env: { PATH: process.env.PATH, KMS_PROXY_PASSPHRASE: PASSPHRASE, ...WEAK_KDF_ENV, DENO_DIR: join(work.dir, 'deno-cache'), DENO_NO_UPDATE_CHECK: '1' }, stdio: ['ignore', 'pipe', 'pipe'] })
+        let other = ''
+        ;(closed === 'stdout' ? child.stderr : child.stdout).on('data', (c: Buffer) => (other += c))
+        child[closed].destroy() // the reader is gone before the command writes anything
+        const code = await new Promise<number | null>((resolve) => child.on('close', (c) => resolve(c)))
+        expect(code, `${runtime} ${args.join(' ')}: ${other}`).toBe(EXIT.IO)
+        expect(withoutNotes(other), `${runtime} ${args.join(' ')}`).toBe(expected)
+      }
     }
   })
 
