@@ -2,30 +2,55 @@
  * examples/browser-notes in headless Chromium: app.mjs bundled with esbuild (the repo tsconfig
  * maps @kms-proxy/* to the sources), the example folder served on http://localhost (Chromium
  * refuses 127.0.0.1 as a WebAuthn RP id). Each test has its own browser context, so its own
- * IndexedDB.
+ * IndexedDB. Every response the server sends and every page sees is recorded: none may fail.
  *
- * - passphrase: first run, two notes, reload, unlock, read back; ciphertext only at rest; a wrong
- *   passphrase is refused.
- * - passkey: a CDP virtual authenticator with PRF; first run, two notes, reload, unlock with one
- *   ceremony (the credential's signature counter says how many), read back; ciphertext only at
- *   rest; the stored parameters pointed at another credential, then a second authenticator, each
- *   fail with the ERR_ROOT_KEY message; the screenshot for the README.
- * - an authenticator without PRF: the clear message, and the passphrase offered instead.
+ * - passphrase: typed twice, at least 12 characters; the "cannot be recovered" warning in a
+ *   warning style; first run, two notes, reload, unlock, read back; ciphertext only at rest; a
+ *   wrong passphrase is refused and stays selected in the focused field.
+ * - a forgotten passphrase: "start a new notebook" on the locked screen, confirmed, deletes the
+ *   old records.
+ * - passkey: a CDP virtual authenticator with PRF; one ceremony per unlock; another credential and
+ *   another authenticator fail in plain words (the library's message under "Technical details");
+ *   a backup (passphrase typed twice) restored on the locked screen under a new passkey, and on
+ *   another browser's first run under a passphrase.
+ * - an authenticator without PRF: plain words, and the passphrase offered instead.
+ * - layout at 375, 768 and 1280 px: no sideways scrolling, nothing outside the card; screenshots
+ *   into a temporary folder (and into the example folder with UPDATE_SCREENSHOTS=1).
+ * - the README's "Run it" commands as written, in a copy of the repo root.
  */
-import { existsSync, readFileSync } from 'node:fs'
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs'
 import type { Server } from 'node:http'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { gzipSync } from 'node:zlib'
+import * as esbuild from 'esbuild'
 import type { Browser, CDPSession, Page } from 'playwright-core'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { CANCELLED_MESSAGE, NO_PRF_MESSAGE } from '@kms-proxy/webauthn'
+import { readmeCommands } from '../../testkit/test/readme-blocks.js'
+import { freePort, kekIds, measureLayout, readAtRest, repoRootCopy, rgb, run, styleOfText, type AtRest } from './browser-notes-helpers.js'
 import { CHROMIUM, bundle, launch, openPage, serve } from './serve.js'
 
-const EXAMPLE = fileURLToPath(new URL('../../../examples/browser-notes/', import.meta.url))
+const REPO = fileURLToPath(new URL('../../../', import.meta.url))
+const EXAMPLE = join(REPO, 'examples/browser-notes')
+const README = join(EXAMPLE, 'README.md')
+/** UPDATE_SCREENSHOTS=1 also writes the layout test's screenshots into the example folder (for its README). */
+const UPDATE_SCREENSHOTS = process.env.UPDATE_SCREENSHOTS === '1'
+const WIDTHS = [
+  { width: 375, height: 812 },
+  { width: 768, height: 1024 },
+  { width: 1280, height: 800 },
+]
+
 const PASSPHRASE = 'correct horse battery staple'
 const BACKUP_PASSPHRASE = 'a backup passphrase of its own'
+const TOO_SHORT = 'only eleven' // 11 characters: one below the minimum of 12
 const NOTES = ['Buy oat milk and coffee beans', 'The door code is 4711 — do not tell anyone']
 const SECRETS = [...NOTES, 'oat milk', '4711', PASSPHRASE, 'browser-notes v1']
 const WRONG_CREDENTIAL = 'this WebAuthn credential cannot unwrap this KEK: another credential or salt, or the wrapped KEK was altered'
+/** Words an end user should not meet on the page (the library's messages stay under "Technical details"). */
+const JARGON = /WebAuthn|PRF|KEK|HKDF|PBKDF2|AES|IndexedDB|credential|authenticator|ceremony|salt|ERR_/
 
 const authenticator = (hasPrf: boolean) => ({
   protocol: 'ctap2' as const,
@@ -37,51 +62,13 @@ const authenticator = (hasPrf: boolean) => ({
   automaticPresenceSimulation: true,
 })
 
-interface AtRest {
-  localStorageKeys: string[]
-  dbs: string[]
-  /** every IndexedDB record: { db, store, key, value } */
-  records: Array<{ db: string; store: string; key: unknown; value: any }>
-  /** all of it as text, Uint8Arrays as latin-1, so that a plaintext byte run would show up in a search */
-  dump: string
-}
-
-/** Everything the origin keeps: localStorage and every record of every IndexedDB database. */
-function readAtRest(page: Page): Promise<AtRest> {
-  return page.evaluate(async () => {
-    const local: Record<string, string> = {}
-    for (let i = 0; i < localStorage.length; i++) local[localStorage.key(i)!] = localStorage.getItem(localStorage.key(i)!)!
-    const dbs = (await indexedDB.databases()).map((d) => d.name!)
-    const records: Array<{ db: string; store: string; key: unknown; value: unknown }> = []
-    const done = <T,>(r: IDBRequest<T>) =>
-      new Promise<T>((resolve, reject) => {
-        r.onsuccess = () => resolve(r.result)
-        r.onerror = () => reject(r.error)
-      })
-    for (const name of dbs) {
-      const db = await done(indexedDB.open(name))
-      for (const store of Array.from(db.objectStoreNames)) {
-        const s = db.transaction(store).objectStore(store)
-        const [keys, values] = await Promise.all([done(s.getAllKeys()), done(s.getAll())])
-        keys.forEach((key, i) => records.push({ db: name, store, key, value: values[i] }))
-      }
-      db.close()
-    }
-    const latin1 = (_: string, v: unknown) => (v instanceof Uint8Array ? String.fromCharCode(...v) : v)
-    const dump = JSON.stringify(local) + JSON.stringify(records, latin1)
-    // Uint8Arrays become plain arrays on their way out of the page.
-    const out = JSON.parse(JSON.stringify(records, (_, v) => (v instanceof Uint8Array ? { bytes: Array.from(v) } : v)))
-    return { localStorageKeys: Object.keys(local), dbs, records: out, dump }
-  })
-}
-
 /** The checks shared by both roots: notes and check text as kp1. text, KEK records wrapped, no secret anywhere. */
-function expectCiphertextOnly(atRest: AtRest, rootKind: string): void {
+function expectCiphertextOnly(atRest: AtRest, rootKind: string, notes = NOTES.length): void {
   expect(atRest.localStorageKeys).toEqual([])
   expect(atRest.dbs.sort()).toEqual(['browser-notes', 'kms-proxy:browser-notes'])
-  const notes = atRest.records.filter((r) => r.db === 'browser-notes' && r.store === 'notes')
-  expect(notes).toHaveLength(NOTES.length)
-  for (const n of notes) expect(n.value.text).toMatch(/^kp1\.[A-Za-z0-9_-]+$/)
+  const stored = atRest.records.filter((r) => r.db === 'browser-notes' && r.store === 'notes')
+  expect(stored).toHaveLength(notes)
+  for (const n of stored) expect(n.value.text).toMatch(/^kp1\.[A-Za-z0-9_-]+$/)
   const check = atRest.records.find((r) => r.store === 'settings' && r.key === 'check')
   expect(check?.value).toMatch(/^kp1\./)
   const keks = atRest.records.filter((r) => r.db === 'kms-proxy:browser-notes' && Array.isArray(r.key) && r.key[1] === 'kek')
@@ -94,19 +81,42 @@ describe.skipIf(!existsSync(CHROMIUM))('examples/browser-notes in Chromium', () 
   let server: Server
   let browser: Browser
   let origin: string
+  let shots: string
+  /** responses of 400 and above, as the server sent them and as the pages saw them; checked after each test */
+  let failed: string[] = []
   const measured: Record<string, unknown> = {}
 
   beforeAll(async () => {
-    const script = await bundle(`${EXAMPLE}app.mjs`)
+    shots = mkdtempSync(join(tmpdir(), 'kms-proxy-browser-notes-shots-'))
+    const script = await bundle(join(EXAMPLE, 'app.mjs'))
     ;({ server, origin } = await serve({ '/app.js': script }, EXAMPLE))
+    // Also sees what the pages' 'response' events miss, such as the browser's own /favicon.ico.
+    server.on('request', (req, res) => res.on('finish', () => res.statusCode >= 400 && failed.push(`server: ${req.method} ${req.url} ${res.statusCode}`)))
     browser = await launch()
+  })
+
+  afterEach(() => {
+    const seen = failed
+    failed = []
+    expect(seen, 'failed requests').toEqual([])
   })
 
   afterAll(async () => {
     await browser?.close()
     await new Promise((resolve) => (server ? server.close(resolve) : resolve(undefined)))
+    rmSync(shots, { recursive: true, force: true })
     console.log('browser-notes measured:', JSON.stringify(measured))
   })
+
+  /** A page in a context of its own (its own IndexedDB), its failed responses recorded. */
+  async function newPage(viewport = { width: 720, height: 700 }): Promise<Page> {
+    const context = await browser.newContext({ viewport })
+    context.setDefaultTimeout(10_000)
+    context.on('response', (r) => r.status() >= 400 && failed.push(`page: ${r.request().method()} ${r.url()} ${r.status()}`))
+    return context.newPage()
+  }
+
+  const open = async (url = `${origin}/`, viewport?: { width: number; height: number }) => openPage(await newPage(viewport), url, 'notesReady')
 
   /** Clicks (or submits), then waits until the action's button is enabled again. */
   async function press(page: Page, button: string): Promise<void> {
@@ -114,8 +124,10 @@ describe.skipIf(!existsSync(CHROMIUM))('examples/browser-notes in Chromium', () 
     await page.waitForFunction((b) => !document.querySelector(b)!.hasAttribute('disabled'), button)
   }
 
-  async function passphrase(page: Page, value: string): Promise<void> {
+  /** Unlocks with `value`; with `confirm`, a new notebook's passphrase typed a second time. */
+  async function passphrase(page: Page, value: string, confirm?: string): Promise<void> {
     await page.fill('#passphrase', value)
+    if (confirm !== undefined) await page.fill('#passphrase-confirm', confirm)
     await press(page, '#unlock')
   }
 
@@ -139,13 +151,40 @@ describe.skipIf(!existsSync(CHROMIUM))('examples/browser-notes in Chromium', () 
     for (const [i, note] of NOTES.entries()) expect(shown[i]).toContain(note)
   }
 
+  /** The focused element, its value and what of it is selected. */
+  const focused = (page: Page) =>
+    page.evaluate(() => {
+      const e = document.activeElement as HTMLInputElement | null
+      return { id: e?.id, value: e?.value, selected: e?.value?.slice(e.selectionStart ?? 0, e.selectionEnd ?? 0) }
+    })
+
+  /** `needle` is shown by an element in the warning style: class `warning`, a warm colour, not the success green. */
+  async function expectWarning(page: Page, needle: string): Promise<void> {
+    const style = await styleOfText(page, needle)
+    const status = await page.evaluate(() => getComputedStyle(document.getElementById('status')!).color)
+    expect(style, `an element showing "${needle}"`).toBeDefined()
+    expect(style!.className.split(' ')).toContain('warning')
+    const [r, g, b] = rgb(style!.color)
+    expect(r, `its colour ${style!.color}`).toBeGreaterThan(g!)
+    expect(r).toBeGreaterThan(b!)
+    expect(style!.color).not.toBe(status)
+  }
+
+  /** The error in plain words, the library's exact message under "Technical details", no jargon on the page. */
+  async function expectPlainError(page: Page, text: string, technical: string): Promise<void> {
+    expect(await page.textContent('#error-text')).toBe(text)
+    expect(await page.textContent('#error-technical')).toBe(technical)
+    expect(await page.isVisible('#error-technical')).toBe(false) // inside a closed <details>
+    expect(await page.innerText('main')).not.toMatch(JARGON)
+  }
+
   const ceremonies = (page: Page) => page.evaluate(() => ({ ...(globalThis as any).ceremonies }) as { create: number; get: number })
 
   const msIn = (status: string | null) => Number(status!.match(/(\d+) ms/)![1])
 
   /** A page of its own (new context, new IndexedDB) with a virtual authenticator, before the app loads. */
   async function passkeyPage(hasPrf: boolean): Promise<{ page: Page; cdp: CDPSession; authenticatorId: string }> {
-    const page = await browser.newPage({ viewport: { width: 720, height: 560 } })
+    const page = await newPage({ width: 720, height: 560 })
     const cdp = await page.context().newCDPSession(page)
     await cdp.send('WebAuthn.enable')
     const { authenticatorId } = await cdp.send('WebAuthn.addVirtualAuthenticator', { options: authenticator(hasPrf) })
@@ -161,19 +200,34 @@ describe.skipIf(!existsSync(CHROMIUM))('examples/browser-notes in Chromium', () 
     return { page, cdp, authenticatorId }
   }
 
-  it('passphrase: first run, two notes, reload, unlock, read back; ciphertext only at rest; a wrong passphrase is refused', async () => {
-    const page = await openPage(await browser.newPage(), `${origin}/`, 'notesReady')
+  it('passphrase: typed twice and at least 12 characters; the "cannot be recovered" warning in a warning style; two notes, reload, unlock, read back; ciphertext only at rest; a wrong passphrase is refused and stays selected in the focused field', async () => {
+    const page = await open()
     expect(await page.isVisible('#setup')).toBe(true)
     await page.click('#choose-passphrase')
     expect(await page.textContent('#unlock')).toBe('Create notebook')
-    await passphrase(page, PASSPHRASE)
-    expect(await page.textContent('#status')).toMatch(/^New notebook created in \d+ ms\. Keep the passphrase/)
+    await expectWarning(page, 'cannot be recovered')
+
+    // Too short, then two that differ: refused, nothing stored, the field to fix focused.
+    await passphrase(page, TOO_SHORT, TOO_SHORT)
+    expect(await page.textContent('#error-text')).toBe('This passphrase is too short: use at least 12 characters (a few words you will remember).')
+    expect(await focused(page)).toEqual({ id: 'passphrase', value: TOO_SHORT, selected: TOO_SHORT })
+    await passphrase(page, PASSPHRASE, `${PASSPHRASE}.`)
+    expect(await page.textContent('#error-text')).toBe('The two passphrases differ: type the same one twice.')
+    expect((await focused(page)).id).toBe('passphrase-confirm')
+    expect((await readAtRest(page)).records).toEqual([])
+
+    await passphrase(page, PASSPHRASE, PASSPHRASE)
+    expect(await page.isVisible('#error')).toBe(false)
+    expect(await page.textContent('#status')).toMatch(/^New notebook created in \d+ ms\.$/)
+    expect(await page.textContent('#warning')).toMatch(/^Keep the passphrase: it cannot be recovered\./)
+    await expectWarning(page, 'cannot be recovered')
     measured.passphraseFirstUnlockMs = msIn(await page.textContent('#status'))
     await addNotes(page)
 
     await reload(page)
     expect(await page.isVisible('#setup')).toBe(false)
     expect(await page.isVisible('#passkey-unlock')).toBe(false)
+    expect(await page.isVisible('#passphrase-confirm')).toBe(false) // unlocking asks once
     await passphrase(page, PASSPHRASE)
     const status = await page.textContent('#status')
     expect(status).toMatch(/^Unlocked with the passphrase in \d+ ms\.$/)
@@ -185,10 +239,12 @@ describe.skipIf(!existsSync(CHROMIUM))('examples/browser-notes in Chromium', () 
     expectCiphertextOnly(atRest, 'passphrase-pbkdf2')
     expect(atRest.records.find((r) => r.key === 'root')?.value).toEqual({ kind: 'passphrase' })
 
-    // A wrong passphrase, after a reload (nothing cached in the page); then the right one.
+    // A wrong passphrase, after a reload (nothing cached in the page): refused, and the field keeps
+    // the focus with its text selected, so that typing again replaces it. Then the right one.
     await reload(page)
     await passphrase(page, 'not the passphrase')
-    expect(await page.textContent('#error')).toBe('Wrong passphrase: these notes were locked with a different one.')
+    expect(await page.textContent('#error-text')).toBe('Wrong passphrase: these notes were locked with a different one.')
+    expect(await focused(page)).toEqual({ id: 'passphrase', value: 'not the passphrase', selected: 'not the passphrase' })
     expect(await page.isVisible('#notebook')).toBe(false)
     expect(await page.locator('#notes li').count()).toBe(0)
     await passphrase(page, PASSPHRASE)
@@ -197,18 +253,52 @@ describe.skipIf(!existsSync(CHROMIUM))('examples/browser-notes in Chromium', () 
     await page.context().close()
   })
 
-  it('passkey: first run, two notes, reload, unlock with one ceremony, read back; another credential and another authenticator fail with ERR_ROOT_KEY; an encrypted backup restores the notes elsewhere', async () => {
+  it('forgotten passphrase: "start a new notebook" on the locked screen warns that the notes will be unreadable, waits for a confirmation, then deletes the old records; the new notebook starts empty', async () => {
+    const page = await open()
+    await page.click('#choose-passphrase')
+    await passphrase(page, PASSPHRASE, PASSPHRASE)
+    await addNotes(page)
+    const before = await readAtRest(page)
+    await page.click('#lock')
+
+    expect(await page.isVisible('#recover')).toBe(true)
+    await page.click('#recover summary')
+    expect(await page.textContent('#recover-warning')).toBe(
+      'Without the passphrase this notebook cannot be opened. Restoring a backup or starting a new notebook deletes it from this browser: its 2 notes can no longer be read, even if the passphrase comes back to you. Notes added after the backup was made are lost.',
+    )
+    await expectWarning(page, 'can no longer be read')
+    expect(await page.isDisabled('#start-over')).toBe(true) // not before the confirmation
+    expect(await page.isDisabled('#restore')).toBe(true)
+    await page.check('#recover-confirm')
+    expect(await page.isDisabled('#start-over')).toBe(false)
+    await press(page, '#start-over')
+    expect(await page.textContent('#status')).toBe('The old notebook was deleted. Choose how the new notebook is protected.')
+    expect(await page.isVisible('#setup')).toBe(true)
+    // Deleted, not kept: no record of the old notebook is left in either database.
+    expect((await readAtRest(page)).records).toEqual([])
+
+    await page.click('#choose-passphrase')
+    await passphrase(page, `${PASSPHRASE} again`, `${PASSPHRASE} again`)
+    expect(await page.textContent('#count')).toBe('0 notes, encrypted under a passphrase')
+    const after = await readAtRest(page)
+    expectCiphertextOnly(after, 'passphrase-pbkdf2', 0)
+    expect(kekIds(after).filter((id) => kekIds(before).includes(id))).toEqual([])
+    await page.context().close()
+  })
+
+  it('passkey: one ceremony per unlock; another credential and another authenticator fail in plain words; a backup (its passphrase typed twice) is restored on the locked screen under a new passkey, and on another browser first run under a passphrase', async () => {
     const { page, cdp, authenticatorId } = await passkeyPage(true)
-    const credential = async () => {
-      const { credentials } = await cdp.send('WebAuthn.getCredentials', { authenticatorId })
+    const credential = async (id = authenticatorId) => {
+      const { credentials } = await cdp.send('WebAuthn.getCredentials', { authenticatorId: id })
       expect(credentials).toHaveLength(1)
       return credentials[0]!
     }
 
     await press(page, '#choose-passkey')
     expect(await page.isVisible('#error')).toBe(false)
-    expect(await page.textContent('#status')).toMatch(/^New notebook created in \d+ ms\. Without this passkey/)
-    measured.passkeyFirstRunMs = msIn(await page.textContent('#status')) // create + get + first KEK
+    expect(await page.textContent('#status')).toMatch(/^New notebook created in \d+ ms\.$/)
+    expect(await page.textContent('#warning')).toMatch(/^Without this passkey the notes cannot be read\./)
+    measured.passkeyFirstRunMs = msIn(await page.textContent('#status')) // create + first KEK + check text
     expect(await ceremonies(page)).toEqual({ create: 1, get: 0 }) // one prompt: the PRF evaluated at create
     const registered = await credential()
     await addNotes(page)
@@ -274,21 +364,30 @@ describe.skipIf(!existsSync(CHROMIUM))('examples/browser-notes in Chromium', () 
     await setRoot({ kind: 'passkey', params: { ...root.params, credentialId: other } })
     await reload(page)
     await press(page, '#unlock-passkey')
-    expect(await page.textContent('#error')).toBe(`The passkey could not be used: ${WRONG_CREDENTIAL}.`)
+    await expectPlainError(page, 'This passkey does not open this notebook: it is not the passkey the notebook was created with.', `ERR_ROOT_KEY: ${WRONG_CREDENTIAL}`)
     expect(await page.isVisible('#notebook')).toBe(false)
     expect(await page.isVisible('#passkey-unlock')).toBe(true)
 
-    // The right parameters again: unlocked; this is the README's screenshot.
+    // The right parameters again: unlocked.
     await setRoot(root)
     await reload(page)
     await press(page, '#unlock-passkey')
     expect(await page.isVisible('#error')).toBe(false)
     await expectNotesShown(page)
-    await page.screenshot({ path: `${EXAMPLE}screenshot.png`, fullPage: true })
 
-    // An encrypted backup under a backup passphrase of its own: the recovery path.
+    // An encrypted backup under a backup passphrase of its own, typed twice, at least 12 characters.
     await page.click('#backup summary')
+    await page.fill('#export-passphrase', TOO_SHORT)
+    await page.fill('#export-confirm', TOO_SHORT)
+    await press(page, '#export')
+    expect(await page.textContent('#error-text')).toBe('This passphrase is too short: use at least 12 characters (a few words you will remember).')
+    expect((await focused(page)).id).toBe('export-passphrase')
     await page.fill('#export-passphrase', BACKUP_PASSPHRASE)
+    await page.fill('#export-confirm', BACKUP_PASSPHRASE.toUpperCase())
+    await press(page, '#export')
+    expect(await page.textContent('#error-text')).toBe('The two passphrases differ: type the same one twice.')
+    expect((await focused(page)).id).toBe('export-confirm')
+    await page.fill('#export-confirm', BACKUP_PASSPHRASE)
     const [download] = await Promise.all([page.waitForEvent('download'), page.click('#export')])
     await page.waitForFunction(() => !document.getElementById('export')!.hasAttribute('disabled'))
     expect(await page.textContent('#status')).toBe('Backup of 2 notes downloaded, encrypted under the backup passphrase.')
@@ -305,42 +404,75 @@ describe.skipIf(!existsSync(CHROMIUM))('examples/browser-notes in Chromium', () 
     // A second authenticator (the first one gone, as on another device): the browser answers
     // NotAllowedError without saying that the credential is missing (a privacy rule of WebAuthn).
     await cdp.send('WebAuthn.removeVirtualAuthenticator', { authenticatorId })
-    await cdp.send('WebAuthn.addVirtualAuthenticator', { options: authenticator(true) })
+    const { authenticatorId: second } = await cdp.send('WebAuthn.addVirtualAuthenticator', { options: authenticator(true) })
     await reload(page)
     await press(page, '#unlock-passkey')
-    expect(await page.textContent('#error')).toBe(`The passkey could not be used: ${CANCELLED_MESSAGE}.`)
+    await expectPlainError(
+      page,
+      'The passkey was not used: the request was cancelled or timed out, or this device does not have the passkey of this notebook. Try again, or open the notebook where its passkey is.',
+      `ERR_ROOT_KEY: ${CANCELLED_MESSAGE}`,
+    )
     expect(await page.isVisible('#notebook')).toBe(false)
     expect(await page.locator('#notes li').count()).toBe(0)
+
+    // The way back on the locked screen: restore the backup, then protect it with a new passkey.
+    // A wrong backup passphrase deletes nothing and keeps its field focused.
+    await page.click('#recover summary')
+    await page.check('#recover-confirm')
+    await page.setInputFiles('#restore-file', backupFile)
+    await page.fill('#restore-passphrase', 'not the backup passphrase')
+    await press(page, '#restore')
+    expect(await page.textContent('#error-text')).toBe('Wrong backup passphrase.')
+    expect(await focused(page)).toEqual({ id: 'restore-passphrase', value: 'not the backup passphrase', selected: 'not the backup passphrase' })
+    expect((await readAtRest(page)).dump).toBe(atRest.dump)
+    await page.fill('#restore-passphrase', BACKUP_PASSPHRASE)
+    await press(page, '#restore')
+    expect(await page.textContent('#status')).toBe('The backup holds 2 notes. Choose how the new notebook is protected.')
+    expect(await page.isVisible('#setup')).toBe(true)
+    expect(await page.isVisible('#recover')).toBe(false)
+    await press(page, '#choose-passkey')
+    expect(await page.textContent('#status')).toMatch(/^New notebook created in \d+ ms, with the 2 notes of the backup\.$/)
+    await expectNotesShown(page)
+    expect(await ceremonies(page)).toEqual({ create: 1, get: 1 })
+    const restored = await readAtRest(page)
+    expectCiphertextOnly(restored, 'webauthn-prf')
+    const newRoot = restored.records.find((r) => r.db === 'browser-notes' && r.key === 'root')!.value
+    expect(Buffer.from(newRoot.params.credentialId, 'base64url')).toEqual(Buffer.from((await credential(second)).credentialId, 'base64'))
+    expect(kekIds(restored).filter((id) => kekIds(atRest).includes(id))).toEqual([]) // the old chain's records are gone
+    // Importing the same backup into the unlocked notebook adds nothing twice.
+    await page.click('#backup summary')
+    await page.setInputFiles('#import-file', backupFile)
+    await page.fill('#import-passphrase', BACKUP_PASSPHRASE)
+    await press(page, '#import')
+    expect(await page.textContent('#status')).toBe('0 notes imported from the backup.')
+    await expectNotesShown(page)
     await page.context().close()
 
-    // Recovery: a new notebook elsewhere (its own context, a passphrase), the backup imported.
-    const elsewhere = await openPage(await browser.newPage(), `${origin}/`, 'notesReady')
+    // Another browser with no notebook yet: "Restore a backup" is offered at the first run,
+    // without a deletion to confirm; the notes come back under a passphrase.
+    const elsewhere = await open()
+    expect(await elsewhere.isVisible('#recover-confirm')).toBe(false)
+    await elsewhere.click('#recover summary')
+    expect(await elsewhere.isDisabled('#restore')).toBe(false)
+    await elsewhere.setInputFiles('#restore-file', backupFile)
+    await elsewhere.fill('#restore-passphrase', BACKUP_PASSPHRASE)
+    await press(elsewhere, '#restore')
     await elsewhere.click('#choose-passphrase')
-    await passphrase(elsewhere, PASSPHRASE)
-    await elsewhere.click('#backup summary')
-    await elsewhere.setInputFiles('#import-file', backupFile)
-    await elsewhere.fill('#import-passphrase', 'not the backup passphrase')
-    await press(elsewhere, '#import')
-    expect(await elsewhere.textContent('#error')).toBe('Wrong backup passphrase.')
-    expect(await elsewhere.locator('#notes li').count()).toBe(0)
-    await elsewhere.fill('#import-passphrase', BACKUP_PASSPHRASE)
-    await press(elsewhere, '#import')
-    expect(await elsewhere.textContent('#status')).toBe('2 notes imported from the backup.')
-    await expectNotesShown(elsewhere)
-    // imported again: nothing twice
-    await elsewhere.fill('#import-passphrase', BACKUP_PASSPHRASE)
-    await press(elsewhere, '#import')
-    expect(await elsewhere.textContent('#status')).toBe('0 notes imported from the backup.')
-    // re-encrypted under the new notebook's own chain (render() read them back from IndexedDB)
+    await passphrase(elsewhere, PASSPHRASE, PASSPHRASE)
+    expect(await elsewhere.textContent('#status')).toMatch(/^New notebook created in \d+ ms, with the 2 notes of the backup\.$/)
     await expectNotesShown(elsewhere)
     expectCiphertextOnly(await readAtRest(elsewhere), 'passphrase-pbkdf2')
     await elsewhere.context().close()
   })
 
-  it('an authenticator without PRF: the ERR_ROOT_KEY message on the page, and the passphrase offered instead', async () => {
+  it('an authenticator without PRF: plain words on the page (the library message under "Technical details"), and the passphrase offered instead', async () => {
     const { page } = await passkeyPage(false)
     await press(page, '#choose-passkey')
-    expect(await page.textContent('#error')).toBe(`The passkey could not be used: ${NO_PRF_MESSAGE}. Protect the notes with a passphrase instead.`)
+    await expectPlainError(
+      page,
+      'This passkey cannot protect notes: this device or security key lacks the feature it needs. Protect the notes with a passphrase instead.',
+      `ERR_ROOT_KEY: ${NO_PRF_MESSAGE}`,
+    )
     expect(await page.isVisible('#notebook')).toBe(false)
     expect(await page.isVisible('#setup')).toBe(true)
     expect(await page.isVisible('#unlock-form')).toBe(true)
@@ -350,10 +482,86 @@ describe.skipIf(!existsSync(CHROMIUM))('examples/browser-notes in Chromium', () 
     expect(before.records.filter((r) => r.db === 'browser-notes')).toEqual([])
     expect(before.records.filter((r) => r.db === 'kms-proxy:browser-notes')).toEqual([])
 
-    await passphrase(page, PASSPHRASE)
+    await passphrase(page, PASSPHRASE, PASSPHRASE)
     expect(await page.isVisible('#error')).toBe(false)
-    expect(await page.textContent('#status')).toMatch(/^New notebook created in \d+ ms\./)
+    expect(await page.textContent('#status')).toMatch(/^New notebook created in \d+ ms\.$/)
     expect(await page.textContent('#count')).toBe('0 notes, encrypted under a passphrase')
     await page.context().close()
+  })
+
+  it('layout from phone width up: at 375, 768 and 1280 px nothing scrolls sideways or leaves the card (first run, notebook with the backup panel open, locked with an error and the way back open); screenshots of the notebook', async () => {
+    const page = await open(`${origin}/`, WIDTHS[2])
+    const checkWidths = async (state: string, shoot = false) => {
+      for (const size of WIDTHS) {
+        await page.setViewportSize(size)
+        const layout = await measureLayout(page)
+        expect.soft(layout.scrollWidth, `${state} at ${size.width} px: document scroll width`).toBeLessThanOrEqual(layout.clientWidth)
+        expect.soft(layout.overflowing, `${state} at ${size.width} px: outside the card`).toEqual([])
+        if (!shoot) continue
+        const png = await page.screenshot({ path: join(shots, `screenshot-${size.width}.png`), fullPage: true })
+        expect(png.readUInt32BE(16)).toBe(size.width) // the PNG's IHDR width
+        if (UPDATE_SCREENSHOTS) await page.screenshot({ path: join(EXAMPLE, `screenshot-${size.width}.png`), fullPage: true })
+      }
+    }
+    await page.click('#choose-passphrase')
+    await checkWidths('first run')
+    await passphrase(page, PASSPHRASE, PASSPHRASE)
+    await addNotes(page)
+    await page.click('#backup summary')
+    await checkWidths('notebook', true)
+    await page.click('#lock')
+    await passphrase(page, 'not the passphrase')
+    await page.click('#error summary')
+    await page.click('#recover summary')
+    await checkWidths('locked')
+    await page.context().close()
+  })
+
+  it('README "Run it": its commands as written, from the repo root (a copy in a temporary folder), on a free port in place of 8080 as the README allows; the page loads, a note round-trips, and the server answers no request with an error', async () => {
+    const readme = readFileSync(README, 'utf8')
+    expect(readme).toMatch(/from\s+the\s+repo\s+root/)
+    expect(readme).toMatch(/any\s+free\s+port\s+in\s+place\s+of\s+8080/)
+    const commands = readmeCommands(README)
+    expect(commands).toHaveLength(2)
+    const [build, serveCommand] = commands as [string, string]
+    expect(serveCommand).toMatch(/\b8080\b/)
+    const root = repoRootCopy(REPO, 'browser-notes', ['app.js'])
+    let pyServer: ReturnType<typeof run> | undefined
+    try {
+      const started = run(build, root)
+      const built = await started.exited
+      expect(built, started.output()).toBe(0)
+      const appJs = join(root, 'examples/browser-notes/app.js')
+      expect(existsSync(appJs)).toBe(true)
+      measured.bundleBytes = statSync(appJs).size
+      const minified = await esbuild.build({ entryPoints: [join(EXAMPLE, 'app.mjs')], bundle: true, minify: true, format: 'esm', platform: 'browser', write: false, logLevel: 'error' })
+      measured.bundleMinifiedGzipBytes = gzipSync(minified.outputFiles[0]!.contents, { level: 9 }).length
+      const port = await freePort()
+      pyServer = run(serveCommand.replace(/\b8080\b/g, String(port)), root)
+      let up = false
+      for (let i = 0; i < 100 && !up; i++) {
+        up = await fetch(`http://127.0.0.1:${port}/`).then((r) => r.ok, () => false)
+        if (!up) await new Promise((resolve) => setTimeout(resolve, 100))
+      }
+      expect(up, pyServer.output()).toBe(true)
+      const page = await open(`http://localhost:${port}/`)
+      await page.click('#choose-passphrase')
+      await passphrase(page, PASSPHRASE, PASSPHRASE)
+      await page.fill('#note', NOTES[0]!)
+      await page.click('#add')
+      await expect.poll(() => page.locator('#notes li').count()).toBe(1)
+      await reload(page)
+      await passphrase(page, PASSPHRASE)
+      expect(await page.locator('#notes li').allTextContents()).toEqual([expect.stringContaining(NOTES[0]!)])
+      await page.context().close()
+      // The server's own log: every request it answered, with its status.
+      const statuses = [...pyServer.output().matchAll(/"GET (\S+) HTTP\/[\d.]+" (\d{3})/g)].map((m) => `${m[1]} ${m[2]}`)
+      expect(statuses).toContain('/app.js 200')
+      expect(statuses.filter((s) => !s.endsWith(' 200') && !s.endsWith(' 304'))).toEqual([])
+    } finally {
+      pyServer?.stop()
+      await pyServer?.exited
+      rmSync(root, { recursive: true, force: true })
+    }
   })
 })
