@@ -33,19 +33,30 @@ if [ "$setup_quiet" -eq 1 ]; then passed=$((passed + 1)); else failed=$((failed 
 # Suite 1: type check (counts as one check).
 if pnpm --silent typecheck; then passed=$((passed + 1)); else failed=$((failed + 1)); status=1; fi
 
-# Suite 2: unit and integration tests (vitest).
-rm -f .tmp/vitest.json
-vitest_code=0
-pnpm exec vitest run --reporter=default --reporter=json --outputFile.json=.tmp/vitest.json || vitest_code=$?
-if [ -f .tmp/vitest.json ]; then
-  read -r p f < <(node -e 'const r=require("./.tmp/vitest.json"); const skipped = r.numPendingTests + r.numTodoTests; if (skipped) console.error(`${skipped} skipped or todo tests: counted as failed`); console.log(r.numPassedTests, r.numFailedTests + skipped)')
-  # vitest fails a run with an unhandled error even when every test passed: count that as a failure.
-  if [ "$vitest_code" -ne 0 ] && [ "$f" -eq 0 ]; then echo "vitest exited $vitest_code (an unhandled error): counted as failed"; f=1; fi
-  passed=$((passed + p)); failed=$((failed + f))
-  [ "$f" -eq 0 ] || status=1
-else
-  failed=$((failed + 1)); status=1
-fi
+# Suite 2: unit and integration tests (vitest), on Node 20 here and on Node 22 and 24 below.
+vitest_suite() { # label, node binary, vitest options...
+  local label=$1 node_bin=$2 json=".tmp/vitest-${1// /-}.json" code=0 p f
+  shift 2
+  rm -f "$json"
+  echo "== vitest, $label"
+  # The chosen Node first on PATH: tests that start `node` (the CLI, examples) run on it too.
+  PATH="$(cd "$(dirname "$node_bin")" && pwd):$PATH" "$node_bin" node_modules/vitest/vitest.mjs run \
+    --reporter=default --reporter=json --outputFile.json="$json" "$@" || code=$?
+  if [ -f "$json" ]; then
+    read -r p f < <(node -e 'const r=require("./'"$json"'"); const skipped = r.numPendingTests + r.numTodoTests; if (skipped) console.error(`${skipped} skipped or todo tests: counted as failed`); console.log(r.numPassedTests, r.numFailedTests + skipped)')
+    # vitest fails a run with an unhandled error even when every test passed: count that as a failure.
+    if [ "$code" -ne 0 ] && [ "$f" -eq 0 ]; then echo "vitest exited $code (an unhandled error): counted as failed"; f=1; fi
+    echo "vitest, $label: $p passed, $f failed"
+    passed=$((passed + p)); failed=$((failed + f))
+    [ "$f" -eq 0 ] || status=1
+  else
+    echo "vitest, $label: no result"
+    failed=$((failed + 1)); status=1
+  fi
+}
+NODE22=e2e/node_modules/node22/bin/node
+NODE24=e2e/node_modules/node24/bin/node
+vitest_suite "Node 20" "$(command -v node)"
 
 # Suite 3: the conformance suite on Node, Deno, Bun, workerd (twice) and Chromium, the interop
 # matrix and the packaging checks.
@@ -64,8 +75,6 @@ fi
 #   the conformance suite again on Node 22 and 24;
 #   public types under TypeScript 5.9, 6.0 and 7.0 (e2e/types.mjs); JSR dry run (e2e/jsr.mjs);
 #   the API reference and the changelogs (scripts/check-docs.sh).
-NODE22=e2e/node_modules/node22/bin/node
-NODE24=e2e/node_modules/node24/bin/node
 suite() { # name, command...
   local name=$1 out line p f
   shift
@@ -84,6 +93,10 @@ suite() { # name, command...
   fi
   [ "$code" -eq 0 ] || status=1
 }
+# Node 24 runs vitest in child processes: its worker threads abort the run when a worker ends
+# with a crypto.subtle call still pending (a Node 24 fault, not this library's).
+vitest_suite "Node 22" "$NODE22"
+vitest_suite "Node 24" "$NODE24" --pool=forks
 suite "consumer, Node 20" node e2e/consumer.mjs
 suite "consumer, Node 22" "$NODE22" e2e/consumer.mjs
 suite "consumer, Node 24" "$NODE24" e2e/consumer.mjs
