@@ -8,13 +8,12 @@ import { spawn } from 'node:child_process'
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { build } from 'esbuild'
 import { afterAll, beforeAll, expect, it } from 'vitest'
 import { KeyChain, aesRootKey } from '@kms-proxy/core'
 import { fileStore } from '../src/index.ts'
+import { bundleChild } from './fixtures/bundle.ts'
 import { everyCall, type Outcome } from './fixtures/every-call.ts'
 
-const ROOT = join(import.meta.dirname, '..', '..', '..')
 const NOBODY = 65534
 const dir = mkdtempSync(join(tmpdir(), 'kms-proxy-file-folder-'))
 const script = join(dir, 'every-call.mjs')
@@ -22,20 +21,7 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }))
 beforeAll(async () => {
   // The child runs as nobody: it must be able to reach and read the script.
   chmodSync(dir, 0o755)
-  await build({
-    stdin: {
-      contents: "import { everyCall } from './every-call.ts'\nprocess.stdout.write(JSON.stringify(await everyCall(process.argv[2])))",
-      resolveDir: join(import.meta.dirname, 'fixtures'),
-      loader: 'ts',
-    },
-    outfile: script,
-    bundle: true,
-    platform: 'node',
-    format: 'esm',
-    target: 'node20',
-    tsconfig: join(ROOT, 'tsconfig.json'),
-    logLevel: 'silent',
-  })
+  await bundleChild({ source: "import { everyCall } from './every-call.ts'\nprocess.stdout.write(JSON.stringify(await everyCall(process.argv[2])))" }, script)
   chmodSync(script, 0o644)
 })
 
@@ -123,22 +109,16 @@ it('a file where a folder should be (ENOTDIR) or a folder where the store file s
 
 it('permission denied (as nobody): on the folder, on the file, and on a parent the last folder cannot be made in; every call fails, not retryable', async () => {
   expect(process.getuid?.(), 'this test needs root, to run a child as nobody').toBe(0)
-  const closed = join(dir, 'closed')
-  mkdirSync(closed, { mode: 0o700 })
-  const inClosed = join(closed, 'keys.json')
-  await fileStore(inClosed).putKekIfAbsent('c', record)
-  for (const [name, outcome] of Object.entries(await everyCallAsNobody(inClosed))) {
-    expect(outcome, name).toEqual(failed(naming(inClosed, 'permission denied')))
-  }
-
-  // The folder is open but the store file is root's own 0600: reads are refused too.
-  const open = join(dir, 'open')
-  mkdirSync(open)
-  chmodSync(open, 0o777)
-  const rootsFile = join(open, 'keys.json')
-  await fileStore(rootsFile).putKekIfAbsent('c', record)
-  for (const [name, outcome] of Object.entries(await everyCallAsNobody(rootsFile))) {
-    expect(outcome, name).toEqual(failed(naming(rootsFile, 'permission denied')))
+  // A folder closed to others (0700), then an open folder (0777) holding root's own 0600 file.
+  for (const [name, mode] of [['closed', 0o700], ['open', 0o777]] as const) {
+    const folder = join(dir, name)
+    mkdirSync(folder)
+    chmodSync(folder, mode)
+    const path = join(folder, 'keys.json')
+    await fileStore(path).putKekIfAbsent('c', record)
+    for (const [call, outcome] of Object.entries(await everyCallAsNobody(path))) {
+      expect(outcome, `${name}: ${call}`).toEqual(failed(naming(path, 'permission denied')))
+    }
   }
 
   // A parent that nobody may not write in: the last folder cannot be made.

@@ -11,9 +11,9 @@ import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, utimesSync, 
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
-import { build } from 'esbuild'
 import { afterAll, beforeAll, expect, it } from 'vitest'
 import { fileStore } from '../src/index.ts'
+import { bundleChild } from './fixtures/bundle.ts'
 
 const ROOT = join(import.meta.dirname, '..', '..', '..')
 const PROCESSES = 6
@@ -21,16 +21,7 @@ const dir = mkdtempSync(join(tmpdir(), 'kms-proxy-file-stress-'))
 const script = join(dir, 'stress.mjs')
 afterAll(() => rmSync(dir, { recursive: true, force: true }))
 beforeAll(async () => {
-  await build({
-    entryPoints: [join(import.meta.dirname, 'fixtures', 'stress.ts')],
-    outfile: script,
-    bundle: true,
-    platform: 'node',
-    format: 'esm',
-    target: 'node20',
-    tsconfig: join(ROOT, 'tsconfig.json'),
-    logLevel: 'silent',
-  })
+  await bundleChild({ file: join(import.meta.dirname, 'fixtures', 'stress.ts') }, script)
 })
 
 const runtimes: Record<string, { command: string; args: string[]; rounds: number }> = {
