@@ -1,35 +1,132 @@
 // An encrypt/decrypt JSON API on Cloudflare Workers, KEKs in Workers KV:
 //   POST /encrypt {"text": "..."}      -> {"encrypted": "kp1...."}
 //   POST /decrypt {"encrypted": "..."} -> {"text": "..."}
-// Errors: 400 {"error": "ERR_DECRYPT" | "ERR_FORMAT" | ... | "ERR_REQUEST"}.
-// Bindings: KEYS (KV namespace), ROOT_KEY (secret: base64 of 32 random bytes).
-import { KeyChain, KmsProxyError, aesRootKey } from '@kms-proxy/core'
+// The client's bad input is 400; the worker's configuration 500 ERR_CONFIG (details in its log);
+// the root key or KV failing 503 when it may pass, else 500.
+// Bindings: KEYS (KV namespace); the root key, chosen by ROOT_KEY_TYPE:
+//   "aes" (default)  ROOT_KEY (secret: base64 of 32 random bytes)
+//   "aws-kms"        AWS_KMS_KEY_ID, AWS_REGION, AWS_KMS_ENDPOINT (optional) as vars;
+//                    AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN (optional) as secrets
+// Optional: CHAIN_NAME, MAX_WRAPS_PER_KEK (default 2^18), MAX_KEK_AGE_MS (default 7 days).
+import { KeyChain, KmsProxyError, aesRootKey, kekAad } from '@kms-proxy/core'
+import { awsKmsRootKey } from '@kms-proxy/kms'
 import { workersKvStore } from '@kms-proxy/kv'
+
+/** Something the operator must fix in the worker's bindings; its message names bindings, never values. */
+class ConfigError extends Error {}
+
+const CONFIG = ['ROOT_KEY_TYPE', 'ROOT_KEY', 'AWS_KMS_KEY_ID', 'AWS_REGION', 'AWS_KMS_ENDPOINT', 'AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN', 'CHAIN_NAME', 'MAX_WRAPS_PER_KEK', 'MAX_KEK_AGE_MS']
+
+function rootKeyFrom(env) {
+  const type = env.ROOT_KEY_TYPE ?? 'aes'
+  if (type === 'aes') {
+    if (typeof env.ROOT_KEY !== 'string' || env.ROOT_KEY === '') throw new ConfigError('the ROOT_KEY secret is not set (wrangler secret put ROOT_KEY; locally, in .dev.vars)')
+    let bytes
+    try {
+      bytes = Uint8Array.from(atob(env.ROOT_KEY), (c) => c.charCodeAt(0))
+    } catch {
+      throw new ConfigError('ROOT_KEY is not base64')
+    }
+    if (bytes.length !== 32) throw new ConfigError('ROOT_KEY must be base64 of 32 bytes')
+    const rootKey = aesRootKey(bytes) // imported non-extractable; our copy is zeroed next
+    bytes.fill(0)
+    return rootKey
+  }
+  if (type === 'aws-kms') {
+    const missing = ['AWS_KMS_KEY_ID', 'AWS_REGION', 'AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY'].filter((name) => !env[name])
+    if (missing.length > 0) throw new ConfigError(`ROOT_KEY_TYPE is aws-kms but ${missing.join(', ')} ${missing.length > 1 ? 'are' : 'is'} not set`)
+    const credentials = { accessKeyId: env.AWS_ACCESS_KEY_ID, secretAccessKey: env.AWS_SECRET_ACCESS_KEY }
+    if (env.AWS_SESSION_TOKEN) credentials.sessionToken = env.AWS_SESSION_TOKEN
+    try {
+      // One GenerateDataKey per new KEK and one Decrypt per KEK per isolate; no KMS call per message.
+      return awsKmsRootKey({ keyId: env.AWS_KMS_KEY_ID, region: env.AWS_REGION, credentials, ...(env.AWS_KMS_ENDPOINT ? { endpoint: env.AWS_KMS_ENDPOINT } : {}) })
+    } catch (error) {
+      throw new ConfigError(`AWS KMS options: ${error.message}`)
+    }
+  }
+  throw new ConfigError(`ROOT_KEY_TYPE must be "aes" or "aws-kms"`)
+}
+
+function numberFrom(env, name, fallback) {
+  if (env[name] === undefined || env[name] === '') return fallback
+  const value = Number(env[name])
+  if (!Number.isInteger(value) || value < 1) throw new ConfigError(`${name} must be a positive integer`)
+  return value
+}
+
+async function openChain(env) {
+  const rootKey = rootKeyFrom(env)
+  const store = workersKvStore(env.KEYS)
+  const name = env.CHAIN_NAME || 'default'
+  // Prove the root key once per isolate before serving: one unwrap of the primary KEK (a new,
+  // empty namespace has nothing to prove). A key that cannot is the operator's to fix.
+  const head = await store.getHead(name)
+  const primary = head && (await store.getKek(name, head.value.primary))
+  if (primary) {
+    try {
+      await rootKey.unwrapKek(primary.wrapped, kekAad(name, primary.id))
+    } catch (error) {
+      if (error instanceof KmsProxyError && error.code === 'ERR_ROOT_KEY' && !error.retryable) {
+        throw new ConfigError(`the root key cannot unwrap the primary KEK of chain "${name}" in KEYS: the namespace was filled under another root key; bind the one it was made with`)
+      }
+      throw error
+    }
+  }
+  try {
+    return await KeyChain.open({
+      rootKey,
+      store,
+      name,
+      // Workers KV has no compare-and-swap: isolates count uses each on their own, so keep a margin.
+      maxWrapsPerKek: numberFrom(env, 'MAX_WRAPS_PER_KEK', 2 ** 18),
+      maxKekAgeMs: numberFrom(env, 'MAX_KEK_AGE_MS', 7 * 24 * 3600 * 1000),
+    })
+  } catch (error) {
+    if (error instanceof RangeError || error instanceof TypeError) throw new ConfigError(error.message)
+    throw error
+  }
+}
 
 /** One chain per isolate: the root key unwraps each KEK once, then stays out of the hot path. */
 let opened
 
 function chainFor(env) {
-  if (opened?.secret !== env.ROOT_KEY) {
-    if (typeof env.ROOT_KEY !== 'string') throw new Error('the ROOT_KEY secret is not set')
-    const bytes = Uint8Array.from(atob(env.ROOT_KEY), (c) => c.charCodeAt(0))
-    if (bytes.length !== 32) throw new Error('ROOT_KEY must be base64 of 32 bytes')
-    const rootKey = aesRootKey(bytes) // imported non-extractable; our copy is zeroed next
-    bytes.fill(0)
-    const chain = KeyChain.open({
-      rootKey,
-      store: workersKvStore(env.KEYS),
-      name: env.CHAIN_NAME ?? 'default',
-      // Workers KV has no compare-and-swap: isolates may share a usage lease, so keep a margin.
-      maxWrapsPerKek: Number(env.MAX_WRAPS_PER_KEK ?? 2 ** 18),
+  const config = CONFIG.map((name) => env[name] ?? '').join('\n')
+  if (opened?.config !== config) {
+    const chain = openChain(env)
+    opened = { config, chain }
+    chain.catch(() => {
+      if (opened?.chain === chain) opened = undefined
     })
-    opened = { secret: env.ROOT_KEY, chain }
-    chain.catch(() => (opened = undefined))
   }
   return opened.chain
 }
 
 const json = (status, body) => Response.json(body, { status })
+
+function failure(error, pathname) {
+  if (error instanceof ConfigError) {
+    console.error(`kms-proxy worker misconfigured: ${error.message}`)
+    return json(500, { error: 'ERR_CONFIG', message: 'the worker is misconfigured: see its log' })
+  }
+  if (!(error instanceof KmsProxyError)) {
+    console.error(`${pathname}: unexpected ${error?.name ?? typeof error}`)
+    return json(500, { error: 'ERR_INTERNAL' })
+  }
+  // Typed errors carry a stable code and a message without key bytes or plaintext.
+  const body = { error: error.code, message: error.message }
+  switch (error.code) {
+    case 'ERR_DECRYPT':
+    case 'ERR_FORMAT':
+    case 'ERR_UNKNOWN_KEK':
+      return json(400, body)
+    case 'ERR_LIMIT':
+      return json(413, body)
+    default:
+      console.error(`${pathname}: ${error.code}: ${error.message}`)
+      return json(error.retryable ? 503 : 500, body)
+  }
+}
 
 export default {
   async fetch(request, env) {
@@ -52,9 +149,7 @@ export default {
       if (typeof body?.encrypted !== 'string') return json(400, { error: 'ERR_REQUEST', message: 'expected {"encrypted": string}' })
       return json(200, { text: await chain.decryptText(body.encrypted) })
     } catch (error) {
-      // Typed errors carry a stable code and a message without key bytes or plaintext.
-      if (error instanceof KmsProxyError) return json(error.code === 'ERR_STORE' ? 503 : 400, { error: error.code, message: error.message })
-      return json(500, { error: 'ERR_INTERNAL' })
+      return failure(error, pathname)
     }
   },
 }

@@ -11,7 +11,7 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { readmeBlocks } from '../../testkit/test/readme-blocks.ts'
-import { freePort, groupAlive, killGroup, listening, matchesShown, repoRoot, requireBuilt, runBash, shBlocks, startBlock, tempCheckout, type Background } from './example-readme.ts'
+import { freePort, groupGone, killGroup, listening, matchesShown, repoRoot, requireBuilt, runBash, shBlocks, startBlock, tempCheckout, type Background } from './example-readme.ts'
 
 const readme = join(repoRoot, 'examples', 'deno-kv', 'README.md')
 const scratch = mkdtempSync(join(tmpdir(), 'kms-proxy-deno-kv-example-'))
@@ -77,7 +77,7 @@ describe('examples/deno-kv README, as written', () => {
       // SIGTERM to the process the README's command started: the port is free and no deno is left.
       const code = await stopWith('SIGTERM', server)
       expect(code).toBe(0)
-      expect(groupAlive(server.shell)).toBe(false)
+      expect(await groupGone(server.shell, 5_000)).toBe(true)
       expect(await listening(port)).toBe(false)
     }
   }, 40_000)
@@ -90,7 +90,7 @@ describe('examples/deno-kv README, as written', () => {
       expect(await r.json()).toEqual({ text: 'hello' })
     } finally {
       expect(await stopWith('SIGINT', server)).toBe(0)
-      expect(groupAlive(server.shell)).toBe(false)
+      expect(await groupGone(server.shell, 5_000)).toBe(true)
       expect(await listening(port)).toBe(false)
     }
   }, 30_000)

@@ -5,7 +5,7 @@
  * (keys, databases, `.dev.vars`, `.wrangler/`) lands in the temporary folder and never over a
  * reader's own files in the checkout. The one change a test makes to a command is the port.
  */
-import { spawn, type ChildProcess } from 'node:child_process'
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import { cpSync, existsSync, mkdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
 import { connect, createServer } from 'node:net'
 import { join } from 'node:path'
@@ -145,6 +145,25 @@ export function groupAlive(child: ChildProcess): boolean {
     return true
   } catch {
     return false
+  }
+}
+
+/**
+ * Waits (at most `ms`) until no process is left in the group of `child`, as a reader would wait
+ * for a stopped server to let go of its port; true once the group is empty.
+ */
+export async function groupGone(child: ChildProcess, ms: number): Promise<boolean> {
+  const deadline = Date.now() + ms
+  while (groupAlive(child) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100))
+  return !groupAlive(child)
+}
+
+/** What is still running in the group of `child` (`ps` lines), for a failure message. */
+export function leftInGroup(child: ChildProcess): string {
+  try {
+    return execFileSync('ps', ['-o', 'pid=,args=', '-g', String(child.pid)], { encoding: 'utf8' }).trim()
+  } catch {
+    return '(nothing)'
   }
 }
 
