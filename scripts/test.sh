@@ -18,6 +18,9 @@ command -v etcd >/dev/null 2>&1 || missing+=(etcd-server etcd-client)
 command -v softhsm2-util >/dev/null 2>&1 || missing+=(softhsm2)
 # strace: the file store and the CLI prove that a rename is followed by an fsync of its folder.
 command -v strace >/dev/null 2>&1 || missing+=(strace)
+# python3: the terminal tests drive the CLI through a pty, and the browser example's README serves
+# its folder with python3's http.server.
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "test: installing ${missing[*]} from Debian"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
