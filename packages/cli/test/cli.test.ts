@@ -312,6 +312,7 @@ describe('encrypt and decrypt', () => {
     const other = await initialized('other')
     const r = await kp(other, ['decrypt', '-i', join(dir, 'in.kp'), '-o', 'x.out', '--aad', 'invoice-42'])
     expect(r.code).toBe(EXIT.UNKNOWN_KEK)
+    expect(r.stderr).toMatch(/\(was it encrypted with another chain or store, or before the key file was replaced\? then restore that key file from a backup\)\n$/)
     expect(existsSync(join(other, 'x.out'))).toBe(false)
     const missing = await kp(dir, ['encrypt', '-i', 'no-such-file', '-o', 'x.kp'])
     expect(missing.code).toBe(EXIT.IO)

@@ -158,14 +158,14 @@ describe('rewrap keeps each file as it was', () => {
 })
 
 describe('an output that survives a power cut', () => {
-  it('the folder is fsynced after the output file is renamed into place (seen by strace)', async () => {
+  it('the folder is fsynced after the output file is linked or renamed into place (seen by strace)', async () => {
     const dir = await initialized('durable')
     writeFileSync(join(dir, 'plain.txt'), 'durable data')
     const traceDir = join(dir, 'trace')
     mkdirSync(traceDir)
     const r = await spawnCollect(
       'strace',
-      ['-f', '-ff', '-ttt', '-e', 'trace=openat,close,rename,renameat,renameat2,fsync,fdatasync', '-o', join(traceDir, 't'), process.execPath, bundle, 'encrypt', '-i', 'plain.txt', '-o', 'out.kp'],
+      ['-f', '-ff', '-ttt', '-e', 'trace=openat,close,rename,renameat,renameat2,link,linkat,fsync,fdatasync', '-o', join(traceDir, 't'), process.execPath, bundle, 'encrypt', '-i', 'plain.txt', '-o', 'out.kp'],
       { cwd: dir, env: { ...ENV, KMS_PROXY_CONFIG: join(dir, 'kms-proxy.json') } },
     )
     expect(r.code, `strace must be installed (Debian: apt-get install strace): ${r.stderr}`).toBe(EXIT.OK)
@@ -182,7 +182,8 @@ describe('an output that survives a power cut', () => {
       const path = args.match(/"((?:[^"\\]|\\.)*)"/g)?.map((s) => s.slice(1, -1))
       if (call === 'openat' && result >= 0) fds.set(result, path?.[0] ?? '')
       else if (call === 'close') fds.delete(Number(args.split(',')[0]))
-      else if (call.startsWith('rename') && result === 0 && path?.[1]?.endsWith('out.kp')) events.push('rename')
+      // Put in place by a hard link (no -o file there: nothing is replaced), or a rename (--force).
+      else if ((call.startsWith('rename') || call.startsWith('link')) && result === 0 && path?.[1]?.endsWith('out.kp')) events.push('rename')
       else if ((call === 'fsync' || call === 'fdatasync') && result === 0 && [dir, '.'].includes(fds.get(Number(args)) ?? '')) events.push('folder fsync')
     }
     // (The key file's store fsyncs the same folder before, when the encryption leases uses.)
