@@ -5,9 +5,9 @@
  * command but `cd` prints what the README's next `text` block shows (see readme-run.ts).
  */
 import { spawnSync } from 'node:child_process'
-import { copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, realpathSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, realpathSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
-import { join, relative, resolve } from 'node:path'
+import { join, resolve } from 'node:path'
 import { afterAll, beforeAll, expect, it } from 'vitest'
 import { expectOutput, readmeSteps, runCommand } from './readme-run.ts'
 
@@ -30,12 +30,16 @@ beforeAll(() => {
     if (!existsSync(join(ROOT, 'packages', pkg, 'dist', 'index.js'))) throw new Error('the built packages are missing: run `pnpm build` first')
   }
   checkout = mkdtempSync(join(tmpdir(), 'kms-proxy-bun-script-'))
-  copyFileSync(join(ROOT, 'package.json'), join(checkout, 'package.json'))
+  // No packageManager field: pnpm then writes no lockfile here and asks no registry.
+  writeFileSync(join(checkout, 'package.json'), '{ "name": "kms-proxy-checkout", "private": true }\n')
   writeFileSync(join(checkout, 'pnpm-workspace.yaml'), `packages:\n  - ${EXAMPLE}\nverifyDepsBeforeRun: false\n`)
   mkdirSync(join(checkout, 'node_modules', '.bin'), { recursive: true })
   symlinkSync(join(ROOT, 'node_modules', '.bin', 'bun'), join(checkout, 'node_modules', '.bin', 'bun'))
   const source = join(ROOT, EXAMPLE)
-  cpSync(source, example(), { recursive: true, filter: (path) => !relative(source, path).startsWith('node_modules') })
+  // The files git tracks, as a fresh clone has them (not a data/ left by someone's own run).
+  const tracked = spawnSync('git', ['-C', ROOT, 'ls-files', '-z', EXAMPLE], { encoding: 'utf8' }).stdout.split('\0').filter(Boolean)
+  expect(tracked).toContain(`${EXAMPLE}/README.md`)
+  for (const file of tracked) cpSync(join(ROOT, file), join(checkout, file))
   mkdirSync(join(example(), 'node_modules', '@kms-proxy'), { recursive: true })
   for (const name of readdirSync(join(source, 'node_modules', '@kms-proxy'))) {
     symlinkSync(realpathSync(join(source, 'node_modules', '@kms-proxy', name)), join(example(), 'node_modules', '@kms-proxy', name))
