@@ -97,6 +97,7 @@ beforeAll(async () => {
     age: [{ ROOT_KEY, MAX_KEK_AGE_MS: '200' }, 'age'],
     kms: [kmsBindings, 'kms'],
     'kms-partial': [kmsPartial, 'kms-partial'],
+    'kms-down': [{ ...kmsBindings, AWS_KMS_ENDPOINT: `http://127.0.0.1:${await freePort()}/` }, 'kms-down'],
   }
   mf = new Miniflare({
     workers: Object.entries(configs).map(([name, [bindings, namespace]]) => ({ name, modules: true, script, compatibilityDate: '2026-05-01', kvNamespaces: { KEYS: namespace }, bindings })),
@@ -178,6 +179,11 @@ describe('ROOT_KEY_TYPE "aws-kms": the KEKs wrapped by AWS KMS (moto on loopback
     const kv = await w.kv()
     const name = (await kv.list({ prefix: 'kms-proxy:default:kek:' })).keys[0]!.name
     expect(JSON.parse((await kv.get(name, 'text'))!).rootKind).toBe('aws-kms')
+  }, 30_000)
+
+  it('KMS unreachable (nothing listens on its port): 503 ERR_ROOT_KEY, retryable, logged in one line', async () => {
+    expect(await worker('kms-down').call('/encrypt', { text: 'x' })).toMatchObject({ status: 503, body: { error: 'ERR_ROOT_KEY' } })
+    expect(await logged(/^\/encrypt: ERR_ROOT_KEY: /)).toHaveLength(1)
   }, 30_000)
 
   it('a missing credential is ERR_CONFIG naming it (and not its value)', async () => {
