@@ -58,12 +58,23 @@ function listFiles(dir: string, under = ''): string[] {
   })
 }
 
-it('the README, followed as written, prints what it shows; its outputs are git-ignored', async () => {
+it('the README, followed as written, prints what it shows; other failures are one line too; its outputs are git-ignored', async () => {
   const steps = readmeSteps(README, checkout)
   expect(steps[0]!.command, 'the README starts from the repository root').toBe(`cd ${EXAMPLE}`)
   const runs = steps.filter((step) => step.output !== undefined)
   expect(runs.every((step) => step.command.includes('pnpm exec bun main.ts') && step.cwd === example()), 'Bun is reached through pnpm exec, in the example').toBe(true)
   for (const step of runs) expectOutput(await runCommand(step.command, step.cwd, 60_000), step.output!, step.command)
+
+  // Failures the README does not show end the same way: one line, exit status 2 for a setting.
+  const bad: Array<[string, string]> = [
+    ['KMS_PROXY_PASSPHRASE= pnpm exec bun main.ts ./data', 'KMS_PROXY_PASSPHRASE is empty: set it to the passphrase that protects ./data/keys.json'],
+    ['KMS_PROXY_PASSPHRASE=x KMS_PROXY_ITERATIONS=many pnpm exec bun main.ts ./data', 'KMS_PROXY_ITERATIONS=many: '],
+  ]
+  for (const [command, start] of bad) {
+    const [line, status, ...more] = (await runCommand(`${command}; echo "exit status $?"`, example(), 60_000)).split('\n')
+    expect(line!.startsWith(`bun-script: ${start}`), `${command}: ${line}`).toBe(true)
+    expect([status, ...more]).toEqual(['exit status 2', ''])
+  }
 
   // What the README says the first run wrote: the folder 0700, keys.json 0600.
   const data = join(example(), 'data')
