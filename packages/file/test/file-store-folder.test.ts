@@ -5,7 +5,7 @@
  * through a KeyChain, never the retryable "the store failed" that a retry loop would spin on.
  */
 import { spawn } from 'node:child_process'
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, expect, it } from 'vitest'
@@ -88,7 +88,7 @@ it('a missing parent folder: every write fails, not retryable, naming the folder
   await expect(opened).rejects.toMatchObject(missing)
 })
 
-it('a file where a folder should be (ENOTDIR) or a folder where the store file should be (EISDIR): every call fails, not retryable, naming the path', async () => {
+it('a file where a folder should be (ENOTDIR), a folder where the store file should be (EISDIR), a symbolic-link loop (ELOOP), a name too long: every call fails, not retryable, naming the path', async () => {
   const file = join(dir, 'a-file')
   writeFileSync(file, 'not a folder')
   const underFile = join(file, 'keys.json')
@@ -105,6 +105,14 @@ it('a file where a folder should be (ENOTDIR) or a folder where the store file s
   }
   expect(readdirSync(folderInstead)).toEqual([])
   expect(readdirSync(dir).filter((f) => f.startsWith('keys-folder.json.')), 'a lock or temporary file left behind').toEqual([])
+
+  // A folder that is a loop of symbolic links (ELOOP), and a name longer than the file system allows.
+  symlinkSync(join(dir, 'loop-b'), join(dir, 'loop-a'))
+  symlinkSync(join(dir, 'loop-a'), join(dir, 'loop-b'))
+  const inLoop = join(dir, 'loop-a', 'keys.json')
+  for (const [name, outcome] of Object.entries(await everyCall(inLoop))) expect(outcome, name).toEqual(failed(naming(inLoop, 'too many levels of symbolic links')))
+  const tooLong = join(dir, `${'k'.repeat(300)}.json`)
+  for (const [name, outcome] of Object.entries(await everyCall(tooLong))) expect(outcome, name).toEqual(failed(naming(tooLong, 'name too long')))
 })
 
 it('permission denied (as nobody): on the folder, on the file, and on a parent the last folder cannot be made in; every call fails, not retryable', async () => {
