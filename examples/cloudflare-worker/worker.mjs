@@ -56,6 +56,7 @@ function numberFrom(env, name, fallback) {
 
 async function openChain(env) {
   const rootKey = rootKeyFrom(env)
+  if (typeof env.KEYS?.get !== 'function') throw new ConfigError('the KEYS KV namespace is not bound ([[kv_namespaces]] in wrangler.toml)')
   const store = workersKvStore(env.KEYS)
   const name = env.CHAIN_NAME || 'default'
   // Prove the root key once per isolate before serving: one unwrap of the primary KEK (a new,

@@ -100,7 +100,10 @@ beforeAll(async () => {
     'kms-down': [{ ...kmsBindings, AWS_KMS_ENDPOINT: `http://127.0.0.1:${await freePort()}/` }, 'kms-down'],
   }
   mf = new Miniflare({
-    workers: Object.entries(configs).map(([name, [bindings, namespace]]) => ({ name, modules: true, script, compatibilityDate: '2026-05-01', kvNamespaces: { KEYS: namespace }, bindings })),
+    workers: [
+      ...Object.entries(configs).map(([name, [bindings, namespace]]) => ({ name, modules: true, script, compatibilityDate: '2026-05-01', kvNamespaces: { KEYS: namespace }, bindings })),
+      { name: 'no-kv', modules: true, script, compatibilityDate: '2026-05-01', bindings: { ROOT_KEY } },
+    ],
     handleRuntimeStdio(stdout: Readable, stderr: Readable) {
       stdout.on('data', (d: Buffer) => (log += d))
       stderr.on('data', (d: Buffer) => (log += d))
@@ -134,13 +137,15 @@ it('in Miniflare on a real KV binding: round trip, tampered input is 400 ERR_DEC
   expect(names.some((n) => /^kms-proxy:default:kek:\d+$/.test(n))).toBe(true)
 }, 30_000)
 
-it('without the ROOT_KEY secret, or with a malformed one: 500 ERR_CONFIG "misconfigured", and one log line that names the binding and shows no secret', async () => {
+it('without the ROOT_KEY secret, with a malformed one, or without the KEYS binding: 500 ERR_CONFIG "misconfigured", and one log line that names the binding and shows no secret', async () => {
   const r = await worker('missing').call('/encrypt', { text: 'hello' })
   expect(r).toEqual({ status: 500, body: { error: 'ERR_CONFIG', message: 'the worker is misconfigured: see its log' } })
   expect(await logged(/ROOT_KEY secret/)).toEqual(['kms-proxy worker misconfigured: the ROOT_KEY secret is not set (wrangler secret put ROOT_KEY; locally, in .dev.vars)'])
   expect((await worker('malformed').call('/decrypt', { encrypted: 'kp1.AAAA' })).body.error).toBe('ERR_CONFIG')
   expect(await logged(/ROOT_KEY must be base64 of 32 bytes/)).toHaveLength(1)
   expect(log).not.toContain('c2hvcnQ=')
+  expect((await worker('no-kv').call('/encrypt', { text: 'x' })).body.error).toBe('ERR_CONFIG')
+  expect(await logged(/the KEYS KV namespace is not bound/)).toHaveLength(1)
 }, 30_000)
 
 it('a ROOT_KEY that cannot unwrap the namespace\'s primary KEK: 500 ERR_CONFIG and a log line saying so, not 400', async () => {

@@ -115,6 +115,23 @@ it('root.key and keys.sqlite* are git-ignored in examples/deno-kv', () => {
   expect(ignored.trim().split('\n')).toHaveLength(3)
 })
 
+it('a missing or malformed ROOT_KEY, or a KV file that cannot be opened: exit 1 with one line, no stack', async () => {
+  const cases: Array<[Record<string, string>, RegExp]> = [
+    [{ ROOT_KEY: '' }, /^deno-kv example: set ROOT_KEY to base64 of 32 random bytes/],
+    [{ ROOT_KEY: 'c2hvcnQ=' }, /^deno-kv example: ROOT_KEY must be base64 of 32 bytes, not 5$/],
+    [{ ROOT_KEY: randomKey(), KV_PATH: join(scratch, 'no-such-folder', 'keys.sqlite') }, /^deno-kv example: cannot open .*no-such-folder\/keys\.sqlite: /],
+  ]
+  await Promise.all(
+    cases.map(async ([vars, line]) => {
+      const run = await runBash('exec "$DENO" run --allow-env --allow-net --allow-read --allow-write main.mjs', join(repoRoot, 'examples', 'deno-kv'), { ...env, DENO: join(repoRoot, 'node_modules', 'deno', 'deno'), PORT: '0', ...vars }, 20_000)
+      expect(run.code).toBe(1)
+      expect(run.stdout).toBe('')
+      expect(run.stderr.trimEnd().split('\n')).toHaveLength(1)
+      expect(run.stderr.trimEnd()).toMatch(line)
+    }),
+  )
+}, 30_000)
+
 /** main.mjs under the real Deno binary, on a free port; resolves once it listens (or it exits). */
 async function startDeno(rootKey: string, kvPath: string): Promise<{ child: ChildProcess; url: string }> {
   const deno = join(repoRoot, 'node_modules', 'deno', 'deno')
