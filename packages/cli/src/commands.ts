@@ -171,7 +171,10 @@ ${CONFIG_HELP}
       --plain-http-host HOST  allow plain http: to HOST (not loopback); repeatable; kept in the config
       --force                 overwrite an existing config
 
-The passphrase comes from $KMS_PROXY_PASSPHRASE, or is typed twice on a terminal (not echoed).`,
+The passphrase comes from $KMS_PROXY_PASSPHRASE, or is typed twice on a terminal (not echoed;
+asked again when the two differ). One under 12 characters, or with under 5 different ones, is
+warned about. init ends by naming what to back up: the key file holds the chain's only copies
+of its wrapped KEKs, and nothing encrypted under the chain can be decrypted without it.`,
   options: {
     ...CONFIG_OPTION,
     chain: { type: 'string' },

@@ -37,8 +37,8 @@ afterAll(() => work.cleanup())
  */
 function withClosed(closed: 'stdout' | 'stderr', args: string[], when: 'at-once' | 'after-first-bytes', input?: Uint8Array): Promise<{ code: number | null; signal: string | null; other: string }> {
   const child = spawn(process.execPath, [bundle, ...args], { cwd: dir, env: env(), stdio: [input ? 'pipe' : 'ignore', 'pipe', 'pipe'] })
-  const other = closed === 'stdout' ? child.stderr : child.stdout
-  const target = closed === 'stdout' ? child.stdout : child.stderr
+  const other = closed === 'stdout' ? child.stderr! : child.stdout!
+  const target = closed === 'stdout' ? child.stdout! : child.stderr!
   let text = ''
   other.on('data', (c: Buffer) => (text += c.toString('latin1')))
   if (when === 'at-once') target.destroy()
@@ -59,10 +59,8 @@ describe('a closed stdout', () => {
   const line = (name: string) => `kms-proxy${name ? ` ${name}` : ''}: the output was closed before the end (broken pipe)\n`
   const commands: Array<[string, string[]]> = [
     ['', ['--help']],
-    ['', ['--version']],
     ['status', ['status']],
     ['status', ['status', '--json']],
-    ['status', ['status', '--help']],
     ['rotate', ['rotate']],
     ['rewrap', ['rewrap', 'files']],
     ['clean', ['clean', 'files']],
@@ -90,11 +88,9 @@ describe('a closed stdout', () => {
   it('`kms-proxy status | head -1` in a shell: one line out, and the command ends in 0 (head read all in time) or 9 with one line, never a stack', async () => {
     // Which comes first, the last write or head's exit, is up to the scheduler: the cases above
     // close the pipe deterministically; this is the command line of the report, as typed.
-    for (let round = 0; round < 2; round++) {
-      const r = await spawnCollect('bash', ['-c', '"$0" "$1" status | head -1; echo "exit ${PIPESTATUS[0]}" >&2', process.execPath, bundle], { cwd: dir, env: env() })
-      expect(r.stdout.toString()).toMatch(/^config {7}\S+kms-proxy\.json\n$/)
-      expect(['exit 0\n', `${line('status')}exit 9\n`]).toContain(withoutNotes(r.stderr))
-    }
+    const r = await spawnCollect('bash', ['-c', '"$0" "$1" status | head -1; echo "exit ${PIPESTATUS[0]}" >&2', process.execPath, bundle], { cwd: dir, env: env() })
+    expect(r.stdout.toString()).toMatch(/^config {7}\S+kms-proxy\.json\n$/)
+    expect(['exit 0\n', `${line('status')}exit 9\n`]).toContain(withoutNotes(r.stderr))
   })
 })
 
