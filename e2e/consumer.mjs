@@ -276,7 +276,9 @@ function appResults(runtime, r) {
   return `${output.length} checks (${output.map((c) => c.detail).filter(Boolean).join('; ')})`
 }
 
-const workspaceBin = (name) => join(root, 'node_modules', '.bin', name)
+// deno: the binary itself. npm's `deno` package runs it through a Node wrapper (spawnSync) that
+// does not pass signals on, so stopping the wrapper would leave deno running.
+const workspaceBin = (name) => (name === 'deno' ? join(root, 'node_modules', 'deno', 'deno') : join(root, 'node_modules', '.bin', name))
 await check(`the app runs on Node ${process.version}, importing the packages by name`, async () => appResults('node', await run(process.execPath, ['app.mjs', kmsUrl])))
 await check('the app runs on Deno, from the project\'s node_modules', async () => {
   const r = await run(workspaceBin('deno'), ['run', '--quiet', '--node-modules-dir=manual', '--allow-read', '--allow-write=.', '--allow-env', `--allow-net=${kmsUrl.slice('http://'.length)}`, 'app.mjs', kmsUrl], {

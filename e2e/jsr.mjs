@@ -28,7 +28,9 @@ const publish = process.argv.includes('--publish')
 const syncVersions = process.argv.includes('--sync-versions')
 const stage = join(root, '.tmp', 'jsr')
 const denoDir = join(root, '.tmp', 'jsr-deno-dir') // kept: npm tarballs are fetched once
-const deno = join(root, 'node_modules', '.bin', 'deno')
+// deno: the binary itself. npm's `deno` package runs it through a Node wrapper (spawnSync) that
+// does not pass signals on, so stopping the wrapper would leave deno running.
+const deno = join(root, 'node_modules', 'deno', 'deno')
 const read = (path) => JSON.parse(readFileSync(path, 'utf8'))
 
 let passed = 0

@@ -15,7 +15,9 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..')
 const e2e = join(root, 'e2e')
 const out = join(root, '.tmp', 'e2e')
 mkdirSync(out, { recursive: true })
-const bin = (name) => join(root, 'node_modules', '.bin', name)
+// deno: the binary itself. npm's `deno` package runs it through a Node wrapper (spawnSync) that
+// does not pass signals on, so stopping the wrapper would leave deno running.
+const bin = (name) => (name === 'deno' ? join(root, 'node_modules', 'deno', 'deno') : join(root, 'node_modules', '.bin', name))
 const vectors = JSON.parse(readFileSync(join(e2e, 'vectors', 'v1.json'), 'utf8'))
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium'
 const CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync']

@@ -27,7 +27,8 @@ beforeAll(async () => {
 const runtimes: Record<string, { command: string; args: string[]; rounds: number }> = {
   node: { command: process.execPath, args: [], rounds: 12 },
   bun: { command: join(ROOT, 'node_modules', '.bin', 'bun'), args: [], rounds: 10 },
-  deno: { command: join(ROOT, 'node_modules', '.bin', 'deno'), args: ['run', '--quiet', '--allow-read', '--allow-write', '--allow-env'], rounds: 10 },
+  deno: { command: join(ROOT, 'node_modules', 'deno', 'deno'), // the binary: npm's wrapper does not pass signals on
+    args: ['run', '--quiet', '--allow-read', '--allow-write', '--allow-env'], rounds: 10 },
 }
 
 interface RoundResult {

@@ -23,7 +23,8 @@ const worker = join(import.meta.dirname, 'fixtures', 'worker.mjs')
 const runtimes: Record<string, [string, string[]]> = {
   node: [process.execPath, []],
   bun: [join(root, 'node_modules', '.bin', 'bun'), []],
-  deno: [join(root, 'node_modules', '.bin', 'deno'), ['run', '--quiet', '--allow-read', '--allow-write', '--allow-env']],
+  deno: [join(root, 'node_modules', 'deno', 'deno'), // the binary: npm's wrapper does not pass signals on
+    ['run', '--quiet', '--allow-read', '--allow-write', '--allow-env']],
 }
 
 function run(runtime: string, args: string[], env: Record<string, string> = {}): Promise<any> {

@@ -16,7 +16,9 @@ import { startFakeAzureKeyVault, type FakeAzureKeyVault } from './fakes/azure.ts
 import { startCorsProxy } from './fakes/cors.ts'
 import type { Targets } from './portable/suite.ts'
 
-const bin = (name: string) => join(import.meta.dirname, '..', '..', '..', 'node_modules', '.bin', name)
+// deno: the binary itself. npm's `deno` package runs it through a Node wrapper (spawnSync) that
+// does not pass signals on, so stopping the wrapper would leave deno running.
+const bin = (name: string) => join(import.meta.dirname, '..', '..', '..', 'node_modules', ...(name === 'deno' ? ['deno', 'deno'] : ['.bin', name]))
 type Result = { name: string; ok: boolean; ms: number; error?: string }
 const credentials = { accessKeyId: 'AKIDKMSPROXYRUNTIMES', secretAccessKey: 'kms-proxy-runtimes-secret/abc+def' }
 const gcpKey = (k: string) => `projects/p/locations/europe-west1/keyRings/r/cryptoKeys/${k}`

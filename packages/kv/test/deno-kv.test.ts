@@ -5,7 +5,9 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
 const root = join(import.meta.dirname, '..', '..', '..')
-const deno = join(root, 'node_modules', '.bin', 'deno')
+// deno: the binary itself. npm's `deno` package runs it through a Node wrapper (spawnSync) that
+// does not pass signals on, so stopping the wrapper would leave deno running.
+const deno = join(root, 'node_modules', 'deno', 'deno')
 const script = join(import.meta.dirname, 'deno', 'contract.mjs')
 const dir = mkdtempSync(join(tmpdir(), 'kms-proxy-denokv-'))
 afterAll(() => rmSync(dir, { recursive: true, force: true }))
