@@ -244,11 +244,12 @@ export interface OutputOptions {
 /** The refusal of an output path that exists, in the words of every command with `-o`. */
 export const existsError = (path: string): CliError => new CliError(EXIT.USAGE, `${path} exists: pass --force to overwrite it`)
 
-/** Refuses, before any work, an output file that exists (a FIFO or device is written in place: not refused). */
+/** Refuses, before any work, an output file that exists, and a folder (a FIFO or device is written in place: not refused). */
 export async function refuseExisting(path: string | undefined, force: boolean): Promise<void> {
   if (force || path === undefined || path === '-') return
   const existing = await stat(path).catch(() => undefined)
   if (existing?.isFile()) throw existsError(path)
+  if (existing?.isDirectory()) throw Object.assign(new Error('is a directory'), { code: 'EISDIR', path })
 }
 
 /** Errors about the temporary file name the path the user gave: the temporary name means nothing to them. */

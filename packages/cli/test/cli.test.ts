@@ -183,6 +183,13 @@ describe('encrypt and decrypt', () => {
       expect(r.stderr).toBe(`kms-proxy ${args[0]}: kept.bin exists: pass --force to overwrite it\nSee kms-proxy ${args[0]} --help\n`)
       expect(readFileSync(join(dir, 'kept.bin'), 'utf8')).toBe('precious')
     }
+    mkdirSync(join(dir, 'a-folder'))
+    for (const force of [[], ['--force']]) {
+      const folder = await kp(dir, ['encrypt', '-i', 'in.bin', '-o', 'a-folder', ...force])
+      expect(folder.code).toBe(EXIT.IO)
+      expect(folder.stderr).toBe('kms-proxy encrypt: cannot access a-folder: is a directory\n')
+    }
+    rmSync(join(dir, 'a-folder'), { recursive: true })
     const forced = await kp(dir, ['decrypt', '-i', 'in.kp', '--aad', 'invoice-42', '-o', 'kept.bin', '--force'])
     expect(forced.code, forced.stderr).toBe(EXIT.OK)
     expect(readFileSync(join(dir, 'kept.bin')).equals(data)).toBe(true)
