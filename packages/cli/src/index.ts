@@ -44,7 +44,10 @@ or not kms-proxy data, 6 root key unreachable, 7 store failed, 8 unknown KEK, 9 
 10 package missing.`
 }
 
-/** Runs one command line (without the program name) and resolves to the exit code. Never throws. */
+/**
+ * Runs one command line (without the program name) and resolves to the exit code. Never throws;
+ * a stdout or stderr that fails (a reader gone: `| head`) ends the process at once with exit 9.
+ */
 export async function main(args: string[]): Promise<number> {
   const [name, ...rest] = args
   const known = name !== undefined && Object.hasOwn(COMMANDS, name)

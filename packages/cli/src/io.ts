@@ -196,8 +196,8 @@ export function endOnFailedOutput(command: string, stream: 'stdout' | 'stderr', 
   if (stream === 'stdout' && !lineWritten && !process.stderr.destroyed) {
     lineWritten = true
     const code = (error as { code?: unknown } | null)?.code
-    const why = code === 'EPIPE' || code === 'ERR_STREAM_DESTROYED' ? 'closed before the end (broken pipe)' : `failed (${typeof code === 'string' ? code : 'error'})`
-    process.stderr.write(`${command}: the output was ${why}\n`)
+    const why = code === 'EPIPE' || code === 'ERR_STREAM_DESTROYED' ? 'was closed before the end (broken pipe)' : `could not be written (${typeof code === 'string' ? code : 'error'})`
+    process.stderr.write(`${command}: the output ${why}\n`)
   }
   process.exit(EXIT.IO)
 }

@@ -94,6 +94,14 @@ describe('a closed stdout', () => {
   })
 })
 
+describe('a stdout that cannot be written', () => {
+  it('stdout on a full device (/dev/full): exit 9 and one line that says so', async () => {
+    const r = await spawnCollect('bash', ['-c', 'exec "$0" "$1" status > /dev/full', process.execPath, bundle], { cwd: dir, env: env() })
+    expect(r.code).toBe(EXIT.IO)
+    expect(withoutNotes(r.stderr)).toBe('kms-proxy status: the output could not be written (ENOSPC)\n')
+  })
+})
+
 describe('a closed stderr', () => {
   it('a message to a stderr nobody reads: exit 9 (the stack trace of the write failure is nowhere)', async () => {
     const failing = await withClosed('stderr', ['status', '-c', 'no-such-config.json'], 'at-once')
