@@ -60,7 +60,7 @@ describe('init', () => {
     expect(status.rootKeyCalls).toEqual({ wraps: 0, unwraps: 0 }) // status needs no secret and no root-key call
   })
 
-  it('refuses to overwrite a config without --force, and checks the passphrase when the chain exists', async () => {
+  it('refuses to overwrite a config without --force, and checks the passphrase when the chain exists, writing nothing to the store', async () => {
     const dir = await initialized('init-again')
     const again = await kp(dir, ['init', ...FAST_KDF])
     expect(again.code).toBe(EXIT.USAGE)
@@ -68,8 +68,11 @@ describe('init', () => {
     const wrong = await kp(dir, ['init', '--force', ...FAST_KDF], { env: { KMS_PROXY_PASSPHRASE: 'not it' } })
     expect(wrong.code).toBe(EXIT.ROOT_KEY)
     expect(wrong.stderr).toMatch(/wrong passphrase/)
+    const store = readFileSync(join(dir, 'kms-proxy-keys.json'))
     const right = await kp(dir, ['init', '--force', ...FAST_KDF])
     expect(right.code).toBe(EXIT.OK)
+    // One unwrap of the primary proves the passphrase; the store is left byte for byte (no use spent).
+    expect(readFileSync(join(dir, 'kms-proxy-keys.json')).equals(store)).toBe(true)
     expect(right.stdout.toString()).toMatch(/already exists; the root key unlocks its primary KEK 0x[0-9a-f]{8}/)
   })
 
