@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto'
 import { mkdirSync, readFileSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { afterAll, beforeAll, expect, it } from 'vitest'
-import { readmeCommands } from '../../testkit/test/readme-blocks.ts'
+import { readmeBlocks, readmeCommands } from '../../testkit/test/readme-blocks.ts'
 import { BIN, ROOT, assertBuilt, spawnCollect, tempDir } from './helpers.js'
 
 const README = join(ROOT, 'packages/cli/README.md')
@@ -48,4 +48,12 @@ it('the README commands run as written: init, encrypt, decrypt, rotate and rewra
   // Nothing but the implicit config's note on stderr: no warning (the passphrase is long enough).
   expect(r.stderr.split('\n').filter((l) => l && !/^kms-proxy: using .* found in the working folder/.test(l))).toEqual([])
   expect(readdirSync(folder).sort()).toEqual(['copy.pdf', 'kms-proxy-keys.json', 'kms-proxy.json', 'report.pdf', 'report.pdf.kp'])
+})
+
+it("the root README's command-line block is this README's, command for command", () => {
+  const strip = (text: string) => text.split('\n').map((l) => l.replace(/\s+#.*$/, '').trim()).filter(Boolean)
+  const cli = readmeBlocks(README, 'bash', 'sh').filter((b) => /kms-proxy (init|encrypt)|npm i -g/.test(b.text)).flatMap((b) => strip(b.text))
+  const root = readmeBlocks(join(ROOT, 'README.md'), 'bash', 'sh').find((b) => b.text.includes('kms-proxy init'))
+  expect(root, 'the root README has a command-line block').toBeDefined()
+  expect(strip(root!.text)).toEqual(cli)
 })
