@@ -85,5 +85,6 @@ async function main(rootKey: ReturnType<typeof passphraseRootKey>): Promise<void
   console.log(`stream: ${Bun.file(`${dir}/report.bin`).size} bytes -> ${Bun.file(`${dir}/report.bin.kp`).size} encrypted -> ${a === b ? 'identical' : 'DIFFERENT'} (sha256 ${a.slice(0, 16)}…)`)
 
   const s = chain.stats()
-  console.log(`root-key calls: ${s.rootKeyWraps} wrap, ${s.rootKeyUnwraps} unwrap for ${s.encryptions} encryptions and ${s.decryptions} decryptions`)
+  const count = (n: number, word: string) => `${n} ${word}${n === 1 ? '' : 's'}`
+  console.log(`root-key calls: ${count(s.rootKeyWraps, 'wrap')}, ${count(s.rootKeyUnwraps, 'unwrap')} for ${count(s.encryptions, 'encryption')} and ${count(s.decryptions, 'decryption')}`)
 }

@@ -14,7 +14,8 @@ import { build } from 'esbuild'
 export const ROOT = fileURLToPath(new URL('../../../', import.meta.url))
 export const BIN = join(ROOT, 'packages/cli/bin/kms-proxy.js')
 export const BUN = join(ROOT, 'node_modules/.bin/bun')
-export const DENO = join(ROOT, 'node_modules/.bin/deno')
+// The binary itself: npm's deno wrapper (a Node script) does not pass signals on.
+export const DENO = join(ROOT, 'node_modules/deno/deno')
 
 export const EXIT = { OK: 0, INTERNAL: 1, USAGE: 2, MISSING: 3, ROOT_KEY: 4, TAMPERED: 5, ROOT_KEY_UNREACHABLE: 6, STORE: 7, UNKNOWN_KEK: 8, IO: 9, NOT_INSTALLED: 10 }
 
