@@ -67,6 +67,11 @@ export class KekSource {
    */
   readonly #failed = new Lru<string, { error: KmsProxyError; until: number }>(FAILURE_MEMORY)
   readonly entries = new Map<number, KekEntry>()
+  /**
+   * Whether this chain's root has unwrapped a KEK record of the chain's store, or made the
+   * primary the head names: only then may it wrap a new KEK (see #prove).
+   */
+  proved = false
   #available = true
   #lastError: string | undefined
 
@@ -117,7 +122,10 @@ export class KekSource {
         this.remember(found.id, found.createdAt)
         wrapped = found.wrapped
       }
-      return this.#unwrap(wrapped, id)
+      const kek = await this.#unwrap(wrapped, id)
+      // A record of the chain's store, not bytes some data carried: the root is the chain's.
+      if (!embedded) this.proved = true
+      return kek
     })()
     this.#keks.set(cacheKey, loading)
     loading.catch((error: unknown) => {
@@ -142,8 +150,12 @@ export class KekSource {
     return kek
   }
 
-  /** A new KEK from the root key, durably in the store before anything uses it (invariant 2). */
-  async createKek(): Promise<NewKekMade> {
+  /**
+   * A new KEK from the root key, durably in the store before anything uses it (invariant 2), and
+   * only from a proved root (see #prove). `primary` is the primary the head names, if any.
+   */
+  async createKek(primary: number | undefined): Promise<NewKekMade> {
+    await this.#prove(primary)
     for (let attempt = 0; attempt < ID_ATTEMPTS; attempt++) {
       const id = randomU32()
       if (this.entries.has(id)) continue
@@ -162,6 +174,36 @@ export class KekSource {
       }
     }
     throw new LimitError('could not find a free KEK id')
+  }
+
+  /**
+   * A root is proved (it unwraps an existing KEK of the chain) before it may wrap a new one, so a
+   * mistyped passphrase or another KMS key cannot start a second line of KEKs that the chain's
+   * root cannot read. The proof is the head's primary (normally cached already: no call), or,
+   * only when the store lacks that record or there is no head, the newest other record. A
+   * primary the root refuses is final: a corrupt record and a wrong root look the same, and
+   * another record may be a stray KEK of the wrong root itself (one that lost the race to start
+   * the chain). A brand-new chain (no head, no record) has nothing to prove against. Writes
+   * nothing; throws the root's own error, or ERR_STORE.
+   */
+  async #prove(primary: number | undefined): Promise<void> {
+    if (this.proved || (primary !== undefined && (await this.loadStored(primary)))) return
+    const [newest] = (await this.storeCall('list the KEKs', () => this.#store.listKeks(this.#name))).sort((x, y) => y.createdAt - x.createdAt)
+    if (newest) await this.loadStored(newest.id, newest)
+    else if (primary !== undefined) throw missingPrimary()
+  }
+
+  /**
+   * The stored KEK `id` (its record read unless given) through kekFor: one root unwrap, or the
+   * cache. A success proves the root. Undefined when the store has no such record.
+   */
+  async loadStored(id: number, record?: KekRecord): Promise<{ record: KekRecord; kek: CryptoKey } | undefined> {
+    record ??= await this.storeCall('read a KEK', () => this.#store.getKek(this.#name, id))
+    if (!record) return undefined
+    const kek = await this.kekFor(record.id, this.#store.embedsKeks ? record.wrapped : undefined, record)
+    this.remember(record.id, record.createdAt)
+    this.proved = true
+    return { record, kek }
   }
 
   /** Every root-key call goes through here: typed errors, availability for stats(). */
@@ -188,6 +230,9 @@ export class KekSource {
     }
   }
 }
+
+/** Retryable: on an eventually consistent store the record may not have arrived yet. */
+export const missingPrimary = (): StoreError => new StoreError('the chain head names a KEK that the store does not have', { retryable: true })
 
 function assertKek(kek: unknown): asserts kek is CryptoKey {
   const k = kek as CryptoKey | undefined

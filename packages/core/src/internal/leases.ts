@@ -7,7 +7,7 @@ import { StoreError } from '../errors.js'
 import { encodeHeader } from '../format.js'
 import type { ChainHead, KeyStore, Versioned } from '../store.js'
 import type { Bytes } from './bytes.js'
-import type { Counts, KekSource, NewKekMade } from './kek-source.js'
+import { missingPrimary, type Counts, type KekSource, type NewKekMade } from './kek-source.js'
 import { randomPublicBytes } from './random.js'
 
 /** The primary KEK as this process holds it, with the lease of uses it reserved. */
@@ -146,11 +146,12 @@ export class Leases {
         if (await this.#leaseFrom(head!, h)) return
         continue
       }
-      const spare = (this.#spare ??= { ...(await this.#keks.createKek()), replaces: h?.primary })
+      const spare = (this.#spare ??= { ...(await this.#keks.createKek(h?.primary)), replaces: h?.primary })
       const take = Math.min(leaseSize, maxWraps)
       const next: ChainHead = { primary: spare.id, primaryCreatedAt: spare.createdAt, leased: take }
       if (await this.#keks.storeCall('update the chain head', () => store.casHead(name, head?.version, next))) {
         this.#spare = undefined
+        this.#keks.proved = true // the head names its KEK now (a brand-new chain: its first root defines it)
         this.#counts.rotations++
         this.#setPrimary(spare.id, spare.createdAt, spare.kek, spare.wrapped, 0, take)
         return
@@ -167,12 +168,9 @@ export class Leases {
       // Another process rotated: load its KEK (one root unwrap, cached) BEFORE reserving uses,
       // so that a root key that is down costs no uses: a lease taken first and then not used
       // would count as spent, and a few failed encrypts could use up the primary for everyone.
-      const record = await this.#keks.storeCall('read a KEK', () => store.getKek(name, h.primary))
-      // Retryable: on an eventually consistent store the record may not have arrived yet.
-      if (!record) throw new StoreError('the chain head names a KEK that the store does not have', { retryable: true })
-      const kek = await this.#keks.kekFor(record.id, store.embedsKeks ? record.wrapped : undefined, record)
-      this.#keks.remember(record.id, record.createdAt)
-      loaded = { kek, wrapped: record.wrapped, createdAt: h.primaryCreatedAt }
+      const stored = await this.#keks.loadStored(h.primary)
+      if (!stored) throw missingPrimary()
+      loaded = { kek: stored.kek, wrapped: stored.record.wrapped, createdAt: h.primaryCreatedAt }
     }
     const take = Math.min(leaseSize, maxWraps - h.leased)
     const next: ChainHead = { primary: h.primary, primaryCreatedAt: h.primaryCreatedAt, leased: h.leased + take }
