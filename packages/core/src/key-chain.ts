@@ -99,6 +99,17 @@ export class KeyChain {
    * Opens (or starts) the chain `name` in `store`. Reads the head once; makes no root-key call
    * (the primary KEK is unwrapped on the first encryption).
    *
+   * The root key is proved before it wraps anything: before this chain instance makes a KEK (at
+   * `rotate()`, or when the primary's age or usage limit is reached, in an encryption, a stream
+   * or the DEK pool), its root must have unwrapped a KEK of the chain, normally the head's
+   * primary, which the first encryption unwraps anyway. So a wrong passphrase, or a KMS key that
+   * cannot unwrap the chain's KEKs, fails with `ERR_ROOT_KEY` and writes nothing, instead of
+   * starting KEKs that the chain's root cannot read. Cost: no root-key call in steady state; one
+   * unwrap before the first rotation of an instance that has unwrapped nothing yet. A brand-new
+   * chain (no head, no KEK record) has nothing to prove against: its first root is the chain's.
+   * `embeddedStore()` keeps the head in this process only, so every process starts a
+   * brand-new chain there: a wrong passphrase simply makes data that only that passphrase opens.
+   *
    * @param options - every field has a default: see {@link KeyChainOptions}.
    * @throws TypeError - an option of the wrong type (a `rootKey` without `newKek`, a `store`
    *   missing a method, a chain name that is empty, over 255 characters or not well-formed).
@@ -130,7 +141,8 @@ export class KeyChain {
    * @throws TypeError - `data` is neither a `Uint8Array` nor a well-formed string.
    * @throws {@link LimitError} - `ERR_LIMIT`: `data` is over 2^36 − 32 bytes, or no free KEK id.
    * @throws {@link RootKeyError} - `ERR_ROOT_KEY`: a rotation or the first load of the primary needed
-   *   the root key and it failed (`retryable` when it was unreachable).
+   *   the root key and it failed (`retryable` when it was unreachable). A rotation first proves
+   *   the root on the primary (see {@link KeyChain.open}): a wrong root is refused, nothing written.
    * @throws {@link StoreError} - `ERR_STORE`: a rotation or a lease needed the store and it failed.
    * @example
    * ```ts
@@ -331,10 +343,19 @@ export class KeyChain {
    * Makes a new primary KEK now (one root-key wrap). Older KEKs stay for decryption. Other
    * processes on the same store move to it when their lease runs out.
    *
+   * The root is proved first (see {@link KeyChain.open}): in a chain instance that has not
+   * unwrapped a KEK of the chain yet, this costs one unwrap of the head's primary before the
+   * wrap; when that fails, nothing is written (no KEK record, no head change, no lease). When the
+   * store lacks the head's primary record, the newest other record may prove the root instead.
+   *
    * @returns the new primary KEK's `id` (a random u32) and `createdAt` (ms since the epoch).
-   * @throws {@link RootKeyError} - `ERR_ROOT_KEY`: the root key failed to make the KEK.
+   * @throws {@link RootKeyError} - `ERR_ROOT_KEY`: the root key could not unwrap the head's primary
+   *   (a wrong passphrase or key, or an altered record: not retryable; unreachable: `retryable`),
+   *   or failed to make the KEK.
    * @throws {@link StoreError} - `ERR_STORE`: the KEK record or the head could not be written (no
-   *   data is ever encrypted under a KEK that is not stored).
+   *   data is ever encrypted under a KEK that is not stored), or the head names a KEK that the
+   *   store lacks and no other record proves the root (`retryable`: on an eventually consistent
+   *   store the record may still arrive).
    * @throws {@link LimitError} - `ERR_LIMIT`: no free KEK id after eight random draws.
    * @example
    * ```ts

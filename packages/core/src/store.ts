@@ -126,8 +126,10 @@ export function memoryStore(): KeyStore {
  * The original design's "store along every ciphertext": each encrypted data carries the
  * root-wrapped KEK, so decryption anywhere needs only the root key (one unwrap per distinct KEK
  * per process). The head and usage counts live in this process only: a new process starts a new
- * KEK, so the usage limit holds per process, not across processes. The default store of
- * {@link KeyChain.open}. `embedsKeks: true`.
+ * KEK, so the usage limit holds per process, not across processes. For the same reason there is
+ * no KEK to prove a root key against (a chain on a shared store refuses a root that cannot
+ * unwrap its KEKs): a wrong passphrase here simply makes data that only that passphrase opens.
+ * The default store of {@link KeyChain.open}. `embedsKeks: true`.
  *
  * @example
  * ```ts
