@@ -232,6 +232,17 @@ describe('root-key calls the proof costs (countingRootKey, memory store)', () =>
     await rotating.rotate()
     expect([byHand.wraps, byHand.unwraps]).toEqual([2, 1])
 
+    const usage = { maxWrapsPerKek: 3, leaseSize: 3, dekPoolSize: 0 }
+    const spent = memoryStore()
+    const spender = await KeyChain.open({ rootKey: aesRootKey(ROOT_BYTES), store: spent, name: NAME, ...usage })
+    for (let i = 0; i < 3; i++) await spender.encrypt('x')
+    const byUsage = counting()
+    const next = await KeyChain.open({ rootKey: byUsage, store: spent, name: NAME, ...usage })
+    await next.encrypt('y')
+    expect([byUsage.wraps, byUsage.unwraps]).toEqual([1, 1])
+    for (let i = 0; i < 3; i++) await next.encrypt('z')
+    expect([byUsage.wraps, byUsage.unwraps]).toEqual([2, 1])
+
     // A decryption under an older KEK proves the root as well as the primary would.
     const reading = counting()
     const reader = await KeyChain.open({ rootKey: reading, store, name: NAME })
