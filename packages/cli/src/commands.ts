@@ -229,7 +229,7 @@ of its wrapped KEKs, and nothing encrypted under the chain can be decrypted with
     }
     const store = openStore(config, file)
     const existing = await headOf(store, config.chain)
-    const rootKey = await openRootKey(config.rootKey, { confirm: !existing, store, chain: config.chain })
+    const rootKey = await openRootKey(config.rootKey, { confirm: !existing })
     let message: string
     if (existing) {
       // One root-key unwrap of the primary proves the root key before the config is written;

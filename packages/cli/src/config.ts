@@ -343,39 +343,8 @@ function env(name: string, forWhat: string): string {
 export interface RootKeyContext {
   /** A new chain's passphrase (`init`): typed twice on a terminal, and a weak one warned about. */
   confirm?: boolean
-  /** The chain the root key is for: a passphrase is then proved before it makes a KEK. */
-  store?: KeyStore
-  chain?: string
   /** The config's plainHttpHosts, passed on to a remote root key. */
   plainHttpHosts?: string[]
-}
-
-/**
- * A passphrase root makes a KEK under any passphrase, right or wrong. A typo would then make the
- * chain's next primary KEK (at `rotate`, or at the first encryption once the primary is past its
- * age), and everything encrypted under it would open only with the typo. So before its first new
- * KEK this wrapper unwraps the chain's primary KEK (one root-key call, the KDF result cached);
- * a wrong passphrase fails there with ERR_ROOT_KEY and nothing is written.
- */
-function provedBeforeNewKek(root: RootKey, store: KeyStore, chain: string): RootKey {
-  let proof: Promise<void> | undefined
-  const prove = async () => {
-    const head = await store.getHead(chain)
-    if (head) await unlockPrimary(root, store, chain, head.value)
-  }
-  return {
-    kind: root.kind,
-    async newKek(aad) {
-      await (proof ??= prove().catch((error: unknown) => {
-        proof = undefined
-        throw error
-      }))
-      return root.newKek(aad)
-    },
-    unwrapKek: (wrapped, aad) => root.unwrapKek(wrapped, aad),
-    toString: () => String(root),
-    toJSON: () => (root as { toJSON?: () => unknown }).toJSON?.() ?? { kind: root.kind },
-  } as RootKey
 }
 
 /**
@@ -415,7 +384,8 @@ export async function openRootKey(r: RootKeyConfig, context: RootKeyContext = {}
         process.stderr.write(`kms-proxy init: warning: this passphrase ${weak}: 12 or more (not a well-known phrase) are advised, since anyone with a copy of the key file can guess at it offline\n`)
       }
       const root = passphraseRootKey({ passphrase, kdf: r.kdf ?? 'pbkdf2', ...(r.iterations ? { iterations: r.iterations } : {}) })
-      return context.store && context.chain !== undefined ? provedBeforeNewKek(root, context.store, context.chain) : root
+      // A wrong passphrase cannot make a KEK: the key chain proves its root before it wraps one.
+      return root
     }
     case 'aws-kms': {
       const accessKeyId = env(SECRET_ENV.awsAccessKeyId, 'AWS KMS')
@@ -521,7 +491,7 @@ export async function openConfigured(path: string, options: OpenOptions = {}): P
   if (storeFile) await storeFileExists(storeFile, path, config.chain)
   const store = openStore(config, path)
   await chainHead(store, config.chain)
-  const rootKey = await openRootKey(config.rootKey, { store, chain: config.chain, ...plainHttp(config.plainHttpHosts) })
+  const rootKey = await openRootKey(config.rootKey, plainHttp(config.plainHttpHosts))
   const chain = await KeyChain.open(chainOptions(config, rootKey, store, options))
   return { chain, rootKey, config, store }
 }
