@@ -22,15 +22,41 @@ const kp = {
   },
 
   /** One tab's share of the two-tab test: `count` records, rotate() halfway. */
-  async work({ name, tab, count, max, startAt }: { name: string; tab: string; count: number; max: number; startAt: number }) {
+  async work({ name, tab, count, max }: { name: string; tab: string; count: number; max: number }) {
     const chain = await KeyChain.open({ rootKey: aesRootKey(ROOT), store: indexedDbStore({ name }), maxWrapsPerKek: max, leaseSize: 5, dekPoolSize: 0 })
-    // Both tabs start on the same wall-clock moment, so that they really overlap.
-    await new Promise((resolve) => setTimeout(resolve, Math.max(0, startAt - Date.now())))
+    // The tabs talk over a BroadcastChannel. First each waits to hear from the other (a
+    // wall-clock start could pass before a slow tab was even called), then they take two turns
+    // each of 5 records (a, b, a, b): b's first lease is then from a KEK a made, so the tabs
+    // provably share the store however the machine schedules them. Then both run free, racing
+    // for leases and rotations.
+    const other = tab === 'a' ? 'b' : 'a'
+    const channel = new BroadcastChannel(`tabs:${name}`)
+    const heard = new Set<string>()
+    let wake = () => {}
+    channel.onmessage = (event: MessageEvent<string>) => {
+      if (event.data === `ready:${other}` && !heard.has(event.data)) channel.postMessage(`ready:${tab}`) // it may have posted before this tab listened
+      heard.add(event.data)
+      wake()
+    }
+    const hear = async (message: string) => {
+      while (!heard.has(message)) await new Promise<void>((resolve) => (wake = resolve))
+    }
+    channel.postMessage(`ready:${tab}`)
+    await hear(`ready:${other}`)
     const out: string[] = []
-    for (let i = 0; i < count; i++) {
+    const encrypt = async (i: number) => {
       out.push(await chain.encryptText(`${tab}:${i}`))
       if (i === count >> 1) await chain.rotate()
     }
+    const TURN = 5
+    for (let turn = 0; turn < 2; turn++) {
+      if (tab === 'b') await hear(`turn:a:${turn}`)
+      for (let i = 0; i < TURN; i++) await encrypt(turn * TURN + i)
+      channel.postMessage(`turn:${tab}:${turn}`)
+      if (tab === 'a') await hear(`turn:b:${turn}`)
+    }
+    channel.close()
+    for (let i = 2 * TURN; i < count; i++) await encrypt(i)
     return { texts: out, rotations: chain.stats().rotations }
   },
 
