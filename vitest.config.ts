@@ -1,4 +1,5 @@
 import { defineConfig } from 'vitest/config'
+import { availableParallelism } from 'node:os'
 import { fileURLToPath } from 'node:url'
 
 const src = (name: string) => fileURLToPath(new URL(`./packages/${name}/src/index.ts`, import.meta.url))
@@ -26,5 +27,9 @@ export default defineConfig({
     include: ['packages/*/test/**/*.test.ts'],
     testTimeout: 60_000,
     pool: 'threads',
+    // Most test files wait on other processes (etcd, Chromium, Deno, Bun, workerd, SoftHSM2, the
+    // CLI), so two files at a time on two cores cut the wall time by a third (384 s to 257 s on
+    // Node 20); vitest's own default, one less than the cores, runs them one by one there.
+    maxWorkers: Math.max(2, availableParallelism() - 1),
   },
 })
