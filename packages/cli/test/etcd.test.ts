@@ -1,10 +1,10 @@
 /** The CLI on a real etcd (Debian's etcd-server, one member on loopback): init, round trip, two configs sharing the chain, etcd down. */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { mkdirSync, readFileSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { join } from 'node:path'
 import { afterAll, beforeAll, expect, it } from 'vitest'
 import { EXIT, FAST_KDF, WEAK_KDF_ENV, bundleCli, spawnCollect, tempDir, withoutWeakKdfWarning, type Result } from './helpers.js'
+import { freePort } from '../../testkit/test/free-port.ts'
 
 const ETCD = process.env.ETCD_BIN ?? 'etcd'
 const PASSPHRASE = 'etcd chain passphrase'
@@ -12,17 +12,6 @@ let work: ReturnType<typeof tempDir>
 let bundle: string
 let etcd: ChildProcess | undefined
 let endpoint: string
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer()
-    s.on('error', reject)
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number }
-      s.close(() => resolve(port))
-    })
-  })
-}
 
 beforeAll(async () => {
   work = tempDir('etcd')

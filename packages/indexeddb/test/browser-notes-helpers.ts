@@ -2,10 +2,11 @@
 // copy of the repo root to run the README's commands in, and processes started from them.
 import { spawn, type ChildProcess } from 'node:child_process'
 import { cpSync, mkdirSync, mkdtempSync, readdirSync, symlinkSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { Page } from 'playwright-core'
+import { freePort } from '../../testkit/test/free-port.ts'
+export { freePort }
 
 export interface AtRest {
   localStorageKeys: string[]
@@ -102,18 +103,6 @@ export function styleOfText(page: Page, needle: string): Promise<{ className: st
 
 /** `rgb(r, g, b)` → [r, g, b] */
 export const rgb = (css: string): number[] => css.match(/\d+/g)!.slice(0, 3).map(Number)
-
-/** A free TCP port on 127.0.0.1 (free when asked; the caller binds it at once). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer()
-    s.once('error', reject)
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number }
-      s.close(() => resolve(port))
-    })
-  })
-}
 
 /**
  * A stand-in for the repo root in a temporary folder, so that a README's commands run there as

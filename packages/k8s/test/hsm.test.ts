@@ -7,13 +7,13 @@
  */
 import { afterAll, beforeAll, expect, it } from 'vitest'
 import type { ChildProcess } from 'node:child_process'
-import { createServer } from 'node:net'
 import { KeyChain, embeddedStore } from '@kms-proxy/core'
 import { countingRootKey } from '@kms-proxy/testkit'
 import { PKCS11_WRAPPED_LENGTH, PKCS11_WRAP_TAG, pkcs11BridgeRootKey } from '../../pkcs11/src/index.ts'
 import { MODULE, PIN, TOKEN_LABEL, bearer, makeToken, readLine, spawnTs, type TestToken } from '../../pkcs11-bridge/test/hsm.ts'
 import { KEK_ANNOTATION, serveKmsPlugin, type KmsPlugin } from '../src/index.ts'
 import { codeOf, grpcError, kmsClient, seed, tempDir, type KmsClient } from './client.ts'
+import { freePort } from '../../testkit/test/free-port.ts'
 
 const TOKEN = bearer()
 let hsm: TestToken
@@ -22,14 +22,6 @@ let port = 0
 const dir = tempDir('kms-proxy-k8s-hsm-')
 const opened: { close(): unknown }[] = []
 const children: ChildProcess[] = []
-
-async function freePort(): Promise<number> {
-  const server = createServer()
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
-  const { port } = server.address() as { port: number }
-  await new Promise((r) => server.close(r))
-  return port
-}
 
 async function startBridge(): Promise<void> {
   const config = [{ module: MODULE, tokenLabel: TOKEN_LABEL, pin: PIN, token: TOKEN, keyLabel: 'k8s-kek-root', createKey: true, port }]

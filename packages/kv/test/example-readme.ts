@@ -7,20 +7,13 @@
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import { cpSync, existsSync, mkdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
-import { connect, createServer } from 'node:net'
+import { connect } from 'node:net'
 import { join } from 'node:path'
 import { readmeBlocks, readmeCommands } from '../../testkit/test/readme-blocks.ts'
+import { freePort } from '../../testkit/test/free-port.ts'
+export { freePort }
 
 export const repoRoot = join(import.meta.dirname, '..', '..', '..')
-
-/** A free loopback port (closed again at once). */
-export async function freePort(): Promise<number> {
-  const server = createServer()
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const port = (server.address() as { port: number }).port
-  await new Promise((resolve) => server.close(resolve))
-  return port
-}
 
 /** Whether something accepts connections on 127.0.0.1:port. */
 export function listening(port: number): Promise<boolean> {

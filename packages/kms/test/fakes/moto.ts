@@ -2,20 +2,13 @@
 import { spawn } from 'node:child_process'
 import { createServer } from 'node:http'
 import { signV4, type AwsCredentials } from '../../src/sigv4.ts'
+import { freePort } from '../../../testkit/test/free-port.ts'
 
 export interface Moto {
   endpoint: string
   /** Calls a KMS action on moto, signed with our signer. */
   kms(action: string, payload: object): Promise<any>
   close(): void
-}
-
-async function freePort(): Promise<number> {
-  const server = createServer()
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
-  const port = (server.address() as { port: number }).port
-  await new Promise((r) => server.close(r))
-  return port
 }
 
 export async function startMoto(credentials: AwsCredentials, region = 'eu-central-1'): Promise<Moto> {
