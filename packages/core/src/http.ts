@@ -8,6 +8,7 @@
  * that sends headers and then stalls the body would otherwise hang the call for ever, and a key
  * chain that coalesces unwraps would keep that pending call and hang every later decrypt.
  */
+import { join } from './internal/bytes.js'
 
 /** Why an exchange produced no usable answer. */
 export type HttpFailureReason = 'timeout' | 'network' | 'too-large'
@@ -147,15 +148,9 @@ async function readBody(response: Response, maxBytes: number, signal: AbortSigna
     reader.cancel().catch(() => {})
     throw error
   }
-  // A loop, not concat(...chunks): a body read in very many small chunks would exceed the
+  // join(chunks), not concat(...chunks): a body read in very many small chunks would exceed the
   // engine's limit on spread arguments.
-  const body = new Uint8Array(length)
-  let offset = 0
-  for (const chunk of chunks) {
-    body.set(chunk, offset)
-    offset += chunk.length
-  }
-  return body
+  return join(chunks)
 }
 
 function answer(response: Response, body: Uint8Array): HttpAnswer {

@@ -29,6 +29,11 @@ export function fromUtf8(bytes: Uint8Array): string {
 }
 
 export function concat(...parts: Uint8Array[]): Bytes {
+  return join(parts)
+}
+
+/** The parts one after another, from an array: any number of parts (no spread-argument limit). */
+export function join(parts: readonly Uint8Array[]): Bytes {
   let length = 0
   for (const p of parts) length += p.length
   const out = new Uint8Array(length)
