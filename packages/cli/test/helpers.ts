@@ -9,7 +9,7 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } 
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { build } from 'esbuild'
+import { bundleChild } from '../../testkit/test/bundle.ts'
 
 export const ROOT = fileURLToPath(new URL('../../../', import.meta.url))
 export const BIN = join(ROOT, 'packages/cli/bin/kms-proxy.js')
@@ -25,19 +25,12 @@ export const EXIT = { OK: 0, INTERNAL: 1, USAGE: 2, MISSING: 3, ROOT_KEY: 4, TAM
  */
 export async function bundleCli(dir: string, sources?: string): Promise<string> {
   const outfile = join(dir, 'kms-proxy.mjs')
-  const entry = sources
-    ? { stdin: { contents: "import { runAndExit } from './src/index.ts'\nawait runAndExit(process.argv.slice(2))", resolveDir: sources, loader: 'ts' as const } }
-    : { entryPoints: [join(ROOT, 'packages/cli/test/entry.ts')] }
-  await build({
-    ...entry,
+  await bundleChild(
+    sources
+      ? { source: "import { runAndExit } from './src/index.ts'\nawait runAndExit(process.argv.slice(2))", resolveDir: sources }
+      : { file: join(ROOT, 'packages/cli/test/entry.ts') },
     outfile,
-    bundle: true,
-    platform: 'node',
-    format: 'esm',
-    target: 'node20',
-    tsconfig: join(ROOT, 'tsconfig.json'),
-    logLevel: 'silent',
-  })
+  )
   return outfile
 }
 

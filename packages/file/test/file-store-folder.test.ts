@@ -11,7 +11,7 @@ import { join } from 'node:path'
 import { afterAll, beforeAll, expect, it } from 'vitest'
 import { KeyChain, aesRootKey } from '@kms-proxy/core'
 import { fileStore } from '../src/index.ts'
-import { bundleChild } from './fixtures/bundle.ts'
+import { bundleChild } from '../../testkit/test/bundle.ts'
 import { everyCall, type Outcome } from './fixtures/every-call.ts'
 
 const NOBODY = 65534
@@ -21,7 +21,7 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }))
 beforeAll(async () => {
   // The child runs as nobody: it must be able to reach and read the script.
   chmodSync(dir, 0o755)
-  await bundleChild({ source: "import { everyCall } from './every-call.ts'\nprocess.stdout.write(JSON.stringify(await everyCall(process.argv[2])))" }, script)
+  await bundleChild({ source: "import { everyCall } from './every-call.ts'\nprocess.stdout.write(JSON.stringify(await everyCall(process.argv[2])))", resolveDir: join(import.meta.dirname, 'fixtures') }, script)
   chmodSync(script, 0o644)
 })
 

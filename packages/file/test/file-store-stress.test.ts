@@ -13,7 +13,7 @@ import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { afterAll, beforeAll, expect, it } from 'vitest'
 import { fileStore } from '../src/index.ts'
-import { bundleChild } from './fixtures/bundle.ts'
+import { bundleChild } from '../../testkit/test/bundle.ts'
 
 const ROOT = join(import.meta.dirname, '..', '..', '..')
 const PROCESSES = 6

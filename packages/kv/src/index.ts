@@ -325,7 +325,7 @@ async function whileBusy<T>(call: () => Promise<T>, timeoutMs: number): Promise<
       const message = String((error as Error | undefined)?.message ?? error)
       if (!/database is locked|SQLITE_BUSY/i.test(message) || Date.now() - started > timeoutMs) throw error
     }
-    // Jitter from the platform CSPRNG: this library keeps Math.random out of its code entirely.
+    // Jitter from the platform CSPRNG (crypto.getRandomValues), as everywhere in this library.
     const jitter = crypto.getRandomValues(new Uint8Array(1))[0]! / 256
     await new Promise((resolve) => setTimeout(resolve, wait * (0.5 + jitter)))
   }
