@@ -31,10 +31,10 @@ export {
   ERROR_CODES,
 } from './errors.js'
 export type { ErrorCode, AnyKmsProxyError, KmsProxyErrorOptions, KmsProxyErrorClass } from './errors.js'
-export { memoryStore, embeddedStore } from './store.js'
-export type { KeyStore, KekRecord, ChainHead, Versioned } from './store.js'
-export { ephemeralRootKey, aesRootKey, sealNewKek, openSealedKek, importKekBytes, KEK_ALGORITHM } from './root-key.js'
-export type { RootKey, NewKek } from './root-key.js'
+export { memoryStore, embeddedStore, DEFAULT_ROOT, rootOf } from './store.js'
+export type { KeyStore, KekRecord, ChainHead, ChainRoot, ChainRootState, Versioned } from './store.js'
+export { ephemeralRootKey, aesRootKey, sealNewKek, sealKek, openSealedKek, importKekBytes, KEK_ALGORITHM } from './root-key.js'
+export type { RootKey, NewKek, UnwrapKekOptions } from './root-key.js'
 export {
   FORMAT_VERSION,
   OVERHEAD_BYTES,

@@ -83,10 +83,10 @@ export class KeyChain {
 
   private constructor(options: ResolvedOptions) {
     this.name = options.name
-    this.#root = options.rootKey
+    this.#root = [...options.roots.values()][0]!
     this.#acceptEmbedded = options.acceptEmbeddedKeks
     this.#dekCache = new Lru(options.dekCacheSize)
-    this.#keks = new KekSource(options.name, options.rootKey, options.store, this.#counts)
+    this.#keks = new KekSource(options.name, [...options.roots.values()][0]!, options.store, this.#counts)
     this.#leases = new Leases(
       { name: options.name, store: options.store, maxWraps: options.maxWrapsPerKek, maxAge: options.maxKekAgeMs, leaseSize: options.leaseSize },
       this.#keks,

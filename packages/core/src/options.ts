@@ -5,7 +5,7 @@
  */
 import { asBytes, utf8, type Bytes } from './internal/bytes.js'
 import { ephemeralRootKey, type RootKey } from './root-key.js'
-import { embeddedStore, type KeyStore } from './store.js'
+import { DEFAULT_ROOT, embeddedStore, type KeyStore } from './store.js'
 
 /** Options of `KeyChain.open`. Every one has a default. */
 export interface KeyChainOptions {
@@ -15,6 +15,15 @@ export interface KeyChainOptions {
    * @defaultValue `ephemeralRootKey()`: a random key of this process only; data dies with it.
    */
   rootKey?: RootKey
+  /**
+   * Several roots by name, for a chain that has (or will have) several: a passkey and a
+   * recovery passphrase, KMS keys in two regions, an HSM and a break-glass KMS key. Any one of
+   * them unlocks the chain; a rotation wraps the new KEK under every root of the chain, so it
+   * needs every one. Names: 1 to 64 characters of letters, digits, `.`, `_`, `-`. Give
+   * `rootKey` or `roots`, not both; `rootKey: r` is the chain's only root, whatever its name
+   * (`'default'` for a new chain).
+   */
+  roots?: Readonly<Record<string, RootKey>>
   /**
    * Keeps the wrapped KEKs and the head: `memoryStore()`, `fileStore`, `etcdStore`, … or your own.
    *
@@ -152,13 +161,44 @@ const HARD_MAX_WRAPS = 2 ** 32
 const DEFAULT_MAX_AGE_MS = 7 * 24 * 3600 * 1000
 
 /** Every option of a chain, checked and with its default filled in. */
-export type ResolvedOptions = Required<KeyChainOptions>
+export type ResolvedOptions = Omit<Required<KeyChainOptions>, 'rootKey' | 'roots'> & {
+  /** The roots this process holds, by name, in the order given (the order unwraps try them). */
+  roots: Map<string, RootKey>
+  /** Opened with `rootKey`: the one root stands for the chain's only root, whatever its name. */
+  single: boolean
+}
+
+/** Letters, digits, `.`, `_`, `-`: a root name is part of store keys and of encrypted data. */
+const ROOT_NAME = /^[A-Za-z0-9._-]{1,64}$/
+
+/** Checks a root's name. @throws TypeError */
+export function checkRootName(name: unknown, what = 'root name'): string {
+  if (typeof name !== 'string' || !ROOT_NAME.test(name)) {
+    throw new TypeError(`${what}: expected 1 to 64 letters, digits, ".", "_" or "-"`)
+  }
+  return name
+}
+
+/** Checks a root key. @throws TypeError */
+export function checkRootKey(root: unknown, what = 'rootKey'): RootKey {
+  const r = root as RootKey
+  if (typeof r !== 'object' || r === null || typeof r.newKek !== 'function' || typeof r.unwrapKek !== 'function') {
+    throw new TypeError(`${what}: expected a RootKey (newKek and unwrapKek)`)
+  }
+  if (r.wrapKek !== undefined && typeof r.wrapKek !== 'function') throw new TypeError(`${what}: wrapKek must be a function`)
+  return r
+}
 
 export function resolveOptions(options: KeyChainOptions): ResolvedOptions {
   if (typeof options !== 'object' || options === null) throw new TypeError('options: expected an object')
-  const rootKey = options.rootKey ?? ephemeralRootKey()
-  if (typeof rootKey !== 'object' || typeof rootKey.newKek !== 'function' || typeof rootKey.unwrapKek !== 'function') {
-    throw new TypeError('rootKey: expected a RootKey (newKek and unwrapKek)')
+  if (options.rootKey !== undefined && options.roots !== undefined) throw new TypeError('give rootKey or roots, not both')
+  const roots = new Map<string, RootKey>()
+  if (options.roots !== undefined) {
+    if (typeof options.roots !== 'object' || options.roots === null) throw new TypeError('roots: expected an object of root keys by name')
+    for (const [name, root] of Object.entries(options.roots)) roots.set(checkRootName(name), checkRootKey(root, `roots.${name}`))
+    if (roots.size === 0) throw new TypeError('roots: expected at least one root key')
+  } else {
+    roots.set(DEFAULT_ROOT, checkRootKey(options.rootKey ?? ephemeralRootKey()))
   }
   const store = options.store ?? embeddedStore()
   for (const method of ['getHead', 'casHead', 'getKek', 'putKekIfAbsent', 'listKeks'] as const) {
@@ -185,7 +225,7 @@ export function resolveOptions(options: KeyChainOptions): ResolvedOptions {
   const leaseSize = integerOption('leaseSize', options.leaseSize, leaseDefault, 1, HARD_MAX_WRAPS)
   const acceptEmbeddedKeks = options.acceptEmbeddedKeks ?? store.embedsKeks === true
   if (typeof acceptEmbeddedKeks !== 'boolean') throw new TypeError('acceptEmbeddedKeks: expected a boolean')
-  return { rootKey, store, name, maxWrapsPerKek, maxKekAgeMs, dekCacheSize, dekPoolSize, leaseSize, acceptEmbeddedKeks }
+  return { roots, single: options.roots === undefined, store, name, maxWrapsPerKek, maxKekAgeMs, dekCacheSize, dekPoolSize, leaseSize, acceptEmbeddedKeks }
 }
 
 /** Bytes of a data argument: a Uint8Array as it is, a string as UTF-8 (well-formed only). */

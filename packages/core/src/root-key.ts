@@ -44,8 +44,29 @@ export interface RootKey {
    * GenerateDataKey) imports the returned bytes as non-extractable and zeroes them.
    */
   newKek(aad: Uint8Array): Promise<NewKek>
-  /** Unwraps a KEK that this root wrapped with the same `aad`. Returns a non-extractable key. */
-  unwrapKek(wrapped: Uint8Array, aad: Uint8Array): Promise<CryptoKey>
+  /**
+   * Unwraps a KEK that this root wrapped with the same `aad`. Returns a non-extractable key,
+   * unless `options.extractable`: the chain asks for that only while it re-wraps the KEK under
+   * another root (`addRoot`, `changeRoot`), hands the handle to that root's `wrapKek` and drops
+   * it. The KEK's bytes stay inside WebCrypto either way. A root that cannot return an
+   * extractable KEK may ignore the option: the chain then cannot re-wrap from this root, and says so.
+   */
+  unwrapKek(wrapped: Uint8Array, aad: Uint8Array, options?: UnwrapKekOptions): Promise<CryptoKey>
+  /**
+   * Wraps an existing KEK under this root, bound to `aad`, in the form `unwrapKek` reads. The
+   * chain calls it to add this root to a chain that has KEKs already (`addRoot`, `changeRoot`),
+   * and, in a chain of several roots, to wrap each new KEK under every root. `kek` is extractable
+   * only so that `crypto.subtle.wrapKey` accepts it: wrap it inside WebCrypto, never export it.
+   * A byte-oriented root (a KMS) wraps it under a data key it returns (envelope), so that KEK
+   * bytes never reach JavaScript. Optional: a root without it can be a chain's only root.
+   */
+  wrapKek?(kek: CryptoKey, aad: Uint8Array): Promise<Uint8Array>
+}
+
+/** Options of {@link RootKey.unwrapKek}. */
+export interface UnwrapKekOptions {
+  /** Return an extractable KEK, for a re-wrap under another root only. Default false. */
+  readonly extractable?: boolean
 }
 
 /** The algorithm of every KEK: AES-128-GCM. A byte-oriented root imports its KEK bytes with it. */
@@ -70,6 +91,7 @@ const KEK_USAGES: ('encrypt' | 'wrapKey' | 'unwrapKey')[] = ['encrypt', 'wrapKey
  *
  * @param bytes - The KEK's 16 bytes; zeroed on return or throw.
  * @param who - The root's name for the error message (for example `'AWS KMS'`).
+ * @param extractable - Only for {@link RootKey.unwrapKek} with `{ extractable: true }` (a re-wrap under another root).
  * @returns The KEK, usages encrypt / wrapKey / unwrapKey.
  * @throws {@link RootKeyError} when `bytes` is not 16 bytes long (the message names `who` and the
  * length in bits, never the bytes).
@@ -80,10 +102,12 @@ const KEK_USAGES: ('encrypt' | 'wrapKey' | 'unwrapKey')[] = ['encrypt', 'wrapKey
  * return { kek: await importKekBytes(Plaintext, 'my KMS'), wrapped: CiphertextBlob }
  * ```
  */
-export async function importKekBytes(bytes: Uint8Array<ArrayBuffer>, who: string): Promise<CryptoKey> {
+export async function importKekBytes(bytes: Uint8Array<ArrayBuffer>, who: string, extractable = false): Promise<CryptoKey> {
   try {
     if (bytes.length !== 16) throw new RootKeyError(`${who} returned a ${bytes.length * 8}-bit KEK; expected 128`)
-    return await crypto.subtle.importKey('raw', bytes, KEK_ALGORITHM, false, KEK_USAGES)
+    // extractable only when the chain re-wraps this KEK under another root (RootKey.unwrapKek's
+    // option): wrapKey needs it, and the bytes are zeroed here either way.
+    return await crypto.subtle.importKey('raw', bytes, KEK_ALGORITHM, extractable === true, KEK_USAGES)
   } finally {
     bytes.fill(0) // invariant 1 (b): KEK bytes from a byte-oriented root, zeroed at once
   }
@@ -116,8 +140,22 @@ export async function sealNewKek(wrappingKey: CryptoKey, aadView: Uint8Array, ta
   return { kek, wrapped: concat(tag, iv, sealed) }
 }
 
-/** Inverse of sealNewKek, after the caller has checked and removed its tag. */
-export async function openSealedKek(wrappingKey: CryptoKey, bodyView: Uint8Array, aadView: Uint8Array): Promise<CryptoKey> {
+/**
+ * For roots that hold a WebCrypto AES-GCM wrapping key: wraps an existing KEK (extractable, as
+ * the chain hands it to {@link RootKey.wrapKek}) in the form {@link sealNewKek} makes, so
+ * {@link openSealedKek} reads both. Output: `tag || iv (12) || AES-GCM(wrappingKey, iv, kek, aad)`.
+ */
+export async function sealKek(wrappingKey: CryptoKey, kek: CryptoKey, aadView: Uint8Array, tag: Uint8Array): Promise<Uint8Array> {
+  const iv = randomBytes(WRAP_IV_BYTES)
+  const sealed = await crypto.subtle.wrapKey('raw', kek, wrappingKey, gcmParams(iv, asBytes(aadView)))
+  return concat(tag, iv, new Uint8Array(sealed))
+}
+
+/**
+ * Inverse of {@link sealNewKek} and {@link sealKek}, after the caller has checked and removed its
+ * tag. `extractable` only for a re-wrap under another root (see {@link RootKey.unwrapKek}).
+ */
+export async function openSealedKek(wrappingKey: CryptoKey, bodyView: Uint8Array, aadView: Uint8Array, extractable = false): Promise<CryptoKey> {
   const [body, aad] = [asBytes(bodyView), asBytes(aadView)]
   if (body.length !== WRAP_IV_BYTES + 16 + 16 && body.length !== WRAP_IV_BYTES + 32 + 16) {
     throw new RootKeyError('wrapped KEK has the wrong length')
@@ -129,7 +167,8 @@ export async function openSealedKek(wrappingKey: CryptoKey, bodyView: Uint8Array
       wrappingKey,
       gcmParams(body.subarray(0, WRAP_IV_BYTES), aad),
       { name: 'AES-GCM' },
-      false,
+      // extractable only when the chain re-wraps this KEK under another root: wrapKey needs it.
+      extractable === true,
       KEK_USAGES,
     )
   } catch {
@@ -147,11 +186,14 @@ function webCryptoRootKey(kind: keyof typeof TAGS, getKey: () => Promise<CryptoK
     async newKek(aad) {
       return sealNewKek(await getKey(), aad, tag)
     },
-    async unwrapKek(wrapped, aad) {
+    async unwrapKek(wrapped, aad, options) {
       if (!(wrapped instanceof Uint8Array) || wrapped[0] !== tag[0]) {
         throw new RootKeyError(`this KEK was not wrapped by an "${kind}" root key`)
       }
-      return openSealedKek(await getKey(), wrapped.subarray(1), aad)
+      return openSealedKek(await getKey(), wrapped.subarray(1), aad, options?.extractable)
+    },
+    async wrapKek(kek, aad) {
+      return sealKek(await getKey(), kek, aad, tag)
     },
     toString: () => `[RootKey ${kind}]`,
     toJSON: () => ({ kind }),

@@ -3,7 +3,14 @@
  * the head is the only mutable state and changes by compare-and-swap on its version.
  */
 
-/** One KEK as a store keeps it: written once (put-if-absent), never changed. */
+/** The name of a chain's root when none was given: the root of every KEK record without a `root`. */
+export const DEFAULT_ROOT = 'default'
+
+/**
+ * One KEK wrapped by one root, as a store keeps it: written once (put-if-absent, keyed by `id`
+ * and `root`), never changed; removed only when its root leaves the chain (`deleteKekWrap`).
+ * A KEK of a chain with several roots has one record per root, with the same `id` and `createdAt`.
+ */
 export interface KekRecord {
   /** Random u32, never 0, unique within the chain. */
   readonly id: number
@@ -13,6 +20,29 @@ export interface KekRecord {
   readonly rootKind: string
   /** The KEK as the root key wrapped it (bound to the chain name and id). */
   readonly wrapped: Uint8Array
+  /**
+   * The name of the root that wrapped it, as the chain head lists it. Absent means
+   * {@link DEFAULT_ROOT}: records written before chains had several roots have none, and stores
+   * keep a `'default'` record where they kept every record before, so old data stays readable.
+   */
+  readonly root?: string
+}
+
+/** The state of a root in the chain head: see {@link ChainRoot}. */
+export type ChainRootState = 'adding' | 'active' | 'removing'
+
+/**
+ * One root of a chain, as the head lists it. `adding`: KEKs are being wrapped under it; it does
+ * not unlock every KEK yet. `active`: every KEK has a wrap under it, and every new KEK gets one.
+ * `removing`: its wraps are being deleted; new KEKs no longer get one.
+ */
+export interface ChainRoot {
+  /** The root's name in the chain (1 to 64 characters: letters, digits, `.`, `_`, `-`). */
+  readonly name: string
+  /** RootKey.kind of the root. */
+  readonly kind: string
+  /** Where the root is in its life: see {@link ChainRootState}. */
+  readonly state: ChainRootState
 }
 
 /** The chain head: the only mutable record of a chain, changed by compare-and-swap. Not authenticated: see docs/SECURITY.md. */
@@ -23,6 +53,11 @@ export interface ChainHead {
   readonly primaryCreatedAt: number
   /** Uses of the primary handed out in leases so far, across every process. Never exceeds maxWrapsPerKek. */
   readonly leased: number
+  /**
+   * The chain's roots. Absent means one active root named {@link DEFAULT_ROOT} (every head
+   * written before chains had several roots). A store keeps this list as it was given.
+   */
+  readonly roots?: readonly ChainRoot[]
 }
 
 /** A value and the opaque version a compare-and-swap compares. */
@@ -60,25 +95,56 @@ export interface KeyStore {
   getHead(chain: string): Promise<Versioned<ChainHead> | undefined>
   /** Writes `next` only if the head's version is still `expected` (undefined: no head yet). */
   casHead(chain: string, expected: string | undefined, next: ChainHead): Promise<boolean>
-  /** The KEK record with this id, or `undefined` when there is none. */
+  /**
+   * A record of KEK `id`, or `undefined` when there is none: the `'default'` root's record when
+   * there is one, else the record of any root.
+   */
   getKek(chain: string, id: number): Promise<KekRecord | undefined>
-  /** Writes the record only if no record has this id; never overwrites. */
+  /**
+   * Writes the record only if no record has this `id` and `root` (absent: `'default'`); never
+   * overwrites. A store without {@link KeyStore.getKekWraps} may key by `id` alone.
+   */
   putKekIfAbsent(chain: string, record: KekRecord): Promise<boolean>
-  /** Every KEK record of the chain, in no particular order. */
+  /** Every KEK record of the chain (one per KEK and root), in no particular order. */
   listKeks(chain: string): Promise<KekRecord[]>
+  /**
+   * Every record of KEK `id`, one per root, in no particular order (empty when there is none).
+   * With {@link KeyStore.deleteKekWrap}, what lets a chain have several roots; a store without
+   * them serves chains of one root.
+   */
+  getKekWraps?(chain: string, id: number): Promise<KekRecord[]>
+  /**
+   * Deletes the record of KEK `id` under `root`, if there is one; never another record. The
+   * chain calls it only for a root that is leaving the chain (`removeRoot`, `changeRoot`), after
+   * every KEK has a wrap under a root that stays (invariant 8).
+   */
+  deleteKekWrap?(chain: string, id: number, root: string): Promise<void>
+}
+
+/** The root a record belongs to: its `root`, or {@link DEFAULT_ROOT}. */
+export function rootOf(record: Pick<KekRecord, 'root'>): string {
+  return record.root ?? DEFAULT_ROOT
 }
 
 function copyRecord(r: KekRecord): KekRecord {
-  return Object.freeze({ id: r.id, createdAt: r.createdAt, rootKind: r.rootKind, wrapped: r.wrapped.slice() })
+  const root = r.root === undefined || r.root === DEFAULT_ROOT ? {} : { root: r.root }
+  return Object.freeze({ id: r.id, createdAt: r.createdAt, rootKind: r.rootKind, wrapped: r.wrapped.slice(), ...root })
+}
+
+function copyHead(h: ChainHead): ChainHead {
+  const roots = h.roots && Object.freeze(h.roots.map((r) => Object.freeze({ name: r.name, kind: r.kind, state: r.state })))
+  return Object.freeze({ primary: h.primary, primaryCreatedAt: h.primaryCreatedAt, leased: h.leased, ...(roots ? { roots } : {}) })
 }
 
 function inMemory(embedsKeks: boolean): KeyStore {
-  const chains = new Map<string, { head?: Versioned<ChainHead>; keks: Map<number, KekRecord>; counter: number }>()
+  /** Records keyed by `id/root`. */
+  const chains = new Map<string, { head?: Versioned<ChainHead>; keks: Map<string, KekRecord>; counter: number }>()
   const chainOf = (name: string) => {
     let c = chains.get(name)
     if (!c) chains.set(name, (c = { keks: new Map(), counter: 0 }))
     return c
   }
+  const wrapsOf = (chain: string, id: number) => [...(chains.get(chain)?.keks.values() ?? [])].filter((r) => r.id === id)
   return {
     atomic: true,
     embedsKeks,
@@ -88,21 +154,29 @@ function inMemory(embedsKeks: boolean): KeyStore {
     async casHead(chain, expected, next) {
       const c = chainOf(chain)
       if (c.head?.version !== expected) return false
-      c.head = Object.freeze({ value: Object.freeze({ ...next }), version: String(++c.counter) })
+      c.head = Object.freeze({ value: copyHead(next), version: String(++c.counter) })
       return true
     },
     async getKek(chain, id) {
-      const r = chains.get(chain)?.keks.get(id)
+      const wraps = wrapsOf(chain, id)
+      const r = wraps.find((w) => rootOf(w) === DEFAULT_ROOT) ?? wraps[0]
       return r && copyRecord(r)
     },
     async putKekIfAbsent(chain, record) {
       const c = chainOf(chain)
-      if (c.keks.has(record.id)) return false
-      c.keks.set(record.id, copyRecord(record))
+      const key = `${record.id}/${rootOf(record)}`
+      if (c.keks.has(key)) return false
+      c.keks.set(key, copyRecord(record))
       return true
     },
     async listKeks(chain) {
       return [...(chains.get(chain)?.keks.values() ?? [])].map(copyRecord)
+    },
+    async getKekWraps(chain, id) {
+      return wrapsOf(chain, id).map(copyRecord)
+    },
+    async deleteKekWrap(chain, id, root) {
+      chains.get(chain)?.keks.delete(`${id}/${root}`)
     },
   }
 }
