@@ -14,7 +14,7 @@
  * @packageDocumentation
  * @module @kms-proxy/testkit
  */
-import { KeyChain, KmsProxyError, aesRootKey, type KeyStore, type KekRecord, type RootKey } from '@kms-proxy/core'
+import { DEFAULT_ROOT, KeyChain, KmsProxyError, aesRootKey, rootOf, type ChainHead, type KeyStore, type KekRecord, type RootKey } from '@kms-proxy/core'
 
 /** What the harness's assertions throw. */
 export class AssertionError extends Error {}
@@ -150,6 +150,15 @@ export interface DescribeStoreOptions {
    * `atomic` flag must agree with this.
    */
   atomic?: boolean
+  /**
+   * Whether the store keeps one record per KEK and root, so that a chain may have several roots:
+   * it then has both `getKekWraps` and `deleteKekWrap`, and the tests of records per root, of
+   * deletion and of the head's `roots` list run. A store that says false has neither method
+   * (a store with one of the two fails). One test always checks that the methods agree with this.
+   *
+   * @defaultValue false
+   */
+  severalRoots?: boolean
 }
 
 const ROOT = Uint8Array.from({ length: 32 }, (_, i) => (i * 29 + 3) & 0xff)
@@ -158,6 +167,15 @@ const text = (b: Uint8Array) => new TextDecoder().decode(b)
 
 function record(id: number, fill: number): KekRecord {
   return { id, createdAt: 1_700_000_000_000 + id, rootKind: 'aes', wrapped: new Uint8Array(45).fill(fill) }
+}
+
+/**
+ * A record of KEK `id` under `root`, with bytes of every value and a length of its own, so that
+ * a store that mixes up roots, trims or re-encodes shows it.
+ */
+function wrap(id: number, root: string | undefined, seed: number, length = 61): KekRecord {
+  const wrapped = Uint8Array.from({ length }, (_, i) => (i * 37 + seed) & 0xff)
+  return { id, createdAt: 1_700_000_000_000 + id, rootKind: `kind-${seed}`, wrapped, ...(root === undefined ? {} : { root }) }
 }
 
 /** A store that fails one operation on demand, to test what a failure leaves behind. */
@@ -170,8 +188,28 @@ function failing(inner: KeyStore, fail: { put?: boolean; cas?: boolean }): KeySt
     listKeks: (c) => inner.listKeks(c),
     casHead: (c, e, n) => (fail.cas ? Promise.reject(new Error('injected head failure')) : inner.casHead(c, e, n)),
     putKekIfAbsent: (c, r) => (fail.put ? Promise.reject(new Error('injected KEK write failure')) : inner.putKekIfAbsent(c, r)),
+    ...(inner.getKekWraps ? { getKekWraps: (c: string, id: number) => inner.getKekWraps!(c, id) } : {}),
+    ...(inner.deleteKekWrap ? { deleteKekWrap: (c: string, id: number, root: string) => inner.deleteKekWrap!(c, id, root) } : {}),
   }
 }
+
+/** Asserts that `actual` is `expected`, field by field, and its bytes byte for byte; `root` absent and 'default' are one. */
+function sameRecord(t: Harness, actual: KekRecord | undefined, expected: KekRecord, what: string): void {
+  t.ok(actual !== undefined, `${what}: missing`)
+  t.equal(actual!.id, expected.id, `${what} id:`)
+  t.equal(rootOf(actual!), rootOf(expected), `${what} root:`)
+  t.equal(actual!.createdAt, expected.createdAt, `${what} createdAt:`)
+  t.equal(actual!.rootKind, expected.rootKind, `${what} rootKind:`)
+  t.bytesEqual(actual!.wrapped, expected.wrapped, `${what} wrapped:`)
+}
+
+/** JSON with every object's keys sorted, to compare values whatever order a store keeps keys in. */
+const canonical = (v: unknown): string =>
+  JSON.stringify(v, (_, x: unknown) =>
+    x && typeof x === 'object' && !Array.isArray(x) ? Object.fromEntries(Object.entries(x).sort(([a], [b]) => (a < b ? -1 : 1))) : x)
+
+/** The records' (id, root) pairs, sorted, as one string to compare. */
+const pairs = (records: KekRecord[]) => records.map((r) => `${r.id}/${rootOf(r)}`).sort().join(' ')
 
 /**
  * The contract every KeyStore passes. Stores that say `atomic: false` (Workers KV) are held to
@@ -289,6 +327,13 @@ export function describeStore(t: Harness, options: DescribeStoreOptions): void {
     for (const [k, list] of encrypted.entries()) for (const [i, e] of list.entries()) t.equal(text(await reader.decrypt(e)), `c${k}m${i}`)
   })
 
+  test(`getKekWraps and deleteKekWrap: ${options.severalRoots ? 'both present (several roots per chain)' : 'neither present (chains of one root)'}`, async ({ store }) => {
+    const has = [typeof store.getKekWraps === 'function', typeof store.deleteKekWrap === 'function']
+    t.ok(has[0] === has[1], `the store has ${has[0] ? 'getKekWraps' : 'deleteKekWrap'} without ${has[0] ? 'deleteKekWrap' : 'getKekWraps'}: a chain of several roots needs both`)
+    t.equal(has[0], options.severalRoots === true, `the store ${has[0] ? 'has' : 'lacks'} getKekWraps and deleteKekWrap; describeStore's severalRoots option says`)
+  })
+  if (options.severalRoots) describeSeveralRoots(t, test)
+
   if (!atomic) return // leases can be handed out twice without compare-and-swap: nothing to promise
   test('usage leases are never handed out twice', async ({ store, another }) => {
     const handles = [store]
@@ -305,6 +350,123 @@ export function describeStore(t: Harness, options: DescribeStoreOptions): void {
   })
 }
 
+/**
+ * The tests of a store that keeps one record per KEK and root (`getKekWraps`, `deleteKekWrap`).
+ * Root names cover what `/^[A-Za-z0-9._-]{1,64}$/` allows and a file system or a key layout may
+ * trip on: `.`, `..`, names that differ only in case, 64 characters.
+ */
+function describeSeveralRoots(t: Harness, test: (name: string, fn: (s: StoreUnderTest) => Promise<void>) => void): void {
+  const long = 'r'.repeat(60) + '.-_9'
+  const wrapsOf = async (s: KeyStore, id: number) => {
+    const list = await s.getKekWraps!('c', id)
+    t.ok(Array.isArray(list), 'getKekWraps: expected an array')
+    return list
+  }
+
+  test('several roots: records of one id under two roots are both kept; put-if-absent per (id, root)', async ({ store, another }) => {
+    const main = wrap(7, undefined, 1, 45)
+    const recovery = wrap(7, 'recovery', 2, 93)
+    t.equal(await store.putKekIfAbsent('c', main), true, 'put of 7 under default:')
+    t.equal(await store.putKekIfAbsent('c', recovery), true, 'put of 7 under recovery:')
+    t.equal(await store.putKekIfAbsent('c', wrap(7, 'recovery', 3)), false, 'second put of 7 under recovery:')
+    t.equal(await store.putKekIfAbsent('c', wrap(7, DEFAULT_ROOT, 4)), false, 'put of 7 under an explicit default:')
+    const other = await another()
+    t.equal(await other.putKekIfAbsent('c', wrap(7, 'recovery', 5)), false, 'put of 7 under recovery from another handle:')
+    t.equal(await other.putKekIfAbsent('c', wrap(7, undefined, 6)), false, 'put of 7 under default from another handle:')
+    const back = await wrapsOf(other, 7)
+    t.equal(pairs(back), '7/default 7/recovery', 'records of 7:')
+    sameRecord(t, back.find((r) => rootOf(r) === DEFAULT_ROOT), main, 'default record')
+    sameRecord(t, back.find((r) => r.root === 'recovery'), recovery, 'recovery record')
+  })
+
+  test('several roots: a record without root reads back without one; getKek prefers the default record', async ({ store, another }) => {
+    // The recovery record first, so that "the first record written" is not taken for "the default".
+    await store.putKekIfAbsent('c', wrap(5, 'recovery', 9))
+    await store.putKekIfAbsent('c', wrap(5, undefined, 8))
+    await store.putKekIfAbsent('c', wrap(6, 'recovery', 7))
+    const other = await another()
+    for (const s of [store, other]) {
+      const got = await s.getKek('c', 5)
+      sameRecord(t, got, wrap(5, undefined, 8), 'getKek(5)')
+      t.ok(got!.root === undefined || got!.root === DEFAULT_ROOT, `a record put without root read back with root ${show(got!.root)}`)
+      sameRecord(t, await s.getKek('c', 6), wrap(6, 'recovery', 7), 'getKek(6), whose only record is under recovery')
+    }
+    t.equal((await wrapsOf(other, 8)).length, 0, 'getKekWraps of an absent id:')
+  })
+
+  test('several roots: getKekWraps returns every root\'s record byte for byte, of that id and chain only', async ({ store, another }) => {
+    const roots = [undefined, 'recovery', 'Recovery', '.', '..', long]
+    const written = roots.map((root, i) => wrap(12, root, 20 + i, 40 + i * 7))
+    for (const r of written) t.equal(await store.putKekIfAbsent('c', r), true, `put of 12 under ${rootOf(r)}:`)
+    // Neighbours a careless prefix match would take for id 12: ids 1, 123 and 120, chain 'cc'.
+    for (const id of [1, 123, 120]) await store.putKekIfAbsent('c', wrap(id, 'recovery', id))
+    await store.putKekIfAbsent('cc', wrap(12, 'recovery', 99))
+    await store.putKekIfAbsent('c/x', wrap(12, 'other', 98))
+    const other = await another()
+    const back = await wrapsOf(other, 12)
+    t.equal(pairs(back), pairs(written), 'records of 12:')
+    for (const r of written) sameRecord(t, back.find((b) => rootOf(b) === rootOf(r)), r, `record of 12 under ${rootOf(r)}`)
+    t.equal(pairs(await wrapsOf(other, 123)), '123/recovery', 'records of 123:')
+    t.equal(pairs(await other.getKekWraps!('cc', 12)), '12/recovery', 'records of 12 in chain cc:')
+  })
+
+  test('several roots: listKeks returns one record per (id, root)', async ({ store, another }) => {
+    const written = [wrap(7, undefined, 1), wrap(7, 'recovery', 2), wrap(7, 'r-3', 3), wrap(9, undefined, 4), wrap(10, 'recovery', 5)]
+    for (const r of written) await store.putKekIfAbsent('c', r)
+    await store.putKekIfAbsent('c', wrap(7, 'recovery', 6)) // refused: not a second record
+    const listed = await (await another()).listKeks('c')
+    t.equal(pairs(listed), pairs(written), 'listKeks:')
+    for (const r of written) sameRecord(t, listed.find((l) => l.id === r.id && rootOf(l) === rootOf(r)), r, `listed ${r.id}/${rootOf(r)}`)
+  })
+
+  test('several roots: deleteKekWrap deletes exactly one record, and nothing when it is absent', async ({ store, another }) => {
+    const written = [wrap(7, undefined, 1), wrap(7, 'recovery', 2), wrap(7, '..', 3), wrap(70, 'recovery', 4), wrap(17, 'recovery', 5)]
+    for (const r of written) await store.putKekIfAbsent('c', r)
+    await store.putKekIfAbsent('cc', wrap(7, 'recovery', 6))
+    const other = await another()
+    await other.deleteKekWrap!('c', 7, 'recovery')
+    t.equal(pairs(await wrapsOf(store, 7)), '7/.. 7/default', 'records of 7 after deleting its recovery record:')
+    t.equal(pairs(await store.listKeks('c')), pairs(written.filter((r) => !(r.id === 7 && r.root === 'recovery'))), 'listKeks after the delete:')
+    t.equal(pairs(await store.getKekWraps!('cc', 7)), '7/recovery', 'the other chain\'s record:')
+    // Absent: the same record again, a root the id never had, an id never stored, a chain never used.
+    await other.deleteKekWrap!('c', 7, 'recovery')
+    await other.deleteKekWrap!('c', 7, 'Recovery')
+    await other.deleteKekWrap!('c', 8, 'recovery')
+    await other.deleteKekWrap!('nowhere', 7, 'recovery')
+    t.equal((await store.listKeks('c')).length, written.length - 1, 'records after deleting absent ones:')
+    // The default record is one record like the others; getKek then falls back to another root's.
+    await other.deleteKekWrap!('c', 7, DEFAULT_ROOT)
+    t.equal(pairs(await wrapsOf(store, 7)), '7/..', 'records of 7 after deleting its default record:')
+    sameRecord(t, await store.getKek('c', 7), wrap(7, '..', 3), 'getKek(7) after deleting its default record')
+    // A root that comes back gets a record again, and it is the new one.
+    t.equal(await store.putKekIfAbsent('c', wrap(7, 'recovery', 9)), true, 'put of 7 under recovery after its delete:')
+    sameRecord(t, (await wrapsOf(other, 7)).find((r) => r.root === 'recovery'), wrap(7, 'recovery', 9), 'recovery record put again')
+  })
+
+  test('several roots: the head\'s roots list round-trips through casHead and getHead exactly', async ({ store, another }) => {
+    const roots = [
+      { name: DEFAULT_ROOT, kind: 'aes', state: 'active' },
+      { name: 'recovery', kind: 'passphrase-pbkdf2', state: 'adding' },
+      { name: long, kind: 'aws-kms', state: 'removing' },
+    ] as const
+    const h1: ChainHead = { primary: 1, primaryCreatedAt: 10, leased: 3, roots }
+    t.equal(await store.casHead('c', undefined, h1), true, 'create:')
+    const other = await another()
+    const v1 = (await other.getHead('c'))!
+    t.equal(canonical(v1.value), canonical(h1), 'head with roots:')
+    // Order is kept: the chain may read meaning into it.
+    const h2: ChainHead = { primary: 2, primaryCreatedAt: 20, leased: 0, roots: [roots[1], roots[0]] }
+    t.equal(await other.casHead('c', v1.version, h2), true, 'swap:')
+    t.equal(canonical((await store.getHead('c'))!.value), canonical(h2), 'head with roots reordered:')
+    const v2 = (await store.getHead('c'))!
+    const h3: ChainHead = { primary: 3, primaryCreatedAt: 30, leased: 1 }
+    t.equal(await store.casHead('c', v2.version, h3), true, 'swap to a head without roots:')
+    const v3 = (await other.getHead('c'))!
+    t.equal(v3.value.roots, undefined, 'roots of a head written without:')
+    t.equal(canonical(v3.value), canonical(h3), 'head without roots:')
+  })
+}
+
 // ------------------------------------------------------------------------------------ root keys
 
 /** Options of {@link describeRootKey}. */
@@ -317,6 +479,24 @@ export interface DescribeRootKeyOptions {
   other?(): Promise<RootKey> | RootKey
   /** Strings that must never appear in an error (passwords, tokens, secret keys). */
   secrets?: string[]
+  /**
+   * Whether the root has `wrapKek` (it wraps an existing KEK, so it can join a chain that has
+   * KEKs, or be one of several roots). When true, its tests run: the output unwraps to the same
+   * KEK, is bound to the AAD and refused by `other`. One test always checks that the root agrees.
+   *
+   * @defaultValue false
+   */
+  wrapKek?: boolean
+  /**
+   * Whether `unwrapKek(wrapped, aad, { extractable: true })` returns an extractable KEK (what a
+   * chain needs to re-wrap a KEK from this root under another). When false, the test holds the
+   * root to refusing clearly instead: it rejects with `ERR_ROOT_KEY` or returns a non-extractable
+   * KEK, never an extractable one it was not meant to give. Undefined: tested as true when
+   * `wrapKek` is, not tested otherwise.
+   *
+   * @defaultValue the value of `wrapKek`
+   */
+  extractableUnwrap?: boolean
 }
 
 const AAD = new TextEncoder().encode('kms-proxy/kek/v1\0\0\0\0\x07chain')
@@ -342,6 +522,12 @@ export function describeRootKey(t: Harness, options: DescribeRootKeyOptions): vo
     const iv = new Uint8Array(12)
     const sealed = await crypto.subtle.encrypt({ name: 'AES-GCM', iv }, kek, new Uint8Array(16))
     await crypto.subtle.unwrapKey('raw', sealed, again, { name: 'AES-GCM', iv }, 'AES-GCM', false, ['decrypt']) // throws if the keys differ
+  }
+  const noSecretIn = (errors: unknown[]) => {
+    for (const e of errors) {
+      const shown = `${String(e)} ${JSON.stringify(e)} ${(e as Error | undefined)?.stack ?? ''}`
+      for (const s of options.secrets ?? []) t.ok(!shown.includes(s), 'a secret appears in an error')
+    }
   }
   t.test(`${options.name}: newKek then unwrapKek gives the same key, non-extractable`, async () => {
     const root = await options.make()
@@ -379,20 +565,97 @@ export function describeRootKey(t: Harness, options: DescribeRootKeyOptions): vo
     const bad = encrypted.slice()
     bad[10]! ^= 1
     errors.push(await t.rejects(chain.decrypt(bad)))
-    for (const e of errors) {
-      const shown = `${String(e)} ${JSON.stringify(e)} ${(e as Error).stack ?? ''}`
-      for (const s of options.secrets ?? []) t.ok(!shown.includes(s), 'a secret appears in an error')
-    }
+    noSecretIn(errors)
     const described = `${String(root)} ${JSON.stringify(root)}`
     for (const s of options.secrets ?? []) t.ok(!described.includes(s), 'a secret appears in String(rootKey) or JSON.stringify(rootKey)')
   })
+  t.test(`${options.name}: wrapKek is ${options.wrapKek ? 'present' : 'absent, as declared (the root can be a chain\'s only root, not one of several)'}`, async () => {
+    const root = await options.make()
+    t.equal(typeof root.wrapKek === 'function', options.wrapKek === true, 'the root has wrapKek; describeRootKey\'s wrapKek option says')
+  })
+  if (options.wrapKek) {
+    // A KEK as the chain hands one to wrapKek: made elsewhere, extractable only for wrapKey.
+    const existingKek = () => crypto.subtle.generateKey({ name: 'AES-GCM', length: 128 }, true, ['encrypt', 'wrapKey', 'unwrapKey'])
+    t.test(`${options.name}: wrapKek wraps an existing KEK; unwrapKek gives it back, non-extractable, in this and a new instance`, async () => {
+      const kek = await existingKek()
+      const root = await options.make()
+      const wrapped = await root.wrapKek!(kek, AAD)
+      t.ok(wrapped instanceof Uint8Array && wrapped.length > 0, 'wrapKek: expected non-empty bytes')
+      for (const unwrapper of [root, await options.make()]) {
+        const again = await unwrapper.unwrapKek(wrapped, AAD)
+        t.equal(again.extractable, false, 'extractable:')
+        await t.rejects(crypto.subtle.exportKey('raw', again), undefined, 'exportKey')
+        await roundTrip(kek, again)
+        await roundTrip(again, kek)
+      }
+    })
+    t.test(`${options.name}: a KEK of newKek, unwrapped extractable and re-wrapped by wrapKek of a new instance, is the same KEK`, async () => {
+      const root = await options.make()
+      const made = await root.newKek(AAD)
+      const handle = await root.unwrapKek(made.wrapped, AAD, { extractable: true })
+      const moved = await (await options.make()).wrapKek!(handle, AAD)
+      await roundTrip(made.kek, await root.unwrapKek(moved, AAD))
+    })
+    t.test(`${options.name}: wrapKek's output is bound to the associated data and refused when altered or by another root, with ERR_ROOT_KEY and no secret`, async () => {
+      const root = await options.make()
+      const wrapped = await root.wrapKek!(await existingKek(), AAD)
+      const otherAad = AAD.slice()
+      otherAad[otherAad.length - 1]! ^= 1
+      const altered = wrapped.slice()
+      altered[altered.length - 1]! ^= 1
+      const errors = [
+        await t.rejects(root.unwrapKek(wrapped, otherAad), isRootKeyError, 'unwrapKek with another AAD'),
+        await t.rejects(root.unwrapKek(altered, AAD), isRootKeyError, 'unwrapKek of altered bytes'),
+      ]
+      if (options.other) errors.push(await t.rejects((await options.other()).unwrapKek(wrapped, AAD), isRootKeyError, 'unwrapKek by another root'))
+      // A non-extractable KEK cannot be wrapped (WebCrypto's rule): it must fail, and quietly.
+      const fixed = await crypto.subtle.generateKey({ name: 'AES-GCM', length: 128 }, false, ['encrypt', 'wrapKey', 'unwrapKey'])
+      errors.push(await t.rejects(root.wrapKek!(fixed, AAD), undefined, 'wrapKek of a non-extractable KEK'))
+      noSecretIn(errors)
+    })
+  }
+  const extractable = options.extractableUnwrap ?? options.wrapKek
+  if (extractable === true) {
+    t.test(`${options.name}: unwrapKek gives an extractable KEK only when asked, for newKek's and wrapKek's output`, async () => {
+      const root = await options.make()
+      const made = await root.newKek(AAD)
+      const outputs = [made.wrapped]
+      if (root.wrapKek) outputs.push(await root.wrapKek(await root.unwrapKek(made.wrapped, AAD, { extractable: true }), AAD))
+      for (const wrapped of outputs) {
+        const open = await root.unwrapKek(wrapped, AAD, { extractable: true })
+        t.equal(open.extractable, true, 'extractable when asked:')
+        await roundTrip(made.kek, open)
+        t.equal((await root.unwrapKek(wrapped, AAD, { extractable: false })).extractable, false, 'extractable when told false:')
+        t.equal((await root.unwrapKek(wrapped, AAD, {})).extractable, false, 'extractable when not told:')
+      }
+    })
+  } else if (extractable === false) {
+    t.test(`${options.name}: unwrapKek cannot give an extractable KEK, as declared: it refuses with ERR_ROOT_KEY or gives a non-extractable one`, async () => {
+      const root = await options.make()
+      const made = await root.newKek(AAD)
+      let open: CryptoKey | undefined
+      try {
+        open = await root.unwrapKek(made.wrapped, AAD, { extractable: true })
+      } catch (error) {
+        isRootKeyError(error)
+        noSecretIn([error])
+      }
+      if (open) {
+        t.equal(open.extractable, false, 'extractable, though the root is declared unable to give an extractable KEK:')
+        await roundTrip(made.kek, open)
+      }
+    })
+  }
 }
 
+/** A root key that counts the calls reaching the root it wraps: see {@link countingRootKey}. */
 export interface CountingRootKey extends RootKey {
   /** newKek calls that reached the inner root. */
   wraps: number
   /** unwrapKek calls that reached the inner root. */
   unwraps: number
+  /** wrapKek calls that reached the inner root (a KEK wrapped under it that another root made). */
+  kekWraps: number
   /** Every KEK the inner root handed out, to check them (non-extractable, usable). */
   keks: CryptoKey[]
 }
@@ -413,6 +676,7 @@ export function countingRootKey(inner: RootKey): CountingRootKey {
     kind: inner.kind,
     wraps: 0,
     unwraps: 0,
+    kekWraps: 0,
     keks: [],
     async newKek(aad) {
       root.wraps++
@@ -420,12 +684,19 @@ export function countingRootKey(inner: RootKey): CountingRootKey {
       root.keks.push(made.kek)
       return made
     },
-    async unwrapKek(wrapped, aad) {
+    async unwrapKek(wrapped, aad, options) {
       root.unwraps++
-      const kek = await inner.unwrapKek(wrapped, aad)
+      const kek = await inner.unwrapKek(wrapped, aad, options)
       root.keks.push(kek)
       return kek
     },
+  }
+  // Only when the inner root has one: a chain reads a missing wrapKek as "cannot join a chain".
+  if (inner.wrapKek) {
+    root.wrapKek = async (kek, aad) => {
+      root.kekWraps++
+      return inner.wrapKek!(kek, aad)
+    }
   }
   return root
 }

@@ -6,6 +6,7 @@ import { createHarness, describeStore } from '../src/index.ts'
 const t = createHarness(it)
 describeStore(t, {
   name: 'memoryStore',
+  severalRoots: true,
   async open() {
     const store = memoryStore()
     return { store, another: () => store }
@@ -13,6 +14,7 @@ describeStore(t, {
 })
 describeStore(t, {
   name: 'embeddedStore',
+  severalRoots: true,
   async open() {
     const store = embeddedStore()
     return { store, another: () => store }
