@@ -26,7 +26,7 @@
  * @packageDocumentation
  * @module @kms-proxy/passphrase
  */
-import { RootKeyError, openSealedKek, sealNewKek, toHex, type RootKey } from '@kms-proxy/core'
+import { RootKeyError, openSealedKek, sealKek, sealNewKek, toHex, type RootKey, type UnwrapKekOptions } from '@kms-proxy/core'
 import {
   DEFAULT_MAX_COST_FACTOR,
   argon2idOptions,
@@ -167,8 +167,11 @@ interface Sealed {
  *
  * One derivation per unlock (115 ms for PBKDF2 at 600,000 iterations on a 2-core VM), reused for
  * every KEK with the same salt; the KDF, its parameters and the salt travel in each wrapped KEK.
+ * `wrapKek` (adding this root to a chain that has KEKs) seals under the key `newKek` uses, through
+ * the same cache: 1,000 KEKs cost one derivation, none if the root already unwrapped the chain's.
  *
- * @throws TypeError - a passphrase that is not a string or bytes, or not well-formed UTF-16.
+ * @throws TypeError - a passphrase that is not a string or bytes, or not well-formed UTF-16;
+ *   (from `wrapKek`) a KEK that is not an extractable AES-GCM `CryptoKey`, before any derivation.
  * @throws RangeError - an empty passphrase, KDF parameters out of range, a salt that is not 16
  *   bytes, a `maxCostFactor` below 1.
  * @throws {@link @kms-proxy/core!RootKeyError} - (from `unwrapKek`) `ERR_ROOT_KEY`: a wrong
@@ -272,22 +275,33 @@ export function passphraseRootKey(options: PassphraseRootKeyOptions): RootKey {
 
   let activeSalt: Uint8Array<ArrayBuffer> | undefined = options.salt ? new Uint8Array(options.salt) : undefined
   const kind = `passphrase-${kdf.name}`
+
+  // newKek and wrapKek seal under one key: the configured KDF, the salt of the first KEK
+  // unwrapped (else the configured or a random one), through the same cache and queue as
+  // unwrapKek, so a chain's KEKs and the ones added to it cost one derivation per salt.
+  async function sealing<T>(seal: (key: CryptoKey, tag: Uint8Array) => Promise<T>): Promise<T> {
+    const salt = (activeSalt ??= crypto.getRandomValues(new Uint8Array(SALT_BYTES)))
+    const params = encodeKdf(kdf)
+    const tag = new Uint8Array(params.length + 1 + SALT_BYTES)
+    tag.set(params)
+    tag[params.length] = SALT_BYTES
+    tag.set(salt, params.length + 1)
+    const { id, key } = wrappingKey(kdf, salt)
+    const wrappingKeyNow = await key
+    const sealed = await seal(wrappingKeyNow, tag)
+    keep(id, wrappingKeyNow)
+    return sealed
+  }
+
   return {
     kind,
-    async newKek(aad: Uint8Array) {
-      const salt = (activeSalt ??= crypto.getRandomValues(new Uint8Array(SALT_BYTES)))
-      const params = encodeKdf(kdf)
-      const tag = new Uint8Array(params.length + 1 + SALT_BYTES)
-      tag.set(params)
-      tag[params.length] = SALT_BYTES
-      tag.set(salt, params.length + 1)
-      const { id, key } = wrappingKey(kdf, salt)
-      const wrappingKeyNow = await key
-      const made = await sealNewKek(wrappingKeyNow, aad, tag)
-      keep(id, wrappingKeyNow)
-      return made
+    newKek: (aad: Uint8Array) => sealing((key, tag) => sealNewKek(key, aad, tag)),
+    async wrapKek(kek: CryptoKey, aad: Uint8Array) {
+      // Checked before any derivation: a KEK that cannot be wrapped must not cost an unlock.
+      checkWrappable(kek)
+      return sealing((key, tag) => sealKek(key, kek, aad, tag))
     },
-    async unwrapKek(wrapped: Uint8Array, aad: Uint8Array) {
+    async unwrapKek(wrapped: Uint8Array, aad: Uint8Array, unwrapOptions?: UnwrapKekOptions) {
       const decoded = wrapped instanceof Uint8Array ? decodeKdf(wrapped) : undefined
       if (!decoded) throw new RootKeyError(NOT_OURS)
       const { kdf: used, at } = decoded
@@ -300,7 +314,10 @@ export function passphraseRootKey(options: PassphraseRootKeyOptions): RootKey {
       const wrappingKeyNow = await key
       let kek: CryptoKey
       try {
-        kek = await openSealedKek(wrappingKeyNow, wrapped.subarray(at + 1 + SALT_BYTES), aad)
+        // extractable only when the chain re-wraps this KEK under another root (addRoot,
+        // changeRoot): subtle.wrapKey refuses anything else. The bytes stay inside WebCrypto,
+        // and the chain drops this handle once the other root has wrapped it.
+        kek = await openSealedKek(wrappingKeyNow, wrapped.subarray(at + 1 + SALT_BYTES), aad, unwrapOptions?.extractable === true)
       } catch {
         throw new RootKeyError('wrong passphrase, or the wrapped KEK was altered')
       }
@@ -311,6 +328,16 @@ export function passphraseRootKey(options: PassphraseRootKeyOptions): RootKey {
     toString: () => `[RootKey ${kind}]`,
     toJSON: () => ({ kind, kdf }),
   } as RootKey
+}
+
+/**
+ * What wrapKek can wrap: an extractable AES-GCM KEK, as the chain hands it over (unwrapKek with
+ * `{ extractable: true }` on another root). Anything else is the caller's mistake (TypeError).
+ */
+function checkWrappable(kek: unknown): asserts kek is CryptoKey {
+  if (!(kek instanceof CryptoKey)) throw new TypeError('kek: expected a CryptoKey')
+  if ((kek.algorithm as { name?: string }).name !== 'AES-GCM') throw new TypeError('kek: expected an AES-GCM key')
+  if (!kek.extractable) throw new TypeError('kek: expected an extractable key (unwrapKek with { extractable: true })')
 }
 
 /** Encrypts the passphrase under a fresh non-extractable key; the caller zeroes its copy after. */
