@@ -353,7 +353,7 @@ export function describeStore(t: Harness, options: DescribeStoreOptions): void {
 /**
  * The tests of a store that keeps one record per KEK and root (`getKekWraps`, `deleteKekWrap`).
  * Root names cover what `/^[A-Za-z0-9._-]{1,64}$/` allows and a file system or a key layout may
- * trip on: `.`, `..`, names that differ only in case, 64 characters.
+ * trip on: `.`, `..`, names that differ only in case, `__proto__`, 64 characters.
  */
 function describeSeveralRoots(t: Harness, test: (name: string, fn: (s: StoreUnderTest) => Promise<void>) => void): void {
   const long = 'r'.repeat(60) + '.-_9'
@@ -395,7 +395,7 @@ function describeSeveralRoots(t: Harness, test: (name: string, fn: (s: StoreUnde
   })
 
   test('several roots: getKekWraps returns every root\'s record byte for byte, of that id and chain only', async ({ store, another }) => {
-    const roots = [undefined, 'recovery', 'Recovery', '.', '..', long]
+    const roots = [undefined, 'recovery', 'Recovery', '.', '..', long, '__proto__', 'constructor']
     const written = roots.map((root, i) => wrap(12, root, 20 + i, 40 + i * 7))
     for (const r of written) t.equal(await store.putKekIfAbsent('c', r), true, `put of 12 under ${rootOf(r)}:`)
     // Neighbours a careless prefix match would take for id 12: ids 1, 123 and 120, chain 'cc'.
