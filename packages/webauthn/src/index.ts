@@ -25,7 +25,7 @@
  * @packageDocumentation
  * @module @kms-proxy/webauthn
  */
-import { RootKeyError, fromBase64Url, openSealedKek, sealNewKek, toBase64Url, type RootKey } from '@kms-proxy/core'
+import { RootKeyError, fromBase64Url, openSealedKek, sealKek, sealNewKek, toBase64Url, type RootKey, type UnwrapKekOptions } from '@kms-proxy/core'
 
 /** The `kind` of this root key, kept in KEK records. */
 export const KIND = 'webauthn-prf'
@@ -331,6 +331,16 @@ export function webauthnRootKey(options: WebAuthnRootKeyOptions): WebAuthnRootKe
   return makeRootKey(options)
 }
 
+/**
+ * What wrapKek can wrap: an extractable AES-GCM KEK, as the chain hands it over (unwrapKek with
+ * `{ extractable: true }` on another root). Anything else is the caller's mistake (TypeError).
+ */
+function checkWrappable(kek: unknown): asserts kek is CryptoKey {
+  if (!(kek instanceof CryptoKey)) throw new TypeError('kek: expected a CryptoKey')
+  if ((kek.algorithm as { name?: string }).name !== 'AES-GCM') throw new TypeError('kek: expected an AES-GCM key')
+  if (!kek.extractable) throw new TypeError('kek: expected an extractable key (unwrapKek with { extractable: true })')
+}
+
 /** `ready`: a wrapping key already derived (registerPrfRootKey), so the root starts unlocked. */
 function makeRootKey(options: WebAuthnRootKeyOptions, ready?: CryptoKey): WebAuthnRootKey {
   if (typeof options !== 'object' || options === null) throw new TypeError('options: expected an object')
@@ -402,7 +412,13 @@ function makeRootKey(options: WebAuthnRootKeyOptions, ready?: CryptoKey): WebAut
     async newKek(aad: Uint8Array) {
       return sealNewKek(await wrappingKey(), aad, tag)
     },
-    async unwrapKek(wrapped: Uint8Array, aad: Uint8Array) {
+    async wrapKek(kek: CryptoKey, aad: Uint8Array) {
+      // Checked before any ceremony: a KEK that cannot be wrapped must not prompt the user.
+      checkWrappable(kek)
+      // The cached wrapping key: adding this root to a chain of 1,000 KEKs is one ceremony.
+      return sealKek(await wrappingKey(), kek, aad, tag)
+    },
+    async unwrapKek(wrapped: Uint8Array, aad: Uint8Array, unwrapOptions?: UnwrapKekOptions) {
       // Checked before any ceremony: a KEK from another kind of root must not prompt the user.
       if (!(wrapped instanceof Uint8Array) || wrapped[0] !== WEBAUTHN_WRAP_TAG) {
         throw new RootKeyError(`this KEK was not wrapped by a "${KIND}" root key`)
@@ -412,7 +428,10 @@ function makeRootKey(options: WebAuthnRootKeyOptions, ready?: CryptoKey): WebAut
       }
       const k = await wrappingKey()
       try {
-        return await openSealedKek(k, wrapped.subarray(1), aad)
+        // extractable only when the chain re-wraps this KEK under another root (addRoot,
+        // changeRoot): subtle.wrapKey refuses anything else. The bytes stay inside WebCrypto,
+        // and the chain drops this handle once the other root has wrapped it.
+        return await openSealedKek(k, wrapped.subarray(1), aad, unwrapOptions?.extractable === true)
       } catch {
         throw new RootKeyError('this WebAuthn credential cannot unwrap this KEK: another credential or salt, or the wrapped KEK was altered')
       }

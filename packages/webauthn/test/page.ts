@@ -4,7 +4,7 @@
  * globalThis.kp that returns plain JSON to the test; ceremonies are counted by wrapping
  * navigator.credentials.get / create.
  */
-import { KeyChain, KmsProxyError } from '@kms-proxy/core'
+import { KeyChain, KmsProxyError, aesRootKey, kekAad, type RootKey } from '@kms-proxy/core'
 import { createHarness, describeRootKey } from '@kms-proxy/testkit'
 import { NO_PRF_MESSAGE, registerPrfCredential, registerPrfRootKey, webauthnRootKey, type PrfCredential } from '@kms-proxy/webauthn'
 
@@ -49,6 +49,37 @@ async function expectError(fn: () => Promise<unknown>) {
     return errorInfo(e)
   }
   return { resolved: true }
+}
+
+const BLOCK = new Uint8Array(16).fill(0x5a)
+const IV = new Uint8Array(12)
+
+/** KEKs as the chain hands them to wrapKek: made under another root, unwrapped extractable; each sealed a known block. */
+async function existingKeks(n: number) {
+  const source = aesRootKey(crypto.getRandomValues(new Uint8Array(32)))
+  return Promise.all(
+    Array.from({ length: n }, async (_, i) => {
+      const { kek, wrapped } = await source.newKek(kekAad('c', i + 1))
+      const sealed = new Uint8Array(await crypto.subtle.encrypt({ name: 'AES-GCM', iv: IV }, kek, BLOCK))
+      return { sealed, handle: await source.unwrapKek(wrapped, kekAad('c', i + 1), { extractable: true }) }
+    }),
+  )
+}
+
+/** Whether `kek` opens the block its original sealed (a KEK's usages: encrypt, wrapKey, unwrapKey). */
+async function sameKek(kek: CryptoKey, sealed: Uint8Array<ArrayBuffer>): Promise<boolean> {
+  try {
+    const block = await crypto.subtle.unwrapKey('raw', sealed, kek, { name: 'AES-GCM', iv: IV }, 'AES-GCM', true, ['encrypt'])
+    const bytes = new Uint8Array(await crypto.subtle.exportKey('raw', block))
+    return bytes.every((b, i) => b === BLOCK[i])
+  } catch {
+    return false
+  }
+}
+
+function wrapOf(root: RootKey) {
+  if (typeof root.wrapKek !== 'function') throw new Error('this root has no wrapKek')
+  return root.wrapKek.bind(root)
 }
 
 const kp = {
@@ -233,9 +264,89 @@ const kp = {
     return { error, retried: await chain.decryptText(texts[0]!) }
   },
 
+  /**
+   * wrapKek as addRoot uses it: n KEKs made under another root, unwrapped extractable, wrapped
+   * under this credential; then a fresh root of the same credential unwraps every one.
+   * Ceremonies are counted for each half; every KEK is checked to open what its original sealed.
+   */
+  async wrapMany(options: { cred: PrfCredential; n: number }) {
+    const keks = await existingKeks(options.n)
+    const root = webauthnRootKey(options.cred)
+    let before = counts.get
+    let t0 = performance.now()
+    // all at once, as a chain that wraps in parallel would: the first use's ceremony is shared
+    const wrapped = await Promise.all(keks.map((k, i) => wrapOf(root)(k.handle, kekAad('c', i + 1))))
+    const wrapMs = performance.now() - t0
+    const wrapGets = counts.get - before
+    // and one by one afterwards on the same root: no ceremony at all
+    before = counts.get
+    for (const [i, k] of keks.slice(0, 50).entries()) await wrapOf(root)(k.handle, kekAad('c', i + 1))
+    const laterWrapGets = counts.get - before
+
+    const fresh = webauthnRootKey(options.cred)
+    before = counts.get
+    t0 = performance.now()
+    const opened = await Promise.all(wrapped.map((w, i) => fresh.unwrapKek(w, kekAad('c', i + 1))))
+    const unwrapMs = performance.now() - t0
+    const unwrapGets = counts.get - before
+    let opens = 0
+    for (const [i, k] of opened.entries()) if (await sameKek(k, keks[i]!.sealed)) opens++
+    const asked = await fresh.unwrapKek(wrapped[0]!, kekAad('c', 1), { extractable: true })
+    return {
+      wrapGets,
+      laterWrapGets,
+      unwrapGets,
+      wrapMs,
+      unwrapMs,
+      opens,
+      lengths: [...new Set(wrapped.map((w) => w.length))],
+      tags: [...new Set(wrapped.map((w) => w[0]))],
+      extractable: { byDefault: opened.some((k) => k.extractable), whenAsked: asked.extractable, opensWhenAsked: await sameKek(asked, keks[0]!.sealed) },
+      kind: root.kind,
+    }
+  },
+
+  /** Two credentials as two roots of one KEK: each reads its own wrap only; ceremonies counted. */
+  async twoPasskeys(options: { a: PrfCredential; b: PrfCredential }) {
+    const [{ handle, sealed }] = await existingKeks(1)
+    const aad = kekAad('c', 1)
+    const [a, b] = [webauthnRootKey(options.a), webauthnRootKey(options.b)]
+    let before = counts.get
+    const [wa, wb] = [await wrapOf(a)(handle!, aad), await wrapOf(b)(handle!, aad)]
+    const wrapGets = counts.get - before
+    before = counts.get
+    const own = [await sameKek(await a.unwrapKek(wa, aad), sealed!), await sameKek(await b.unwrapKek(wb, aad), sealed!)]
+    const ownGets = counts.get - before
+    before = counts.get
+    const crossed = [await expectError(() => b.unwrapKek(wa, aad)), await expectError(() => a.unwrapKek(wb, aad))]
+    const crossedUnlockedGets = counts.get - before
+    before = counts.get
+    const crossedFresh = await expectError(() => webauthnRootKey(options.b).unwrapKek(wa, aad))
+    const crossedFreshGets = counts.get - before
+    return { kinds: [a.kind, b.kind], wrapGets, own, ownGets, crossed, crossedUnlockedGets, crossedFresh, crossedFreshGets }
+  },
+
+  /** wrapKek given what it cannot wrap: TypeError, and no ceremony for it. */
+  async wrapRefusals(cred: PrfCredential) {
+    const root = webauthnRootKey(cred)
+    const fixed = await crypto.subtle.generateKey({ name: 'AES-GCM', length: 128 }, false, ['encrypt', 'wrapKey', 'unwrapKey'])
+    const hmac = await crypto.subtle.generateKey({ name: 'HMAC', hash: 'SHA-256' }, true, ['sign'])
+    const before = counts.get
+    const errors = []
+    for (const bad of [fixed, hmac, new Uint8Array(16), undefined]) {
+      try {
+        await wrapOf(root)(bad as CryptoKey, kekAad('c', 1))
+        errors.push('resolved')
+      } catch (e) {
+        errors.push((e as Error).name)
+      }
+    }
+    return { errors, gets: counts.get - before, unlocked: root.unlocked }
+  },
+
   async contract(options: { cred: PrfCredential; other: PrfCredential }) {
     const t = createHarness()
-    describeRootKey(t, { name: 'webauthn-prf', make: () => webauthnRootKey(options.cred), other: () => webauthnRootKey(options.other) })
+    describeRootKey(t, { name: 'webauthn-prf', make: () => webauthnRootKey(options.cred), other: () => webauthnRootKey(options.other), wrapKek: true })
     // Extra checks of this root, in the same harness.
     t.test('webauthn-prf: toJSON and String() show only the public parameters', () => {
       const root = webauthnRootKey(options.cred)

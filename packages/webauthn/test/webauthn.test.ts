@@ -186,6 +186,37 @@ describe.skipIf(!existsSync(CHROMIUM))('webauthnRootKey in Chromium with a virtu
     expect(r.retried).toBe('message 0: ')
   })
 
+  it('wrapKek: 1,000 existing KEKs wrapped under a passkey root cost one assertion; a fresh root of the credential unwraps all 1,000 with one more', async () => {
+    const r = await call(page, 'wrapMany', { cred: cred1, n: 1_000 })
+    expect(r.wrapGets).toBe(1)
+    expect(r.laterWrapGets).toBe(0)
+    expect(r.unwrapGets).toBe(1)
+    expect(r.opens).toBe(1_000) // each opens what its original KEK sealed
+    expect(r.lengths).toEqual([45]) // the layout newKek writes: 0x40 || iv || sealed
+    expect(r.tags).toEqual([0x40])
+    expect(r.extractable).toEqual({ byDefault: false, whenAsked: true, opensWhenAsked: true })
+    measured.wrapKek1000Ms = Math.round(r.wrapMs)
+    measured.unwrapKek1000Ms = Math.round(r.unwrapMs)
+  })
+
+  it('two passkeys are two roots: each wraps the same KEK and reads only its own wrap; the other\'s is ERR_ROOT_KEY', async () => {
+    const r = await call(page, 'twoPasskeys', { a: cred1, b: cred2 })
+    expect(r.kinds).toEqual(['webauthn-prf', 'webauthn-prf'])
+    expect(r.wrapGets).toBe(2) // one per credential
+    expect(r.own).toEqual([true, true])
+    expect(r.ownGets).toBe(0)
+    for (const e of [...r.crossed, r.crossedFresh]) expect(e).toMatchObject({ isKmsProxyError: true, code: 'ERR_ROOT_KEY' })
+    expect(r.crossedUnlockedGets).toBe(0)
+    // The wrapped form (0x40 || iv || sealed) does not name its credential, so a root that has not
+    // unlocked yet must run its ceremony before it can tell: one prompt, then ERR_ROOT_KEY.
+    expect(r.crossedFreshGets).toBe(1)
+  })
+
+  it('wrapKek refuses what it cannot wrap (non-extractable, not AES-GCM, not a key) with TypeError, before any ceremony', async () => {
+    const r = await call(page, 'wrapRefusals', cred1)
+    expect(r).toEqual({ errors: ['TypeError', 'TypeError', 'TypeError', 'TypeError'], gets: 0, unlocked: false })
+  })
+
   it('passes describeRootKey (collect mode, inside the page)', async () => {
     const { results, ceremonies } = await call<{ results: Array<{ name: string; ok: boolean; error?: string; ms: number }>; ceremonies: number }>(
       page,
@@ -194,10 +225,12 @@ describe.skipIf(!existsSync(CHROMIUM))('webauthnRootKey in Chromium with a virtu
     )
     const failed = results.filter((r) => !r.ok)
     expect(failed, JSON.stringify(failed)).toEqual([])
-    expect(results.length).toBe(8)
+    expect(results.length).toBe(13)
     measured.contractTests = results.length
-    // make() and other() are new root objects: 2 + 1 + 2 + 2 in describeRootKey, 0 + 1 + 1 in the extra checks
-    expect(ceremonies).toBe(9)
+    // make() and other() are new root objects, one ceremony each at first use: 2 + 1 + 2 + 2 in
+    // describeRootKey's first four tests, 0 + 2 + 2 + 2 + 1 in its wrapKek tests (the
+    // non-extractable KEK is refused before a ceremony), 0 + 0 + 1 + 1 in the extra checks
+    expect(ceremonies).toBe(16)
     measured.contractCeremonies = ceremonies
   })
 
