@@ -4,6 +4,7 @@
  * each wrapped KEK to its chain name and id.
  */
 import { RootKeyError, importKekBytes, checkServerUrl, fromBase64, toBase64, transientStatus, type HttpAnswer, type NewKek, type RootKey } from '@kms-proxy/core'
+import { kmsWrapping } from './envelope.js'
 import { postJson, type RetryOptions } from './http.js'
 import { signV4, type AwsCredentials } from './sigv4.js'
 
@@ -30,6 +31,8 @@ export interface AwsKmsRootKeyOptions extends RetryOptions {
 }
 
 const TAG = 0x20
+/** wrapKek's envelope form: a GenerateDataKey (AES_256) data key wraps the KEK (envelope.ts). */
+const ENVELOPE_TAG = 0x24
 /** AWS's own SDK retries these as throttling; KMS answers them with HTTP 400. */
 const THROTTLING = new Set(['ThrottlingException', 'Throttling', 'TooManyRequestsException', 'RequestLimitExceeded', 'LimitExceededException', 'RequestThrottled', 'RequestThrottledException', 'SlowDown'])
 /** Errors AWS answers when a signature's time is too far from its own; AWS's own SDK list. */
@@ -156,13 +159,22 @@ export function awsKmsRootKey(options: AwsKmsRootKeyOptions): RootKey {
       wrapped.set(blob, 1)
       return { kek: await importKekBytes(plaintext, 'AWS KMS'), wrapped }
     },
-    async unwrapKek(wrapped, aad) {
-      if (!(wrapped instanceof Uint8Array) || wrapped[0] !== TAG || wrapped.length < 2) {
-        throw new RootKeyError('this KEK was not wrapped by an AWS KMS root key')
-      }
-      const out = await call('Decrypt', { KeyId: keyId, CiphertextBlob: toBase64(wrapped.subarray(1)), EncryptionContext: context(aad) })
-      return importKekBytes(field(out, 'Plaintext', 'Decrypt'), 'AWS KMS')
-    },
+    ...kmsWrapping({
+      who: 'AWS KMS',
+      rootKey: 'an AWS KMS root key',
+      tag: TAG,
+      envelopeTag: ENVELOPE_TAG,
+      async dataKey(aad) {
+        const out = await call('GenerateDataKey', { KeyId: keyId, KeySpec: 'AES_256', EncryptionContext: context(aad) })
+        // The wrapped form first: if it is missing, the plaintext was never decoded, so nothing to zero.
+        const wrapped = field(out, 'CiphertextBlob', 'GenerateDataKey')
+        return { wrapped, plaintext: field(out, 'Plaintext', 'GenerateDataKey') }
+      },
+      async decrypt(blob, aad) {
+        const out = await call('Decrypt', { KeyId: keyId, CiphertextBlob: toBase64(blob), EncryptionContext: context(aad) })
+        return field(out, 'Plaintext', 'Decrypt')
+      },
+    }),
     toString: () => '[RootKey aws-kms]',
     toJSON: () => ({ kind: 'aws-kms', keyId, region, endpoint: endpoint.origin }),
   } as RootKey

@@ -15,6 +15,7 @@
  * `0x23 || version length (u8) || version (ASCII) || RSA-OAEP-256 ciphertext`.
  */
 import { RootKeyError, importKekBytes, checkServerUrl, fromBase64Url, toBase64Url, type NewKek, type RootKey } from '@kms-proxy/core'
+import { DATA_KEY_BYTES, kmsWrapping, localDataKey } from './envelope.js'
 import { postJson, refused, type RetryOptions } from './http.js'
 
 /** Options of {@link azureKeyVaultRootKey}. */
@@ -40,6 +41,8 @@ export interface AzureKeyVaultRootKeyOptions extends RetryOptions {
 }
 
 const TAG = 0x23
+/** wrapKek's envelope form: a data key made here and wrapped by the vault wraps the KEK (envelope.ts). */
+const ENVELOPE_TAG = 0x27
 const ALG = 'RSA-OAEP-256'
 const KEK_BYTES = 16
 const DIGEST_BYTES = 32
@@ -127,55 +130,75 @@ export function azureKeyVaultRootKey(options: AzureKeyVaultRootKeyOptions): Root
     return m[2]!
   }
 
+  /**
+   * wrapkey of `secret || SHA-256(aad)`: `version length (u8) || version || RSA block`. The
+   * payload holding the secret is zeroed here on every path; the caller zeroes `secret`.
+   */
+  async function wrap(secret: Uint8Array, aad: Uint8Array): Promise<Uint8Array> {
+    const payload = new Uint8Array(secret.length + DIGEST_BYTES)
+    let ciphertext: Uint8Array
+    let version: string
+    try {
+      payload.set(secret)
+      payload.set(await digestOf(aad), secret.length)
+      const out = await call('wrapkey', keyVersion ?? '', payload)
+      ciphertext = out.value
+      version = versionOf(out.kid)
+      if (ciphertext.length > 1024) throw new RootKeyError('Azure Key Vault wrapkey returned more than 1024 bytes; expected an RSA block')
+    } finally {
+      payload.fill(0)
+    }
+    const v = new TextEncoder().encode(version)
+    const blob = new Uint8Array(1 + v.length + ciphertext.length)
+    blob[0] = v.length
+    blob.set(v, 1)
+    blob.set(ciphertext, 1 + v.length)
+    return blob
+  }
+
   return {
     kind: 'azure-key-vault',
     async newKek(aad): Promise<NewKek> {
       // The one root whose KEK bytes are made here: Azure has no symmetric data-key call for
       // standard vaults. They exist until the import below, and are zeroed on every path.
-      const payload = new Uint8Array(KEK_BYTES + DIGEST_BYTES)
-      let ciphertext: Uint8Array
-      let version: string
+      const bytes = crypto.getRandomValues(new Uint8Array(KEK_BYTES))
+      let blob: Uint8Array
       try {
-        crypto.getRandomValues(payload.subarray(0, KEK_BYTES))
-        payload.set(await digestOf(aad), KEK_BYTES)
-        const out = await call('wrapkey', keyVersion ?? '', payload)
-        ciphertext = out.value
-        version = versionOf(out.kid)
-        if (ciphertext.length > 1024) throw new RootKeyError('Azure Key Vault wrapkey returned more than 1024 bytes; expected an RSA block')
+        blob = await wrap(bytes, aad)
       } catch (error) {
-        payload.fill(0)
+        bytes.fill(0)
         throw error
       }
-      let kek: CryptoKey
-      try {
-        kek = await importKekBytes(payload.slice(0, KEK_BYTES), 'Azure Key Vault')
-      } finally {
-        payload.fill(0)
-      }
-      const v = new TextEncoder().encode(version)
-      const wrapped = new Uint8Array(2 + v.length + ciphertext.length)
+      const kek = await importKekBytes(bytes, 'Azure Key Vault')
+      const wrapped = new Uint8Array(1 + blob.length)
       wrapped[0] = TAG
-      wrapped[1] = v.length
-      wrapped.set(v, 2)
-      wrapped.set(ciphertext, 2 + v.length)
+      wrapped.set(blob, 1)
       return { kek, wrapped }
     },
-    async unwrapKek(wrapped, aad) {
-      if (!(wrapped instanceof Uint8Array) || wrapped[0] !== TAG || wrapped.length < 3 || wrapped.length < 3 + wrapped[1]!) {
-        throw new RootKeyError('this KEK was not wrapped by an Azure Key Vault root key')
-      }
-      const version = new TextDecoder().decode(wrapped.subarray(2, 2 + wrapped[1]!))
-      if (!KEY_VERSION.test(version)) throw new RootKeyError('wrapped KEK has no valid Azure key version')
-      const expected = await digestOf(aad)
-      const { value } = await call('unwrapkey', version, wrapped.subarray(2 + wrapped[1]!))
-      try {
-        if (value.length !== KEK_BYTES + DIGEST_BYTES) throw new RootKeyError(`Azure Key Vault unwrapped ${value.length} bytes; expected ${KEK_BYTES + DIGEST_BYTES}`)
-        if (!sameBytes(value.subarray(KEK_BYTES), expected)) throw new RootKeyError('Azure Key Vault: KEK moved to another chain or id (associated data does not match)')
-        return await importKekBytes(value.slice(0, KEK_BYTES), 'Azure Key Vault')
-      } finally {
-        value.fill(0)
-      }
-    },
+    ...kmsWrapping({
+      who: 'Azure Key Vault',
+      rootKey: 'an Azure Key Vault root key',
+      tag: TAG,
+      envelopeTag: ENVELOPE_TAG,
+      dataKey: (aad) => localDataKey((plaintext) => wrap(plaintext, aad)),
+      async decrypt(blob, aad) {
+        if (blob.length < 2 || blob.length < 2 + blob[0]!) throw new RootKeyError('this KEK was not wrapped by an Azure Key Vault root key')
+        const version = new TextDecoder().decode(blob.subarray(1, 1 + blob[0]!))
+        if (!KEY_VERSION.test(version)) throw new RootKeyError('wrapped KEK has no valid Azure key version')
+        const expected = await digestOf(aad)
+        const { value } = await call('unwrapkey', version, blob.subarray(1 + blob[0]!))
+        try {
+          // A KEK (16) or an envelope's data key (32), then the digest.
+          if (value.length !== KEK_BYTES + DIGEST_BYTES && value.length !== DATA_KEY_BYTES + DIGEST_BYTES) {
+            throw new RootKeyError(`Azure Key Vault unwrapped ${value.length} bytes; expected ${KEK_BYTES + DIGEST_BYTES} or ${DATA_KEY_BYTES + DIGEST_BYTES}`)
+          }
+          if (!sameBytes(value.subarray(value.length - DIGEST_BYTES), expected)) throw new RootKeyError('Azure Key Vault: KEK moved to another chain or id (associated data does not match)')
+          return value.slice(0, value.length - DIGEST_BYTES)
+        } finally {
+          value.fill(0)
+        }
+      },
+    }),
     toString: () => '[RootKey azure-key-vault]',
     toJSON: () => ({ kind: 'azure-key-vault', vaultUrl: base, keyName, ...(keyVersion !== undefined ? { keyVersion } : {}), apiVersion }),
   } as RootKey

@@ -5,6 +5,7 @@
  * unwrapped with `cryptoKeys.decrypt`, so Cloud KMS itself binds each KEK to its chain and id.
  */
 import { RootKeyError, importKekBytes, checkServerUrl, toBase64, type NewKek, type RootKey } from '@kms-proxy/core'
+import { kmsWrapping, localDataKey } from './envelope.js'
 import { base64Field, postJson, refused, type RetryOptions } from './http.js'
 
 /** Options of {@link gcpKmsRootKey}. */
@@ -22,6 +23,8 @@ export interface GcpKmsRootKeyOptions extends RetryOptions {
 }
 
 const TAG = 0x21
+/** wrapKek's envelope form: a data key made here and encrypted by Cloud KMS wraps the KEK (envelope.ts). */
+const ENVELOPE_TAG = 0x25
 const KEY_NAME = /^projects\/[^/]+\/locations\/[^/]+\/keyRings\/[^/]+\/cryptoKeys\/[^/]+$/
 
 /**
@@ -67,6 +70,14 @@ export function gcpKmsRootKey(options: GcpKmsRootKeyOptions): RootKey {
     })) as Record<string, string>
   }
 
+  /** cryptoKeys.encrypt of `plaintext` bound to `aad`: the ciphertext's bytes. */
+  async function encrypt(plaintext: Uint8Array, aad: Uint8Array): Promise<Uint8Array> {
+    const out = await call('encrypt', keyName, { plaintext: toBase64(plaintext), additionalAuthenticatedData: toBase64(aad) })
+    const ciphertext = base64Field('Google Cloud KMS encrypt', out.ciphertext ?? '')
+    if (ciphertext.length === 0) throw new RootKeyError('Google Cloud KMS encrypt returned no ciphertext')
+    return ciphertext
+  }
+
   return {
     kind: 'gcp-kms',
     async newKek(aad): Promise<NewKek> {
@@ -75,9 +86,7 @@ export function gcpKmsRootKey(options: GcpKmsRootKeyOptions): RootKey {
       let ciphertext: Uint8Array
       try {
         if (bytes.length !== 16) throw new RootKeyError(`Google Cloud KMS returned ${bytes.length} random bytes; expected 16`)
-        const out = await call('encrypt', keyName, { plaintext: toBase64(bytes), additionalAuthenticatedData: toBase64(aad) })
-        ciphertext = base64Field('Google Cloud KMS encrypt', out.ciphertext ?? '')
-        if (ciphertext.length === 0) throw new RootKeyError('Google Cloud KMS encrypt returned no ciphertext')
+        ciphertext = await encrypt(bytes, aad)
       } catch (error) {
         bytes.fill(0)
         throw error
@@ -87,13 +96,18 @@ export function gcpKmsRootKey(options: GcpKmsRootKeyOptions): RootKey {
       wrapped.set(ciphertext, 1)
       return { kek: await importKekBytes(bytes, 'Google Cloud KMS'), wrapped }
     },
-    async unwrapKek(wrapped, aad) {
-      if (!(wrapped instanceof Uint8Array) || wrapped[0] !== TAG || wrapped.length < 2) {
-        throw new RootKeyError('this KEK was not wrapped by a Google Cloud KMS root key')
-      }
-      const out = await call('decrypt', keyName, { ciphertext: toBase64(wrapped.subarray(1)), additionalAuthenticatedData: toBase64(aad) })
-      return importKekBytes(base64Field('Google Cloud KMS decrypt', out.plaintext ?? ''), 'Google Cloud KMS')
-    },
+    ...kmsWrapping({
+      who: 'Google Cloud KMS',
+      rootKey: 'a Google Cloud KMS root key',
+      tag: TAG,
+      envelopeTag: ENVELOPE_TAG,
+      // Random bytes made here rather than by generateRandomBytes: one call per wrapKek, as the contract asks.
+      dataKey: (aad) => localDataKey((plaintext) => encrypt(plaintext, aad)),
+      async decrypt(blob, aad) {
+        const out = await call('decrypt', keyName, { ciphertext: toBase64(blob), additionalAuthenticatedData: toBase64(aad) })
+        return base64Field('Google Cloud KMS decrypt', out.plaintext ?? '')
+      },
+    }),
     toString: () => '[RootKey gcp-kms]',
     toJSON: () => ({ kind: 'gcp-kms', keyName, endpoint: endpoint.origin }),
   } as RootKey

@@ -7,6 +7,7 @@
  * Vault's `datakey` endpoint documents no associated_data parameter, so it is not used.
  */
 import { RootKeyError, importKekBytes, checkServerUrl, toBase64, type NewKek, type RootKey } from '@kms-proxy/core'
+import { kmsWrapping, localDataKey } from './envelope.js'
 import { base64Field, postJson, refused, type RetryOptions } from './http.js'
 
 /** Options of {@link vaultTransitRootKey}. */
@@ -32,6 +33,8 @@ export interface VaultTransitRootKeyOptions extends RetryOptions {
 }
 
 const TAG = 0x22
+/** wrapKek's envelope form: a data key made here and encrypted by Vault wraps the KEK (envelope.ts). */
+const ENVELOPE_TAG = 0x26
 const VAULT_CIPHERTEXT = /^vault:v\d+:[A-Za-z0-9+/=]+$/
 
 /**
@@ -83,37 +86,48 @@ export function vaultTransitRootKey(options: VaultTransitRootKeyOptions): RootKe
     return ((out as { data?: Record<string, unknown> }).data ?? {}) as Record<string, unknown>
   }
 
+  /**
+   * encrypt/{key} of `plaintext` bound to `aad`: the `vault:vN:` ciphertext as UTF-8, its prefix
+   * (the key version) kept, so a rotated transit key still decrypts.
+   */
+  async function encrypt(plaintext: Uint8Array, aad: Uint8Array): Promise<Uint8Array> {
+    const out = await call('encrypt', `encrypt/${encodeURIComponent(key)}`, { plaintext: toBase64(plaintext), associated_data: toBase64(aad) })
+    if (typeof out.ciphertext !== 'string' || !VAULT_CIPHERTEXT.test(out.ciphertext)) throw new RootKeyError('Vault Transit encrypt returned no vault:vN: ciphertext')
+    return new TextEncoder().encode(out.ciphertext)
+  }
+
   return {
     kind: 'vault-transit',
     async newKek(aad): Promise<NewKek> {
       const random = await call('random', 'random/16', { format: 'base64' })
       const bytes = base64Field('Vault random', typeof random.random_bytes === 'string' ? random.random_bytes : '')
-      let ciphertext: string
+      let ciphertext: Uint8Array
       try {
         if (bytes.length !== 16) throw new RootKeyError(`Vault returned ${bytes.length} random bytes; expected 16`)
-        const out = await call('encrypt', `encrypt/${encodeURIComponent(key)}`, { plaintext: toBase64(bytes), associated_data: toBase64(aad) })
-        if (typeof out.ciphertext !== 'string' || !VAULT_CIPHERTEXT.test(out.ciphertext)) throw new RootKeyError('Vault Transit encrypt returned no vault:vN: ciphertext')
-        ciphertext = out.ciphertext
+        ciphertext = await encrypt(bytes, aad)
       } catch (error) {
         bytes.fill(0)
         throw error
       }
-      // The vault:vN: prefix (the key version) is kept, so a rotated transit key still decrypts.
-      const utf8 = new TextEncoder().encode(ciphertext)
-      const wrapped = new Uint8Array(1 + utf8.length)
+      const wrapped = new Uint8Array(1 + ciphertext.length)
       wrapped[0] = TAG
-      wrapped.set(utf8, 1)
+      wrapped.set(ciphertext, 1)
       return { kek: await importKekBytes(bytes, 'Vault'), wrapped }
     },
-    async unwrapKek(wrapped, aad) {
-      if (!(wrapped instanceof Uint8Array) || wrapped[0] !== TAG || wrapped.length < 2) {
-        throw new RootKeyError('this KEK was not wrapped by a Vault Transit root key')
-      }
-      const ciphertext = new TextDecoder('utf-8', { fatal: false }).decode(wrapped.subarray(1))
-      if (!VAULT_CIPHERTEXT.test(ciphertext)) throw new RootKeyError('wrapped KEK is not a vault:vN: ciphertext')
-      const out = await call('decrypt', `decrypt/${encodeURIComponent(key)}`, { ciphertext, associated_data: toBase64(aad) })
-      return importKekBytes(base64Field('Vault Transit decrypt', typeof out.plaintext === 'string' ? out.plaintext : ''), 'Vault')
-    },
+    ...kmsWrapping({
+      who: 'Vault',
+      rootKey: 'a Vault Transit root key',
+      tag: TAG,
+      envelopeTag: ENVELOPE_TAG,
+      // Random bytes made here rather than by random/N: one call per wrapKek, as the contract asks.
+      dataKey: (aad) => localDataKey((plaintext) => encrypt(plaintext, aad)),
+      async decrypt(blob, aad) {
+        const ciphertext = new TextDecoder('utf-8', { fatal: false }).decode(blob)
+        if (!VAULT_CIPHERTEXT.test(ciphertext)) throw new RootKeyError('wrapped KEK is not a vault:vN: ciphertext')
+        const out = await call('decrypt', `decrypt/${encodeURIComponent(key)}`, { ciphertext, associated_data: toBase64(aad) })
+        return base64Field('Vault Transit decrypt', typeof out.plaintext === 'string' ? out.plaintext : '')
+      },
+    }),
     toString: () => '[RootKey vault-transit]',
     toJSON: () => ({ kind: 'vault-transit', address: address.origin, mount, key, ...(namespace !== undefined ? { namespace } : {}) }),
   } as RootKey

@@ -10,7 +10,7 @@ import { awsKmsRootKey } from '../src/index.ts'
 import { signV4 } from '../src/sigv4.ts'
 import { startMoto, type Moto } from './fakes/moto.ts'
 import { startFront, type Front } from './fakes/front.ts'
-import { countCallsThroughChain, decryptWithKekMovedToAnotherChain } from './chain.ts'
+import { countCallsThroughChain, decryptWithKekMovedToAnotherChain, expectWrapKek, extractableOfNewKekForm, wrapKekOneCallEach } from './chain.ts'
 
 const credentials = { accessKeyId: 'AKIDKMSPROXYTEST', secretAccessKey: 'kms-proxy-test-secret-key/abc+def' }
 let moto: Moto
@@ -47,6 +47,7 @@ describeRootKey(createHarness(it), {
   make: () => root(),
   other: () => root({ keyId: otherKeyId }),
   secrets: [credentials.secretAccessKey],
+  wrapKek: true,
 })
 
 describe('SigV4', () => {
@@ -349,5 +350,17 @@ describe('AWS KMS protocol details', () => {
     } finally {
       front.intercept = undefined
     }
+  })
+})
+
+describe('AWS KMS: wrapKek of an existing KEK (a second root of a chain)', () => {
+  it('unwrapKek of the newKek form gives a non-extractable KEK, an extractable one only with { extractable: true }', async () => {
+    expect(await extractableOfNewKekForm(root())).toEqual([false, true])
+  })
+
+  it('wrapKek makes one GenerateDataKey (AES_256) and unwrapKek one Decrypt; the KEK is never exported nor sent; extractable only when asked, for both forms', async () => {
+    const run = await wrapKekOneCallEach((f) => root({ fetch: f }), calls, countingFetch)
+    const length = expectWrapKek(run, { wrap: ['GenerateDataKey'], unwrap: ['Decrypt'], tag: 0x24 })
+    console.log(`AWS KMS wrapKek envelope: ${length} bytes`)
   })
 })

@@ -15,12 +15,12 @@ export async function runSuite(x: Targets): Promise<TestResult[]> {
   const fast = { backoffMs: 1, retries: 1 }
   const aws = (keyId: string) =>
     awsKmsRootKey({ keyId, region: 'eu-central-1', endpoint: x.aws.endpoint, credentials: { accessKeyId: x.aws.accessKeyId, secretAccessKey: x.aws.secretAccessKey }, ...fast })
-  describeRootKey(t, { name: 'aws', make: () => aws(x.aws.keyId), other: () => aws(x.aws.otherKeyId), secrets: [x.aws.secretAccessKey] })
+  describeRootKey(t, { name: 'aws', make: () => aws(x.aws.keyId), other: () => aws(x.aws.otherKeyId), secrets: [x.aws.secretAccessKey], wrapKek: true })
   const gcp = (keyName: string) => gcpKmsRootKey({ keyName, accessToken: x.gcp.token, endpoint: x.gcp.endpoint, ...fast })
-  describeRootKey(t, { name: 'gcp', make: () => gcp(x.gcp.keyName), other: () => gcp(x.gcp.otherKeyName), secrets: [x.gcp.token] })
+  describeRootKey(t, { name: 'gcp', make: () => gcp(x.gcp.keyName), other: () => gcp(x.gcp.otherKeyName), secrets: [x.gcp.token], wrapKek: true })
   const vault = (key: string) => vaultTransitRootKey({ address: x.vault.address, token: x.vault.token, key, ...fast })
-  describeRootKey(t, { name: 'vault', make: () => vault('app'), other: () => vault('other'), secrets: [x.vault.token] })
+  describeRootKey(t, { name: 'vault', make: () => vault('app'), other: () => vault('other'), secrets: [x.vault.token], wrapKek: true })
   const azure = (keyName: string) => azureKeyVaultRootKey({ vaultUrl: x.azure.vaultUrl, keyName, accessToken: x.azure.token, ...fast })
-  describeRootKey(t, { name: 'azure', make: () => azure('app'), other: () => azure('other'), secrets: [x.azure.token] })
+  describeRootKey(t, { name: 'azure', make: () => azure('app'), other: () => azure('other'), secrets: [x.azure.token], wrapKek: true })
   return t.run()
 }
