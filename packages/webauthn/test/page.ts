@@ -308,14 +308,14 @@ const kp = {
 
   /** Two credentials as two roots of one KEK: each reads its own wrap only; ceremonies counted. */
   async twoPasskeys(options: { a: PrfCredential; b: PrfCredential }) {
-    const [{ handle, sealed }] = await existingKeks(1)
+    const { handle, sealed } = (await existingKeks(1))[0]!
     const aad = kekAad('c', 1)
     const [a, b] = [webauthnRootKey(options.a), webauthnRootKey(options.b)]
     let before = counts.get
-    const [wa, wb] = [await wrapOf(a)(handle!, aad), await wrapOf(b)(handle!, aad)]
+    const [wa, wb] = [await wrapOf(a)(handle, aad), await wrapOf(b)(handle, aad)]
     const wrapGets = counts.get - before
     before = counts.get
-    const own = [await sameKek(await a.unwrapKek(wa, aad), sealed!), await sameKek(await b.unwrapKek(wb, aad), sealed!)]
+    const own = [await sameKek(await a.unwrapKek(wa, aad), sealed), await sameKek(await b.unwrapKek(wb, aad), sealed)]
     const ownGets = counts.get - before
     before = counts.get
     const crossed = [await expectError(() => b.unwrapKek(wa, aad)), await expectError(() => a.unwrapKek(wb, aad))]
