@@ -20,7 +20,7 @@
  * @module @kms-proxy/file
  */
 import { readFile, rename, unlink } from 'node:fs/promises'
-import { StoreError, fromBase64, toBase64, type ChainHead, type KekRecord, type KeyStore, type Versioned } from '@kms-proxy/core'
+import { DEFAULT_ROOT, StoreError, fromBase64, rootOf, toBase64, type ChainHead, type ChainRoot, type ChainRootState, type KekRecord, type KeyStore, type Versioned } from '@kms-proxy/core'
 import { ensureFolder, storeFailure } from './_folder.js'
 import { acquireLock, commitAndRelease, stageFile, syncFolder, type LockOptions } from './_lock.js'
 
@@ -43,7 +43,15 @@ export interface FileStoreOptions {
   lockTimeoutMs?: number
 }
 
-const FORMAT = 'kms-proxy-file-store/v1'
+/**
+ * v1: every file written before chains had several roots, and every file since that holds
+ * nothing else: each KEK's 'default' record under `keks`, heads without `roots`. v2: the same,
+ * plus `wraps` (records of other roots, by id then root name) or heads with `roots`. Older
+ * versions refuse a v2 file rather than rewrite it without what they do not know (they would
+ * drop the other roots' records and the head's roots on their next write).
+ */
+const FORMAT_V1 = 'kms-proxy-file-store/v1'
+const FORMAT_V2 = 'kms-proxy-file-store/v2'
 
 interface StoredKek {
   createdAt: number
@@ -53,13 +61,40 @@ interface StoredKek {
 
 interface StoredChain {
   head?: { value: ChainHead; version: string }
+  /** The 'default' root's records, by id: where every record lived before several roots. */
   keks: Map<string, StoredKek>
+  /** Every other root's records, by id, then root name. */
+  wraps: Map<string, Map<string, StoredKek>>
 }
 
 /** Maps, not plain objects: a chain named `__proto__` or `constructor` is just a name. */
 type Contents = Map<string, StoredChain>
 
 const isObject = (x: unknown): x is Record<string, unknown> => typeof x === 'object' && x !== null && !Array.isArray(x)
+const ROOT_NAME = /^[A-Za-z0-9._-]{1,64}$/
+const STATES: readonly unknown[] = ['adding', 'active', 'removing']
+const isCount = (x: unknown): x is number => typeof x === 'number' && Number.isSafeInteger(x) && x >= 0
+const isU32 = (x: unknown): x is number => isCount(x) && x <= 0xffffffff
+const ID_KEY = /^(0|[1-9][0-9]{0,9})$/
+
+/** The head as the store keeps it, or undefined when `v` is not a head: only known fields, copied. */
+function headOf(v: unknown): ChainHead | undefined {
+  if (!isObject(v) || !isU32(v.primary) || !isCount(v.primaryCreatedAt) || !isCount(v.leased)) return undefined
+  const head = { primary: v.primary, primaryCreatedAt: v.primaryCreatedAt, leased: v.leased }
+  if (v.roots === undefined) return head
+  if (!Array.isArray(v.roots)) return undefined
+  const roots: ChainRoot[] = []
+  for (const r of v.roots as unknown[]) {
+    if (!isObject(r) || typeof r.name !== 'string' || !ROOT_NAME.test(r.name) || typeof r.kind !== 'string' || !STATES.includes(r.state)) return undefined
+    roots.push({ name: r.name, kind: r.kind, state: r.state as ChainRootState })
+  }
+  return { ...head, roots }
+}
+
+function checkRoot(root: unknown): string {
+  if (typeof root !== 'string' || !ROOT_NAME.test(root)) throw new RangeError('fileStore: a root name is 1 to 64 letters, digits, ".", "_" or "-"')
+  return root
+}
 
 function parse(raw: string, path: string): Contents {
   const notAStore = () => new StoreError(`fileStore: ${path} is not a kms-proxy file store`)
@@ -69,25 +104,36 @@ function parse(raw: string, path: string): Contents {
   } catch {
     throw notAStore()
   }
-  if (!isObject(parsed) || parsed.format !== FORMAT || !isObject(parsed.chains)) throw notAStore()
+  if (!isObject(parsed) || (parsed.format !== FORMAT_V1 && parsed.format !== FORMAT_V2) || !isObject(parsed.chains)) throw notAStore()
   const contents: Contents = new Map()
   // JSON.parse makes every key an own property, "__proto__" included; Object.entries sees them all.
   for (const [name, chain] of Object.entries(parsed.chains)) {
-    if (!isObject(chain) || !isObject(chain.keks)) throw notAStore()
+    if (!isObject(chain) || !isObject(chain.keks) || (chain.wraps !== undefined && !isObject(chain.wraps))) throw notAStore()
+    const wraps = new Map<string, Map<string, StoredKek>>()
+    for (const [id, byRoot] of Object.entries(chain.wraps ?? {})) {
+      if (!isObject(byRoot)) throw notAStore()
+      wraps.set(id, new Map(Object.entries(byRoot as Record<string, StoredKek>)))
+    }
     contents.set(name, {
       ...(chain.head === undefined ? {} : { head: chain.head as StoredChain['head'] }),
       keks: new Map(Object.entries(chain.keks as Record<string, StoredKek>)),
+      wraps,
     })
   }
   return contents
 }
 
 function serialize(contents: Contents): string {
+  let v2 = false
   // Object.fromEntries defines own properties, so "__proto__" stays a key and sets no prototype.
   const chains = Object.fromEntries(
-    [...contents].map(([name, c]) => [name, { ...(c.head ? { head: c.head } : {}), keks: Object.fromEntries(c.keks) }]),
+    [...contents].map(([name, c]) => {
+      const wraps = Object.fromEntries([...c.wraps].map(([id, byRoot]) => [id, Object.fromEntries(byRoot)]))
+      if (c.wraps.size > 0 || c.head?.value.roots !== undefined) v2 = true
+      return [name, { ...(c.head ? { head: c.head } : {}), keks: Object.fromEntries(c.keks), ...(c.wraps.size > 0 ? { wraps } : {}) }]
+    }),
   )
-  return JSON.stringify({ format: FORMAT, chains })
+  return JSON.stringify({ format: v2 ? FORMAT_V2 : FORMAT_V1, chains })
 }
 
 /**
@@ -180,53 +226,98 @@ export function fileStore(path: string, options: FileStoreOptions = {}): KeyStor
 
   const chainOf = (contents: Contents, chain: string): StoredChain => {
     let c = contents.get(chain)
-    if (!c) contents.set(chain, (c = { keks: new Map() }))
+    if (!c) contents.set(chain, (c = { keks: new Map(), wraps: new Map() }))
     return c
   }
-  const toRecord = (id: number, k: StoredKek): KekRecord => {
+  const toRecord = (idKey: string, root: string, k: StoredKek): KekRecord => {
+    const malformed = () => new StoreError(`fileStore: the KEK record ${idKey.slice(0, 10)} in ${path} is malformed`)
+    // A root other than 'default' under `wraps` is a file changed by hand or by another program:
+    // 'default' there would shadow the record under `keks`.
+    if (!ID_KEY.test(idKey) || !isU32(Number(idKey)) || !isObject(k) || !isCount(k.createdAt) || typeof k.rootKind !== 'string') throw malformed()
+    if (root !== DEFAULT_ROOT && !ROOT_NAME.test(root)) throw malformed()
     let wrapped: Uint8Array
     try {
       wrapped = fromBase64(k.wrapped)
     } catch {
-      throw new StoreError(`fileStore: the KEK record ${id} in ${path} is malformed`)
+      throw malformed()
     }
-    return { id, createdAt: k.createdAt, rootKind: k.rootKind, wrapped }
+    return { id: Number(idKey), createdAt: k.createdAt, rootKind: k.rootKind, wrapped, ...(root === DEFAULT_ROOT ? {} : { root }) }
   }
+  const wrapsOf = (c: StoredChain | undefined, idKey: string): KekRecord[] => {
+    const main = c?.keks.get(idKey)
+    const others = [...(c?.wraps.get(idKey) ?? [])].map(([root, k]) => {
+      if (root === DEFAULT_ROOT) throw new StoreError(`fileStore: the KEK record ${idKey.slice(0, 10)} in ${path} is malformed`)
+      return toRecord(idKey, root, k)
+    })
+    return main ? [toRecord(idKey, DEFAULT_ROOT, main), ...others] : others
+  }
+  const stored = (record: KekRecord): StoredKek => ({ createdAt: record.createdAt, rootKind: record.rootKind, wrapped: toBase64(record.wrapped) })
 
   return {
     atomic: true,
     embedsKeks: false,
     async getHead(chain): Promise<Versioned<ChainHead> | undefined> {
-      return (await load()).get(chain)?.head
+      const h = (await load()).get(chain)?.head
+      if (h === undefined) return undefined
+      const value = isObject(h) && typeof h.version === 'string' ? headOf(h.value) : undefined
+      if (!value) throw new StoreError(`fileStore: the head of a chain in ${path} is malformed`)
+      return { value, version: h.version }
     },
     async casHead(chain, expected, next) {
+      const value = headOf(next)
+      if (!value) throw new TypeError('fileStore: casHead: expected a chain head (primary, primaryCreatedAt, leased, and roots if any)')
       return update((contents) => {
         const c = chainOf(contents, chain)
         if (c.head?.version !== expected) return false
         const version = String(Number(c.head?.version ?? 0) + 1)
-        c.head = { value: { primary: next.primary, primaryCreatedAt: next.primaryCreatedAt, leased: next.leased }, version }
+        c.head = { value, version }
         return true
       })
     },
     async getKek(chain, id) {
-      const k = (await load()).get(chain)?.keks.get(String(id))
-      return k && toRecord(id, k)
+      const wraps = wrapsOf((await load()).get(chain), String(id))
+      // 'default' comes first when there is one; otherwise the first root by name, so every
+      // reader picks the same.
+      return wraps.find((r) => r.root === undefined) ?? wraps.sort((a, b) => (rootOf(a) < rootOf(b) ? -1 : 1))[0]
     },
     async putKekIfAbsent(chain, record) {
+      const root = checkRoot(rootOf(record))
       return update((contents) => {
         const c = chainOf(contents, chain)
-        if (c.keks.has(String(record.id))) return false
-        c.keks.set(String(record.id), {
-          createdAt: record.createdAt,
-          rootKind: record.rootKind,
-          wrapped: toBase64(record.wrapped),
-        })
+        const id = String(record.id)
+        if (root === DEFAULT_ROOT) {
+          if (c.keks.has(id)) return false
+          c.keks.set(id, stored(record))
+          return true
+        }
+        let byRoot = c.wraps.get(id)
+        if (byRoot?.has(root)) return false
+        if (!byRoot) c.wraps.set(id, (byRoot = new Map()))
+        byRoot.set(root, stored(record))
         return true
       })
     },
     async listKeks(chain) {
-      const keks = (await load()).get(chain)?.keks ?? new Map<string, StoredKek>()
-      return [...keks].map(([id, k]) => toRecord(Number(id), k))
+      const c = (await load()).get(chain)
+      const ids = new Set([...(c?.keks.keys() ?? []), ...(c?.wraps.keys() ?? [])])
+      return [...ids].flatMap((id) => wrapsOf(c, id))
+    },
+    async getKekWraps(chain, id) {
+      return wrapsOf((await load()).get(chain), String(id))
+    },
+    async deleteKekWrap(chain, id, root) {
+      checkRoot(root)
+      // Under the lock like every write: a delete that read, changed and wrote the file outside
+      // it would undo a put that another process made in between.
+      await update((contents) => {
+        const c = contents.get(chain)
+        if (!c) return false
+        if (root === DEFAULT_ROOT) return c.keks.delete(String(id))
+        const byRoot = c.wraps.get(String(id))
+        if (!byRoot?.delete(root)) return false
+        if (byRoot.size === 0) c.wraps.delete(String(id))
+        return true
+      })
     },
   }
 }
