@@ -1,11 +1,13 @@
 /**
- * Encrypted data, format v1: pure encoding and decoding, no crypto, no I/O.
+ * Encrypted data, formats v1 and v2: pure encoding and decoding, no crypto, no I/O.
  * docs/FORMAT.md is the human-readable twin of this file; change both together.
  *
- *   0       version (0x01)
+ *   0       version: 0x01, or 0x02 (the embedded KEK wrapped under several roots)
  *   1..5    KEK id, u32 big-endian, never 0
  *   5       flags: bit 0 = wrapped KEK embedded, bit 1 = stream; other bits must be 0
- *   [bit 0: u16 length (1..65535) || wrapped KEK exactly as the root key returned it]
+ *   v1, bit 0: u16 length (1..65535) || wrapped KEK exactly as the root key returned it
+ *   v2 (bit 0 required): u8 count (2..255), then per root: u8 name length (1..64) || name
+ *           (ASCII letters, digits, . _ -) || u16 length (1..65535) || wrapped KEK
  *   ---- end of header: the header is the AAD of the DEK wrap
  *   iv1 (12) || wrapped DEK (16 + 16 tag)
  *   iv2 (12) || ciphertext || tag (16)
@@ -13,13 +15,24 @@
  * A stream (flag bit 1) has the same header, then iv1 || wrapped DEK (its AAD is the header with
  * the stream bit), then segment size u32 || nonce prefix (7), then segments of segmentSize + 16
  * bytes, the last one shorter (1..segmentSize plaintext bytes, 0 only for an empty stream).
+ *
+ * The payload's AAD and every segment's AAD start with 0x01 in both versions: they leave the
+ * header out, so a rewrap moves data between v1 and v2 without touching a payload byte.
  */
 import { FormatError } from './errors.js'
-import { asBytes, concat, u32be, utf8, type Bytes } from './internal/bytes.js'
+import { asBytes, concat, join, u32be, utf8, type Bytes } from './internal/bytes.js'
 import { fromBase64Url, toBase64Url } from './encoding.js'
 
-/** The format version this library writes and the only one it reads: the first byte of every encrypted data. */
+/**
+ * The first byte of encrypted data whose KEK lives in a store or is embedded once: every data
+ * of a chain with one root. Data of a chain with several roots on the embedded store starts with
+ * {@link FORMAT_VERSION_ROOTS}. This library reads both, forever.
+ */
 export const FORMAT_VERSION = 0x01
+/** The first byte of encrypted data that embeds its KEK wrapped under several named roots (format v2). */
+export const FORMAT_VERSION_ROOTS = 0x02
+/** Largest number of roots whose wraps one data can embed. */
+export const MAX_EMBEDDED_ROOTS = 255
 export const FLAG_EMBEDDED_KEK = 0x01
 export const FLAG_STREAM = 0x02
 const KNOWN_FLAGS = FLAG_EMBEDDED_KEK | FLAG_STREAM
@@ -42,16 +55,29 @@ export const TEXT_PREFIX = 'kp1.'
 
 /** The header of an encrypted data (message or stream), as {@link decodeHeader} reads it. */
 export interface Header {
-  /** The format version, {@link FORMAT_VERSION}. */
+  /** The format version: {@link FORMAT_VERSION}, or {@link FORMAT_VERSION_ROOTS} for data embedding wraps under several roots. */
   version: number
   /** The id of the KEK that wrapped the DEK: a u32, never 0. */
   kekId: number
   /** Bit 0: a wrapped KEK is embedded; bit 1: a stream. */
   flags: number
-  /** The root-wrapped KEK carried inside the data (flag bit 0), else undefined. */
+  /** v1: the root-wrapped KEK carried inside the data (flag bit 0), else undefined. Always undefined in v2: see `embeddedKeks`. */
   embeddedKek: Bytes | undefined
+  /**
+   * Every root-wrapped KEK the data carries, with the root's name (v2) or none (v1: one wrap,
+   * its root unnamed); undefined when the data embeds no KEK.
+   */
+  embeddedKeks: EmbeddedKek[] | undefined
   /** Length of the header in bytes; `bytes.subarray(0, headerLength)` is the DEK wrap's AAD. */
   headerLength: number
+}
+
+/** One root-wrapped KEK embedded in encrypted data. */
+export interface EmbeddedKek {
+  /** The root's name in format v2; undefined in v1, where the one wrap names no root. */
+  root: string | undefined
+  /** The KEK as that root wrapped it. */
+  wrapped: Bytes
 }
 
 /** A single message split into its parts by {@link decodeMessage}; views into the input, not copies. */
@@ -70,20 +96,74 @@ export interface MessageParts extends Header {
   sealed: Bytes
 }
 
-/** Internal: callers pass a valid u32 id and an embedded KEK of 1..65535 bytes (the chain checks). */
-export function encodeHeader(kekId: number, embeddedKek?: Uint8Array, stream = false): Bytes {
-  const flags = (embeddedKek ? FLAG_EMBEDDED_KEK : 0) | (stream ? FLAG_STREAM : 0)
-  const fixed = concat(new Uint8Array([FORMAT_VERSION]), u32be(kekId), new Uint8Array([flags]))
-  if (!embeddedKek) return fixed
-  const len = new Uint8Array([embeddedKek.length >> 8, embeddedKek.length & 0xff])
-  return concat(fixed, len, embeddedKek)
+/**
+ * Internal: callers pass a valid u32 id and wraps of 1..65535 bytes (the chain checks). One
+ * wrap: format v1, as before chains had several roots. Several: format v2, each with its root's name.
+ */
+export function encodeHeader(kekId: number, embedded?: readonly { root: string; wrapped: Uint8Array }[], stream = false): Bytes {
+  const flags = (embedded ? FLAG_EMBEDDED_KEK : 0) | (stream ? FLAG_STREAM : 0)
+  const multi = embedded !== undefined && embedded.length > 1
+  const fixed = concat(new Uint8Array([multi ? FORMAT_VERSION_ROOTS : FORMAT_VERSION]), u32be(kekId), new Uint8Array([flags]))
+  if (!embedded) return fixed
+  const u16 = (n: number) => new Uint8Array([n >> 8, n & 0xff])
+  if (!multi) return concat(fixed, u16(embedded[0]!.wrapped.length), embedded[0]!.wrapped)
+  const parts: Uint8Array[] = [fixed, new Uint8Array([embedded.length])]
+  for (const { root, wrapped } of embedded) {
+    const name = utf8(root, 'root name')
+    parts.push(new Uint8Array([name.length]), name, u16(wrapped.length), wrapped)
+  }
+  return join(parts)
 }
 
 /** Checks as much of the fixed header (version, KEK id, flags) as `bytes` holds. */
 function checkFixed(bytes: Uint8Array): void {
-  if (bytes.length > 0 && bytes[0] !== FORMAT_VERSION) throw new FormatError(`unsupported format version ${bytes[0]}`)
+  if (bytes.length > 0 && bytes[0] !== FORMAT_VERSION && bytes[0] !== FORMAT_VERSION_ROOTS) throw new FormatError(`unsupported format version ${bytes[0]}`)
   if (bytes.length >= 5 && (bytes[1]! | bytes[2]! | bytes[3]! | bytes[4]!) === 0) throw new FormatError('KEK id 0 is reserved')
   if (bytes.length >= 6 && (bytes[5]! & ~KNOWN_FLAGS) !== 0) throw new FormatError('unknown flags are set')
+  if (bytes.length >= 6 && bytes[0] === FORMAT_VERSION_ROOTS && !(bytes[5]! & FLAG_EMBEDDED_KEK)) throw new FormatError('format v2 data must embed its KEK')
+}
+
+const ROOT_NAME_BYTE = /^[A-Za-z0-9._-]$/
+
+/**
+ * Reads the embedded KEKs at `o` (after the fixed header). Returns the end of the header, or
+ * undefined when `bytes` ends before it does (for a stream read chunk by chunk).
+ */
+function readEmbedded(bytes: Bytes, v2: boolean, o: number, out?: EmbeddedKek[]): number | undefined {
+  const u16At = (i: number) => (bytes[i]! << 8) | bytes[i + 1]!
+  if (!v2) {
+    if (bytes.length < o + 2) return undefined
+    const len = u16At(o)
+    if (len === 0) throw new FormatError('embedded KEK is empty')
+    if (bytes.length < o + 2 + len) return undefined
+    out?.push({ root: undefined, wrapped: bytes.subarray(o + 2, o + 2 + len) })
+    return o + 2 + len
+  }
+  if (bytes.length < o + 1) return undefined
+  const count = bytes[o++]!
+  if (count < 2) throw new FormatError('format v2 data must embed at least two wrapped KEKs')
+  const seen = new Set<string>()
+  for (let i = 0; i < count; i++) {
+    if (bytes.length < o + 1) return undefined
+    const nameLength = bytes[o]!
+    if (nameLength === 0 || nameLength > 64) throw new FormatError('an embedded root name must be 1 to 64 bytes')
+    if (bytes.length < o + 1 + nameLength + 2) return undefined
+    let root = ''
+    for (const b of bytes.subarray(o + 1, o + 1 + nameLength)) {
+      const c = String.fromCharCode(b)
+      if (!ROOT_NAME_BYTE.test(c)) throw new FormatError('an embedded root name has a character outside letters, digits, ".", "_", "-"')
+      root += c
+    }
+    if (seen.has(root)) throw new FormatError('an embedded root name appears twice')
+    seen.add(root)
+    o += 1 + nameLength
+    const len = u16At(o)
+    if (len === 0) throw new FormatError('embedded KEK is empty')
+    if (bytes.length < o + 2 + len) return undefined
+    out?.push({ root, wrapped: bytes.subarray(o + 2, o + 2 + len) })
+    o += 2 + len
+  }
+  return o
 }
 
 /**
@@ -105,17 +185,15 @@ export function decodeHeader(input: Uint8Array): Header {
   const kekId = ((bytes[1]! << 24) | (bytes[2]! << 16) | (bytes[3]! << 8) | bytes[4]!) >>> 0
   const flags = bytes[5]!
   let headerLength = FIXED_HEADER_BYTES
-  let embeddedKek: Bytes | undefined
+  let embeddedKeks: EmbeddedKek[] | undefined
   if (flags & FLAG_EMBEDDED_KEK) {
-    if (bytes.length < headerLength + 2) throw new FormatError('encrypted data is truncated')
-    const len = (bytes[headerLength]! << 8) | bytes[headerLength + 1]!
-    if (len === 0) throw new FormatError('embedded KEK is empty')
-    headerLength += 2
-    if (bytes.length < headerLength + len) throw new FormatError('encrypted data is truncated')
-    embeddedKek = bytes.subarray(headerLength, headerLength + len)
-    headerLength += len
+    embeddedKeks = []
+    const end = readEmbedded(bytes, version === FORMAT_VERSION_ROOTS, headerLength, embeddedKeks)
+    if (end === undefined) throw new FormatError('encrypted data is truncated')
+    headerLength = end
   }
-  return { version, kekId, flags, embeddedKek, headerLength }
+  const embeddedKek = version === FORMAT_VERSION ? embeddedKeks?.[0]?.wrapped : undefined
+  return { version, kekId, flags, embeddedKek, embeddedKeks, headerLength }
 }
 
 /**
@@ -136,6 +214,7 @@ export function decodeMessage(input: Uint8Array): MessageParts {
     kekId: h.kekId,
     flags: h.flags,
     embeddedKek: h.embeddedKek,
+    embeddedKeks: h.embeddedKeks,
     headerLength: o,
     header: bytes.subarray(0, o),
     iv1: bytes.subarray(o, o + IV_BYTES),
@@ -217,10 +296,8 @@ export function streamHeaderLength(head: Uint8Array): number | undefined {
   const flags = head[5]!
   if (!(flags & FLAG_STREAM)) throw new FormatError('this is a single message, not a stream: use decrypt')
   if (!(flags & FLAG_EMBEDDED_KEK)) return FIXED_HEADER_BYTES + STREAM_TAIL_BYTES
-  if (head.length < FIXED_HEADER_BYTES + 2) return undefined
-  const len = (head[6]! << 8) | head[7]!
-  if (len === 0) throw new FormatError('embedded KEK is empty')
-  return FIXED_HEADER_BYTES + 2 + len + STREAM_TAIL_BYTES
+  const end = readEmbedded(asBytes(head), head[0] === FORMAT_VERSION_ROOTS, FIXED_HEADER_BYTES)
+  return end === undefined ? undefined : end + STREAM_TAIL_BYTES
 }
 
 /**
@@ -244,6 +321,7 @@ export function decodeStreamHeader(head: Uint8Array): StreamHeader {
     kekId: h.kekId,
     flags: h.flags,
     embeddedKek: h.embeddedKek,
+    embeddedKeks: h.embeddedKeks,
     headerLength: o,
     header: bytes.subarray(0, o),
     iv1: bytes.subarray(o, o + IV_BYTES),

@@ -18,7 +18,17 @@
  * @module @kms-proxy/core
  */
 export { KeyChain } from './key-chain.js'
-export type { KeyChainOptions, EncryptOptions, EncryptStreamOptions, KeyChainStats, KekStats, PrimaryStatus } from './key-chain.js'
+export type {
+  KeyChainOptions,
+  EncryptOptions,
+  EncryptStreamOptions,
+  KeyChainStats,
+  KekStats,
+  PrimaryStatus,
+  RootChangeReport,
+  RootInfo,
+  RootStats,
+} from './key-chain.js'
 export {
   KmsProxyError,
   isKmsProxyError,
@@ -37,6 +47,8 @@ export { ephemeralRootKey, aesRootKey, sealNewKek, sealKek, openSealedKek, impor
 export type { RootKey, NewKek, UnwrapKekOptions } from './root-key.js'
 export {
   FORMAT_VERSION,
+  FORMAT_VERSION_ROOTS,
+  MAX_EMBEDDED_ROOTS,
   OVERHEAD_BYTES,
   TEXT_PREFIX,
   MAX_EMBEDDED_KEK_BYTES,
@@ -51,7 +63,7 @@ export {
   isStream,
   kekAad,
 } from './format.js'
-export type { Header, MessageParts, StreamHeader } from './format.js'
+export type { Header, MessageParts, StreamHeader, EmbeddedKek } from './format.js'
 export { toBase64, fromBase64, toBase64Url, fromBase64Url, toHex } from './encoding.js'
 export { httpExchange, httpWithRetry, transientStatus, isLoopbackHost, checkServerUrl, HttpExchangeError } from './http.js'
 export type { HttpAnswer, HttpExchangeOptions, HttpRetryOptions, HttpFailureReason } from './http.js'

@@ -25,6 +25,7 @@ import { bytesKey, concat, equalBytes, fromUtf8, gcmParams } from './internal/by
 import { DekPool } from './internal/dek-pool.js'
 import { KekSource, type Counts } from './internal/kek-source.js'
 import { Leases } from './internal/leases.js'
+import { RootChanges } from './internal/root-changes.js'
 import { Lru } from './internal/lru.js'
 import { randomPublicBytes } from './internal/random.js'
 import type { RootKey } from './root-key.js'
@@ -38,12 +39,24 @@ import {
   type KeyChainStats,
   type PrimaryStatus,
   type ResolvedOptions,
+  type RootChangeReport,
+  type RootInfo,
 } from './options.js'
 
-export type { KeyChainOptions, EncryptOptions, EncryptStreamOptions, KeyChainStats, KekStats, PrimaryStatus } from './options.js'
+export type {
+  KeyChainOptions,
+  EncryptOptions,
+  EncryptStreamOptions,
+  KeyChainStats,
+  KekStats,
+  PrimaryStatus,
+  RootChangeReport,
+  RootInfo,
+  RootStats,
+} from './options.js'
 
 /** What finding a DEK needs; a message and a stream header both have it. */
-type DekParts = Pick<MessageParts, 'kekId' | 'embeddedKek' | 'headerLength' | 'dekPrefix'>
+type DekParts = Pick<MessageParts, 'kekId' | 'embeddedKeks' | 'headerLength' | 'dekPrefix'>
 
 const GCM = 'AES-GCM'
 
@@ -65,7 +78,6 @@ const GCM = 'AES-GCM'
 export class KeyChain {
   /** The chain's name, as given to {@link KeyChain.open}: bound into every KEK wrap. */
   readonly name: string
-  readonly #root: RootKey
   readonly #acceptEmbedded: boolean
   readonly #dekCache: Lru<string, Promise<CryptoKey>>
   readonly #counts: Counts = {
@@ -80,19 +92,26 @@ export class KeyChain {
   readonly #keks: KekSource
   readonly #leases: Leases
   readonly #pool: DekPool
+  readonly #roots: RootChanges
 
   private constructor(options: ResolvedOptions) {
     this.name = options.name
-    this.#root = [...options.roots.values()][0]!
     this.#acceptEmbedded = options.acceptEmbeddedKeks
     this.#dekCache = new Lru(options.dekCacheSize)
-    this.#keks = new KekSource(options.name, [...options.roots.values()][0]!, options.store, this.#counts)
+    this.#keks = new KekSource(options.name, options.roots, options.single, options.store, this.#counts)
     this.#leases = new Leases(
       { name: options.name, store: options.store, maxWraps: options.maxWrapsPerKek, maxAge: options.maxKekAgeMs, leaseSize: options.leaseSize },
       this.#keks,
       this.#counts,
     )
     this.#pool = new DekPool(options.dekPoolSize, this.#leases)
+    this.#roots = new RootChanges(this.#keks, this.#counts, () => {
+      // Data on the embedded store carries the primary's wraps: the next use loads them anew.
+      if (options.store.embedsKeks) {
+        this.#leases.reload()
+        this.#pool.drop()
+      }
+    })
   }
 
   /**
@@ -409,6 +428,98 @@ export class KeyChain {
     return concat(p.header, iv1, new Uint8Array(wrapped), parts.iv2, parts.sealed)
   }
 
+  // ---------------------------------------------------------------------------------- roots
+
+  /**
+   * Adds a root to the chain: every KEK gets a wrap under it (one unwrap by a root this process
+   * holds, one wrap by the new root, per KEK; no DEK and no data byte changes), and from then on
+   * every new KEK is wrapped under it too. Any one root unlocks the chain. The new root proves
+   * itself first: its first wrap must unwrap before anything is written under it.
+   *
+   * Crash-safe and idempotent (invariant 8): the head lists the root as `adding` until every KEK
+   * has its wrap, then `active`; a run killed at any point leaves every KEK readable by the roots
+   * it had, and running `addRoot` again finishes. Other processes keep encrypting meanwhile: a
+   * KEK rotated in during the change gets its wrap in a later pass. A chain with no KEK yet just
+   * holds the root: its first KEK is wrapped under every root held.
+   *
+   * @param name - the root's name in the chain: 1 to 64 letters, digits, `.`, `_`, `-`.
+   * @param root - a root key with `wrapKek`.
+   * @returns what it did: {@link RootChangeReport}.
+   * @throws TypeError - a bad name, a root without `wrapKek`, a store that keeps one root per KEK.
+   * @throws {@link RootKeyError} - `ERR_ROOT_KEY`: no held root could unwrap a KEK, the new root
+   *   could not wrap or did not unwrap its own wrap (nothing written under it), or the root is
+   *   being removed.
+   * @throws {@link StoreError} - `ERR_STORE`: the store failed; run it again to finish.
+   * @example
+   * ```ts
+   * const chain = await KeyChain.open({ rootKey: passkeyRoot, store })
+   * const { wrapped } = await chain.addRoot('recovery', passphraseRootKey({ passphrase: recoveryPhrase }))
+   * ```
+   */
+  addRoot(name: string, root: RootKey): Promise<RootChangeReport> {
+    return this.#roots.add(name, root)
+  }
+
+  /**
+   * Removes a root from the chain: it is listed as `removing` (new KEKs no longer get a wrap
+   * under it), every KEK is checked to keep a wrap under a root that stays, then its wraps are
+   * deleted and the head drops it. The last root of a chain cannot be removed. Crash-safe and
+   * idempotent: run it again to finish; a root already gone is not an error.
+   *
+   * @param name - the root to remove.
+   * @returns what it did: {@link RootChangeReport} (`deleted`: wraps deleted).
+   * @throws {@link LimitError} - `ERR_LIMIT`: it is the chain's last active root.
+   * @throws {@link RootKeyError} - `ERR_ROOT_KEY`: a KEK has no wrap under a root that stays and
+   *   this process cannot give it one (nothing deleted).
+   * @throws {@link StoreError} - `ERR_STORE`: the store failed; run it again to finish.
+   * @example
+   * ```ts
+   * await chain.removeRoot('hsm') // after addRoot('kms', …): the HSM no longer opens any KEK
+   * ```
+   */
+  removeRoot(name: string): Promise<RootChangeReport> {
+    return this.#roots.remove(name)
+  }
+
+  /**
+   * Replaces a root: {@link KeyChain.addRoot} of the new one, then {@link KeyChain.removeRoot} of
+   * the old. A new passphrase, a passphrase to a KMS, one KMS key or region to another, an HSM
+   * to a KMS. KEK ids stay; no DEK and no data byte changes. Killed at any point, every KEK stays
+   * readable by the old root or the new one, and the same call again finishes the change.
+   *
+   * @param root - the new root key (with `wrapKek`).
+   * @param options - `from`: the root it replaces (default: the chain's only root, or the one an
+   *   unfinished change is removing); `name`: the new root's name (default: `from` with a
+   *   counter, `'default'` → `'default-2'` → `'default-3'`). A chain opened with `rootKey`
+   *   never needs the names: `rootKey` always means its only root.
+   * @returns what it did: {@link RootChangeReport}, `name` the new root's name.
+   * @throws the errors of {@link KeyChain.addRoot} and {@link KeyChain.removeRoot}; TypeError when
+   *   the chain has several roots and `from` is not given.
+   * @example
+   * ```ts
+   * const chain = await KeyChain.open({ rootKey: passphraseRootKey({ passphrase: oldPhrase }), store })
+   * const report = await chain.changeRoot(awsKmsRootKey({ keyId, region, credentials }))
+   * console.log(`${report.wrapped} KEKs re-wrapped, ${report.deleted} old wraps deleted`)
+   * ```
+   */
+  changeRoot(root: RootKey, options?: { from?: string; name?: string }): Promise<RootChangeReport> {
+    return this.#roots.change(root, options)
+  }
+
+  /**
+   * The chain's roots as its head lists them, and whether this process holds each; one store
+   * read, no root-key call.
+   *
+   * @throws {@link StoreError} - `ERR_STORE`: the store could not be read.
+   * @example
+   * ```ts
+   * for (const r of await chain.listRoots()) console.log(r.name, r.kind, r.state, r.held ? 'held' : '')
+   * ```
+   */
+  listRoots(): Promise<RootInfo[]> {
+    return this.#roots.list()
+  }
+
   // ---------------------------------------------------------------------------------- stats
 
   /**
@@ -444,6 +555,7 @@ export class KeyChain {
       rootKeyAvailable: this.#keks.available,
       ...(lastError === undefined ? {} : { rootKeyLastError: lastError }),
       keks: [...this.#keks.entries.values()].map((e) => ({ id: e.id, primary: e.id === primary, wraps: e.wraps, createdAt: e.createdAt })),
+      roots: Object.fromEntries([...this.#keks.perRoot].map(([n, c]) => [n, { ...c }])),
     }
   }
 
@@ -456,12 +568,12 @@ export class KeyChain {
   toJSON(): {
     /** The chain's name. */
     name: string
-    /** The root key's kind, such as `'passphrase-pbkdf2'`. */
+    /** The root key's kind, such as `'passphrase-pbkdf2'`; with several roots, each name and kind. */
     rootKey: string
     /** As {@link KeyChain.stats}. */
     stats: KeyChainStats
   } {
-    return { name: this.name, rootKey: this.#root.kind, stats: this.stats() }
+    return { name: this.name, rootKey: this.#keks.rootKinds, stats: this.stats() }
   }
 
   // ---------------------------------------------------------------------------------- internals: DEKs
@@ -491,7 +603,7 @@ export class KeyChain {
     const h = parts.headerLength
     // Without acceptEmbeddedKeks the embedded KEK is still authenticated (it is in the header,
     // the DEK wrap's AAD) but never sent to the root key: the KEK comes from the store by id.
-    const embedded = this.#acceptEmbedded && parts.embeddedKek ? prefix.subarray(h - parts.embeddedKek.length, h) : undefined
+    const embedded = this.#acceptEmbedded && parts.embeddedKeks ? decodeHeader(prefix).embeddedKeks : undefined
     const kek = await this.#keks.kekFor(parts.kekId, embedded)
     try {
       return await crypto.subtle.unwrapKey(

@@ -5,7 +5,7 @@
  */
 import { asBytes, utf8, type Bytes } from './internal/bytes.js'
 import { ephemeralRootKey, type RootKey } from './root-key.js'
-import { DEFAULT_ROOT, embeddedStore, type KeyStore } from './store.js'
+import { DEFAULT_ROOT, embeddedStore, type ChainRootState, type KeyStore } from './store.js'
 
 /** Options of `KeyChain.open`. Every one has a default. */
 export interface KeyChainOptions {
@@ -129,6 +129,46 @@ export interface PrimaryStatus {
   loaded: boolean
 }
 
+/** What a root change did: `addRoot`, `removeRoot`, `changeRoot`. */
+export interface RootChangeReport {
+  /** The root added (`addRoot`, `changeRoot`) or removed (`removeRoot`). */
+  name: string
+  /** KEKs of the chain (distinct ids) the change went through. */
+  keks: number
+  /** Wraps written: KEKs wrapped under the new root, or under a root that stays. */
+  wrapped: number
+  /** Wraps deleted under the root that left. */
+  deleted: number
+  /** Root-key unwraps this chain made meanwhile: one per KEK re-wrapped, one to prove the new root. */
+  rootKeyUnwraps: number
+  /** Root-key wraps this chain made meanwhile: one per KEK re-wrapped. */
+  rootKeyWraps: number
+}
+
+/** One root of a chain, as `listRoots()` tells it. */
+export interface RootInfo {
+  /** The root's name in the chain. */
+  name: string
+  /** Its RootKey.kind. */
+  kind: string
+  /** `adding`, `active` or `removing`: see {@link ChainRoot}. */
+  state: ChainRootState
+  /** Whether this process holds it. */
+  held: boolean
+}
+
+/** One root's calls in `stats().roots`. */
+export interface RootStats {
+  /** RootKey.kind of the root. */
+  kind: string
+  /** Calls that wrapped a KEK under it (`newKek` or `wrapKek`). */
+  wraps: number
+  /** Calls that unwrapped a KEK with it. */
+  unwraps: number
+  /** False after a retryable failure of this root, until it answers again. */
+  available: boolean
+}
+
 /** What `stats()` returns: counters of this process since `open`. */
 export interface KeyChainStats {
   /** Messages and streams encrypted. */
@@ -154,6 +194,8 @@ export interface KeyChainStats {
   dekCacheMisses: number
   /** Every KEK this process has loaded or made. */
   keks: KekStats[]
+  /** The roots this process holds, by name (`'default'` for a chain opened with `rootKey`), with their calls. */
+  roots: Record<string, RootStats>
 }
 
 const DEFAULT_MAX_WRAPS = 2 ** 21

@@ -196,6 +196,7 @@ describe('what the failure memory forgets', () => {
       atomic: inner.atomic,
       embedsKeks: inner.embedsKeks,
       getKek: (c, id) => (deny ? Promise.reject(new StoreError('etcd: permission denied', { retryable: false })) : inner.getKek(c, id)),
+      getKekWraps: (c, id) => (deny ? Promise.reject(new StoreError('etcd: permission denied', { retryable: false })) : inner.getKekWraps!(c, id)),
     }
     const writer = await KeyChain.open({ rootKey: aesRootKey(ROOT_BYTES), store: inner })
     const encrypted = await writer.encrypt('x')

@@ -8,7 +8,8 @@ import { describe, expect, it } from 'vitest'
 
 const PUBLIC_API: Record<string, string[]> = {
   core: [
-    'DEFAULT_SEGMENT_SIZE', 'DecryptError', 'ERROR_CODES', 'FORMAT_VERSION', 'FormatError', 'HttpExchangeError',
+    'DEFAULT_ROOT', 'DEFAULT_SEGMENT_SIZE', 'DecryptError', 'ERROR_CODES', 'FORMAT_VERSION', 'FORMAT_VERSION_ROOTS',
+    'FormatError', 'HttpExchangeError', 'MAX_EMBEDDED_ROOTS', 'rootOf', 'sealKek',
     'KEK_ALGORITHM', 'KeyChain', 'KmsProxyError', 'LimitError', 'MAX_EMBEDDED_KEK_BYTES', 'MAX_PLAINTEXT_BYTES',
     'MAX_SEGMENT_SIZE', 'MIN_SEGMENT_SIZE', 'OVERHEAD_BYTES', 'RootKeyError', 'StoreError', 'TEXT_PREFIX',
     'UnknownKekError', 'aesRootKey', 'checkServerUrl', 'decodeHeader', 'decodeMessage', 'decodeStreamHeader',

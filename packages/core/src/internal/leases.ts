@@ -5,9 +5,9 @@
  */
 import { StoreError } from '../errors.js'
 import { encodeHeader } from '../format.js'
-import type { ChainHead, KeyStore, Versioned } from '../store.js'
+import type { ChainHead, ChainRoot, KeyStore, Versioned } from '../store.js'
 import type { Bytes } from './bytes.js'
-import { missingPrimary, type Counts, type KekSource, type NewKekMade } from './kek-source.js'
+import { missingPrimary, type Counts, type KekSource, type NewKekMade, type Wrap } from './kek-source.js'
 import { randomPublicBytes } from './random.js'
 
 /** The primary KEK as this process holds it, with the lease of uses it reserved. */
@@ -140,20 +140,22 @@ export class Leases {
       if (attempt > 0) await new Promise((r) => setTimeout(r, (randomPublicBytes(1)[0]! * Math.min(64, 2 ** attempt)) / 256))
       const head = await this.#keks.storeCall('read the chain head', () => store.getHead(name))
       const h = head?.value
-      if (this.#spare && this.#spare.replaces !== h?.primary) this.#spare = undefined
+      // A spare made before the root set changed may lack a wrap under a root added since.
+      if (this.#spare && (this.#spare.replaces !== h?.primary || !covers(this.#spare, this.#keks.chainRoots(h)))) this.#spare = undefined
       const mustRotate = force || h === undefined || h.leased >= maxWraps || Date.now() - h.primaryCreatedAt >= maxAge
       if (!mustRotate) {
         if (await this.#leaseFrom(head!, h)) return
         continue
       }
-      const spare = (this.#spare ??= { ...(await this.#keks.createKek(h?.primary)), replaces: h?.primary })
+      const spare = (this.#spare ??= { ...(await this.#keks.createKek(h)), replaces: h?.primary })
       const take = Math.min(leaseSize, maxWraps)
-      const next: ChainHead = { primary: spare.id, primaryCreatedAt: spare.createdAt, leased: take }
+      const next: ChainHead = { primary: spare.id, primaryCreatedAt: spare.createdAt, leased: take, ...this.#rootsOf(h) }
       if (await this.#keks.storeCall('update the chain head', () => store.casHead(name, head?.version, next))) {
         this.#spare = undefined
-        this.#keks.proved = true // the head names its KEK now (a brand-new chain: its first root defines it)
+        // The head names its KEK now (a brand-new chain: its first roots define it).
+        this.#keks.markProved(spare.wraps.map((w) => w.root))
         this.#counts.rotations++
-        this.#setPrimary(spare.id, spare.createdAt, spare.kek, spare.wrapped, 0, take)
+        this.#setPrimary(spare.id, spare.createdAt, spare.kek, spare.wraps, 0, take)
         return
       }
     }
@@ -163,17 +165,24 @@ export class Leases {
   async #leaseFrom(head: Versioned<ChainHead>, h: ChainHead): Promise<boolean> {
     const { name, store, maxWraps, leaseSize } = this.#s
     const current = this.#primary
-    let loaded: { kek: CryptoKey; wrapped: Uint8Array; createdAt: number } | undefined
+    let loaded: { kek: CryptoKey; wraps: Wrap[]; createdAt: number } | undefined
     if (current?.id !== h.primary) {
       // Another process rotated: load its KEK (one root unwrap, cached) BEFORE reserving uses,
       // so that a root key that is down costs no uses: a lease taken first and then not used
       // would count as spent, and a few failed encrypts could use up the primary for everyone.
       const stored = await this.#keks.loadStored(h.primary)
       if (!stored) throw missingPrimary()
-      loaded = { kek: stored.kek, wrapped: stored.record.wrapped, createdAt: h.primaryCreatedAt }
+      // What data under it embeds: its wrap under each root that is not leaving, in the head's order.
+      const roots = this.#keks.chainRoots(h).filter((r) => r.state !== 'removing')
+      const wraps: Wrap[] = []
+      for (const r of roots) {
+        const record = stored.records.find((x) => (x.root ?? 'default') === r.name) ?? (roots.length === 1 ? stored.records[0] : undefined)
+        if (record) wraps.push({ root: r.name, wrapped: record.wrapped })
+      }
+      loaded = { kek: stored.kek, wraps, createdAt: h.primaryCreatedAt }
     }
     const take = Math.min(leaseSize, maxWraps - h.leased)
-    const next: ChainHead = { primary: h.primary, primaryCreatedAt: h.primaryCreatedAt, leased: h.leased + take }
+    const next: ChainHead = { primary: h.primary, primaryCreatedAt: h.primaryCreatedAt, leased: h.leased + take, ...this.#rootsOf(h) }
     if (!(await this.#keks.storeCall('update the chain head', () => store.casHead(name, head.version, next)))) return false
     if (!loaded) {
       // Same KEK, new block of uses: keep the object, so the prepared pool stays valid.
@@ -181,12 +190,31 @@ export class Leases {
       current!.end = h.leased + take
       return true
     }
-    this.#setPrimary(h.primary, loaded.createdAt, loaded.kek, loaded.wrapped, h.leased, h.leased + take)
+    this.#setPrimary(h.primary, loaded.createdAt, loaded.kek, loaded.wraps, h.leased, h.leased + take)
     return true
   }
 
-  #setPrimary(id: number, createdAt: number, kek: CryptoKey, wrapped: Uint8Array, next: number, end: number): void {
-    const embedded = this.#s.store.embedsKeks ? wrapped : undefined
+  /**
+   * The roots field of the next head: the head's own list, kept as it is; for a brand-new chain,
+   * the roots this process holds, unless that is one root called 'default' (a head without the
+   * field, as before chains had several roots).
+   */
+  #rootsOf(h: ChainHead | undefined): { roots?: readonly ChainRoot[] } {
+    if (h) return h.roots ? { roots: h.roots } : {}
+    const roots = this.#keks.chainRoots(undefined)
+    return roots.length === 1 && roots[0]!.name === 'default' ? {} : { roots }
+  }
+
+  /**
+   * Forgets the primary, so the next use loads it again from the head: after a root change, data
+   * on the embedded store must carry the primary's wraps under the new set of roots.
+   */
+  reload(): void {
+    this.#primary = undefined
+  }
+
+  #setPrimary(id: number, createdAt: number, kek: CryptoKey, wraps: Wrap[], next: number, end: number): void {
+    const embedded = this.#s.store.embedsKeks ? wraps : undefined
     this.#primary = {
       id,
       createdAt,
@@ -197,4 +225,9 @@ export class Leases {
       end,
     }
   }
+}
+
+/** Whether a KEK has a wrap under every active root of `roots`. */
+function covers(made: NewKekMade, roots: readonly ChainRoot[]): boolean {
+  return roots.every((r) => r.state !== 'active' || made.wraps.some((w) => w.root === r.name))
 }
