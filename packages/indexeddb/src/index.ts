@@ -1,7 +1,9 @@
 /**
  * A KeyStore on IndexedDB through idb-keyval, for browsers (and anything else with
  * `indexedDB`). One database per store name (`kms-proxy:${name}`, object store `keys`), shared by
- * every tab of the origin. Keys are arrays: `[chain, 'head']` and `[chain, 'kek', id]`.
+ * every tab of the origin. Keys are arrays: `[chain, 'head']`; `[chain, 'kek', id]` for a KEK's
+ * record under the `'default'` root (where every record was before chains had several roots, so
+ * those need no migration), `[chain, 'kek-wrap', id, root]` for its record under any other root.
  *
  * Atomic across tabs: casHead and putKekIfAbsent read, compare and write inside ONE readwrite
  * transaction. IndexedDB runs readwrite transactions whose scopes overlap one after another, in
@@ -25,7 +27,7 @@
  * @module @kms-proxy/indexeddb
  */
 import { createStore, type UseStore } from 'idb-keyval'
-import { StoreError, toHex, type ChainHead, type KekRecord, type KeyStore, type Versioned } from '@kms-proxy/core'
+import { DEFAULT_ROOT, StoreError, rootOf, toHex, type ChainHead, type ChainRoot, type KekRecord, type KeyStore, type Versioned } from '@kms-proxy/core'
 
 /** Options of {@link indexedDbStore}. */
 export interface IndexedDbStoreOptions {
@@ -42,14 +44,22 @@ interface HeadValue {
   version: string
 }
 
-/** What `[chain, 'kek', id]` holds; `wrapped` is structured-cloned as a Uint8Array. */
+/**
+ * What `[chain, 'kek', id]` (root `'default'`, no `root` field) and `[chain, 'kek-wrap', id, root]`
+ * (`root` as in the key) hold; `wrapped` is structured-cloned as a Uint8Array.
+ */
 interface KekValue {
   v: 1
   id: number
   createdAt: number
   rootKind: string
   wrapped: Uint8Array
+  root?: string
 }
+
+/** The chain's root names (core's rule): they are part of keys here. */
+const ROOT_NAME = /^[A-Za-z0-9._-]{1,64}$/
+const ROOT_STATES: ReadonlySet<string> = new Set(['adding', 'active', 'removing'])
 
 const isU32 = (v: unknown): v is number => Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 0xffffffff
 const isCount = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0
@@ -67,24 +77,45 @@ function checkId(id: number): void {
   if (!isU32(id)) throw new TypeError('id: expected a u32')
 }
 
+function checkRoot(root: string): void {
+  if (typeof root !== 'string' || !ROOT_NAME.test(root)) throw new TypeError('root: expected 1 to 64 letters, digits, ".", "_" or "-"')
+}
+
+/** The head's roots, copied field by field; `undefined` when malformed (a corrupt head is ERR_STORE). */
+function copyRoots(roots: unknown): readonly ChainRoot[] | undefined {
+  if (!Array.isArray(roots)) return undefined
+  const out: ChainRoot[] = []
+  for (const r of roots as Array<Partial<ChainRoot> | null>) {
+    if (!r || typeof r.name !== 'string' || !ROOT_NAME.test(r.name) || typeof r.kind !== 'string' || !ROOT_STATES.has(r.state as string)) return undefined
+    out.push(Object.freeze({ name: r.name, kind: r.kind, state: r.state! }))
+  }
+  return Object.freeze(out)
+}
+
 function readHead(raw: unknown): HeadValue | undefined {
   if (raw === undefined) return undefined
   const r = raw as Partial<HeadValue> | null
   const h = r?.head as Partial<ChainHead> | undefined
-  if (!r || r.v !== 1 || typeof r.version !== 'string' || !h || !isU32(h.primary) || !isTime(h.primaryCreatedAt) || !isCount(h.leased)) {
+  const roots = h?.roots === undefined ? undefined : copyRoots(h.roots)
+  if (!r || r.v !== 1 || typeof r.version !== 'string' || !h || !isU32(h.primary) || !isTime(h.primaryCreatedAt) || !isCount(h.leased) || (h.roots !== undefined && !roots)) {
     throw new StoreError('indexedDbStore: the chain head is malformed')
   }
-  return { v: 1, version: r.version, head: Object.freeze({ primary: h.primary, primaryCreatedAt: h.primaryCreatedAt, leased: h.leased }) }
+  return { v: 1, version: r.version, head: Object.freeze({ primary: h.primary, primaryCreatedAt: h.primaryCreatedAt, leased: h.leased, ...(roots ? { roots } : {}) }) }
 }
 
-function readKek(raw: unknown): KekRecord | undefined {
+/** A record read back; `root` is the root its key names, which a named record's value must repeat. */
+function readKek(raw: unknown, root: string = DEFAULT_ROOT): KekRecord | undefined {
   if (raw === undefined) return undefined
   const r = raw as Partial<KekValue> | null
-  if (!r || r.v !== 1 || !isU32(r.id) || !isTime(r.createdAt) || typeof r.rootKind !== 'string' || !(r.wrapped instanceof Uint8Array) || r.wrapped.length === 0) {
+  const named = root !== DEFAULT_ROOT
+  if (!r || r.v !== 1 || !isU32(r.id) || !isTime(r.createdAt) || typeof r.rootKind !== 'string' || !(r.wrapped instanceof Uint8Array) || r.wrapped.length === 0 || r.root !== (named ? root : undefined)) {
     throw new StoreError('indexedDbStore: a KEK record is malformed')
   }
-  return Object.freeze({ id: r.id, createdAt: r.createdAt, rootKind: r.rootKind, wrapped: r.wrapped.slice() })
+  return Object.freeze({ id: r.id, createdAt: r.createdAt, rootKind: r.rootKind, wrapped: r.wrapped.slice(), ...(named ? { root } : {}) })
 }
+
+/** A named record's root, from its key `[chain, 'kek-wrap', id, root]`. */
+const rootOfKey = (key: IDBValidKey) => (key as unknown[])[3] as string
 
 function request<T>(req: IDBRequest<T>): Promise<T> {
   return new Promise((resolve, reject) => {
@@ -137,7 +168,19 @@ export function indexedDbStore(options: IndexedDbStoreOptions): KeyStore {
   if (typeof indexedDB === 'undefined') throw new TypeError('indexedDbStore: this runtime has no indexedDB')
   const use = createStore(`kms-proxy:${name}`, OBJECT_STORE)
   const headKey = (chain: string) => [chain, 'head']
-  const kekKey = (chain: string, id: number) => [chain, 'kek', id]
+  // The 'default' root's record stays where every record was before chains had several roots.
+  const kekKey = (chain: string, id: number, root: string = DEFAULT_ROOT) => (root === DEFAULT_ROOT ? [chain, 'kek', id] : [chain, 'kek-wrap', id, root])
+  // Array keys sort numbers and strings before arrays, so `[…, []]` bounds every longer key.
+  const kekRange = (chain: string) => IDBKeyRange.bound([chain, 'kek'], [chain, 'kek', []])
+  const wrapRange = (chain: string, id?: number) =>
+    id === undefined ? IDBKeyRange.bound([chain, 'kek-wrap'], [chain, 'kek-wrap', []]) : IDBKeyRange.bound([chain, 'kek-wrap', id], [chain, 'kek-wrap', id, []])
+
+  /** The `'default'` records of `defaults` and the named ones of `named`, read in one transaction (one snapshot). */
+  const readRecords = (defaults: IDBKeyRange | IDBValidKey, named: IDBKeyRange) =>
+    use('readonly', async (s) => {
+      const [plain, keys, values] = await Promise.all([request(s.getAll(defaults)), request(s.getAllKeys(named)), request(s.getAll(named))])
+      return [...plain.map((r) => readKek(r)!), ...values.map((r, i) => readKek(r, rootOfKey(keys[i]!))!)]
+    })
 
   return {
     atomic: true,
@@ -151,12 +194,8 @@ export function indexedDbStore(options: IndexedDbStoreOptions): KeyStore {
 
     async casHead(chain, expected, next) {
       checkChain(chain)
-      const value: HeadValue = {
-        v: 1,
-        version: randomToken(),
-        head: { primary: next.primary, primaryCreatedAt: next.primaryCreatedAt, leased: next.leased },
-      }
-      readHead(value) // refuse to write a malformed head
+      // Checked and copied as a read would: a malformed head is refused, not written.
+      const value = readHead({ v: 1, version: randomToken(), head: next })!
       return readWrite<boolean>(use, (s, answer) => {
         const key = headKey(chain)
         const get = s.get(key)
@@ -172,16 +211,20 @@ export function indexedDbStore(options: IndexedDbStoreOptions): KeyStore {
     async getKek(chain, id) {
       checkChain(chain)
       checkId(id)
-      return readKek(await use('readonly', (s) => request(s.get(kekKey(chain, id)))))
+      const wraps = await readRecords(kekKey(chain, id), wrapRange(chain, id))
+      return wraps.find((r) => r.root === undefined) ?? wraps[0]
     },
 
     async putKekIfAbsent(chain, record) {
       checkChain(chain)
       checkId(record.id)
-      const value: KekValue = { v: 1, id: record.id, createdAt: record.createdAt, rootKind: record.rootKind, wrapped: record.wrapped.slice() }
-      readKek(value)
+      const root = rootOf(record)
+      checkRoot(root)
+      const named = root === DEFAULT_ROOT ? {} : { root }
+      const value: KekValue = { v: 1, id: record.id, createdAt: record.createdAt, rootKind: record.rootKind, wrapped: record.wrapped.slice(), ...named }
+      readKek(value, root)
       return readWrite<boolean>(use, (s, answer) => {
-        const key = kekKey(chain, record.id)
+        const key = kekKey(chain, record.id, root)
         // add() would fail the whole transaction on a collision; count() keeps it a plain "no".
         const count = s.count(key)
         count.onsuccess = () => {
@@ -194,10 +237,20 @@ export function indexedDbStore(options: IndexedDbStoreOptions): KeyStore {
 
     async listKeks(chain) {
       checkChain(chain)
-      // Array keys sort numbers before arrays: [chain, 'kek', <any id>] < [chain, 'kek', []].
-      const range = IDBKeyRange.bound([chain, 'kek'], [chain, 'kek', []])
-      const all = await use('readonly', (s) => request(s.getAll(range)))
-      return all.map((r) => readKek(r)!)
+      return readRecords(kekRange(chain), wrapRange(chain))
+    },
+
+    async getKekWraps(chain, id) {
+      checkChain(chain)
+      checkId(id)
+      return readRecords(kekKey(chain, id), wrapRange(chain, id))
+    },
+
+    async deleteKekWrap(chain, id, root) {
+      checkChain(chain)
+      checkId(id)
+      checkRoot(root)
+      await readWrite<void>(use, (s) => void s.delete(kekKey(chain, id, root)))
     },
   }
 }

@@ -43,10 +43,34 @@ describe.skipIf(!existsSync(CHROMIUM))('indexedDbStore in Chromium', () => {
     const tab = await newTab()
     const results = await call<Array<{ name: string; ok: boolean; ms: number; error?: string }>>(tab, 'contract')
     expect(results.length).toBeGreaterThanOrEqual(6)
-    for (const r of results) expect(r, r.name).toMatchObject({ ok: true })
+    for (const r of results) expect(r, `${r.name}: ${r.error}`).toMatchObject({ ok: true })
     measured.contract = results.map((r) => `${r.name.replace('indexeddb: ', '')}: ${r.ms} ms`)
     measured.timings = await call(tab, 'timings')
     await tab.close()
+  })
+
+  it('several roots: records per (id, root), getKekWraps, deleteKekWrap, head roots; the key layout; records written before read as the default root', async () => {
+    const tab = await newTab()
+    const results = await call<Array<{ name: string; ok: boolean; ms: number; error?: string }>>(tab, 'roots')
+    expect(results.filter((r) => !r.ok).map((r) => `${r.name}: ${r.error}`)).toEqual([])
+    expect(results.length).toBe(5)
+    await tab.close()
+  })
+
+  it('two tabs putting the same (id, root) records at once: exactly one put of each wins, and its record is the one stored', async () => {
+    const name = `wraps-${Date.now()}`
+    const count = 30
+    const [a, b] = await Promise.all([newTab(), newTab()])
+    const [ra, rb] = await Promise.all(['a', 'b'].map((tabName, i) => call<{ won: boolean[]; stored: string[][] }>([a, b][i]!, 'putWraps', { name, tab: tabName, count, root: 'recovery' })))
+    for (let i = 0; i < count; i++) {
+      expect([ra!.won[i], rb!.won[i]].filter(Boolean).length, `KEK ${i + 1}`).toBe(1)
+      const winner = ra!.won[i] ? 'a' : 'b'
+      expect(ra!.stored[i]).toEqual([`recovery:${winner}`])
+      expect(rb!.stored[i]).toEqual([`recovery:${winner}`])
+    }
+    measured.putRace = { aWon: ra!.won.filter(Boolean).length, bWon: rb!.won.filter(Boolean).length }
+    await a.close()
+    await b.close()
   })
 
   it('two tabs rotating at once: no KEK over the limit, every KEK stored, a reloaded third tab decrypts all', async () => {

@@ -3,7 +3,8 @@
 import { KeyChain, aesRootKey } from '@kms-proxy/core'
 import { createHarness, describeStore } from '@kms-proxy/testkit'
 import { indexedDbStore } from '@kms-proxy/indexeddb'
-import { createStore, set } from 'idb-keyval'
+import { createStore, get, set } from 'idb-keyval'
+import { describeSeveralRoots } from '../../kv/test/several-roots.ts'
 
 const ROOT = Uint8Array.from({ length: 32 }, (_, i) => (i * 7 + 1) & 0xff)
 const unique = () => `t-${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}`
@@ -13,12 +14,68 @@ const kp = {
     const t = createHarness()
     describeStore(t, {
       name: 'indexeddb',
+      severalRoots: true,
       open: async () => {
         const name = unique()
         return { store: indexedDbStore({ name }), another: () => indexedDbStore({ name }) }
       },
     })
     return t.run()
+  },
+
+  /** Several roots per chain: the interim contract, the key layout, records written before, malformed heads. */
+  async roots() {
+    const t = createHarness()
+    describeSeveralRoots(t, 'indexeddb', async () => {
+      const name = unique()
+      return { store: indexedDbStore({ name }), another: () => indexedDbStore({ name }) }
+    })
+    t.test("indexeddb: the 'default' record stays at [chain, 'kek', id] with no root field; other roots at [chain, 'kek-wrap', id, root]", async () => {
+      const name = unique()
+      const store = indexedDbStore({ name })
+      const raw = createStore(`kms-proxy:${name}`, 'keys')
+      const wrapped = new Uint8Array([1, 2, 3])
+      t.equal(await store.putKekIfAbsent('c', { id: 5, createdAt: 1, rootKind: 'aes', wrapped, root: 'default' }), true)
+      t.equal(await store.putKekIfAbsent('c', { id: 5, createdAt: 1, rootKind: 'kms', wrapped, root: 'recovery' }), true)
+      t.equal(await store.putKekIfAbsent('c', { id: 50, createdAt: 2, rootKind: 'kms', wrapped, root: 'recovery' }), true)
+      const keys = await raw('readonly', (s) => new Promise<IDBValidKey[]>((resolve) => { const r = s.getAllKeys(); r.onsuccess = () => resolve(r.result) }))
+      t.equal(keys.map((k) => JSON.stringify(k)).sort().join(' '), '["c","kek",5] ["c","kek-wrap",5,"recovery"] ["c","kek-wrap",50,"recovery"]', 'keys:')
+      t.equal(Object.keys((await get(['c', 'kek', 5], raw)) ?? {}).sort().join(','), 'createdAt,id,rootKind,v,wrapped', 'default value fields:')
+      t.equal((await get(['c', 'kek-wrap', 5, 'recovery'], raw)).root, 'recovery', 'named value root:')
+      // A record as the store wrote it before chains had several roots reads as the 'default' one.
+      await set(['c', 'kek', 9], { v: 1, id: 9, createdAt: 3, rootKind: 'aes', wrapped }, raw)
+      const old = await store.getKekWraps!('c', 9)
+      t.equal(old.length, 1, 'wraps of the old record:')
+      t.equal(old[0]!.root, undefined, 'old record root:')
+      t.equal(await store.putKekIfAbsent('c', { id: 9, createdAt: 3, rootKind: 'aes', wrapped }), false, 'old record is the default one:')
+      // A named record whose key and value disagree is malformed.
+      await set(['c', 'kek-wrap', 11, 'a'], { v: 1, id: 11, createdAt: 3, rootKind: 'aes', wrapped, root: 'b' }, raw)
+      await t.rejects(store.getKekWraps!('c', 11), (e) => t.equal((e as { code?: string }).code, 'ERR_STORE', 'code:'))
+      await t.rejects(store.putKekIfAbsent('c', { id: 12, createdAt: 3, rootKind: 'aes', wrapped, root: 'a/b' }), (e) => t.ok(e instanceof TypeError, String(e)))
+    })
+    t.test('indexeddb: a head whose roots are malformed is ERR_STORE, on read and on write', async () => {
+      const name = unique()
+      const store = indexedDbStore({ name })
+      const raw = createStore(`kms-proxy:${name}`, 'keys')
+      const head = { primary: 1, primaryCreatedAt: 1, leased: 0 }
+      const bad = [{ ...head, roots: 'default' }, { ...head, roots: [{ name: 'a', kind: 'aes', state: 'gone' }] }, { ...head, roots: [{ name: '', kind: 'aes', state: 'active' }] }, { ...head, roots: [{ name: 'a', state: 'active' }] }]
+      for (const [i, value] of bad.entries()) {
+        await set([`c${i}`, 'head'], { v: 1, version: 'x', head: value }, raw)
+        await t.rejects(store.getHead(`c${i}`), (e) => t.equal((e as { code?: string }).code, 'ERR_STORE', `read ${i}:`))
+        await t.rejects(store.casHead(`d${i}`, undefined, value as never), (e) => t.equal((e as { code?: string }).code, 'ERR_STORE', `write ${i}:`))
+      }
+    })
+    return t.run()
+  },
+
+  /** One tab's share of the put-if-absent race: puts KEKs 1..count under `root`, all at once, after meeting the other tab. */
+  async putWraps({ name, tab, count, root }: { name: string; tab: string; count: number; root: string }) {
+    const store = indexedDbStore({ name })
+    ;(await meet(`wraps:${name}`, tab)).channel.close()
+    const ids = Array.from({ length: count }, (_, i) => i + 1)
+    const won = await Promise.all(ids.map((id) => store.putKekIfAbsent('c', { id, createdAt: id, rootKind: tab, wrapped: new Uint8Array([tab.charCodeAt(0), id]), root })))
+    const wraps = await Promise.all(ids.map((id) => store.getKekWraps!('c', id)))
+    return { won, stored: wraps.map((w) => w.map((r) => `${r.root ?? 'default'}:${r.rootKind}`)) }
   },
 
   /** One tab's share of the two-tab test: `count` records, rotate() halfway. */
@@ -29,20 +86,7 @@ const kp = {
     // each of 5 records (a, b, a, b): b's first lease is then from a KEK a made, so the tabs
     // provably share the store however the machine schedules them. Then both run free, racing
     // for leases and rotations.
-    const other = tab === 'a' ? 'b' : 'a'
-    const channel = new BroadcastChannel(`tabs:${name}`)
-    const heard = new Set<string>()
-    let wake = () => {}
-    channel.onmessage = (event: MessageEvent<string>) => {
-      if (event.data === `ready:${other}` && !heard.has(event.data)) channel.postMessage(`ready:${tab}`) // it may have posted before this tab listened
-      heard.add(event.data)
-      wake()
-    }
-    const hear = async (message: string) => {
-      while (!heard.has(message)) await new Promise<void>((resolve) => (wake = resolve))
-    }
-    channel.postMessage(`ready:${tab}`)
-    await hear(`ready:${other}`)
+    const { channel, hear } = await meet(`tabs:${name}`, tab)
     const out: string[] = []
     const encrypt = async (i: number) => {
       out.push(await chain.encryptText(`${tab}:${i}`))
@@ -103,6 +147,29 @@ const kp = {
     const median = (a: number[]) => Math.round(a.sort((x, y) => x - y)[a.length >> 1]! * 100) / 100
     return { casMs: median(cas), putMs: median(put), defaultDurabilitySetMs: median(relaxed) }
   },
+}
+
+/**
+ * Tabs `a` and `b` meet over a BroadcastChannel: each waits to hear from the other (a wall-clock
+ * start could pass before a slow tab was even called). Returns the channel and a way to wait for
+ * a message on it.
+ */
+async function meet(channelName: string, tab: string) {
+  const other = tab === 'a' ? 'b' : 'a'
+  const channel = new BroadcastChannel(channelName)
+  const heard = new Set<string>()
+  let wake = () => {}
+  channel.onmessage = (event: MessageEvent<string>) => {
+    if (event.data === `ready:${other}` && !heard.has(event.data)) channel.postMessage(`ready:${tab}`) // it may have posted before this tab listened
+    heard.add(event.data)
+    wake()
+  }
+  const hear = async (message: string) => {
+    while (!heard.has(message)) await new Promise<void>((resolve) => (wake = resolve))
+  }
+  channel.postMessage(`ready:${tab}`)
+  await hear(`ready:${other}`)
+  return { channel, hear }
 }
 
 ;(globalThis as any).kp = kp
