@@ -23,7 +23,7 @@
  * @packageDocumentation
  * @module @kms-proxy/kv
  */
-import { StoreError, fromBase64, toBase64, toHex, type ChainHead, type KekRecord, type KeyStore, type Versioned } from '@kms-proxy/core'
+import { DEFAULT_ROOT, StoreError, fromBase64, rootOf, toBase64, toHex, type ChainHead, type ChainRoot, type KekRecord, type KeyStore, type Versioned } from '@kms-proxy/core'
 
 // ------------------------------------------------------------------------------------ shared
 
@@ -60,20 +60,52 @@ function parseJson(raw: string): unknown {
   }
 }
 
-function checkHead(v: unknown, where: string): ChainHead {
-  const h = v as Partial<ChainHead> | null
-  if (!h || typeof h !== 'object' || !isU32(h.primary) || !isTime(h.primaryCreatedAt) || !isCount(h.leased)) {
-    throw new StoreError(`${where}: the chain head is malformed`)
+/** The chain's root names (core's rule): they are part of keys here, and never contain ':'. */
+const ROOT_NAME = /^[A-Za-z0-9._-]{1,64}$/
+const ROOT_STATES: ReadonlySet<unknown> = new Set(['adding', 'active', 'removing'])
+const isRootName = (v: unknown): v is string => typeof v === 'string' && ROOT_NAME.test(v)
+
+/** The head's roots, copied field by field; `undefined` when malformed. */
+function copyRoots(roots: unknown): readonly ChainRoot[] | undefined {
+  if (!Array.isArray(roots)) return undefined
+  const out: ChainRoot[] = []
+  for (const r of roots as Array<Partial<ChainRoot> | null>) {
+    if (!r || !isRootName(r.name) || typeof r.kind !== 'string' || !ROOT_STATES.has(r.state)) return undefined
+    out.push(Object.freeze({ name: r.name, kind: r.kind, state: r.state! }))
   }
-  return Object.freeze({ primary: h.primary, primaryCreatedAt: h.primaryCreatedAt, leased: h.leased })
+  return Object.freeze(out)
 }
 
-function checkRecord(id: number, createdAt: unknown, rootKind: unknown, wrapped: unknown, where: string): KekRecord {
-  if (!isTime(createdAt) || typeof rootKind !== 'string' || !(wrapped instanceof Uint8Array) || wrapped.length === 0) {
+/** A head checked and copied: a corrupt one (read or about to be written) is ERR_STORE. `roots` absent stays absent. */
+function checkHead(v: unknown, where: string): ChainHead {
+  const h = v as Partial<ChainHead> | null
+  const roots = h?.roots === undefined ? undefined : copyRoots(h.roots)
+  if (!h || typeof h !== 'object' || !isU32(h.primary) || !isTime(h.primaryCreatedAt) || !isCount(h.leased) || (h.roots !== undefined && !roots)) {
+    throw new StoreError(`${where}: the chain head is malformed`)
+  }
+  return Object.freeze({ primary: h.primary, primaryCreatedAt: h.primaryCreatedAt, leased: h.leased, ...(roots ? { roots } : {}) })
+}
+
+/**
+ * A record checked and copied. `root` is the root its key names: a `'default'` record has no
+ * `root` field (as every record before chains had several roots), any other repeats its key's.
+ */
+function checkRecord(id: number, createdAt: unknown, rootKind: unknown, wrapped: unknown, storedRoot: unknown, root: string, where: string): KekRecord {
+  const named = root !== DEFAULT_ROOT
+  if (!isTime(createdAt) || typeof rootKind !== 'string' || !(wrapped instanceof Uint8Array) || wrapped.length === 0 || storedRoot !== (named ? root : undefined)) {
     throw new StoreError(`${where}: the KEK record ${id} is malformed`)
   }
-  return Object.freeze({ id, createdAt, rootKind, wrapped: wrapped.slice() })
+  return Object.freeze({ id, createdAt, rootKind, wrapped: wrapped.slice(), ...(named ? { root } : {}) })
 }
+
+/** The root of a record about to be written, or of a wrap to delete. @throws TypeError */
+function checkRoot(root: string): string {
+  if (!isRootName(root)) throw new TypeError('root: expected 1 to 64 letters, digits, ".", "_" or "-"')
+  return root
+}
+
+/** `getKek` from every record of the id: the `'default'` one if there is one, else any. */
+const preferDefault = (wraps: KekRecord[]) => wraps.find((r) => r.root === undefined) ?? wraps[0]
 
 function checkChain(chain: string): void {
   if (typeof chain !== 'string' || chain.length === 0) throw new TypeError('chain: expected a non-empty string')
@@ -94,6 +126,8 @@ export interface WorkersKvNamespace {
   get(key: string, type: 'text'): Promise<string | null>
   /** Writes a value (last write wins: KV has no condition). */
   put(key: string, value: string): Promise<unknown>
+  /** Deletes a key (a no-op when it is absent). */
+  delete(key: string): Promise<unknown>
   /** One page of the keys under a prefix. */
   list(options: { prefix: string; cursor?: string }): Promise<{
     /** The keys of this page. */
@@ -125,7 +159,10 @@ interface KvHeadValue {
   version: string
 }
 
-/** What a KEK key holds; `writer` is a random token that lets a writer recognise its own record. */
+/**
+ * What a KEK key holds; `writer` is a random token that lets a writer recognise its own record.
+ * `root` only under `…:kek-wrap:<id>:<root>`: the `'default'` root's record has none.
+ */
 interface KvKekValue {
   v: 1
   id: number
@@ -133,6 +170,7 @@ interface KvKekValue {
   rootKind: string
   wrapped: string // base64
   writer: string
+  root?: string
 }
 
 /**
@@ -161,6 +199,12 @@ interface KvKekValue {
  * up when the second put lands before its read-back; if it lands after (or in another location),
  * both use the id, the last write wins, and data under the other KEK could not be decrypted.
  *
+ * Several roots: a KEK's record under the `'default'` root stays at `…:kek:<id>`, where every
+ * record was before (no migration); under any other root it is `…:kek-wrap:<id>:<root>`, with the
+ * same read-back. `getKekWraps` lists `…:kek-wrap:<id>:`, so it sees a wrap written in another
+ * location, and stops seeing one that `deleteKekWrap` deleted there, only once KV has propagated
+ * the change (up to about 60 s).
+ *
  * @throws TypeError - `namespace` is not a KV binding, or `prefix` is not a string.
  * @throws {@link @kms-proxy/core!StoreError} - (from its methods) `ERR_STORE`: KV failed, or a
  *   record is malformed.
@@ -175,7 +219,7 @@ interface KvKekValue {
  * ```
  */
 export function workersKvStore(namespace: WorkersKvNamespace, options: WorkersKvStoreOptions = {}): KeyStore {
-  if (!namespace || typeof namespace.get !== 'function' || typeof namespace.put !== 'function' || typeof namespace.list !== 'function') {
+  if (!namespace || typeof namespace.get !== 'function' || typeof namespace.put !== 'function' || typeof namespace.list !== 'function' || typeof namespace.delete !== 'function') {
     throw new TypeError('workersKvStore: expected a Workers KV namespace binding')
   }
   const prefix = options.prefix ?? 'kms-proxy:'
@@ -184,7 +228,11 @@ export function workersKvStore(namespace: WorkersKvNamespace, options: WorkersKv
   const chainKey = (chain: string) => `${prefix}${encodeURIComponent(chain)}:`
   const headKey = (chain: string) => `${chainKey(chain)}head`
   const kekPrefix = (chain: string) => `${chainKey(chain)}kek:`
-  const kekKey = (chain: string, id: number) => `${kekPrefix(chain)}${id}`
+  // The 'default' root's record stays where every record was before chains had several roots.
+  // Root names have no ':', and `kek-wrap:` is no prefix of `kek:`: each list sees only its own.
+  const wrapPrefix = (chain: string, id?: number) => `${chainKey(chain)}kek-wrap:${id === undefined ? '' : `${id}:`}`
+  const kekKey = (chain: string, id: number, root: string = DEFAULT_ROOT) =>
+    root === DEFAULT_ROOT ? `${kekPrefix(chain)}${id}` : `${wrapPrefix(chain, id)}${root}`
 
   async function readHead(chain: string): Promise<KvHeadValue | undefined> {
     const raw = await namespace.get(headKey(chain), 'text')
@@ -194,17 +242,50 @@ export function workersKvStore(namespace: WorkersKvNamespace, options: WorkersKv
     return { v: 1, head: checkHead(parsed.head, 'workersKvStore'), version: parsed.version }
   }
 
-  async function readKek(chain: string, id: number): Promise<KvKekValue | undefined> {
-    const raw = await namespace.get(kekKey(chain, id), 'text')
+  async function readKek(chain: string, id: number, root: string = DEFAULT_ROOT): Promise<KvKekValue | undefined> {
+    const raw = await namespace.get(kekKey(chain, id, root), 'text')
     if (raw === null) return undefined
     const parsed = parseJson(raw) as KvKekValue | undefined
-    if (parsed?.v !== 1 || parsed.id !== id || typeof parsed.wrapped !== 'string') {
+    if (parsed?.v !== 1 || parsed.id !== id || typeof parsed.wrapped !== 'string' || parsed.root !== (root === DEFAULT_ROOT ? undefined : root)) {
       throw new StoreError(`workersKvStore: the KEK record ${id} is malformed`)
     }
     return parsed
   }
 
-  const toRecord = (v: KvKekValue) => checkRecord(v.id, v.createdAt, v.rootKind, wrappedOf(v.wrapped, v.id, 'workersKvStore'), 'workersKvStore')
+  const toRecord = (v: KvKekValue) =>
+    checkRecord(v.id, v.createdAt, v.rootKind, wrappedOf(v.wrapped, v.id, 'workersKvStore'), v.root, v.root ?? DEFAULT_ROOT, 'workersKvStore')
+
+  /** Every key under `prefix`, without it, through every page. */
+  async function listNames(prefix: string): Promise<string[]> {
+    const names: string[] = []
+    let cursor: string | undefined
+    for (;;) {
+      const page = await namespace.list(cursor === undefined ? { prefix } : { prefix, cursor })
+      for (const k of page.keys) names.push(k.name.slice(prefix.length))
+      if (page.list_complete || !page.cursor) return names
+      cursor = page.cursor
+    }
+  }
+
+  /** The records of (id, root) pairs. A key listed but not yet readable (eventual consistency) is skipped, not an error. */
+  async function readAll(chain: string, pairs: Array<readonly [number, string]>): Promise<KekRecord[]> {
+    const values = await Promise.all(pairs.map(([id, root]) => readKek(chain, id, root)))
+    return values.filter((v): v is KvKekValue => v !== undefined).map(toRecord)
+  }
+
+  /** `<id>:<root>` of a `kek-wrap:` key; anything else (not written by this store) is skipped. */
+  const wrapPair = (rest: string): readonly [number, string] | undefined => {
+    const colon = rest.indexOf(':')
+    const id = Number(rest.slice(0, colon))
+    const root = rest.slice(colon + 1)
+    return colon > 0 && isU32(id) && String(id) === rest.slice(0, colon) && isRootName(root) ? [id, root] : undefined
+  }
+
+  /** Every record of KEK `id`: the `'default'` one and those listed under `…:kek-wrap:<id>:`. */
+  async function wrapsOf(chain: string, id: number): Promise<KekRecord[]> {
+    const roots = (await listNames(wrapPrefix(chain, id))).filter(isRootName)
+    return readAll(chain, [[id, DEFAULT_ROOT], ...roots.map((root) => [id, root] as const)])
+  }
 
   return {
     atomic: false,
@@ -228,13 +309,15 @@ export function workersKvStore(namespace: WorkersKvNamespace, options: WorkersKv
       checkChain(chain)
       checkId(id)
       const v = await readKek(chain, id)
-      return v && toRecord(v)
+      return v ? toRecord(v) : preferDefault(await wrapsOf(chain, id))
     },
     async putKekIfAbsent(chain, record) {
       checkChain(chain)
       checkId(record.id)
-      const checked = checkRecord(record.id, record.createdAt, record.rootKind, record.wrapped, 'putKekIfAbsent')
-      if ((await readKek(chain, record.id)) !== undefined) return false
+      const root = checkRoot(rootOf(record))
+      const named = root === DEFAULT_ROOT ? undefined : root
+      const checked = checkRecord(record.id, record.createdAt, record.rootKind, record.wrapped, named, root, 'putKekIfAbsent')
+      if ((await readKek(chain, record.id, root)) !== undefined) return false
       const value: KvKekValue = {
         v: 1,
         id: checked.id,
@@ -242,26 +325,31 @@ export function workersKvStore(namespace: WorkersKvNamespace, options: WorkersKv
         rootKind: checked.rootKind,
         wrapped: toBase64(checked.wrapped),
         writer: randomToken(),
+        ...(named ? { root: named } : {}),
       }
-      await namespace.put(kekKey(chain, record.id), JSON.stringify(value))
+      await namespace.put(kekKey(chain, record.id, root), JSON.stringify(value))
       // KV's put cannot be conditional: read back and use the KEK only if the record is ours.
-      const back = await readKek(chain, record.id)
+      const back = await readKek(chain, record.id, root)
       return back !== undefined && back.writer === value.writer && equalBytes(wrappedOf(back.wrapped, back.id, 'putKekIfAbsent'), checked.wrapped)
     },
     async listKeks(chain) {
       checkChain(chain)
-      const names: string[] = []
-      let cursor: string | undefined
-      for (;;) {
-        const page = await namespace.list(cursor === undefined ? { prefix: kekPrefix(chain) } : { prefix: kekPrefix(chain), cursor })
-        for (const k of page.keys) names.push(k.name)
-        if (page.list_complete || !page.cursor) break
-        cursor = page.cursor
-      }
-      const ids = names.map((n) => Number(n.slice(kekPrefix(chain).length))).filter(isU32)
-      const values = await Promise.all(ids.map((id) => readKek(chain, id)))
-      // A key listed but not yet readable (eventual consistency) is skipped, not an error.
-      return values.filter((v): v is KvKekValue => v !== undefined).map(toRecord)
+      const [plain, wraps] = await Promise.all([listNames(kekPrefix(chain)), listNames(wrapPrefix(chain))])
+      const pairs = [
+        ...plain.map(Number).filter(isU32).map((id) => [id, DEFAULT_ROOT] as const),
+        ...wraps.map(wrapPair).filter((p) => p !== undefined),
+      ]
+      return readAll(chain, pairs)
+    },
+    async getKekWraps(chain, id) {
+      checkChain(chain)
+      checkId(id)
+      return wrapsOf(chain, id)
+    },
+    async deleteKekWrap(chain, id, root) {
+      checkChain(chain)
+      checkId(id)
+      await namespace.delete(kekKey(chain, id, checkRoot(root)))
     },
   }
 }
@@ -279,6 +367,7 @@ interface DenoKvEntry {
 interface DenoKvAtomic {
   check(...checks: Array<{ key: DenoKvKey; versionstamp: string | null }>): DenoKvAtomic
   set(key: DenoKvKey, value: unknown): DenoKvAtomic
+  delete(key: DenoKvKey): DenoKvAtomic
   commit(): Promise<{ ok: boolean }>
 }
 
@@ -331,18 +420,22 @@ async function whileBusy<T>(call: () => Promise<T>, timeoutMs: number): Promise<
   }
 }
 
+/** A KEK record's value; `root` only under `[…, 'kek-wrap', id, root]`, as in its key. */
 interface DenoKekValue {
   createdAt: number
   rootKind: string
   wrapped: Uint8Array
+  root?: string
 }
 
 /**
  * A KeyStore over Deno KV (`await Deno.openKv(path)`, or Deno Deploy's KV). Keys are
- * `[prefix, chain, 'head']` and `[prefix, chain, 'kek', id]`. The head changes by
- * compare-and-swap on its versionstamp and KEK records are put-if-absent
- * (`kv.atomic().check({ key, versionstamp })`), so the store is atomic across every process that
- * opens the same database: `atomic: true`.
+ * `[prefix, chain, 'head']`; `[prefix, chain, 'kek', id]` for a KEK's record under the
+ * `'default'` root (where every record was before chains had several roots, so those need no
+ * migration), `[prefix, chain, 'kek-wrap', id, root]` for its record under any other root. The
+ * head changes by compare-and-swap on its versionstamp and KEK records are put-if-absent per
+ * KEK and root (`kv.atomic().check({ key, versionstamp })`), so the store is atomic across every
+ * process that opens the same database: `atomic: true`.
  *
  * @throws TypeError - `kv` is not a Deno KV handle, or an option of the wrong type.
  * @throws {@link @kms-proxy/core!StoreError} - (from its methods) `ERR_STORE`: KV failed (still
@@ -362,11 +455,32 @@ export function denoKvStore(kv: DenoKv, options: DenoKvStoreOptions = {}): KeySt
   const busyTimeoutMs = options.busyTimeoutMs ?? 10_000
   const retry = <T>(call: () => Promise<T>) => whileBusy(call, busyTimeoutMs)
   const headKey = (chain: string) => [prefix, chain, 'head'] as const
-  const kekKey = (chain: string, id: number) => [prefix, chain, 'kek', id] as const
+  // The 'default' root's record stays where every record was before chains had several roots;
+  // the others live apart, so that a version that predates them lists only 'default' records.
+  const kekKey = (chain: string, id: number, root: string = DEFAULT_ROOT): DenoKvKey =>
+    root === DEFAULT_ROOT ? [prefix, chain, 'kek', id] : [prefix, chain, 'kek-wrap', id, root]
 
-  const toRecord = (id: number, value: unknown) => {
+  const toRecord = (id: number, value: unknown, root: string = DEFAULT_ROOT) => {
     const v = value as Partial<DenoKekValue> | null
-    return checkRecord(id, v?.createdAt, v?.rootKind, v?.wrapped, 'denoKvStore')
+    return checkRecord(id, v?.createdAt, v?.rootKind, v?.wrapped, v?.root, root, 'denoKvStore')
+  }
+
+  /** The records under a key prefix whose keys have `length` parts, an id at [3] and (length 5) a root at [4]. */
+  const listRecords = (selector: DenoKvKey, length: 4 | 5) =>
+    retry(async () => {
+      const out: KekRecord[] = []
+      for await (const { key, value } of kv.list({ prefix: selector })) {
+        // Keys of another shape were not written by this store: skipped, as before.
+        const [id, root] = [key[3], length === 5 ? key[4] : DEFAULT_ROOT]
+        if (key.length === length && isU32(id) && isRootName(root)) out.push(toRecord(id, value, root))
+      }
+      return out
+    })
+
+  /** Every record of KEK `id`; Deno KV compares key parts whole, so id 5 never matches 50. */
+  const wrapsOf = async (chain: string, id: number) => {
+    const [plain, named] = await Promise.all([retry(() => kv.get(kekKey(chain, id))), listRecords([prefix, chain, 'kek-wrap', id], 5)])
+    return plain.versionstamp === null ? named : [toRecord(id, plain.value), ...named]
   }
 
   return {
@@ -380,9 +494,10 @@ export function denoKvStore(kv: DenoKv, options: DenoKvStoreOptions = {}): KeySt
     },
     async casHead(chain, expected, next) {
       checkChain(chain)
+      // A plain object copy: Deno KV stores it by structured clone, and the roots as given.
       const head = checkHead(next, 'casHead')
       const key = headKey(chain)
-      const value = { primary: head.primary, primaryCreatedAt: head.primaryCreatedAt, leased: head.leased }
+      const value = { primary: head.primary, primaryCreatedAt: head.primaryCreatedAt, leased: head.leased, ...(head.roots ? { roots: head.roots.map((r) => ({ ...r })) } : {}) }
       const result = await retry(() => kv.atomic().check({ key, versionstamp: expected ?? null }).set(key, value).commit())
       return result.ok === true
     },
@@ -390,27 +505,34 @@ export function denoKvStore(kv: DenoKv, options: DenoKvStoreOptions = {}): KeySt
       checkChain(chain)
       checkId(id)
       const entry = await retry(() => kv.get(kekKey(chain, id)))
-      return entry.versionstamp === null ? undefined : toRecord(id, entry.value)
+      return entry.versionstamp === null ? preferDefault(await wrapsOf(chain, id)) : toRecord(id, entry.value)
     },
     async putKekIfAbsent(chain, record) {
       checkChain(chain)
       checkId(record.id)
-      const r = checkRecord(record.id, record.createdAt, record.rootKind, record.wrapped, 'putKekIfAbsent')
-      const key = kekKey(chain, r.id)
-      const value: DenoKekValue = { createdAt: r.createdAt, rootKind: r.rootKind, wrapped: r.wrapped.slice() }
+      const root = checkRoot(rootOf(record))
+      const named = root === DEFAULT_ROOT ? undefined : root
+      const r = checkRecord(record.id, record.createdAt, record.rootKind, record.wrapped, named, root, 'putKekIfAbsent')
+      const key = kekKey(chain, r.id, root)
+      const value: DenoKekValue = { createdAt: r.createdAt, rootKind: r.rootKind, wrapped: r.wrapped.slice(), ...(named ? { root: named } : {}) }
       const result = await retry(() => kv.atomic().check({ key, versionstamp: null }).set(key, value).commit())
       return result.ok === true
     },
     async listKeks(chain) {
       checkChain(chain)
-      return retry(async () => {
-        const out: KekRecord[] = []
-        for await (const entry of kv.list({ prefix: [prefix, chain, 'kek'] })) {
-          const id = entry.key[3]
-          if (isU32(id)) out.push(toRecord(id, entry.value))
-        }
-        return out
-      })
+      const [plain, named] = await Promise.all([listRecords([prefix, chain, 'kek'], 4), listRecords([prefix, chain, 'kek-wrap'], 5)])
+      return [...plain, ...named]
+    },
+    async getKekWraps(chain, id) {
+      checkChain(chain)
+      checkId(id)
+      return wrapsOf(chain, id)
+    },
+    async deleteKekWrap(chain, id, root) {
+      checkChain(chain)
+      checkId(id)
+      const key = kekKey(chain, id, checkRoot(root))
+      await retry(() => kv.atomic().delete(key).commit())
     },
   }
 }

@@ -7,7 +7,7 @@ import { workersKvStore, type WorkersKvNamespace } from '../src/index.ts'
 import { locationView } from './workerd/kv-behaviour.ts'
 
 /** Miniflare's KV binding as seen from Node (its types need @cloudflare/workers-types, not installed). */
-type NodeKv = { list(options?: { prefix?: string; cursor?: string }): Promise<{ keys: Array<{ name: string }>; list_complete: boolean; cursor?: string }>; get(key: string, type: 'text'): Promise<string | null>; put(key: string, value: string): Promise<unknown> }
+type NodeKv = { list(options?: { prefix?: string; cursor?: string }): Promise<{ keys: Array<{ name: string }>; list_complete: boolean; cursor?: string }>; get(key: string, type: 'text'): Promise<string | null>; put(key: string, value: string): Promise<unknown>; delete(key: string): Promise<unknown> }
 
 const root = join(import.meta.dirname, '..', '..', '..')
 let mf: Miniflare
@@ -74,6 +74,10 @@ function memoryKv(): WorkersKvNamespace {
     async put(k, v) {
       await tick()
       m.set(k, v)
+    },
+    async delete(k) {
+      await tick()
+      m.delete(k)
     },
     async list({ prefix }) {
       await tick()

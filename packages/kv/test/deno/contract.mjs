@@ -7,6 +7,7 @@
 import { KeyChain, aesRootKey } from '@kms-proxy/core'
 import { denoKvStore } from '@kms-proxy/kv'
 import { createHarness, describeStore } from '../../../testkit/dist/index.js'
+import { describeSeveralRoots } from '../several-roots.ts'
 
 const ROOT = Uint8Array.from({ length: 32 }, (_, i) => (i * 13 + 5) & 0xff)
 const hex = (b) => Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('')
@@ -19,6 +20,7 @@ async function contract(dir) {
   let n = 0
   describeStore(t, {
     name: 'denoKvStore',
+    severalRoots: true,
     async open() {
       const path = `${dir}/contract-${n++}.sqlite`
       const handles = []
@@ -49,7 +51,56 @@ async function contract(dir) {
       kv.close()
     }
   })
+  describeSeveralRoots(t, 'denoKvStore', async () => {
+    const path = `${dir}/roots-${n++}.sqlite`
+    const kv = await Deno.openKv(path)
+    open.push(kv)
+    return { store: denoKvStore(kv), another: async () => { const k = await Deno.openKv(path); open.push(k); return denoKvStore(k) } }
+  })
+  t.test("denoKvStore: the 'default' record stays at [prefix, chain, 'kek', id] with no root field; other roots at [prefix, chain, 'kek-wrap', id, root]", async () => {
+    const kv = await Deno.openKv(`${dir}/roots-layout.sqlite`)
+    try {
+      const store = denoKvStore(kv, { prefix: 'p' })
+      const wrapped = new Uint8Array([1, 2, 3])
+      t.equal(await store.putKekIfAbsent('c', { id: 5, createdAt: 1, rootKind: 'aes', wrapped, root: 'default' }), true)
+      t.equal(await store.putKekIfAbsent('c', { id: 5, createdAt: 1, rootKind: 'kms', wrapped, root: 'recovery' }), true)
+      t.equal(await store.putKekIfAbsent('c', { id: 50, createdAt: 2, rootKind: 'kms', wrapped, root: 'recovery' }), true)
+      const keys = []
+      for await (const e of kv.list({ prefix: ['p'] })) keys.push(JSON.stringify(e.key))
+      t.equal(keys.sort().join(' '), '["p","c","kek",5] ["p","c","kek-wrap",5,"recovery"] ["p","c","kek-wrap",50,"recovery"]', 'keys:')
+      t.equal(Object.keys((await kv.get(['p', 'c', 'kek', 5])).value).sort().join(','), 'createdAt,rootKind,wrapped', 'default value fields:')
+      t.equal((await kv.get(['p', 'c', 'kek-wrap', 5, 'recovery'])).value.root, 'recovery', 'named value root:')
+      // A record as the store wrote it before chains had several roots reads as the 'default' one.
+      await kv.set(['p', 'c', 'kek', 9], { createdAt: 3, rootKind: 'aes', wrapped })
+      const old = await store.getKekWraps('c', 9)
+      t.equal(old.length, 1, 'wraps of the old record:')
+      t.equal(old[0].root, undefined, 'old record root:')
+      t.equal(await store.putKekIfAbsent('c', { id: 9, createdAt: 3, rootKind: 'aes', wrapped }), false, 'old record is the default one:')
+      // A named record whose key and value disagree is malformed.
+      await kv.set(['p', 'c', 'kek-wrap', 11, 'a'], { createdAt: 3, rootKind: 'aes', wrapped, root: 'b' })
+      await t.rejects(store.getKekWraps('c', 11), (e) => t.equal(e.code, 'ERR_STORE', 'code:'))
+      await t.rejects(store.putKekIfAbsent('c', { id: 12, createdAt: 3, rootKind: 'aes', wrapped, root: 'no/slash' }), (e) => t.ok(e instanceof TypeError, String(e)))
+    } finally {
+      kv.close()
+    }
+  })
+  t.test('denoKvStore: a head whose roots are malformed is ERR_STORE, on read and on write', async () => {
+    const kv = await Deno.openKv(`${dir}/roots-head.sqlite`)
+    try {
+      const store = denoKvStore(kv, { prefix: 'p' })
+      const head = { primary: 1, primaryCreatedAt: 1, leased: 0 }
+      const bad = [{ ...head, roots: 'default' }, { ...head, roots: [{ name: 'a', kind: 'aes', state: 'gone' }] }, { ...head, roots: [{ name: '', kind: 'aes', state: 'active' }] }, { ...head, roots: [{ name: 'a', state: 'active' }] }]
+      for (const [i, value] of bad.entries()) {
+        await kv.set(['p', `c${i}`, 'head'], value)
+        await t.rejects(store.getHead(`c${i}`), (e) => t.equal(e.code, 'ERR_STORE', `read ${i}:`))
+        await t.rejects(store.casHead(`d${i}`, undefined, value), (e) => t.equal(e.code, 'ERR_STORE', `write ${i}:`))
+      }
+    } finally {
+      kv.close()
+    }
+  })
   const results = await t.run()
+  open.forEach((kv) => { try { kv.close() } catch {} })
   return { results }
 }
 

@@ -26,6 +26,10 @@ export function locationView(ns: WorkersKvNamespace, ttlMs: number): WorkersKvNa
       await ns.put(key, value)
       cache.set(key, { value, at: Date.now() })
     },
+    async delete(key) {
+      await ns.delete(key)
+      cache.set(key, { value: null, at: Date.now() })
+    },
     list: (options) => ns.list(options),
   }
 }
@@ -75,6 +79,7 @@ export function describeWorkersKvBehaviour(t: Harness, kv: WorkersKvNamespace, u
     const racing: WorkersKvNamespace = {
       get: (k, ty) => kv.get(k, ty),
       list: (o) => kv.list(o),
+      delete: (k) => kv.delete(k),
       async put(key, value) {
         await kv.put(key, value)
         if (!raced && key.includes(':kek:')) {
@@ -149,5 +154,44 @@ export function describeWorkersKvBehaviour(t: Harness, kv: WorkersKvNamespace, u
     const most = Math.max(...perKek.values())
     // Not asserted: Workers KV cannot promise the usage limit. Reported, for the README.
     measurements.push({ instances, staleMs, maxWrapsPerKek: max, leaseSize, encryptions: all.length, keks: perKek.size, mostWrapsUnderOneKek: most })
+  })
+}
+
+/** Where several roots' records live in Workers KV, what records written before read as, and a malformed head. */
+export function describeWorkersKvRoots(t: Harness, kv: WorkersKvNamespace, unique: () => string): void {
+  t.test("workers KV: the 'default' record stays at …:kek:<id> with no root field; other roots at …:kek-wrap:<id>:<root>", async () => {
+    const prefix = unique()
+    const store = workersKvStore(kv, { prefix })
+    const wrapped = new Uint8Array([1, 2, 3])
+    t.equal(await store.putKekIfAbsent('c', { id: 5, createdAt: 1, rootKind: 'aes', wrapped, root: 'default' }), true)
+    t.equal(await store.putKekIfAbsent('c', { id: 5, createdAt: 1, rootKind: 'kms', wrapped, root: 'recovery' }), true)
+    t.equal(await store.putKekIfAbsent('c', { id: 50, createdAt: 2, rootKind: 'kms', wrapped, root: 'recovery' }), true)
+    const names = (await kv.list({ prefix })).keys.map((k) => k.name.slice(prefix.length)).sort()
+    t.equal(names.join(' '), 'c:kek-wrap:50:recovery c:kek-wrap:5:recovery c:kek:5', 'keys:')
+    const raw = JSON.parse((await kv.get(`${prefix}c:kek:5`, 'text'))!)
+    t.equal(Object.keys(raw).sort().join(','), 'createdAt,id,rootKind,v,wrapped,writer', 'default value fields:')
+    t.equal(JSON.parse((await kv.get(`${prefix}c:kek-wrap:5:recovery`, 'text'))!).root, 'recovery', 'named value root:')
+    // A record as the store wrote it before chains had several roots reads as the 'default' one.
+    await kv.put(`${prefix}c:kek:9`, JSON.stringify({ v: 1, id: 9, createdAt: 3, rootKind: 'aes', wrapped: 'AQID', writer: 'w' }))
+    const old = await store.getKekWraps!('c', 9)
+    t.equal(old.length, 1, 'wraps of the old record:')
+    t.equal(old[0]!.root, undefined, 'old record root:')
+    t.equal(await store.putKekIfAbsent('c', { id: 9, createdAt: 3, rootKind: 'aes', wrapped }), false, 'old record is the default one:')
+    // A named record whose key and value disagree is malformed.
+    await kv.put(`${prefix}c:kek-wrap:11:a`, JSON.stringify({ v: 1, id: 11, createdAt: 3, rootKind: 'aes', wrapped: 'AQID', writer: 'w', root: 'b' }))
+    await t.rejects(store.getKekWraps!('c', 11), (e) => t.equal((e as { code?: string }).code, 'ERR_STORE', 'code:'))
+    await t.rejects(store.putKekIfAbsent('c', { id: 12, createdAt: 3, rootKind: 'aes', wrapped, root: 'a:b' }), (e) => t.ok(e instanceof TypeError, String(e)))
+  })
+
+  t.test('workers KV: a head whose roots are malformed is ERR_STORE, on read and on write', async () => {
+    const prefix = unique()
+    const store = workersKvStore(kv, { prefix })
+    const head = { primary: 1, primaryCreatedAt: 1, leased: 0 }
+    const bad = [{ ...head, roots: 'default' }, { ...head, roots: [{ name: 'a', kind: 'aes', state: 'gone' }] }, { ...head, roots: [{ name: '', kind: 'aes', state: 'active' }] }, { ...head, roots: [{ name: 'a', state: 'active' }] }]
+    for (const [i, value] of bad.entries()) {
+      await kv.put(`${prefix}c${i}:head`, JSON.stringify({ v: 1, version: 'x', head: value }))
+      await t.rejects(store.getHead(`c${i}`), (e) => t.equal((e as { code?: string }).code, 'ERR_STORE', `read ${i}:`))
+      await t.rejects(store.casHead(`d${i}`, undefined, value as never), (e) => t.equal((e as { code?: string }).code, 'ERR_STORE', `write ${i}:`))
+    }
   })
 }

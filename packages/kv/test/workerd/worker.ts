@@ -2,7 +2,8 @@
 // GET / runs describeStore and the Workers KV behaviour tests and answers with the results.
 import { createHarness, describeStore } from '@kms-proxy/testkit'
 import { workersKvStore, type WorkersKvNamespace } from '../../src/index.ts'
-import { describeWorkersKvBehaviour, measurements } from './kv-behaviour.ts'
+import { describeWorkersKvBehaviour, describeWorkersKvRoots, measurements } from './kv-behaviour.ts'
+import { describeSeveralRoots } from '../several-roots.ts'
 
 let n = 0
 const unique = () => `t${Date.now().toString(36)}-${n++}:`
@@ -13,12 +14,18 @@ export default {
     describeStore(t, {
       name: 'workersKvStore',
       atomic: false,
+      severalRoots: true,
       async open() {
         const prefix = unique()
         return { store: workersKvStore(env.KEYS, { prefix }), another: () => workersKvStore(env.KEYS, { prefix }) }
       },
     })
     describeWorkersKvBehaviour(t, env.KEYS, unique)
+    describeSeveralRoots(t, 'workersKvStore', async () => {
+      const prefix = unique()
+      return { store: workersKvStore(env.KEYS, { prefix }), another: () => workersKvStore(env.KEYS, { prefix }) }
+    })
+    describeWorkersKvRoots(t, env.KEYS, unique)
     const results = await t.run()
     return Response.json({ results, measurements, prefixes: n })
   },
