@@ -9,7 +9,7 @@
  *   annotations  keys are fully qualified domain names (IsFullyQualifiedDomainName);
  *                the keys' and values' lengths add up to at most 32,768 bytes (annotationsMaxSize)
  */
-import { OVERHEAD_BYTES } from '@kms-proxy/core'
+import { FORMAT_VERSION_ROOTS, OVERHEAD_BYTES } from '@kms-proxy/core'
 
 /** Largest ciphertext kube-apiserver accepts from Encrypt (encryptedDEKSourceMaxSize). */
 export const MAX_CIPHERTEXT_BYTES = 1024
@@ -28,7 +28,11 @@ export const KEK_ANNOTATION = 'kek.kms-proxy.dev'
  */
 export const SEED_ASSOCIATED_DATA = 'kms-proxy.dev/k8s/v2 seed'
 
-/** Format v1 (docs/FORMAT.md): version (1), KEK id (u32 at offset 1), flags (offset 5); bit 0 = KEK embedded. */
+/**
+ * docs/FORMAT.md: version (offset 0: 1, or 2 when the KEK is embedded once per root), KEK id (u32
+ * at offset 1), flags (offset 5; bit 0 = KEK embedded). v1 embeds `u16 length || wrapped KEK`;
+ * v2 embeds `u8 count || per root: u8 name length || name || u16 length || wrapped KEK`.
+ */
 const FIXED_HEADER = 6
 const KEK_ID_OFFSET = 1
 const FLAG_EMBEDDED_KEK = 0x01
@@ -107,18 +111,25 @@ export interface Split {
 }
 
 /**
- * Encrypted data -> what Encrypt answers. An embedded root-wrapped KEK (its u16 length and bytes)
- * moves out of the data into the `kek.kms-proxy.dev` annotation, so the ciphertext stays 110
- * bytes for a 32-byte seed whatever the root key's wrapped KEK weighs (a KMS ciphertext blob can
- * be several hundred bytes). The flags byte keeps its "embedded" bit, so Decrypt knows to put
- * the KEK back; every byte is still authenticated once joined (the header is the DEK wrap's AAD).
+ * Encrypted data -> what Encrypt answers. The embedded root-wrapped KEK(s) move out of the data
+ * into the `kek.kms-proxy.dev` annotation, so the ciphertext stays 110 bytes for a 32-byte seed
+ * whatever the roots' wraps weigh (a KMS ciphertext blob can be several hundred bytes, and a
+ * chain of several roots carries one per root). v1: the annotation is the wrapped KEK (its u16
+ * length dropped), as it always was, so annotations kube-apiserver stored before read the same.
+ * v2: the annotation is the whole block after the fixed header (count, then each root's name and
+ * wrap), verbatim. The flags byte keeps its "embedded" bit and the version byte stays, so Decrypt
+ * knows to put the block back and how; every byte is still authenticated once joined (the header
+ * is the DEK wrap's AAD).
+ *
+ * @param headerLength - The header's length, from core's decodeHeader.
  */
-export function splitEncryptedData(data: Uint8Array, headerLength: number, embeddedKek: Uint8Array | undefined): Split {
-  if (!embeddedKek) return { ciphertext: data, annotations: {} }
+export function splitEncryptedData(data: Uint8Array, headerLength: number): Split {
+  if (data.length < FIXED_HEADER || (data[5]! & FLAG_EMBEDDED_KEK) === 0) return { ciphertext: data, annotations: {} }
+  const moved = data.subarray(data[0] === FORMAT_VERSION_ROOTS ? FIXED_HEADER : FIXED_HEADER + 2, headerLength)
   const ciphertext = new Uint8Array(data.length - (headerLength - FIXED_HEADER))
   ciphertext.set(data.subarray(0, FIXED_HEADER))
   ciphertext.set(data.subarray(headerLength), FIXED_HEADER)
-  return { ciphertext, annotations: { [KEK_ANNOTATION]: embeddedKek.slice() } }
+  return { ciphertext, annotations: { [KEK_ANNOTATION]: moved.slice() } }
 }
 
 /** What {@link joinEncryptedData} returns: the encrypted data to decrypt, or why the request is refused. */
@@ -140,8 +151,9 @@ export type Joined =
 
 /**
  * What Decrypt receives -> the encrypted data the chain decrypts. Checks only the framing (the
- * chain authenticates the rest): version byte, KEK id, and the KEK annotation present exactly
- * when the flags say the KEK was moved out.
+ * chain authenticates the rest): KEK id, and the KEK annotation present exactly when the flags
+ * say the KEK was moved out; the version byte says whether it is one wrap (v1) or a block of
+ * wraps by root (v2).
  */
 export function joinEncryptedData(ciphertext: Uint8Array, annotations: Record<string, Uint8Array>): Joined {
   if (ciphertext.length < FIXED_HEADER) return { ok: false, problem: 'ciphertext is truncated' }
@@ -153,12 +165,13 @@ export function joinEncryptedData(ciphertext: Uint8Array, annotations: Record<st
     return { ok: true, data: ciphertext, kekId }
   }
   if (kek === undefined) return { ok: false, problem: `annotation ${KEK_ANNOTATION} is missing` }
-  if (kek.length === 0 || kek.length > 0xffff) return { ok: false, problem: `annotation ${KEK_ANNOTATION} has a bad length` }
-  const data = new Uint8Array(ciphertext.length + 2 + kek.length)
+  // v2: the block goes back verbatim; core's decoder checks its count, names and lengths.
+  const prefix = ciphertext[0] === FORMAT_VERSION_ROOTS ? [] : [kek.length >> 8, kek.length & 0xff]
+  if (kek.length === 0 || (prefix.length > 0 && kek.length > 0xffff)) return { ok: false, problem: `annotation ${KEK_ANNOTATION} has a bad length` }
+  const data = new Uint8Array(ciphertext.length + prefix.length + kek.length)
   data.set(ciphertext.subarray(0, FIXED_HEADER))
-  data[FIXED_HEADER] = kek.length >> 8
-  data[FIXED_HEADER + 1] = kek.length & 0xff
-  data.set(kek, FIXED_HEADER + 2)
-  data.set(ciphertext.subarray(FIXED_HEADER), FIXED_HEADER + 2 + kek.length)
+  data.set(prefix, FIXED_HEADER)
+  data.set(kek, FIXED_HEADER + prefix.length)
+  data.set(ciphertext.subarray(FIXED_HEADER), FIXED_HEADER + prefix.length + kek.length)
   return { ok: true, data, kekId }
 }

@@ -545,7 +545,7 @@ export async function serveKmsPlugin(options: KmsPluginOptions): Promise<KmsPlug
         const header = decodeHeader(data)
         const primary = localPrimary()?.id
         if (primary !== undefined && header.kekId !== primary && attempt < MAX_STALE_RETRIES) continue
-        const { ciphertext, annotations } = splitEncryptedData(data, header.headerLength, header.embeddedKek)
+        const { ciphertext, annotations } = splitEncryptedData(data, header.headerLength)
         const keyId = keyIdFor(chain.name, header.kekId)
         const problem = ciphertextProblem(ciphertext) ?? annotationsProblem(annotations)
         if (problem) throw new Refusal(Code.FAILED_PRECONDITION, `this root key's output does not fit KMS v2: ${problem}`)

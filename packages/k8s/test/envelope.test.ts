@@ -85,7 +85,7 @@ describe('split and join', () => {
   }
   it('moves an embedded KEK into the annotation and back, byte for byte', () => {
     const { data, rest } = embeddedData()
-    const split = splitEncryptedData(data, 11, data.subarray(8, 11))
+    const split = splitEncryptedData(data, 11)
     expect([...split.ciphertext]).toEqual([1, 1, 2, 3, 4, 1, ...rest])
     expect(Object.keys(split.annotations)).toEqual([KEK_ANNOTATION])
     expect([...split.annotations[KEK_ANNOTATION]!]).toEqual([9, 9, 9])
@@ -93,16 +93,29 @@ describe('split and join', () => {
     expect(joined.ok && [...joined.data]).toEqual([...data])
     expect(joined.ok && joined.kekId).toBe(0x01020304)
   })
+  it('format v2: the whole block of wraps by root (count, names, lengths) moves to the annotation and back verbatim', () => {
+    // version 2, KEK id 0x01020304, flags 1, count 2, "a" [7,7], "kms" [8]
+    const block = [2, 1, 0x61, 0, 2, 7, 7, 3, 0x6b, 0x6d, 0x73, 0, 1, 8]
+    const rest = Uint8Array.from({ length: 72 }, (_, i) => i)
+    const data = Uint8Array.from([2, 1, 2, 3, 4, 1, ...block, ...rest])
+    const split = splitEncryptedData(data, 6 + block.length)
+    expect([...split.ciphertext]).toEqual([2, 1, 2, 3, 4, 1, ...rest])
+    expect([...split.annotations[KEK_ANNOTATION]!]).toEqual(block)
+    const joined = joinEncryptedData(split.ciphertext, split.annotations)
+    expect(joined.ok && [...joined.data]).toEqual([...data])
+    expect(joined.ok && joined.kekId).toBe(0x01020304)
+    expect(joinEncryptedData(split.ciphertext, {})).toEqual({ ok: false, problem: `annotation ${KEK_ANNOTATION} is missing` })
+  })
   it('leaves data without an embedded KEK untouched, with no annotations', () => {
     const data = Uint8Array.from([1, 0xff, 0, 0, 1, 0, 5, 5])
-    const split = splitEncryptedData(data, 6, undefined)
+    const split = splitEncryptedData(data, 6)
     expect(split).toEqual({ ciphertext: data, annotations: {} })
     const joined = joinEncryptedData(data, {})
     expect(joined.ok && joined.kekId).toBe(0xff000001)
   })
   it('refuses a missing, extra or empty KEK annotation and a truncated ciphertext', () => {
     const { data } = embeddedData()
-    const { ciphertext, annotations } = splitEncryptedData(data, 11, data.subarray(8, 11))
+    const { ciphertext, annotations } = splitEncryptedData(data, 11)
     expect(joinEncryptedData(ciphertext, {})).toEqual({ ok: false, problem: `annotation ${KEK_ANNOTATION} is missing` })
     expect(joinEncryptedData(ciphertext, { [KEK_ANNOTATION]: new Uint8Array(0) })).toMatchObject({ ok: false })
     expect(joinEncryptedData(Uint8Array.from([1, 0, 0, 0, 1, 0, 7]), annotations)).toMatchObject({ ok: false, problem: expect.stringMatching(/without an embedded KEK/) })
