@@ -4,7 +4,7 @@
  * derived-key cache as unwrapKek and newKek; unwrapKek hands out an extractable KEK only when asked.
  */
 import { afterEach, describe, expect, it, vi } from 'vitest'
-import { KmsProxyError, aesRootKey, kekAad, type RootKey } from '@kms-proxy/core'
+import { KeyChain, KmsProxyError, aesRootKey, kekAad, memoryStore, type RootKey } from '@kms-proxy/core'
 import { createHarness, describeRootKey } from '@kms-proxy/testkit'
 import { passphraseRootKey } from '../src/index.ts'
 
@@ -137,4 +137,60 @@ describeRootKey(createHarness(it), {
   other: () => passphraseRootKey({ passphrase: 'wrong horse', iterations: FAST }),
   secrets: ['correct horse', 'wrong horse'],
   wrapKek: true,
+})
+
+describe('in a chain: addRoot, changeRoot', () => {
+  /** A chain under an AES root with `n` KEKs, and one message under every 100th. */
+  async function chainOfKeks(n: number) {
+    const store = memoryStore()
+    const chain = await KeyChain.open({ rootKey: aesRootKey(crypto.getRandomValues(new Uint8Array(32))), store })
+    const messages: Array<{ text: string; encrypted: Uint8Array }> = []
+    for (let i = 0; i < n; i++) {
+      await chain.rotate()
+      if (i % 100 === 0 || i === n - 1) messages.push({ text: `m${i}`, encrypted: await chain.encrypt(`m${i}`) })
+    }
+    return { store, chain, messages }
+  }
+  const text = (b: Uint8Array) => new TextDecoder().decode(b)
+
+  it('addRoot of a new passphrase root to a chain of 1,000 KEKs costs one derivation; the passphrase alone then opens them all, a wrong one opens none and wraps nothing', async () => {
+    const { store, chain, messages } = await chainOfKeks(1_000)
+    const derive = vi.spyOn(crypto.subtle, 'deriveKey')
+    const started = performance.now()
+    const report = await chain.addRoot('recovery', passphraseRootKey({ passphrase: 'recovery phrase' }))
+    const addMs = performance.now() - started
+    expect(report).toMatchObject({ name: 'recovery', keks: 1_000, wrapped: 1_000, deleted: 0, rootKeyWraps: 1_000 })
+    expect(derive).toHaveBeenCalledTimes(1)
+
+    derive.mockClear()
+    const recovered = await KeyChain.open({ roots: { recovery: passphraseRootKey({ passphrase: 'recovery phrase' }) }, store })
+    for (const m of messages) expect(text(await recovered.decrypt(m.encrypted))).toBe(m.text)
+    expect(derive).toHaveBeenCalledTimes(1)
+
+    const records = (await store.listKeks('default')).length
+    const wrong = await KeyChain.open({ roots: { recovery: passphraseRootKey({ passphrase: 'recovery phrasf' }) }, store })
+    await expect(wrong.decrypt(messages[0]!.encrypted)).rejects.toMatchObject({ code: 'ERR_ROOT_KEY', message: expect.stringMatching(/wrong passphrase/) })
+    await expect(wrong.rotate()).rejects.toMatchObject({ code: 'ERR_ROOT_KEY' })
+    await expect(wrong.addRoot('third', passphraseRootKey({ passphrase: 'third', iterations: FAST }))).rejects.toMatchObject({ code: 'ERR_ROOT_KEY' })
+    expect((await store.listKeks('default')).length).toBe(records)
+    console.log(`passphrase root, PBKDF2 600,000: addRoot to a chain of 1,000 KEKs ${addMs.toFixed(0)} ms, 1 derivation, ${report.rootKeyUnwraps} unwraps by the AES root and ${report.rootKeyWraps} wraps`)
+  }, 30_000)
+
+  it('changeRoot to a new passphrase: one derivation (the old root\'s key is cached); the new passphrase alone opens every KEK, the old one none', async () => {
+    const store = memoryStore()
+    const chain = await KeyChain.open({ rootKey: passphraseRootKey({ passphrase: 'first phrase', iterations: FAST }), store })
+    const messages: Array<{ text: string; encrypted: Uint8Array }> = []
+    for (let i = 0; i < 100; i++) {
+      await chain.rotate()
+      if (i % 10 === 0) messages.push({ text: `m${i}`, encrypted: await chain.encrypt(`m${i}`) })
+    }
+    const derive = vi.spyOn(crypto.subtle, 'deriveKey')
+    const report = await chain.changeRoot(passphraseRootKey({ passphrase: 'second phrase', iterations: FAST }))
+    expect(report).toMatchObject({ name: 'default-2', keks: 100, wrapped: 100, deleted: 100, rootKeyWraps: 100 })
+    expect(derive).toHaveBeenCalledTimes(1)
+    const renewed = await KeyChain.open({ rootKey: passphraseRootKey({ passphrase: 'second phrase', iterations: FAST }), store })
+    for (const m of messages) expect(text(await renewed.decrypt(m.encrypted))).toBe(m.text)
+    const before = await KeyChain.open({ rootKey: passphraseRootKey({ passphrase: 'first phrase', iterations: FAST }), store })
+    await expect(before.decrypt(messages[0]!.encrypted)).rejects.toMatchObject({ code: 'ERR_ROOT_KEY' })
+  })
 })

@@ -4,7 +4,7 @@
  * globalThis.kp that returns plain JSON to the test; ceremonies are counted by wrapping
  * navigator.credentials.get / create.
  */
-import { KeyChain, KmsProxyError, aesRootKey, kekAad, type RootKey } from '@kms-proxy/core'
+import { KeyChain, KmsProxyError, aesRootKey, kekAad, memoryStore, type RootKey } from '@kms-proxy/core'
 import { createHarness, describeRootKey } from '@kms-proxy/testkit'
 import { NO_PRF_MESSAGE, registerPrfCredential, registerPrfRootKey, webauthnRootKey, type PrfCredential } from '@kms-proxy/webauthn'
 
@@ -342,6 +342,52 @@ const kp = {
       }
     }
     return { errors, gets: counts.get - before, unlocked: root.unlocked }
+  },
+
+  /**
+   * A chain of n KEKs under an AES root gains two passkeys (addRoot), then a third made by
+   * registerPrfRootKey ("add another device"); each passkey alone then opens the chain.
+   * Ceremonies are counted at every step.
+   */
+  async addPasskeys(options: { a: PrfCredential; b: PrfCredential; n: number }) {
+    const store = memoryStore()
+    const chain = await KeyChain.open({ rootKey: aesRootKey(crypto.getRandomValues(new Uint8Array(32))), store })
+    const messages: Array<{ text: string; encrypted: string }> = []
+    for (let i = 0; i < options.n; i++) {
+      await chain.rotate()
+      if (i % 100 === 0 || i === options.n - 1) messages.push({ text: `m${i}`, encrypted: await chain.encryptText(`m${i}`) })
+    }
+    const gets: Record<string, number> = {}
+    const ms: Record<string, number> = {}
+    const step = async <T>(name: string, fn: () => Promise<T>): Promise<T> => {
+      const before = counts.get
+      const t0 = performance.now()
+      const out = await fn()
+      ms[name] = performance.now() - t0
+      gets[name] = counts.get - before
+      return out
+    }
+    const added = await step('addFirst', () => chain.addRoot('passkey', webauthnRootKey(options.a)))
+    const second = await step('addSecond', () => chain.addRoot('passkey-2', webauthnRootKey(options.b)))
+    const creates = counts.create
+    const { credential, rootKey } = await registerPrfRootKey({ rpName: 'kms-proxy test', userName: 'frank' })
+    const third = await step('addRegistered', () => chain.addRoot('passkey-3', rootKey))
+    const registerCreates = counts.create - creates
+    await step('rotateUnderAll', () => chain.rotate())
+    messages.push({ text: 'after', encrypted: await chain.encryptText('after') })
+    const roots = (await chain.listRoots()).map((r) => `${r.name}:${r.kind}:${r.state}`)
+    const opens: Record<string, boolean> = {}
+    for (const [name, cred] of [['passkey', options.a], ['passkey-2', options.b], ['passkey-3', credential]] as const) {
+      const alone = await KeyChain.open({ roots: { [name]: webauthnRootKey(cred) }, store })
+      const out = await step(`open:${name}`, async () => Promise.all(messages.map((m) => alone.decryptText(m.encrypted))))
+      opens[name] = out.every((t, i) => t === messages[i]!.text)
+    }
+    // both passkeys held, as a page that offers either: how many prompts the chain asks for
+    const both = await KeyChain.open({ roots: { passkey: webauthnRootKey(options.a), 'passkey-2': webauthnRootKey(options.b) }, store })
+    const bothOut = await step('open:both', async () => Promise.all(messages.map((m) => both.decryptText(m.encrypted))))
+    opens.both = bothOut.every((t, i) => t === messages[i]!.text)
+    const reports = [added, second, third].map((r) => ({ keks: r.keks, wrapped: r.wrapped, rootKeyWraps: r.rootKeyWraps }))
+    return { reports, gets, ms, registerCreates, roots, opens }
   },
 
   async contract(options: { cred: PrfCredential; other: PrfCredential }) {

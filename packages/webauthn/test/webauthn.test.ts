@@ -217,6 +217,20 @@ describe.skipIf(!existsSync(CHROMIUM))('webauthnRootKey in Chromium with a virtu
     expect(r).toEqual({ errors: ['TypeError', 'TypeError', 'TypeError', 'TypeError'], gets: 0, unlocked: false })
   })
 
+  it('in a chain: adding a passkey to 1,000 KEKs is one assertion, a second passkey another, a passkey from registerPrfRootKey none; each passkey alone opens the chain, both together with one prompt', async () => {
+    const r = await call(page, 'addPasskeys', { a: cred1, b: cred2, n: 1_000 })
+    expect(r.reports).toEqual([
+      { keks: 1_000, wrapped: 1_000, rootKeyWraps: 1_000 },
+      { keks: 1_000, wrapped: 1_000, rootKeyWraps: 1_000 },
+      { keks: 1_000, wrapped: 1_000, rootKeyWraps: 1_000 },
+    ])
+    expect(r.gets).toMatchObject({ addFirst: 1, addSecond: 1, addRegistered: 0, rotateUnderAll: 0, 'open:passkey': 1, 'open:passkey-2': 1, 'open:passkey-3': 1, 'open:both': 1 })
+    expect(r.registerCreates).toBe(1)
+    expect(r.roots).toEqual(['default:aes:active', 'passkey:webauthn-prf:active', 'passkey-2:webauthn-prf:active', 'passkey-3:webauthn-prf:active'])
+    expect(r.opens).toEqual({ passkey: true, 'passkey-2': true, 'passkey-3': true, both: true })
+    measured.addRoot1000Ms = Math.round(r.ms.addFirst)
+  })
+
   it('passes describeRootKey (collect mode, inside the page)', async () => {
     const { results, ceremonies } = await call<{ results: Array<{ name: string; ok: boolean; error?: string; ms: number }>; ceremonies: number }>(
       page,
