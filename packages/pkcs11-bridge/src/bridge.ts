@@ -10,6 +10,7 @@
  */
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
 import { RootKeyError, fromBase64, toBase64 } from '@kms-proxy/core'
+import { PKCS11_DATA_KEY_TAG } from '@kms-proxy/pkcs11'
 import { callersFrom, parseKekAad, type Pkcs11BridgeToken } from './callers.js'
 import { clearStaleSocket, listenOnSocket, type PlacedSocket } from './socket.js'
 import { TokenKey, checkKeyOptions, checkWrapped, failureOf, type Pkcs11KeyOptions, type TokenFailure } from './token-key.js'
@@ -68,7 +69,7 @@ export interface Pkcs11BridgeOptions extends Pkcs11KeyOptions {
    */
   maxBodyBytes?: number
   /**
-   * Receives one line per generate, unwrap and refusal:
+   * Receives one line per generate, datakey, unwrap and refusal:
    * `unwrap chain="payments" kek=0badf00d caller=payments-svc result=ok`. Never a token, the PIN
    * or key bytes.
    *
@@ -97,7 +98,7 @@ function answers(keyLabel: string, maxBody: number): Record<Refusal | TokenFailu
   return {
     unauthorized: [401, 'missing or wrong bearer token'],
     forbidden: [403, 'this token may not use this key chain'],
-    not_found: [404, 'POST /v1/generate or /v1/unwrap'],
+    not_found: [404, 'POST /v1/generate, /v1/datakey or /v1/unwrap'],
     too_large: [413, `the request body is over ${maxBody} bytes`],
     bad_request: [400, 'expected JSON with base64 fields aad (and wrapped for /v1/unwrap)'],
     // The key label is the bridge's own setting, needed to put the key back; not the token's.
@@ -209,7 +210,8 @@ export async function startPkcs11Bridge(options: Pkcs11BridgeOptions): Promise<P
       return refuse(res, 'unauthorized', true)
     }
     const path = (req.url ?? '').split('?')[0]
-    if (req.method !== 'POST' || (path !== '/v1/generate' && path !== '/v1/unwrap')) return refuse(res, 'not_found', true)
+    const verb = path === '/v1/generate' ? 'generate' : path === '/v1/datakey' ? 'datakey' : path === '/v1/unwrap' ? 'unwrap' : undefined
+    if (req.method !== 'POST' || verb === undefined) return refuse(res, 'not_found', true)
     const declared = Number(req.headers['content-length'] ?? 0)
     if (declared > maxBodyBytes) return refuse(res, 'too_large', true)
     const body = await readBody(req, maxBodyBytes)
@@ -221,12 +223,12 @@ export async function startPkcs11Bridge(options: Pkcs11BridgeOptions): Promise<P
       const json = JSON.parse(body.toString('utf8')) as Record<string, unknown>
       // fromBase64 refuses a non-string too
       aad = fromBase64(json.aad as string)
-      if (path === '/v1/unwrap') wrapped = fromBase64(json.wrapped as string)
+      if (verb === 'unwrap') wrapped = fromBase64(json.wrapped as string)
     } catch {
       return refuse(res, 'bad_request')
     }
     const named = parseKekAad(aad)
-    const entry = `${wrapped ? 'unwrap' : 'generate'} ${named ? `chain=${JSON.stringify(named.chain)} kek=${hex8(named.kekId)}` : 'chain=- kek=-'} caller=${caller.name}`
+    const entry = `${verb} ${named ? `chain=${JSON.stringify(named.chain)} kek=${hex8(named.kekId)}` : 'chain=- kek=-'} caller=${caller.name}`
     if (caller.allows && !(named && caller.allows(named.chain))) {
       log(`${entry} result=forbidden`)
       return refuse(res, 'forbidden')
@@ -239,16 +241,21 @@ export async function startPkcs11Bridge(options: Pkcs11BridgeOptions): Promise<P
         return send(res, 400, { error: 'bad_request', message: (error as Error).message })
       }
     }
-    let kek: Buffer | undefined
+    let secret: Buffer | undefined
     try {
       let result: Record<string, string>
       if (wrapped) {
-        kek = tokenKey.unwrap(wrapped, aad)
-        result = { kek: toBase64(kek) }
+        secret = tokenKey.unwrap(wrapped, aad)
+        // A sealed data key (wrapKek's envelope, tag 0x32) answers as `key`, a sealed KEK as `kek`.
+        result = { [wrapped[0] === PKCS11_DATA_KEY_TAG ? 'key' : 'kek']: toBase64(secret) }
+      } else if (verb === 'datakey') {
+        const made = tokenKey.generateDataKey(aad)
+        secret = made.key
+        result = { key: toBase64(secret), wrapped: toBase64(made.wrapped) }
       } else {
         const made = tokenKey.generate(aad)
-        kek = made.kek
-        result = { kek: toBase64(kek), wrapped: toBase64(made.wrapped) }
+        secret = made.kek
+        result = { kek: toBase64(secret), wrapped: toBase64(made.wrapped) }
       }
       log(`${entry} result=ok`)
       send(res, 200, result)
@@ -259,7 +266,7 @@ export async function startPkcs11Bridge(options: Pkcs11BridgeOptions): Promise<P
       log(`${entry} result=${failure}${detail}`)
       refuse(res, failure)
     } finally {
-      kek?.fill(0) // the base64 string in the answer cannot be zeroed; it is dropped with the response
+      secret?.fill(0) // the base64 string in the answer cannot be zeroed; it is dropped with the response
     }
   }
 

@@ -6,15 +6,10 @@
 import { createHash, timingSafeEqual } from 'node:crypto'
 import * as graphene from 'graphene-pk11'
 import { RootKeyError, importKekBytes, type NewKek, type RootKey } from '@kms-proxy/core'
-import { PKCS11_WRAPPED_LENGTH, PKCS11_WRAP_TAG } from '@kms-proxy/pkcs11'
+import { PKCS11_DATA_KEY_TAG, PKCS11_WRAP_TAG, checkPkcs11Wrapped, pkcs11Wrapping } from '@kms-proxy/pkcs11'
 
-/** Throws unless `wrapped` has the shape of a KEK wrapped by a PKCS#11 root (docs/FORMAT.md). */
-export function checkWrapped(wrapped: unknown): asserts wrapped is Uint8Array {
-  if (!(wrapped instanceof Uint8Array) || wrapped[0] !== PKCS11_WRAP_TAG) {
-    throw new RootKeyError('this KEK was not wrapped by a PKCS#11 root key')
-  }
-  if (wrapped.length !== PKCS11_WRAPPED_LENGTH) throw new RootKeyError('wrapped KEK has the wrong length')
-}
+/** Throws unless `wrapped` is a KEK (0x30) or a data key (0x32) sealed by a PKCS#11 key (docs/FORMAT.md). */
+export const checkWrapped: (wrapped: unknown) => asserts wrapped is Uint8Array = checkPkcs11Wrapped
 
 /** Options of {@link pkcs11RootKey}, and the token part of the bridge's options. */
 export interface Pkcs11KeyOptions {
@@ -36,6 +31,8 @@ export interface Pkcs11KeyOptions {
 
 const GCM_IV_BYTES = 12
 const KEK_BYTES = 16
+/** A data key (wrapKek's envelope): AES-256, as the token's own key. */
+const DATA_KEY_BYTES = 32
 const WHAT = 'the PKCS#11 token'
 
 // ------------------------------------------------------------------------------- PKCS#11 side
@@ -231,37 +228,57 @@ export class TokenKey {
     }
   }
 
-  /** A fresh KEK from the token's RNG and its wrapped form. The caller zeroes `kek`. */
+  /** A fresh KEK from the token's RNG and its wrapped form (0x30). The caller zeroes `kek`. */
   generate(aad: Uint8Array): { kek: Buffer; wrapped: Uint8Array<ArrayBuffer> } {
-    return this.#withKey('generate a KEK', (session, key) => {
-      const kek = session.generateRandom(KEK_BYTES)
+    const { secret, wrapped } = this.#generate(PKCS11_WRAP_TAG, KEK_BYTES, aad, 'generate a KEK')
+    return { kek: secret, wrapped }
+  }
+
+  /** A fresh 32-byte data key from the token's RNG and its sealed form (0x32), for wrapKek. The caller zeroes `key`. */
+  generateDataKey(aad: Uint8Array): { key: Buffer; wrapped: Uint8Array<ArrayBuffer> } {
+    const { secret, wrapped } = this.#generate(PKCS11_DATA_KEY_TAG, DATA_KEY_BYTES, aad, 'generate a data key')
+    return { key: secret, wrapped }
+  }
+
+  /**
+   * The GCM AAD the token binds: the chain's AAD for a KEK (0x30, as ever), the tag and the AAD for
+   * a data key, so that a sealed data key is never taken for a sealed KEK (its length differs too).
+   */
+  static #gcmAad(tag: number, aad: Uint8Array): Buffer {
+    return tag === PKCS11_WRAP_TAG ? Buffer.from(aad) : Buffer.concat([Buffer.from([tag]), aad])
+  }
+
+  #generate(tag: number, length: number, aad: Uint8Array, what: string): { secret: Buffer; wrapped: Uint8Array<ArrayBuffer> } {
+    return this.#withKey(what, (session, key) => {
+      const secret = session.generateRandom(length)
       try {
         const iv = session.generateRandom(GCM_IV_BYTES)
-        const params = new graphene.AesGcmParams(iv, Buffer.from(aad), 128)
-        const sealed = session.createCipher({ name: 'AES_GCM', params }, key).once(kek, Buffer.alloc(KEK_BYTES + 16))
+        const params = new graphene.AesGcmParams(iv, TokenKey.#gcmAad(tag, aad), 128)
+        const sealed = session.createCipher({ name: 'AES_GCM', params }, key).once(secret, Buffer.alloc(length + 16))
         const wrapped = new Uint8Array(1 + GCM_IV_BYTES + sealed.length)
-        wrapped[0] = PKCS11_WRAP_TAG
+        wrapped[0] = tag
         wrapped.set(iv, 1)
         wrapped.set(sealed, 1 + GCM_IV_BYTES)
-        return { kek, wrapped }
+        return { secret, wrapped }
       } catch (error) {
-        kek.fill(0)
+        secret.fill(0)
         throw error
       }
     })
   }
 
-  /** The KEK inside `wrapped`. The caller zeroes it. */
+  /** The KEK (0x30) or data key (0x32) inside `wrapped`. The caller zeroes it. */
   unwrap(wrapped: Uint8Array, aad: Uint8Array): Buffer {
     checkWrapped(wrapped)
+    const length = wrapped[0] === PKCS11_WRAP_TAG ? KEK_BYTES : DATA_KEY_BYTES
     return this.#withKey('unwrap a KEK', (session, key) => {
       const iv = Buffer.from(wrapped.subarray(1, 1 + GCM_IV_BYTES))
-      const params = new graphene.AesGcmParams(iv, Buffer.from(aad), 128)
-      const out = Buffer.alloc(KEK_BYTES + 16)
+      const params = new graphene.AesGcmParams(iv, TokenKey.#gcmAad(wrapped[0]!, aad), 128)
+      const out = Buffer.alloc(length + 16)
       try {
-        const kek = session.createDecipher({ name: 'AES_GCM', params }, key).once(Buffer.from(wrapped.subarray(1 + GCM_IV_BYTES)), out)
-        if (kek.length !== KEK_BYTES) throw new Error('CKR_ENCRYPTED_DATA_LEN_RANGE')
-        return Buffer.from(kek) // a copy the caller zeroes; the work buffer is zeroed below
+        const secret = session.createDecipher({ name: 'AES_GCM', params }, key).once(Buffer.from(wrapped.subarray(1 + GCM_IV_BYTES)), out)
+        if (secret.length !== length) throw new Error('CKR_ENCRYPTED_DATA_LEN_RANGE')
+        return Buffer.from(secret) // a copy the caller zeroes; the work buffer is zeroed below
       } catch (error) {
         const code = ckr(error)
         if (code && (KEY_LOST.has(code) || SESSION_LOST.has(code))) throw error
@@ -336,9 +353,14 @@ export function pkcs11RootKey(options: Pkcs11KeyOptions): RootKey & {
       const { kek, wrapped } = open().generate(aad)
       return { kek: await importKekBytes(bytesOf(kek), what), wrapped }
     },
-    async unwrapKek(wrapped, aad) {
-      return importKekBytes(bytesOf(open().unwrap(wrapped, aad)), what)
-    },
+    ...pkcs11Wrapping({
+      who: what,
+      async dataKey(aad) {
+        const { key, wrapped } = open().generateDataKey(aad)
+        return { key: bytesOf(key), wrapped }
+      },
+      unwrap: async (wrapped, aad) => bytesOf(open().unwrap(wrapped, aad)),
+    }),
     close() {
       token?.close()
       token = undefined

@@ -516,6 +516,27 @@ describe('tokens scoped to chain names', () => {
     for (const s of [...TOKENS, PIN, kek]) expect(all).not.toContain(s)
   })
 
+  it('/v1/datakey (the envelope of wrapKek): scoped like generate, logged, and its sealed data key unwraps as `key` only under its AAD, never as a KEK', async () => {
+    const target = { url: urls[0]! }
+    const aad = b64(kekAad('payments', 0x0da7a6e1))
+    const made = await post(target, '/v1/datakey', PAYMENTS, { aad })
+    expect(made.status).toBe(200)
+    const { key, wrapped } = JSON.parse(made.text) as { key: string; wrapped: string }
+    expect([Buffer.from(key, 'base64').length, Buffer.from(wrapped, 'base64').length, Buffer.from(wrapped, 'base64')[0]]).toEqual([32, 61, 0x32])
+    expect((await post(target, '/v1/datakey', ORDERS, { aad })).status).toBe(403)
+    const opened = await post(target, '/v1/unwrap', PAYMENTS, { aad, wrapped })
+    expect([opened.status, JSON.parse(opened.text)]).toEqual([200, { key }])
+    expect((await post(target, '/v1/unwrap', PAYMENTS, { aad: b64(kekAad('payments', 0x0da7a6e2)), wrapped })).status).toBe(422)
+    // Relabelled as a sealed KEK (0x30): refused by its length before the token is asked.
+    const relabelled = Buffer.from(wrapped, 'base64')
+    relabelled[0] = 0x30
+    expect((await post(target, '/v1/unwrap', PAYMENTS, { aad, wrapped: relabelled.toString('base64') })).status).toBe(400)
+    await new Promise((r) => setTimeout(r, 100)) // the child's stdout is a pipe
+    const logs = main.logs()
+    for (const line of ['datakey chain="payments" kek=0da7a6e1 caller=payments-svc result=ok', 'datakey chain="payments" kek=0da7a6e1 caller=orders-svc result=forbidden', 'unwrap chain="payments" kek=0da7a6e1 caller=payments-svc result=ok']) expect(logs).toContain(line)
+    expect(logs.join('\n')).not.toContain(key)
+  })
+
   it('bad token options are TypeError before the token is opened; a token is never shown', async () => {
     // A module that does not exist: a case that passed the checks would fail loudly, not open a token.
     const ok = { module: '/nonexistent/libpkcs11.so', tokenLabel: 'never-opened', pin: PIN, keyLabel: 'k' }

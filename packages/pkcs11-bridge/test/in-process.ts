@@ -51,6 +51,7 @@ describeRootKey(t, {
   make: () => pkcs11RootKey({ ...base, keyLabel: 'in-process-a', createKey: true }),
   other: () => pkcs11RootKey({ ...base, keyLabel: 'in-process-b', createKey: true }),
   secrets: [PIN],
+  wrapKek: true,
 })
 
 // Now this process is logged in: C_Login answers CKR_USER_ALREADY_LOGGED_IN and the PIN check is ours.
@@ -137,6 +138,11 @@ t.test('the bridge over a Unix socket (mode 0600): pkcs11BridgeRootKey with a no
     const viaBridge = await root.newKek(aad)
     await local.unwrapKek(viaBridge.wrapped, aad)
     await root.unwrapKek((await local.newKek(aad)).wrapped, aad)
+    // wrapKek's envelope too, both ways, and extractable only when asked.
+    const kek = await local.unwrapKek(viaBridge.wrapped, aad, { extractable: true })
+    t.equal(kek.extractable, true, 'extractable when asked:')
+    t.equal((await local.unwrapKek(await root.wrapKek!(kek, aad), aad)).extractable, false, 'the bridge\'s envelope, unwrapped in process, extractable:')
+    t.equal((await root.unwrapKek(await local.wrapKek!(kek, aad), aad, { extractable: true })).extractable, true, 'the in-process envelope, unwrapped through the bridge when asked, extractable:')
     await t.rejects(pkcs11BridgeRootKey({ url: bridge.url, token: bearer(), fetch: unixFetch(socketPath) }).newKek(aad), typed(/the PKCS#11 bridge refused the token/))
   } finally {
     await bridge.close()

@@ -22,7 +22,7 @@
  * @packageDocumentation
  * @module @kms-proxy/pkcs11
  */
-import { HttpExchangeError, RootKeyError, importKekBytes, checkServerUrl, fromBase64, httpWithRetry, toBase64, type NewKek, type RootKey } from '@kms-proxy/core'
+import { HttpExchangeError, RootKeyError, importKekBytes, checkServerUrl, fromBase64, httpWithRetry, openSealedKek, sealKek, toBase64, type NewKek, type RootKey, type UnwrapKekOptions } from '@kms-proxy/core'
 
 /** Options of {@link pkcs11BridgeRootKey}. */
 export interface Pkcs11BridgeRootKeyOptions {
@@ -74,7 +74,92 @@ export const PKCS11_WRAP_TAG = 0x30
 /** Length of a wrapped KEK: tag, 12-byte IV, 16-byte KEK, 16-byte GCM tag. */
 export const PKCS11_WRAPPED_LENGTH = 1 + 12 + 16 + 16
 
-/** Throws unless `wrapped` has the shape of a KEK wrapped by a PKCS#11 root. */
+/** First byte of a 32-byte data key sealed by the PKCS#11 key: `0x32 || iv (12) || ciphertext (32) || tag (16)`. */
+export const PKCS11_DATA_KEY_TAG = 0x32
+/** Length of a sealed data key: tag, 12-byte IV, 32-byte data key, 16-byte GCM tag. */
+export const PKCS11_WRAPPED_DATA_KEY_LENGTH = 1 + 12 + 32 + 16
+/** First byte of `wrapKek`'s envelope form: a data key sealed by the token wraps an existing KEK. */
+export const PKCS11_ENVELOPE_TAG = 0x31
+/**
+ * Length of the envelope form: tag, u16 length (61), the sealed data key (61), iv (12), the KEK
+ * sealed by the data key in WebCrypto (16 + 16 tag).
+ */
+export const PKCS11_ENVELOPE_LENGTH = 3 + PKCS11_WRAPPED_DATA_KEY_LENGTH + 12 + 16 + 16
+
+/** Throws unless `wrapped` has the shape of a KEK (tag 0x30) or a data key (tag 0x32) sealed by a PKCS#11 key. */
+export function checkPkcs11Wrapped(wrapped: unknown): asserts wrapped is Uint8Array {
+  if (!(wrapped instanceof Uint8Array) || (wrapped[0] !== PKCS11_WRAP_TAG && wrapped[0] !== PKCS11_DATA_KEY_TAG)) {
+    throw new RootKeyError('this KEK was not wrapped by a PKCS#11 root key')
+  }
+  if (wrapped.length !== (wrapped[0] === PKCS11_WRAP_TAG ? PKCS11_WRAPPED_LENGTH : PKCS11_WRAPPED_DATA_KEY_LENGTH)) throw new RootKeyError('wrapped KEK has the wrong length')
+}
+
+/** What the token does for a PKCS#11 root key, through the bridge or in process: each function is one token operation. */
+export interface Pkcs11TokenCalls {
+  /** The root's name in messages. */
+  who: string
+  /** A fresh 32-byte data key from the token's RNG and its sealed form (tag 0x32), bound to `aad`. The caller zeroes `key`. */
+  dataKey(aad: Uint8Array): Promise<{ key: Uint8Array<ArrayBuffer>; wrapped: Uint8Array }>
+  /** What a sealed KEK (0x30) or data key (0x32) holds, checked against `aad`. The caller zeroes it. */
+  unwrap(wrapped: Uint8Array, aad: Uint8Array): Promise<Uint8Array<ArrayBuffer>>
+}
+
+/** Imports a data key non-extractable for one usage, and zeroes `bytes` whatever happens. */
+async function importDataKey(bytes: Uint8Array<ArrayBuffer>, usage: 'wrapKey' | 'unwrapKey', who: string): Promise<CryptoKey> {
+  try {
+    if (bytes.length !== 32) throw new RootKeyError(`${who} returned a ${bytes.length * 8}-bit data key; expected 256`)
+    return await crypto.subtle.importKey('raw', bytes, 'AES-GCM', false, [usage])
+  } finally {
+    bytes.fill(0) // as KEK bytes (invariant 1 b): in JavaScript only for the length of this call
+  }
+}
+
+/**
+ * `unwrapKek` (both forms) and `wrapKek` of a PKCS#11 root key, one token operation each; used by
+ * {@link pkcs11BridgeRootKey} and by `pkcs11RootKey` of `@kms-proxy/pkcs11-bridge`. `wrapKek`
+ * never exports the KEK: the token seals a fresh AES-256 data key (its RNG, `CKM_AES_GCM`), and
+ * the data key, imported non-extractable with its bytes zeroed, wraps the KEK inside WebCrypto.
+ * Output: `0x31 || 0x003d || sealed data key (61) || iv (12) || AES-256-GCM(data key, iv, KEK, aad)`,
+ * {@link PKCS11_ENVELOPE_LENGTH} bytes.
+ */
+export function pkcs11Wrapping(token: Pkcs11TokenCalls): Pick<Required<RootKey>, 'unwrapKek' | 'wrapKek'> {
+  const { who } = token
+  return {
+    async unwrapKek(wrapped: Uint8Array, aad: Uint8Array, options?: UnwrapKekOptions): Promise<CryptoKey> {
+      // Extractable only when the chain re-wraps this KEK under another root (addRoot,
+      // changeRoot): subtle.wrapKey needs it; the KEK's bytes still never reach JavaScript.
+      const extractable = options?.extractable === true
+      if (!(wrapped instanceof Uint8Array) || wrapped[0] !== PKCS11_ENVELOPE_TAG) {
+        checkWrapped(wrapped)
+        return importKekBytes(await token.unwrap(wrapped, aad), who, extractable)
+      }
+      const end = 3 + PKCS11_WRAPPED_DATA_KEY_LENGTH
+      if (wrapped.length !== PKCS11_ENVELOPE_LENGTH || ((wrapped[1]! << 8) | wrapped[2]!) !== PKCS11_WRAPPED_DATA_KEY_LENGTH || wrapped[3] !== PKCS11_DATA_KEY_TAG) {
+        throw new RootKeyError('wrapped KEK has the wrong length')
+      }
+      const dataKey = await importDataKey(await token.unwrap(wrapped.subarray(3, end), aad), 'unwrapKey', who)
+      return openSealedKek(dataKey, wrapped.subarray(end), aad, extractable)
+    },
+    async wrapKek(kek: CryptoKey, aad: Uint8Array): Promise<Uint8Array> {
+      // Checked before the token is asked: subtle.wrapKey would refuse it after a data key was made.
+      if (!(kek instanceof CryptoKey) || !kek.extractable || (kek.algorithm as { name?: string }).name !== 'AES-GCM') {
+        throw new TypeError('kek: expected an extractable AES-GCM CryptoKey (as the chain hands one to wrapKek)')
+      }
+      const { key, wrapped } = await token.dataKey(aad)
+      if (wrapped.length !== PKCS11_WRAPPED_DATA_KEY_LENGTH || wrapped[0] !== PKCS11_DATA_KEY_TAG) {
+        key.fill(0)
+        throw new RootKeyError(`${who} returned a malformed sealed data key`)
+      }
+      const dataKey = await importDataKey(key, 'wrapKey', who)
+      const head = new Uint8Array(3 + wrapped.length)
+      head.set([PKCS11_ENVELOPE_TAG, wrapped.length >> 8, wrapped.length & 0xff])
+      head.set(wrapped, 3)
+      return sealKek(dataKey, kek, aad, head)
+    },
+  }
+}
+
+/** Throws unless `wrapped` has the shape of a KEK wrapped by a PKCS#11 root (newKek's form). */
 function checkWrapped(wrapped: unknown): asserts wrapped is Uint8Array {
   if (!(wrapped instanceof Uint8Array) || wrapped[0] !== PKCS11_WRAP_TAG) {
     throw new RootKeyError('this KEK was not wrapped by a PKCS#11 root key')
@@ -127,7 +212,7 @@ export function pkcs11BridgeRootKey(options: Pkcs11BridgeRootKeyOptions): RootKe
   const token = options.token
   const retry = { timeoutMs: options.timeoutMs ?? 10_000, retries: options.retries ?? 3, backoffMs: options.backoffMs ?? 100, fetch: options.fetch }
 
-  async function call(path: 'generate' | 'unwrap', payload: Record<string, string>): Promise<Record<string, unknown>> {
+  async function call(path: 'generate' | 'unwrap' | 'datakey', payload: Record<string, string>): Promise<Record<string, unknown>> {
     const body = JSON.stringify(payload)
     const init = () => ({ method: 'POST', body, headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` } })
     let answer
@@ -161,11 +246,19 @@ export function pkcs11BridgeRootKey(options: Pkcs11BridgeRootKeyOptions): RootKe
       checkWrapped(wrapped)
       return { kek, wrapped }
     },
-    async unwrapKek(wrapped, aad) {
-      checkWrapped(wrapped)
-      const out = await call('unwrap', { wrapped: toBase64(wrapped), aad: toBase64(aad) })
-      return importKekBytes(bytes(out.kek, 'kek'), WHAT)
-    },
+    ...pkcs11Wrapping({
+      who: WHAT,
+      async dataKey(aad) {
+        const out = await call('datakey', { aad: toBase64(aad) })
+        const wrapped = bytes(out.wrapped, 'wrapped') // first: if it is unreadable, no key bytes were decoded
+        return { wrapped, key: bytes(out.key, 'key') }
+      },
+      async unwrap(wrapped, aad) {
+        const out = await call('unwrap', { wrapped: toBase64(wrapped), aad: toBase64(aad) })
+        // The bridge names what it unwrapped: a KEK (0x30) or a data key (0x32).
+        return wrapped[0] === PKCS11_DATA_KEY_TAG ? bytes(out.key, 'key') : bytes(out.kek, 'kek')
+      },
+    }),
     toString: () => '[RootKey pkcs11-bridge]',
     toJSON: () => ({ kind: 'pkcs11-bridge', url: base.origin + base.pathname }),
   } as RootKey

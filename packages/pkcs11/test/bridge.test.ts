@@ -7,10 +7,11 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { ChildProcess } from 'node:child_process'
 import { createServer } from 'node:net'
 import { createServer as createHttpServer, type Server, type ServerResponse } from 'node:http'
-import { KeyChain, KmsProxyError, memoryStore } from '@kms-proxy/core'
+import { KeyChain, KmsProxyError, kekAad, memoryStore } from '@kms-proxy/core'
 import { createHarness, describeRootKey } from '@kms-proxy/testkit'
 import { pkcs11BridgeRootKey } from '../src/index.ts'
 import { MODULE, PIN, TOKEN_LABEL, bearer, makeToken, readLine, spawnTs, type TestToken } from '../../pkcs11-bridge/test/hsm.ts'
+import { expectWrapKek, extractableOfNewKekForm, wrapKekOneCallEach } from '../../kms/test/chain.ts'
 
 const TOKEN = bearer()
 let hsm: TestToken
@@ -108,6 +109,7 @@ describeRootKey(createHarness(it), {
   make: () => root(0),
   other: () => root(1),
   secrets: [TOKEN, PIN],
+  wrapKek: true,
 })
 
 describe('the PKCS#11 bridge through a key chain', () => {
@@ -255,5 +257,22 @@ describe('clear, typed errors from the client', () => {
     expect(String(r)).toBe('[RootKey pkcs11-bridge]')
     expect(JSON.stringify(r)).not.toContain(TOKEN)
     expect(JSON.parse(JSON.stringify(r)).kind).toBe('pkcs11-bridge')
+  })
+})
+
+describe('wrapKek of an existing KEK through the bridge (a second root of a chain)', () => {
+  it('unwrapKek of the newKek form gives a non-extractable KEK, an extractable one only with { extractable: true }', async () => {
+    expect(await extractableOfNewKekForm(root())).toEqual([false, true])
+  })
+
+  it('wrapKek makes one /v1/datakey call and unwrapKek one /v1/unwrap; the KEK is never exported nor sent; 108 bytes', async () => {
+    const run = await wrapKekOneCallEach((f) => root(0, { fetch: f }), calls, countingFetch)
+    expect(expectWrapKek(run, { wrap: ['datakey'], unwrap: ['unwrap'], tag: 0x31 })).toBe(108)
+    // The token sealed a 32-byte data key (0x32): it is not a KEK form and is refused as one.
+    const sealedDataKey = run.wrapped.subarray(3, 64)
+    expect(sealedDataKey[0]).toBe(0x32)
+    await rootKeyError(root().unwrapKek(sealedDataKey, kekAad('wrap-kek', 7)), /not wrapped by a PKCS#11 root key/)
+    // Another key on the token (bridge B) cannot open it.
+    await rootKeyError(root(1).unwrapKek(run.wrapped, kekAad('wrap-kek', 7)), /could not unwrap this KEK/)
   })
 })
