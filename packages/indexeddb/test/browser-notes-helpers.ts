@@ -46,9 +46,22 @@ export function readAtRest(page: Page): Promise<AtRest> {
   })
 }
 
-/** The ids of the KEK records at rest. */
-export const kekIds = (atRest: AtRest): number[] =>
-  atRest.records.filter((r) => r.db === 'kms-proxy:browser-notes' && Array.isArray(r.key) && r.key[1] === 'kek').map((r) => (r.key as [string, string, number])[2])
+/** Every wrap of a KEK at rest, one per (KEK, root): `[chain, 'kek', id]` for the root 'default', `[chain, 'kek-wrap', id, root]` for the others. */
+export function kekWraps(atRest: AtRest): Array<{ id: number; root: string; rootKind: string; wrapped: number[] }> {
+  return atRest.records
+    .filter((r) => r.db === 'kms-proxy:browser-notes' && Array.isArray(r.key) && (r.key[1] === 'kek' || r.key[1] === 'kek-wrap'))
+    .map((r) => {
+      const key = r.key as [string, string, number, string?]
+      return { id: key[2], root: key[3] ?? 'default', rootKind: r.value.rootKind, wrapped: r.value.wrapped.bytes }
+    })
+}
+
+/** The ids of the KEKs at rest (each once, whatever the number of roots wrapping it). */
+export const kekIds = (atRest: AtRest): number[] => [...new Set(kekWraps(atRest).map((w) => w.id))]
+
+/** The roots the chain head lists ({ name, kind, state }), or undefined for a head of one root. */
+export const headRoots = (atRest: AtRest): Array<{ name: string; kind: string; state: string }> | undefined =>
+  atRest.records.find((r) => r.db === 'kms-proxy:browser-notes' && JSON.stringify(r.key) === '["notes","head"]')?.value.head.roots
 
 export interface Layout {
   /** document.documentElement's scrollWidth and clientWidth */

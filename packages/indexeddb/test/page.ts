@@ -3,8 +3,8 @@
 import { KeyChain, aesRootKey } from '@kms-proxy/core'
 import { createHarness, describeStore } from '@kms-proxy/testkit'
 import { indexedDbStore } from '@kms-proxy/indexeddb'
-import { createStore, get, set } from 'idb-keyval'
-import { describeSeveralRoots } from '../../kv/test/several-roots.ts'
+import { describeRootsChain, type RootsChainMeasured } from '../../kv/test/roots-chain.ts'
+import { createStore, get, set, type UseStore } from 'idb-keyval'
 
 const ROOT = Uint8Array.from({ length: 32 }, (_, i) => (i * 7 + 1) & 0xff)
 const unique = () => `t-${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}`
@@ -23,13 +23,9 @@ const kp = {
     return t.run()
   },
 
-  /** Several roots per chain: the interim contract, the key layout, records written before, malformed heads. */
+  /** Several roots per chain, what describeStore does not cover: the key layout, records written before, malformed heads. */
   async roots() {
     const t = createHarness()
-    describeSeveralRoots(t, 'indexeddb', async () => {
-      const name = unique()
-      return { store: indexedDbStore({ name }), another: () => indexedDbStore({ name }) }
-    })
     t.test("indexeddb: the 'default' record stays at [chain, 'kek', id] with no root field; other roots at [chain, 'kek-wrap', id, root]", async () => {
       const name = unique()
       const store = indexedDbStore({ name })
@@ -38,7 +34,7 @@ const kp = {
       t.equal(await store.putKekIfAbsent('c', { id: 5, createdAt: 1, rootKind: 'aes', wrapped, root: 'default' }), true)
       t.equal(await store.putKekIfAbsent('c', { id: 5, createdAt: 1, rootKind: 'kms', wrapped, root: 'recovery' }), true)
       t.equal(await store.putKekIfAbsent('c', { id: 50, createdAt: 2, rootKind: 'kms', wrapped, root: 'recovery' }), true)
-      const keys = await raw('readonly', (s) => new Promise<IDBValidKey[]>((resolve) => { const r = s.getAllKeys(); r.onsuccess = () => resolve(r.result) }))
+      const keys = await idbKeys(raw)
       t.equal(keys.map((k) => JSON.stringify(k)).sort().join(' '), '["c","kek",5] ["c","kek-wrap",5,"recovery"] ["c","kek-wrap",50,"recovery"]', 'keys:')
       t.equal(Object.keys((await get(['c', 'kek', 5], raw)) ?? {}).sort().join(','), 'createdAt,id,rootKind,v,wrapped', 'default value fields:')
       t.equal((await get(['c', 'kek-wrap', 5, 'recovery'], raw)).root, 'recovery', 'named value root:')
@@ -65,7 +61,19 @@ const kp = {
         await t.rejects(store.casHead(`d${i}`, undefined, value as never), (e) => t.equal((e as { code?: string }).code, 'ERR_STORE', `write ${i}:`))
       }
     })
-    return t.run()
+    let roots: RootsChainMeasured | undefined
+    describeRootsChain(
+      t,
+      'indexeddb',
+      async () => {
+        const name = unique()
+        const raw = createStore(`kms-proxy:${name}`, 'keys')
+        const keys = async () => (await idbKeys(raw)).map((k) => JSON.stringify(k))
+        return { store: indexedDbStore({ name }), another: () => indexedDbStore({ name }), keys }
+      },
+      (m) => (roots = m),
+    )
+    return { results: await t.run(), roots }
   },
 
   /** One tab's share of the put-if-absent race: puts KEKs 1..count under `root`, all at once, after meeting the other tab. */
@@ -148,6 +156,9 @@ const kp = {
     return { casMs: median(cas), putMs: median(put), defaultDurabilitySetMs: median(relaxed) }
   },
 }
+
+/** Every key of an object store, as IndexedDB keeps it. */
+const idbKeys = (raw: UseStore) => raw('readonly', (s) => new Promise<IDBValidKey[]>((resolve) => (s.getAllKeys().onsuccess = (e) => resolve((e.target as IDBRequest<IDBValidKey[]>).result))))
 
 /**
  * Tabs `a` and `b` meet over a BroadcastChannel: each waits to hear from the other (a wall-clock

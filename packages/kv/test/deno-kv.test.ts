@@ -51,7 +51,7 @@ it('Deno: describeStore(denoKvStore) on Deno.openKv files, built packages, all p
   const { results } = await runDeno(['contract', dir])
   const failed = results.filter((r: any) => !r.ok).map((r: any) => `${r.name}: ${r.error}`)
   expect(failed).toEqual([])
-  expect(results.length).toBe(12)
+  expect(results.length).toBe(17)
   console.log(`deno: ${results.length} tests passed:\n  ${results.map((r: any) => `${r.name} (${r.ms} ms)`).join('\n  ')}`)
 }, 60_000)
 

@@ -5,13 +5,14 @@ import { Miniflare } from 'miniflare'
 import { KeyChain, KmsProxyError, aesRootKey } from '@kms-proxy/core'
 import { workersKvStore, type WorkersKvNamespace } from '../src/index.ts'
 import { locationView } from './workerd/kv-behaviour.ts'
+import type { RootsChainMeasured } from './roots-chain.ts'
 
 /** Miniflare's KV binding as seen from Node (its types need @cloudflare/workers-types, not installed). */
 type NodeKv = { list(options?: { prefix?: string; cursor?: string }): Promise<{ keys: Array<{ name: string }>; list_complete: boolean; cursor?: string }>; get(key: string, type: 'text'): Promise<string | null>; put(key: string, value: string): Promise<unknown>; delete(key: string): Promise<unknown> }
 
 const root = join(import.meta.dirname, '..', '..', '..')
 let mf: Miniflare
-let output: { results: Array<{ name: string; ok: boolean; ms: number; error?: string }>; measurements: unknown[] }
+let output: { results: Array<{ name: string; ok: boolean; ms: number; error?: string }>; measurements: unknown[]; roots?: RootsChainMeasured }
 
 beforeAll(async () => {
   // The repo's tsconfig paths map @kms-proxy/* to the sources; esbuild reads them (tsconfigRaw left default).
@@ -60,6 +61,19 @@ it('the records are really in the KV namespace, read from Node through Miniflare
   const records = await workersKvStore(kv, { prefix }).listKeks('default')
   expect(records.length).toBeGreaterThan(1)
   for (const r of records) expect(r.wrapped[0]).toBe(0x01) // aesRootKey's tag
+})
+
+it("a second root's record, written by a chain inside workerd, sits beside the 'default' one: its size", async () => {
+  const kv = (await mf.getKVNamespace('KEYS')) as unknown as NodeKv
+  const { keys } = await kv.list({ prefix: 'roots-chain-' })
+  const named = keys.map((k) => k.name).filter((k) => /:kek-wrap:\d+:laptop$/.test(k))
+  expect(named.length).toBe(output.roots!.changeRoot.wrapped)
+  const bytes = (s: string) => new TextEncoder().encode(s).length
+  const sizes = await Promise.all(named.map(async (k) => bytes((await kv.get(k, 'text'))!)))
+  const value = JSON.parse((await kv.get(named[0]!, 'text'))!)
+  expect(Object.keys(value).sort()).toEqual(['createdAt', 'id', 'root', 'rootKind', 'v', 'wrapped', 'writer'])
+  expect(value.root).toBe('laptop')
+  console.log(`workers KV, several roots: ${JSON.stringify(output.roots)}; a record under root 'laptop' (aesRootKey): value ${Math.min(...sizes)}-${Math.max(...sizes)} bytes, key ${bytes(named[0]!)} bytes (${named[0]})`)
 })
 
 /** Workers KV modelled in memory (each call takes 0 to 2 ms), for a sweep that workerd's timing hides. */

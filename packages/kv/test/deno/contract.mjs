@@ -7,7 +7,7 @@
 import { KeyChain, aesRootKey } from '@kms-proxy/core'
 import { denoKvStore } from '@kms-proxy/kv'
 import { createHarness, describeStore } from '../../../testkit/dist/index.js'
-import { describeSeveralRoots } from '../several-roots.ts'
+import { describeRootsChain } from '../roots-chain.ts'
 
 const ROOT = Uint8Array.from({ length: 32 }, (_, i) => (i * 13 + 5) & 0xff)
 const hex = (b) => Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('')
@@ -51,12 +51,6 @@ async function contract(dir) {
       kv.close()
     }
   })
-  describeSeveralRoots(t, 'denoKvStore', async () => {
-    const path = `${dir}/roots-${n++}.sqlite`
-    const kv = await Deno.openKv(path)
-    open.push(kv)
-    return { store: denoKvStore(kv), another: async () => { const k = await Deno.openKv(path); open.push(k); return denoKvStore(k) } }
-  })
   t.test("denoKvStore: the 'default' record stays at [prefix, chain, 'kek', id] with no root field; other roots at [prefix, chain, 'kek-wrap', id, root]", async () => {
     const kv = await Deno.openKv(`${dir}/roots-layout.sqlite`)
     try {
@@ -99,9 +93,30 @@ async function contract(dir) {
       kv.close()
     }
   })
+  let roots
+  describeRootsChain(
+    t,
+    'denoKvStore',
+    async () => {
+      const path = `${dir}/roots-chain.sqlite`
+      const connect = async () => {
+        const kv = await Deno.openKv(path)
+        open.push(kv)
+        return kv
+      }
+      const kv = await connect()
+      const keys = async () => {
+        const out = []
+        for await (const e of kv.list({ prefix: [] })) out.push(JSON.stringify(e.key))
+        return out
+      }
+      return { store: denoKvStore(kv), another: async () => denoKvStore(await connect()), keys }
+    },
+    (m) => (roots = m),
+  )
   const results = await t.run()
   open.forEach((kv) => { try { kv.close() } catch {} })
-  return { results }
+  return { results, roots }
 }
 
 async function encrypt(file, count, max, tag) {

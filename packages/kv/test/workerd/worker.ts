@@ -3,7 +3,7 @@
 import { createHarness, describeStore } from '@kms-proxy/testkit'
 import { workersKvStore, type WorkersKvNamespace } from '../../src/index.ts'
 import { describeWorkersKvBehaviour, describeWorkersKvRoots, measurements } from './kv-behaviour.ts'
-import { describeSeveralRoots } from '../several-roots.ts'
+import { describeRootsChain, type RootsChainMeasured } from '../roots-chain.ts'
 
 let n = 0
 const unique = () => `t${Date.now().toString(36)}-${n++}:`
@@ -21,12 +21,19 @@ export default {
       },
     })
     describeWorkersKvBehaviour(t, env.KEYS, unique)
-    describeSeveralRoots(t, 'workersKvStore', async () => {
-      const prefix = unique()
-      return { store: workersKvStore(env.KEYS, { prefix }), another: () => workersKvStore(env.KEYS, { prefix }) }
-    })
     describeWorkersKvRoots(t, env.KEYS, unique)
+    let roots: RootsChainMeasured | undefined
+    describeRootsChain(
+      t,
+      'workersKvStore',
+      async () => {
+        const prefix = `roots-chain-${unique()}`
+        const keys = async () => (await env.KEYS.list({ prefix })).keys.map((k) => k.name)
+        return { store: workersKvStore(env.KEYS, { prefix }), another: () => workersKvStore(env.KEYS, { prefix }), keys }
+      },
+      (m) => (roots = m),
+    )
     const results = await t.run()
-    return Response.json({ results, measurements, prefixes: n })
+    return Response.json({ results, measurements, roots, prefixes: n })
   },
 }
