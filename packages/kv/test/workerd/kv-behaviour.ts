@@ -183,6 +183,31 @@ export function describeWorkersKvRoots(t: Harness, kv: WorkersKvNamespace, uniqu
     await t.rejects(store.putKekIfAbsent('c', { id: 12, createdAt: 3, rootKind: 'aes', wrapped, root: 'a:b' }), (e) => t.ok(e instanceof TypeError, String(e)))
   })
 
+  t.test('workers KV: a root added in one location while another renews a lease on a stale head may drop out of the head (documented); its wraps stay, and addRoot again restores it', async () => {
+    const prefix = unique()
+    const recoveryRoot = Uint8Array.from(ROOT, (b) => b ^ 0x5a)
+    const open = (view: WorkersKvNamespace) =>
+      KeyChain.open({ rootKey: aesRootKey(ROOT), store: workersKvStore(view, { prefix }), leaseSize: 2, dekPoolSize: 0 })
+    const a = await open(locationView(kv, 60_000))
+    const made = [await a.encrypt('a0')] // KEK K, head v1, as A's location sees it for a minute
+    const b = await open(locationView(kv, 60_000))
+    made.push(await b.encrypt('b0')) // B leases from v1 and sees only its own head from now on
+    const added = await a.addRoot('recovery', aesRootKey(recoveryRoot))
+    t.equal(added.wrapped, 1, 'K wrapped under recovery:')
+    for (let i = 1; i < 4; i++) made.push(await b.encrypt(`b${i}`)) // B's next lease overwrites the head A wrote
+    const fresh = () => workersKvStore(kv, { prefix })
+    const head = (await fresh().getHead('default'))!.value
+    t.equal(head.roots, undefined, "the head as KV keeps it, after B's lease: roots")
+    const k = kekIdOf(made[0]!)
+    t.equal((await fresh().getKekWraps!('default', k)).map((r) => r.root ?? 'default').sort().join(' '), 'default recovery', 'the wraps of K stay:')
+    // Nothing is lost: the chain's only root still opens everything. Run again, from one place, addRoot finishes.
+    const again = await KeyChain.open({ rootKey: aesRootKey(ROOT), store: fresh() })
+    await again.addRoot('recovery', aesRootKey(recoveryRoot))
+    t.equal((await fresh().getHead('default'))!.value.roots?.map((r) => `${r.name}:${r.state}`).join(' '), 'default:active recovery:active', 'roots after addRoot again:')
+    const recovery = await KeyChain.open({ roots: { recovery: aesRootKey(recoveryRoot) }, store: fresh() })
+    for (const [i, e] of made.entries()) t.equal(text(await recovery.decrypt(e)), i === 0 ? 'a0' : `b${i - 1}`)
+  })
+
   t.test('workers KV: a head whose roots are malformed is ERR_STORE, on read and on write', async () => {
     const prefix = unique()
     const store = workersKvStore(kv, { prefix })
