@@ -6,8 +6,12 @@
  *   casHead is one transaction: compare `mod_revision == expected` (or `create_revision == 0`
  *   when there is no head yet), then put. etcd is linearizable, so this is a real
  *   compare-and-swap across every process: `atomic: true`.
- * - KEK records live at `${prefix}${chain}/kek/${id as 8 hex digits}`, written by one
- *   transaction `create_revision == 0` then put: put-if-absent, never overwritten.
+ * - KEK records live at `${prefix}${chain}/kek/${id as 8 hex digits}` (the 'default' root's, where
+ *   every record lived before chains had several roots) and `…/kek/${id}/root/${root name}` (any
+ *   other root's), each written by one transaction `create_revision == 0` then put:
+ *   put-if-absent per (id, root), never overwritten. One range over `…/kek/${id}` reads every
+ *   root's record of an id (ids have a fixed width, so id 12 never reaches id 123's keys);
+ *   deleteKekWrap deletes one key.
  * - Several endpoints: a network error, a timeout (covering the whole answer, body included) or a
  *   5xx moves to the next one, and the one that answered is remembered. A retried write can only
  *   fail safe (a swap that had in fact applied reads as lost, and the chain counts that lease as
@@ -33,7 +37,7 @@
  * @packageDocumentation
  * @module @kms-proxy/etcd
  */
-import { HttpExchangeError, StoreError, checkServerUrl, fromBase64, httpExchange, toBase64, type ChainHead, type KekRecord, type KeyStore, type Versioned } from '@kms-proxy/core'
+import { DEFAULT_ROOT, HttpExchangeError, StoreError, checkServerUrl, fromBase64, httpExchange, rootOf, toBase64, type ChainHead, type ChainRoot, type ChainRootState, type KekRecord, type KeyStore, type Versioned } from '@kms-proxy/core'
 
 /** Options of {@link etcdStore}. */
 export interface EtcdStoreOptions {
@@ -125,12 +129,32 @@ const isCount = (v: unknown): v is number => Number.isSafeInteger(v) && (v as nu
 const isTime = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v)
 const isRevision = (v: unknown): v is string => typeof v === 'string' && /^[1-9][0-9]{0,18}$/.test(v)
 
+const ROOT_NAME = /^[A-Za-z0-9._-]{1,64}$/
+const STATES: readonly unknown[] = ['adding', 'active', 'removing']
+
+/** The head's roots, copied field by field, or undefined when `v` is not a list of roots. */
+function rootsOf(v: unknown): ChainRoot[] | undefined {
+  if (!Array.isArray(v)) return undefined
+  const roots: ChainRoot[] = []
+  for (const r of v as Partial<ChainRoot>[]) {
+    if (!r || typeof r !== 'object' || typeof r.name !== 'string' || !ROOT_NAME.test(r.name) || typeof r.kind !== 'string' || !STATES.includes(r.state)) return undefined
+    roots.push(Object.freeze({ name: r.name, kind: r.kind, state: r.state as ChainRootState }))
+  }
+  return roots
+}
+
 function checkHead(v: unknown): ChainHead {
   const h = v as Partial<ChainHead> | null
-  if (!h || typeof h !== 'object' || !isU32(h.primary) || !isTime(h.primaryCreatedAt) || !isCount(h.leased)) {
+  const roots = h?.roots === undefined ? undefined : rootsOf(h.roots)
+  if (!h || typeof h !== 'object' || !isU32(h.primary) || !isTime(h.primaryCreatedAt) || !isCount(h.leased) || (h.roots !== undefined && !roots)) {
     throw new StoreError('etcd store: the chain head is malformed')
   }
-  return Object.freeze({ primary: h.primary, primaryCreatedAt: h.primaryCreatedAt, leased: h.leased })
+  return Object.freeze({ primary: h.primary, primaryCreatedAt: h.primaryCreatedAt, leased: h.leased, ...(roots ? { roots: Object.freeze(roots) } : {}) })
+}
+
+function checkRoot(root: unknown): string {
+  if (typeof root !== 'string' || !ROOT_NAME.test(root)) throw new RangeError('root: expected 1 to 64 letters, digits, ".", "_" or "-"')
+  return root
 }
 
 function checkChain(chain: unknown): string {
@@ -299,6 +323,8 @@ export function etcdStore(options: EtcdStoreOptions): EtcdStore {
   const chainPrefix = (chain: string) => `${prefix}${encodeURIComponent(checkChain(chain))}/`
   const headKey = (chain: string) => `${chainPrefix(chain)}head`
   const kekPrefix = (chain: string) => `${chainPrefix(chain)}kek/`
+  /** The 'default' root's key is the one every record had before several roots: old data reads as it did. */
+  const kekKey = (chain: string, id: number, root: string) => `${kekPrefix(chain)}${hex8(id)}${root === DEFAULT_ROOT ? '' : `/root/${root}`}`
 
   async function range(key: string, rangeEnd?: string): Promise<Kv[]> {
     const body: Record<string, string> = { key: b64(key) }
@@ -320,19 +346,47 @@ export function etcdStore(options: EtcdStoreOptions): EtcdStore {
 
   const valueOf = (kv: Kv) => decoder.decode(bytesOf(kv.value ?? '', 'a value etcd answered'))
 
-  function parseRecord(kv: Kv, id: number): KekRecord {
-    let r: { id?: unknown; createdAt?: unknown; rootKind?: unknown; wrapped?: unknown }
+  function parseRecord(kv: Kv, id: number, root: string): KekRecord {
+    let r: { id?: unknown; root?: unknown; createdAt?: unknown; rootKind?: unknown; wrapped?: unknown }
     try {
       r = JSON.parse(valueOf(kv))
     } catch {
       throw new StoreError(`etcd store: the KEK record ${hex8(id)} is not JSON`)
     }
-    if (r?.id !== id || !isTime(r.createdAt) || typeof r.rootKind !== 'string' || typeof r.wrapped !== 'string') {
+    // The value names its id and root as its key does: a record copied to another key is refused.
+    const named = root === DEFAULT_ROOT ? r?.root === undefined : r?.root === root
+    if (r?.id !== id || !named || !isTime(r.createdAt) || typeof r.rootKind !== 'string' || typeof r.wrapped !== 'string') {
       throw new StoreError(`etcd store: the KEK record ${hex8(id)} is malformed`)
     }
     const wrapped = bytesOf(r.wrapped, `the KEK record ${hex8(id)}`)
     if (wrapped.length === 0) throw new StoreError(`etcd store: the KEK record ${hex8(id)} is malformed`)
-    return Object.freeze({ id, createdAt: r.createdAt, rootKind: r.rootKind, wrapped })
+    return Object.freeze({ id, createdAt: r.createdAt, rootKind: r.rootKind, wrapped, ...(root === DEFAULT_ROOT ? {} : { root }) })
+  }
+
+  /**
+   * The records among `kvs` (keys under `kekPrefix(chain)`). Keys of another shape are no
+   * record of any version and are left alone; a `root/default` key is refused, as it would
+   * stand for the record at the key without a root.
+   */
+  function recordsOf(chain: string, kvs: Kv[]): KekRecord[] {
+    const p = kekPrefix(chain)
+    const out: KekRecord[] = []
+    for (const kv of kvs) {
+      const name = decoder.decode(bytesOf(kv.key ?? '', 'a key etcd answered')).slice(p.length)
+      const m = /^([0-9a-f]{8})(?:\/root\/([A-Za-z0-9._-]{1,64}))?$/.exec(name)
+      if (!m) continue
+      const id = parseInt(m[1]!, 16)
+      if (m[2] === DEFAULT_ROOT) throw new StoreError(`etcd store: the KEK record ${hex8(id)} is malformed`)
+      out.push(parseRecord(kv, id, m[2] ?? DEFAULT_ROOT))
+    }
+    return out
+  }
+
+  /** Every root's record of `id`: one range over its keys, `…/kek/<id>` and `…/kek/<id>/root/…`. */
+  async function wrapsOf(chain: string, id: number): Promise<KekRecord[]> {
+    const key = kekKey(chain, checkId(id), DEFAULT_ROOT)
+    // [key, key + '0'): the key itself and every key under `key/` ('0' follows '/'), no other id's.
+    return recordsOf(chain, await range(key, b64(`${key}0`)))
   }
 
   const store: EtcdStore = {
@@ -355,7 +409,7 @@ export function etcdStore(options: EtcdStoreOptions): EtcdStore {
     async casHead(chain, expected, next) {
       const key = headKey(chain)
       const head = checkHead(next)
-      const value = JSON.stringify({ primary: head.primary, primaryCreatedAt: head.primaryCreatedAt, leased: head.leased })
+      const value = JSON.stringify({ primary: head.primary, primaryCreatedAt: head.primaryCreatedAt, leased: head.leased, ...(head.roots ? { roots: head.roots } : {}) })
       if (expected === undefined) return txn({ target: 'CREATE', create_revision: '0' }, key, value)
       if (typeof expected !== 'string') throw new TypeError('expected: a version string or undefined')
       if (!isRevision(expected)) return false // not a version this store handed out: it cannot match
@@ -363,30 +417,32 @@ export function etcdStore(options: EtcdStoreOptions): EtcdStore {
     },
 
     async getKek(chain, id) {
-      checkId(id)
-      const [kv] = await range(`${kekPrefix(chain)}${hex8(id)}`)
-      return kv && parseRecord(kv, id)
+      const wraps = await wrapsOf(chain, id)
+      // 'default' when there is one, else the first root by name, so that every reader picks the same.
+      return wraps.find((r) => r.root === undefined) ?? wraps.sort((a, b) => (rootOf(a) < rootOf(b) ? -1 : 1))[0]
     },
 
     async putKekIfAbsent(chain, record) {
       const id = checkId(record?.id)
+      const root = checkRoot(rootOf(record))
       if (!isTime(record.createdAt) || typeof record.rootKind !== 'string' || !(record.wrapped instanceof Uint8Array) || record.wrapped.length === 0) {
         throw new TypeError('record: expected a KekRecord')
       }
-      const value = JSON.stringify({ id, createdAt: record.createdAt, rootKind: record.rootKind, wrapped: toBase64(record.wrapped) })
-      return txn({ target: 'CREATE', create_revision: '0' }, `${kekPrefix(chain)}${hex8(id)}`, value)
+      // The 'default' record is written as before, without a root field.
+      const value = JSON.stringify({ id, ...(root === DEFAULT_ROOT ? {} : { root }), createdAt: record.createdAt, rootKind: record.rootKind, wrapped: toBase64(record.wrapped) })
+      return txn({ target: 'CREATE', create_revision: '0' }, kekKey(chain, id, root), value)
     },
 
     async listKeks(chain) {
       const p = kekPrefix(chain)
-      const kvs = await range(p, prefixEnd(p))
-      const out: KekRecord[] = []
-      for (const kv of kvs) {
-        const name = decoder.decode(bytesOf(kv.key ?? '', 'a key etcd answered')).slice(p.length)
-        if (!/^[0-9a-f]{8}$/.test(name)) continue
-        out.push(parseRecord(kv, parseInt(name, 16)))
-      }
-      return out
+      return recordsOf(chain, await range(p, prefixEnd(p)))
+    },
+
+    getKekWraps: wrapsOf,
+
+    async deleteKekWrap(chain, id, root) {
+      // One key, no range_end: never another root's record.
+      await request('/v3/kv/deleterange', { key: b64(kekKey(chain, checkId(id), checkRoot(root))) })
     },
   }
   return Object.freeze(store)

@@ -28,6 +28,7 @@ describe.skipIf(!haveEtcd)('etcdStore on one etcd member', () => {
 
   describeStore(createHarness(it), {
     name: 'etcd',
+    severalRoots: true,
     async open() {
       const prefix = uniquePrefix()
       return { store: etcdStore({ endpoints: [etcd.urls[0]!], prefix }), another: () => etcdStore({ endpoints: [etcd.urls[0]!], prefix }) }
@@ -239,6 +240,7 @@ describe.skipIf(!haveEtcd)('etcdStore with etcd auth enabled', () => {
 
   describeStore(createHarness(it), {
     name: 'etcd with auth',
+    severalRoots: true,
     async open() {
       const prefix = `app/${uniquePrefix()}`
       // A dead endpoint first: authentication and every request fail over to the live one.
