@@ -10,7 +10,7 @@
  * Public parameters: the credential id and the salt. Neither is secret; both are needed to unlock
  * (keep them next to the data, or in localStorage). `toJSON()` returns exactly them.
  *
- * Wrapped KEK: 0x40 || iv (12) || AES-GCM(wrapping key, iv, KEK, aad) (16 + 16 tag)  = 45 bytes.
+ * Wrapped KEK (newKek and wrapKek alike): 0x40 || iv (12) || AES-GCM(wrapping key, iv, KEK, aad) (16 + 16 tag)  = 45 bytes.
  * Wrapping key: HKDF-SHA-256(ikm = PRF output (32), salt = the salt, info = "kms-proxy/webauthn-prf/v1").
  *
  * @example
@@ -310,11 +310,14 @@ async function wrappingKeyFrom(output: Uint8Array<ArrayBuffer>, salt: Uint8Array
 }
 
 /**
- * A root key held by a WebAuthn authenticator. The first newKek / unwrapKek (or unlock()) runs
- * one navigator.credentials.get with the PRF extension; the derived wrapping key is cached for
- * the page's life. A failed or cancelled ceremony is not cached: the next call asks again.
+ * A root key held by a WebAuthn authenticator. The first newKek / wrapKek / unwrapKek (or
+ * unlock()) runs one navigator.credentials.get with the PRF extension; the derived wrapping key
+ * is cached for the page's life, so adding this root to a chain of 1,000 KEKs (`addRoot`, which
+ * calls wrapKek once per KEK) is one ceremony. A failed or cancelled ceremony is not cached: the
+ * next call asks again.
  *
- * @throws TypeError - a missing or malformed `credentialId` or `salt`.
+ * @throws TypeError - a missing or malformed `credentialId` or `salt`; (from `wrapKek`) a KEK
+ *   that is not an extractable AES-GCM `CryptoKey`, before any ceremony.
  * @throws RangeError - a salt of the wrong length, a timeout that is not positive.
  * @throws {@link @kms-proxy/core!RootKeyError} - (from `unlock`, `newKek`, `unwrapKek`)
  *   `ERR_ROOT_KEY`: no PRF, a cancelled ceremony (`retryable`), or a KEK this credential and salt
