@@ -1,30 +1,50 @@
-// Encrypted notes in the browser. On first run the user picks the notebook's root key: a passkey
-// (WebAuthn PRF, @kms-proxy/webauthn) or a passphrase (PBKDF2, @kms-proxy/passphrase). The key
-// chain's wrapped KEKs live in IndexedDB (@kms-proxy/indexeddb); the app's own records (which
-// root, its public parameters, the check text, the notes as `kp1.` text) in a second IndexedDB
-// database. Bundle it (see README.md): esbuild resolves the @kms-proxy packages.
+// Encrypted notes in the browser. The notebook's key chain has several roots: a passkey (WebAuthn
+// PRF, @kms-proxy/webauthn) and a recovery passphrase (PBKDF2, @kms-proxy/passphrase), either of
+// which opens it; more passkeys (other devices, security keys) can be added and the passphrase
+// changed, by re-wrapping the chain's KEKs (no note is encrypted again). A notebook may also have a
+// passphrase alone. The chain's wrapped KEKs and head live in IndexedDB (@kms-proxy/indexeddb); the
+// app's own records (the passkeys' public parameters, the check text, the notes as `kp1.` text) in
+// a second IndexedDB database. Bundle it (see README.md): esbuild resolves the @kms-proxy packages.
 import { KeyChain } from '@kms-proxy/core'
 import { indexedDbStore } from '@kms-proxy/indexeddb'
 import { passphraseRootKey } from '@kms-proxy/passphrase'
-import { CANCELLED_MESSAGE, NO_PRF_MESSAGE, registerPrfRootKey, webauthnRootKey } from '@kms-proxy/webauthn'
+import { CANCELLED_MESSAGE, KIND as PASSKEY_KIND, NO_PRF_MESSAGE, registerPrfRootKey, webauthnRootKey } from '@kms-proxy/webauthn'
 
-const APP_DB = 'browser-notes' // object stores: settings ('root', 'check'), notes ({ at, text: 'kp1.…' })
+const APP_DB = 'browser-notes' // object stores: settings ('passkeys', 'check'; 'root' from the first version), notes ({ at, text: 'kp1.…' })
 const CHECK_TEXT = 'browser-notes v1' // encrypted as 'check': tells a wrong root at unlock, not at the first note
 const CHAIN = { store: indexedDbStore({ name: 'browser-notes' }), name: 'notes' }
+/**
+ * A rotation wraps the new KEK under every root of the chain at once: every passkey (each on its
+ * own device) and the passphrase, which no single unlock holds. So the notebook never rotates by
+ * age; a rotation by usage is reached after 2^21 notes (the library's limit per KEK), counted in
+ * leases of 64, so that each page that writes uses up 64 at most, not the default 32,768.
+ */
+const CHAIN_OPTIONS = { ...CHAIN, maxKekAgeMs: Infinity, leaseSize: 64 }
 const KEYS_DB = 'kms-proxy:browser-notes' // indexedDbStore({ name: 'browser-notes' })'s database; object store 'keys'
 /** New passphrases (the notebook's, a backup's) have at least this many characters: both are open to offline guessing. */
 const MIN_PASSPHRASE = 12
+const RP = { rpName: 'Encrypted notes', userName: 'browser-notes' }
 
 const $ = (id) => document.getElementById(id)
-/** The 'root' record: { kind: 'passkey', params: { credentialId, salt } } or { kind: 'passphrase' }; undefined on first run. */
-let protection
-/** Built from the stored parameters when the page loads, so that a click starts the ceremony at once. */
-let passkeyRoot
+/**
+ * The notebook's roots as its chain head lists them: { name, kind: 'passkey' | 'passphrase' | the
+ * library's kind, state: 'adding' | 'active' | 'removing' }. Empty on a first run.
+ */
+let roots = []
+/** The active passkeys' public parameters, in the order they were added: { name, label, credentialId, salt }. */
+let passkeys = []
+/** One root key per passkey, built when the locked page shows, so that a click starts the ceremony at once. */
+let passkeyRoots = []
+/** On a first run, what the chosen protection is: 'passkey' (with a recovery passphrase) or 'passphrase'. */
+let creating
 let chain // the unlocked key chain; undefined when locked
 /** How many notes are stored (read at load, kept by render): the locked page says what a deletion loses. */
 let storedNotes = 0
 /** The notes of a backup read on the locked page, added once the new notebook exists; undefined otherwise. */
 let pendingNotes
+
+const hasPassphrase = () => roots.some((r) => r.kind === 'passphrase' && r.state === 'active')
+const passkeyLabel = (p, i) => p.label || `Passkey ${i + 1}`
 
 // ------------------------------------------------------------------------------ IndexedDB
 
@@ -57,7 +77,7 @@ function appDb() {
 
 /** One request in its own transaction; resolves with its result once the transaction completed. */
 async function idb(storeName, mode, makeRequest) {
-  // 'strict': the root's parameters must be on disk before a KEK is wrapped under them.
+  // 'strict': a passkey's parameters must be on disk before a KEK is wrapped under it.
   const tx = (await appDb()).transaction(storeName, mode, { durability: mode === 'readwrite' ? 'strict' : 'default' })
   const request = makeRequest(tx.objectStore(storeName))
   await committed(tx)
@@ -66,12 +86,19 @@ async function idb(storeName, mode, makeRequest) {
 const getSetting = (key) => idb('settings', 'readonly', (s) => s.get(key))
 const putSetting = (key, value) => idb('settings', 'readwrite', (s) => s.put(value, key))
 
+/** Clears the app's records (settings and notes) in one transaction. */
+async function clearAppRecords() {
+  const tx = (await appDb()).transaction(['settings', 'notes'], 'readwrite', { durability: 'strict' })
+  tx.objectStore('settings').clear()
+  tx.objectStore('notes').clear()
+  await committed(tx)
+}
+
 /**
  * Deletes the notebook, on the user's confirmed request: first the key chain's records (its head
- * and wrapped KEKs), then the root's parameters, the check text and the notes in one transaction.
- * In that order a page closed half-way leaves a notebook that cannot be unlocked and offers this
- * again; the other order could leave no root record next to the old chain head, and a new root
- * would then meet a KEK it cannot unwrap.
+ * and wrapped KEKs), then the passkeys' parameters, the check text and the notes in one
+ * transaction. Without a chain head the page treats the notebook as absent, so a page closed
+ * half-way leaves a first run whose new notebook starts by clearing what is left.
  */
 async function eraseNotebook() {
   // The same database and object store as indexedDbStore's (created the same way if missing).
@@ -83,17 +110,48 @@ async function eraseNotebook() {
   } finally {
     keys.close()
   }
-  const tx = (await appDb()).transaction(['settings', 'notes'], 'readwrite', { durability: 'strict' })
-  tx.objectStore('settings').clear()
-  tx.objectStore('notes').clear()
-  await committed(tx)
-  protection = undefined
+  await clearAppRecords()
+  roots = []
+  passkeys = []
   storedNotes = 0
+}
+
+/**
+ * Reads the notebook's roots from the chain head (the authority: a change made in another tab
+ * shows here) and the passkeys' parameters from the settings. A notebook of the first version
+ * has one root, named 'default', and its 'root' setting says which kind.
+ */
+async function loadRoots() {
+  const head = await CHAIN.store.getHead(CHAIN.name)
+  const legacy = await getSetting('root')
+  const saved = (await getSetting('passkeys')) ?? []
+  const kindOf = (kind) => (kind === PASSKEY_KIND ? 'passkey' : kind.startsWith('passphrase-') ? 'passphrase' : kind)
+  if (!head) roots = []
+  else if (head.value.roots) roots = head.value.roots.map((r) => ({ name: r.name, kind: kindOf(r.kind), state: r.state }))
+  else roots = legacy ? [{ name: 'default', kind: legacy.kind, state: 'active' }] : []
+  const params = new Map(saved.map((p) => [p.name, p]))
+  if (legacy?.kind === 'passkey' && !params.has('default')) params.set('default', { name: 'default', label: '', ...legacy.params })
+  passkeys = roots.filter((r) => r.kind === 'passkey' && r.state === 'active' && params.has(r.name)).map((r) => params.get(r.name))
+}
+
+/** `base`, or `base-2`, `base-3`, … : the first name no root of the chain has. */
+function freeName(base) {
+  const taken = new Set(roots.map((r) => r.name))
+  let name = base
+  for (let n = 2; taken.has(name); n++) name = `${base}-${n}`
+  return name
 }
 
 // ------------------------------------------------------------------------------ page states
 
 const plural = (n, word) => `${n} ${word}${n === 1 ? '' : 's'}`
+
+/** What protects the notebook, in words: 'a passkey and a recovery passphrase', '2 passkeys', 'a passphrase'. */
+function protectionWords() {
+  const keys = passkeys.length === 0 ? '' : passkeys.length === 1 ? 'a passkey' : `${passkeys.length} passkeys`
+  if (!hasPassphrase()) return keys || 'nothing'
+  return keys ? `${keys} and a recovery passphrase` : 'a passphrase'
+}
 
 /**
  * Shows a status (success, green), a warning (amber) and an error (red); each one not given is
@@ -117,29 +175,53 @@ function focusField(id) {
   $(id).select()
 }
 
-/** The passphrase form: unlocking (one field) or creating a notebook (the passphrase typed twice). */
-function passphraseMode(creating) {
-  $('passphrase').placeholder = creating ? 'New passphrase' : 'Passphrase'
+/**
+ * The passphrase form: unlocking (one field), or on a first run creating a notebook (the
+ * passphrase typed twice): a passkey's recovery passphrase, or the notebook's only passphrase.
+ */
+function passphraseMode() {
+  const recovery = creating === 'passkey' || (!creating && passkeys.length > 0)
+  $('passphrase').placeholder = creating ? `New ${recovery ? 'recovery ' : ''}passphrase` : recovery ? 'Recovery passphrase' : 'Passphrase'
+  $('passphrase').setAttribute('aria-label', $('passphrase').placeholder)
   $('passphrase').autocomplete = creating ? 'new-password' : 'current-password'
   $('passphrase-confirm').hidden = !creating
   $('passphrase-confirm').value = ''
-  $('unlock').textContent = creating ? 'Create notebook' : 'Unlock'
+  $('unlock').textContent = creating === 'passkey' ? 'Create passkey and notebook' : creating ? 'Create notebook' : 'Unlock'
+  $('passphrase-lead').hidden = !recovery
+  $('passphrase-lead').textContent =
+    creating === 'passkey'
+      ? `A recovery passphrase opens the notebook too, when the passkey is not at hand (a lost phone, a reset security key). Type it twice, at least ${MIN_PASSPHRASE} characters.`
+      : 'Without the passkey: the recovery passphrase.'
 }
 
-/** Shows the locked page for the stored protection: the first-run choice, a passkey button or a passphrase form, and the way back. */
+/** Shows the locked page: the first-run choice, or a button per passkey and the passphrase form; and the way back. */
 function showLocked() {
   chain = undefined
-  passkeyRoot = protection?.kind === 'passkey' ? webauthnRootKey(protection.params) : undefined // a new root: the next unlock asks the authenticator again
+  creating = undefined
+  const exists = roots.length > 0
+  // New root keys: the next unlock asks the authenticator again.
+  passkeyRoots = passkeys.map((p) => webauthnRootKey({ credentialId: p.credentialId, salt: p.salt }))
+  $('passkey-buttons').replaceChildren(
+    ...passkeys.map((p, i) => {
+      const button = document.createElement('button')
+      button.type = 'button'
+      button.id = i === 0 ? 'unlock-passkey' : `unlock-passkey-${i + 1}`
+      button.textContent = passkeys.length === 1 ? 'Unlock with passkey' : `Unlock with ${passkeyLabel(p, i)}`
+      button.addEventListener('click', () => act(button, 'Waiting for the passkey…', () => unlockWithPasskey(i), 'passkey'))
+      return button
+    }),
+  )
+  $('passkey-lead').textContent = `This notebook is protected by ${protectionWords()}.`
   $('notes').replaceChildren()
   $('notebook').hidden = true
-  $('backup').open = false
+  for (const id of ['backup', 'keys']) $(id).open = false
   $('import-file').value = ''
-  $('setup').hidden = protection !== undefined
-  $('setup-lead').textContent = pendingNotes ? 'How should the new notebook be protected?' : 'How should this notebook be protected? You choose once.'
-  $('passkey-unlock').hidden = protection?.kind !== 'passkey'
-  $('unlock-form').hidden = protection?.kind !== 'passphrase'
+  $('setup').hidden = exists
+  $('setup-lead').textContent = pendingNotes ? 'How should the new notebook be protected?' : 'How should this notebook be protected?'
+  $('passkey-unlock').hidden = passkeys.length === 0
+  $('unlock-form').hidden = !hasPassphrase()
   $('passphrase').value = ''
-  passphraseMode(false)
+  passphraseMode()
   showRecover()
 }
 
@@ -149,16 +231,20 @@ function showLocked() {
  * Hidden while a restored backup waits for the new notebook's protection.
  */
 function showRecover() {
-  const exists = protection !== undefined
+  const exists = roots.length > 0
   $('recover').hidden = pendingNotes !== undefined
   $('recover').open = false
   $('recover-delete').hidden = !exists
   $('start-over-block').hidden = !exists
   $('recover-confirm').checked = false
   if (exists) {
-    const lost = protection.kind === 'passkey' ? 'the passkey' : 'the passphrase'
-    const later = protection.kind === 'passkey' ? 'even if the passkey turns up later' : 'even if the passphrase comes back to you'
-    $('recover-summary').textContent = protection.kind === 'passkey' ? 'Lost the passkey?' : 'Forgot the passphrase?'
+    const [summary, lost, later] =
+      passkeys.length === 0
+        ? ['Forgot the passphrase?', 'the passphrase', 'even if the passphrase comes back to you']
+        : !hasPassphrase()
+          ? ['Lost the passkey?', 'the passkey', 'even if the passkey turns up later']
+          : ['Lost the passkey and the passphrase?', 'a passkey or the recovery passphrase', 'even if a passkey or the passphrase turns up later']
+    $('recover-summary').textContent = summary
     $('recover-warning').textContent =
       `Without ${lost} this notebook cannot be opened. Restoring a backup or starting a new notebook deletes it from this browser: ` +
       `its ${plural(storedNotes, 'note')} can no longer be read, ${later}. Notes added after the backup was made are lost.`
@@ -171,15 +257,16 @@ function showRecover() {
 
 /** Restoring and starting anew wait for the confirmation when there is a notebook to delete. */
 function enableRecover() {
-  const allowed = protection === undefined || $('recover-confirm').checked
+  const allowed = roots.length === 0 || $('recover-confirm').checked
   $('restore').disabled = !allowed
   $('start-over').disabled = !allowed
 }
 
-/** First run, passphrase chosen (or offered because the authenticator has no PRF). */
-function offerPassphrase() {
+/** First run: the passphrase form for a new notebook, `kind` 'passkey' (its recovery passphrase) or 'passphrase'. */
+function offerCreate(kind) {
+  creating = kind
   $('unlock-form').hidden = false
-  passphraseMode(true)
+  passphraseMode()
   $('passphrase').focus()
 }
 
@@ -196,9 +283,13 @@ function newPassphraseOk(field, confirmField) {
 
 // ------------------------------------------------------------------------------ unlock
 
-/** Opens the chain under `rootKey`, checks (or writes) the check text, adds a restored backup's notes, shows the notes. */
-async function openNotebook(rootKey, started) {
-  const opened = await KeyChain.open({ rootKey, ...CHAIN }) // no root-key call: that happens at the check
+/**
+ * Opens the chain with the roots held (by name), checks (or writes) the check text, finishes a
+ * root change a closed page left half-done, adds a restored backup's notes, shows the notes.
+ * `how`: 'passkey' or 'passphrase', what unlocked it.
+ */
+async function openNotebook(held, how, started) {
+  const opened = await KeyChain.open({ roots: held, ...CHAIN_OPTIONS }) // no root-key call: that happens at the check
   const check = await getSetting('check')
   if (check) {
     if ((await opened.decryptText(check)) !== CHECK_TEXT) throw new Error('the check note does not match')
@@ -206,6 +297,7 @@ async function openNotebook(rootKey, started) {
     await putSetting('check', await opened.encryptText(CHECK_TEXT))
   }
   chain = opened
+  await settleRoots()
   const ms = Math.round(performance.now() - started)
   let restored = ''
   if (pendingNotes) {
@@ -213,46 +305,73 @@ async function openNotebook(rootKey, started) {
     pendingNotes = undefined
   }
   await render()
-  for (const id of ['setup', 'passkey-unlock', 'unlock-form', 'recover']) $(id).hidden = true
+  for (const id of ['setup', 'passkey-unlock', 'unlock-form', 'passphrase-lead', 'recover']) $(id).hidden = true
   $('notebook').hidden = false
-  const how = protection.kind === 'passkey' ? 'with the passkey' : 'with the passphrase'
-  const keep =
-    (protection.kind === 'passkey' ? 'Without this passkey the notes cannot be read.' : 'Keep the passphrase: it cannot be recovered.') +
-    ' A backup (under Backup) is the way back if it is lost.'
-  if (check) say({ status: `Unlocked ${how} in ${ms} ms.` })
+  const recovery = passkeys.length > 0 && hasPassphrase()
+  const by = how === 'passkey' ? 'with the passkey' : recovery ? 'with the recovery passphrase' : 'with the passphrase'
+  const keep = recovery
+    ? 'Keep the recovery passphrase: it opens the notebook when the passkey is not at hand, and it cannot be recovered itself.'
+    : hasPassphrase()
+      ? 'Keep the passphrase: it cannot be recovered. A backup (under Backup) is the way back if it is lost.'
+      : 'Without this passkey the notes cannot be read. A backup (under Backup) is the way back if it is lost.'
+  if (check) say({ status: `Unlocked ${by} in ${ms} ms.` })
   else say({ status: `New notebook created in ${ms} ms${restored}.`, warning: keep })
   $('note').focus()
 }
 
-async function unlockWithPasskey() {
-  const started = performance.now()
-  // First thing in the click handler: the ceremony runs with the click's user activation.
-  await passkeyRoot.unlock()
-  await openNotebook(passkeyRoot, started)
+/**
+ * A root change that a closed page left half-done (a root still 'adding' or 'removing' in the
+ * head) is settled at the next unlock: a root being removed is removed (the new one is already
+ * active), a root being added is dropped (its change never took effect: the old root still opens
+ * the notebook). Either way no KEK loses its last wrap (the library checks).
+ */
+async function settleRoots() {
+  await loadRoots()
+  const unfinished = roots.filter((r) => r.state !== 'active')
+  for (const r of unfinished) await chain.removeRoot(r.name)
+  if (unfinished.length > 0) await loadRoots()
 }
 
-async function createWithPasskey() {
+async function unlockWithPasskey(i) {
   const started = performance.now()
-  // One prompt where the authenticator evaluates the PRF at creation (the root is then already
-  // unlocked); otherwise unlock() below asks once more.
-  const { credential, rootKey } = await registerPrfRootKey({ rpName: 'Encrypted notes', userName: 'browser-notes' })
-  // The credential id and salt are public; they are stored before any KEK is wrapped under them.
-  const record = { kind: 'passkey', params: credential }
-  await putSetting('root', record)
-  protection = record
-  passkeyRoot = rootKey
-  await passkeyRoot.unlock()
-  await openNotebook(passkeyRoot, started)
+  const root = passkeyRoots[i]
+  // First thing in the click handler: the ceremony runs with the click's user activation.
+  await root.unlock()
+  await openNotebook({ [passkeys[i].name]: root }, 'passkey', started)
 }
 
 async function unlockWithPassphrase(passphrase) {
   const started = performance.now()
-  if (!protection) {
-    const record = { kind: 'passphrase' } // PBKDF2's salt and iterations are kept in each wrapped KEK
-    await putSetting('root', record)
-    protection = record
-  }
-  await openNotebook(passphraseRootKey({ passphrase }), started) // PBKDF2-SHA-256, 600,000 iterations
+  // Every passphrase root the head lists: after a change that a closed page left half-done, the
+  // old passphrase and the new one both open the notebook until the next unlock settles it.
+  const held = Object.fromEntries(roots.filter((r) => r.kind === 'passphrase').map((r) => [r.name, passphraseRootKey({ passphrase })]))
+  await openNotebook(held, 'passphrase', started)
+}
+
+/** A first run: the app's records start empty (a deletion a closed page left half-done leaves some), then the passkeys' parameters. */
+async function startNotebook(saved) {
+  await clearAppRecords()
+  // The passkeys' public parameters are stored (durably) before any KEK is wrapped under them.
+  await putSetting('passkeys', saved)
+  passkeys = saved
+  roots = [...saved.map((p) => ({ name: p.name, kind: 'passkey', state: 'active' })), { name: 'passphrase', kind: 'passphrase', state: 'active' }]
+}
+
+async function createWithPasskey(passphrase) {
+  const started = performance.now()
+  // One prompt where the authenticator evaluates the PRF at creation (the root is then already
+  // unlocked); otherwise unlock() below asks once more.
+  const { credential, rootKey } = await registerPrfRootKey(RP)
+  await startNotebook([{ name: 'passkey', label: '', ...credential }])
+  await rootKey.unlock()
+  // Both roots from the start: the first KEK is wrapped under the passkey and under the passphrase.
+  await openNotebook({ passkey: rootKey, passphrase: passphraseRootKey({ passphrase }) }, 'passkey', started)
+}
+
+async function createWithPassphrase(passphrase) {
+  const started = performance.now()
+  await startNotebook([])
+  await openNotebook({ passphrase: passphraseRootKey({ passphrase }) }, 'passphrase', started) // PBKDF2-SHA-256, 600,000 iterations
 }
 
 /** The library's passkey messages in plain words; the exact message goes under "Technical details". */
@@ -262,11 +381,16 @@ const PASSKEY_WORDS = {
     'The passkey was not used: the request was cancelled or timed out, or this device does not have the passkey of this notebook. Try again, or open the notebook where its passkey is.',
 }
 
-/** An error in plain words for the page ({ error, technical }); errors carry no secret, so their message may be shown. */
-function describeError(error) {
-  const technical = error?.code ? `${error.code}: ${error.message}` : String(error?.message ?? error)
+const technicalOf = (error) => (error?.code ? `${error.code}: ${error.message}` : String(error?.message ?? error))
+
+/**
+ * An error in plain words for the page ({ error, technical }); errors carry no secret, so their
+ * message may be shown. `how`: what was used, 'passkey' or 'passphrase'.
+ */
+function describeError(error, how) {
+  const technical = technicalOf(error)
   if (error?.code === 'ERR_ROOT_KEY') {
-    if (protection?.kind === 'passphrase') return { error: 'Wrong passphrase: these notes were locked with a different one.', technical }
+    if (how === 'passphrase') return { error: 'Wrong passphrase: these notes were locked with a different one.', technical }
     // Any other refusal of a ceremony that succeeded: the passkey's key does not unwrap this notebook's.
     const words = PASSKEY_WORDS[error.message] ?? 'This passkey does not open this notebook: it is not the passkey the notebook was created with.'
     return { error: words, technical }
@@ -275,31 +399,90 @@ function describeError(error) {
   return { error: 'The notebook could not be opened.', technical }
 }
 
-/** Runs a click or submit action with its button disabled; errors go to the page. */
-async function act(button, busy, action) {
+/** Runs an unlock or a creation with its button disabled; errors go to the page. `how`: 'passkey' or 'passphrase'. */
+async function act(button, busy, action, how) {
   button.disabled = true
   say({ status: busy })
+  const wasCreating = creating
+  const typed = [$('passphrase').value, $('passphrase-confirm').value]
   try {
     await action()
   } catch (error) {
-    const created = protection !== undefined
-    const typed = $('passphrase').value
+    // A creation that failed stored nothing but the passkeys' parameters, with no chain head: still a first run.
+    if (wasCreating) [roots, passkeys] = [[], []]
     showLocked()
-    const shown = describeError(error)
-    // No PRF on this authenticator, before any notebook exists: offer the passphrase instead.
-    if (!created && error?.code === 'ERR_ROOT_KEY' && error.message === NO_PRF_MESSAGE) {
-      say({ ...shown, error: `${shown.error} Protect the notes with a passphrase instead.` })
-      offerPassphrase()
+    const shown = describeError(error, how)
+    if (wasCreating) {
+      // No PRF on this authenticator: the same passphrase, alone, protects the notebook instead.
+      const noPrf = error?.code === 'ERR_ROOT_KEY' && error.message === NO_PRF_MESSAGE
+      say(noPrf ? { ...shown, error: `${shown.error} Protect the notes with the passphrase alone instead.` } : shown)
+      offerCreate(noPrf ? 'passphrase' : wasCreating)
+      ;[$('passphrase').value, $('passphrase-confirm').value] = typed
     } else {
       say(shown)
-      if (protection?.kind === 'passphrase') {
-        $('passphrase').value = typed
+      if (how === 'passphrase') {
+        $('passphrase').value = typed[0]
         focusField('passphrase')
       }
     }
   } finally {
     button.disabled = false
   }
+}
+
+// ------------------------------------------------------------------------------ passkeys and passphrase
+
+/** The unlocked notebook's roots, listed, and the two actions named for what they will do. */
+function renderKeys() {
+  const items = passkeys.map((p, i) => passkeyLabel(p, i))
+  if (hasPassphrase()) items.push(passkeys.length > 0 ? 'Recovery passphrase' : 'Passphrase')
+  $('key-list').replaceChildren(
+    ...items.map((text) => {
+      const li = document.createElement('li')
+      li.textContent = text
+      return li
+    }),
+  )
+  $('change-passphrase').textContent = hasPassphrase() ? 'Change passphrase' : 'Add a recovery passphrase'
+  $('add-passkey').textContent = passkeys.length > 0 ? 'Add another passkey' : 'Add a passkey'
+}
+
+/** What a root change did, in words: how many keys were wrapped again, and that no note was. */
+const changeWords = (report) => `${plural(report.wrapped, 'key')} wrapped again, no note re-encrypted`
+
+/**
+ * A new passphrase in place of the old (changeRoot: the chain's KEKs are wrapped under the new
+ * one, then the old one's wraps are deleted), or a first one next to the passkeys (addRoot). The
+ * old passphrase is not asked for: the session is unlocked, and the one who forgot it but has the
+ * passkey is the user this is for.
+ */
+async function changePassphrase(passphrase) {
+  const started = performance.now()
+  const root = passphraseRootKey({ passphrase })
+  const from = roots.find((r) => r.kind === 'passphrase' && r.state === 'active')?.name
+  const report = from ? await chain.changeRoot(root, { from, name: freeName('passphrase') }) : await chain.addRoot(freeName('passphrase'), root)
+  await loadRoots()
+  const ms = Math.round(performance.now() - started)
+  return from
+    ? `Passphrase changed in ${ms} ms: ${changeWords(report)}. The old passphrase no longer opens this notebook.`
+    : `Recovery passphrase added in ${ms} ms: ${changeWords(report)}.`
+}
+
+/**
+ * Another passkey (another device, a security key): a new credential, its parameters stored, then
+ * addRoot wraps the chain's KEKs under it. One prompt where the PRF is evaluated at creation.
+ */
+async function addPasskey(label) {
+  const started = performance.now()
+  const { credential, rootKey } = await registerPrfRootKey(RP)
+  const name = freeName('passkey')
+  // Stored before any KEK is wrapped under it; a change that does not finish is dropped at the next unlock.
+  await putSetting('passkeys', [...passkeys, { name, label, ...credential }])
+  await rootKey.unlock()
+  const report = await chain.addRoot(name, rootKey)
+  await loadRoots()
+  const ms = Math.round(performance.now() - started)
+  return `Passkey added in ${ms} ms: ${changeWords(report)}. It opens this notebook from now on.`
 }
 
 // ------------------------------------------------------------------------------ notes
@@ -322,8 +505,8 @@ async function render() {
   )
   $('notes').replaceChildren(...items)
   storedNotes = notes.length
-  const by = protection.kind === 'passkey' ? 'a passkey' : 'a passphrase'
-  $('count').textContent = `${plural(notes.length, 'note')}, encrypted under ${by}`
+  $('count').textContent = `${plural(notes.length, 'note')}, encrypted under ${protectionWords()}`
+  renderKeys()
 }
 
 async function addNote(text) {
@@ -394,15 +577,18 @@ async function readBackup(file, passphrase, field) {
   }
 }
 
-/** Runs a backup or recovery action with its button disabled; errors go to the page, the field to fix focused. */
-async function backupAction(button, busy, action, enable = () => (button.disabled = false)) {
+/**
+ * Runs a backup, recovery or key action with its button disabled; errors go to the page, the field
+ * to fix focused. `failed`: the plain words for an error the action did not word itself.
+ */
+async function panelAction(button, busy, action, { enable = () => (button.disabled = false), failed = 'The backup could not be used.' } = {}) {
   button.disabled = true
   say({ status: busy })
   try {
     say({ status: await action() })
   } catch (error) {
     if (error?.shown) say({ error: error.message })
-    else say({ error: 'The backup could not be used.', technical: error?.code ? `${error.code}: ${error.message}` : String(error?.message ?? error) })
+    else say({ error: (error?.code === 'ERR_ROOT_KEY' && PASSKEY_WORDS[error.message]) || failed, technical: technicalOf(error) })
     if (error?.field) focusField(error.field)
   } finally {
     enable()
@@ -411,21 +597,25 @@ async function backupAction(button, busy, action, enable = () => (button.disable
 
 // ------------------------------------------------------------------------------ events
 
-$('choose-passkey').addEventListener('click', () => act($('choose-passkey'), 'Creating a passkey…', createWithPasskey))
+$('choose-passkey').addEventListener('click', () => {
+  say({ status: `Choose a recovery passphrase of at least ${MIN_PASSPHRASE} characters and type it twice; then the passkey is made.` })
+  offerCreate('passkey')
+})
 $('choose-passphrase').addEventListener('click', () => {
   say({
     status: `Choose a passphrase of at least ${MIN_PASSPHRASE} characters and type it twice.`,
     warning: 'A passphrase cannot be recovered: forgetting it loses the notes, unless a backup was exported.',
   })
-  offerPassphrase()
+  offerCreate('passphrase')
 })
-$('unlock-passkey').addEventListener('click', () => act($('unlock-passkey'), 'Waiting for the passkey…', unlockWithPasskey))
 $('unlock-form').addEventListener('submit', (event) => {
   event.preventDefault()
-  const creating = protection === undefined
-  if (creating && !newPassphraseOk('passphrase', 'passphrase-confirm')) return
+  const kind = creating
+  if (kind && !newPassphraseOk('passphrase', 'passphrase-confirm')) return
   const passphrase = $('passphrase').value
-  act($('unlock'), creating ? 'Creating the notebook…' : 'Unlocking…', () => unlockWithPassphrase(passphrase))
+  if (kind === 'passkey') act($('unlock'), 'Creating a passkey…', () => createWithPasskey(passphrase), 'passkey')
+  else if (kind === 'passphrase') act($('unlock'), 'Creating the notebook…', () => createWithPassphrase(passphrase), 'passphrase')
+  else act($('unlock'), 'Unlocking…', () => unlockWithPassphrase(passphrase), 'passphrase')
 })
 
 $('add-form').addEventListener('submit', async (event) => {
@@ -437,8 +627,31 @@ $('add-form').addEventListener('submit', async (event) => {
     $('note').value = ''
     say({ status: 'Saved.' })
   } catch (error) {
-    say(describeError(error))
+    say({ error: 'The note could not be saved.', technical: technicalOf(error) })
   }
+})
+
+$('change-form').addEventListener('submit', (event) => {
+  event.preventDefault()
+  if (!chain || !newPassphraseOk('new-passphrase', 'new-passphrase-confirm')) return
+  const passphrase = $('new-passphrase').value
+  $('new-passphrase').value = $('new-passphrase-confirm').value = ''
+  panelAction($('change-passphrase'), 'Wrapping the keys under the new passphrase…', async () => {
+    const done = await changePassphrase(passphrase)
+    await render()
+    return done
+  }, { failed: 'The passphrase could not be changed.' })
+})
+$('add-passkey-form').addEventListener('submit', (event) => {
+  event.preventDefault()
+  if (!chain) return
+  const label = $('passkey-label').value.trim()
+  panelAction($('add-passkey'), 'Waiting for the new passkey…', async () => {
+    const done = await addPasskey(label)
+    $('passkey-label').value = ''
+    await render()
+    return done
+  }, { failed: 'The passkey could not be added.' })
 })
 
 $('export-form').addEventListener('submit', (event) => {
@@ -446,7 +659,7 @@ $('export-form').addEventListener('submit', (event) => {
   if (!newPassphraseOk('export-passphrase', 'export-confirm')) return
   const passphrase = $('export-passphrase').value
   $('export-passphrase').value = $('export-confirm').value = ''
-  backupAction($('export'), 'Encrypting the backup…', async () => {
+  panelAction($('export'), 'Encrypting the backup…', async () => {
     const n = await exportBackup(passphrase)
     return `Backup of ${plural(n, 'note')} downloaded, encrypted under the backup passphrase.`
   })
@@ -456,7 +669,7 @@ $('import-form').addEventListener('submit', (event) => {
   const file = $('import-file').files[0]
   const passphrase = $('import-passphrase').value
   if (!file || !chain) return
-  backupAction($('import'), 'Reading the backup…', async () => {
+  panelAction($('import'), 'Reading the backup…', async () => {
     const n = await addNotes(await readBackup(file, passphrase, 'import-passphrase'))
     $('import-passphrase').value = ''
     await render()
@@ -469,26 +682,26 @@ $('restore-form').addEventListener('submit', (event) => {
   event.preventDefault()
   const file = $('restore-file').files[0]
   const passphrase = $('restore-passphrase').value
-  if (!file || (protection && !$('recover-confirm').checked)) return
-  backupAction(
+  if (!file || (roots.length > 0 && !$('recover-confirm').checked)) return
+  panelAction(
     $('restore'),
     'Reading the backup…',
     async () => {
       // Read first: a wrong file or passphrase deletes nothing.
       const notes = await readBackup(file, passphrase, 'restore-passphrase')
-      if (protection) await eraseNotebook()
+      if (roots.length > 0) await eraseNotebook()
       pendingNotes = notes
       $('restore-passphrase').value = ''
       $('restore-file').value = ''
       showLocked()
       return `The backup holds ${plural(notes.length, 'note')}. Choose how the new notebook is protected.`
     },
-    enableRecover,
+    { enable: enableRecover },
   )
 })
 $('start-over').addEventListener('click', () => {
-  if (protection && !$('recover-confirm').checked) return
-  backupAction(
+  if (roots.length > 0 && !$('recover-confirm').checked) return
+  panelAction(
     $('start-over'),
     'Deleting the old notebook…',
     async () => {
@@ -497,7 +710,7 @@ $('start-over').addEventListener('click', () => {
       showLocked()
       return 'The old notebook was deleted. Choose how the new notebook is protected.'
     },
-    enableRecover,
+    { enable: enableRecover },
   )
 })
 
@@ -506,7 +719,7 @@ $('lock').addEventListener('click', () => {
   say({ status: 'Locked.' })
 })
 
-protection = await getSetting('root')
-storedNotes = (await loadNotes()).length
+await loadRoots()
+storedNotes = roots.length > 0 ? (await loadNotes()).length : 0
 showLocked()
 globalThis.notesReady = true
