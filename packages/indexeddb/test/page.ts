@@ -81,7 +81,10 @@ const kp = {
     const store = indexedDbStore({ name })
     ;(await meet(`wraps:${name}`, tab)).channel.close()
     const ids = Array.from({ length: count }, (_, i) => i + 1)
-    const won = await Promise.all(ids.map((id) => store.putKekIfAbsent('c', { id, createdAt: id, rootKind: tab, wrapped: new Uint8Array([tab.charCodeAt(0), id]), root })))
+    // Tab b puts in the reverse order, so that when the tabs overlap they meet on some record.
+    const order = tab === 'b' ? [...ids].reverse() : ids
+    const results = new Map(await Promise.all(order.map(async (id) => [id, await store.putKekIfAbsent('c', { id, createdAt: id, rootKind: tab, wrapped: new Uint8Array([tab.charCodeAt(0), id]), root })] as const)))
+    const won = ids.map((id) => results.get(id)!)
     const wraps = await Promise.all(ids.map((id) => store.getKekWraps!('c', id)))
     return { won, stored: wraps.map((w) => w.map((r) => `${r.root ?? 'default'}:${r.rootKind}`)) }
   },
