@@ -48,11 +48,12 @@ function runDeno(args: string[]): Promise<any> {
 const kekIdOf = (h: string) => parseInt(h.slice(2, 10), 16)
 
 it('Deno: describeStore(denoKvStore) on Deno.openKv files, built packages, all pass', async () => {
-  const { results } = await runDeno(['contract', dir])
+  const { results, roots } = await runDeno(['contract', dir])
   const failed = results.filter((r: any) => !r.ok).map((r: any) => `${r.name}: ${r.error}`)
   expect(failed).toEqual([])
   expect(results.length).toBe(17)
   console.log(`deno: ${results.length} tests passed:\n  ${results.map((r: any) => `${r.name} (${r.ms} ms)`).join('\n  ')}`)
+  console.log(`deno KV, several roots: ${JSON.stringify(roots)}`)
 }, 60_000)
 
 it('two Deno processes share one KV file and rotate at once: nothing lost, no KEK over the limit', async () => {
