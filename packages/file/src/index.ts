@@ -141,6 +141,10 @@ function serialize(contents: Contents): string {
  * safely by processes on one machine; next to it live `path.lock` and, during a takeover,
  * `path.lock.break`. Not for network file systems. `atomic: true`, `embedsKeks: false`.
  *
+ * Chains of several roots: records are keyed by KEK id and root (`getKekWraps`,
+ * `deleteKekWrap`); the `'default'` root's record stays where every record was before, so files
+ * written then read as they did.
+ *
  * The first write also creates the file's folder if that alone is missing (mode 0700), never
  * its parents: a missing parent is more often a mistyped path or an unmounted volume.
  *
