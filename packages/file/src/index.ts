@@ -75,11 +75,12 @@ const ROOT_NAME = /^[A-Za-z0-9._-]{1,64}$/
 const STATES: readonly unknown[] = ['adding', 'active', 'removing']
 const isCount = (x: unknown): x is number => typeof x === 'number' && Number.isSafeInteger(x) && x >= 0
 const isU32 = (x: unknown): x is number => isCount(x) && x <= 0xffffffff
+const isTime = (x: unknown): x is number => typeof x === 'number' && Number.isFinite(x)
 const ID_KEY = /^(0|[1-9][0-9]{0,9})$/
 
 /** The head as the store keeps it, or undefined when `v` is not a head: only known fields, copied. */
 function headOf(v: unknown): ChainHead | undefined {
-  if (!isObject(v) || !isU32(v.primary) || !isCount(v.primaryCreatedAt) || !isCount(v.leased)) return undefined
+  if (!isObject(v) || !isU32(v.primary) || !isTime(v.primaryCreatedAt) || !isCount(v.leased)) return undefined
   const head = { primary: v.primary, primaryCreatedAt: v.primaryCreatedAt, leased: v.leased }
   if (v.roots === undefined) return head
   if (!Array.isArray(v.roots)) return undefined
@@ -237,7 +238,7 @@ export function fileStore(path: string, options: FileStoreOptions = {}): KeyStor
     const malformed = () => new StoreError(`fileStore: the KEK record ${idKey.slice(0, 10)} in ${path} is malformed`)
     // A root other than 'default' under `wraps` is a file changed by hand or by another program:
     // 'default' there would shadow the record under `keks`.
-    if (!ID_KEY.test(idKey) || !isU32(Number(idKey)) || !isObject(k) || !isCount(k.createdAt) || typeof k.rootKind !== 'string') throw malformed()
+    if (!ID_KEY.test(idKey) || !isU32(Number(idKey)) || !isObject(k) || !isTime(k.createdAt) || typeof k.rootKind !== 'string') throw malformed()
     if (root !== DEFAULT_ROOT && !ROOT_NAME.test(root)) throw malformed()
     let wrapped: Uint8Array
     try {
