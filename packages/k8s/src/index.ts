@@ -17,7 +17,7 @@
  * @module @kms-proxy/k8s
  */
 export { serveKmsPlugin } from './server.js'
-export type { KmsPlugin, KmsPluginOptions, KmsPluginStats, KmsPluginHealth, KmsPluginRequestEvent } from './server.js'
+export type { KmsPlugin, KmsPluginOptions, KmsPluginStats, KmsPluginHealth, KmsPluginRootState, KmsPluginRequestEvent } from './server.js'
 export { loadKmsService } from './proto.js'
 export {
   KMS_API_VERSION,

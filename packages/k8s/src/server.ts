@@ -54,6 +54,14 @@ export interface KmsPluginOptions {
    * without `healthCheck`) the root key's state follows the chain's own root-key calls.
    */
   rootKey?: RootKey
+  /**
+   * The chain's roots by name, for a chain opened with `roots` (for example the HSM and a KMS key
+   * while a cluster moves from one to the other): pass the same object. Each root is probed as
+   * `rootKey` would be, concurrently, one call per root per `healthCacheMs`; each verdict shows in
+   * `stats().health.roots`, and a root that fails marks the plugin degraded, never unhealthy (the
+   * chain unlocks through any one root). Give `rootKey` or `roots`, not both.
+   */
+  roots?: Readonly<Record<string, RootKey>>
   /** A probe of your own instead of the root-key call: resolves when the root key is reachable. */
   healthCheck?: () => Promise<void>
   /**
@@ -111,7 +119,7 @@ export interface KmsPluginHealth {
   checkedAt: number
   /** Root-key probes run: each costs one root-key call when `rootKey` or `healthCheck` is given. */
   probes: number
-  /** The last root-key probe (or, without one, the chain's last root-key call). */
+  /** The last root-key probe (or, without one, the chain's last root-key call); with `roots`, every root's, failing if any failed. */
   rootKey: {
     /** Whether it answered; undefined before the first probe. */
     ok: boolean | undefined
@@ -120,6 +128,15 @@ export interface KmsPluginHealth {
     /** Why it failed (kms-proxy error code and message; no secret). */
     error?: string
   }
+  /** With `roots`: each root's last probe, by name. */
+  roots?: Record<string, KmsPluginRootState>
+  /**
+   * Roots the chain has (active or being added, as its head lists them) that this plugin does not
+   * hold, checked once per `healthCacheMs` (one store read): a new KEK is wrapped under every root
+   * of the chain, so until the plugin is redeployed with them it cannot rotate, and it cannot
+   * decrypt under a KEK it has not loaded whose only wraps are under them. Absent when there are none.
+   */
+  unheldRoots?: string[]
   /** The chain head's primary as the last evaluation read it (one store read, no root-key call). */
   primary?: {
     /** Its key_id. */
@@ -131,6 +148,16 @@ export interface KmsPluginHealth {
     /** Whether this process holds it unwrapped. */
     loaded: boolean
   }
+}
+
+/** One root's last probe: `stats().health.roots[name]`. */
+export interface KmsPluginRootState {
+  /** Whether it answered; undefined before the first probe. */
+  ok: boolean | undefined
+  /** When the probe started (ms since the epoch), 0 before the first. */
+  checkedAt: number
+  /** Why it failed (kms-proxy error code and message; no secret). */
+  error?: string
 }
 
 /** One answered call, as `onRequest` receives it. */
@@ -319,6 +346,8 @@ function integer(name: string, value: number | undefined, fallback: number, min:
   return value
 }
 
+/** A root's name in a chain, as core checks it (part of store keys and of encrypted data). */
+const ROOT_NAME = /^[A-Za-z0-9._-]{1,64}$/
 const PROBE_PLAINTEXT = new Uint8Array(0)
 const PROBE_ASSOCIATED_DATA = 'kms-proxy.dev/k8s/v2 health probe'
 const MAX_STALE_RETRIES = 1100
@@ -380,10 +409,22 @@ export async function serveKmsPlugin(options: KmsPluginOptions): Promise<KmsPlug
   const healthTimeoutMs = integer('healthTimeoutMs', options.healthTimeoutMs, 2_500, 1, 60_000)
   const socketMode = integer('socketMode', options.socketMode, 0o600, 0, 0o777)
   const maxRequestBytes = integer('maxRequestBytes', options.maxRequestBytes, 64 * 1024, 1024, 4 * 1024 * 1024)
-  const { rootKey, healthCheck, onRequest, onHealthChange } = options
-  if (rootKey !== undefined && (typeof rootKey !== 'object' || typeof rootKey.newKek !== 'function')) {
-    throw new TypeError('rootKey: expected a RootKey')
+  const { rootKey, roots, healthCheck, onRequest, onHealthChange } = options
+  const isRootKey = (r: unknown) => typeof r === 'object' && r !== null && typeof (r as RootKey).newKek === 'function'
+  if (rootKey !== undefined && !isRootKey(rootKey)) throw new TypeError('rootKey: expected a RootKey')
+  if (roots !== undefined && rootKey !== undefined) throw new TypeError('give rootKey or roots, not both')
+  // The roots to probe, by name; '' for rootKey, whose verdict is the only one.
+  const probed: [string, RootKey][] = rootKey ? [['', rootKey]] : []
+  if (roots !== undefined) {
+    if (typeof roots !== 'object' || roots === null) throw new TypeError('roots: expected an object of root keys by name')
+    for (const [name, root] of Object.entries(roots)) {
+      if (!ROOT_NAME.test(name)) throw new TypeError(`roots: ${JSON.stringify(name)} is not a root name (1 to 64 letters, digits, ".", "_", "-")`)
+      if (!isRootKey(root)) throw new TypeError(`roots.${name}: expected a RootKey`)
+      probed.push([name, root])
+    }
+    if (probed.length === 0) throw new TypeError('roots: expected at least one root key')
   }
+  const probes = probed.length > 0 || healthCheck !== undefined
   if (healthCheck !== undefined && typeof healthCheck !== 'function') throw new TypeError('healthCheck: expected a function')
   if (onRequest !== undefined && typeof onRequest !== 'function') throw new TypeError('onRequest: expected a function')
   if (onHealthChange !== undefined && typeof onHealthChange !== 'function') throw new TypeError('onHealthChange: expected a function')
@@ -398,6 +439,8 @@ export async function serveKmsPlugin(options: KmsPluginOptions): Promise<KmsPlug
   let reportedKeyId = ''
   let evaluating: Promise<void> | undefined
   let probing: Promise<void> | undefined
+  let rootsChecking: Promise<void> | undefined
+  let rootsCheckedAt = 0
   // The chain's limits, learnt from the head (the chain does not expose its options): an age
   // limit is exact whenever the primary is within it; a use count is a lower bound of the limit.
   let maxAgeMs: number | undefined
@@ -407,31 +450,57 @@ export async function serveKmsPlugin(options: KmsPluginOptions): Promise<KmsPlug
   const aheadMs = () => Math.min(ROTATE_AHEAD_MS, Math.floor((maxAgeMs ?? Infinity) / 4))
   const aheadUses = () => Math.min(ROTATE_AHEAD_USES, Math.floor(maxUsesSeen / 4))
 
-  /** The root key's reachability: one call, at most once per healthCacheMs; it never changes healthz. */
+  /** The root keys' reachability: one call per root, at most once per healthCacheMs; it never changes healthz. */
   function probeRoot(): Promise<void> {
     return (probing ??= (async () => {
       health.probes++
       // From the probe's start, so that probes are exactly healthCacheMs apart however long each takes.
       const checkedAt = Date.now()
       const deadline = performance.now() + healthTimeoutMs
-      try {
-        if (healthCheck) await withTimeout(healthCheck(), deadline, healthTimeoutMs, 'the health check')
-        else await withTimeout(rootKey!.newKek(kekAad(chain.name, 0)), deadline, healthTimeoutMs, 'the root key')
-        health.rootKey = { ok: true, checkedAt }
-      } catch (error) {
-        health.rootKey = { ok: false, checkedAt, error: messageFor(error) }
+      const probe = async (call: () => Promise<unknown>, what: string): Promise<KmsPluginRootState> => {
+        try {
+          await withTimeout(call(), deadline, healthTimeoutMs, what)
+          return { ok: true, checkedAt }
+        } catch (error) {
+          return { ok: false, checkedAt, error: messageFor(error) }
+        }
       }
+      if (healthCheck) {
+        health.rootKey = await probe(healthCheck, 'the health check')
+        return
+      }
+      const states = await Promise.all(probed.map(([name, root]) => probe(() => root.newKek(kekAad(chain.name, 0)), name ? `the root "${name}"` : 'the root key')))
+      if (roots) health.roots = Object.fromEntries(probed.map(([name], i) => [name, states[i]!]))
+      const failed = probed.flatMap(([name], i) => (states[i]!.ok ? [] : [name ? `${name}: ${states[i]!.error}` : states[i]!.error!]))
+      health.rootKey = failed.length === 0 ? { ok: true, checkedAt } : { ok: false, checkedAt, error: failed.join('; ') }
     })().finally(() => (probing = undefined)))
   }
 
-  /** Starts a root-key probe in the background when one is due: Status never waits for the root key. */
+  /** Which roots of the chain this plugin lacks: one store read, at most once per healthCacheMs. */
+  function checkRoots(): Promise<void> {
+    return (rootsChecking ??= (async () => {
+      rootsCheckedAt = Date.now()
+      try {
+        const listed = await withTimeout(chain.listRoots(), performance.now() + healthTimeoutMs, healthTimeoutMs, 'the store')
+        const unheld = listed.filter((r) => r.state !== 'removing' && !r.held).map((r) => r.name)
+        if (unheld.length > 0) health.unheldRoots = unheld
+        else delete health.unheldRoots
+      } catch {
+        // The store's trouble shows in Status's own read; the last verdict stands meanwhile.
+      }
+    })().finally(() => (rootsChecking = undefined)))
+  }
+
+  /** Starts a root-key probe and a check of the chain's roots in the background when due: Status never waits for them. */
   function probeIfDue(): void {
-    if (!(rootKey || healthCheck) || probing) return
-    if (health.rootKey.checkedAt === 0 || Date.now() - health.rootKey.checkedAt >= healthCacheMs) void probeRoot()
+    const due = (at: number) => at === 0 || Date.now() - at >= healthCacheMs
+    if (!rootsChecking && due(rootsCheckedAt)) void checkRoots()
+    if (!probes || probing) return
+    if (due(health.rootKey.checkedAt)) void probeRoot()
   }
 
   function rootKeyState(): KmsPluginHealth['rootKey'] {
-    if (rootKey || healthCheck) return health.rootKey
+    if (probes) return health.rootKey
     const s = chain.stats()
     return { ok: s.rootKeyAvailable, checkedAt: Date.now(), ...(s.rootKeyLastError === undefined ? {} : { error: wellFormed(s.rootKeyLastError) }) }
   }
@@ -504,6 +573,9 @@ export async function serveKmsPlugin(options: KmsPluginOptions): Promise<KmsPlug
     const root = rootKeyState()
     if (root.ok === false) degraded.unshift(`root key: ${root.error ?? 'unavailable'}`)
     if (storeProblem) degraded.push(`store: ${storeProblem}`)
+    if (health.unheldRoots) {
+      degraded.push(`the chain's roots ${health.unheldRoots.join(', ')} are not held by this plugin: it cannot rotate until redeployed with them`)
+    }
 
     const keyIdOf = (id: number) => keyIdFor(chain.name, id)
     reportedKeyId = use ? keyIdOf(use.id) : head ? keyIdOf(head.id) : ''
@@ -516,7 +588,7 @@ export async function serveKmsPlugin(options: KmsPluginOptions): Promise<KmsPlug
     if (degraded.length > 0) health.degraded = degraded.join('; ')
     else delete health.degraded
     // A probe's own result is written by the probe (it may finish after this line was reached).
-    if (!(rootKey || healthCheck)) health.rootKey = root
+    if (!probes) health.rootKey = root
     if (head) health.primary = { keyId: keyIdOf(head.id), ageLeftMs: head.ageLeftMs, usesLeft: head.usesLeft, loaded: head.loaded }
     if (`${health.healthz}|${health.degraded}` !== before) {
       try {
@@ -527,7 +599,13 @@ export async function serveKmsPlugin(options: KmsPluginOptions): Promise<KmsPlug
     }
   }
 
-  const snapshot = (): KmsPluginHealth => ({ ...health, rootKey: { ...health.rootKey }, ...(health.primary ? { primary: { ...health.primary } } : {}) })
+  const snapshot = (): KmsPluginHealth => ({
+    ...health,
+    rootKey: { ...health.rootKey },
+    ...(health.roots ? { roots: Object.fromEntries(Object.entries(health.roots).map(([n, r]) => [n, { ...r }])) } : {}),
+    ...(health.unheldRoots ? { unheldRoots: [...health.unheldRoots] } : {}),
+    ...(health.primary ? { primary: { ...health.primary } } : {}),
+  })
   const evaluateOnce = () => (evaluating ??= evaluate().finally(() => (evaluating = undefined)))
 
   async function encrypt(request: { plaintext: Buffer; uid: string }) {
@@ -668,7 +746,9 @@ export async function serveKmsPlugin(options: KmsPluginOptions): Promise<KmsPlug
       chain: chain.stats(),
     }),
     async checkHealth() {
-      if (rootKey || healthCheck) {
+      await rootsChecking
+      await checkRoots()
+      if (probes) {
         await probing
         await probeRoot()
       }
