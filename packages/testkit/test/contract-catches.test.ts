@@ -75,13 +75,15 @@ it('describeStore fails a store that drops or changes the head\'s roots', async 
   const drops = faulty((inner) => ({
     casHead: (c, e, n) => inner.casHead(c, e, { primary: n.primary, primaryCreatedAt: n.primaryCreatedAt, leased: n.leased }),
   }))
-  expect(failed(await storeResults(drops))).toEqual(["several roots: the head's roots list round-trips through casHead and getHead exactly"])
+  const roundTrip = "several roots: the head's roots list round-trips through casHead and getHead exactly"
+  // toContain: a chain that reads the head's roots may fail other tests on such a store too.
+  expect(failed(await storeResults(drops))).toContain(roundTrip)
   const sorts = faulty((inner) => ({
     casHead: (c, e, n) => inner.casHead(c, e, { ...n, ...(n.roots ? { roots: [...n.roots].sort((a, b) => (a.name < b.name ? -1 : 1)) } : {}) }),
   }))
-  expect(failed(await storeResults(sorts))).toEqual(["several roots: the head's roots list round-trips through casHead and getHead exactly"])
+  expect(failed(await storeResults(sorts))).toContain(roundTrip)
   const adds = faulty((inner) => ({ casHead: (c, e, n) => inner.casHead(c, e, { roots: [], ...n }) }))
-  expect(failed(await storeResults(adds))).toEqual(["several roots: the head's roots list round-trips through casHead and getHead exactly"])
+  expect(failed(await storeResults(adds))).toContain(roundTrip)
 })
 
 const ROOT_BYTES = Uint8Array.from({ length: 32 }, (_, i) => i + 1)
