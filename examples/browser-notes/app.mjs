@@ -191,7 +191,7 @@ function passphraseMode() {
   $('passphrase-lead').textContent =
     creating === 'passkey'
       ? `A recovery passphrase opens the notebook too, when the passkey is not at hand (a lost phone, a reset security key). Type it twice, at least ${MIN_PASSPHRASE} characters.`
-      : 'Without the passkey: the recovery passphrase.'
+      : 'Or, without a passkey, the recovery passphrase:'
 }
 
 /** Shows the locked page: the first-run choice, or a button per passkey and the passphrase form; and the way back. */

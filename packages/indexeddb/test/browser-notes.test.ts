@@ -53,6 +53,27 @@ const LONG_TEST_MS = 150_000
 const TOO_SHORT = 'only eleven' // 11 characters: one below the minimum of 12
 const NOTES = ['Buy oat milk and coffee beans', 'The door code is 4711 — do not tell anyone']
 const SECRETS = [...NOTES, 'oat milk', '4711', PASSPHRASE, 'browser-notes v1']
+/**
+ * What the first version of the app left in IndexedDB for a passphrase notebook, made the way it
+ * made it: a chain opened with `rootKey` (one root, named 'default', no roots in its head, KEKs at
+ * `[chain, 'kek', id]`), the setting `root: { kind: 'passphrase' }`, the check text, one note.
+ */
+const V1_SEED = `
+import { KeyChain } from '@kms-proxy/core'
+import { indexedDbStore } from '@kms-proxy/indexeddb'
+import { passphraseRootKey } from '@kms-proxy/passphrase'
+const done = (r) => new Promise((resolve, reject) => { r.onsuccess = () => resolve(r.result); r.onerror = () => reject(r.error) })
+const open = indexedDB.open('browser-notes')
+open.onupgradeneeded = () => { open.result.createObjectStore('settings'); open.result.createObjectStore('notes', { autoIncrement: true }) }
+const db = await done(open)
+const put = (store, value, key) => { const tx = db.transaction(store, 'readwrite'); tx.objectStore(store).put(value, key); return new Promise((resolve) => (tx.oncomplete = resolve)) }
+await put('settings', { kind: 'passphrase' }, 'root')
+const chain = await KeyChain.open({ rootKey: passphraseRootKey({ passphrase: ${JSON.stringify(PASSPHRASE)} }), store: indexedDbStore({ name: 'browser-notes' }), name: 'notes' })
+await put('settings', await chain.encryptText('browser-notes v1'), 'check')
+const at = 1700000000000
+await put('notes', { at, text: await chain.encryptText(${JSON.stringify(NOTES[0])}, { associatedData: String(at) }) })
+globalThis.seeded = true
+`
 const WRONG_CREDENTIAL = 'this WebAuthn credential cannot unwrap this KEK: another credential or salt, or the wrapped KEK was altered'
 /** Words an end user should not meet on the page (the library's messages stay under "Technical details"). */
 const JARGON = /WebAuthn|PRF|KEK|HKDF|PBKDF2|AES|IndexedDB|credential|authenticator|ceremony|salt|ERR_/
@@ -96,11 +117,13 @@ describe.skipIf(!existsSync(CHROMIUM))('examples/browser-notes in Chromium', () 
   beforeAll(async () => {
     shots = mkdtempSync(join(tmpdir(), 'kms-proxy-browser-notes-shots-'))
     const script = await bundle(join(EXAMPLE, 'app.mjs'))
-    ;({ server, origin } = await serve({ '/app.js': script }, EXAMPLE))
+    const seed = await esbuild.build({ stdin: { contents: V1_SEED, resolveDir: EXAMPLE, loader: 'js' }, bundle: true, format: 'esm', platform: 'browser', write: false, logLevel: 'error' })
+    const routes = { '/app.js': script, '/v1-seed.js': seed.outputFiles[0]!.contents, '/v1-seed.html': '<!doctype html><link rel="icon" href="data:,"><script type="module" src="/v1-seed.js"></script>' }
+    ;({ server, origin } = await serve(routes, EXAMPLE))
     // Also sees what the pages' 'response' events miss, such as the browser's own /favicon.ico.
     server.on('request', (req, res) => res.on('finish', () => res.statusCode >= 400 && failed.push(`server: ${req.method} ${req.url} ${res.statusCode}`)))
     browser = await launch()
-  })
+  }, 60_000) // bundling and starting Chromium took over vitest's 10 s on a 2-core machine at load 25
 
   afterEach(() => {
     const seen = failed
@@ -656,6 +679,39 @@ describe.skipIf(!existsSync(CHROMIUM))('examples/browser-notes in Chromium', () 
     expect(head.leased).toBe(64)
     await page.context().close()
   }, LONG_TEST_MS)
+
+  it('a notebook of the first version (one passphrase root, named default) opens, and gains a passkey by addRoot; the passkey alone then unlocks it', async () => {
+    const { page, cdp, authenticatorId } = await passkeyPage(true)
+    await openPage(page, `${origin}/v1-seed.html`, 'seeded')
+    await openPage(page, `${origin}/`, 'notesReady')
+    const seeded = await readAtRest(page)
+    expect(headRoots(seeded)).toBeUndefined()
+    expect(kekWraps(seeded).map((w) => w.root)).toEqual(['default'])
+    expect(await page.isVisible('#passkey-unlock')).toBe(false)
+    expect(await page.getAttribute('#passphrase', 'placeholder')).toBe('Passphrase')
+    await passphrase(page, PASSPHRASE)
+    expect(await page.textContent('#status')).toMatch(/^Unlocked with the passphrase in \d+ ms\.$/)
+    expect(await page.locator('#notes li').allTextContents()).toEqual([expect.stringContaining(NOTES[0]!)])
+    await page.click('#keys summary')
+    expect(await page.textContent('#add-passkey')).toBe('Add a passkey')
+    await press(page, '#add-passkey')
+    expect(await page.textContent('#status')).toMatch(/^Passkey added in \d+ ms: 1 key wrapped again, no note re-encrypted\. It opens this notebook from now on\.$/)
+    expect(await ceremonies(page)).toEqual({ create: 1, get: 0 })
+    const joined = await readAtRest(page)
+    expect(headRoots(joined)).toEqual([
+      { name: 'default', kind: 'passphrase-pbkdf2', state: 'active' },
+      { name: 'passkey', kind: 'webauthn-prf', state: 'active' },
+    ])
+    expect(kekWraps(joined).find((w) => w.root === 'default')).toEqual(kekWraps(seeded)[0]) // the first version's record, untouched
+    expect((await cdp.send('WebAuthn.getCredentials', { authenticatorId })).credentials).toHaveLength(1)
+    await reload(page)
+    expect(await page.getAttribute('#passphrase', 'placeholder')).toBe('Recovery passphrase')
+    await press(page, '#unlock-passkey')
+    expect(await page.textContent('#status')).toMatch(/^Unlocked with the passkey in \d+ ms\.$/)
+    expect(await page.locator('#notes li').allTextContents()).toEqual([expect.stringContaining(NOTES[0]!)])
+    expect(await page.textContent('#count')).toBe('1 note, encrypted under a passkey and a recovery passphrase')
+    await page.context().close()
+  })
 
   it('layout from phone width up: at 375, 768 and 1280 px nothing scrolls sideways or leaves the card (first run, notebook with the passkeys and backup panels open, locked with an error and the way back open); screenshots of the notebook', async () => {
     const { page } = await passkeyPage(true)
