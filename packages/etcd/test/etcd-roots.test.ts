@@ -68,7 +68,8 @@ describe.skipIf(!haveEtcd)('etcdStore with several roots per chain', () => {
 
   it('two handles putting the same 25 (id, root) pairs at once: one winner per pair, whose bytes are kept; under two roots: both kept', async () => {
     const prefix = uniquePrefix()
-    const [s1, s2] = [etcdStore({ endpoints: [url], prefix }), etcdStore({ endpoints: [url], prefix })]
+    // 50 writes in flight on a loaded machine: a request past the default 5 s would fail the call.
+    const [s1, s2] = [etcdStore({ endpoints: [url], prefix, timeoutMs: 30_000 }), etcdStore({ endpoints: [url], prefix, timeoutMs: 30_000 })]
     const ids = Array.from({ length: 25 }, (_, i) => i + 1)
     const race = (root: [string, string]) => Promise.all([
       Promise.all(ids.map((id) => s1.putKekIfAbsent('c', rec(id, root[0], 1)))),
@@ -84,7 +85,7 @@ describe.skipIf(!haveEtcd)('etcdStore with several roots per chain', () => {
     const [a, b] = await race(['a', 'b'])
     expect([...a, ...b].every(Boolean)).toBe(true)
     for (const id of ids) expect((await s2.getKekWraps!('c', id)).map((r) => r.root).sort(), `id ${id}`).toEqual(['a', 'b', 'r'])
-  })
+  }, 120_000)
 
   it('a head keeps its roots; a malformed head or root record read is ERR_STORE, not retryable', async () => {
     const prefix = uniquePrefix()
