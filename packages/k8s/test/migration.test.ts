@@ -40,7 +40,7 @@ beforeAll(async () => {
   const config = [{ module: MODULE, tokenLabel: TOKEN_LABEL, pin: PIN, token: BRIDGE_TOKEN, keyLabel: 'k8s-migration', createKey: true, port }]
   const bridge = spawnTs('./serve.ts', { ...token.env, KMS_PROXY_TEST_BRIDGES: JSON.stringify(config) })
   children.push(bridge)
-  ;[etcd, moto, [bridgeUrl]] = await Promise.all([startEtcd(), startMoto(credentials), readLine<string[]>(bridge, 'READY ')])
+  ;[etcd, moto, [bridgeUrl]] = await Promise.all([startEtcd(), startMoto(credentials), readLine<string[]>(bridge, 'READY ', 100_000)])
   kmsKey = (await moto.kms('CreateKey', {})).KeyMetadata.KeyId
 }, 120_000)
 
@@ -155,14 +155,14 @@ it('HSM to KMS with no downtime: plugins holding both roots serve through a chan
   }
   const loops = [loop('a', a), loop('b', b)]
   const child = changeRootProcess('change')
-  await readLine(child, 'START ')
+  await readLine(child, 'START ', 100_000)
   phase = 'during'
   const startedAt = performance.now()
   // Another node (a third chain instance holding both roots) rotates during the change: its new
   // KEK must end up under the KMS key too.
   const other = await KeyChain.open({ roots: roots(), store: store(), name: CHAIN })
   const rotated = await other.rotate()
-  const done = await readLine<{ report: Record<string, number>; kmsCalls: Record<string, number>; roots: unknown[] }>(child, 'DONE ', 60_000)
+  const done = await readLine<{ report: Record<string, number>; kmsCalls: Record<string, number>; bridgeCalls: Record<string, number>; roots: unknown[] }>(child, 'DONE ', 120_000)
   phase = 'after'
   const changeMs = Math.round(performance.now() - startedAt)
   const duringCalls = made.filter((m) => m.phase === 'during').length
@@ -184,6 +184,11 @@ it('HSM to KMS with no downtime: plugins holding both roots serve through a chan
   expect(done.report).toMatchObject({ name: 'kms', keks, deleted: keks })
   expect(done.report.rootKeyWraps).toBe(done.report.wrapped)
   expect(done.kmsCalls.GenerateDataKey).toBe(done.report.wrapped)
+  expect(done.kmsCalls.Decrypt).toBe(1)
+  // One HSM unwrap per KEK re-wrapped, and at most one more: proving the HSM is the chain's 'default'.
+  expect(done.bridgeCalls.unwrap! - done.report.wrapped).toBeGreaterThanOrEqual(0)
+  expect(done.bridgeCalls.unwrap! - done.report.wrapped).toBeLessThanOrEqual(1)
+  expect(done.bridgeCalls.generate ?? 0).toBe(0)
   expect(done.report.wrapped).toBeLessThanOrEqual(keks)
   console.log(`root change: ${JSON.stringify(done)} in ${changeMs} ms; ${calls} plugin calls, ${duringCalls} Encrypts during the change, 0 failed`)
 
@@ -221,4 +226,7 @@ it('HSM to KMS with no downtime: plugins holding both roots serve through a chan
   expect(Object.values(legacy.chain.stats().roots).reduce((n, r) => n + r.unwraps, 0)).toBe(legacyUnwraps)
   await expect(legacy.chain.rotate()).rejects.toMatchObject({ code: 'ERR_ROOT_KEY' })
   expect((await store().listKeks(CHAIN)).map((r) => `${r.root}:${r.rootKind}`)).toEqual(Array(KEKS + 1).fill('kms:aws-kms'))
+  // Restarted with that old configuration, it loads nothing: unhealthy, still reporting the store's primary.
+  const restarted = await node('legacy-restarted', { rootKey: hsm() })
+  expect(await restarted.client.status()).toMatchObject({ healthz: expect.stringMatching(/^unhealthy: cannot serve Encrypt: ERR_ROOT_KEY: /), key_id: status.key_id })
 })
