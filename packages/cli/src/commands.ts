@@ -3,12 +3,17 @@ import { lstat, open, readdir, readFile, stat, unlink } from 'node:fs/promises'
 import { dirname, join, relative, resolve } from 'node:path'
 import process from 'node:process'
 import { parseArgs } from 'node:util'
-import { FORMAT_VERSION, KeyChain, type ChainHead, type KeyStore, type RootKey } from '@kms-proxy/core'
+import { DEFAULT_ROOT, FORMAT_VERSION, KeyChain, LimitError, kekAad, type ChainHead, type ChainRoot, type KekRecord, type KeyStore, type RootChangeReport, type RootKey } from '@kms-proxy/core'
 import { DEFAULT_ITERATIONS } from '@kms-proxy/passphrase'
 import {
   CONFIG_FORMAT,
   DEFAULT_STORE_FILE,
   chainOptions,
+  configRoots,
+  namedPassphraseEnv,
+  openRoots,
+  SECRET_ENV,
+  validRootName,
   WEAK_KDF_ENV,
   chainHead,
   headOf,
@@ -25,7 +30,9 @@ import {
   weakKdf,
   weakKdfAllowed,
   type CliConfig,
+  type NamedRootKeyConfig,
   type OpenOptions,
+  type PendingRootChange,
   type RootKeyConfig,
   type StoreConfig,
 } from './config.js'
@@ -73,6 +80,33 @@ function required(name: string, v: unknown): string {
 // ------------------------------------------------------------------------------ init
 
 const ROOT_TYPES = ['passphrase', 'aws-kms', 'vault', 'gcp', 'azure', 'pkcs11'] as const
+
+/** The options that describe a root key: init's, and root change's and root add's. */
+const ROOT_OPTIONS = {
+  root: { type: 'string' },
+  kdf: { type: 'string' },
+  iterations: { type: 'string' },
+  'aws-key-id': { type: 'string' },
+  'aws-region': { type: 'string' },
+  endpoint: { type: 'string' },
+  'vault-address': { type: 'string' },
+  'vault-key': { type: 'string' },
+  'vault-mount': { type: 'string' },
+  'vault-namespace': { type: 'string' },
+  'gcp-key-name': { type: 'string' },
+  'azure-vault-url': { type: 'string' },
+  'azure-key-name': { type: 'string' },
+  'azure-key-version': { type: 'string' },
+  'pkcs11-url': { type: 'string' },
+} as const
+const ROOT_HELP = `      --kdf pbkdf2|scrypt|argon2id   passphrase KDF (default pbkdf2)
+      --iterations N          PBKDF2 iterations (default and least 600000; lower only with
+                              KMS_PROXY_ALLOW_WEAK_KDF=1 in the environment, for tests)
+      --aws-key-id ID --aws-region R [--endpoint URL]       credentials: $AWS_ACCESS_KEY_ID, $AWS_SECRET_ACCESS_KEY
+      --vault-address URL --vault-key K [--vault-mount M] [--vault-namespace N]   token: $VAULT_TOKEN
+      --gcp-key-name projects/.../cryptoKeys/K [--endpoint URL]   token: $GCP_ACCESS_TOKEN
+      --azure-vault-url URL --azure-key-name K [--azure-key-version V]   token: $AZURE_ACCESS_TOKEN
+      --pkcs11-url URL        kms-proxy PKCS#11 bridge; token: $KMS_PROXY_PKCS11_TOKEN`
 
 function rootKeyConfig(v: Record<string, unknown>): RootKeyConfig {
   const type = str(v.root) ?? 'passphrase'
@@ -138,7 +172,9 @@ function storeConfig(v: Record<string, unknown>, configFile: string): StoreConfi
 function backupNote(config: CliConfig, configFile: string): string {
   const s = config.store
   const what = s.type === 'file' ? storeFilePath(config, configFile)! : `the etcd keys under ${s.prefix ?? 'kms-proxy/'}${config.chain}/`
-  const root = config.rootKey.type === 'passphrase' ? 'the passphrase' : `the ${config.rootKey.type} key`
+  const root = configRoots(config)
+    .map(({ root: r }) => (r.type === 'passphrase' ? 'the passphrase' : `the ${r.type} key`))
+    .join(' or ')
   return `back up ${what}: it holds the chain's wrapped KEKs, and nothing encrypted under chain "${config.chain}" can be decrypted without it (and ${root}); \`kms-proxy init\` cannot recreate it`
 }
 
@@ -158,14 +194,7 @@ ${CONFIG_HELP}
       --etcd-prefix P         key prefix in etcd (default kms-proxy/)
       --etcd-username U       etcd user; the password comes from $KMS_PROXY_ETCD_PASSWORD
       --root TYPE             passphrase (default), aws-kms, vault, gcp, azure, pkcs11
-      --kdf pbkdf2|scrypt|argon2id   passphrase KDF (default pbkdf2)
-      --iterations N          PBKDF2 iterations (default and least 600000; lower only with
-                              KMS_PROXY_ALLOW_WEAK_KDF=1 in the environment, for tests)
-      --aws-key-id ID --aws-region R [--endpoint URL]       credentials: $AWS_ACCESS_KEY_ID, $AWS_SECRET_ACCESS_KEY
-      --vault-address URL --vault-key K [--vault-mount M] [--vault-namespace N]   token: $VAULT_TOKEN
-      --gcp-key-name projects/.../cryptoKeys/K [--endpoint URL]   token: $GCP_ACCESS_TOKEN
-      --azure-vault-url URL --azure-key-name K [--azure-key-version V]   token: $AZURE_ACCESS_TOKEN
-      --pkcs11-url URL        kms-proxy PKCS#11 bridge; token: $KMS_PROXY_PKCS11_TOKEN
+${ROOT_HELP}
       --max-wraps-per-kek N   rotation after N DEKs (default 2^21)
       --max-kek-age-days D    rotation after D days (default 7)
       --plain-http-host HOST  allow plain http: to HOST (not loopback); repeatable; kept in the config
@@ -183,21 +212,7 @@ of its wrapped KEKs, and nothing encrypted under the chain can be decrypted with
     'etcd-endpoints': { type: 'string' },
     'etcd-prefix': { type: 'string' },
     'etcd-username': { type: 'string' },
-    root: { type: 'string' },
-    kdf: { type: 'string' },
-    iterations: { type: 'string' },
-    'aws-key-id': { type: 'string' },
-    'aws-region': { type: 'string' },
-    endpoint: { type: 'string' },
-    'vault-address': { type: 'string' },
-    'vault-key': { type: 'string' },
-    'vault-mount': { type: 'string' },
-    'vault-namespace': { type: 'string' },
-    'gcp-key-name': { type: 'string' },
-    'azure-vault-url': { type: 'string' },
-    'azure-key-name': { type: 'string' },
-    'azure-key-version': { type: 'string' },
-    'pkcs11-url': { type: 'string' },
+    ...ROOT_OPTIONS,
     'max-wraps-per-kek': { type: 'string' },
     'max-kek-age-days': { type: 'string' },
     'plain-http-host': { type: 'string', multiple: true },
@@ -229,7 +244,7 @@ of its wrapped KEKs, and nothing encrypted under the chain can be decrypted with
     }
     const store = openStore(config, file)
     const existing = await headOf(store, config.chain)
-    const rootKey = await openRootKey(config.rootKey, { confirm: !existing })
+    const rootKey = await openRootKey(config.rootKey!, { confirm: !existing })
     let message: string
     if (existing) {
       // One root-key unwrap of the primary proves the root key before the config is written;
@@ -237,12 +252,12 @@ of its wrapped KEKs, and nothing encrypted under the chain can be decrypted with
       await checkRootKey(rootKey, config, store, existing.value)
       message = `chain "${config.chain}" already exists; the root key unlocks its primary KEK ${kekId(existing.value.primary)}`
     } else {
-      const { id } = await (await KeyChain.open(chainOptions(config, rootKey, store))).rotate()
+      const { id } = await (await KeyChain.open(chainOptions(config, { rootKey }, store))).rotate()
       message = `created chain "${config.chain}" with KEK ${kekId(id)}`
     }
     await writeWhole(file, new TextEncoder().encode(`${JSON.stringify(config, null, 2)}\n`), { mode: 0o644, replace: true }) // --force was checked above
     const where = config.store.type === 'file' ? `file store ${storeFilePath(config, file)}` : `etcd ${config.store.endpoints.join(',')}`
-    out(`${message} (${config.rootKey.type} root key, ${where})`)
+    out(`${message} (${config.rootKey!.type} root key, ${where})`)
     out(`config written to ${file}`)
     out(backupNote(config, file))
     if (implicit && networkPart(config)) {
@@ -387,7 +402,8 @@ ${CONFIG_HELP}
       --json              print {"primary": id, "createdAt": ms} as JSON`,
   options: { ...CONFIG_OPTION, json: { type: 'boolean' } },
   async run(v) {
-    const { chain } = await openNamed(v)
+    // The new KEK is wrapped under every root of the chain: each one's secret is needed.
+    const { chain } = await openNamed(v, { allRoots: true })
     const { id, createdAt } = await chain.rotate()
     if (v.json) out(JSON.stringify({ primary: id, primaryHex: kekId(id), createdAt }))
     else out(`new primary KEK ${kekId(id)} (${new Date(createdAt).toISOString()})`)
@@ -404,11 +420,42 @@ function age(ms: number): string {
 }
 
 /** Proves `root` on the chain's primary KEK (unlockPrimary): one unwrap, nothing written. */
-async function checkRootKey(root: RootKey, config: CliConfig, store: KeyStore, head: ChainHead): Promise<true> {
-  if (!(await unlockPrimary(root, store, config.chain, head))) {
-    throw new CliError(EXIT.ROOT_KEY, `the primary KEK was made by another kind of root key than the config's (${root.kind}): this root key cannot unlock it`)
+async function checkRootKey(root: RootKey, config: CliConfig, store: KeyStore, head: ChainHead, name?: string): Promise<true> {
+  if (!(await unlockPrimary(root, store, config.chain, head, name))) {
+    const which = name === undefined ? "the config's" : `root "${name}" of the config`
+    throw new CliError(EXIT.ROOT_KEY, `the primary KEK has no wrap under ${which} (${root.kind}): this root key cannot unlock it`)
   }
   return true
+}
+
+/** Proves every root of the config at hand (checkRootKey, one unwrap each); returns how many. */
+async function checkRoots(config: CliConfig, store: KeyStore, head: ChainHead): Promise<number> {
+  if (!config.roots) {
+    await checkRootKey(await openRootKey(config.rootKey!, config.plainHttpHosts ? { plainHttpHosts: config.plainHttpHosts } : {}), config, store, head)
+    return 1
+  }
+  const roots = await openRoots(config)
+  for (const [name, root] of roots) await checkRootKey(root, config, store, head, name)
+  return roots.size
+}
+
+/** A config's roots in a line: `passphrase (pbkdf2)`, or `main: aws-kms, recovery: passphrase (pbkdf2)`. */
+function describeRoots(config: CliConfig): string {
+  const one = (r: RootKeyConfig) => `${r.type}${r.type === 'passphrase' ? ` (${r.kdf ?? 'pbkdf2'})` : ''}`
+  return configRoots(config)
+    .map(({ name, root }) => (name === undefined ? one(root) : `${name}: ${one(root)}`))
+    .join(', ')
+}
+
+/** Records of the store, one per KEK (a KEK of a chain of several roots has one record per root). */
+function byKek(records: readonly KekRecord[]): Array<KekRecord & { roots: string[] }> {
+  const keks = new Map<number, KekRecord & { roots: string[] }>()
+  for (const r of records) {
+    const k = keks.get(r.id)
+    if (k) k.roots.push(r.root ?? DEFAULT_ROOT)
+    else keks.set(r.id, { ...r, roots: [r.root ?? DEFAULT_ROOT] })
+  }
+  return [...keks.values()].sort((a, b) => a.createdAt - b.createdAt)
 }
 
 const DEFAULT_MAX_WRAPS = 2 ** 21
@@ -440,8 +487,8 @@ ${CONFIG_HELP}
     const head = await chainHead(store, config.chain)
     // A check unwraps the primary KEK and writes nothing: no use, no lease, no rotation of an
     // overdue primary, no KEK (what an encryption would do).
-    const checked = v.check ? await checkRootKey(await openRootKey(config.rootKey, config.plainHttpHosts ? { plainHttpHosts: config.plainHttpHosts } : {}), config, store, head.value) : undefined
-    const keks = (await store.listKeks(config.chain)).sort((a, b) => a.createdAt - b.createdAt)
+    const checked = v.check ? await checkRoots(config, store, head.value) : undefined
+    const keks = byKek(await store.listKeks(config.chain))
     const maxWraps = config.maxWrapsPerKek ?? DEFAULT_MAX_WRAPS
     const maxAge = config.maxKekAgeMs ?? DEFAULT_MAX_AGE_MS
     const h = head.value
@@ -453,11 +500,12 @@ ${CONFIG_HELP}
       config: file,
       chain: config.chain,
       store: config.store.type === 'file' ? { type: 'file', path: storeFile } : { type: 'etcd', endpoints: config.store.endpoints },
-      rootKey: { type: config.rootKey.type },
+      ...(config.roots ? { roots: config.roots.map((r) => ({ name: r.name, type: r.type })) } : { rootKey: { type: config.rootKey!.type } }),
+      ...(config.rootChange ? { rootChange: config.rootChange } : {}),
       policy: { maxWrapsPerKek: maxWraps, maxKekAgeMs: maxAge },
       primary: { id: h.primary, createdAt: h.primaryCreatedAt, usesReserved: h.leased, rotatesAt: h.primaryCreatedAt + maxAge },
-      keks: keks.map((k) => ({ id: k.id, createdAt: k.createdAt, rootKind: k.rootKind, primary: k.id === h.primary })),
-      rootKeyCalls: { wraps: 0, unwraps: checked ? 1 : 0 },
+      keks: keks.map((k) => ({ id: k.id, createdAt: k.createdAt, rootKind: k.rootKind, roots: k.roots, primary: k.id === h.primary })),
+      rootKeyCalls: { wraps: 0, unwraps: checked ?? 0 },
       ...(checked === undefined ? {} : { rootKeyAvailable: true }),
       ...(str(v.plugin) ? { plugin: await pluginStatus(str(v.plugin)!, `${config.chain}/${h.primary.toString(16).padStart(8, '0')}`) } : {}),
       leftovers,
@@ -471,12 +519,13 @@ ${CONFIG_HELP}
     out(`config       ${file}`)
     out(`chain        ${config.chain}`)
     out(`store        ${where}`)
-    out(`root key     ${config.rootKey.type}${config.rootKey.type === 'passphrase' ? ` (${config.rootKey.kdf ?? 'pbkdf2'})` : ''}`)
+    out(`${config.roots ? 'roots       ' : 'root key    '} ${describeRoots(config)}`)
+    if (config.rootChange) out(`             unfinished: ${describeChange(config.rootChange)}: run the same \`kms-proxy root ${config.rootChange.op}\` again to finish`)
     out(`primary KEK  ${kekId(h.primary)}, ${age(now - h.primaryCreatedAt)} old, rotates in ${age(h.primaryCreatedAt + maxAge - now)} or after ${plural(maxWraps, 'use')}`)
     if (h.primaryCreatedAt + maxAge <= now) out(`             past its age by ${age(now - h.primaryCreatedAt - maxAge)}: the next plugin Status or encryption rotates it (one root-key call)`)
     out(`usage        ${h.leased.toLocaleString('en-US')} of ${plural(maxWraps, 'use')} reserved (${((100 * h.leased) / maxWraps).toFixed(h.leased * 1000 < maxWraps ? 3 : 1)}%)`)
     out(`KEKs         ${keks.length}`)
-    for (const k of keks) out(`  ${kekId(k.id)}  ${new Date(k.createdAt).toISOString()}  ${k.rootKind}${k.id === h.primary ? '  primary' : ''}`)
+    for (const k of keks) out(`  ${kekId(k.id)}  ${new Date(k.createdAt).toISOString()}  ${h.roots ? k.roots.join(', ') : k.rootKind}${k.id === h.primary ? '  primary' : ''}`)
     out(`root-key calls by this command: ${plural(report.rootKeyCalls.wraps, 'wrap')}, ${plural(report.rootKeyCalls.unwraps, 'unwrap')}${checked ? ' (root key ok)' : ''}`)
     if (report.plugin) {
       const p = report.plugin
@@ -786,6 +835,291 @@ ${CONFIG_HELP}
   },
 }
 
+// ------------------------------------------------------------------------------ root
+
+/** An unfinished root command in words: `root change to "default-2" (aws-kms)`. */
+function describeChange(p: PendingRootChange): string {
+  if (p.op === 'remove') return `root remove of "${p.name}"`
+  return `root ${p.op} ${p.op === 'change' ? `of "${p.from}" to` : 'of'} "${p.name}" (${p.rootKey!.type})`
+}
+
+/** The default name of the root that replaces `from` (core's rule): 'default' → 'default-2' → 'default-3'. */
+function nextRootName(from: string): string {
+  const m = /^(.*)-(\d{1,6})$/.exec(from)
+  const next = m ? `${m[1]}-${Number(m[2]) + 1}` : `${from}-2`
+  if (!validRootName(next)) throw usage('--name: give the new root a name (the one derived from --from is too long)')
+  return next
+}
+
+/** The head's roots; a head from before chains had several roots has one, 'default'. */
+async function headRoots(store: KeyStore, chain: string, head: ChainHead): Promise<ChainRoot[]> {
+  if (head.roots) return [...head.roots]
+  const primary = await store.getKek(chain, head.primary)
+  return [{ name: DEFAULT_ROOT, kind: primary?.rootKind ?? 'unknown', state: 'active' }]
+}
+
+/**
+ * The name in the chain of a `rootKey` config's root: the chain's one root that no unfinished
+ * command is adding (a `change` names it).
+ */
+function singleName(roots: readonly ChainRoot[], pending: PendingRootChange | undefined): string {
+  if (pending?.op === 'change') return pending.from!
+  const live = roots.filter((r) => r.state !== 'removing' && !(pending && pending.op === 'add' && r.name === pending.name))
+  if (live.length !== 1) throw new CliError(EXIT.MISSING, `the chain has ${live.length} roots (${live.map((r) => r.name).join(', ')}) and the config names one: list them under "roots"`)
+  return live[0]!.name
+}
+
+/** The config with `section` as its roots (rootKey or roots) and no unfinished change; fields keep their order. */
+function withRoots(config: CliConfig, section: { rootKey: RootKeyConfig } | { roots: NamedRootKeyConfig[] }): CliConfig {
+  const { format, chain, store, rootKey: _k, roots: _r, rootChange: _c, ...rest } = config
+  return { format, chain, store, ...section, ...rest }
+}
+
+/**
+ * Replaces the config by `next` whole or not at all (temporary file, fsync, rename), with its
+ * mode and owner, and only if it still reads `expected`: two root commands at once cannot undo
+ * each other's config.
+ */
+async function replaceConfig(file: string, expected: string, next: CliConfig): Promise<string> {
+  const info = await stat(file)
+  const text = `${JSON.stringify(next, null, 2)}\n`
+  await writeWhole(file, new TextEncoder().encode(text), {
+    mode: info.mode & 0o777,
+    owner: { uid: info.uid, gid: info.gid },
+    replace: true,
+    beforeRename: async () => {
+      if ((await readFile(file, 'utf8')) !== expected) throw new CliError(EXIT.IO, `the config ${file} changed while the root command ran: left as it is; run the command again`)
+    },
+  })
+  return text
+}
+
+/** True when the secrets of root `r` are in the environment (no prompt, no call: building a root key calls nothing). */
+async function atHand(r: RootKeyConfig, passphraseEnvs: string[], config: CliConfig): Promise<boolean> {
+  if (r.type === 'passphrase') return passphraseEnvs.some((e) => process.env[e] !== undefined)
+  return openRootKey(r, config.plainHttpHosts ? { plainHttpHosts: config.plainHttpHosts } : {}).then(
+    () => true,
+    () => false,
+  )
+}
+
+const sum = (a: RootChangeReport, b: RootChangeReport | undefined): Omit<RootChangeReport, 'name'> => ({
+  keks: Math.max(a.keks, b?.keks ?? 0),
+  wrapped: a.wrapped + (b?.wrapped ?? 0),
+  deleted: a.deleted + (b?.deleted ?? 0),
+  rootKeyUnwraps: a.rootKeyUnwraps + (b?.rootKeyUnwraps ?? 0),
+  rootKeyWraps: a.rootKeyWraps + (b?.rootKeyWraps ?? 0),
+})
+
+/** Core's refusal to remove a chain's last root is the user's to fix: a usage error. */
+async function lastRootIsUsage<T>(work: Promise<T>): Promise<T> {
+  try {
+    return await work
+  } catch (error) {
+    if (error instanceof LimitError || (error as { code?: string })?.code === 'ERR_LIMIT') throw usage((error as Error).message)
+    throw error
+  }
+}
+
+const ROOT_SUBCOMMANDS = ['change', 'add', 'remove', 'list'] as const
+
+const root: Command = {
+  summary: "change, add, remove or list the chain's root keys",
+  help: `Usage: kms-proxy root change --root TYPE [options] [--from NAME] [--name NAME]
+       kms-proxy root add NAME --root TYPE [options]
+       kms-proxy root remove NAME
+       kms-proxy root list
+
+A chain has one root key or several; any one of them unlocks it, and every new KEK is wrapped
+under each. No data byte changes: files name their KEK by id, and the store keeps its wraps.
+
+  change   replaces a root (default: the only one) by a new one: every KEK is wrapped under
+           the new root (one unwrap and one wrap per KEK), then the old root's wraps are deleted.
+           A new passphrase, a passphrase to a KMS key, one KMS key to another, an HSM to a KMS.
+  add      adds a root named NAME (a recovery passphrase, a KMS key in a second region): every
+           KEK is wrapped under it too. The config then lists its roots under "roots".
+  remove   removes the root NAME and deletes its wraps; needs none of its secrets (a lost root
+           can go), refuses the chain's last root.
+  list     the chain's roots: name, kind, state (adding, active, removing), and held (its
+           secrets are in the environment).
+
+The config is rewritten when the store change has landed (temporary file, rename; its mode
+kept). Before the store changes, the config records the command under "rootChange": a command
+that was killed or failed finishes when run again, and another root command is refused until it
+has. Secrets: the new root's as for init (a new passphrase from $${SECRET_ENV.newPassphrase}, else
+typed twice on a terminal); with several roots, root NAME's passphrase from
+$${SECRET_ENV.passphrase}_NAME (NAME upper-cased, other characters as _), and the first
+passphrase root's from $${SECRET_ENV.passphrase} too.
+
+${CONFIG_HELP}
+      --root TYPE             the new root: passphrase, aws-kms, vault, gcp, azure, pkcs11
+${ROOT_HELP}
+      --from NAME             change: the root to replace (needed when the chain has several)
+      --name NAME             change: the new root's name (default: NAME-2, NAME-3, ...)
+      --json                  print what was done as JSON`,
+  options: { ...CONFIG_OPTION, ...ROOT_OPTIONS, from: { type: 'string' }, name: { type: 'string' }, json: { type: 'boolean' } },
+  positionals: true,
+  async run(v, positionals) {
+    const [sub, ...args] = positionals
+    if (!ROOT_SUBCOMMANDS.includes(sub as (typeof ROOT_SUBCOMMANDS)[number])) throw usage(`expected ${ROOT_SUBCOMMANDS.map((c) => `root ${c}`).join(', ')}`)
+    const named = sub === 'add' || sub === 'remove'
+    if (args.length !== (named ? 1 : 0)) throw usage(named ? `root ${sub} takes one root name: kms-proxy root ${sub} NAME` : `root ${sub} takes no argument`)
+    const given = Object.keys(ROOT_OPTIONS).filter((o) => v[o] !== undefined)
+    if ((sub === 'remove' || sub === 'list') && given.length > 0) throw usage(`--${given[0]} applies to root change and root add`)
+    if (sub !== 'change' && (v.from !== undefined || v.name !== undefined)) throw usage('--from and --name apply to root change')
+    if (named && !validRootName(args[0])) throw usage('a root name is 1 to 64 letters, digits, ".", "_" or "-"')
+    if ((sub === 'change' || sub === 'add') && v.root === undefined) throw usage(`--root is required: the new root's type (${ROOT_TYPES.join(', ')})`)
+
+    const { path: file, implicit } = resolveConfig(str(v.config))
+    const config = await loadConfig(file, { implicit })
+    const original = await readFile(file, 'utf8')
+    const storeFile = storeFilePath(config, file)
+    if (storeFile) await storeFileExists(storeFile, file, config.chain)
+    const store = openStore(config, file)
+    const head = (await chainHead(store, config.chain)).value
+    const roots = await headRoots(store, config.chain, head)
+    const pending = config.rootChange
+    const single = config.roots ? undefined : singleName(roots, pending)
+    const names = config.roots ? config.roots.map((r) => r.name) : [single!]
+
+    if (sub === 'list') return listRoots(v, config, roots, single)
+
+    // ---- what this command asks for, or the unfinished one it repeats
+    let wanted: PendingRootChange
+    let newConfig: RootKeyConfig | undefined
+    if (sub === 'remove') {
+      const name = args[0]!
+      if (!names.includes(name) && !roots.some((r) => r.name === name)) throw usage(`the chain has no root named "${name}" (it has ${names.join(', ')})`)
+      if (names.every((n) => n === name)) throw usage(`"${name}" is the chain's last root: a chain keeps at least one (root add another first, or root change it)`)
+      wanted = { op: 'remove', name }
+    } else {
+      newConfig = rootKeyConfig(v)
+      if (sub === 'add') wanted = { op: 'add', name: args[0]!, rootKey: newConfig }
+      else {
+        const from = str(v.from) ?? pending?.from ?? (names.length === 1 ? names[0]! : undefined)
+        if (from === undefined) throw usage(`the chain has several roots (${names.join(', ')}): --from NAME says which to replace`)
+        if (!validRootName(from)) throw usage('--from: a root name is 1 to 64 letters, digits, ".", "_" or "-"')
+        const name = str(v.name) ?? pending?.name ?? nextRootName(from)
+        if (!validRootName(name)) throw usage('--name: a root name is 1 to 64 letters, digits, ".", "_" or "-"')
+        wanted = { op: 'change', from, name, rootKey: newConfig }
+      }
+    }
+    const resumed = pending !== undefined
+    if (pending && JSON.stringify(pending) !== JSON.stringify(wanted)) {
+      throw usage(`the config has an unfinished ${describeChange(pending)}: run that command again to finish it first`)
+    }
+    if (!resumed && wanted.op !== 'remove') {
+      if (wanted.op === 'change' && !names.includes(wanted.from!)) throw usage(`the config has no root named "${wanted.from}" (it has ${names.join(', ')})`)
+      if (wanted.name === wanted.from) throw usage('--name: the new root needs a name of its own')
+      if (names.includes(wanted.name) || roots.some((r) => r.name === wanted.name)) throw usage(`the chain already has a root named "${wanted.name}"`)
+    }
+
+    // ---- every secret before anything is written: a missing one changes nothing
+    const held = config.roots
+      ? await openRoots(config, wanted.op === 'remove' ? { except: wanted.name } : {})
+      : new Map([[single!, await openRootKey(config.rootKey!, config.plainHttpHosts ? { plainHttpHosts: config.plainHttpHosts } : {})]])
+    const newRoot = newConfig
+      ? await openRootKey(newConfig, {
+          confirm: true,
+          passphrase: { env: SECRET_ENV.newPassphrase, label: 'New passphrase' },
+          command: `root ${sub}`,
+          ...(config.plainHttpHosts ? { plainHttpHosts: config.plainHttpHosts } : {}),
+        })
+      : undefined
+    let extraUnwraps = 0
+    if (resumed && newRoot) {
+      // A rerun must bring the root the first run began with: KEKs half wrapped under one
+      // passphrase and half under another would leave no single secret that opens them all.
+      const earlier = (await store.listKeks(config.chain)).find((r) => (r.root ?? DEFAULT_ROOT) === wanted.name)
+      if (earlier) {
+        extraUnwraps++
+        await newRoot.unwrapKek(earlier.wrapped, kekAad(config.chain, earlier.id)).catch((error: unknown) => {
+          if ((error as { retryable?: boolean })?.retryable) throw error
+          throw new CliError(EXIT.ROOT_KEY, `the new root does not open the wraps the unfinished command already wrote under "${wanted.name}": give the same ${newConfig!.type === 'passphrase' ? 'passphrase' : 'key and credentials'} as then`)
+        })
+      }
+    }
+
+    // ---- the config it leaves
+    const namedNew = (name: string): NamedRootKeyConfig => ({ name, ...newConfig! })
+    const current: NamedRootKeyConfig[] = config.roots ?? [{ name: single!, ...config.rootKey! }]
+    const next =
+      wanted.op === 'change'
+        ? config.roots
+          ? withRoots(config, { roots: current.map((r) => (r.name === wanted.from ? namedNew(wanted.name) : r)) })
+          : withRoots(config, { rootKey: newConfig! })
+        : wanted.op === 'add'
+          ? withRoots(config, { roots: [...current, namedNew(wanted.name)] })
+          : withRoots(config, config.roots ? { roots: current.filter((r) => r.name !== wanted.name) } : { rootKey: config.rootKey! })
+
+    // ---- record the command, change the store, then write the result
+    const recorded = resumed ? original : await replaceConfig(file, original, { ...config, rootChange: wanted })
+    // A rerun holds the new root too: the old one may have no wraps left to open anything with.
+    if (resumed && newRoot) held.set(wanted.name, newRoot)
+    const chain = await KeyChain.open(chainOptions(config, { roots: held }, store))
+    let report: Omit<RootChangeReport, 'name'>
+    if (wanted.op === 'remove') report = await lastRootIsUsage(chain.removeRoot(wanted.name))
+    else {
+      const added = await chain.addRoot(wanted.name, newRoot!)
+      report = sum(added, wanted.op === 'change' ? await lastRootIsUsage(chain.removeRoot(wanted.from!)) : undefined)
+    }
+    report = { ...report, rootKeyUnwraps: report.rootKeyUnwraps + extraUnwraps }
+    await replaceConfig(file, recorded, next)
+
+    if (v.json) {
+      out(JSON.stringify({ op: wanted.op, ...(wanted.from ? { from: wanted.from } : {}), name: wanted.name, resumed, ...report, dataBytesWritten: 0, config: file }))
+      return EXIT.OK
+    }
+    const kind = newConfig ? ` (${newConfig.type})` : ''
+    if (resumed) out(`finished an unfinished ${describeChange(wanted)}`)
+    if (wanted.op === 'change') {
+      const old = current.find((r) => r.name === wanted.from)
+      out(`changed root "${wanted.from}"${old ? ` (${old.type})` : ''} of chain "${config.chain}" to "${wanted.name}"${kind}`)
+      out(`KEKs         ${report.wrapped.toLocaleString('en-US')} re-wrapped under "${wanted.name}"; ${plural(report.deleted, 'wrap')} under "${wanted.from}" deleted`)
+    } else if (wanted.op === 'add') {
+      out(`added root "${wanted.name}"${kind} to chain "${config.chain}"`)
+      out(`KEKs         ${report.wrapped.toLocaleString('en-US')} wrapped under "${wanted.name}"; ${plural(report.deleted, 'wrap')} deleted`)
+    } else {
+      out(`removed root "${wanted.name}" from chain "${config.chain}"`)
+      out(`KEKs         ${report.wrapped.toLocaleString('en-US')} re-wrapped; ${plural(report.deleted, 'wrap')} under "${wanted.name}" deleted`)
+    }
+    out(`root calls   ${plural(report.rootKeyUnwraps, 'unwrap')}, ${plural(report.rootKeyWraps, 'wrap')}`)
+    out(`data         0 bytes written: files encrypted under the chain name their KEK by id and the store holds its wraps, so no file needs \`kms-proxy rewrap\``)
+    const where = next.roots ? `roots ${describeRoots(next)}` : `the ${next.rootKey!.type} root`
+    out(`config       ${file} now names ${where}`)
+    if (newConfig?.type === 'passphrase' && next.rootKey) out(`             the new passphrase is now the one in ${SECRET_ENV.passphrase}`)
+    return EXIT.OK
+  },
+}
+
+/** `root list`: the head's roots, each with the config's type and whether its secrets are at hand. */
+async function listRoots(v: Record<string, unknown>, config: CliConfig, roots: ChainRoot[], single: string | undefined): Promise<number> {
+  const pending = config.rootChange
+  const firstPassphrase = configRoots(config).find((r) => r.root.type === 'passphrase')?.name
+  const rows = []
+  for (const r of roots) {
+    const own = config.roots ? config.roots.find((c) => c.name === r.name) : r.name === single ? config.rootKey : undefined
+    const added = !own && pending?.rootKey && pending.name === r.name ? pending.rootKey : undefined
+    const envs = own
+      ? config.roots
+        ? [namedPassphraseEnv(r.name), ...(r.name === firstPassphrase ? [SECRET_ENV.passphrase] : [])]
+        : [SECRET_ENV.passphrase]
+      : [SECRET_ENV.newPassphrase]
+    const source = own ?? added
+    const held = source ? await atHand(source, envs, config) : false
+    rows.push({ name: r.name, kind: r.kind, state: r.state, held, ...(source ? { type: source.type } : {}) })
+  }
+  if (v.json) {
+    out(JSON.stringify({ roots: rows, ...(pending ? { rootChange: pending } : {}) }))
+    return EXIT.OK
+  }
+  const table = [['NAME', 'KIND', 'STATE', 'HELD'], ...rows.map((r) => [r.name, r.kind, r.state, r.held ? 'held' : 'no'])]
+  const widths = [0, 1, 2].map((i) => Math.max(...table.map((row) => row[i]!.length)))
+  for (const row of table) out(row.map((cell, i) => (i < 3 ? cell.padEnd(widths[i]!) : cell)).join('  '))
+  if (pending) out(`unfinished: ${describeChange(pending)}: run the same \`kms-proxy root ${pending.op}\` again to finish`)
+  return EXIT.OK
+}
+
 export const COMMANDS: Record<string, Command> = {
   init,
   encrypt,
@@ -793,6 +1127,7 @@ export const COMMANDS: Record<string, Command> = {
   rotate,
   status,
   rewrap,
+  root,
   clean,
   'k8s-plugin': k8sPlugin,
 }

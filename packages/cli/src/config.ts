@@ -6,7 +6,7 @@ import { constants } from 'node:fs'
 import { access, open, stat } from 'node:fs/promises'
 import { dirname, isAbsolute, join, relative, resolve } from 'node:path'
 import process from 'node:process'
-import { KeyChain, RootKeyError, StoreError, checkServerUrl, isKmsProxyError, kekAad, type ChainHead, type KeyChainOptions, type KeyStore, type RootKey, type Versioned } from '@kms-proxy/core'
+import { DEFAULT_ROOT, KeyChain, RootKeyError, StoreError, checkServerUrl, isKmsProxyError, kekAad, type ChainHead, type KeyChainOptions, type KeyStore, type RootKey, type Versioned } from '@kms-proxy/core'
 import { etcdStore } from '@kms-proxy/etcd'
 import { fileStore } from '@kms-proxy/file'
 import { awsKmsRootKey, azureKeyVaultRootKey, gcpKmsRootKey, vaultTransitRootKey } from '@kms-proxy/kms'
@@ -96,8 +96,32 @@ export type RootKeyConfig =
       url: string
     }
 
+/** One root of a config that names several (`roots`): its name in the chain, and the root key. */
+export type NamedRootKeyConfig = RootKeyConfig & {
+  /** The root's name in the chain: 1 to 64 letters, digits, `.`, `_`, `-`. */
+  name: string
+}
+
 /**
- * A `kms-proxy.json` as `kms-proxy init` writes it. It holds no secret.
+ * A root change that `kms-proxy root` began and has not finished: written into the config
+ * before the store changes, removed when the config names the result. Running the same command
+ * again finishes it; another root command is refused meanwhile.
+ */
+export interface PendingRootChange {
+  /** Which command. */
+  op: 'change' | 'add' | 'remove'
+  /** The root added (`change`, `add`) or removed (`remove`). */
+  name: string
+  /** The root a `change` replaces. */
+  from?: string
+  /** The root key added (`change`, `add`). */
+  rootKey?: RootKeyConfig
+}
+
+/**
+ * A `kms-proxy.json` as `kms-proxy init` writes it. It holds no secret. It names one root key
+ * (`rootKey`, the chain's only root whatever its name in the chain) or several by name (`roots`,
+ * as `kms-proxy root add` writes it): exactly one of the two.
  *
  * @example
  * ```json
@@ -113,8 +137,12 @@ export interface CliConfig {
   chain: string
   /** Where the wrapped KEKs and the head live. */
   store: StoreConfig
-  /** What wraps the KEKs. */
-  rootKey: RootKeyConfig
+  /** What wraps the KEKs: the chain's only root. */
+  rootKey?: RootKeyConfig
+  /** The chain's roots by name, in the order an unlock tries them (instead of `rootKey`). */
+  roots?: NamedRootKeyConfig[]
+  /** A `kms-proxy root` command that has not finished: run it again. */
+  rootChange?: PendingRootChange
   /** Rotation policy shared by every process on this chain. */
   maxWrapsPerKek?: number
   /** The primary KEK's age limit (ms); the library's default is 7 days. */
@@ -128,8 +156,10 @@ export interface CliConfig {
 
 /** Environment variables that carry secrets, by root key or store type. Documented in the README. */
 export const SECRET_ENV = {
-  /** The passphrase (else a prompt on the terminal). */
+  /** The passphrase (else a prompt on the terminal); with several roots, the first passphrase root's. */
   passphrase: 'KMS_PROXY_PASSPHRASE',
+  /** The passphrase of the root a `kms-proxy root change` or `root add` adds (else typed twice on the terminal). */
+  newPassphrase: 'KMS_PROXY_NEW_PASSPHRASE',
   /** AWS access key id. */
   awsAccessKeyId: 'AWS_ACCESS_KEY_ID',
   /** AWS secret access key. */
@@ -207,12 +237,27 @@ async function readTrusted(path: string): Promise<string> {
 /** Every URL of a config that receives a request, named as in the file. */
 function serverUrls(c: CliConfig): Array<[field: string, url: string]> {
   const urls: Array<[string, string]> = c.store.type === 'etcd' ? c.store.endpoints.map((e, i) => [`store.endpoints[${i}]`, e]) : []
-  const r = c.rootKey
-  if ((r.type === 'aws-kms' || r.type === 'gcp') && r.endpoint !== undefined) urls.push(['rootKey.endpoint', r.endpoint])
-  if (r.type === 'vault') urls.push(['rootKey.address', r.address])
-  if (r.type === 'azure') urls.push(['rootKey.vaultUrl', r.vaultUrl])
-  if (r.type === 'pkcs11') urls.push(['rootKey.url', r.url])
+  const pending = c.rootChange?.rootKey ? [{ field: 'rootChange.rootKey', root: c.rootChange.rootKey }] : []
+  for (const { field, root: r } of [...configRoots(c), ...pending]) {
+    if ((r.type === 'aws-kms' || r.type === 'gcp') && r.endpoint !== undefined) urls.push([`${field}.endpoint`, r.endpoint])
+    if (r.type === 'vault') urls.push([`${field}.address`, r.address])
+    if (r.type === 'azure') urls.push([`${field}.vaultUrl`, r.vaultUrl])
+    if (r.type === 'pkcs11') urls.push([`${field}.url`, r.url])
+  }
   return urls
+}
+
+/** One root of a config: its name (none for `rootKey`: the chain's only root), its config, its field in the file. */
+export interface ConfiguredRoot {
+  name: string | undefined
+  root: RootKeyConfig
+  field: string
+}
+
+/** The config's roots: `rootKey` alone, or each of `roots`. */
+export function configRoots(c: CliConfig): ConfiguredRoot[] {
+  if (c.roots) return c.roots.map(({ name, ...root }, i) => ({ name, root: root as RootKeyConfig, field: `roots[${i}]` }))
+  return [{ name: undefined, root: c.rootKey!, field: 'rootKey' }]
 }
 
 /**
@@ -229,6 +274,14 @@ export function urlProblem(c: CliConfig): string | undefined {
     }
   }
   return undefined
+}
+
+/** The lowest PBKDF2 count below DEFAULT_ITERATIONS among a config's roots, if any. */
+function weakestKdf(c: CliConfig): number | undefined {
+  const weak = configRoots(c)
+    .map(({ root }) => weakKdf(root))
+    .filter((n) => n !== undefined)
+  return weak.length > 0 ? Math.min(...weak) : undefined
 }
 
 /** PBKDF2 iterations below DEFAULT_ITERATIONS, unless the environment opts in (then a warning). */
@@ -248,8 +301,8 @@ export function weakKdfAllowed(iterations: number): boolean {
 /** The part of a config that reaches a network service (a config found implicitly may have none), or undefined. */
 export function networkPart(c: CliConfig): string | undefined {
   if (c.store.type !== 'file') return `an ${c.store.type} store`
-  if (c.rootKey.type !== 'passphrase') return `a ${c.rootKey.type} root key`
-  return undefined
+  const remote = [...configRoots(c).map((r) => r.root), ...(c.rootChange?.rootKey ? [c.rootChange.rootKey] : [])].find((r) => r.type !== 'passphrase')
+  return remote ? `a ${remote.type} root key` : undefined
 }
 
 /** Options of {@link loadConfig}. */
@@ -260,6 +313,24 @@ export interface LoadOptions {
 
 function str(v: unknown): v is string {
   return typeof v === 'string' && v.length > 0
+}
+
+/** A root's name in a chain, as core accepts it. */
+export function validRootName(v: unknown): v is string {
+  return typeof v === 'string' && /^[A-Za-z0-9._-]{1,64}$/.test(v)
+}
+
+function validRootKey(r: unknown): r is RootKeyConfig {
+  if (!r || typeof r !== 'object') return false
+  const k = r as RootKeyConfig
+  return Boolean(
+    (k.type === 'passphrase' && (k.kdf === undefined || ['pbkdf2', 'scrypt', 'argon2id'].includes(k.kdf)) && (k.iterations === undefined || (Number.isSafeInteger(k.iterations) && k.iterations > 0))) ||
+      (k.type === 'aws-kms' && str(k.keyId) && str(k.region)) ||
+      (k.type === 'vault' && str(k.address) && str(k.key)) ||
+      (k.type === 'gcp' && str(k.keyName)) ||
+      (k.type === 'azure' && str(k.vaultUrl) && str(k.keyName)) ||
+      (k.type === 'pkcs11' && str(k.url)),
+  )
 }
 
 /**
@@ -284,16 +355,32 @@ export async function loadConfig(path: string, options: LoadOptions = {}): Promi
   if (!s || (s.type === 'file' ? !str(s.path) : s.type === 'etcd' ? !Array.isArray(s.endpoints) || s.endpoints.length === 0 || !s.endpoints.every(str) : true)) {
     throw bad(path, '"store" must be { "type": "file", "path" } or { "type": "etcd", "endpoints": [...] }')
   }
-  const r = c.rootKey as RootKeyConfig | undefined
-  const ok =
-    r &&
-    ((r.type === 'passphrase' && (r.kdf === undefined || ['pbkdf2', 'scrypt', 'argon2id'].includes(r.kdf)) && (r.iterations === undefined || (Number.isSafeInteger(r.iterations) && r.iterations > 0))) ||
-      (r.type === 'aws-kms' && str(r.keyId) && str(r.region)) ||
-      (r.type === 'vault' && str(r.address) && str(r.key)) ||
-      (r.type === 'gcp' && str(r.keyName)) ||
-      (r.type === 'azure' && str(r.vaultUrl) && str(r.keyName)) ||
-      (r.type === 'pkcs11' && str(r.url)))
-  if (!ok) throw bad(path, '"rootKey" must name a type (passphrase, aws-kms, vault, gcp, azure, pkcs11) and its fields')
+  if ((c.rootKey === undefined) === (c.roots === undefined)) throw bad(path, 'give "rootKey" (the chain\'s only root) or "roots" (several, by name), not both')
+  if (c.rootKey !== undefined && !validRootKey(c.rootKey)) throw bad(path, '"rootKey" must name a type (passphrase, aws-kms, vault, gcp, azure, pkcs11) and its fields')
+  if (c.roots !== undefined) {
+    const names = new Set<string>()
+    if (!Array.isArray(c.roots) || c.roots.length === 0) throw bad(path, '"roots" must be a list of { "name", "type", ... }')
+    for (const [i, r] of c.roots.entries()) {
+      if (!validRootKey(r)) throw bad(path, `"roots[${i}]" must name a type (passphrase, aws-kms, vault, gcp, azure, pkcs11) and its fields`)
+      if (!validRootName(r.name) || names.has(r.name)) throw bad(path, `"roots[${i}].name" must be 1 to 64 letters, digits, ".", "_" or "-", and unique`)
+      names.add(r.name)
+    }
+  }
+  const p = c.rootChange
+  if (
+    p !== undefined &&
+    !(
+      p &&
+      typeof p === 'object' &&
+      ['change', 'add', 'remove'].includes(p.op) &&
+      validRootName(p.name) &&
+      (p.from === undefined || validRootName(p.from)) &&
+      (p.op === 'remove' ? p.rootKey === undefined : validRootKey(p.rootKey)) &&
+      (p.op === 'change') === (p.from !== undefined)
+    )
+  ) {
+    throw bad(path, '"rootChange" is not one kms-proxy root wrote')
+  }
   if (c.maxWrapsPerKek !== undefined && !(Number.isSafeInteger(c.maxWrapsPerKek) && c.maxWrapsPerKek >= 1 && c.maxWrapsPerKek <= 2 ** 32)) {
     throw bad(path, '"maxWrapsPerKek" must be an integer from 1 to 2^32')
   }
@@ -309,7 +396,7 @@ export async function loadConfig(path: string, options: LoadOptions = {}): Promi
   }
   const url = urlProblem(config)
   if (url) throw bad(path, url)
-  const weak = weakKdf(config.rootKey)
+  const weak = weakestKdf(config)
   if (weak !== undefined && !weakKdfAllowed(weak)) {
     throw bad(path, `PBKDF2 with ${weak} iterations is below ${DEFAULT_ITERATIONS.toLocaleString('en-US')} (the passphrase package's default): raise "iterations" (existing KEKs stay readable) or set ${WEAK_KDF_ENV}=1`)
   }
@@ -345,6 +432,76 @@ export interface RootKeyContext {
   confirm?: boolean
   /** The config's plainHttpHosts, passed on to a remote root key. */
   plainHttpHosts?: string[]
+  /** Where a passphrase comes from (default {@link SECRET_ENV}.passphrase), and its prompt. */
+  passphrase?: { env: string; label: string }
+  /** The command that warns about a weak new passphrase (default `init`). */
+  command?: string
+}
+
+/** `KMS_PROXY_PASSPHRASE_<NAME>`: the passphrase of the root named `name` in a config of several roots. */
+export function namedPassphraseEnv(name: string): string {
+  return `${SECRET_ENV.passphrase}_${name.toUpperCase().replace(/[^A-Z0-9]/g, '_')}`
+}
+
+/**
+ * Where the passphrase of root `name` comes from: `KMS_PROXY_PASSPHRASE_<NAME>`, or for the
+ * config's first passphrase root (the one a single-root config had) `KMS_PROXY_PASSPHRASE` too,
+ * so that adding a root keeps the environment that worked before.
+ */
+function passphraseSource(config: CliConfig, name: string): { env: string; label: string } {
+  const own = namedPassphraseEnv(name)
+  const first = configRoots(config).find((r) => r.root.type === 'passphrase')?.name === name
+  const env = process.env[own] === undefined && first && process.env[SECRET_ENV.passphrase] !== undefined ? SECRET_ENV.passphrase : own
+  return { env, label: `Passphrase of root "${name}"` }
+}
+
+/** Options of {@link openRoots}. */
+export interface OpenRootsOptions {
+  /** Every root (a rotation wraps under each): a missing secret fails. Else those whose secrets are at hand, at least one. */
+  all?: boolean
+  /** Leave this root out (`root remove`: a lost root can go). */
+  except?: string
+  /** Never prompt: a passphrase root whose passphrase is not in the environment is left out. */
+  noPrompt?: boolean
+}
+
+/**
+ * The root keys of a config of several roots, by name. Unlocking needs any one root, so by
+ * default a root whose secret is not in the environment is left out (a passphrase is asked on
+ * the terminal only when no other root is at hand); `all` opens every one.
+ *
+ * @throws {@link CliError} - EXIT.USAGE: a secret missing (`all`), or no root at hand.
+ */
+export async function openRoots(config: CliConfig, options: OpenRootsOptions = {}): Promise<Map<string, RootKey>> {
+  const held = new Map<string, RootKey>()
+  const deferred: Array<{ name: string; root: RootKeyConfig; source: { env: string; label: string } }> = []
+  const missing: string[] = []
+  const context = (name: string) => ({ ...plainHttp(config.plainHttpHosts), passphrase: passphraseSource(config, name) })
+  for (const { name, root } of configRoots(config)) {
+    if (name === undefined || name === options.except) continue
+    if (root.type === 'passphrase' && process.env[context(name).passphrase.env] === undefined) {
+      deferred.push({ name, root, source: context(name).passphrase })
+      continue
+    }
+    try {
+      held.set(name, await openRootKey(root, context(name)))
+    } catch (error) {
+      if (options.all || !(error instanceof CliError) || error.exitCode !== EXIT.USAGE) throw error
+      missing.push(`root "${name}": ${error.message}`)
+    }
+  }
+  if (options.all) {
+    for (const d of deferred) held.set(d.name, await openRootKey(d.root, context(d.name)))
+    return held
+  }
+  if (held.size > 0 || options.noPrompt) return held
+  const ask = deferred[0]
+  if (ask && process.stdin.isTTY) {
+    held.set(ask.name, await openRootKey(ask.root, context(ask.name)))
+    return held
+  }
+  const reasons = [...deferred.map((d) => `root "${d.name}": set ${d.source.env}`), ...missing]
+  throw new CliError(EXIT.USAGE, `no root of the chain is at hand (any one unlocks it): ${reasons.join('; ')}`)
 }
 
 /**
@@ -356,15 +513,19 @@ export interface RootKeyContext {
  * @throws {@link RootKeyError} - `ERR_ROOT_KEY`: refused (a wrong passphrase), or unreachable (`retryable`).
  * @throws {@link StoreError} - `ERR_STORE`: the store failed, or the head names a KEK it does not have.
  */
-export async function unlockPrimary(root: RootKey, store: KeyStore, chain: string, head: ChainHead): Promise<boolean> {
+export async function unlockPrimary(root: RootKey, store: KeyStore, chain: string, head: ChainHead, name?: string): Promise<boolean> {
   let record
   try {
-    record = await store.getKek(chain, head.primary)
+    // A named root unwraps its own record of the KEK; the chain's only root, whichever there is.
+    record =
+      name !== undefined && typeof store.getKekWraps === 'function'
+        ? ((await store.getKekWraps(chain, head.primary)).find((r) => (r.root ?? DEFAULT_ROOT) === name) ?? (await store.getKek(chain, head.primary)))
+        : await store.getKek(chain, head.primary)
   } catch (error) {
     throw isKmsProxyError(error) ? error : new StoreError('the store failed to read a KEK', { cause: error, retryable: true })
   }
   if (!record) throw new StoreError('the chain head names a KEK that the store does not have')
-  if (record.rootKind !== root.kind) return false
+  if (record.rootKind !== root.kind || (name !== undefined && (record.root ?? DEFAULT_ROOT) !== name)) return false
   try {
     await root.unwrapKek(record.wrapped, kekAad(chain, record.id))
   } catch (error) {
@@ -378,10 +539,11 @@ export async function openRootKey(r: RootKeyConfig, context: RootKeyContext = {}
   const optIn = plainHttp(context.plainHttpHosts)
   switch (r.type) {
     case 'passphrase': {
-      const passphrase = await readSecret(SECRET_ENV.passphrase, 'Passphrase', context.confirm ?? false)
+      const source = context.passphrase ?? { env: SECRET_ENV.passphrase, label: 'Passphrase' }
+      const passphrase = await readSecret(source.env, source.label, context.confirm ?? false)
       const weak = context.confirm ? passphraseWeakness(passphrase) : undefined
       if (weak) {
-        process.stderr.write(`kms-proxy init: warning: this passphrase ${weak}: 12 or more (not a well-known phrase) are advised, since anyone with a copy of the key file can guess at it offline\n`)
+        process.stderr.write(`kms-proxy ${context.command ?? 'init'}: warning: this passphrase ${weak}: 12 or more (not a well-known phrase) are advised, since anyone with a copy of the key file can guess at it offline\n`)
       }
       const root = passphraseRootKey({ passphrase, kdf: r.kdf ?? 'pbkdf2', ...(r.iterations ? { iterations: r.iterations } : {}) })
       // A wrong passphrase cannot make a KEK: the key chain proves its root before it wraps one.
@@ -428,13 +590,18 @@ export interface OpenOptions extends LoadOptions {
   leaseSize?: number
   /** A long-running service (the k8s plugin): the chain's own defaults for the DEK pool and leases. */
   service?: boolean
+  /** Every root of a config of several roots (a rotation wraps under each), not just those at hand. */
+  allRoots?: boolean
 }
 
+/** The root keys a chain is opened with: the config's only root, or several by name. */
+export type ChainRoots = { rootKey: RootKey } | { roots: Map<string, RootKey> }
+
 /** Chain options: a command runs once, so no DEK pool and leases of what it needs. */
-export function chainOptions(config: CliConfig, rootKey: RootKey, store: KeyStore, options: OpenOptions = {}): KeyChainOptions {
+export function chainOptions(config: CliConfig, keys: ChainRoots, store: KeyStore, options: OpenOptions = {}): KeyChainOptions {
   return {
     name: config.chain,
-    rootKey,
+    ...('rootKey' in keys ? { rootKey: keys.rootKey } : { roots: Object.fromEntries(keys.roots) }),
     store,
     // A command makes one DEK per file; uses reserved and not used count as spent, so reserve
     // only what the command needs and prepare nothing ahead.
@@ -446,8 +613,10 @@ export function chainOptions(config: CliConfig, rootKey: RootKey, store: KeyStor
 
 export interface OpenedChain {
   chain: KeyChain
-  /** The chain's root key, for callers that probe it (the Kubernetes plugin's health check). */
+  /** The chain's root key (the first held, with several), for callers that probe it (the Kubernetes plugin's health check). */
   rootKey: RootKey
+  /** The roots held, by name, for a config of several roots. */
+  roots?: Map<string, RootKey>
   config: CliConfig
   store: KeyStore
 }
@@ -491,8 +660,13 @@ export async function openConfigured(path: string, options: OpenOptions = {}): P
   if (storeFile) await storeFileExists(storeFile, path, config.chain)
   const store = openStore(config, path)
   await chainHead(store, config.chain)
-  const rootKey = await openRootKey(config.rootKey, plainHttp(config.plainHttpHosts))
-  const chain = await KeyChain.open(chainOptions(config, rootKey, store, options))
+  if (config.roots) {
+    const roots = await openRoots(config, { all: options.allRoots ?? false })
+    const chain = await KeyChain.open(chainOptions(config, { roots }, store, options))
+    return { chain, rootKey: [...roots.values()][0]!, roots, config, store }
+  }
+  const rootKey = await openRootKey(config.rootKey!, plainHttp(config.plainHttpHosts))
+  const chain = await KeyChain.open(chainOptions(config, { rootKey }, store, options))
   return { chain, rootKey, config, store }
 }
 
