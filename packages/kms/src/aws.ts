@@ -73,9 +73,13 @@ function field(out: Record<string, unknown>, name: 'CiphertextBlob' | 'Plaintext
  * cost none. The chain's KEK AAD is the encryption context, so KMS binds each KEK to its chain
  * and id. The IAM principal needs `kms:GenerateDataKey` and `kms:Decrypt` on the key.
  *
+ * `wrapKek` (this root added to a chain that has KEKs) costs one `GenerateDataKey` (AES_256) per
+ * KEK: the KEK is wrapped under that data key inside WebCrypto, never exported (tag 0x24, 47 bytes
+ * plus the CiphertextBlob); `unwrapKek` reads both forms with one `Decrypt`.
+ *
  * @throws TypeError - a missing or malformed option (key id, region, credentials, endpoint, or
  *   plain http to a host that is neither loopback nor in `plainHttpHosts`).
- * @throws {@link @kms-proxy/core!RootKeyError} - (from `newKek` / `unwrapKek`) `ERR_ROOT_KEY`:
+ * @throws {@link @kms-proxy/core!RootKeyError} - (from `newKek`, `unwrapKek`, `wrapKek`) `ERR_ROOT_KEY`:
  *   KMS refused (access denied, a wrong encryption context, a disabled key), `retryable` when it
  *   was unreachable, throttled or answered 5xx after the retries.
  * @example

@@ -64,11 +64,13 @@ function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
 /**
  * Azure Key Vault as a root key: RSA-OAEP-256 wrapkey/unwrapkey of a KEK made here, bound to the
  * chain by a digest inside the RSA block (`wrapkey` takes no associated data). A rotation costs
- * one `wrapkey`, an unlock one `unwrapkey` per KEK.
+ * one `wrapkey`, an unlock one `unwrapkey` per KEK. `wrapKek` (this root added to a chain that has
+ * KEKs) costs one `wrapkey` per KEK, of a 32-byte data key made here that wraps the KEK inside
+ * WebCrypto (tag 0x27, 336 bytes with RSA-2048); `unwrapKek` reads both forms with one `unwrapkey`.
  *
  * @throws TypeError - a malformed `keyName`, `keyVersion` or `apiVersion`, a missing
  *   `accessToken`, a bad `vaultUrl`.
- * @throws {@link @kms-proxy/core!RootKeyError} - (from `newKek` / `unwrapKek`) `ERR_ROOT_KEY`:
+ * @throws {@link @kms-proxy/core!RootKeyError} - (from `newKek`, `unwrapKek`, `wrapKek`) `ERR_ROOT_KEY`:
  *   Key Vault refused, the digest did not match (a KEK moved to another chain or id),
  *   `retryable` when it was unreachable or answered 429/5xx after the retries.
  * @example

@@ -30,10 +30,12 @@ const KEY_NAME = /^projects\/[^/]+\/locations\/[^/]+\/keyRings\/[^/]+\/cryptoKey
 /**
  * Google Cloud KMS as a root key: HSM random bytes for each KEK, bound to the chain with
  * additionalAuthenticatedData. A rotation costs two calls (`generateRandomBytes`, `encrypt`), an
- * unlock one `decrypt` per KEK; messages cost none.
+ * unlock one `decrypt` per KEK; messages cost none. `wrapKek` (this root added to a chain that has
+ * KEKs) costs one `encrypt` per KEK, of a 32-byte data key made here that wraps the KEK inside
+ * WebCrypto (tag 0x25); `unwrapKek` reads both forms with one `decrypt`.
  *
  * @throws TypeError - a malformed `keyName`, a missing `accessToken`, a bad endpoint.
- * @throws {@link @kms-proxy/core!RootKeyError} - (from `newKek` / `unwrapKek`) `ERR_ROOT_KEY`:
+ * @throws {@link @kms-proxy/core!RootKeyError} - (from `newKek`, `unwrapKek`, `wrapKek`) `ERR_ROOT_KEY`:
  *   Cloud KMS refused, `retryable` when it was unreachable or answered 429/5xx after the retries.
  * @example
  * ```ts

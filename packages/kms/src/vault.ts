@@ -40,11 +40,13 @@ const VAULT_CIPHERTEXT = /^vault:v\d+:[A-Za-z0-9+/=]+$/
 /**
  * HashiCorp Vault Transit as a root key: Vault makes each KEK's bytes and binds them to the chain
  * with associated_data. A rotation costs two calls (`random/16`, `encrypt`), an unlock one
- * `decrypt` per KEK; the transit key's version is kept with each wrapped KEK.
+ * `decrypt` per KEK; the transit key's version is kept with each wrapped KEK. `wrapKek` (this root
+ * added to a chain that has KEKs) costs one `encrypt` per KEK, of a 32-byte data key made here
+ * that wraps the KEK inside WebCrypto (tag 0x26, 136 bytes); `unwrapKek` reads both forms with one `decrypt`.
  *
  * @throws TypeError - a missing `address`, `token` or `key`, or plain http to a host that is
  *   neither loopback nor in `plainHttpHosts`.
- * @throws {@link @kms-proxy/core!RootKeyError} - (from `newKek` / `unwrapKek`) `ERR_ROOT_KEY`:
+ * @throws {@link @kms-proxy/core!RootKeyError} - (from `newKek`, `unwrapKek`, `wrapKek`) `ERR_ROOT_KEY`:
  *   Vault refused (permission denied, a key type without associated data), `retryable` when it
  *   was unreachable or answered 429/5xx after the retries.
  * @example

@@ -4,7 +4,7 @@ import { SignatureV4 } from '@smithy/signature-v4'
 import { HttpRequest } from '@smithy/protocol-http'
 import { Sha256 } from '@aws-crypto/sha256-js'
 import { KMSClient, DecryptCommand, GenerateDataKeyCommand } from '@aws-sdk/client-kms'
-import { KeyChain, KmsProxyError, memoryStore } from '@kms-proxy/core'
+import { KeyChain, KmsProxyError, aesRootKey, memoryStore } from '@kms-proxy/core'
 import { createHarness, describeRootKey } from '@kms-proxy/testkit'
 import { awsKmsRootKey } from '../src/index.ts'
 import { signV4 } from '../src/sigv4.ts'
@@ -28,16 +28,22 @@ const countingFetch: typeof fetch = async (input, init) => {
 
 const kms = (action: string, payload: object) => moto.kms(action, payload)
 
+/** A second moto, started with the first (they take seconds on a loaded machine), for the test that stops it. */
+let stoppable: Promise<Moto>
+
 beforeAll(async () => {
+  stoppable = startMoto(credentials)
+  stoppable.catch(() => {}) // awaited by its test
   moto = await startMoto(credentials)
   endpoint = moto.endpoint
   keyId = (await kms('CreateKey', {})).KeyMetadata.KeyId
   otherKeyId = (await kms('CreateKey', {})).KeyMetadata.KeyId
   await kms('CreateAlias', { AliasName: 'alias/kms-proxy-test', TargetKeyId: keyId })
-}, 30_000)
+}, 60_000)
 
-afterAll(() => {
+afterAll(async () => {
   moto?.close()
+  ;(await stoppable.catch(() => undefined))?.close()
 })
 
 const root = (overrides = {}) => awsKmsRootKey({ keyId, region: 'eu-central-1', credentials, endpoint, fetch: countingFetch, ...overrides })
@@ -363,4 +369,49 @@ describe('AWS KMS: wrapKek of an existing KEK (a second root of a chain)', () =>
     const length = expectWrapKek(run, { wrap: ['GenerateDataKey'], unwrap: ['Decrypt'], tag: 0x24 })
     console.log(`AWS KMS wrapKek envelope: ${length} bytes`)
   })
+})
+
+describe('AWS KMS as one root of several (a key chain on a second moto)', () => {
+  it('addRoot: one GenerateDataKey per KEK (and one Decrypt to prove the root); the chain then opens through AWS KMS alone, and with moto stopped through the other root', async () => {
+    // Started with the first moto; on a machine so loaded that it missed its 40 s, once more.
+    const second = await stoppable.catch(() => (stoppable = startMoto(credentials)))
+    try {
+      const secondKey = (await second.kms('CreateKey', {})).KeyMetadata.KeyId
+      const log: string[] = []
+      const counting: typeof fetch = async (input, init) => {
+        log.push((new Headers(init?.headers).get('x-amz-target') ?? '?').replace('TrentService.', ''))
+        return fetch(input, init)
+      }
+      const kmsRoot = () => awsKmsRootKey({ keyId: secondKey, region: 'eu-central-1', credentials, endpoint: second.endpoint, fetch: counting, retries: 0, backoffMs: 1 })
+      const mainBytes = crypto.getRandomValues(new Uint8Array(32))
+      const store = memoryStore()
+      const chain = await KeyChain.open({ roots: { main: aesRootKey(mainBytes) }, store, maxWrapsPerKek: 2, dekPoolSize: 0 })
+      const encrypted: Uint8Array[] = []
+      for (let i = 0; i < 20; i++) encrypted.push(await chain.encrypt(`record ${i}`))
+      const ids = new Set((await store.listKeks('default')).map((r) => r.id))
+      expect(ids.size).toBe(10) // 20 messages, 2 per KEK
+
+      const report = await chain.addRoot('kms', kmsRoot())
+      expect(report).toMatchObject({ name: 'kms', keks: ids.size, wrapped: ids.size, rootKeyWraps: ids.size })
+      // One GenerateDataKey per KEK, and the one Decrypt that proves the new root before it is trusted.
+      expect(log.filter((c) => c === 'GenerateDataKey').length).toBe(ids.size)
+      expect(log.filter((c) => c === 'Decrypt').length).toBe(1)
+      const kmsWraps = (await store.listKeks('default')).filter((r) => r.root === 'kms')
+      expect(kmsWraps.length).toBe(ids.size)
+      for (const r of kmsWraps) expect(r.wrapped[0]).toBe(0x24)
+
+      log.length = 0
+      const throughKms = await KeyChain.open({ roots: { kms: kmsRoot() }, store })
+      for (const [i, e] of encrypted.entries()) expect(new TextDecoder().decode(await throughKms.decrypt(e))).toBe(`record ${i}`)
+      expect(log).toEqual(Array(ids.size).fill('Decrypt'))
+
+      second.close()
+      await second.exited
+      // AWS KMS first in the order given, and down: each KEK opens through the AES root instead.
+      const fallback = await KeyChain.open({ roots: { kms: kmsRoot(), main: aesRootKey(mainBytes) }, store })
+      for (const [i, e] of encrypted.entries()) expect(new TextDecoder().decode(await fallback.decrypt(e))).toBe(`record ${i}`)
+    } finally {
+      second.close()
+    }
+  }, 90_000)
 })

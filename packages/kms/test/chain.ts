@@ -57,6 +57,8 @@ export interface WrapKekRun {
   extractable: { plain: boolean; asked: boolean; newKekPlain: boolean; newKekAsked: boolean }
   /** The error of an unwrap of the envelope under another AAD. */
   otherAad: any
+  /** wrapKek of a non-extractable KEK: whether it threw a TypeError, and the KMS calls it made. */
+  nonExtractable: { typeError: boolean; calls: number }
 }
 
 /**
@@ -78,7 +80,7 @@ export async function wrapKekOneCallEach(make: (fetch: typeof globalThis.fetch) 
   const sample = new Uint8Array(await crypto.subtle.encrypt({ name: 'AES-GCM', iv }, kek, new TextEncoder().encode('sample')))
   const aad = kekAad('wrap-kek', 7)
   const exportKey = vi.spyOn(crypto.subtle, 'exportKey')
-  let run: Omit<WrapKekRun, 'extractable' | 'otherAad' | 'kekSent'> & { plain: boolean }
+  let run: Omit<WrapKekRun, 'extractable' | 'otherAad' | 'kekSent' | 'nonExtractable'> & { plain: boolean }
   try {
     calls.length = 0
     const wrapped = await root.wrapKek!(kek, aad)
@@ -101,10 +103,13 @@ export async function wrapKekOneCallEach(make: (fetch: typeof globalThis.fetch) 
     newKekAsked: (await root.unwrapKek(legacy, aad, { extractable: true })).extractable,
   }
   const otherAad = await root.unwrapKek(run.wrapped, kekAad('wrap-kek', 8)).then(() => undefined, (e: unknown) => e)
+  calls.length = 0
+  const refused = await root.wrapKek!(await root.unwrapKek(run.wrapped, aad), aad).then(() => undefined, (e: unknown) => e)
+  const nonExtractable = { typeError: refused instanceof TypeError, calls: calls.length - 1 } // less the unwrap's own call
   const b64 = toBase64(bytes)
   const kekSent = bodies.some((b) => b.includes(b64) || b.includes(toBase64Url(bytes)))
   const { plain: _, ...rest } = run
-  return { ...rest, extractable, otherAad, kekSent }
+  return { ...rest, extractable, otherAad, kekSent, nonExtractable }
 }
 
 /**
@@ -120,6 +125,7 @@ export function expectWrapKek(run: WrapKekRun, expected: { wrap: string[]; unwra
   expect({ exports: run.exports, kekSent: run.kekSent, decrypts: run.decrypts }).toEqual({ exports: 0, kekSent: false, decrypts: true })
   expect(run.extractable).toEqual({ plain: false, asked: true, newKekPlain: false, newKekAsked: true })
   expect(run.otherAad?.code).toBe('ERR_ROOT_KEY')
+  expect(run.nonExtractable).toEqual({ typeError: true, calls: 0 })
   return run.wrapped.length
 }
 

@@ -7,8 +7,11 @@
  *
  * Wire protocol (JSON, `Authorization: Bearer <token>`):
  *   POST {url}/v1/generate {aad}          -> {kek, wrapped}
- *   POST {url}/v1/unwrap   {wrapped, aad} -> {kek}
- * All byte fields are standard base64. `wrapped` is `0x30 || iv (12) || ciphertext (16) || tag (16)`.
+ *   POST {url}/v1/datakey  {aad}          -> {key, wrapped}   (for wrapKek)
+ *   POST {url}/v1/unwrap   {wrapped, aad} -> {kek}, or {key} for a sealed data key
+ * All byte fields are standard base64. `wrapped` is `0x30 || iv (12) || ciphertext (16) || tag (16)`
+ * for a KEK, `0x32 || iv (12) || ciphertext (32) || tag (16)` for a data key. `wrapKek` wraps an
+ * existing KEK under such a data key inside WebCrypto (see {@link pkcs11Wrapping}): 108 bytes.
  *
  * @example
  * ```ts
@@ -189,13 +192,14 @@ function describe(status: number, body: { error?: unknown; message?: unknown }):
 
 /**
  * A root key held in an HSM behind the PKCS#11 bridge, reached over HTTP with `fetch`. A
- * rotation costs one `/v1/generate`, an unlock one `/v1/unwrap` per KEK (1.6–2.0 ms each
+ * rotation costs one `/v1/generate`, an unlock one `/v1/unwrap` per KEK, `wrapKek` (this root
+ * added to a chain that has KEKs) one `/v1/datakey` per KEK (1.6–2.0 ms each
  * through the bridge on SoftHSM2); the KEK bytes in each answer are imported non-extractable and
  * zeroed at once.
  *
  * @throws TypeError - no `token`, a malformed `url`, or plain http to a host that is neither
  *   loopback nor in `plainHttpHosts`.
- * @throws {@link @kms-proxy/core!RootKeyError} - (from `newKek` / `unwrapKek`) `ERR_ROOT_KEY`: the
+ * @throws {@link @kms-proxy/core!RootKeyError} - (from `newKek`, `unwrapKek`, `wrapKek`) `ERR_ROOT_KEY`: the
  *   bridge refused (a wrong token, a token scoped to other chains, a KEK that does not unwrap, a
  *   key missing on the token), `retryable` when it was unreachable or answered 429/5xx.
  * @example

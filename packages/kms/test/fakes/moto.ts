@@ -9,18 +9,25 @@ export interface Moto {
   /** Calls a KMS action on moto, signed with our signer. */
   kms(action: string, payload: object): Promise<any>
   close(): void
+  /** Settles once the moto process has exited. */
+  exited: Promise<void>
 }
 
 export async function startMoto(credentials: AwsCredentials, region = 'eu-central-1'): Promise<Moto> {
   const port = await freePort()
   const child = spawn('moto_server', ['-H', '127.0.0.1', '-p', String(port)], { stdio: 'ignore' })
   const endpoint = `http://127.0.0.1:${port}/`
-  for (let i = 0; ; i++) {
+  // moto (Python) takes 2 s to start on an idle machine, 12 s at a load average of 25: wait up to 40 s.
+  const deadline = Date.now() + 40_000
+  for (;;) {
     try {
       await fetch(endpoint)
       break
     } catch {
-      if (i > 100) throw new Error('moto_server did not start')
+      if (Date.now() > deadline) {
+        child.kill()
+        throw new Error('moto_server did not start')
+      }
       await new Promise((r) => setTimeout(r, 100))
     }
   }
@@ -31,5 +38,6 @@ export async function startMoto(credentials: AwsCredentials, region = 'eu-centra
     const response = await fetch(endpoint, { method: 'POST', headers, body })
     return response.json()
   }
-  return { endpoint, kms, close: () => void child.kill() }
+  const exited = new Promise<void>((resolve) => (child.exitCode !== null || child.signalCode !== null ? resolve() : child.once('exit', () => resolve())))
+  return { endpoint, kms, close: () => void child.kill(), exited }
 }
