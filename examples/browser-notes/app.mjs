@@ -187,7 +187,7 @@ function passphraseMode() {
   $('passphrase-confirm').hidden = !creating
   $('passphrase-confirm').value = ''
   $('unlock').textContent = creating === 'passkey' ? 'Create passkey and notebook' : creating ? 'Create notebook' : 'Unlock'
-  $('passphrase-lead').hidden = !recovery
+  $('passphrase-lead').hidden = !recovery || (!creating && !hasPassphrase()) // a passkey notebook of the first version has no passphrase
   $('passphrase-lead').textContent =
     creating === 'passkey'
       ? `A recovery passphrase opens the notebook too, when the passkey is not at hand (a lost phone, a reset security key). Type it twice, at least ${MIN_PASSPHRASE} characters.`

@@ -9,11 +9,15 @@
  *   wrong passphrase is refused and stays selected in the focused field.
  * - a forgotten passphrase: "start a new notebook" on the locked screen, confirmed, deletes the
  *   old records.
- * - passkey: a CDP virtual authenticator with PRF; one ceremony per unlock; another credential and
- *   another authenticator fail in plain words (the library's message under "Technical details");
- *   a backup (passphrase typed twice) restored on the locked screen under a new passkey, and on
- *   another browser's first run under a passphrase.
- * - an authenticator without PRF: plain words, and the passphrase offered instead.
+ * - passkey and recovery passphrase: a CDP virtual authenticator with PRF; one ceremony per
+ *   unlock; another credential and another authenticator fail in plain words (the library's
+ *   message under "Technical details"); a backup (passphrase typed twice) restored on the locked
+ *   screen under a new passkey, and on another browser's first run under a passphrase.
+ * - an authenticator without PRF: plain words, and the passphrase alone offered instead.
+ * - several roots: another passkey added on a second authenticator, the passphrase changed with
+ *   every stored note byte for byte the same, each root alone unlocks, the old passphrase does not;
+ *   a root left half-added is dropped at the next unlock.
+ * - notebooks of the first version (one root named 'default') open and gain a second root.
  * - layout at 375, 768 and 1280 px: no sideways scrolling, nothing outside the card; screenshots
  *   into a temporary folder (and into the example folder with UPDATE_SCREENSHOTS=1).
  * - the README's "Run it" commands as written, in a copy of the repo root.
@@ -54,21 +58,31 @@ const TOO_SHORT = 'only eleven' // 11 characters: one below the minimum of 12
 const NOTES = ['Buy oat milk and coffee beans', 'The door code is 4711 — do not tell anyone']
 const SECRETS = [...NOTES, 'oat milk', '4711', PASSPHRASE, 'browser-notes v1']
 /**
- * What the first version of the app left in IndexedDB for a passphrase notebook, made the way it
- * made it: a chain opened with `rootKey` (one root, named 'default', no roots in its head, KEKs at
- * `[chain, 'kek', id]`), the setting `root: { kind: 'passphrase' }`, the check text, one note.
+ * What the first version of the app left in IndexedDB, made the way it made it: a chain opened
+ * with `rootKey` (one root, named 'default', no roots in its head, KEKs at `[chain, 'kek', id]`),
+ * the setting `root: { kind: 'passphrase' }` (or, with `?kind=passkey`, a new PRF credential and
+ * `root: { kind: 'passkey', params }`), the check text, one note.
  */
 const V1_SEED = `
 import { KeyChain } from '@kms-proxy/core'
 import { indexedDbStore } from '@kms-proxy/indexeddb'
 import { passphraseRootKey } from '@kms-proxy/passphrase'
+import { registerPrfRootKey } from '@kms-proxy/webauthn'
 const done = (r) => new Promise((resolve, reject) => { r.onsuccess = () => resolve(r.result); r.onerror = () => reject(r.error) })
 const open = indexedDB.open('browser-notes')
 open.onupgradeneeded = () => { open.result.createObjectStore('settings'); open.result.createObjectStore('notes', { autoIncrement: true }) }
 const db = await done(open)
 const put = (store, value, key) => { const tx = db.transaction(store, 'readwrite'); tx.objectStore(store).put(value, key); return new Promise((resolve) => (tx.oncomplete = resolve)) }
-await put('settings', { kind: 'passphrase' }, 'root')
-const chain = await KeyChain.open({ rootKey: passphraseRootKey({ passphrase: ${JSON.stringify(PASSPHRASE)} }), store: indexedDbStore({ name: 'browser-notes' }), name: 'notes' })
+let rootKey
+if (new URLSearchParams(location.search).get('kind') === 'passkey') {
+  const registered = await registerPrfRootKey({ rpName: 'Encrypted notes', userName: 'browser-notes' })
+  await put('settings', { kind: 'passkey', params: registered.credential }, 'root')
+  rootKey = registered.rootKey
+} else {
+  await put('settings', { kind: 'passphrase' }, 'root')
+  rootKey = passphraseRootKey({ passphrase: ${JSON.stringify(PASSPHRASE)} })
+}
+const chain = await KeyChain.open({ rootKey, store: indexedDbStore({ name: 'browser-notes' }), name: 'notes' })
 await put('settings', await chain.encryptText('browser-notes v1'), 'check')
 const at = 1700000000000
 await put('notes', { at, text: await chain.encryptText(${JSON.stringify(NOTES[0])}, { associatedData: String(at) }) })
@@ -710,6 +724,35 @@ describe.skipIf(!existsSync(CHROMIUM))('examples/browser-notes in Chromium', () 
     expect(await page.textContent('#status')).toMatch(/^Unlocked with the passkey in \d+ ms\.$/)
     expect(await page.locator('#notes li').allTextContents()).toEqual([expect.stringContaining(NOTES[0]!)])
     expect(await page.textContent('#count')).toBe('1 note, encrypted under a passkey and a recovery passphrase')
+    await page.context().close()
+  })
+
+  it('a passkey notebook of the first version opens with its passkey, and gains a recovery passphrase by addRoot; the passphrase alone then unlocks it', async () => {
+    const { page } = await passkeyPage(true)
+    await openPage(page, `${origin}/v1-seed.html?kind=passkey`, 'seeded')
+    await openPage(page, `${origin}/`, 'notesReady')
+    expect(kekWraps(await readAtRest(page)).map((w) => `${w.root} ${w.rootKind}`)).toEqual(['default webauthn-prf'])
+    expect(await page.isVisible('#unlock-form')).toBe(false) // no passphrase yet
+    expect(await page.isVisible('#passphrase-lead')).toBe(false)
+    await press(page, '#unlock-passkey')
+    expect(await page.textContent('#status')).toMatch(/^Unlocked with the passkey in \d+ ms\.$/)
+    expect(await page.textContent('#count')).toBe('1 note, encrypted under a passkey')
+    await page.click('#keys summary')
+    expect(await page.textContent('#change-passphrase')).toBe('Add a recovery passphrase')
+    await page.fill('#new-passphrase', NEW_PASSPHRASE)
+    await page.fill('#new-passphrase-confirm', NEW_PASSPHRASE)
+    await press(page, '#change-passphrase')
+    expect(await page.textContent('#status')).toMatch(/^Recovery passphrase added in \d+ ms: 1 key wrapped again, no note re-encrypted\.$/)
+    expect(headRoots(await readAtRest(page))).toEqual([
+      { name: 'default', kind: 'webauthn-prf', state: 'active' },
+      { name: 'passphrase', kind: 'passphrase-pbkdf2', state: 'active' },
+    ])
+    await reload(page)
+    expect(await page.isVisible('#passphrase-lead')).toBe(true)
+    await passphrase(page, NEW_PASSPHRASE)
+    expect(await page.textContent('#status')).toMatch(/^Unlocked with the recovery passphrase in \d+ ms\.$/)
+    expect(await page.locator('#notes li').allTextContents()).toEqual([expect.stringContaining(NOTES[0]!)])
+    expect(await ceremonies(page)).toEqual({ create: 0, get: 0 })
     await page.context().close()
   })
 
