@@ -276,3 +276,32 @@ describe('wrapKek of an existing KEK through the bridge (a second root of a chai
     await rootKeyError(root(1).unwrapKek(run.wrapped, kekAad('wrap-kek', 7)), /could not unwrap this KEK/)
   })
 })
+
+describe('changing a chain from one HSM key to another through the bridge', () => {
+  it('changeRoot: one unwrap per KEK on the old key, one datakey per KEK on the new one (and one unwrap proving it); then only the new key opens the chain', async () => {
+    const store = memoryStore()
+    const chain = await KeyChain.open({ rootKey: root(0), store, maxWrapsPerKek: 2, dekPoolSize: 0 })
+    const encrypted: Uint8Array[] = []
+    for (let i = 0; i < 12; i++) encrypted.push(await chain.encrypt(`record ${i}`))
+    const keks = new Set((await store.listKeks('default')).map((r) => r.id)).size
+    expect(keks).toBe(6)
+    const byBridge: string[] = []
+    const fetchOf = (name: string): typeof fetch => async (input, init) => {
+      byBridge.push(`${name} ${String(input).split('/v1/')[1]}`)
+      return fetch(input, init)
+    }
+    const fresh = await KeyChain.open({ rootKey: root(0, { fetch: fetchOf('a') }), store })
+    const report = await fresh.changeRoot(root(1, { fetch: fetchOf('b') }))
+    expect(report).toMatchObject({ keks, wrapped: keks, deleted: keks, rootKeyWraps: keks })
+    const count = (line: string) => byBridge.filter((l) => l === line).length
+    // The old key: one unwrap per KEK re-wrapped, and one more as the chain proves the root it
+    // holds (the primary, non-extractable) before it changes anything.
+    expect([count('a unwrap'), count('b datakey'), count('b unwrap'), count('a generate') + count('b generate')]).toEqual([keks + 1, keks, 1, 0])
+    expect(count('a unwrap') + count('b unwrap')).toBe(report.rootKeyUnwraps)
+    for (const r of await store.listKeks('default')) expect([r.wrapped[0], r.wrapped.length]).toEqual([0x31, 108])
+    const reader = await KeyChain.open({ roots: { [report.name]: root(1) }, store })
+    for (const [i, e] of encrypted.entries()) expect(new TextDecoder().decode(await reader.decrypt(e))).toBe(`record ${i}`)
+    const old = await KeyChain.open({ rootKey: root(0), store })
+    await rootKeyError(old.decrypt(encrypted[0]!), /./)
+  }, 60_000)
+})
