@@ -41,7 +41,7 @@ describe.skipIf(!haveEtcd)('etcdStore in other runtimes', () => {
     } finally {
       await mf.dispose()
     }
-  }, 60_000)
+  }, 120_000) // 13 tests, twice the 6 of before several roots; a loaded machine starts Chromium slowly
 
   it('Chromium (a page on http://localhost, etcd cross-origin): describeStore passes', async () => {
     const { server, origin } = await serve({ '/page.js': await bundleEntry('page.ts'), '/index.html': '<!doctype html><script type="module" src="/page.js"></script>' })
@@ -56,5 +56,5 @@ describe.skipIf(!haveEtcd)('etcdStore in other runtimes', () => {
       await browser.close()
       server.close()
     }
-  }, 60_000)
+  }, 120_000)
 })
