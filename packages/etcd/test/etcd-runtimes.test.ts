@@ -41,7 +41,7 @@ describe.skipIf(!haveEtcd)('etcdStore in other runtimes', () => {
     } finally {
       await mf.dispose()
     }
-  }, 120_000) // 13 tests, twice the 6 of before several roots; a loaded machine starts Chromium slowly
+  }, 120_000) // 13 tests (6 before several roots), and a loaded machine starts Chromium slowly
 
   it('Chromium (a page on http://localhost, etcd cross-origin): describeStore passes', async () => {
     const { server, origin } = await serve({ '/page.js': await bundleEntry('page.ts'), '/index.html': '<!doctype html><script type="module" src="/page.js"></script>' })
