@@ -10,7 +10,7 @@ import { awsKmsRootKey } from '../src/index.ts'
 import { signV4 } from '../src/sigv4.ts'
 import { startMoto, type Moto } from './fakes/moto.ts'
 import { startFront, type Front } from './fakes/front.ts'
-import { countCallsThroughChain, decryptWithKekMovedToAnotherChain, expectWrapKek, extractableOfNewKekForm, wrapKekOneCallEach } from './chain.ts'
+import { countCallsThroughChain, decryptWithKekMovedToAnotherChain, describeWrapKek } from './chain.ts'
 
 const credentials = { accessKeyId: 'AKIDKMSPROXYTEST', secretAccessKey: 'kms-proxy-test-secret-key/abc+def' }
 let moto: Moto
@@ -359,17 +359,7 @@ describe('AWS KMS protocol details', () => {
   })
 })
 
-describe('AWS KMS: wrapKek of an existing KEK (a second root of a chain)', () => {
-  it('unwrapKek of the newKek form gives a non-extractable KEK, an extractable one only with { extractable: true }', async () => {
-    expect(await extractableOfNewKekForm(root())).toEqual([false, true])
-  })
-
-  it('wrapKek makes one GenerateDataKey (AES_256) and unwrapKek one Decrypt; the KEK is never exported nor sent; extractable only when asked, for both forms', async () => {
-    const run = await wrapKekOneCallEach((f) => root({ fetch: f }), calls, countingFetch)
-    const length = expectWrapKek(run, { wrap: ['GenerateDataKey'], unwrap: ['Decrypt'], tag: 0x24 })
-    console.log(`AWS KMS wrapKek envelope: ${length} bytes`)
-  })
-})
+describeWrapKek('AWS KMS', { root, calls: () => calls, base: countingFetch, wrap: ['GenerateDataKey'], unwrap: ['Decrypt'], tag: 0x24 })
 
 describe('AWS KMS as one root of several (a key chain on a second moto)', () => {
   it('addRoot: one GenerateDataKey per KEK (and one Decrypt to prove the root); the chain then opens through AWS KMS alone, and with moto stopped through the other root', async () => {

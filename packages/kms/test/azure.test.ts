@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { KeyChain, KmsProxyError, memoryStore } from '@kms-proxy/core'
 import { createHarness, describeRootKey } from '@kms-proxy/testkit'
 import { azureKeyVaultRootKey } from '../src/index.ts'
-import { countCallsThroughChain, decryptWithKekMovedToAnotherChain, expectWrapKek, extractableOfNewKekForm, wrapKekOneCallEach } from './chain.ts'
+import { countCallsThroughChain, decryptWithKekMovedToAnotherChain, describeWrapKek } from './chain.ts'
 import { startFakeAzureKeyVault, type FakeAzureKeyVault } from './fakes/azure.ts'
 
 const token = 'eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.kms-proxy-test-azure-token'
@@ -156,14 +156,4 @@ describe('when Azure Key Vault refuses or fails', () => {
   })
 })
 
-describe('Azure Key Vault: wrapKek of an existing KEK (a second root of a chain)', () => {
-  it('unwrapKek of the newKek form gives a non-extractable KEK, an extractable one only with { extractable: true }', async () => {
-    expect(await extractableOfNewKekForm(root())).toEqual([false, true])
-  })
-
-  it('wrapKek makes one wrapkey and unwrapKek one unwrapkey; the KEK is never exported nor sent; extractable only when asked, for both forms', async () => {
-    const run = await wrapKekOneCallEach((f) => root({ fetch: f }), fake.calls)
-    const length = expectWrapKek(run, { wrap: ['wrapkey'], unwrap: ['unwrapkey'], tag: 0x27 })
-    console.log(`Azure Key Vault wrapKek envelope: ${length} bytes`)
-  })
-})
+describeWrapKek('Azure Key Vault', { root, calls: () => fake.calls, wrap: ['wrapkey'], unwrap: ['unwrapkey'], tag: 0x27, length: 336 })

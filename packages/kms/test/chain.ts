@@ -1,5 +1,5 @@
 /** What every KMS test does through a key chain: count the KMS calls, and move a KEK to another chain. */
-import { expect, vi } from 'vitest'
+import { describe, expect, it, vi } from 'vitest'
 import { KeyChain, kekAad, memoryStore, toBase64, toBase64Url, type RootKey } from '@kms-proxy/core'
 
 /**
@@ -134,4 +134,25 @@ export async function extractableOfNewKekForm(root: RootKey): Promise<[boolean, 
   const aad = kekAad('extractable', 3)
   const { wrapped } = await root.newKek(aad)
   return [(await root.unwrapKek(wrapped, aad)).extractable, (await root.unwrapKek(wrapped, aad, { extractable: true })).extractable]
+}
+
+/**
+ * The wrapKek tests of a KMS root key: the extractable option on newKek's form, then one wrapKek
+ * and one unwrapKek of a known KEK ({@link wrapKekOneCallEach}, {@link expectWrapKek}). `calls`
+ * reads the KMS's call log (its server may start after this runs); `length` is the envelope's
+ * size where it does not depend on the server's ciphertext format.
+ */
+export function describeWrapKek(name: string, o: { root: (overrides?: { fetch: typeof globalThis.fetch }) => RootKey; calls: () => string[]; base?: typeof globalThis.fetch; wrap: string[]; unwrap: string[]; tag: number; length?: number }): void {
+  describe(`${name}: wrapKek of an existing KEK (a second root of a chain)`, () => {
+    it('unwrapKek of the newKek form gives a non-extractable KEK, an extractable one only with { extractable: true }', async () => {
+      expect(await extractableOfNewKekForm(o.root())).toEqual([false, true])
+    })
+
+    it(`wrapKek makes one ${o.wrap.join(' + ')} and unwrapKek one ${o.unwrap.join(' + ')}; the KEK is never exported nor sent; extractable only when asked, for both forms`, async () => {
+      const run = await wrapKekOneCallEach((fetch) => o.root({ fetch }), o.calls(), o.base)
+      const length = expectWrapKek(run, o)
+      if (o.length !== undefined) expect(length).toBe(o.length)
+      console.log(`${name} wrapKek envelope: ${length} bytes`)
+    })
+  })
 }

@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { KeyChain, KmsProxyError } from '@kms-proxy/core'
 import { createHarness, describeRootKey } from '@kms-proxy/testkit'
 import { gcpKmsRootKey } from '../src/index.ts'
-import { countCallsThroughChain, decryptWithKekMovedToAnotherChain, expectWrapKek, extractableOfNewKekForm, wrapKekOneCallEach } from './chain.ts'
+import { countCallsThroughChain, decryptWithKekMovedToAnotherChain, describeWrapKek } from './chain.ts'
 import { startFakeGcpKms, type FakeGcpKms } from './fakes/gcp.ts'
 
 const token = 'ya29.kms-proxy-test-access-token'
@@ -91,14 +91,4 @@ describe('when Cloud KMS refuses or fails', () => {
   })
 })
 
-describe('Google Cloud KMS: wrapKek of an existing KEK (a second root of a chain)', () => {
-  it('unwrapKek of the newKek form gives a non-extractable KEK, an extractable one only with { extractable: true }', async () => {
-    expect(await extractableOfNewKekForm(root())).toEqual([false, true])
-  })
-
-  it('wrapKek makes one encrypt and unwrapKek one decrypt; the KEK is never exported nor sent; extractable only when asked, for both forms', async () => {
-    const run = await wrapKekOneCallEach((f) => root({ fetch: f }), fake.calls)
-    const length = expectWrapKek(run, { wrap: ['encrypt'], unwrap: ['decrypt'], tag: 0x25 })
-    console.log(`Google Cloud KMS wrapKek envelope: ${length} bytes`)
-  })
-})
+describeWrapKek('Google Cloud KMS', { root, calls: () => fake.calls, wrap: ['encrypt'], unwrap: ['decrypt'], tag: 0x25 })

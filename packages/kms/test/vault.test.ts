@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { KeyChain, KmsProxyError } from '@kms-proxy/core'
 import { createHarness, describeRootKey } from '@kms-proxy/testkit'
 import { vaultTransitRootKey } from '../src/index.ts'
-import { countCallsThroughChain, decryptWithKekMovedToAnotherChain, expectWrapKek, extractableOfNewKekForm, wrapKekOneCallEach } from './chain.ts'
+import { countCallsThroughChain, decryptWithKekMovedToAnotherChain, describeWrapKek } from './chain.ts'
 import { startFakeVault, type FakeVault } from './fakes/vault.ts'
 
 const token = 'hvs.kms-proxy-test-vault-token'
@@ -97,14 +97,4 @@ describe('when Vault refuses or fails', () => {
   })
 })
 
-describe('Vault Transit: wrapKek of an existing KEK (a second root of a chain)', () => {
-  it('unwrapKek of the newKek form gives a non-extractable KEK, an extractable one only with { extractable: true }', async () => {
-    expect(await extractableOfNewKekForm(root())).toEqual([false, true])
-  })
-
-  it('wrapKek makes one encrypt and unwrapKek one decrypt; the KEK is never exported nor sent; extractable only when asked, for both forms', async () => {
-    const run = await wrapKekOneCallEach((f) => root({ fetch: f }), fake.calls)
-    const length = expectWrapKek(run, { wrap: ['encrypt'], unwrap: ['decrypt'], tag: 0x26 })
-    console.log(`Vault Transit wrapKek envelope: ${length} bytes`)
-  })
-})
+describeWrapKek('Vault Transit', { root, calls: () => fake.calls, wrap: ['encrypt'], unwrap: ['decrypt'], tag: 0x26, length: 136 })
