@@ -50,7 +50,7 @@ export const OVERHEAD_BYTES = FIXED_HEADER_BYTES + IV_BYTES + WRAPPED_DEK_BYTES 
 /** AES-GCM's plaintext limit for one (key, nonce): 2^39 - 256 bits. */
 export const MAX_PLAINTEXT_BYTES = 2 ** 36 - 32
 
-/** Text form: this prefix, then base64url (no padding) of the binary form. */
+/** Text form: this prefix, then base64url (no padding) of the binary form; `kp2.` for format v2 data. */
 export const TEXT_PREFIX = 'kp1.'
 
 /** The header of an encrypted data (message or stream), as {@link decodeHeader} reads it. */
@@ -378,15 +378,20 @@ export function kekAad(chainName: string, kekId: number): Bytes {
 }
 
 export function toText(bytes: Uint8Array): string {
-  return TEXT_PREFIX + toBase64Url(bytes)
+  return (bytes[0] === FORMAT_VERSION_ROOTS ? 'kp2.' : TEXT_PREFIX) + toBase64Url(bytes)
 }
 
 export function fromText(text: string): Bytes {
   if (typeof text !== 'string') throw new TypeError('encryptedText: expected a string')
-  if (!text.startsWith(TEXT_PREFIX)) throw new FormatError('not kms-proxy text (expected the kp1. prefix)')
+  const version = text.startsWith(TEXT_PREFIX) ? FORMAT_VERSION : text.startsWith('kp2.') ? FORMAT_VERSION_ROOTS : undefined
+  if (version === undefined) throw new FormatError('not kms-proxy text (expected the kp1. or kp2. prefix)')
+  let bytes: Bytes
   try {
-    return fromBase64Url(text.slice(TEXT_PREFIX.length))
+    bytes = fromBase64Url(text.slice(TEXT_PREFIX.length))
   } catch {
     throw new FormatError('text form is not valid base64url')
   }
+  // The prefix names the version: a kp1. text holding v2 bytes (or the reverse) was tampered with.
+  if (bytes.length > 0 && bytes[0] !== version) throw new FormatError('the text prefix does not match the format version')
+  return bytes
 }

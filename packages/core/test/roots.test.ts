@@ -114,8 +114,10 @@ describe('addRoot, removeRoot, changeRoot', () => {
     const neu = root(OTHER_ROOT_BYTES)
     const chain = await KeyChain.open({ rootKey: old.key, store })
     const report = await chain.changeRoot(neu.key)
-    expect(report).toEqual({ name: 'default-2', keks: 21, wrapped: 21, deleted: 21, rootKeyUnwraps: 22, rootKeyWraps: 21 })
-    expect(old.calls).toEqual({ newKek: 0, wrapKek: 0, unwrapKek: 21 })
+    // The old root: one unwrap to prove it holds the chain (none in a process that decrypted
+    // already), then one per KEK; the new root: one wrap per KEK, one unwrap to prove itself.
+    expect(report).toEqual({ name: 'default-2', keks: 21, wrapped: 21, deleted: 21, rootKeyUnwraps: 23, rootKeyWraps: 21 })
+    expect(old.calls).toEqual({ newKek: 0, wrapKek: 0, unwrapKek: 22 })
     expect(neu.calls).toEqual({ newKek: 0, wrapKek: 21, unwrapKek: 1 })
     expect(data).toEqual(copies)
     expect((await store.getHead('default'))!.value.roots).toEqual([{ name: 'default-2', kind: 'aes', state: 'active' }])
@@ -228,5 +230,88 @@ describe('the embedded store with several roots (format v2)', () => {
     expect(decodeHeader(moved).version).toBe(1)
     const readerA = await KeyChain.open({ rootKey: aesRootKey(ROOT_BYTES) })
     expect(new Uint8Array(await new Response(new Blob([moved]).stream().pipeThrough(readerA.decryptStream())).arrayBuffer())).toEqual(input)
+  })
+})
+
+describe('root changes under crashes and races', () => {
+  const [OLD, NEW] = [() => aesRootKey(ROOT_BYTES), () => aesRootKey(OTHER_ROOT_BYTES)]
+
+  it('a process opened with the old root, still running after changeRoot, refuses to rotate (it would wrap under the old root)', async () => {
+    const store = memoryStore()
+    const stale = await KeyChain.open({ rootKey: OLD(), store, maxWrapsPerKek: 2, leaseSize: 1, dekPoolSize: 0 })
+    await stale.encrypt('before')
+    await (await KeyChain.open({ rootKey: OLD(), store })).changeRoot(NEW())
+    const before = await snapshot(store)
+    await expectCode(stale.rotate(), 'ERR_ROOT_KEY')
+    expect(await snapshot(store)).toEqual(before)
+  })
+
+  it('changeRoot stopped after any head write is finished by the same call again', async () => {
+    for (const stopAt of [1, 2, 3]) {
+      const store = memoryStore()
+      const data = await (await KeyChain.open({ rootKey: OLD(), store })).encrypt('x')
+      let cas = 0
+      const stopping: KeyStore = {
+        ...store,
+        casHead: async (...a) => {
+          const r = await store.casHead(...a)
+          if (++cas === stopAt) throw new Error('stopped')
+          return r
+        },
+      }
+      await expectCode((await KeyChain.open({ rootKey: OLD(), store: stopping })).changeRoot(NEW()), 'ERR_STORE')
+      await (await KeyChain.open({ rootKey: OLD(), store })).changeRoot(NEW())
+      expect((await store.getHead('default'))!.value.roots!.map((r) => `${r.name}:${r.state}`), `stopped at head write ${stopAt}`).toEqual(['default-2:active'])
+      expect(text(await (await KeyChain.open({ rootKey: NEW(), store })).decrypt(data))).toBe('x')
+      await expectCode((await KeyChain.open({ rootKey: OLD(), store })).decrypt(data), 'ERR_ROOT_KEY')
+    }
+  })
+
+  it('changeRoot run again after it finished does nothing and writes nothing', async () => {
+    const store = memoryStore()
+    const data = await (await KeyChain.open({ rootKey: OLD(), store })).encrypt('x')
+    await (await KeyChain.open({ rootKey: OLD(), store })).changeRoot(NEW())
+    const before = await snapshot(store)
+    const head = (await store.getHead('default'))!.version
+    const again = await (await KeyChain.open({ rootKey: OLD(), store })).changeRoot(NEW())
+    expect(again).toMatchObject({ name: 'default-2', wrapped: 0, deleted: 0 })
+    expect(await snapshot(store)).toEqual(before)
+    expect((await store.getHead('default'))!.version).toBe(head)
+    expect(text(await (await KeyChain.open({ rootKey: NEW(), store })).decrypt(data))).toBe('x')
+  })
+
+  it('a KEK made as a root was being removed never becomes primary with a wrap under the removed root', async () => {
+    const store = memoryStore()
+    const admin = await KeyChain.open({ roots: { a: OLD(), b: NEW() }, store })
+    await admin.encrypt('x')
+    let release!: () => void
+    const removed = new Promise<void>((r) => (release = r))
+    let held = false
+    const slow: KeyStore = {
+      ...store,
+      async putKekIfAbsent(chain, record) {
+        if (!held && record.root === 'a') {
+          held = true
+          await removed
+        }
+        return store.putKekIfAbsent(chain, record)
+      },
+    }
+    const writer = await KeyChain.open({ roots: { a: OLD(), b: NEW() }, store: slow, dekPoolSize: 0 })
+    await writer.encrypt('proves both roots')
+    const rotating = writer.rotate()
+    await new Promise((r) => setTimeout(r, 50))
+    await admin.removeRoot('a')
+    release()
+    // The writer drops the KEK it made under a and b, and makes one under b alone.
+    const { id } = await rotating
+    const head = (await store.getHead('default'))!.value
+    expect(head.primary).toBe(id)
+    expect(head.roots).toEqual([{ name: 'b', kind: 'aes', state: 'active' }])
+    expect((await store.getKekWraps!('default', head.primary)).map((r) => r.root)).toEqual(['b'])
+    // No wrap under the removed root remains, not even of the KEK that lost the race.
+    expect((await store.listKeks('default')).filter((r) => r.root === 'a')).toEqual([])
+    const data = await writer.encrypt('after the removal')
+    await expectCode((await KeyChain.open({ roots: { a: OLD() }, store })).decrypt(data), 'ERR_ROOT_KEY')
   })
 })

@@ -116,3 +116,25 @@ describe.each(negatives.map((c) => [c.name, c] as const))('negative %s', (_, c) 
     expect((error as KmsProxyError).code).toBe(c.expectedError)
   })
 })
+
+describe('text form of v2 data', () => {
+  it('is kp2. + base64url; a kp1. prefix on v2 bytes (or kp2. on v1) is ERR_FORMAT', async () => {
+    const [c] = positives
+    const chain = await KeyChain.open({ rootKey: aesRootKey(hex(c!.roots[0]!.rootKey)), store: embeddedStore(), name: c!.chain })
+    const b64 = Buffer.from(hex(c!.encrypted)).toString('base64url')
+    expect(toHex(await chain.decrypt(hex(c!.encrypted)))).toBe(c!.plaintext)
+    const two = await KeyChain.open({ roots: { a: aesRootKey(hex(c!.roots[0]!.rootKey)), b: aesRootKey(hex(c!.roots[1]!.rootKey)) } })
+    const text = await two.encryptText('hi')
+    expect(text.startsWith('kp2.')).toBe(true)
+    expect(await two.decryptText(text)).toBe('hi')
+    for (const bad of ['kp1.' + b64, 'kp1.' + text.slice(4)]) {
+      let error: unknown
+      try {
+        await chain.decryptText(bad)
+      } catch (e) {
+        error = e
+      }
+      expect((error as KmsProxyError).code).toBe('ERR_FORMAT')
+    }
+  })
+})

@@ -94,10 +94,16 @@ export class KekSource {
   /** Calls per held root, by name. */
   readonly perRoot = new Map<string, RootCounts>()
   /**
-   * The held roots (by held name) that have unwrapped a KEK record of the chain's store, or made
-   * the primary the head names: only they may wrap a new KEK (see #prove).
+   * The chain's roots (by the name the head gives them) that a held root has unwrapped a KEK
+   * record of, or made the primary the head names: only they may get a new KEK's wrap (#prove).
    */
   readonly #proved = new Set<string>()
+  /**
+   * In single mode, the chain root the one held root proved to be (undefined until it unwrapped a
+   * record of the store): from then on it stands for that root only, so that a process opened
+   * with an old root does not take a root added since for its own.
+   */
+  #bound: string | undefined
   #available = true
   #lastError: string | undefined
   /** A key of this process only, to turn an extractable KEK into a non-extractable one inside WebCrypto. */
@@ -142,7 +148,13 @@ export class KekSource {
 
   /** The held root that stands for the chain's root `name`, if this process holds it. */
   rootFor(name: string): RootKey | undefined {
-    return this.single ? [...this.held.values()][0] : this.held.get(name)
+    if (!this.single) return this.held.get(name)
+    return this.#bound === undefined || this.#bound === name ? [...this.held.values()][0] : undefined
+  }
+
+  #setProved(name: string): void {
+    this.#proved.add(name)
+    if (this.single) this.#bound ??= name
   }
 
   /** The name under which a held root is counted and proved. */
@@ -163,7 +175,6 @@ export class KekSource {
     this.held.set(name, root)
     this.perRoot.set(name, this.perRoot.get(held)!)
     this.perRoot.delete(held)
-    if (this.#proved.delete(held)) this.#proved.add(name)
   }
 
   /** Holds one more root (addRoot, changeRoot), proved by the caller. */
@@ -173,7 +184,16 @@ export class KekSource {
   }
 
   markProved(names: Iterable<string>): void {
-    for (const n of names) this.#proved.add(this.#heldName(n))
+    for (const n of names) this.#setProved(n)
+  }
+
+  /**
+   * Proves that this process holds the chain root `name` (its held root unwraps a wrap under that
+   * name: the primary's, or the newest), before a root change edits the head on its behalf.
+   */
+  async proveHeld(name: string, primary: number | undefined): Promise<void> {
+    if (!this.rootFor(name)) throw new RootKeyError(`this process does not hold the root "${name}"`)
+    await this.#prove(name, primary, false)
   }
 
   /**
@@ -223,9 +243,9 @@ export class KekSource {
         this.remember(found[0]!.id, found[0]!.createdAt)
         candidates = found.map((r) => ({ root: rootOf(r), wrapped: r.wrapped, kind: r.rootKind }))
       }
-      const { kek, by } = await this.#unwrapAny(id, candidates, false)
+      const { kek, root } = await this.#unwrapAny(id, candidates, false)
       // A record of the chain's store, not bytes some data carried: the root is the chain's.
-      if (!embedded) this.#proved.add(by)
+      if (!embedded && root !== undefined) this.#setProved(root)
       return kek
     })()
     this.#keks.set(cacheKey, loading)
@@ -249,14 +269,15 @@ export class KekSource {
    * data, is tried by every held root): the first that unwraps wins. A root that is down or
    * refuses does not stop the next one, so a chain unlocks through any one of its roots.
    */
-  async #unwrapAny(id: number, candidates: Candidate[], extractable: boolean, except?: string): Promise<{ kek: CryptoKey; by: string }> {
-    const attempts: { name: string; root: RootKey; wrapped: Uint8Array }[] = []
+  async #unwrapAny(id: number, candidates: Candidate[], extractable: boolean, except?: string): Promise<{ kek: CryptoKey; by: string; root: string | undefined }> {
+    const attempts: { name: string; root: RootKey; wrapped: Uint8Array; chainRoot: string | undefined }[] = []
     for (const [name, root] of this.held) {
       if (name === except) continue
-      const mine = candidates.filter((c) => c.root === undefined || this.single || c.root === name)
+      // One held root stands for any name until it proved which root it is, then for that one.
+      const mine = candidates.filter((c) => c.root === undefined || (this.single ? this.#bound === undefined || c.root === this.#bound : c.root === name))
       // With one root standing for any name, the records of its own kind first.
       mine.sort((x, y) => Number(y.kind === root.kind) - Number(x.kind === root.kind))
-      for (const c of mine) attempts.push({ name, root, wrapped: c.wrapped })
+      for (const c of mine) attempts.push({ name, root, wrapped: c.wrapped, chainRoot: c.root })
     }
     if (attempts.length === 0) {
       const names = [...new Set(candidates.map((c) => c.root))].join(', ')
@@ -266,7 +287,7 @@ export class KekSource {
     for (const a of attempts) {
       try {
         const kek = await this.#unwrapWith(a.name, a.root, a.wrapped, id, extractable)
-        return { kek, by: a.name }
+        return { kek, by: a.name, root: a.chainRoot }
       } catch (error) {
         if (!isKmsProxyError(error) || error.code !== 'ERR_ROOT_KEY') throw error
         errors.push(error)
@@ -279,7 +300,8 @@ export class KekSource {
 
   async #unwrapWith(name: string, root: RootKey, wrapped: Uint8Array, id: number, extractable: boolean): Promise<CryptoKey> {
     this.#counts.rootKeyUnwraps++
-    this.perRoot.get(name)!.unwraps++
+    const counts = this.perRoot.get(name)
+    if (counts) counts.unwraps++
     const aad = kekAad(this.#name, id)
     const kek = await this.#rootCall(name, 'unwrap a KEK', () => (extractable ? root.unwrapKek(wrapped, aad, { extractable: true }) : root.unwrapKek(wrapped, aad)))
     assertKek(kek, extractable)
@@ -290,7 +312,7 @@ export class KekSource {
   }
 
   /** KEK `id` as an extractable handle, for a re-wrap under another root; never cached. */
-  unwrapForRewrap(id: number, records: KekRecord[], except: string): Promise<{ kek: CryptoKey; by: string }> {
+  unwrapForRewrap(id: number, records: KekRecord[], except: string): Promise<{ kek: CryptoKey; by: string; root: string | undefined }> {
     return this.#unwrapAny(id, records.map((r) => ({ root: rootOf(r), wrapped: r.wrapped, kind: r.rootKind })), true, except)
   }
 
@@ -403,30 +425,44 @@ export class KekSource {
    * (`optional`) that has no wrap yet is not proved: returns false, and is left out.
    */
   async #prove(name: string, primary: number | undefined, optional: boolean): Promise<boolean> {
-    const held = this.#heldName(name)
-    if (this.#proved.has(held)) return true
-    const root = this.rootFor(name)!
-    const mine = (r: KekRecord) => this.single || rootOf(r) === name
+    if (this.#proved.has(name)) return true
+    const mine = (r: KekRecord) => rootOf(r) === name
+    const unwrap = async (records: KekRecord[], all: boolean) => {
+      const id = records[0]!.id
+      // This root unwraps for itself: a cached KEK may be another root's unwrap, which proves
+      // nothing of this one. Not through kekFor, whose failure memory is per KEK, not per root.
+      // The KEK is cached for later use, so a process that proves on its primary pays one call.
+      // A refusal is remembered per KEK and root, as kekFor remembers it per KEK: a wrong root
+      // retried on every encryption must not cost a (billed) root-key call each time.
+      // kekFor's memory (String(id)) counts too: it failed only after every held root failed.
+      const memo = `${id}@${name}`
+      for (const key of [memo, String(id)]) {
+        const failed = this.#failed.get(key)
+        if (failed && Date.now() < failed.until && failed.error.code === 'ERR_ROOT_KEY') throw failed.error
+      }
+      let kek: CryptoKey
+      try {
+        ;({ kek } = await this.#unwrapAny(id, records.map((r) => ({ root: rootOf(r), wrapped: r.wrapped, kind: r.rootKind })), false))
+      } catch (error) {
+        if (isKmsProxyError(error) && !error.retryable && error.code === 'ERR_ROOT_KEY') {
+          // With one held root and every record of the KEK tried, kekFor would ask that same
+          // root the same again: remember it there too.
+          for (const key of this.held.size === 1 && all ? [memo, String(id)] : [memo]) this.#failed.set(key, { error, until: Date.now() + REFUSED_KEK_MS })
+        }
+        throw error
+      }
+      if (!this.#keks.has(String(id))) this.cache(id, undefined, kek)
+      this.remember(id, records[0]!.createdAt)
+      this.#setProved(name)
+      return true
+    }
     if (primary !== undefined) {
       const records = await this.wrapsOf(primary)
       const own = records.filter(mine)
-      if (own.length > 0) {
-        // One root: the cached KEK was unwrapped by it. Several: the cache may hold another root's
-        // unwrap, which proves nothing of this one, so this root unwraps for itself (once).
-        if (this.single) await this.kekFor(primary, undefined, own)
-        else await this.#unwrapAny(primary, own.map((r) => ({ root: rootOf(r), wrapped: r.wrapped, kind: r.rootKind })), false)
-        this.remember(primary, own[0]!.createdAt)
-        this.#proved.add(held)
-        return true
-      }
+      if (own.length > 0) return unwrap(own, own.length === records.length)
     }
     const [newest] = (await this.storeCall('list the KEKs', () => this.#store.listKeks(this.#name))).filter(mine).sort((x, y) => y.createdAt - x.createdAt)
-    if (newest) {
-      await this.#unwrapAny(newest.id, [{ root: rootOf(newest), wrapped: newest.wrapped, kind: newest.rootKind }], false)
-      this.remember(newest.id, newest.createdAt)
-      this.#proved.add(held)
-      return true
-    }
+    if (newest) return unwrap([newest], false)
     if (optional) return false
     if (primary !== undefined) throw missingPrimary()
     return true

@@ -141,7 +141,10 @@ export class Leases {
       const head = await this.#keks.storeCall('read the chain head', () => store.getHead(name))
       const h = head?.value
       // A spare made before the root set changed may lack a wrap under a root added since.
-      if (this.#spare && (this.#spare.replaces !== h?.primary || !covers(this.#spare, this.#keks.chainRoots(h)))) this.#spare = undefined
+      if (this.#spare && (this.#spare.replaces !== h?.primary || !covers(this.#spare, this.#keks.chainRoots(h)))) {
+        await this.#dropSpare(this.#spare, this.#keks.chainRoots(h))
+        this.#spare = undefined
+      }
       const mustRotate = force || h === undefined || h.leased >= maxWraps || Date.now() - h.primaryCreatedAt >= maxAge
       if (!mustRotate) {
         if (await this.#leaseFrom(head!, h)) return
@@ -195,6 +198,19 @@ export class Leases {
   }
 
   /**
+   * A spare no data names is left as it is (invariant 9), except its wraps under roots the head
+   * no longer lists or is removing: a removed root must not keep opening a KEK made as it left.
+   */
+  async #dropSpare(spare: Spare, roots: readonly ChainRoot[]): Promise<void> {
+    const { name, store } = this.#s
+    if (typeof store.deleteKekWrap !== 'function') return
+    for (const w of spare.wraps) {
+      if (roots.some((r) => r.name === w.root && r.state !== 'removing')) continue
+      await this.#keks.storeCall('delete a KEK wrap', () => store.deleteKekWrap!(name, spare.id, w.root)).catch(() => {})
+    }
+  }
+
+  /**
    * The roots field of the next head: the head's own list, kept as it is; for a brand-new chain,
    * the roots this process holds, unless that is one root called 'default' (a head without the
    * field, as before chains had several roots).
@@ -227,7 +243,12 @@ export class Leases {
   }
 }
 
-/** Whether a KEK has a wrap under every active root of `roots`. */
+/**
+ * Whether a KEK fits the head's roots: a wrap under every active root, and none under a root
+ * being removed or gone (a KEK made before a removal began would let the removed root open
+ * data written after it).
+ */
 function covers(made: NewKekMade, roots: readonly ChainRoot[]): boolean {
-  return roots.every((r) => r.state !== 'active' || made.wraps.some((w) => w.root === r.name))
+  const live = (name: string) => roots.some((r) => r.name === name && r.state !== 'removing')
+  return roots.every((r) => r.state !== 'active' || made.wraps.some((w) => w.root === r.name)) && made.wraps.every((w) => live(w.root))
 }

@@ -48,12 +48,30 @@ export class RootChanges {
     throw new StoreError('too much contention on the chain head; gave up', { retryable: true })
   }
 
-  /** A chain opened with `rootKey` names its one root after the head before it gains or loses one. */
-  #bind(head: ChainHead | undefined): void {
-    if (!this.#keks.single) return
-    const live = this.#keks.chainRoots(head).filter((r) => r.state !== 'removing')
-    if (live.length !== 1) throw new RootKeyError(`this chain has ${live.length} roots: open it with roots: { … } naming them`)
-    this.#keks.bindSingle(live[0]!.name)
+  /**
+   * Before a change edits the head, this process proves it holds a root of the chain: its root
+   * unwraps a KEK of that root (normally the primary, cached: no call). A chain opened with
+   * `rootKey` then names its one root after the root it proved to be. So a process holding a
+   * root the chain no longer has fails here, with ERR_ROOT_KEY, having written nothing.
+   */
+  async #proveHeld(head: ChainHead | undefined): Promise<string | undefined> {
+    const keks = this.#keks
+    if (!head) return undefined
+    // A root being removed counts: an unfinished change run again holds the root it removes.
+    const roots = keks.chainRoots(head)
+    const active = [...roots.filter((r) => r.state === 'active'), ...roots.filter((r) => r.state === 'removing')]
+    let firstError: unknown
+    for (const r of active) {
+      if (!keks.rootFor(r.name)) continue
+      try {
+        await keks.proveHeld(r.name, head.primary)
+        if (keks.single) keks.bindSingle(r.name)
+        return r.name
+      } catch (error) {
+        firstError ??= error
+      }
+    }
+    throw firstError ?? new RootKeyError(`this process holds none of the chain's roots (${active.map((r) => r.name).join(', ')})`)
   }
 
   #needMultiRootStore(what: string): void {
@@ -81,10 +99,11 @@ export class RootChanges {
     const { report, done } = this.#report(name)
     const keks = this.#keks
     const head = await this.#head()
-    this.#bind(head?.value)
+    await this.#proveHeld(head?.value)
     const existing = keks.chainRoots(head?.value).find((r) => r.name === name)
     if (!head) {
       // No KEK yet: the first rotation wraps its KEK under every root this process holds.
+      if (keks.single) keks.bindSingle(DEFAULT_ROOT)
       if (keks.held.has(name) && keks.held.get(name) !== root) throw new TypeError(`name: this chain already has a root named "${name}"`)
       keks.hold(name, root)
       return done()
@@ -102,6 +121,14 @@ export class RootChanges {
         if (entry.state === 'active') break
         const groups = await this.#groups()
         report.keks = groups.size
+        if (!verified) {
+          // A run cut short, or another process adding the same name: the root must open the
+          // wraps already under its name, so that a second, different root (a mistyped
+          // passphrase) cannot split the KEKs between two keys under one name.
+          const mine = [...groups.values()].flat().find((r) => rootOf(r) === name)
+          if (mine) await keks.proveWrap(name, root, mine.wrapped, mine.id)
+          verified = mine !== undefined
+        }
         let missing = 0
         for (const [id, records] of groups) {
           if (records.some((r) => rootOf(r) === name)) continue
@@ -112,6 +139,11 @@ export class RootChanges {
           if (!verified) await keks.proveWrap(name, root, wrapped, id)
           verified = true
           if (await this.#put({ id, createdAt: records[0]!.createdAt, rootKind: root.kind, wrapped, ...rootField(name) })) report.wrapped++
+          else {
+            // Another process wrote this KEK's wrap under the name first: it must be this root's.
+            const theirs = (await keks.wrapsOf(id)).find((r) => rootOf(r) === name)
+            if (theirs) await keks.proveWrap(name, root, theirs.wrapped, id)
+          }
         }
         if (missing === 0 && (await this.#cas(current, keks.chainRoots(current.value).map((r) => (r.name === name ? { ...r, state: 'active' as const } : r))))) break
       }
@@ -132,7 +164,7 @@ export class RootChanges {
       keks.held.delete(name)
       return done()
     }
-    this.#bind(head.value)
+    await this.#proveHeld(head.value)
     const entry = keks.chainRoots(head.value).find((r) => r.name === name)
     if (!entry) return done() // removed already: running the change again finishes nothing more
     this.#needMultiRootStore('removeRoot')
@@ -171,29 +203,55 @@ export class RootChanges {
     checkRootKey(root, 'root')
     const head = await this.#head()
     const roots = this.#keks.chainRoots(head?.value)
+    const inState = (state: ChainRoot['state']) => roots.filter((r) => r.state === state)
+    const [removing, active, adding] = [inState('removing'), inState('active'), inState('adding')]
+    const { report, done } = this.#report(options.name ?? '')
+    let proved: string | undefined
+    let unproved: unknown
+    try {
+      proved = await this.#proveHeld(head?.value)
+    } catch (error) {
+      unproved = error
+    }
     let from = options.from
     if (from === undefined) {
-      // An unfinished change resumes: its old root is the one being removed.
-      const removing = roots.filter((r) => r.state === 'removing')
-      const live = roots.filter((r) => r.state !== 'removing')
+      // An unfinished change resumes: its old root is the one being removed; or the one active
+      // root beside one being added; or, with two active, the one this process holds.
       if (removing.length === 1) from = removing[0]!.name
-      else if (live.length === 1) from = live[0]!.name
+      else if (active.length === 1) from = active[0]!.name
+      else if (active.length === 2 && proved !== undefined && options.name === undefined) from = proved
       else throw new TypeError('options.from: this chain has several roots: say which one to replace')
     }
     checkRootName(from, 'options.from')
     if (!roots.some((r) => r.name === from)) throw new TypeError(`options.from: this chain has no root named "${from}"`)
-    const name = options.name ?? nextName(from)
+    const other = active.length === 2 && removing.length === 0 ? active.find((r) => r.name !== from) : undefined
+    const name = options.name ?? (adding.length === 1 && adding[0]!.name !== from ? adding[0]!.name : (other?.name ?? nextName(from)))
     checkRootName(name, 'options.name')
     if (name === from) throw new TypeError('options.name: the new root needs a name of its own')
+    report.name = name
+    if (unproved !== undefined) {
+      // Run again after it finished (a process killed before it returned): the new root is the
+      // chain's root already, so there is nothing left to do.
+      if (head && (await this.#opens(root, from, head.value.primary))) return { ...done(), name: from }
+      throw unproved
+    }
     const added = await this.add(name, root)
     const removed = await this.remove(from)
-    return {
-      name,
-      keks: Math.max(added.keks, removed.keks),
-      wrapped: added.wrapped + removed.wrapped,
-      deleted: removed.deleted,
-      rootKeyUnwraps: added.rootKeyUnwraps + removed.rootKeyUnwraps,
-      rootKeyWraps: added.rootKeyWraps + removed.rootKeyWraps,
+    report.keks = Math.max(added.keks, removed.keks)
+    report.wrapped = added.wrapped + removed.wrapped
+    report.deleted = removed.deleted
+    return done()
+  }
+
+  /** Whether `root` unwraps the primary's wrap under the chain root `name` (one call). */
+  async #opens(root: RootKey, name: string, primary: number): Promise<boolean> {
+    const record = (await this.#keks.wrapsOf(primary)).find((r) => rootOf(r) === name)
+    if (!record) return false
+    try {
+      await this.#keks.proveWrap(name, root, record.wrapped, primary)
+      return true
+    } catch {
+      return false
     }
   }
 
