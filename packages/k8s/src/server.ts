@@ -51,7 +51,7 @@ export interface KmsPluginOptions {
    * The chain's root key, for the root-key probe (`newKek` with an AAD no KEK record can have; the
    * KEK made is dropped). Its verdict shows in `stats().health.rootKey` and `degraded`, never in
    * healthz: a plugin that can encrypt and decrypt from its loaded KEKs is healthy. Without it (and
-   * without `healthCheck`) the root key's state follows the chain's own root-key calls.
+   * without `roots` or `healthCheck`) the root key's state follows the chain's own root-key calls.
    */
   rootKey?: RootKey
   /**
