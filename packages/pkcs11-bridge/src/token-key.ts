@@ -6,10 +6,16 @@
 import { createHash, timingSafeEqual } from 'node:crypto'
 import * as graphene from 'graphene-pk11'
 import { RootKeyError, importKekBytes, type NewKek, type RootKey } from '@kms-proxy/core'
-import { PKCS11_DATA_KEY_TAG, PKCS11_WRAP_TAG, checkPkcs11Wrapped, pkcs11Wrapping } from '@kms-proxy/pkcs11'
+import { PKCS11_DATA_KEY_TAG, PKCS11_WRAPPED_LENGTH, PKCS11_WRAP_TAG, pkcs11Wrapping } from '@kms-proxy/pkcs11'
 
-/** Throws unless `wrapped` is a KEK (0x30) or a data key (0x32) sealed by a PKCS#11 key (docs/FORMAT.md). */
-export const checkWrapped: (wrapped: unknown) => asserts wrapped is Uint8Array = checkPkcs11Wrapped
+/** Throws unless `wrapped` is a KEK (0x30, 45 bytes) or a data key (0x32, 61 bytes) sealed by a PKCS#11 key. */
+export function checkWrapped(wrapped: unknown): asserts wrapped is Uint8Array {
+  if (!(wrapped instanceof Uint8Array) || (wrapped[0] !== PKCS11_WRAP_TAG && wrapped[0] !== PKCS11_DATA_KEY_TAG)) {
+    throw new RootKeyError('this KEK was not wrapped by a PKCS#11 root key')
+  }
+  const length = wrapped[0] === PKCS11_WRAP_TAG ? PKCS11_WRAPPED_LENGTH : 1 + GCM_IV_BYTES + DATA_KEY_BYTES + 16
+  if (wrapped.length !== length) throw new RootKeyError('wrapped KEK has the wrong length')
+}
 
 /** Options of {@link pkcs11RootKey}, and the token part of the bridge's options. */
 export interface Pkcs11KeyOptions {

@@ -80,22 +80,14 @@ export const PKCS11_WRAPPED_LENGTH = 1 + 12 + 16 + 16
 /** First byte of a 32-byte data key sealed by the PKCS#11 key: `0x32 || iv (12) || ciphertext (32) || tag (16)`. */
 export const PKCS11_DATA_KEY_TAG = 0x32
 /** Length of a sealed data key: tag, 12-byte IV, 32-byte data key, 16-byte GCM tag. */
-export const PKCS11_WRAPPED_DATA_KEY_LENGTH = 1 + 12 + 32 + 16
+const PKCS11_WRAPPED_DATA_KEY_LENGTH = 1 + 12 + 32 + 16
 /** First byte of `wrapKek`'s envelope form: a data key sealed by the token wraps an existing KEK. */
-export const PKCS11_ENVELOPE_TAG = 0x31
+const PKCS11_ENVELOPE_TAG = 0x31
 /**
  * Length of the envelope form: tag, u16 length (61), the sealed data key (61), iv (12), the KEK
  * sealed by the data key in WebCrypto (16 + 16 tag).
  */
 export const PKCS11_ENVELOPE_LENGTH = 3 + PKCS11_WRAPPED_DATA_KEY_LENGTH + 12 + 16 + 16
-
-/** Throws unless `wrapped` has the shape of a KEK (tag 0x30) or a data key (tag 0x32) sealed by a PKCS#11 key. */
-export function checkPkcs11Wrapped(wrapped: unknown): asserts wrapped is Uint8Array {
-  if (!(wrapped instanceof Uint8Array) || (wrapped[0] !== PKCS11_WRAP_TAG && wrapped[0] !== PKCS11_DATA_KEY_TAG)) {
-    throw new RootKeyError('this KEK was not wrapped by a PKCS#11 root key')
-  }
-  if (wrapped.length !== (wrapped[0] === PKCS11_WRAP_TAG ? PKCS11_WRAPPED_LENGTH : PKCS11_WRAPPED_DATA_KEY_LENGTH)) throw new RootKeyError('wrapped KEK has the wrong length')
-}
 
 /** What the token does for a PKCS#11 root key, through the bridge or in process: each function is one token operation. */
 export interface Pkcs11TokenCalls {
