@@ -94,7 +94,12 @@ export interface Pkcs11TokenCalls {
   /** The root's name in messages. */
   who: string
   /** A fresh 32-byte data key from the token's RNG and its sealed form (tag 0x32), bound to `aad`. The caller zeroes `key`. */
-  dataKey(aad: Uint8Array): Promise<{ key: Uint8Array<ArrayBuffer>; wrapped: Uint8Array }>
+  dataKey(aad: Uint8Array): Promise<{
+    /** The data key's 32 bytes. */
+    key: Uint8Array<ArrayBuffer>
+    /** `0x32 || iv (12) || ciphertext (32) || tag (16)`. */
+    wrapped: Uint8Array
+  }>
   /** What a sealed KEK (0x30) or data key (0x32) holds, checked against `aad`. The caller zeroes it. */
   unwrap(wrapped: Uint8Array, aad: Uint8Array): Promise<Uint8Array<ArrayBuffer>>
 }
