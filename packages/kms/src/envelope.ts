@@ -79,6 +79,7 @@ export function kmsWrapping(kms: KmsCalls): Pick<Required<RootKey>, 'unwrapKek' 
       const rest = wrapped.length - 3 - n
       if (n === 0 || (rest !== SEALED_BYTES && rest !== SEALED_BYTES + 16)) throw new RootKeyError(`wrapped KEK (${who}, envelope form) has the wrong length`)
       const dataKey = await importDataKey(await kms.decrypt(wrapped.subarray(3, 3 + n), aad), 'unwrapKey', who)
+      // extractable as above: only for a re-wrap under another root, and wrapKey keeps the bytes inside WebCrypto.
       return openSealedKek(dataKey, wrapped.subarray(3 + n), aad, extractable)
     },
     async wrapKek(kek: CryptoKey, aad: Uint8Array): Promise<Uint8Array> {

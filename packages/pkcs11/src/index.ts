@@ -138,6 +138,7 @@ export function pkcs11Wrapping(token: Pkcs11TokenCalls): Pick<Required<RootKey>,
         throw new RootKeyError('wrapped KEK has the wrong length')
       }
       const dataKey = await importDataKey(await token.unwrap(wrapped.subarray(3, end), aad), 'unwrapKey', who)
+      // extractable as above: only for a re-wrap under another root, and wrapKey keeps the bytes inside WebCrypto.
       return openSealedKek(dataKey, wrapped.subarray(end), aad, extractable)
     },
     async wrapKek(kek: CryptoKey, aad: Uint8Array): Promise<Uint8Array> {
