@@ -360,7 +360,9 @@ export class KekSource {
     }
     for (const r of set) {
       const root = r.state === 'adding' && !this.single ? this.held.get(r.name) : undefined
-      if (root && (await this.#prove(r.name, head?.primary, true))) targets.push({ name: r.name, root })
+      // A root being added that this process cannot prove is left out: the process adding it
+      // wraps this KEK too, in its next pass.
+      if (root && (await this.#prove(r.name, head?.primary, true).catch(() => false))) targets.push({ name: r.name, root })
     }
     for (const t of targets.slice(0, active.length)) await this.#prove(t.name, head?.primary, false)
     for (let attempt = 0; attempt < ID_ATTEMPTS; attempt++) {
