@@ -168,9 +168,12 @@ describe('rotation', () => {
 
 describe('several control-plane nodes on one store', () => {
   it('two plugins sharing a file store report the same key_id, and after an age rotation by one the other adopts its KEK', async () => {
-    const a = await setup({ maxKekAgeMs: 1_500 }, { healthCacheMs: 0 })
+    // A 5 s age: b must read the store within 5 s of a's rotation to adopt its KEK (with 1.5 s, a
+    // loaded 2-core machine missed that window about one run in three, and b made its own).
+    const AGE = 5_000
+    const a = await setup({ maxKekAgeMs: AGE }, { healthCacheMs: 0 })
     const rootB = countingRootKey(aesRootKey(ROOT_BYTES))
-    const chainB = await KeyChain.open({ rootKey: rootB, store: fileStore(join(a.dir, 'keys.json')), name: 'cluster-a', maxKekAgeMs: 1_500 })
+    const chainB = await KeyChain.open({ rootKey: rootB, store: fileStore(join(a.dir, 'keys.json')), name: 'cluster-a', maxKekAgeMs: AGE })
     const socketB = join(a.dir, 'node-b.sock')
     const pluginB = await serveKmsPlugin({ socket: socketB, chain: chainB, rootKey: rootB, healthCacheMs: 0 })
     cleanups.push(() => pluginB.close())
@@ -182,7 +185,7 @@ describe('several control-plane nodes on one store', () => {
     const fromA = await a.client.encrypt(seed())
     expect((await b.decrypt({ ciphertext: fromA.ciphertext, key_id: fromA.key_id })).length).toBe(32)
 
-    await new Promise((r) => setTimeout(r, 1_600))
+    await new Promise((r) => setTimeout(r, AGE + 100))
     const k2 = (await a.client.status()).key_id // a's probe rotates: the head's primary was too old
     expect(k2).not.toBe(k1)
     expect((await b.status()).key_id).toBe(k2) // b's probe finds a's new KEK in the store and adopts it
