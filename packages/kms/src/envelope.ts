@@ -17,8 +17,6 @@ import { RootKeyError, importKekBytes, openSealedKek, sealKek, type RootKey, typ
 export const DATA_KEY_BYTES = 32
 /** iv (12) || 16-byte KEK sealed || 16-byte GCM tag. */
 const SEALED_BYTES = 12 + 16 + 16
-/** What the envelope form adds to the KMS's wrapped data key: tag, u16 length, iv, sealed KEK. */
-export const ENVELOPE_OVERHEAD_BYTES = 1 + 2 + SEALED_BYTES
 
 /** A KMS, as the two wrapped forms need it: each function is one KMS call. */
 export interface KmsCalls {
