@@ -19,7 +19,7 @@ import { endOnFailedOutput, errorLine, guardOutput, outputFailure } from './io.j
 import { version } from '../package.json'
 
 export { openChainFromConfig, loadConfig, configPath, CONFIG_FORMAT, SECRET_ENV } from './config.js'
-export type { CliConfig, StoreConfig, RootKeyConfig, LoadOptions } from './config.js'
+export type { CliConfig, StoreConfig, RootKeyConfig, NamedRootKeyConfig, PendingRootChange, LoadOptions } from './config.js'
 export { EXIT, CliError, explain } from './exit.js'
 export type { ExitCode } from './exit.js'
 

@@ -125,7 +125,7 @@ describe('root change', () => {
   })
 
   it('passphrase to AWS KMS; killed part way, then between the store change and the config write, the same command finishes', async () => {
-    const N = 60
+    const N = 40
     const { dir, files } = await chainWith('to-kms', N, 25)
     const oldConfig = readConfig(dir)
     const args = ['root', 'change', ...awsArgs(), '--json']
