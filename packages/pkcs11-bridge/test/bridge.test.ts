@@ -66,6 +66,16 @@ interface Bridge {
   next<T>(prefix: string): Promise<T>
 }
 
+/**
+ * The bridge's log lines once `done` holds for them, or as they are after 10 s: a line crosses
+ * the child's stdout pipe and may arrive after the answer it belongs to (a loaded machine showed it).
+ */
+async function logsWhen(bridge: Bridge, done: (logs: string[]) => boolean): Promise<string[]> {
+  const deadline = Date.now() + 10_000
+  while (!done(bridge.logs()) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 25))
+  return bridge.logs()
+}
+
 /** Starts serve.ts with these bridge options and extra environment. */
 function bridgeProcess(hsm: TestToken, configs: object[], env: Record<string, string> = {}): Bridge {
   const child = spawnTs('./serve.ts', { ...hsm.env, ...env, KMS_PROXY_TEST_BRIDGES: JSON.stringify(configs) })
@@ -439,7 +449,8 @@ describe('answers', () => {
       expect(a.text).not.toContain(ADMIN)
     }
     // The operator still learns why, from the log.
-    expect(bridge.logs().some((l) => l.includes(LABEL) && /CKR_USER_PIN_NOT_INITIALIZED/.test(l))).toBe(true)
+    const why = (l: string) => l.includes(LABEL) && /CKR_USER_PIN_NOT_INITIALIZED/.test(l)
+    expect((await logsWhen(bridge, (logs) => logs.some(why))).some(why)).toBe(true)
   })
 })
 
@@ -500,8 +511,6 @@ describe('tokens scoped to chain names', () => {
     expect((await post({ url: urls[0]! }, '/v1/generate', ADMIN, { aad: b64(kekAad(forged, 1)) })).status).toBe(200)
     // Associated data that is not a KEK-wrap AAD (the unscoped token may use it) names no chain.
     expect((await post({ url: urls[0]! }, '/v1/generate', ADMIN, { aad: b64(Uint8Array.of(9, 9)) })).status).toBe(200)
-    await new Promise((r) => setTimeout(r, 100)) // the child's stdout is a pipe
-    const logs = main.logs()
     const expected = [
       'generate chain="payments" kek=0badf00d caller=payments-svc result=ok',
       'unwrap chain="payments" kek=0badf00d caller=payments-svc result=ok',
@@ -510,6 +519,7 @@ describe('tokens scoped to chain names', () => {
       'unwrap chain="payments" kek=0badf00e caller=payments-svc result=unwrap_failed',
     ]
     expected.push(`generate chain=${JSON.stringify(forged)} kek=00000001 caller=default result=ok`, 'generate chain=- kek=- caller=default result=ok', 'request result=unauthorized')
+    const logs = await logsWhen(main, (l) => expected.every((line) => l.includes(line)))
     for (const line of expected) expect(logs).toContain(line)
     for (const line of logs) expect(line).not.toMatch(/[\n\r]/)
     const all = logs.join('\n')
@@ -531,9 +541,9 @@ describe('tokens scoped to chain names', () => {
     const relabelled = Buffer.from(wrapped, 'base64')
     relabelled[0] = 0x30
     expect((await post(target, '/v1/unwrap', PAYMENTS, { aad, wrapped: relabelled.toString('base64') })).status).toBe(400)
-    await new Promise((r) => setTimeout(r, 100)) // the child's stdout is a pipe
-    const logs = main.logs()
-    for (const line of ['datakey chain="payments" kek=0da7a6e1 caller=payments-svc result=ok', 'datakey chain="payments" kek=0da7a6e1 caller=orders-svc result=forbidden', 'unwrap chain="payments" kek=0da7a6e1 caller=payments-svc result=ok']) expect(logs).toContain(line)
+    const expected = ['datakey chain="payments" kek=0da7a6e1 caller=payments-svc result=ok', 'datakey chain="payments" kek=0da7a6e1 caller=orders-svc result=forbidden', 'unwrap chain="payments" kek=0da7a6e1 caller=payments-svc result=ok']
+    const logs = await logsWhen(main, (l) => expected.every((line) => l.includes(line)))
+    for (const line of expected) expect(logs).toContain(line)
     expect(logs.join('\n')).not.toContain(key)
   })
 
