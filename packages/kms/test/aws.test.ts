@@ -359,7 +359,7 @@ describe('AWS KMS protocol details', () => {
   })
 })
 
-describeWrapKek('AWS KMS', { root, calls: () => calls, base: countingFetch, wrap: ['GenerateDataKey'], unwrap: ['Decrypt'], tag: 0x24 })
+describeWrapKek('AWS KMS', { root, calls: () => calls, base: countingFetch, wrap: ['GenerateDataKey'], unwrap: ['Decrypt'], tag: 0x24, newKekTag: 0x20 })
 
 describe('AWS KMS as one root of several (a key chain on a second moto)', () => {
   it('addRoot: one GenerateDataKey per KEK (and one Decrypt to prove the root); the chain then opens through AWS KMS alone, and with moto stopped through the other root', async () => {

@@ -156,4 +156,4 @@ describe('when Azure Key Vault refuses or fails', () => {
   })
 })
 
-describeWrapKek('Azure Key Vault', { root, calls: () => fake.calls, wrap: ['wrapkey'], unwrap: ['unwrapkey'], tag: 0x27, length: 336 })
+describeWrapKek('Azure Key Vault', { root, calls: () => fake.calls, wrap: ['wrapkey'], unwrap: ['unwrapkey'], tag: 0x27, newKekTag: 0x23, length: 336 })

@@ -1,6 +1,6 @@
 /** What every KMS test does through a key chain: count the KMS calls, and move a KEK to another chain. */
 import { describe, expect, it, vi } from 'vitest'
-import { KeyChain, kekAad, memoryStore, toBase64, toBase64Url, type RootKey } from '@kms-proxy/core'
+import { KeyChain, kekAad, memoryStore, toBase64, toBase64Url, type KmsProxyError, type RootKey } from '@kms-proxy/core'
 
 /**
  * 2,000 encryptions with maxWrapsPerKek 500 (so 4 KEKs), then 2,000 decryptions in a new chain on
@@ -142,7 +142,7 @@ export async function extractableOfNewKekForm(root: RootKey): Promise<[boolean, 
  * reads the KMS's call log (its server may start after this runs); `length` is the envelope's
  * size where it does not depend on the server's ciphertext format.
  */
-export function describeWrapKek(name: string, o: { root: (overrides?: { fetch: typeof globalThis.fetch }) => RootKey; calls: () => string[]; base?: typeof globalThis.fetch; wrap: string[]; unwrap: string[]; tag: number; length?: number }): void {
+export function describeWrapKek(name: string, o: { root: (overrides?: { fetch: typeof globalThis.fetch }) => RootKey; calls: () => string[]; base?: typeof globalThis.fetch; wrap: string[]; unwrap: string[]; tag: number; newKekTag: number; length?: number }): void {
   describe(`${name}: wrapKek of an existing KEK (a second root of a chain)`, () => {
     it('unwrapKek of the newKek form gives a non-extractable KEK, an extractable one only with { extractable: true }', async () => {
       expect(await extractableOfNewKekForm(o.root())).toEqual([false, true])
@@ -153,6 +153,16 @@ export function describeWrapKek(name: string, o: { root: (overrides?: { fetch: t
       const length = expectWrapKek(run, o)
       if (o.length !== undefined) expect(length).toBe(o.length)
       console.log(`${name} wrapKek envelope: ${length} bytes`)
+    })
+
+    it('a data key cut out of an envelope and offered in the newKek form is refused by its length, never used as a KEK', async () => {
+      const root = o.root()
+      const aad = kekAad('cut-out', 5)
+      const kek = await crypto.subtle.generateKey({ name: 'AES-GCM', length: 128 }, true, ['encrypt', 'wrapKey', 'unwrapKey'])
+      const wrapped = await root.wrapKek!(kek, aad)
+      const dataKey = wrapped.subarray(3, 3 + ((wrapped[1]! << 8) | wrapped[2]!))
+      const error = await root.unwrapKek(Uint8Array.of(o.newKekTag, ...dataKey), aad).then(() => undefined, (e: unknown) => e)
+      expect([(error as KmsProxyError)?.code, (error as Error)?.message]).toEqual(['ERR_ROOT_KEY', expect.stringMatching(/256-bit KEK; expected 128/)])
     })
   })
 }

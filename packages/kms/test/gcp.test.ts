@@ -91,4 +91,4 @@ describe('when Cloud KMS refuses or fails', () => {
   })
 })
 
-describeWrapKek('Google Cloud KMS', { root, calls: () => fake.calls, wrap: ['encrypt'], unwrap: ['decrypt'], tag: 0x25 })
+describeWrapKek('Google Cloud KMS', { root, calls: () => fake.calls, wrap: ['encrypt'], unwrap: ['decrypt'], tag: 0x25, newKekTag: 0x21 })

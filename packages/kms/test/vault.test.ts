@@ -97,4 +97,4 @@ describe('when Vault refuses or fails', () => {
   })
 })
 
-describeWrapKek('Vault Transit', { root, calls: () => fake.calls, wrap: ['encrypt'], unwrap: ['decrypt'], tag: 0x26, length: 136 })
+describeWrapKek('Vault Transit', { root, calls: () => fake.calls, wrap: ['encrypt'], unwrap: ['decrypt'], tag: 0x26, newKekTag: 0x22, length: 136 })
