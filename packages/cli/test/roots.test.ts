@@ -7,6 +7,7 @@
 import { spawn } from 'node:child_process'
 import { mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { KeyChain, kekAad } from '@kms-proxy/core'
 import { fileStore } from '@kms-proxy/file'
@@ -111,6 +112,20 @@ describe('root change', () => {
     // New KEKs are made under the new passphrase.
     ok(await kp(dir, ['rotate'], { KMS_PROXY_PASSPHRASE: NEW }))
     expect(recordsByRoot(dir)).toEqual(new Map([['default', 0], ['default-2', 5]]))
+  })
+
+  it('on a terminal the new passphrase is typed twice, not echoed', async () => {
+    const { dir, files } = await chainWith('typed', 2, 1)
+    const pty = fileURLToPath(new URL('./pty_run.py', import.meta.url))
+    const command = [process.execPath, bundle, 'root', 'change', '--root', 'passphrase', ...FAST_KDF]
+    const r = await spawnCollect('python3', [pty, JSON.stringify(command), JSON.stringify([NEW, NEW])], { cwd: dir, env: baseEnv(dir) })
+    const screen = r.stdout.toString()
+    expect(r.code, screen).toBe(EXIT.OK)
+    expect(screen).toContain('New passphrase: ')
+    expect(screen).toContain('New passphrase (again): ')
+    expect(screen).toContain('KEKs         2 re-wrapped under "default-2"')
+    expect(screen).not.toContain(NEW)
+    await decryptsAll(dir, files, { KMS_PROXY_PASSPHRASE: NEW })
   })
 
   it('a new passphrase that is missing is a usage error and changes nothing', async () => {
