@@ -120,3 +120,69 @@ it('socket mode and group from the command line; status --plugin shows what kube
   const gone = await spawnCollect(process.execPath, [bin(), 'status', ...config, '--plugin', socket], { cwd: app, env })
   expect(gone.stdout.toString()).toMatch(/plugin {7}.*: not answering/)
 }, 60_000)
+
+it('keeps serving Encrypt and Decrypt while another process changes the chain\'s root, and restarts on the new root', async () => {
+  const config = join(app, 'kube3.json')
+  const env = { KMS_PROXY_PASSPHRASE: PASSPHRASE, KMS_PROXY_CONFIG: config, ...WEAK_KDF_ENV }
+  const init = await spawnCollect(process.execPath, [bin(), 'init', '--chain', 'kube3', '--store-path', join(work.dir, 'kube3-keys.json'), ...FAST_KDF], { cwd: app, env })
+  expect(init.code, init.stderr).toBe(EXIT.OK)
+  for (let i = 0; i < 5; i++) expect((await spawnCollect(process.execPath, [bin(), 'rotate'], { cwd: app, env })).code).toBe(EXIT.OK)
+  const grpc = await import(pathToFileURL(join(app, 'node_modules/@grpc/grpc-js/build/src/index.js')).href)
+  const { loadKmsService } = await import(pathToFileURL(join(app, 'node_modules/@kms-proxy/k8s/dist/index.js')).href)
+  const Service = loadKmsService()
+
+  async function plugin(name: string, passphrase: string) {
+    const socket = join(work.dir, `${name}.sock`)
+    const proc = spawn(process.execPath, [bin(), 'k8s-plugin', '--socket', socket], { cwd: app, env: { PATH: process.env.PATH, ...env, KMS_PROXY_PASSPHRASE: passphrase }, stdio: ['ignore', 'pipe', 'pipe'] })
+    child = proc
+    let stderr = ''
+    proc.stderr!.on('data', (c: Buffer) => (stderr += c))
+    const exited = new Promise<number | null>((resolve) => proc.on('close', (code) => resolve(code)))
+    for (let i = 0; i < 400 && !stderr.includes('serving'); i++) await new Promise((r) => setTimeout(r, 25))
+    expect(stderr).toContain('serving chain "kube3"')
+    const client = new Service(`unix:${socket}`, grpc.credentials.createInsecure())
+    const call = <T>(method: string, request: object): Promise<T> =>
+      new Promise((resolve, reject) => client[method](request, { deadline: Date.now() + 10_000 }, (e: Error | null, r: T) => (e ? reject(e) : resolve(r))))
+    const stop = async () => {
+      client.close()
+      proc.kill('SIGTERM')
+      expect(await exited).toBe(EXIT.OK)
+      for (const secret of [PASSPHRASE, NEW_PASSPHRASE]) expect(stderr).not.toContain(secret)
+    }
+    return { call, stop }
+  }
+  type Sealed = { ciphertext: Buffer; key_id: string; annotations: Record<string, Buffer> }
+  const NEW_PASSPHRASE = 'the new kube passphrase'
+  const roundTrip = async (p: Awaited<ReturnType<typeof plugin>>, sealed: Sealed[]) => {
+    const seed = crypto.getRandomValues(new Uint8Array(32))
+    const encrypted = await p.call<Sealed>('Encrypt', { plaintext: seed, uid: 'u' })
+    const back = await p.call<{ plaintext: Buffer }>('Decrypt', { ciphertext: encrypted.ciphertext, key_id: encrypted.key_id, annotations: encrypted.annotations ?? {}, uid: 'u' })
+    expect(Buffer.compare(back.plaintext, Buffer.from(seed))).toBe(0)
+    sealed.push(encrypted)
+  }
+
+  const first = await plugin('kube3-a', PASSPHRASE)
+  const sealed: Sealed[] = []
+  await roundTrip(first, sealed)
+  // The change runs in another process; the plugin's calls go on meanwhile, none failing.
+  const change = spawnCollect(process.execPath, [bin(), 'root', 'change', '--root', 'passphrase', ...FAST_KDF], { cwd: app, env: { ...env, KMS_PROXY_NEW_PASSPHRASE: NEW_PASSPHRASE } })
+  let during = 0
+  let finished = false
+  void change.then(() => (finished = true))
+  while (!finished) {
+    await roundTrip(first, sealed)
+    during++
+  }
+  const changed = await change
+  expect(changed.code, changed.stderr).toBe(EXIT.OK)
+  expect(changed.stdout.toString()).toContain('KEKs         6 re-wrapped under "default-2"')
+  expect(during).toBeGreaterThan(0)
+  await roundTrip(first, sealed)
+  await first.stop()
+
+  // Restarted with the new passphrase (the config now names it), it decrypts all it sealed.
+  const second = await plugin('kube3-b', NEW_PASSPHRASE)
+  for (const s of sealed) await second.call('Decrypt', { ciphertext: s.ciphertext, key_id: s.key_id, annotations: s.annotations ?? {}, uid: 'u' })
+  await roundTrip(second, sealed)
+  await second.stop()
+}, 120_000)
