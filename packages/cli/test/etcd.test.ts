@@ -1,4 +1,4 @@
-/** The CLI on a real etcd (Debian's etcd-server, one member on loopback): init, round trip, two configs sharing the chain, etcd down. */
+/** The CLI on a real etcd (Debian's etcd-server, one member on loopback): init, round trip, two configs sharing the chain, a root change seen by both, etcd down. */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { mkdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
@@ -8,6 +8,7 @@ import { freePort } from '../../testkit/test/free-port.ts'
 
 const ETCD = process.env.ETCD_BIN ?? 'etcd'
 const PASSPHRASE = 'etcd chain passphrase'
+const NEW_PASSPHRASE = 'the new etcd chain passphrase'
 let work: ReturnType<typeof tempDir>
 let bundle: string
 let etcd: ChildProcess | undefined
@@ -37,12 +38,12 @@ afterAll(() => {
 })
 
 /** Each host names its config (KMS_PROXY_CONFIG): one found in the working folder may not reach etcd. */
-async function kp(cwd: string, args: string[], input?: string | Uint8Array, named = true): Promise<Result> {
-  const r = await spawnCollect(process.execPath, [bundle, ...args], { cwd, env: { KMS_PROXY_PASSPHRASE: PASSPHRASE, ...WEAK_KDF_ENV, ...(named ? { KMS_PROXY_CONFIG: join(cwd, 'kms-proxy.json') } : {}) }, input })
+async function kp(cwd: string, args: string[], input?: string | Uint8Array, named = true, env: Record<string, string> = {}): Promise<Result> {
+  const r = await spawnCollect(process.execPath, [bundle, ...args], { cwd, env: { KMS_PROXY_PASSPHRASE: PASSPHRASE, ...WEAK_KDF_ENV, ...(named ? { KMS_PROXY_CONFIG: join(cwd, 'kms-proxy.json') } : {}), ...env }, input })
   return { ...r, stderr: withoutWeakKdfWarning(r.stderr) }
 }
 
-it('init --store etcd; two hosts with their own config share the chain; etcd down exits 7', async () => {
+it('init --store etcd; two hosts with their own config share the chain; a root change on one is seen by the other; etcd down exits 7', async () => {
   const [a, b] = [join(work.dir, 'host-a'), join(work.dir, 'host-b')]
   mkdirSync(a)
   mkdirSync(b)
@@ -67,6 +68,15 @@ it('init --store etcd; two hosts with their own config share the chain; etcd dow
   expect(status.store).toEqual({ type: 'etcd', endpoints: [endpoint] })
   expect(status.primary.id).toBe(rotated.primary)
   expect(status.keks).toHaveLength(2)
+
+  // Host a changes the passphrase; host b's config (a passphrase root) needs only the new one.
+  const changed = await kp(a, ['root', 'change', '--root', 'passphrase', ...FAST_KDF], undefined, true, { KMS_PROXY_NEW_PASSPHRASE: NEW_PASSPHRASE })
+  expect(changed.code, changed.stderr).toBe(EXIT.OK)
+  expect(changed.stdout.toString()).toContain('KEKs         2 re-wrapped under "default-2"; 2 wraps under "default" deleted')
+  expect((await kp(b, ['decrypt'], enc.stdout)).code).toBe(EXIT.ROOT_KEY)
+  const after = await kp(b, ['decrypt'], enc.stdout, true, { KMS_PROXY_PASSPHRASE: NEW_PASSPHRASE })
+  expect(after.stdout.toString(), after.stderr).toBe('written on host a')
+  expect((await kp(b, ['root', 'list'])).stdout.toString()).toMatch(/^default-2\s+passphrase-pbkdf2\s+active\s+held$/m) // held: its secret is set (list makes no root call)
 
   etcd!.kill('SIGKILL')
   await new Promise((r) => etcd!.once('exit', r))
