@@ -31,7 +31,7 @@ const PUBLIC_API: Record<string, string[]> = {
     'CANCELLED_MESSAGE', 'HKDF_INFO', 'KIND', 'NO_PRF_MESSAGE', 'SALT_BYTES', 'WEBAUTHN_WRAP_TAG',
     'registerPrfCredential', 'registerPrfRootKey', 'webauthnRootKey',
   ],
-  pkcs11: ['PKCS11_WRAPPED_LENGTH', 'PKCS11_WRAP_TAG', 'pkcs11BridgeRootKey'],
+  pkcs11: ['PKCS11_DATA_KEY_TAG', 'PKCS11_ENVELOPE_LENGTH', 'PKCS11_WRAPPED_LENGTH', 'PKCS11_WRAP_TAG', 'pkcs11BridgeRootKey', 'pkcs11Wrapping'],
   'pkcs11-bridge': ['pkcs11RootKey', 'startPkcs11Bridge'],
   k8s: [
     'KEK_ANNOTATION', 'KMS_API_VERSION', 'MAX_ANNOTATIONS_BYTES', 'MAX_CIPHERTEXT_BYTES', 'MAX_KEY_ID_BYTES',
