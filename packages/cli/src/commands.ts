@@ -946,7 +946,9 @@ under each. No data byte changes: files name their KEK by id, and the store keep
 The config is rewritten when the store change has landed (temporary file, rename; its mode
 kept). Before the store changes, the config records the command under "rootChange": a command
 that was killed or failed finishes when run again, and another root command is refused until it
-has. Secrets: the new root's as for init (a new passphrase from $${SECRET_ENV.newPassphrase}, else
+has (\`root remove\` of the root it was adding gives it up instead).
+
+Secrets: the new root's as for init (a new passphrase from $${SECRET_ENV.newPassphrase}, else
 typed twice on a terminal); with several roots, root NAME's passphrase from
 $${SECRET_ENV.passphrase}_NAME (NAME upper-cased, other characters as _), and the first
 passphrase root's from $${SECRET_ENV.passphrase} too.
@@ -1004,8 +1006,10 @@ ${ROOT_HELP}
         wanted = { op: 'change', from, name, rootKey: newConfig }
       }
     }
-    const resumed = pending !== undefined
-    if (pending && JSON.stringify(pending) !== JSON.stringify(wanted)) {
+    // `root remove` of the root an unfinished add or change was adding gives that command up.
+    const abandons = pending !== undefined && pending.op !== 'remove' && wanted.op === 'remove' && wanted.name === pending.name
+    const resumed = pending !== undefined && !abandons
+    if (pending && !abandons && JSON.stringify(pending) !== JSON.stringify(wanted)) {
       throw usage(`the config has an unfinished ${describeChange(pending)}: run that command again to finish it first`)
     }
     if (!resumed && wanted.op !== 'remove') {
@@ -1053,7 +1057,7 @@ ${ROOT_HELP}
           : withRoots(config, config.roots ? { roots: current.filter((r) => r.name !== wanted.name) } : { rootKey: config.rootKey! })
 
     // ---- record the command, change the store, then write the result
-    const recorded = resumed ? original : await replaceConfig(file, original, { ...config, rootChange: wanted })
+    const recorded = pending ? original : await replaceConfig(file, original, { ...config, rootChange: wanted })
     // A rerun holds the new root too: the old one may have no wraps left to open anything with.
     if (resumed && newRoot) held.set(wanted.name, newRoot)
     const chain = await KeyChain.open(chainOptions(config, { roots: held }, store))
@@ -1067,11 +1071,12 @@ ${ROOT_HELP}
     await replaceConfig(file, recorded, next)
 
     if (v.json) {
-      out(JSON.stringify({ op: wanted.op, ...(wanted.from ? { from: wanted.from } : {}), name: wanted.name, resumed, ...report, dataBytesWritten: 0, config: file }))
+      out(JSON.stringify({ op: wanted.op, ...(wanted.from ? { from: wanted.from } : {}), name: wanted.name, resumed, ...(abandons ? { abandoned: pending } : {}), ...report, dataBytesWritten: 0, config: file }))
       return EXIT.OK
     }
     const kind = newConfig ? ` (${newConfig.type})` : ''
     if (resumed) out(`finished an unfinished ${describeChange(wanted)}`)
+    if (abandons) out(`gave up the unfinished ${describeChange(pending!)}`)
     if (wanted.op === 'change') {
       const old = current.find((r) => r.name === wanted.from)
       out(`changed root "${wanted.from}"${old ? ` (${old.type})` : ''} of chain "${config.chain}" to "${wanted.name}"${kind}`)

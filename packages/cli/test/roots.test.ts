@@ -205,7 +205,7 @@ describe('root change', () => {
 })
 
 describe('an unfinished root add', () => {
-  it('a rerun with another new passphrase is refused before anything is written; with the same one it finishes', async () => {
+  it('a rerun with another new passphrase is refused before anything is written; with the same one it finishes; root remove of the root being added gives an add up', async () => {
     const { dir, files } = await chainWith('rerun-other-passphrase', 6, 3)
     // The state a root add killed after two wraps leaves: the head lists "recovery" as adding,
     // two KEKs have its wrap, and the config records the command.
@@ -231,6 +231,20 @@ describe('an unfinished root add', () => {
     expect(recordsByRoot(dir)).toEqual(new Map([['default', 6], ['recovery', 6]]))
     expect(readConfig(dir).rootChange).toBeUndefined()
     await decryptsAll(dir, files, { KMS_PROXY_PASSPHRASE: undefined, KMS_PROXY_PASSPHRASE_RECOVERY: RECOVERY })
+    const status = JSON.parse(ok(await kp(dir, ['status', '--json'], { KMS_PROXY_PASSPHRASE_RECOVERY: RECOVERY })))
+    expect(status.keks.map((k: { roots: string[] }) => k.roots)).toEqual(Array(6).fill(['default', 'recovery']))
+
+    // An add that cannot finish (its root refuses every wrap) is given up by removing its root.
+    const broken = { ...root, wrapKek: () => Promise.reject(new Error('refused')) }
+    const opened = await KeyChain.open({ roots: { default: passphraseRootKey({ passphrase: OLD, kdf: 'pbkdf2', iterations: 1000 }), recovery: root }, store: fileStore(storeFile(dir)) })
+    await expect(opened.addRoot('spare', broken)).rejects.toThrow()
+    const before = readConfig(dir)
+    writeFileSync(join(dir, 'kms-proxy.json'), `${JSON.stringify({ ...before, rootChange: { op: 'add', name: 'spare', rootKey: { type: 'passphrase', kdf: 'pbkdf2', iterations: 1000 } } }, null, 2)}\n`)
+    expect(ok(await kp(dir, ['root', 'list'], { KMS_PROXY_PASSPHRASE_RECOVERY: RECOVERY }))).toMatch(/^spare\s+passphrase-pbkdf2\s+adding\s+no$/m)
+    const gaveUp = ok(await kp(dir, ['root', 'remove', 'spare'], { KMS_PROXY_PASSPHRASE_RECOVERY: RECOVERY }))
+    expect(gaveUp).toContain('gave up the unfinished root add of "spare" (passphrase)')
+    expect(readConfig(dir)).toEqual(before)
+    expect(JSON.parse(ok(await kp(dir, ['root', 'list', '--json'], { KMS_PROXY_PASSPHRASE_RECOVERY: RECOVERY }))).roots.map((r: { name: string }) => r.name)).toEqual(['default', 'recovery'])
   })
 })
 
