@@ -274,6 +274,11 @@ describe('root add, list, remove', () => {
     })
     await decryptsAll(dir, files, { KMS_PROXY_PASSPHRASE: undefined, KMS_PROXY_PASSPHRASE_RECOVERY: RECOVERY })
     await decryptsAll(dir, files, {})
+    // status --check proves each root at hand on its own wrap of the primary; a wrong one is exit 4.
+    const checked = JSON.parse(ok(await kp(dir, ['status', '--check', '--json'], { KMS_PROXY_PASSPHRASE_RECOVERY: RECOVERY })))
+    expect(checked.rootKeyCalls).toEqual({ wraps: 0, unwraps: 2 })
+    expect(checked.roots).toEqual([{ name: 'default', type: 'passphrase' }, { name: 'recovery', type: 'passphrase' }])
+    expect((await kp(dir, ['status', '--check'], { KMS_PROXY_PASSPHRASE_RECOVERY: NEW })).code).toBe(EXIT.ROOT_KEY)
     // A rotation wraps the new KEK under every root: it needs both.
     const rotateOne = await kp(dir, ['rotate'])
     expect(rotateOne.code).toBe(EXIT.USAGE)
