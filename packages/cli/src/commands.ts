@@ -749,6 +749,7 @@ interface KmsPluginModule {
     socket: string
     chain: KeyChain
     rootKey?: RootKey
+    roots?: Record<string, RootKey>
     socketMode?: number
     socketGroup?: number | string
     allowAbstractSocket?: boolean
@@ -813,13 +814,13 @@ ${CONFIG_HELP}
     const group = str(v['socket-group'])
     if (group !== undefined && group.length === 0) throw usage('--socket-group: expected a group name or gid')
     const plugin = await k8sModule('serveKmsPlugin')
-    // With the root key, the plugin probes it (once an hour) and logs when it cannot be reached,
-    // not just when the chain's own last root call failed.
-    const { chain, rootKey } = await openNamed(v, { service: true })
+    // With the root keys, the plugin probes each (once an hour) and logs when one cannot be
+    // reached, not just when the chain's own last root call failed.
+    const { chain, rootKey, roots } = await openNamed(v, { service: true })
     const server = await plugin.serveKmsPlugin({
       socket,
       chain,
-      rootKey,
+      ...(roots ? { roots: Object.fromEntries(roots) } : { rootKey }),
       ...(mode === undefined ? {} : { socketMode: mode }),
       ...(group === undefined ? {} : { socketGroup: group }),
       ...(v['allow-abstract-socket'] ? { allowAbstractSocket: true } : {}),

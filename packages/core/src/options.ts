@@ -139,7 +139,11 @@ export interface RootChangeReport {
   wrapped: number
   /** Wraps deleted under the root that left. */
   deleted: number
-  /** Root-key unwraps this chain made meanwhile: one per KEK re-wrapped, one to prove the new root. */
+  /**
+   * Root-key unwraps this chain made meanwhile: one per KEK re-wrapped, one to prove the new
+   * root, and one to prove that this process holds a root of the chain (none when it has
+   * unwrapped the chain's primary already).
+   */
   rootKeyUnwraps: number
   /** Root-key wraps this chain made meanwhile: one per KEK re-wrapped. */
   rootKeyWraps: number

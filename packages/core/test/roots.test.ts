@@ -315,3 +315,19 @@ describe('root changes under crashes and races', () => {
     await expectCode((await KeyChain.open({ roots: { a: OLD() }, store })).decrypt(data), 'ERR_ROOT_KEY')
   })
 })
+
+describe('changeRoot with names, run again after it finished', () => {
+  it('does nothing and writes nothing', async () => {
+    const store = memoryStore()
+    const data = await (await KeyChain.open({ rootKey: aesRootKey(ROOT_BYTES), store })).encrypt('x')
+    const options = { from: 'default', name: 'kms' }
+    await (await KeyChain.open({ rootKey: aesRootKey(ROOT_BYTES), store })).changeRoot(aesRootKey(OTHER_ROOT_BYTES), options)
+    const before = await snapshot(store)
+    const again = await (await KeyChain.open({ roots: { kms: aesRootKey(OTHER_ROOT_BYTES) }, store })).changeRoot(aesRootKey(OTHER_ROOT_BYTES), options)
+    expect(again).toMatchObject({ name: 'kms', wrapped: 0, deleted: 0, rootKeyWraps: 0 })
+    expect(await snapshot(store)).toEqual(before)
+    expect(text(await (await KeyChain.open({ rootKey: aesRootKey(OTHER_ROOT_BYTES), store })).decrypt(data))).toBe('x')
+    // A root that is not the chain's is still refused.
+    await expect((await KeyChain.open({ roots: { kms: aesRootKey(OTHER_ROOT_BYTES) }, store })).changeRoot(aesRootKey(THIRD_ROOT_BYTES), options)).rejects.toBeInstanceOf(TypeError)
+  })
+})

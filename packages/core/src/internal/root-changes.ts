@@ -223,7 +223,12 @@ export class RootChanges {
       else throw new TypeError('options.from: this chain has several roots: say which one to replace')
     }
     checkRootName(from, 'options.from')
-    if (!roots.some((r) => r.name === from)) throw new TypeError(`options.from: this chain has no root named "${from}"`)
+    if (!roots.some((r) => r.name === from)) {
+      // Run again after it finished, with the names given: the new root is the chain's already.
+      const done = options.name !== undefined && head && roots.some((r) => r.name === options.name && r.state === 'active')
+      if (done && (await this.#opens(root, options.name!, head.value.primary))) return { ...this.#report(options.name!).done() }
+      throw new TypeError(`options.from: this chain has no root named "${from}"`)
+    }
     const other = active.length === 2 && removing.length === 0 ? active.find((r) => r.name !== from) : undefined
     const name = options.name ?? (adding.length === 1 && adding[0]!.name !== from ? adding[0]!.name : (other?.name ?? nextName(from)))
     checkRootName(name, 'options.name')
