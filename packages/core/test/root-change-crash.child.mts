@@ -3,12 +3,12 @@
  * - `crash`: runs a change with the store's writes counted, and right after the `crashAt`-th
  *   write returns kills itself with SIGKILL: no cleanup, no finally, no flushed buffer. A run
  *   that ends with fewer writes (`crashAt` 0: any run) prints `{"event":"completed","writes":n}`;
- * - `resume`: runs the same change again on each store killed children left part way, one
- *   fresh chain each, nothing counted; prints `{"event":"resumed","index":i}` after each, or
+ * - `resume`: runs the change again (runAgain) on each store killed children left part way,
+ *   one fresh chain each, nothing counted; prints `{"event":"resumed","index":i}` after each, or
  *   `{"event":"error","at":i,…}`.
  */
 import { createInterface } from 'node:readline'
-import { countingWrites, openFor, openStore, OPS, type Op, type StoreSpec } from './root-change-shared.ts'
+import { countingWrites, openFor, openStore, OPS, runAgain, type Op, type StoreSpec } from './root-change-shared.ts'
 
 interface Job {
   resume?: { store: StoreSpec; op: Op }[]
@@ -27,7 +27,7 @@ const failure = (error: unknown, at: number | 'crash') => {
 let failed = false
 for (const [index, { store, op }] of (job.resume ?? []).entries()) {
   try {
-    const report = await OPS[op].run(await openFor(op, openStore(store)))
+    const report = await runAgain(op, openStore(store))
     await say({ event: 'resumed', index, report })
   } catch (error) {
     failed = true

@@ -38,6 +38,18 @@ export const OPS: Record<Op, { oldName: string; newName: string; open: () => Rec
   remove: { oldName: 'default', newName: 'recovery', open: () => ({ default: OLD(), recovery: NEW() }), run: (c) => c.removeRoot('default') },
 }
 
+/**
+ * The change run again on a fresh chain after a stop. addRoot, removeRoot: the same call.
+ * changeRoot: by a process holding both roots by name, with `from` and `name` given: stopped
+ * after its last deletion, no wrap is left under the old root, so a process holding only the
+ * old root has nothing to prove it on.
+ */
+export async function runAgain(op: Op, store: KeyStore): Promise<RootChangeReport> {
+  if (op !== 'change') return OPS[op].run(await openFor(op, store))
+  const chain = await KeyChain.open({ store, name: CHAIN, roots: { default: OLD(), 'default-2': NEW() } })
+  return chain.changeRoot(NEW(), { from: 'default', name: 'default-2' })
+}
+
 export function openFor(op: Op, store: KeyStore): Promise<KeyChain> {
   const roots = OPS[op].open()
   return KeyChain.open({ store, name: CHAIN, ...(typeof (roots as RootKey).unwrapKek === 'function' ? { rootKey: roots as RootKey } : { roots: roots as Record<string, RootKey> }) })
