@@ -82,14 +82,23 @@ describe('rotation by usage', () => {
     const chain = await KeyChain.open({ rootKey, store: memoryStore(), maxWrapsPerKek: 1000, dekPoolSize })
     const first = []
     for (let i = 0; i < 1000; i++) first.push(await chain.encrypt('fill'))
-    expect(new Set(first.map(kekIdOf)).size).toBe(1)
+    if (dekPoolSize === 0) expect(new Set(first.map(kekIdOf)).size).toBe(1)
     // With a pool, the rotation may already have happened off the caller's path; never twice.
+    // An encrypt that finds the pool empty while a refill holds the last reserved uses (their
+    // DEKs not prepared yet) rotates inline, so on a loaded machine some of the first 1,000
+    // may use the second KEK and some of the burst the first: what holds is the limit.
     expect(rootKey.wraps).toBe(dekPoolSize === 0 ? 1 : rootKey.wraps)
     const burst = await Promise.all(Array.from({ length: 100 }, () => chain.encrypt('burst')))
     expect(rootKey.wraps).toBe(2)
     expect(chain.stats().rotations).toBe(2)
-    expect(new Set(burst.map(kekIdOf)).size).toBe(1)
-    expect(kekIdOf(burst[0]!)).not.toBe(kekIdOf(first[0]!))
+    const uses = new Map<number, number>()
+    for (const id of [...first, ...burst].map(kekIdOf)) uses.set(id, (uses.get(id) ?? 0) + 1)
+    expect(uses.size).toBe(2)
+    for (const n of uses.values()) expect(n).toBeLessThanOrEqual(1000)
+    if (dekPoolSize === 0) {
+      expect(new Set(burst.map(kekIdOf)).size).toBe(1)
+      expect(kekIdOf(burst[0]!)).not.toBe(kekIdOf(first[0]!))
+    }
   })
 
   it('no KEK wraps more than maxWrapsPerKek across several chains sharing one store', async () => {
