@@ -458,16 +458,36 @@ export class KekSource {
       this.#setProved(name)
       return true
     }
+    let primaryStored = false
     if (primary !== undefined) {
       const records = await this.wrapsOf(primary)
+      primaryStored = records.length > 0
       const own = records.filter(mine)
       if (own.length > 0) return unwrap(own, own.length === records.length)
     }
     const [newest] = (await this.storeCall('list the KEKs', () => this.#store.listKeks(this.#name))).filter(mine).sort((x, y) => y.createdAt - x.createdAt)
     if (newest) return unwrap([newest], false)
     if (optional) return false
+    // The primary is stored, under other roots only: this root is not (or no longer) the chain's.
+    // Not retryable: waiting will not give it a wrap.
+    if (primaryStored) throw new RootKeyError(`the chain's KEKs have no wrap under the root "${name}"`)
     if (primary !== undefined) throw missingPrimary()
     return true
+  }
+
+  /**
+   * Holds `root` as the chain's root `name`, proved by the caller (it unwrapped its own wrap of
+   * the primary): a root change run again by a process whose old root has no wrap left.
+   */
+  adopt(name: string, root: RootKey): void {
+    if (this.single) {
+      const [[held, old]] = [...this.held] as [[string, RootKey]]
+      this.single = false
+      this.held.clear()
+      this.held.set(this.#bound ?? held, old)
+    }
+    this.hold(name, root)
+    this.#setProved(name)
   }
 
   /**

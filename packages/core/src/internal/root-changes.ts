@@ -238,7 +238,11 @@ export class RootChanges {
       // Run again after it finished (a process killed before it returned): the new root is the
       // chain's root already, so there is nothing left to do.
       if (head && (await this.#opens(root, from, head.value.primary))) return { ...done(), name: from }
-      throw unproved
+      // Run again after the old root's last wrap was deleted: the new root, active and opening
+      // its own wrap, finishes the removal (which needs no root: only the head changes).
+      const live = roots.some((r) => r.name === name && r.state === 'active')
+      if (!head || !live || !(await this.#opens(root, name, head.value.primary))) throw unproved
+      this.#keks.adopt(name, root)
     }
     const added = await this.add(name, root)
     const removed = await this.remove(from)
