@@ -68,7 +68,7 @@ export function spawnCollect(command: string, args: string[], options: RunOption
 
 export function tempDir(prefix: string): { dir: string; cleanup(): void } {
   const dir = mkdtempSync(join(tmpdir(), `kms-proxy-${prefix}-`))
-  return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) }
+  return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 50 }) }
 }
 
 /** The built package is what Bun and Deno run; say how to make it when it is missing or stale. */

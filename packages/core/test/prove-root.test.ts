@@ -29,7 +29,7 @@ import { throughUntilError } from './stream-helpers.ts'
 const NAME = 'orders'
 
 const dirs: string[] = []
-afterAll(() => Promise.all(dirs.map((d) => rm(d, { recursive: true, force: true }))))
+afterAll(() => Promise.all(dirs.map((d) => rm(d, { recursive: true, force: true, maxRetries: 10, retryDelay: 50 }))))
 
 async function storeFile(): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'kp-prove-root-'))

@@ -33,7 +33,7 @@ const SLOW = 240_000
 const dir = mkdtempSync(join(tmpdir(), 'kms-proxy-root-concurrent-'))
 const script = join(dir, 'child.mjs')
 beforeAll(() => bundleChild({ file: join(import.meta.dirname, 'root-change-concurrent.child.mts') }, script), 30_000)
-afterAll(() => rmSync(dir, { recursive: true, force: true }))
+afterAll(() => rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 50 }))
 
 type Roots = 'both' | 'old'
 

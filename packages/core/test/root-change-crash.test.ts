@@ -31,7 +31,7 @@ const MAX_STOPS = 80
 const dir = mkdtempSync(join(tmpdir(), 'kms-proxy-root-crash-'))
 const script = join(dir, 'child.mjs')
 beforeAll(() => bundleChild({ file: join(import.meta.dirname, 'root-change-crash.child.mts') }, script), 30_000)
-afterAll(() => rmSync(dir, { recursive: true, force: true }))
+afterAll(() => rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 50 }))
 
 interface Outcome {
   code: number | null

@@ -76,6 +76,6 @@ it('1 GiB through encryptStream and decryptStream: same SHA-256 at both ends, pe
     expect(peak(large) - peak(small)).toBeLessThan(32)
     expect(peak(large)).toBeLessThan(128)
   } finally {
-    rmSync(dir, { recursive: true, force: true })
+    rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 50 })
   }
 }, 300_000)

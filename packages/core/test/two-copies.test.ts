@@ -18,7 +18,7 @@ beforeAll(async () => {
   await build({ entryPoints: [new URL('../src/index.ts', import.meta.url).pathname], bundle: true, format: 'esm', platform: 'neutral', outfile, logLevel: 'silent' })
   other = (await import(pathToFileURL(outfile).href)) as typeof core
 })
-afterAll(() => rmSync(dir, { recursive: true, force: true }))
+afterAll(() => rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 50 }))
 
 describe('errors from a second copy of core', () => {
   it('the copy is a different module (its classes are not ours)', () => {

@@ -54,7 +54,7 @@ describe.skipIf(!haveEtcd)('etcdStore with JWT auth tokens', () => {
 
   afterAll(async () => {
     await Promise.all([etcd?.stop(), shortLived?.stop()])
-    if (dir) rmSync(dir, { recursive: true, force: true })
+    if (dir) rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 50 })
   })
 
   it('a user added after login: etcd says "revision of auth store is old"; the store logs in again once and the write lands', async () => {

@@ -76,7 +76,7 @@ export async function startEtcd(options: { members?: number; args?: string[] } =
     },
     async stop() {
       await Promise.all(members.map((_, i) => cluster.kill(i)))
-      for (const m of members) rmSync(m.dir, { recursive: true, force: true })
+      for (const m of members) rmSync(m.dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 50 })
     },
   }
   for (const m of members) {

@@ -47,7 +47,7 @@ beforeAll(() => {
   for (const file of listFiles(checkout)) copied.add(file)
 })
 afterAll(() => {
-  if (checkout) rmSync(checkout, { recursive: true, force: true })
+  if (checkout) rmSync(checkout, { recursive: true, force: true, maxRetries: 10, retryDelay: 50 })
 })
 
 /** Files (not folders) under `dir`, relative to it, without descending into symlinks. */

@@ -17,7 +17,7 @@ import { everyCall, type Outcome } from './fixtures/every-call.ts'
 const NOBODY = 65534
 const dir = mkdtempSync(join(tmpdir(), 'kms-proxy-file-folder-'))
 const script = join(dir, 'every-call.mjs')
-afterAll(() => rmSync(dir, { recursive: true, force: true }))
+afterAll(() => rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 50 }))
 beforeAll(async () => {
   // The child runs as nobody: it must be able to reach and read the script.
   chmodSync(dir, 0o755)

@@ -14,7 +14,7 @@ import { createExclusive } from '../src/_lock.ts'
 import { fileStore } from '../src/index.ts'
 
 const dir = mkdtempSync(join(tmpdir(), 'kms-proxy-file-lock-'))
-afterAll(() => rmSync(dir, { recursive: true, force: true }))
+afterAll(() => rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 50 }))
 
 const record = (id: number) => ({ id, createdAt: id, rootKind: 'aes', wrapped: new Uint8Array([id & 0xff]) })
 const head = { primary: 1, primaryCreatedAt: 1, leased: 0 }

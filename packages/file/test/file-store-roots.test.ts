@@ -15,7 +15,7 @@ import { bundleChild } from '../../testkit/test/bundle.ts'
 
 const dir = mkdtempSync(join(tmpdir(), 'kms-proxy-file-roots-'))
 const child = join(dir, 'put-wraps.mjs')
-afterAll(() => rmSync(dir, { recursive: true, force: true }))
+afterAll(() => rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 50 }))
 beforeAll(async () => {
   // One process: on "go", puts a record of each id under one root, and prints what each put answered.
   await bundleChild({

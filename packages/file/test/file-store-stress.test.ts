@@ -19,7 +19,7 @@ const ROOT = join(import.meta.dirname, '..', '..', '..')
 const PROCESSES = 6
 const dir = mkdtempSync(join(tmpdir(), 'kms-proxy-file-stress-'))
 const script = join(dir, 'stress.mjs')
-afterAll(() => rmSync(dir, { recursive: true, force: true }))
+afterAll(() => rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 50 }))
 beforeAll(async () => {
   await bundleChild({ file: join(import.meta.dirname, 'fixtures', 'stress.ts') }, script)
 })

@@ -7,7 +7,7 @@ import { createHarness, describeStore } from '@kms-proxy/testkit'
 import { fileStore } from '../src/index.ts'
 
 const dir = mkdtempSync(join(tmpdir(), 'kms-proxy-file-'))
-afterAll(() => rmSync(dir, { recursive: true, force: true }))
+afterAll(() => rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 50 }))
 let n = 0
 
 describeStore(createHarness(it), {
@@ -158,6 +158,6 @@ it('a write keeps the store file\'s owner, group and mode (a service\'s store to
     expect([after.uid, after.gid, after.mode & 0o777]).toEqual([NOBODY, NOBODY, 0o640])
     expect((await store.listKeks('c')).map((r) => r.id).sort()).toEqual([1, 2])
   } finally {
-    rmSync(dir, { recursive: true, force: true })
+    rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 50 })
   }
 })

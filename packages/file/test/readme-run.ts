@@ -32,7 +32,7 @@ export async function runCommand(command: string, cwd: string, timeoutMs = 120_0
     return readFileSync(outFile, 'utf8')
   } finally {
     closeSync(fd)
-    rmSync(scratch, { recursive: true, force: true })
+    rmSync(scratch, { recursive: true, force: true, maxRetries: 10, retryDelay: 50 })
   }
 }
 

@@ -148,7 +148,7 @@ describe.skipIf(!existsSync(CHROMIUM))('examples/browser-notes in Chromium', () 
   afterAll(async () => {
     await browser?.close()
     await new Promise((resolve) => (server ? server.close(resolve) : resolve(undefined)))
-    rmSync(shots, { recursive: true, force: true })
+    rmSync(shots, { recursive: true, force: true, maxRetries: 10, retryDelay: 50 })
     console.log('browser-notes measured:', JSON.stringify(measured))
   })
 
@@ -822,7 +822,7 @@ describe.skipIf(!existsSync(CHROMIUM))('examples/browser-notes in Chromium', () 
     } finally {
       pyServer?.stop()
       await pyServer?.exited
-      rmSync(root, { recursive: true, force: true })
+      rmSync(root, { recursive: true, force: true, maxRetries: 10, retryDelay: 50 })
     }
   })
 })

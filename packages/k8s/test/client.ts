@@ -63,7 +63,7 @@ export const codeOf = (e: grpc.ServiceError): string => grpc.status[e.code] ?? S
 
 export function tempDir(prefix = 'kms-proxy-k8s-'): { dir: string; socket: string; cleanup(): void } {
   const dir = mkdtempSync(join(tmpdir(), prefix))
-  return { dir, socket: join(dir, 'kms.sock'), cleanup: () => rmSync(dir, { recursive: true, force: true }) }
+  return { dir, socket: join(dir, 'kms.sock'), cleanup: () => rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 50 }) }
 }
 
 export const seed = (): Uint8Array => crypto.getRandomValues(new Uint8Array(32))

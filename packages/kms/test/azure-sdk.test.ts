@@ -49,7 +49,7 @@ beforeAll(async () => {
 })
 afterAll(async () => {
   await fake?.close()
-  if (dir) rmSync(dir, { recursive: true, force: true })
+  if (dir) rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 50 })
 })
 
 const sdkOptions = (serviceVersion?: string) => ({ httpClient, disableChallengeResourceVerification: true, retryOptions: { maxRetries: 0 }, ...(serviceVersion ? { serviceVersion } : {}) })

@@ -10,7 +10,7 @@ const root = join(import.meta.dirname, '..', '..', '..')
 const deno = join(root, 'node_modules', 'deno', 'deno')
 const script = join(import.meta.dirname, 'deno', 'contract.mjs')
 const dir = mkdtempSync(join(tmpdir(), 'kms-proxy-denokv-'))
-afterAll(() => rmSync(dir, { recursive: true, force: true }))
+afterAll(() => rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 50 }))
 
 beforeAll(() => {
   // The Deno script imports the BUILT packages by name.

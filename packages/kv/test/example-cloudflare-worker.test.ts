@@ -27,7 +27,7 @@ const scratch = mkdtempSync(join(tmpdir(), 'kms-proxy-worker-example-'))
 const disposers: Array<() => unknown> = []
 afterAll(async () => {
   for (const dispose of disposers) await Promise.resolve().then(dispose).catch(() => {}) // some were disposed by their test already
-  rmSync(scratch, { recursive: true, force: true })
+  rmSync(scratch, { recursive: true, force: true, maxRetries: 10, retryDelay: 50 })
 })
 const randomKey = () => Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString('base64')
 const ROOT_KEY = randomKey()
@@ -267,7 +267,7 @@ describe('examples/cloudflare-worker README, as written (wrangler dev, offline)'
     expect(backup.map((e) => e.key)).toContain('kms-proxy:default:head')
     expect(backup.filter((e) => /^kms-proxy:default:kek:\d+$/.test(e.key)).length).toBeGreaterThanOrEqual(1)
     // Lose the local state, then restore it as the README says.
-    rmSync(join(dir, '.wrangler'), { recursive: true, force: true })
+    rmSync(join(dir, '.wrangler'), { recursive: true, force: true, maxRetries: 10, retryDelay: 50 })
     const restore = await runBash(at('# Restore').join('\n'), dir, env, 60_000)
     expect(restore.code, restore.stderr).toBe(0)
     const rootKey = /^ROOT_KEY=(.*)$/m.exec(readFileSync(join(dir, '.dev.vars'), 'utf8'))![1]!

@@ -19,7 +19,7 @@ const env = { ...process.env, DENO_DIR: join(scratch, 'deno-dir'), DENO_NO_UPDAT
 const started: ChildProcess[] = []
 afterAll(() => {
   for (const child of started) killGroup(child)
-  rmSync(scratch, { recursive: true, force: true })
+  rmSync(scratch, { recursive: true, force: true, maxRetries: 10, retryDelay: 50 })
 })
 
 describe('examples/deno-kv README, as written', () => {

@@ -39,7 +39,7 @@ afterAll(async () => {
     clearTimeout(timer)
   }
   for (const t of tokens) t.cleanup()
-  for (const d of dirs) rmSync(d, { recursive: true, force: true })
+  for (const d of dirs) rmSync(d, { recursive: true, force: true, maxRetries: 10, retryDelay: 50 })
 })
 
 function token(label?: string): TestToken {

@@ -32,7 +32,7 @@ export function makeToken(label = TOKEN_LABEL): TestToken {
   writeFileSync(conf, `directories.tokendir = ${tokens}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n`)
   const env = { ...process.env, SOFTHSM2_CONF: conf }
   execFileSync('softhsm2-util', ['--init-token', '--free', '--label', label, '--so-pin', SO_PIN, '--pin', PIN], { env, stdio: 'ignore' })
-  return { dir, env, cleanup: () => rmSync(dir, { recursive: true, force: true }) }
+  return { dir, env, cleanup: () => rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 50 }) }
 }
 
 export const bearer = () => randomBytes(24).toString('hex')
