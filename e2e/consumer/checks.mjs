@@ -59,12 +59,13 @@ export async function run({ kmsUrl }) {
     const t = createHarness()
     describeStore(t, {
       name: 'memoryStore',
+      severalRoots: true,
       open: async () => {
         const store = memoryStore()
         return { store, another: () => store }
       },
     })
-    describeRootKey(t, { name: 'aesRootKey', make: () => aesRootKey(ROOT), other: () => aesRootKey(new Uint8Array(32).fill(9)) })
+    describeRootKey(t, { name: 'aesRootKey', wrapKek: true, make: () => aesRootKey(ROOT), other: () => aesRootKey(new Uint8Array(32).fill(9)) })
     const outcome = await t.run()
     const failed = outcome.filter((r) => !r.ok)
     if (outcome.length === 0) throw new Error('no test ran')

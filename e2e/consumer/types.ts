@@ -30,6 +30,13 @@ export function kv(namespace: WorkersKvNamespace): KeyStore {
 
 export async function contract(): Promise<number> {
   const t = createHarness()
-  describeStore(t, { name: 'memory', open: async (): Promise<StoreUnderTest> => ({ store: memoryStore(), another: () => memoryStore() }) })
+  describeStore(t, {
+    name: 'memory',
+    severalRoots: true,
+    open: async (): Promise<StoreUnderTest> => {
+      const store = memoryStore()
+      return { store, another: () => store }
+    },
+  })
   return (await t.run()).length
 }
