@@ -56,7 +56,8 @@ const MANY_NOTES = 10
 const LONG_TEST_MS = 150_000
 const TOO_SHORT = 'only eleven' // 11 characters: one below the minimum of 12
 const NOTES = ['Buy oat milk and coffee beans', 'The door code is 4711 — do not tell anyone']
-const SECRETS = [...NOTES, 'oat milk', '4711', PASSPHRASE, 'browser-notes v1']
+/** Searched for in the dump of everything at rest. Each has letters: the dump also holds KEK ids and timestamps in decimal, where a bare '4711' turns up by chance. */
+const SECRETS = [...NOTES, 'oat milk', 'code is 4711', PASSPHRASE, 'browser-notes v1']
 /**
  * What the first version of the app left in IndexedDB, made the way it made it: a chain opened
  * with `rootKey` (one root, named 'default', no roots in its head, KEKs at `[chain, 'kek', id]`),
