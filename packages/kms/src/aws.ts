@@ -5,7 +5,7 @@
  */
 import { RootKeyError, importKekBytes, checkServerUrl, fromBase64, toBase64, transientStatus, type HttpAnswer, type NewKek, type RootKey } from '@kms-proxy/core'
 import { kmsWrapping } from './envelope.js'
-import { postJson, type RetryOptions } from './http.js'
+import { credentialFor, postJson, refused, type RetryOptions } from './http.js'
 import { signV4, type AwsCredentials } from './sigv4.js'
 
 /** Options of {@link awsKmsRootKey}. */
@@ -14,7 +14,13 @@ export interface AwsKmsRootKeyOptions extends RetryOptions {
   keyId: string
   /** The AWS region of the key, such as `eu-central-1`. */
   region: string
-  /** Static credentials, or a function called before each request (for expiring ones). */
+  /**
+   * Static credentials, or a function called before each request (for expiring ones: see
+   * `awsWebIdentityCredentials`, `awsContainerCredentials`, `awsInstanceCredentials` and
+   * `refreshingCredentials`). A function with `invalidate` is invalidated when KMS refuses the
+   * credentials (HTTP 401 or 403, or `ExpiredTokenException` and its kin), and the request is
+   * sent once more with new ones.
+   */
   credentials: AwsCredentials | (() => Promise<AwsCredentials>)
   /**
    * The KMS endpoint. Plain http only on loopback or a host in `plainHttpHosts`.
@@ -37,6 +43,8 @@ const ENVELOPE_TAG = 0x24
 const THROTTLING = new Set(['ThrottlingException', 'Throttling', 'TooManyRequestsException', 'RequestLimitExceeded', 'LimitExceededException', 'RequestThrottled', 'RequestThrottledException', 'SlowDown'])
 /** Errors AWS answers when a signature's time is too far from its own; AWS's own SDK list. */
 const CLOCK_SKEW = new Set(['InvalidSignatureException', 'RequestExpired', 'RequestInTheFuture', 'RequestTimeTooSkewed', 'SignatureDoesNotMatch', 'AuthFailure'])
+/** Errors AWS answers for expired or unknown temporary credentials: worth new credentials, once. */
+const EXPIRED_CREDENTIALS = new Set(['ExpiredTokenException', 'ExpiredToken', 'UnrecognizedClientException', 'InvalidClientTokenId'])
 /** AWS accepts a signature up to 5 minutes off its clock; the SDK corrects from 4 minutes on. */
 const SKEW_THRESHOLD_MS = 4 * 60_000
 
@@ -102,7 +110,6 @@ export function awsKmsRootKey(options: AwsKmsRootKeyOptions): RootKey {
   }
   if (options.now !== undefined && typeof options.now !== 'function') throw new TypeError('now: expected a function returning milliseconds since the epoch')
   const endpoint = checkServerUrl(options.endpoint ?? `https://kms.${region}.amazonaws.com`, 'endpoint', options.plainHttpHosts)
-  const credentials = typeof options.credentials === 'function' ? options.credentials : async () => options.credentials as AwsCredentials
   const now = options.now ?? Date.now
   /** Server time minus this host's, learned from a clock-skew refusal. */
   let clockOffsetMs = 0
@@ -125,6 +132,7 @@ export function awsKmsRootKey(options: AwsKmsRootKeyOptions): RootKey {
   async function call(action: string, payload: Record<string, unknown>): Promise<Record<string, unknown>> {
     const body = JSON.stringify(payload)
     let offsetUsed = clockOffsetMs
+    const credentials = credentialFor(options.credentials)
     const headers = async () => {
       offsetUsed = clockOffsetMs
       return signV4({
@@ -134,7 +142,7 @@ export function awsKmsRootKey(options: AwsKmsRootKeyOptions): RootKey {
         body,
         region,
         service: 'kms',
-        credentials: await credentials(),
+        credentials: await credentials.get(),
         date: new Date(now() + offsetUsed),
       })
     }
@@ -142,7 +150,12 @@ export function awsKmsRootKey(options: AwsKmsRootKeyOptions): RootKey {
       const type = errorType(answer) ?? `HTTP ${status}`
       return type === 'InvalidCiphertextException' ? `${type} (wrong key, or a KEK moved to another chain or id)` : type
     }
-    return postJson(`AWS KMS ${action}`, endpoint.href, body, headers, options, describe, { transient, againOnce: (answer) => correctClock(answer, offsetUsed) })
+    return postJson(`AWS KMS ${action}`, endpoint.href, body, headers, options, describe, {
+      transient,
+      againOnce: (answer) => correctClock(answer, offsetUsed),
+      credentialRefused: (answer) => refused(answer.status) || (answer.status === 400 && EXPIRED_CREDENTIALS.has(errorType(answer) ?? '')),
+      refreshCredential: credentials.refresh,
+    })
   }
 
   return {

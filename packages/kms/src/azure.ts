@@ -16,7 +16,7 @@
  */
 import { RootKeyError, importKekBytes, checkServerUrl, fromBase64Url, toBase64Url, type NewKek, type RootKey } from '@kms-proxy/core'
 import { DATA_KEY_BYTES, kmsWrapping, localDataKey } from './envelope.js'
-import { postJson, refused, type RetryOptions } from './http.js'
+import { credentialFor, postJson, refused, type RetryOptions } from './http.js'
 
 /** Options of {@link azureKeyVaultRootKey}. */
 export interface AzureKeyVaultRootKeyOptions extends RetryOptions {
@@ -30,7 +30,12 @@ export interface AzureKeyVaultRootKeyOptions extends RetryOptions {
    * @defaultValue the key's current version at each rotation
    */
   keyVersion?: string
-  /** Microsoft Entra access token for https://vault.azure.net, or a function called before each request. */
+  /**
+   * Microsoft Entra access token for https://vault.azure.net, or a function called before each
+   * request (see `azureManagedIdentityToken` and `refreshingCredentials`). A function with
+   * `invalidate` is invalidated when the vault answers 401 or 403, and the request is sent once
+   * more with a new token.
+   */
   accessToken: string | (() => Promise<string>)
   /**
    * REST api-version (any later version speaks the same wrapkey/unwrapkey).
@@ -91,12 +96,12 @@ export function azureKeyVaultRootKey(options: AzureKeyVaultRootKeyOptions): Root
   }
   const vault = checkServerUrl(options.vaultUrl, 'vaultUrl', options.plainHttpHosts)
   const base = vault.origin + vault.pathname.replace(/\/+$/, '')
-  const token = typeof options.accessToken === 'function' ? options.accessToken : async () => options.accessToken as string
 
   async function call(action: 'wrapkey' | 'unwrapkey', version: string, value: Uint8Array): Promise<{ kid: string; value: Uint8Array<ArrayBuffer> }> {
     const body = JSON.stringify({ alg: ALG, value: toBase64Url(value) })
     const url = `${base}/keys/${keyName}/${version}/${action}?api-version=${encodeURIComponent(apiVersion)}`
-    const headers = async () => ({ 'content-type': 'application/json', authorization: `Bearer ${await token()}` })
+    const token = credentialFor(options.accessToken)
+    const headers = async () => ({ 'content-type': 'application/json', authorization: `Bearer ${await token.get()}` })
     const out = (await postJson(`Azure Key Vault ${action}`, url, body, headers, options, (status, error) => {
       // Azure's codes (Unauthorized, Forbidden, KeyNotFound, BadParameter) carry no secrets; its
       // messages may echo request details, so they are left out.
@@ -106,7 +111,7 @@ export function azureKeyVaultRootKey(options: AzureKeyVaultRootKeyOptions): Root
       if (status === 404) return `${code}: no such key or version (${keyName}${version ? `/${version}` : ''})`
       if (action === 'unwrapkey' && status === 400) return `${code} (wrong key, or altered wrapped KEK)`
       return code
-    })) as { kid?: unknown; value?: unknown }
+    }, { refreshCredential: token.refresh })) as { kid?: unknown; value?: unknown }
     if (typeof out.kid !== 'string' || typeof out.value !== 'string' || out.value === '') throw new RootKeyError(`Azure Key Vault ${action} returned no kid or value`)
     let bytes: Uint8Array<ArrayBuffer>
     try {

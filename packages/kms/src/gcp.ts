@@ -6,13 +6,17 @@
  */
 import { RootKeyError, importKekBytes, checkServerUrl, toBase64, type NewKek, type RootKey } from '@kms-proxy/core'
 import { kmsWrapping, localDataKey } from './envelope.js'
-import { base64Field, postJson, refused, type RetryOptions } from './http.js'
+import { base64Field, credentialFor, postJson, refused, type RetryOptions } from './http.js'
 
 /** Options of {@link gcpKmsRootKey}. */
 export interface GcpKmsRootKeyOptions extends RetryOptions {
   /** projects/{p}/locations/{l}/keyRings/{r}/cryptoKeys/{k} (a symmetric ENCRYPT_DECRYPT key). */
   keyName: string
-  /** OAuth 2.0 access token, or a function called before each request (for expiring ones). */
+  /**
+   * OAuth 2.0 access token, or a function called before each request (for expiring ones: see
+   * `gcpMetadataToken` and `refreshingCredentials`). A function with `invalidate` is invalidated
+   * when Cloud KMS answers 401 or 403, and the request is sent once more with a new token.
+   */
   accessToken: string | (() => Promise<string>)
   /**
    * The Cloud KMS endpoint. Plain http only on loopback or a host in `plainHttpHosts`.
@@ -57,11 +61,11 @@ export function gcpKmsRootKey(options: GcpKmsRootKeyOptions): RootKey {
   }
   const location = keyName.split('/').slice(0, 4).join('/')
   const endpoint = checkServerUrl(options.endpoint ?? 'https://cloudkms.googleapis.com', 'endpoint', options.plainHttpHosts)
-  const token = typeof options.accessToken === 'function' ? options.accessToken : async () => options.accessToken as string
 
   async function call(action: string, resource: string, payload: Record<string, unknown>): Promise<Record<string, string>> {
     const url = new URL(`/v1/${resource}:${action}`, endpoint).href
-    const headers = async () => ({ 'content-type': 'application/json', authorization: `Bearer ${await token()}` })
+    const token = credentialFor(options.accessToken)
+    const headers = async () => ({ 'content-type': 'application/json', authorization: `Bearer ${await token.get()}` })
     return (await postJson(`Google Cloud KMS ${action}`, url, JSON.stringify(payload), headers, options, (status, error) => {
       const named = (error as { error?: { status?: unknown } } | undefined)?.error?.status
       const code = typeof named === 'string' ? `${named} (HTTP ${status})` : `HTTP ${status}`
@@ -69,7 +73,7 @@ export function gcpKmsRootKey(options: GcpKmsRootKeyOptions): RootKey {
       if (status === 404) return `${code}: no such key or location (${resource})`
       if (action === 'decrypt' && status === 400) return `${code} (wrong key, or a KEK moved to another chain or id)`
       return code
-    })) as Record<string, string>
+    }, { refreshCredential: token.refresh })) as Record<string, string>
   }
 
   /** cryptoKeys.encrypt of `plaintext` bound to `aad`: the ciphertext's bytes. */

@@ -1,4 +1,5 @@
 import { HttpExchangeError, RootKeyError, fromBase64, httpWithRetry, transientStatus, type HttpAnswer } from '@kms-proxy/core'
+import { invalidatorOf } from './credentials.js'
 
 /** Transport options every KMS root key takes. */
 export interface RetryOptions {
@@ -46,6 +47,35 @@ export interface KmsProtocol {
    * signing clock was just corrected from the server's `Date`). Called at most once per call.
    */
   againOnce?: (answer: HttpAnswer) => boolean
+  /** Which final answers refuse the credential (default: 401 and 403). */
+  credentialRefused?: (answer: HttpAnswer) => boolean
+  /**
+   * Called once per call with such an answer: invalidates the credential the call used and says
+   * whether a new one can be had (see `credentialFor`); true sends the request once more.
+   */
+  refreshCredential?: () => boolean
+}
+
+/**
+ * A credential option of a root (a value, or a function called before each request) as one KMS
+ * call uses it: `get` before each attempt, `refresh` when the KMS refused what `get` last gave.
+ * Only a function with `invalidate` (made by `refreshingCredentials`) can be refreshed; a plain
+ * function is called again for each attempt anyway, and a value never changes.
+ */
+export function credentialFor<T>(option: T | (() => Promise<T>)): { get(): Promise<T>; refresh(): boolean } {
+  const invalidate = invalidatorOf<T>(option)
+  let used: T | undefined
+  return {
+    async get() {
+      used = typeof option === 'function' ? await (option as () => Promise<T>)() : option
+      return used
+    },
+    refresh() {
+      if (!invalidate || used === undefined) return false
+      invalidate(used)
+      return true
+    },
+  }
 }
 
 /** An answer's JSON body when it is an object, else undefined. */
@@ -83,6 +113,8 @@ export async function postJson(
   try {
     answer = await send()
     if (!answer.ok && protocol.againOnce?.(answer)) answer = await send()
+    // A credential the cache thought good was refused (revoked, or expired early): once more with a new one.
+    if (!answer.ok && (protocol.credentialRefused ?? ((a: HttpAnswer) => refused(a.status)))(answer) && protocol.refreshCredential?.()) answer = await send()
   } catch (error) {
     if (!(error instanceof HttpExchangeError)) throw error
     if (error.reason === 'too-large') throw new RootKeyError(`${what}: the KMS answered with more than 1 MiB`)

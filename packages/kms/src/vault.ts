@@ -8,13 +8,17 @@
  */
 import { RootKeyError, importKekBytes, checkServerUrl, toBase64, type NewKek, type RootKey } from '@kms-proxy/core'
 import { kmsWrapping, localDataKey } from './envelope.js'
-import { base64Field, postJson, refused, type RetryOptions } from './http.js'
+import { base64Field, credentialFor, postJson, refused, type RetryOptions } from './http.js'
 
 /** Options of {@link vaultTransitRootKey}. */
 export interface VaultTransitRootKeyOptions extends RetryOptions {
   /** Vault's address, e.g. https://vault.example.com:8200. Plain http only on loopback or a host in `plainHttpHosts`. */
   address: string
-  /** Vault token (X-Vault-Token), or a function called before each request (for expiring ones). */
+  /**
+   * Vault token (X-Vault-Token), or a function called before each request (for expiring ones). A
+   * function with `invalidate` (`refreshingCredentials`) is invalidated when Vault answers 401 or
+   * 403, and the request is sent once more with a new token.
+   */
   token: string | (() => Promise<string>)
   /** Name of the transit key. */
   key: string
@@ -66,12 +70,12 @@ export function vaultTransitRootKey(options: VaultTransitRootKeyOptions): RootKe
     throw new TypeError('token: expected a Vault token or a function returning one')
   }
   const address = checkServerUrl(options.address, 'address', options.plainHttpHosts)
-  const token = typeof options.token === 'function' ? options.token : async () => options.token as string
 
   async function call(action: string, path: string, payload: Record<string, unknown>): Promise<Record<string, unknown>> {
     const url = new URL(`/v1/${mount}/${path}`, address).href
+    const token = credentialFor(options.token)
     const headers = async () => {
-      const h: Record<string, string> = { 'content-type': 'application/json', 'x-vault-token': await token() }
+      const h: Record<string, string> = { 'content-type': 'application/json', 'x-vault-token': await token.get() }
       if (namespace !== undefined) h['x-vault-namespace'] = namespace
       return h
     }
@@ -84,7 +88,7 @@ export function vaultTransitRootKey(options: VaultTransitRootKeyOptions): RootKe
       if (status === 404) return `HTTP ${status}${detail} (no such transit mount or key: ${mount}/${key})`
       if (action === 'decrypt' && status === 400) return `HTTP ${status}${detail} (wrong key, missing key, or a KEK moved to another chain or id)`
       return `HTTP ${status}${detail}`
-    })
+    }, { refreshCredential: token.refresh })
     return ((out as { data?: Record<string, unknown> }).data ?? {}) as Record<string, unknown>
   }
 
