@@ -35,9 +35,16 @@ export const ERROR_CODES = {
   ERR_STORE: 'StoreError',
   /** {@link LimitError}: a limit of the format or of AES-GCM. */
   ERR_LIMIT: 'LimitError',
+  /** {@link RetiredKekError}: the data's KEK, or the whole chain, is retired (reversible: `unretireKek`). */
+  ERR_RETIRED_KEK: 'RetiredKekError',
+  /** {@link DestroyedKekError}: the data's KEK, or the whole chain, was destroyed: the data is gone for good. */
+  ERR_DESTROYED_KEK: 'DestroyedKekError',
 } as const
 
-/** One of the stable codes: `'ERR_DECRYPT' | 'ERR_FORMAT' | 'ERR_UNKNOWN_KEK' | 'ERR_ROOT_KEY' | 'ERR_STORE' | 'ERR_LIMIT'`. */
+/**
+ * One of the stable codes: `'ERR_DECRYPT' | 'ERR_FORMAT' | 'ERR_UNKNOWN_KEK' | 'ERR_ROOT_KEY' |
+ * 'ERR_STORE' | 'ERR_LIMIT' | 'ERR_RETIRED_KEK' | 'ERR_DESTROYED_KEK'`.
+ */
 export type ErrorCode = keyof typeof ERROR_CODES
 
 /** Options of an error's constructor, for adapters that throw the library's errors. */
@@ -172,6 +179,15 @@ export type StoreError = InstanceType<typeof StoreError>
 /** A size or count limit of the format or of AES-GCM would be exceeded. */
 export const LimitError: KmsProxyErrorClass<'ERR_LIMIT'> = defineError('ERR_LIMIT')
 export type LimitError = InstanceType<typeof LimitError>
+/**
+ * The data's KEK is retired (or the whole chain is): it no longer decrypts, and a retired chain
+ * no longer encrypts. Reversible with `unretireKek` / `unretireChain`.
+ */
+export const RetiredKekError: KmsProxyErrorClass<'ERR_RETIRED_KEK'> = defineError('ERR_RETIRED_KEK')
+export type RetiredKekError = InstanceType<typeof RetiredKekError>
+/** The data's KEK (or the whole chain) was destroyed: its records are deleted and the data cannot be decrypted by anyone. */
+export const DestroyedKekError: KmsProxyErrorClass<'ERR_DESTROYED_KEK'> = defineError('ERR_DESTROYED_KEK')
+export type DestroyedKekError = InstanceType<typeof DestroyedKekError>
 
 /** Every error class of the library: narrow it by `code`. */
 export type AnyKmsProxyError =
@@ -181,3 +197,5 @@ export type AnyKmsProxyError =
   | RootKeyError
   | StoreError
   | LimitError
+  | RetiredKekError
+  | DestroyedKekError

@@ -38,11 +38,13 @@ export {
   RootKeyError,
   StoreError,
   LimitError,
+  RetiredKekError,
+  DestroyedKekError,
   ERROR_CODES,
 } from './errors.js'
 export type { ErrorCode, AnyKmsProxyError, KmsProxyErrorOptions, KmsProxyErrorClass } from './errors.js'
-export { memoryStore, embeddedStore, DEFAULT_ROOT, rootOf } from './store.js'
-export type { KeyStore, KekRecord, ChainHead, ChainRoot, ChainRootState, Versioned } from './store.js'
+export { memoryStore, embeddedStore, DEFAULT_ROOT, rootOf, parseChainHead, isRootName } from './store.js'
+export type { KeyStore, KekRecord, ChainHead, ChainRoot, ChainRootState, RetiredKek, Versioned } from './store.js'
 export { ephemeralRootKey, aesRootKey, sealNewKek, sealKek, openSealedKek, importKekBytes, KEK_ALGORITHM } from './root-key.js'
 export type { RootKey, NewKek, UnwrapKekOptions } from './root-key.js'
 export {

@@ -23,12 +23,15 @@ import {
 import { decryptingStream, encryptingStream } from './stream.js'
 import { bytesKey, concat, equalBytes, fromUtf8, gcmParams } from './internal/bytes.js'
 import { DekPool } from './internal/dek-pool.js'
+import { HeadView } from './internal/head-view.js'
+import { Lifecycle, type DestroyReport } from './internal/lifecycle.js'
 import { KekSource, type Counts } from './internal/kek-source.js'
 import { Leases } from './internal/leases.js'
 import { RootChanges } from './internal/root-changes.js'
 import { Lru } from './internal/lru.js'
 import { randomPublicBytes } from './internal/random.js'
 import type { RootKey } from './root-key.js'
+import type { RetiredKek } from './store.js'
 import {
   associatedDataOf,
   bytesArgument,
@@ -54,6 +57,7 @@ export type {
   RootInfo,
   RootStats,
 } from './options.js'
+export type { DestroyReport } from './internal/lifecycle.js'
 
 /** What finding a DEK needs; a message and a stream header both have it. */
 type DekParts = Pick<MessageParts, 'kekId' | 'embeddedKeks' | 'headerLength' | 'dekPrefix'>
@@ -88,22 +92,47 @@ export class KeyChain {
     rootKeyUnwraps: 0,
     dekCacheHits: 0,
     dekCacheMisses: 0,
+    refusedRetired: 0,
   }
   readonly #keks: KekSource
   readonly #leases: Leases
   readonly #pool: DekPool
   readonly #roots: RootChanges
+  readonly #view: HeadView
+  readonly #lifecycle: Lifecycle
+  #unwatch: (() => void) | undefined
 
   private constructor(options: ResolvedOptions) {
     this.name = options.name
     this.#acceptEmbedded = options.acceptEmbeddedKeks
     this.#dekCache = new Lru(options.dekCacheSize)
-    this.#keks = new KekSource(options.name, options.roots, options.single, options.store, this.#counts)
+    const { store, name } = options
+    this.#keks = new KekSource(name, options.roots, options.single, store, this.#counts)
+    this.#view = new HeadView(store.embedsKeks ? Infinity : options.maxStalenessMs, {
+      read: () => this.#keks.storeCall('read the chain head', () => store.getHead(name)),
+      primary: (id) => {
+        // Another process rotated: this one's lease and prepared DEKs are dropped (their uses
+        // stay counted in the head), and the next use leases from the new primary.
+        if (this.#leases.primary && this.#leases.primary.id !== id) {
+          this.#leases.reload()
+          this.#pool.drop()
+        }
+      },
+      destroyed: (ids) => {
+        for (const id of ids === 'all' ? [...this.#keks.entries.keys()] : ids) this.#keks.forget(id)
+        this.#dekCache.clear()
+        if (ids === 'all') {
+          this.#leases.reload()
+          this.#pool.drop()
+        }
+      },
+    })
     this.#leases = new Leases(
-      { name: options.name, store: options.store, maxWraps: options.maxWrapsPerKek, maxAge: options.maxKekAgeMs, leaseSize: options.leaseSize },
+      { name, store, maxWraps: options.maxWrapsPerKek, maxAge: options.maxKekAgeMs, leaseSize: options.leaseSize, readHead: () => this.#view.read() },
       this.#keks,
       this.#counts,
     )
+    this.#lifecycle = new Lifecycle(this.#keks, this.#view, options.destroyGraceMs)
     this.#pool = new DekPool(options.dekPoolSize, this.#leases)
     this.#roots = new RootChanges(this.#keks, this.#counts, () => {
       // Data on the embedded store carries the primary's wraps: the next use loads them anew.
@@ -143,7 +172,16 @@ export class KeyChain {
   static async open(options: KeyChainOptions = {}): Promise<KeyChain> {
     const resolved = resolveOptions(options)
     const chain = new KeyChain(resolved)
-    await chain.#keks.storeCall('read the chain head', () => resolved.store.getHead(resolved.name))
+    const { store, name } = resolved
+    if (resolved.watch && !store.embedsKeks && typeof store.watchHead === 'function') {
+      chain.#unwatch = store.watchHead(name, () => chain.#view.markDirty())
+    }
+    try {
+      await chain.#view.read()
+    } catch (error) {
+      chain.close()
+      throw error
+    }
     return chain
   }
 
@@ -172,6 +210,7 @@ export class KeyChain {
     const plaintext = bytesArgument('data', data)
     const aad = payloadAad(associatedDataOf(options))
     if (plaintext.length > MAX_PLAINTEXT_BYTES) throw new LimitError('data is too large for one AES-GCM message')
+    await this.#fresh()
     const prepared = this.#pool.take() ?? (await this.#pool.prepare(await this.#leases.acquire(), 1))[0]!
     this.#pool.fill()
     const iv2 = randomPublicBytes(IV_BYTES)
@@ -231,6 +270,8 @@ export class KeyChain {
       throw new DecryptError('decryption failed')
     }
     this.#counts.decryptions++
+    const entry = this.#keks.entries.get(parts.kekId)
+    if (entry) entry.decryptions++
     return new Uint8Array(plaintext)
   }
 
@@ -283,6 +324,7 @@ export class KeyChain {
       async () => {
         // Not from the prepared pool: a pooled DEK's wrap binds the single-message header, and a
         // stream's must bind the stream flag. Same lease, same concurrent import and wrap.
+        await this.#fresh()
         const [prepared] = await this.#pool.prepare(await this.#leases.acquire(), 1, true)
         return { dek: prepared!.dek, dekPrefix: prepared!.prefix }
       },
@@ -309,7 +351,12 @@ export class KeyChain {
     const associatedData = associatedDataOf(options)?.slice()
     return decryptingStream(
       associatedData,
-      (header) => this.#dekFor(header),
+      async (header) => {
+        const dek = await this.#dekFor(header)
+        const entry = this.#keks.entries.get(header.kekId)
+        if (entry) entry.decryptions++
+        return dek
+      },
       () => void this.#counts.decryptions++,
     )
   }
@@ -353,6 +400,7 @@ export class KeyChain {
     const p = await this.#leases.acquire()
     const iv1 = randomPublicBytes(IV_BYTES)
     const wrapped = await crypto.subtle.wrapKey('raw', dek, p.kek, gcmParams(iv1, p.streamHeader))
+    this.#movedOff(parts.kekId)
     return { header: concat(p.streamHeader, iv1, new Uint8Array(wrapped), tail), replaces }
   }
 
@@ -425,6 +473,7 @@ export class KeyChain {
     const p = await this.#leases.acquire()
     const iv1 = randomPublicBytes(IV_BYTES)
     const wrapped = await crypto.subtle.wrapKey('raw', dek, p.kek, gcmParams(iv1, p.header))
+    this.#movedOff(parts.kekId)
     return concat(p.header, iv1, new Uint8Array(wrapped), parts.iv2, parts.sealed)
   }
 
@@ -520,6 +569,184 @@ export class KeyChain {
     return this.#roots.list()
   }
 
+  // ---------------------------------------------------------------------------------- freshness
+
+  /**
+   * Reads the chain head now, as the chain does on its own every `maxStalenessMs` (and at once
+   * when the store pushes a change): a primary rotated by another process replaces this
+   * process's (its lease and prepared DEKs are dropped, their uses stay counted), and KEKs
+   * retired or destroyed anywhere stop decrypting here. One store read, no root-key call.
+   *
+   * @throws {@link StoreError} - `ERR_STORE`: the head could not be read.
+   * @example
+   * ```ts
+   * await chain.refresh() // after `kms-proxy rotate` elsewhere: the next encryption uses the new primary
+   * ```
+   */
+  async refresh(): Promise<void> {
+    await this.#view.read()
+  }
+
+  /**
+   * Stops following the store's push of head changes (see `watch`), so that nothing of the chain
+   * keeps a process alive, and drops the prepared DEKs. The chain still works afterwards: it
+   * reads the head every `maxStalenessMs` instead. Idempotent.
+   *
+   * @example
+   * ```ts
+   * const chain = await KeyChain.open({ rootKey, store: etcdStore({ endpoint }) })
+   * try { await chain.encrypt(data) } finally { chain.close() }
+   * ```
+   */
+  close(): void {
+    this.#unwatch?.()
+    this.#unwatch = undefined
+    this.#pool.drop()
+  }
+
+  // ---------------------------------------------------------------------------------- retire and destroy
+
+  /**
+   * Retires KEK `id`: from now on data under it no longer decrypts (nor rewraps), in this
+   * process at once and in every process sharing the store within its `maxStalenessMs`
+   * (`ERR_RETIRED_KEK`). Reversible with {@link KeyChain.unretireKek}. The way to check that
+   * nothing still needs a KEK after {@link KeyChain.rewrap} moved its data: retire it, watch
+   * for `ERR_RETIRED_KEK` (and `stats().refusedRetired`) during the grace period, then
+   * {@link KeyChain.destroyKek}. Idempotent. One head write, no root-key call.
+   *
+   * @returns the head's entry: `id` and `retiredAt`.
+   * @throws TypeError - `id` is not a KEK id.
+   * @throws {@link LimitError} - `ERR_LIMIT`: `id` is the primary (rotate first).
+   * @throws {@link UnknownKekError} - `ERR_UNKNOWN_KEK`: the store has no such KEK, or the chain none yet.
+   * @throws {@link StoreError} - `ERR_STORE`: the store failed.
+   * @example
+   * ```ts
+   * await chain.rotate()
+   * for (const row of rows) row.data = await chain.rewrap(row.data)
+   * await chain.retireKek(oldId)
+   * ```
+   */
+  retireKek(id: number): Promise<RetiredKek> {
+    return this.#lifecycle.retireKek(id)
+  }
+
+  /**
+   * Makes a retired KEK decrypt again (not a destroyed one). Idempotent: a KEK not retired is left as it is.
+   *
+   * @throws TypeError - `id` is not a KEK id.
+   * @throws {@link DestroyedKekError} - `ERR_DESTROYED_KEK`: the KEK was destroyed.
+   * @throws {@link StoreError} - `ERR_STORE`: the store failed.
+   * @example
+   * ```ts
+   * await chain.unretireKek(oldId) // something still needed it
+   * ```
+   */
+  unretireKek(id: number): Promise<void> {
+    return this.#lifecycle.unretireKek(id)
+  }
+
+  /**
+   * Destroys KEK `id` for good (crypto-shredding): the head marks it destroyed, then every record
+   * of it is deleted from the store; data under it can no longer be decrypted by anyone, and
+   * processes holding it in memory drop it within their `maxStalenessMs`. Refuses the primary,
+   * a KEK not retired, and one retired for less than the grace period. Killed half-way, the
+   * same call finishes the deletions.
+   *
+   * @param options - `graceMs`: how long the KEK must have been retired (default the chain's `destroyGraceMs`, 7 days).
+   * @returns the KEK destroyed and how many records this call deleted (one per root).
+   * @throws TypeError - `id` is not a KEK id; the store embeds KEKs in the data or cannot delete records.
+   * @throws RangeError - `graceMs` is negative or not a number.
+   * @throws {@link LimitError} - `ERR_LIMIT`: the primary, not retired, or retired too recently.
+   * @throws {@link StoreError} - `ERR_STORE`: the store failed; run it again to finish.
+   * @example
+   * ```ts
+   * await chain.destroyKek(oldId) // 7 days after retireKek(oldId)
+   * ```
+   */
+  destroyKek(id: number, options?: { graceMs?: number }): Promise<DestroyReport> {
+    return this.#lifecycle.destroyKek(id, options?.graceMs)
+  }
+
+  /**
+   * Retires the whole chain: no encryption, decryption, rewrap or rotation in it, here at once
+   * and in every process within its `maxStalenessMs` (`ERR_RETIRED_KEK`). Reversible with
+   * {@link KeyChain.unretireChain}. For one chain per tenant: the first step when a tenant leaves.
+   *
+   * @returns when the chain was retired (ms since the epoch).
+   * @throws {@link UnknownKekError} - `ERR_UNKNOWN_KEK`: the chain has no KEK yet.
+   * @throws {@link StoreError} - `ERR_STORE`: the store failed.
+   * @example
+   * ```ts
+   * await tenantChain.retireChain()
+   * ```
+   */
+  retireChain(): Promise<number> {
+    return this.#lifecycle.retireChain()
+  }
+
+  /**
+   * Makes a retired chain usable again (not a destroyed one). Idempotent.
+   *
+   * @throws {@link DestroyedKekError} - `ERR_DESTROYED_KEK`: the chain was destroyed.
+   * @throws {@link StoreError} - `ERR_STORE`: the store failed.
+   * @example
+   * ```ts
+   * await tenantChain.unretireChain() // the tenant came back within the grace period
+   * ```
+   */
+  unretireChain(): Promise<void> {
+    return this.#lifecycle.unretireChain()
+  }
+
+  /**
+   * Destroys the whole chain for good (per-tenant crypto-shredding): the head is marked
+   * destroyed, then every KEK record of the chain is deleted; every process drops its KEKs
+   * within its `maxStalenessMs`. The head stays as a tombstone (KEK ids and times, no key), so
+   * the chain fails as destroyed instead of starting anew. Refuses a chain not retired, or
+   * retired for less than the grace period. Killed half-way, the same call finishes.
+   *
+   * @param options - `graceMs`: how long the chain must have been retired (default the chain's `destroyGraceMs`).
+   * @returns every KEK destroyed and how many records this call deleted.
+   * @throws TypeError - the store embeds KEKs in the data or cannot delete records.
+   * @throws RangeError - `graceMs` is negative or not a number.
+   * @throws {@link LimitError} - `ERR_LIMIT`: not retired, or retired too recently.
+   * @throws {@link StoreError} - `ERR_STORE`: the store failed; run it again to finish.
+   * @example
+   * ```ts
+   * await tenantChain.destroyChain() // 7 days after retireChain()
+   * ```
+   */
+  destroyChain(options?: { graceMs?: number }): Promise<DestroyReport> {
+    return this.#lifecycle.destroyChain(options?.graceMs)
+  }
+
+  /**
+   * The chain's retired and destroyed KEKs, and whether the chain itself is retired or
+   * destroyed, as the head says now: one store read, no root-key call.
+   *
+   * @throws {@link StoreError} - `ERR_STORE`: the store could not be read.
+   * @example
+   * ```ts
+   * const { retired } = await chain.lifecycleStatus()
+   * for (const k of retired) console.log(k.id, k.destroyedAt ? 'destroyed' : 'retired')
+   * ```
+   */
+  async lifecycleStatus(): Promise<{
+    /** KEKs retired or destroyed, oldest first. */
+    retired: RetiredKek[]
+    /** When the chain was retired, if it is. */
+    chainRetiredAt?: number
+    /** When the chain was destroyed, if it was. */
+    chainDestroyedAt?: number
+  }> {
+    const h = (await this.#view.read())?.value
+    return {
+      retired: [...(h?.retired ?? [])],
+      ...(h?.chainRetiredAt === undefined ? {} : { chainRetiredAt: h.chainRetiredAt }),
+      ...(h?.chainDestroyedAt === undefined ? {} : { chainDestroyedAt: h.chainDestroyedAt }),
+    }
+  }
+
   // ---------------------------------------------------------------------------------- stats
 
   /**
@@ -554,8 +781,13 @@ export class KeyChain {
       ...this.#counts,
       rootKeyAvailable: this.#keks.available,
       ...(lastError === undefined ? {} : { rootKeyLastError: lastError }),
-      keks: [...this.#keks.entries.values()].map((e) => ({ id: e.id, primary: e.id === primary, wraps: e.wraps, createdAt: e.createdAt })),
+      keks: [...this.#keks.entries.values()].map((e) => {
+        const retired = this.#view.retiredOf(e.id)
+        const state = retired === undefined ? 'active' : retired.destroyedAt === undefined ? 'retired' : 'destroyed'
+        return { id: e.id, primary: e.id === primary, wraps: e.wraps, createdAt: e.createdAt, decryptions: e.decryptions, rewrapped: e.rewrapped, state }
+      }),
       roots: Object.fromEntries([...this.#keks.perRoot].map(([n, c]) => [n, { ...c }])),
+      headCheckedAt: this.#view.checkedAt,
     }
   }
 
@@ -576,9 +808,34 @@ export class KeyChain {
     return { name: this.name, rootKey: this.#keks.rootKinds, stats: this.stats() }
   }
 
+  // ---------------------------------------------------------------------------------- internals: the head
+
+  /** Before an encryption: the head read if due (strict: see maxStalenessMs), the chain usable. */
+  async #fresh(): Promise<void> {
+    if (this.#view.due()) await this.#view.fresh(true)
+    this.#view.assertChain()
+  }
+
+  /** Before a decryption: the head read if due (the last head stands if the store is down), the KEK usable. */
+  async #usable(kekId: number): Promise<void> {
+    if (this.#view.due()) await this.#view.fresh(false)
+    try {
+      this.#view.assertKek(kekId)
+    } catch (error) {
+      this.#counts.refusedRetired++
+      throw error
+    }
+  }
+
+  #movedOff(kekId: number): void {
+    const entry = this.#keks.entries.get(kekId)
+    if (entry) entry.rewrapped++
+  }
+
   // ---------------------------------------------------------------------------------- internals: DEKs
 
   async #dekFor(parts: DekParts): Promise<CryptoKey> {
+    await this.#usable(parts.kekId)
     const cacheKey = this.#dekCache.capacity > 0 ? bytesKey(parts.dekPrefix) : undefined
     if (cacheKey !== undefined) {
       const hit = this.#dekCache.get(cacheKey)
@@ -600,6 +857,7 @@ export class KeyChain {
   async #unwrapDek(parts: DekParts, forRewrap: boolean): Promise<CryptoKey> {
     // Own copy: the caller's buffer may change while we wait for the KEK.
     const prefix = parts.dekPrefix.slice()
+    if (forRewrap) await this.#usable(parts.kekId)
     const h = parts.headerLength
     // Without acceptEmbeddedKeks the embedded KEK is still authenticated (it is in the header,
     // the DEK wrap's AAD) but never sent to the root key: the KEK comes from the store by id.

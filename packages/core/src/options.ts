@@ -77,6 +77,35 @@ export interface KeyChainOptions {
    * @defaultValue `store.embedsKeks`
    */
   acceptEmbeddedKeks?: boolean
+  /**
+   * The longest this chain goes without reading its head before an encryption or a decryption
+   * (invariant 10): a rotation made by any process is used here within this bound, a KEK
+   * retired anywhere stops decrypting here within it. Costs at most one store read per bound
+   * while the chain is used, none while it is idle. When the store pushes changes
+   * (`watchHead`), a change is usually seen at once; this bound still holds if a push is lost.
+   * An encryption that cannot read the head past the bound fails (`ERR_STORE`, retryable); a
+   * decryption goes on with the head it last read. `Infinity` turns the check off (a
+   * rotation elsewhere is then seen when the lease runs out, as before).
+   *
+   * @defaultValue 15,000 (15 s)
+   */
+  maxStalenessMs?: number
+  /**
+   * Whether to follow the store's push of head changes (`watchHead`: etcd's watch, Deno KV's
+   * watch, a `BroadcastChannel` between tabs, a file's change). A watch holds a connection or a
+   * timer: call `chain.close()` when done with the chain, so that a process can exit.
+   *
+   * @defaultValue true when the store has `watchHead`
+   */
+  watch?: boolean
+  /**
+   * How long a KEK (or the chain) must have been retired before `destroyKek` (or
+   * `destroyChain`) may delete it, unless the call gives its own. Gives every process time to
+   * see the retirement, and an operator time to notice what still needed the KEK.
+   *
+   * @defaultValue 7 days (604,800,000)
+   */
+  destroyGraceMs?: number
 }
 
 /** Options of `encrypt`, `decrypt` and their text and stream forms. */
@@ -110,6 +139,12 @@ export interface KekStats {
   wraps: number
   /** When the KEK was made (ms since the epoch). */
   createdAt: number
+  /** Messages and streams this process decrypted under it. */
+  decryptions: number
+  /** Data this process moved off it with `rewrap` or `rewrapStreamHeader`: after a rewrap of everything, what a retirement may count on. */
+  rewrapped: number
+  /** `'retired'` or `'destroyed'` when the head last read says so, else `'active'`. */
+  state: 'active' | 'retired' | 'destroyed'
 }
 
 /**
@@ -200,11 +235,17 @@ export interface KeyChainStats {
   keks: KekStats[]
   /** The roots this process holds, by name (`'default'` for a chain opened with `rootKey`), with their calls. */
   roots: Record<string, RootStats>
+  /** Decryptions (and rewraps) refused because their KEK, or the chain, is retired or destroyed. */
+  refusedRetired: number
+  /** When this process last read the chain head (ms since the epoch): see `maxStalenessMs`. */
+  headCheckedAt: number
 }
 
 const DEFAULT_MAX_WRAPS = 2 ** 21
 const HARD_MAX_WRAPS = 2 ** 32
 const DEFAULT_MAX_AGE_MS = 7 * 24 * 3600 * 1000
+const DEFAULT_MAX_STALENESS_MS = 15_000
+const DEFAULT_DESTROY_GRACE_MS = 7 * 24 * 3600 * 1000
 
 /** Every option of a chain, checked and with its default filled in. */
 export type ResolvedOptions = Omit<Required<KeyChainOptions>, 'rootKey' | 'roots'> & {
@@ -271,7 +312,27 @@ export function resolveOptions(options: KeyChainOptions): ResolvedOptions {
   const leaseSize = integerOption('leaseSize', options.leaseSize, leaseDefault, 1, HARD_MAX_WRAPS)
   const acceptEmbeddedKeks = options.acceptEmbeddedKeks ?? store.embedsKeks === true
   if (typeof acceptEmbeddedKeks !== 'boolean') throw new TypeError('acceptEmbeddedKeks: expected a boolean')
-  return { roots, single: options.roots === undefined, store, name, maxWrapsPerKek, maxKekAgeMs, dekCacheSize, dekPoolSize, leaseSize, acceptEmbeddedKeks }
+  const maxStalenessMs = options.maxStalenessMs ?? DEFAULT_MAX_STALENESS_MS
+  if (typeof maxStalenessMs !== 'number' || !(maxStalenessMs >= 0)) throw new RangeError('maxStalenessMs: expected a number of milliseconds, 0 or more (Infinity: no check)')
+  const watch = options.watch ?? typeof store.watchHead === 'function'
+  if (typeof watch !== 'boolean') throw new TypeError('watch: expected a boolean')
+  const destroyGraceMs = options.destroyGraceMs ?? DEFAULT_DESTROY_GRACE_MS
+  if (typeof destroyGraceMs !== 'number' || !(destroyGraceMs >= 0)) throw new RangeError('destroyGraceMs: expected a number of milliseconds, 0 or more')
+  return {
+    roots,
+    single: options.roots === undefined,
+    store,
+    name,
+    maxWrapsPerKek,
+    maxKekAgeMs,
+    dekCacheSize,
+    dekPoolSize,
+    leaseSize,
+    acceptEmbeddedKeks,
+    maxStalenessMs,
+    watch,
+    destroyGraceMs,
+  }
 }
 
 /** Bytes of a data argument: a Uint8Array as it is, a string as UTF-8 (well-formed only). */

@@ -45,6 +45,21 @@ export interface ChainRoot {
   readonly state: ChainRootState
 }
 
+/**
+ * A KEK at the end of its life, as the head lists it (invariant 9). Retired: it no longer
+ * decrypts, in any process once it has read the head (within `maxStalenessMs`); reversible.
+ * Destroyed: every record of it is deleted from the store; the entry stays so that a process
+ * still holding the KEK in memory drops it, and so that its data fails as destroyed, not unknown.
+ */
+export interface RetiredKek {
+  /** The KEK's id. */
+  readonly id: number
+  /** When it was retired (ms since the epoch); destruction waits a grace period from here. */
+  readonly retiredAt: number
+  /** When its records were deleted (ms since the epoch); absent while it is only retired. */
+  readonly destroyedAt?: number
+}
+
 /** The chain head: the only mutable record of a chain, changed by compare-and-swap. Not authenticated: see docs/SECURITY.md. */
 export interface ChainHead {
   /** KEK id of the primary KEK. */
@@ -58,6 +73,12 @@ export interface ChainHead {
    * written before chains had several roots). A store keeps this list as it was given.
    */
   readonly roots?: readonly ChainRoot[]
+  /** KEKs retired or destroyed, oldest first. Absent means none. A store keeps this list as it was given. */
+  readonly retired?: readonly RetiredKek[]
+  /** When the whole chain was retired (no encryption, no decryption; reversible). Absent: it is not. */
+  readonly chainRetiredAt?: number
+  /** When the whole chain was destroyed (every KEK record deleted; the head stays as its tombstone). */
+  readonly chainDestroyedAt?: number
 }
 
 /** A value and the opaque version a compare-and-swap compares. */
@@ -119,6 +140,79 @@ export interface KeyStore {
    * every KEK has a wrap under a root that stays (invariant 8).
    */
   deleteKekWrap?(chain: string, id: number, root: string): Promise<void>
+  /**
+   * Calls `onChange` soon after the chain's head changes, in this process or any other that
+   * shares the store (etcd's watch, Deno KV's `watch`, a `BroadcastChannel` between tabs, a
+   * file's change). A hint only: the chain then reads the head itself, and still reads it at
+   * least every `maxStalenessMs` in case a change was missed (a dropped connection). Extra or
+   * spurious calls are harmless. Returns a function that stops watching; the store reconnects
+   * on its own meanwhile and never throws from here. Stores without a push mechanism leave it out.
+   */
+  watchHead?(chain: string, onChange: () => void): () => void
+}
+
+const ROOT_NAME = /^[A-Za-z0-9._-]{1,64}$/
+const ROOT_STATES: readonly unknown[] = ['adding', 'active', 'removing']
+
+/** True for a valid root name: 1 to 64 letters, digits, `.`, `_`, `-` (never `:` or `/`, so stores may put it in keys). */
+export function isRootName(value: unknown): value is string {
+  return typeof value === 'string' && ROOT_NAME.test(value)
+}
+
+const isU32 = (v: unknown): v is number => Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 0xffffffff
+const isCount = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0
+const isTime = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v)
+
+function parseRoots(v: unknown): readonly ChainRoot[] | undefined {
+  if (!Array.isArray(v)) return undefined
+  const out: ChainRoot[] = []
+  for (const r of v as Array<Partial<ChainRoot> | null>) {
+    if (!r || typeof r !== 'object' || !isRootName(r.name) || typeof r.kind !== 'string' || !ROOT_STATES.includes(r.state)) return undefined
+    out.push(Object.freeze({ name: r.name, kind: r.kind, state: r.state! }))
+  }
+  return Object.freeze(out)
+}
+
+function parseRetired(v: unknown): readonly RetiredKek[] | undefined {
+  if (!Array.isArray(v)) return undefined
+  const out: RetiredKek[] = []
+  for (const r of v as Array<Partial<RetiredKek> | null>) {
+    if (!r || typeof r !== 'object' || !isU32(r.id) || r.id === 0 || !isTime(r.retiredAt)) return undefined
+    if (r.destroyedAt !== undefined && !isTime(r.destroyedAt)) return undefined
+    out.push(Object.freeze({ id: r.id, retiredAt: r.retiredAt, ...(r.destroyedAt === undefined ? {} : { destroyedAt: r.destroyedAt }) }))
+  }
+  return Object.freeze(out)
+}
+
+/**
+ * A chain head checked and copied field by field, or `undefined` when `value` is not one (a
+ * store answers a corrupt head with `ERR_STORE`). Optional fields absent stay absent, unknown
+ * fields are dropped. For stores: parse what was read, and what is about to be written, with
+ * this one function, so that every store keeps every field of the head exactly.
+ *
+ * @example
+ * ```ts
+ * const head = parseChainHead(JSON.parse(text))
+ * if (!head) throw new StoreError('my store: the chain head is malformed')
+ * ```
+ */
+export function parseChainHead(value: unknown): ChainHead | undefined {
+  const h = value as Partial<ChainHead> | null
+  if (!h || typeof h !== 'object' || !isU32(h.primary) || !isTime(h.primaryCreatedAt) || !isCount(h.leased)) return undefined
+  const roots = h.roots === undefined ? undefined : parseRoots(h.roots)
+  const retired = h.retired === undefined ? undefined : parseRetired(h.retired)
+  if ((h.roots !== undefined && !roots) || (h.retired !== undefined && !retired)) return undefined
+  if (h.chainRetiredAt !== undefined && !isTime(h.chainRetiredAt)) return undefined
+  if (h.chainDestroyedAt !== undefined && !isTime(h.chainDestroyedAt)) return undefined
+  return Object.freeze({
+    primary: h.primary,
+    primaryCreatedAt: h.primaryCreatedAt,
+    leased: h.leased,
+    ...(roots ? { roots } : {}),
+    ...(retired ? { retired } : {}),
+    ...(h.chainRetiredAt === undefined ? {} : { chainRetiredAt: h.chainRetiredAt }),
+    ...(h.chainDestroyedAt === undefined ? {} : { chainDestroyedAt: h.chainDestroyedAt }),
+  })
 }
 
 /** The root a record belongs to: its `root`, or {@link DEFAULT_ROOT}. */
@@ -132,8 +226,9 @@ function copyRecord(r: KekRecord): KekRecord {
 }
 
 function copyHead(h: ChainHead): ChainHead {
-  const roots = h.roots && Object.freeze(h.roots.map((r) => Object.freeze({ name: r.name, kind: r.kind, state: r.state })))
-  return Object.freeze({ primary: h.primary, primaryCreatedAt: h.primaryCreatedAt, leased: h.leased, ...(roots ? { roots } : {}) })
+  const copy = parseChainHead(h)
+  if (!copy) throw new TypeError('casHead: expected a chain head (primary, primaryCreatedAt, leased, and its optional fields well-formed)')
+  return copy
 }
 
 function inMemory(embedsKeks: boolean): KeyStore {
@@ -144,6 +239,7 @@ function inMemory(embedsKeks: boolean): KeyStore {
     if (!c) chains.set(name, (c = { keks: new Map(), counter: 0 }))
     return c
   }
+  const watchers = new Map<string, Set<() => void>>()
   const wrapsOf = (chain: string, id: number) => [...(chains.get(chain)?.keks.values() ?? [])].filter((r) => r.id === id)
   return {
     atomic: true,
@@ -155,6 +251,8 @@ function inMemory(embedsKeks: boolean): KeyStore {
       const c = chainOf(chain)
       if (c.head?.version !== expected) return false
       c.head = Object.freeze({ value: copyHead(next), version: String(++c.counter) })
+      // As a store with a push mechanism does: after the write, never inside it.
+      for (const onChange of watchers.get(chain) ?? []) setTimeout(onChange, 0)
       return true
     },
     async getKek(chain, id) {
@@ -177,6 +275,13 @@ function inMemory(embedsKeks: boolean): KeyStore {
     },
     async deleteKekWrap(chain, id, root) {
       chains.get(chain)?.keks.delete(`${id}/${root}`)
+    },
+    watchHead(chain, onChange) {
+      let set = watchers.get(chain)
+      if (!set) watchers.set(chain, (set = new Set()))
+      const own = () => onChange() // a distinct entry per call, so one watcher's stop leaves the others
+      set.add(own)
+      return () => void set.delete(own)
     },
   }
 }

@@ -16,6 +16,7 @@ const PUBLIC_API: Record<string, string[]> = {
     'embeddedStore', 'ephemeralRootKey', 'fromBase64', 'fromBase64Url', 'httpExchange', 'httpWithRetry',
     'importKekBytes', 'isKmsProxyError', 'isLoopbackHost', 'isStream', 'kekAad', 'memoryStore', 'openSealedKek',
     'sealNewKek', 'streamHeaderLength', 'toBase64', 'toBase64Url', 'toHex', 'transientStatus',
+    'RetiredKekError', 'DestroyedKekError', 'parseChainHead', 'isRootName',
   ],
   passphrase: [
     'DEFAULT_ARGON2ID', 'DEFAULT_ITERATIONS', 'DEFAULT_MAX_COST_FACTOR', 'DEFAULT_SCRYPT', 'MAX_ITERATIONS',

@@ -65,6 +65,7 @@ export function passThrough(store: KeyStore): Required<KeyStore> {
     casHead: (chain, expected, next) => store.casHead(chain, expected, next),
     putKekIfAbsent: (chain, record) => store.putKekIfAbsent(chain, record),
     deleteKekWrap: (chain, id, root) => store.deleteKekWrap!(chain, id, root),
+    watchHead: (chain, onChange) => store.watchHead?.(chain, onChange) ?? (() => {}),
   }
 }
 

@@ -20,6 +20,7 @@ export interface Counts {
   rootKeyUnwraps: number
   dekCacheHits: number
   dekCacheMisses: number
+  refusedRetired: number
 }
 
 /** What this process knows of a KEK, for `stats()`. */
@@ -27,6 +28,10 @@ export interface KekEntry {
   id: number
   createdAt: number
   wraps: number
+  /** Messages and streams this process decrypted under it. */
+  decryptions: number
+  /** Data this process moved off it with rewrap or rewrapStreamHeader. */
+  rewrapped: number
 }
 
 /** One root's wrap of a KEK: the root's name in the chain and the wrapped bytes. */
@@ -209,7 +214,7 @@ export class KekSource {
 
   remember(id: number, createdAt: number): KekEntry {
     let entry = this.entries.get(id)
-    if (!entry) this.entries.set(id, (entry = { id, createdAt, wraps: 0 }))
+    if (!entry) this.entries.set(id, (entry = { id, createdAt, wraps: 0, decryptions: 0, rewrapped: 0 }))
     return entry
   }
 
@@ -257,6 +262,11 @@ export class KekSource {
       }
     })
     return loading
+  }
+
+  /** Drops every cached form of KEK `id` (a destroyed KEK leaves this process's memory too). */
+  forget(id: number): void {
+    for (const key of [...this.#keks.keys()]) if (key === String(id) || key.startsWith(`${id}:`)) this.#keks.delete(key)
   }
 
   /** Caches a KEK this process just made, under the key kekFor would use. */

@@ -7,6 +7,7 @@ import { StoreError } from '../errors.js'
 import { encodeHeader } from '../format.js'
 import type { ChainHead, ChainRoot, KeyStore, Versioned } from '../store.js'
 import type { Bytes } from './bytes.js'
+import { assertChainUsable } from './head-view.js'
 import { missingPrimary, type Counts, type KekSource, type NewKekMade, type Wrap } from './kek-source.js'
 import { randomPublicBytes } from './random.js'
 
@@ -43,6 +44,8 @@ export interface LeaseSettings {
   readonly maxWraps: number
   readonly maxAge: number
   readonly leaseSize: number
+  /** Reads the chain head (through the chain's view of it, so that every read counts as a check). */
+  readonly readHead: () => Promise<Versioned<ChainHead> | undefined>
 }
 
 export class Leases {
@@ -66,8 +69,8 @@ export class Leases {
 
   /** The head's primary and what is left of it; one store read, no root-key call. */
   async status(): Promise<{ id: number; createdAt: number; ageLeftMs: number; usesLeft: number; loaded: boolean } | undefined> {
-    const { name, store, maxWraps, maxAge } = this.#s
-    const head = await this.#keks.storeCall('read the chain head', () => store.getHead(name))
+    const { maxWraps, maxAge } = this.#s
+    const head = await this.#s.readHead()
     if (!head) return undefined
     const h = head.value
     const mine = this.#primary?.id === h.primary ? this.#primary : undefined
@@ -138,8 +141,9 @@ export class Leases {
       // Lost a compare-and-swap: back off with full jitter (up to 2^attempt ms, at most 64 ms)
       // so that processes contending on one head do not retry in lockstep.
       if (attempt > 0) await new Promise((r) => setTimeout(r, (randomPublicBytes(1)[0]! * Math.min(64, 2 ** attempt)) / 256))
-      const head = await this.#keks.storeCall('read the chain head', () => store.getHead(name))
+      const head = await this.#s.readHead()
       const h = head?.value
+      assertChainUsable(h)
       // A spare made before the root set changed may lack a wrap under a root added since.
       if (this.#spare && (this.#spare.replaces !== h?.primary || !covers(this.#spare, this.#keks.chainRoots(h)))) {
         await this.#dropSpare(this.#spare, this.#keks.chainRoots(h))
@@ -152,7 +156,7 @@ export class Leases {
       }
       const spare = (this.#spare ??= { ...(await this.#keks.createKek(h)), replaces: h?.primary })
       const take = Math.min(leaseSize, maxWraps)
-      const next: ChainHead = { primary: spare.id, primaryCreatedAt: spare.createdAt, leased: take, ...this.#rootsOf(h) }
+      const next: ChainHead = { ...(h ?? this.#newChainRoots()), primary: spare.id, primaryCreatedAt: spare.createdAt, leased: take }
       if (await this.#keks.storeCall('update the chain head', () => store.casHead(name, head?.version, next))) {
         this.#spare = undefined
         // The head names its KEK now (a brand-new chain: its first roots define it).
@@ -185,7 +189,7 @@ export class Leases {
       loaded = { kek: stored.kek, wraps, createdAt: h.primaryCreatedAt }
     }
     const take = Math.min(leaseSize, maxWraps - h.leased)
-    const next: ChainHead = { primary: h.primary, primaryCreatedAt: h.primaryCreatedAt, leased: h.leased + take, ...this.#rootsOf(h) }
+    const next: ChainHead = { ...h, leased: h.leased + take }
     if (!(await this.#keks.storeCall('update the chain head', () => store.casHead(name, head.version, next)))) return false
     if (!loaded) {
       // Same KEK, new block of uses: keep the object, so the prepared pool stays valid.
@@ -211,12 +215,10 @@ export class Leases {
   }
 
   /**
-   * The roots field of the next head: the head's own list, kept as it is; for a brand-new chain,
-   * the roots this process holds, unless that is one root called 'default' (a head without the
-   * field, as before chains had several roots).
+   * The roots field of a brand-new chain's head: the roots this process holds, unless that is
+   * one root called 'default' (a head without the field, as before chains had several roots).
    */
-  #rootsOf(h: ChainHead | undefined): { roots?: readonly ChainRoot[] } {
-    if (h) return h.roots ? { roots: h.roots } : {}
+  #newChainRoots(): { roots?: readonly ChainRoot[] } {
     const roots = this.#keks.chainRoots(undefined)
     return roots.length === 1 && roots[0]!.name === 'default' ? {} : { roots }
   }
