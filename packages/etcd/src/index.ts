@@ -37,7 +37,7 @@
  * @packageDocumentation
  * @module @kms-proxy/etcd
  */
-import { DEFAULT_ROOT, HttpExchangeError, StoreError, checkServerUrl, fromBase64, httpExchange, rootOf, toBase64, type ChainHead, type ChainRoot, type ChainRootState, type KekRecord, type KeyStore, type Versioned } from '@kms-proxy/core'
+import { DEFAULT_ROOT, HttpExchangeError, StoreError, checkServerUrl, fromBase64, httpExchange, isRootName, parseChainHead, rootOf, toBase64, type ChainHead, type KekRecord, type KeyStore, type Versioned } from '@kms-proxy/core'
 
 /** Options of {@link etcdStore}. */
 export interface EtcdStoreOptions {
@@ -125,35 +125,18 @@ function prefixEnd(prefix: string): string {
 // ------------------------------------------------------------------------------------ validation
 
 const isU32 = (v: unknown): v is number => Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 0xffffffff
-const isCount = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0
 const isTime = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v)
 const isRevision = (v: unknown): v is string => typeof v === 'string' && /^[1-9][0-9]{0,18}$/.test(v)
 
-const ROOT_NAME = /^[A-Za-z0-9._-]{1,64}$/
-const STATES: readonly unknown[] = ['adding', 'active', 'removing']
-
-/** The head's roots, copied field by field, or undefined when `v` is not a list of roots. */
-function rootsOf(v: unknown): ChainRoot[] | undefined {
-  if (!Array.isArray(v)) return undefined
-  const roots: ChainRoot[] = []
-  for (const r of v as Partial<ChainRoot>[]) {
-    if (!r || typeof r !== 'object' || typeof r.name !== 'string' || !ROOT_NAME.test(r.name) || typeof r.kind !== 'string' || !STATES.includes(r.state)) return undefined
-    roots.push(Object.freeze({ name: r.name, kind: r.kind, state: r.state as ChainRootState }))
-  }
-  return roots
-}
-
+/** A head as read, checked and copied by core's one parser: every field kept, none invented. */
 function checkHead(v: unknown): ChainHead {
-  const h = v as Partial<ChainHead> | null
-  const roots = h?.roots === undefined ? undefined : rootsOf(h.roots)
-  if (!h || typeof h !== 'object' || !isU32(h.primary) || !isTime(h.primaryCreatedAt) || !isCount(h.leased) || (h.roots !== undefined && !roots)) {
-    throw new StoreError('etcd store: the chain head is malformed')
-  }
-  return Object.freeze({ primary: h.primary, primaryCreatedAt: h.primaryCreatedAt, leased: h.leased, ...(roots ? { roots: Object.freeze(roots) } : {}) })
+  const head = parseChainHead(v)
+  if (!head) throw new StoreError('etcd store: the chain head is malformed')
+  return head
 }
 
 function checkRoot(root: unknown): string {
-  if (typeof root !== 'string' || !ROOT_NAME.test(root)) throw new RangeError('root: expected 1 to 64 letters, digits, ".", "_" or "-"')
+  if (!isRootName(root)) throw new RangeError('root: expected 1 to 64 letters, digits, ".", "_" or "-"')
   return root
 }
 
@@ -408,8 +391,10 @@ export function etcdStore(options: EtcdStoreOptions): EtcdStore {
 
     async casHead(chain, expected, next) {
       const key = headKey(chain)
-      const head = checkHead(next)
-      const value = JSON.stringify({ primary: head.primary, primaryCreatedAt: head.primaryCreatedAt, leased: head.leased, ...(head.roots ? { roots: head.roots } : {}) })
+      // Core's copy of the head: every field it knows, so a new head field needs no change here.
+      const head = parseChainHead(next)
+      if (!head) throw new TypeError('next: expected a chain head (primary, primaryCreatedAt, leased, and its optional fields well-formed)')
+      const value = JSON.stringify(head)
       if (expected === undefined) return txn({ target: 'CREATE', create_revision: '0' }, key, value)
       if (typeof expected !== 'string') throw new TypeError('expected: a version string or undefined')
       if (!isRevision(expected)) return false // not a version this store handed out: it cannot match

@@ -55,6 +55,40 @@ describe.skipIf(!haveEtcd)('etcdStore on one etcd member', () => {
     expect((await store.listKeks('a')).map((r) => r.id)).toEqual([1])
   })
 
+  it('keeps every field of the head: roots, retired and destroyed KEKs, a retired and a destroyed chain, read back from etcd as written', async () => {
+    const prefix = uniquePrefix()
+    const store = etcdStore({ endpoints: etcd.urls, prefix })
+    const head = {
+      primary: 0xfedcba98,
+      primaryCreatedAt: 1_700_000_000_123,
+      leased: 4711,
+      roots: [
+        { name: 'default', kind: 'aes', state: 'active' as const },
+        { name: 'kms.eu-1', kind: 'aws-kms', state: 'adding' as const },
+      ],
+      retired: [
+        { id: 7, retiredAt: 1_700_000_001_000, destroyedAt: 1_700_000_900_000 },
+        { id: 0xffffffff, retiredAt: 1_700_000_002_000 },
+      ],
+      chainRetiredAt: 1_700_000_003_000,
+      chainDestroyedAt: 1_700_000_004_000,
+    }
+    expect(await store.casHead('full', undefined, head)).toBe(true)
+    // Through a second handle, from etcd itself: the stored JSON and the head read back.
+    const read = await etcdStore({ endpoints: etcd.urls, prefix }).getHead('full')
+    expect(read!.value).toEqual(head)
+    const raw = await gateway(etcd.urls[0]!, '/v3/kv/range', { key: b64(`${prefix}full/head`) })
+    expect(JSON.parse(Buffer.from(raw.kvs[0].value, 'base64').toString())).toEqual(head)
+    // A swap from that version keeps them too, and one field less is one field less.
+    const { chainDestroyedAt: _, ...fewer } = head
+    expect(await store.casHead('full', read!.version, fewer)).toBe(true)
+    expect((await store.getHead('full'))!.value).toEqual(fewer)
+    // A malformed new field is refused on write (nothing sent) and on read.
+    await expect(store.casHead('full', read!.version, { ...head, retired: [{ id: 0, retiredAt: 1 }] })).rejects.toThrow(TypeError)
+    await gateway(etcd.urls[0]!, '/v3/kv/put', { key: b64(`${prefix}bad/head`), value: b64(JSON.stringify({ ...head, retired: [{ id: 7, retiredAt: 'soon' }] })) })
+    await expect(store.getHead('bad')).rejects.toMatchObject({ code: 'ERR_STORE', retryable: false })
+  })
+
   it('every failure of the store itself is a typed ERR_STORE: retryable when no endpoint answers, not when a record is malformed', async () => {
     const prefix = uniquePrefix()
     const down = await etcdStore({ endpoints: ['http://127.0.0.1:9'], prefix, timeoutMs: 500 }).getHead('c').catch((e: unknown) => e)
