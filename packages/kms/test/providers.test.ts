@@ -319,6 +319,95 @@ describe('a credential source that is down', () => {
   })
 })
 
+describe('sources that answer badly', () => {
+  /** A local server answering each request with the next of `answers` (the last one repeats). */
+  async function scripted(answers: { status: number; body: string; headers?: Record<string, string> }[]) {
+    const seen: string[] = []
+    const server = createServer((req, res) => {
+      seen.push(req.url ?? '')
+      const a = answers[Math.min(seen.length - 1, answers.length - 1)]!
+      res.writeHead(a.status, { 'content-type': a.body.startsWith('<') ? 'text/xml' : 'application/json', ...a.headers })
+      res.end(a.body)
+    })
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
+    return { url: `http://127.0.0.1:${(server.address() as { port: number }).port}`, seen, close: () => new Promise((r) => server.close(r)) }
+  }
+  const stsError = (code: string) => ({ status: 400, body: `<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender</Type><Code>${code}</Code><Message>token ${oidcToken} refused</Message></Error><RequestId>r</RequestId></ErrorResponse>` })
+
+  it('STS: InvalidIdentityToken is not retryable, IDPCommunicationError is retried and then retryable; neither quotes the token', async () => {
+    for (const [code, retryable, requests] of [['InvalidIdentityToken', false, 1], ['IDPCommunicationError', true, 2]] as const) {
+      const sts = await scripted([stsError(code)])
+      try {
+        const error = (await awsWebIdentityCredentials({ roleArn, webIdentityToken: async () => oidcToken, endpoint: sts.url, ...fast })().catch((e: unknown) => e)) as KmsProxyError
+        expect([error.code, error.retryable, error.message]).toEqual(['ERR_ROOT_KEY', retryable, `AWS STS AssumeRoleWithWebIdentity failed: HTTP 400 ${code}`])
+        expect(JSON.stringify(error)).not.toContain(oidcToken.slice(-20))
+        expect(sts.seen).toHaveLength(requests)
+      } finally {
+        await sts.close()
+      }
+    }
+  })
+
+  it('Azure IMDS: 410 and 404 (identity not ready) are retried, as Microsoft asks, then the token comes', async () => {
+    const expiresOn = String(Math.floor(Date.now() / 1000) + 3600)
+    const imdsLike = await scripted([
+      { status: 410, body: '{"error":"gone"}' },
+      { status: 404, body: '{"error":"not_found","error_description":"Identity not found"}' },
+      { status: 200, body: JSON.stringify({ access_token: 'eyJ.after-retries', expires_in: '3600', expires_on: expiresOn, resource: 'https://vault.azure.net', token_type: 'Bearer' }) },
+    ])
+    try {
+      expect(await azureManagedIdentityToken({ endpoint: imdsLike.url, retries: 3, backoffMs: 1 })()).toBe('eyJ.after-retries')
+      expect(imdsLike.seen).toHaveLength(3)
+      expect(imdsLike.seen[0]).toBe('/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fvault.azure.net')
+    } finally {
+      await imdsLike.close()
+    }
+  })
+
+  it('Google: an answer without Metadata-Flavor: Google is refused (not a metadata server)', async () => {
+    const impostor = await scripted([{ status: 200, body: JSON.stringify({ access_token: 'ya29.impostor', expires_in: 3600, token_type: 'Bearer' }) }])
+    try {
+      const error = (await gcpMetadataToken({ endpoint: impostor.url, ...fast })().catch((e: unknown) => e)) as KmsProxyError
+      expect([error.code, error.message]).toEqual(['ERR_ROOT_KEY', expect.stringMatching(/lacks Metadata-Flavor: Google/)])
+      expect(error.message).not.toContain('impostor')
+    } finally {
+      await impostor.close()
+    }
+  })
+})
+
+describe('provider options', () => {
+  it('bad options are TypeError or RangeError at once; plain http only to loopback and the metadata hosts', () => {
+    const token = async () => oidcToken
+    expect(() => awsWebIdentityCredentials({ roleArn: 'role', webIdentityToken: token })).toThrow(TypeError)
+    expect(() => awsWebIdentityCredentials({ roleArn, webIdentityToken: oidcToken as never })).toThrow(TypeError)
+    expect(() => awsWebIdentityCredentials({ roleArn, webIdentityToken: token, endpoint: 'http://sts.example.com/' })).toThrow(TypeError)
+    expect(() => awsWebIdentityCredentials({ roleArn, webIdentityToken: token, durationSeconds: 0 })).toThrow(RangeError)
+    expect(() => awsContainerCredentials({})).toThrow(TypeError)
+    expect(() => awsContainerCredentials({ fullUri: 'http://creds.example.com/v1' })).toThrow(TypeError)
+    expect(() => awsContainerCredentials({ relativeUri: 'v2/credentials' })).toThrow(TypeError)
+    expect(() => awsInstanceCredentials({ tokenTtlSeconds: 21_601 })).toThrow(RangeError)
+    expect(() => awsInstanceCredentials({ endpoint: 'http://imds.example.com' })).toThrow(TypeError)
+    expect(() => gcpMetadataToken({ scopes: 'https://www.googleapis.com/auth/cloudkms' as never })).toThrow(TypeError)
+    expect(() => azureManagedIdentityToken({ identityEndpoint: 'http://127.0.0.1:1/msi/token' })).toThrow(TypeError)
+    // The documented defaults and link-local hosts are allowed over plain http; constructing asks nothing.
+    for (const make of [
+      () => awsWebIdentityCredentials({ roleArn, webIdentityToken: token, region }),
+      () => awsContainerCredentials({ relativeUri: '/v2/credentials/x' }),
+      () => awsContainerCredentials({ fullUri: 'http://169.254.170.23/v1/credentials' }),
+      () => awsContainerCredentials({ fullUri: 'http://[fd00:ec2::23]/v1/credentials' }),
+      () => awsInstanceCredentials(),
+      () => awsInstanceCredentials({ endpoint: 'http://[fd00:ec2::254]' }),
+      () => gcpMetadataToken(),
+      () => azureManagedIdentityToken({ clientId: 'c0ffee00-0000-4000-8000-000000000001' }),
+      () => azureManagedIdentityToken({ identityEndpoint: 'http://localhost:42356/msi/token', identityHeader: 'h' }),
+      () => awsContainerCredentials({ fullUri: 'http://creds.internal/v1', plainHttpHosts: ['creds.internal'] }),
+    ]) {
+      expect(typeof make().invalidate).toBe('function')
+    }
+  })
+})
+
 describe('concurrent callers', () => {
   it('50 concurrent unwraps with a cold provider make one metadata fetch', async () => {
     const fresh = await startGcpMetadataFake({ ledger, lifetimeMs: 60_000 })

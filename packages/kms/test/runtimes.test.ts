@@ -14,6 +14,7 @@ import { startFakeGcpKms, type FakeGcpKms } from './fakes/gcp.ts'
 import { startFakeVault, type FakeVault } from './fakes/vault.ts'
 import { startFakeAzureKeyVault, type FakeAzureKeyVault } from './fakes/azure.ts'
 import { startCorsProxy } from './fakes/cors.ts'
+import { createLedger, startAzureIdentityFake, startContainerFake, startGcpMetadataFake, startImdsFake } from './fakes/metadata.ts'
 import type { Targets } from './portable/suite.ts'
 
 // deno: the binary itself. npm's `deno` package runs it through a Node wrapper (spawnSync) that
@@ -38,7 +39,7 @@ async function bundleEntry(entry: string): Promise<string> {
 
 function check(results: Result[]): void {
   expect(results.filter((r) => !r.ok).map((r) => `${r.name}: ${r.error}`)).toEqual([])
-  expect(results.length).toBe(36) // 9 contract tests (wrapKek included) × 4 KMSs
+  expect(results.length).toBe(38) // 9 contract tests (wrapKek included) × 4 KMSs, and 2 of the credential providers
 }
 
 function run(command: string, args: string[], env: Record<string, string>): Promise<Result[]> {
@@ -68,11 +69,22 @@ beforeAll(async () => {
   vault = await startFakeVault({ token: 'hvs.runtimes-token', keys: ['app', 'other'] })
   azure = await startFakeAzureKeyVault({ token: 'eyJ.runtimes-token', keys: ['app', 'other'] })
   closers.push(() => gcp.close(), () => vault.close(), () => azure.close())
+  const ledger = createLedger()
+  const identityHeader = 'runtimes-identity-header'
+  const sources = await Promise.all([
+    startImdsFake({ ledger, lifetimeMs: 600_000 }),
+    startContainerFake({ ledger, lifetimeMs: 600_000, authorization: () => 'runtimes-container-token' }),
+    startGcpMetadataFake({ ledger, lifetimeMs: 600_000 }),
+    startAzureIdentityFake({ ledger, lifetimeMs: 600_000, identityHeader }),
+  ])
+  closers.push(...sources.map((s) => () => s.close()))
+  const [imds, container, gcpMetadata, azureIdentity] = sources.map((s) => s.url) as [string, string, string, string]
   targets = {
     aws: { endpoint: moto.endpoint, keyId, otherKeyId, ...credentials },
     gcp: { endpoint: gcp.url, token: 'ya29.runtimes-token', keyName: gcpKey('app'), otherKeyName: gcpKey('other') },
     vault: { address: vault.url, token: 'hvs.runtimes-token' },
     azure: { vaultUrl: azure.url, token: 'eyJ.runtimes-token' },
+    sources: { imds, container, containerToken: 'runtimes-container-token', gcp: gcpMetadata, azure: azureIdentity, identityHeader },
   }
 }, 60_000)
 
@@ -82,20 +94,20 @@ afterAll(async () => {
 })
 
 describe('KMS root keys in other runtimes', () => {
-  it('Deno: the contract passes for AWS, Google, Vault and Azure', async () => {
+  it('Deno: the contract passes for AWS, Google, Vault and Azure, and the credential providers', async () => {
     const file = join(dir, 'deno.mjs')
     writeFileSync(file, await bundleEntry('cli.ts'))
     const env = { KMS_TARGETS: JSON.stringify(targets), DENO_DIR: join(dir, 'deno-dir'), NO_COLOR: '1', DENO_NO_UPDATE_CHECK: '1' }
     check(await run(bin('deno'), ['run', '--quiet', '--allow-net=127.0.0.1', '--allow-env=KMS_TARGETS', file], env))
   }, 60_000)
 
-  it('Bun: the contract passes for AWS, Google, Vault and Azure', async () => {
+  it('Bun: the contract passes for AWS, Google, Vault and Azure, and the credential providers', async () => {
     const file = join(dir, 'bun.mjs')
     writeFileSync(file, await bundleEntry('cli.ts'))
     check(await run(bin('bun'), [file], { KMS_TARGETS: JSON.stringify(targets) }))
   }, 60_000)
 
-  it('workerd (Miniflare): the contract passes for AWS, Google, Vault and Azure', async () => {
+  it('workerd (Miniflare): the contract passes for AWS, Google, Vault and Azure, and the credential providers', async () => {
     const { Miniflare } = await import('miniflare')
     const mf = new Miniflare({ modules: true, script: await bundleEntry('worker.ts'), compatibilityDate: '2026-05-01' })
     try {
@@ -108,7 +120,7 @@ describe('KMS root keys in other runtimes', () => {
     }
   }, 60_000)
 
-  it('Chromium (a page on http://localhost, each KMS behind a CORS proxy): the contract passes', async () => {
+  it('Chromium (a page on http://localhost, each KMS and credential source behind a CORS proxy): the contract and the credential providers pass', async () => {
     const proxied = async (url: string) => {
       const proxy = await startCorsProxy(url)
       closers.push(() => proxy.close())
@@ -119,6 +131,13 @@ describe('KMS root keys in other runtimes', () => {
       gcp: { ...targets.gcp, endpoint: await proxied(targets.gcp.endpoint) },
       vault: { ...targets.vault, address: await proxied(targets.vault.address) },
       azure: { ...targets.azure, vaultUrl: await proxied(targets.azure.vaultUrl) },
+      sources: {
+        ...targets.sources,
+        imds: await proxied(targets.sources.imds),
+        container: await proxied(targets.sources.container),
+        gcp: await proxied(targets.sources.gcp),
+        azure: await proxied(targets.sources.azure),
+      },
     }
     const { server, origin } = await serve({ '/page.js': await bundleEntry('page.ts'), '/index.html': '<!doctype html><script type="module" src="/page.js"></script>' })
     const browser = await launch()

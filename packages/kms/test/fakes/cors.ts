@@ -10,7 +10,9 @@ export async function startCorsProxy(target: string): Promise<{ url: string; clo
   const server: Server = createServer((req, res) => {
     const cors = {
       'access-control-allow-origin': '*',
-      'access-control-allow-methods': 'GET, POST, OPTIONS',
+      'access-control-allow-methods': 'GET, POST, PUT, OPTIONS',
+      // The Google metadata client reads Metadata-Flavor from the answer.
+      'access-control-expose-headers': '*',
       'access-control-allow-headers': req.headers['access-control-request-headers'] ?? '*',
       'access-control-max-age': '600',
     }
