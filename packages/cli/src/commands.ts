@@ -10,6 +10,7 @@ import {
   DEFAULT_STORE_FILE,
   chainOptions,
   configRoots,
+  credentialSources,
   namedPassphraseEnv,
   openRoots,
   SECRET_ENV,
@@ -826,6 +827,11 @@ ${CONFIG_HELP}
       ...(v['allow-abstract-socket'] ? { allowAbstractSocket: true } : {}),
       onHealthChange: (h) => note(`kms-proxy k8s-plugin: ${h.healthz}${h.degraded ? ` (degraded: ${h.degraded})` : ''}`),
     })
+    // Where each root's credentials come from, and that they refresh: never a secret.
+    for (const [name, root] of roots ?? new Map([[undefined, rootKey]])) {
+      const from = credentialSources.get(root)
+      if (from) note(`kms-proxy k8s-plugin: ${name === undefined ? '' : `root "${name}": `}${from}`)
+    }
     note(`kms-proxy k8s-plugin: serving chain "${chain.name}" on ${server.socket ?? socket}`)
     await new Promise<void>((resolve) => {
       process.once('SIGINT', resolve)
@@ -897,7 +903,7 @@ async function replaceConfig(file: string, expected: string, next: CliConfig): P
 
 /** True when the secrets of root `r` are in the environment (no prompt, no call: building a root key calls nothing). */
 async function atHand(r: RootKeyConfig, passphraseEnvs: string[], config: CliConfig): Promise<boolean> {
-  if (r.type === 'passphrase') return passphraseEnvs.some((e) => process.env[e] !== undefined)
+  if (r.type === 'passphrase') return passphraseEnvs.some((e) => process.env[e] !== undefined || process.env[`${e}_FILE`] !== undefined)
   return openRootKey(r, config.plainHttpHosts ? { plainHttpHosts: config.plainHttpHosts } : {}).then(
     () => true,
     () => false,

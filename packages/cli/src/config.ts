@@ -2,7 +2,7 @@
  * The config file: which chain, which store, which root key. It holds no secret: passphrases,
  * tokens and credentials come from the environment (or a prompt) each time a command runs.
  */
-import { constants } from 'node:fs'
+import { constants, readFileSync } from 'node:fs'
 import { access, open, stat } from 'node:fs/promises'
 import { dirname, isAbsolute, join, relative, resolve } from 'node:path'
 import process from 'node:process'
@@ -12,6 +12,7 @@ import { fileStore } from '@kms-proxy/file'
 import { awsKmsRootKey, azureKeyVaultRootKey, gcpKmsRootKey, vaultTransitRootKey } from '@kms-proxy/kms'
 import { DEFAULT_ITERATIONS, passphraseRootKey } from '@kms-proxy/passphrase'
 import { pkcs11BridgeRootKey } from '@kms-proxy/pkcs11'
+import { awsCredentials, azureToken, credentialUrls, credentialsProblem, gcpToken, requiredToken, type AwsCredentialsConfig, type AzureCredentialsConfig, type GcpCredentialsConfig } from './credentials.js'
 import { CliError, EXIT } from './exit.js'
 import { passphraseWeakness, readSecret } from './prompt.js'
 
@@ -58,6 +59,8 @@ export type RootKeyConfig =
       region: string
       /** Another KMS endpoint. */
       endpoint?: string
+      /** Where the credentials come from (default: AWS's order, from the environment). */
+      credentials?: AwsCredentialsConfig
     }
   | {
       /** `vaultTransitRootKey`. */
@@ -78,6 +81,8 @@ export type RootKeyConfig =
       keyName: string
       /** Another Cloud KMS endpoint. */
       endpoint?: string
+      /** Where the access token comes from (default: `GCP_ACCESS_TOKEN(_FILE)`, else the metadata server). */
+      credentials?: GcpCredentialsConfig
     }
   | {
       /** `azureKeyVaultRootKey`. */
@@ -88,6 +93,8 @@ export type RootKeyConfig =
       keyName: string
       /** The key version for new KEKs (default: the current one). */
       keyVersion?: string
+      /** Where the access token comes from (default: `AZURE_ACCESS_TOKEN(_FILE)`, else managed identity). */
+      credentials?: AzureCredentialsConfig
     }
   | {
       /** `pkcs11BridgeRootKey`. */
@@ -240,6 +247,7 @@ function serverUrls(c: CliConfig): Array<[field: string, url: string]> {
   const pending = c.rootChange?.rootKey ? [{ field: 'rootChange.rootKey', root: c.rootChange.rootKey }] : []
   for (const { field, root: r } of [...configRoots(c), ...pending]) {
     if ((r.type === 'aws-kms' || r.type === 'gcp') && r.endpoint !== undefined) urls.push([`${field}.endpoint`, r.endpoint])
+    if ('credentials' in r) for (const [name, url] of credentialUrls(r.credentials)) urls.push([`${field}.${name}`, url])
     if (r.type === 'vault') urls.push([`${field}.address`, r.address])
     if (r.type === 'azure') urls.push([`${field}.vaultUrl`, r.vaultUrl])
     if (r.type === 'pkcs11') urls.push([`${field}.url`, r.url])
@@ -381,6 +389,11 @@ export async function loadConfig(path: string, options: LoadOptions = {}): Promi
   ) {
     throw bad(path, '"rootChange" is not one kms-proxy root wrote')
   }
+  const pending = c.rootChange?.rootKey ? [{ field: 'rootChange.rootKey', root: c.rootChange.rootKey }] : []
+  for (const { field, root } of [...configRoots(c as CliConfig), ...pending]) {
+    const problem = credentialsProblem(root.type, (root as { credentials?: unknown }).credentials)
+    if (problem) throw bad(path, `"${field}.credentials" ${problem}`)
+  }
   if (c.maxWrapsPerKek !== undefined && !(Number.isSafeInteger(c.maxWrapsPerKek) && c.maxWrapsPerKek >= 1 && c.maxWrapsPerKek <= 2 ** 32)) {
     throw bad(path, '"maxWrapsPerKek" must be an integer from 1 to 2^32')
   }
@@ -413,19 +426,35 @@ export function storeFilePath(config: CliConfig, configFile: string): string | u
 /** The config's plain-http opt-in, in the adapters' option name (spread, so an adapter without the option ignores it). */
 const plainHttp = (hosts: string[] | undefined): { plainHttpHosts?: string[] } => (hosts ? { plainHttpHosts: hosts } : {})
 
+/**
+ * The etcd password, from the environment or read once from `KMS_PROXY_ETCD_PASSWORD_FILE`: the
+ * etcd store takes a string, so a new password in the file takes a restart.
+ */
+function etcdPassword(): string | undefined {
+  const name = SECRET_ENV.etcdPassword
+  const file = process.env[`${name}_FILE`]
+  if (file === undefined) return process.env[name]
+  if (process.env[name] !== undefined) throw new CliError(EXIT.USAGE, `both ${name} and ${name}_FILE are set: set one`)
+  try {
+    return readFileSync(file, 'utf8').replace(/[\r\n]+$/, '') || undefined
+  } catch (error) {
+    throw new CliError(EXIT.USAGE, `${name}_FILE: cannot read ${file} (${(error as { code?: string }).code ?? 'error'})`)
+  }
+}
+
 export function openStore(config: CliConfig, configFile: string): KeyStore {
   const s = config.store
   if (s.type === 'file') return fileStore(storeFilePath(config, configFile)!)
-  const password = process.env[SECRET_ENV.etcdPassword]
-  if (s.username && !password) throw new CliError(EXIT.USAGE, `the etcd store has a username: set ${SECRET_ENV.etcdPassword}`)
+  const password = etcdPassword()
+  if (s.username && !password) throw new CliError(EXIT.USAGE, `the etcd store has a username: set ${SECRET_ENV.etcdPassword} (or ${SECRET_ENV.etcdPassword}_FILE)`)
   return etcdStore({ endpoints: s.endpoints, ...(s.prefix ? { prefix: s.prefix } : {}), ...(s.username ? { username: s.username, password } : {}), ...plainHttp(config.plainHttpHosts) })
 }
 
-function env(name: string, forWhat: string): string {
-  const v = process.env[name]
-  if (!v) throw new CliError(EXIT.USAGE, `${forWhat}: set ${name} in the environment`)
-  return v
-}
+/** A secret in the environment, directly or as `NAME_FILE`. */
+const inEnv = (name: string) => process.env[name] !== undefined || process.env[`${name}_FILE`] !== undefined
+
+/** Where each root key's credentials come from, for the plugin's log (never a secret). */
+export const credentialSources = new WeakMap<RootKey, string>()
 
 export interface RootKeyContext {
   /** A new chain's passphrase (`init`): typed twice on a terminal, and a weak one warned about. */
@@ -451,7 +480,7 @@ export function namedPassphraseEnv(name: string): string {
 function passphraseSource(config: CliConfig, name: string): { env: string; label: string } {
   const own = namedPassphraseEnv(name)
   const first = configRoots(config).find((r) => r.root.type === 'passphrase')?.name === name
-  const env = process.env[own] === undefined && first && process.env[SECRET_ENV.passphrase] !== undefined ? SECRET_ENV.passphrase : own
+  const env = !inEnv(own) && first && inEnv(SECRET_ENV.passphrase) ? SECRET_ENV.passphrase : own
   return { env, label: `Passphrase of root "${name}"` }
 }
 
@@ -479,7 +508,7 @@ export async function openRoots(config: CliConfig, options: OpenRootsOptions = {
   const context = (name: string) => ({ ...plainHttp(config.plainHttpHosts), passphrase: passphraseSource(config, name) })
   for (const { name, root } of configRoots(config)) {
     if (name === undefined || name === options.except) continue
-    if (root.type === 'passphrase' && process.env[context(name).passphrase.env] === undefined) {
+    if (root.type === 'passphrase' && !inEnv(context(name).passphrase.env)) {
       deferred.push({ name, root, source: context(name).passphrase })
       continue
     }
@@ -550,39 +579,33 @@ export async function openRootKey(r: RootKeyConfig, context: RootKeyContext = {}
       return root
     }
     case 'aws-kms': {
-      const accessKeyId = env(SECRET_ENV.awsAccessKeyId, 'AWS KMS')
-      const secretAccessKey = env(SECRET_ENV.awsSecretAccessKey, 'AWS KMS')
-      const sessionToken = process.env[SECRET_ENV.awsSessionToken]
-      return awsKmsRootKey({
-        keyId: r.keyId,
-        region: r.region,
-        credentials: { accessKeyId, secretAccessKey, ...(sessionToken ? { sessionToken } : {}) },
-        ...(r.endpoint ? { endpoint: r.endpoint } : {}),
-        ...optIn,
-      })
+      const credentials = await awsCredentials(r.credentials, r.region, optIn)
+      return sourced(awsKmsRootKey({ keyId: r.keyId, region: r.region, credentials: credentials.get, ...(r.endpoint ? { endpoint: r.endpoint } : {}), ...optIn }), `AWS credentials from ${credentials.from}`)
     }
-    case 'vault':
-      return vaultTransitRootKey({
-        address: r.address,
-        key: r.key,
-        token: env(SECRET_ENV.vaultToken, 'Vault'),
-        ...(r.mount ? { mount: r.mount } : {}),
-        ...(r.namespace ? { namespace: r.namespace } : {}),
-        ...optIn,
-      })
-    case 'gcp':
-      return gcpKmsRootKey({ keyName: r.keyName, accessToken: env(SECRET_ENV.gcpAccessToken, 'Google Cloud KMS'), ...(r.endpoint ? { endpoint: r.endpoint } : {}), ...optIn })
-    case 'azure':
-      return azureKeyVaultRootKey({
-        vaultUrl: r.vaultUrl,
-        keyName: r.keyName,
-        accessToken: env(SECRET_ENV.azureAccessToken, 'Azure Key Vault'),
-        ...(r.keyVersion ? { keyVersion: r.keyVersion } : {}),
-        ...optIn,
-      })
-    case 'pkcs11':
-      return pkcs11BridgeRootKey({ url: r.url, token: env(SECRET_ENV.pkcs11Token, 'the PKCS#11 bridge'), ...optIn })
+    case 'vault': {
+      const token = await requiredToken(SECRET_ENV.vaultToken, 'Vault')
+      const root = vaultTransitRootKey({ address: r.address, key: r.key, token: token.get, ...(r.mount ? { mount: r.mount } : {}), ...(r.namespace ? { namespace: r.namespace } : {}), ...optIn })
+      return sourced(root, `Vault token from ${token.from}`)
+    }
+    case 'gcp': {
+      const token = await gcpToken(r.credentials, optIn)
+      return sourced(gcpKmsRootKey({ keyName: r.keyName, accessToken: token.get, ...(r.endpoint ? { endpoint: r.endpoint } : {}), ...optIn }), `Google access token from ${token.from}`)
+    }
+    case 'azure': {
+      const token = await azureToken(r.credentials, optIn)
+      return sourced(azureKeyVaultRootKey({ vaultUrl: r.vaultUrl, keyName: r.keyName, accessToken: token.get, ...(r.keyVersion ? { keyVersion: r.keyVersion } : {}), ...optIn }), `Azure access token from ${token.from}`)
+    }
+    case 'pkcs11': {
+      // The bridge's root takes its token as a string: read once (a bridge token does not expire).
+      const token = await requiredToken(SECRET_ENV.pkcs11Token, 'the PKCS#11 bridge')
+      return sourced(pkcs11BridgeRootKey({ url: r.url, token: typeof token.get === 'string' ? token.get : await token.get(), ...optIn }), `PKCS#11 bridge token from ${token.from.replace(' (re-read when it changes)', ' (read once)')}`)
+    }
   }
+}
+
+function sourced(root: RootKey, from: string): RootKey {
+  credentialSources.set(root, from)
+  return root
 }
 
 export interface OpenOptions extends LoadOptions {

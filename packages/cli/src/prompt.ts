@@ -1,6 +1,7 @@
 /** Secrets from the environment, or typed on a terminal without echo. */
 import process from 'node:process'
 import { CliError, EXIT } from './exit.js'
+import { envSecretOnce } from './secret-file.js'
 
 /** A new passphrase shorter than this many characters is warned about (not refused). */
 export const MIN_PASSPHRASE_CHARS = 12
@@ -81,17 +82,19 @@ export function passphraseWeakness(passphrase: string): string | undefined {
 }
 
 /**
- * The secret in `envName`, else typed on the terminal. A new secret (`confirm`) is typed twice,
- * and asked again when empty or when the two differ (up to three times). Off a terminal with the
- * variable unset, a usage error that names the variable; set but empty, its own usage error.
+ * The secret in `envName`, or in the file `${envName}_FILE` names (read once: a passphrase does
+ * not expire), else typed on the terminal. A new secret (`confirm`) is typed twice, and asked
+ * again when empty or when the two differ (up to three times). Off a terminal with the variable
+ * unset, a usage error that names the variable; set but empty, its own usage error.
  */
 export async function readSecret(envName: string, label: string, confirm: boolean): Promise<string> {
   const what = label.toLowerCase()
   const fromEnv = process.env[envName]
+  if (process.env[`${envName}_FILE`] !== undefined) return (await envSecretOnce(envName))!
   if (fromEnv === '') throw new CliError(EXIT.USAGE, `${envName} is set but empty: a ${what} must not be empty`)
   if (fromEnv !== undefined) return fromEnv
   if (!process.stdin.isTTY || typeof process.stdin.setRawMode !== 'function') {
-    throw new CliError(EXIT.USAGE, `${what} needed: set ${envName}, or run on a terminal to type it`)
+    throw new CliError(EXIT.USAGE, `${what} needed: set ${envName} (or ${envName}_FILE), or run on a terminal to type it`)
   }
   const dialog = hiddenDialog()
   try {

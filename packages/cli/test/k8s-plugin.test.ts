@@ -4,42 +4,31 @@
  * node_modules (so both load the same core), their third-party dependencies linked. A gRPC
  * client built from the plugin's own proto calls Status, Encrypt and Decrypt on the socket.
  */
-import { chmodSync, cpSync, existsSync, mkdirSync, realpathSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
+import { chmodSync, statSync } from 'node:fs'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { join } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import { afterAll, beforeAll, expect, it } from 'vitest'
-import { EXIT, FAST_KDF, ROOT, WEAK_KDF_ENV, assertBuilt, spawnCollect, tempDir } from './helpers.js'
+import { EXIT, FAST_KDF, WEAK_KDF_ENV, spawnCollect, tempDir } from './helpers.js'
+import { installApp, startPlugin, type PluginApp, type RunningPlugin, type Sealed } from './plugin.js'
 
 const PASSPHRASE = 'kube secrets'
 let work: ReturnType<typeof tempDir>
+let installed: PluginApp
 let app: string
 let child: ChildProcess | undefined
 
 beforeAll(() => {
-  assertBuilt()
   work = tempDir('k8s')
-  app = join(work.dir, 'app')
-  const modules = join(app, 'node_modules')
-  for (const name of ['cli', 'core', 'file', 'passphrase', 'etcd', 'kms', 'pkcs11', 'k8s']) {
-    const from = join(ROOT, 'packages', name)
-    if (!existsSync(join(from, 'dist/index.js'))) throw new Error(`packages/${name} is not built: run pnpm build`)
-    const to = join(modules, '@kms-proxy', name)
-    mkdirSync(to, { recursive: true })
-    for (const part of ['package.json', 'dist', 'bin', 'proto']) if (existsSync(join(from, part))) cpSync(join(from, part), join(to, part), { recursive: true })
-  }
-  for (const dep of ['@grpc/grpc-js', '@grpc/proto-loader']) {
-    mkdirSync(join(modules, '@grpc'), { recursive: true })
-    symlinkSync(realpathSync(join(ROOT, 'packages/k8s/node_modules', dep)), join(modules, dep))
-  }
-  writeFileSync(join(app, 'package.json'), '{ "private": true, "type": "module" }')
+  installed = installApp(work.dir)
+  app = installed.app
 })
 afterAll(() => {
   child?.kill('SIGKILL')
   work?.cleanup()
 })
 
-const bin = () => join(app, 'node_modules/@kms-proxy/cli/bin/kms-proxy.js')
+const bin = () => installed.bin
 
 it('serves the config\'s chain over the KMS v2 gRPC API on a Unix socket, and stops on SIGTERM', async () => {
   const env = { KMS_PROXY_PASSPHRASE: PASSPHRASE, ...WEAK_KDF_ENV }
@@ -127,39 +116,21 @@ it('keeps serving Encrypt and Decrypt while another process changes the chain\'s
   const init = await spawnCollect(process.execPath, [bin(), 'init', '--chain', 'kube3', '--store-path', join(work.dir, 'kube3-keys.json'), ...FAST_KDF], { cwd: app, env })
   expect(init.code, init.stderr).toBe(EXIT.OK)
   for (let i = 0; i < 5; i++) expect((await spawnCollect(process.execPath, [bin(), 'rotate'], { cwd: app, env })).code).toBe(EXIT.OK)
-  const grpc = await import(pathToFileURL(join(app, 'node_modules/@grpc/grpc-js/build/src/index.js')).href)
-  const { loadKmsService } = await import(pathToFileURL(join(app, 'node_modules/@kms-proxy/k8s/dist/index.js')).href)
-  const Service = loadKmsService()
 
-  async function plugin(name: string, passphrase: string) {
-    const socket = join(work.dir, `${name}.sock`)
-    const proc = spawn(process.execPath, [bin(), 'k8s-plugin', '--socket', socket], { cwd: app, env: { PATH: process.env.PATH, ...env, KMS_PROXY_PASSPHRASE: passphrase }, stdio: ['ignore', 'pipe', 'pipe'] })
-    child = proc
-    let stderr = ''
-    proc.stderr!.on('data', (c: Buffer) => (stderr += c))
-    const exited = new Promise<number | null>((resolve) => proc.on('close', (code) => resolve(code)))
-    for (let i = 0; i < 400 && !stderr.includes('serving'); i++) await new Promise((r) => setTimeout(r, 25))
-    expect(stderr).toContain('serving chain "kube3"')
-    const client = new Service(`unix:${socket}`, grpc.credentials.createInsecure())
-    const call = <T>(method: string, request: object): Promise<T> =>
-      new Promise((resolve, reject) => client[method](request, { deadline: Date.now() + 10_000 }, (e: Error | null, r: T) => (e ? reject(e) : resolve(r))))
-    const stop = async () => {
-      client.close()
-      proc.kill('SIGTERM')
-      expect(await exited).toBe(EXIT.OK)
-      for (const secret of [PASSPHRASE, NEW_PASSPHRASE]) expect(stderr).not.toContain(secret)
+  async function plugin(name: string, passphrase: string): Promise<RunningPlugin> {
+    const p = await startPlugin(installed, join(work.dir, `${name}.sock`), { ...env, KMS_PROXY_PASSPHRASE: passphrase })
+    child = p.proc
+    expect(p.stderr()).toContain('serving chain "kube3"')
+    return {
+      ...p,
+      async stop() {
+        await p.stop()
+        for (const secret of [PASSPHRASE, NEW_PASSPHRASE]) expect(p.stderr()).not.toContain(secret)
+      },
     }
-    return { call, stop }
   }
-  type Sealed = { ciphertext: Buffer; key_id: string; annotations: Record<string, Buffer> }
   const NEW_PASSPHRASE = 'the new kube passphrase'
-  const roundTrip = async (p: Awaited<ReturnType<typeof plugin>>, sealed: Sealed[]) => {
-    const seed = crypto.getRandomValues(new Uint8Array(32))
-    const encrypted = await p.call<Sealed>('Encrypt', { plaintext: seed, uid: 'u' })
-    const back = await p.call<{ plaintext: Buffer }>('Decrypt', { ciphertext: encrypted.ciphertext, key_id: encrypted.key_id, annotations: encrypted.annotations ?? {}, uid: 'u' })
-    expect(Buffer.compare(back.plaintext, Buffer.from(seed))).toBe(0)
-    sealed.push(encrypted)
-  }
+  const roundTrip = async (p: RunningPlugin, sealed: Sealed[]) => void sealed.push(await p.roundTrip())
 
   const first = await plugin('kube3-a', PASSPHRASE)
   const sealed: Sealed[] = []
@@ -182,7 +153,7 @@ it('keeps serving Encrypt and Decrypt while another process changes the chain\'s
 
   // Restarted with the new passphrase (the config now names it), it decrypts all it sealed.
   const second = await plugin('kube3-b', NEW_PASSPHRASE)
-  for (const s of sealed) await second.call('Decrypt', { ciphertext: s.ciphertext, key_id: s.key_id, annotations: s.annotations ?? {}, uid: 'u' })
+  for (const s of sealed) await second.decrypt(s)
   await roundTrip(second, sealed)
   await second.stop()
 }, 120_000)
