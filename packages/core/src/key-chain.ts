@@ -108,7 +108,7 @@ export class KeyChain {
     this.#dekCache = new Lru(options.dekCacheSize)
     const { store, name } = options
     this.#keks = new KekSource(name, options.roots, options.single, store, this.#counts)
-    this.#view = new HeadView(store.embedsKeks ? Infinity : options.maxStalenessMs, {
+    this.#view = new HeadView(options.maxStalenessMs, {
       read: () => this.#keks.storeCall('read the chain head', () => store.getHead(name)),
       primary: (id) => {
         // Another process rotated: this one's lease and prepared DEKs are dropped (their uses
@@ -173,7 +173,7 @@ export class KeyChain {
     const resolved = resolveOptions(options)
     const chain = new KeyChain(resolved)
     const { store, name } = resolved
-    if (resolved.watch && !store.embedsKeks && typeof store.watchHead === 'function') {
+    if (resolved.watch && typeof store.watchHead === 'function') {
       chain.#unwatch = store.watchHead(name, () => chain.#view.markDirty())
     }
     try {

@@ -14,7 +14,7 @@
  * @packageDocumentation
  * @module @kms-proxy/testkit
  */
-import { DEFAULT_ROOT, KeyChain, KmsProxyError, aesRootKey, rootOf, type ChainHead, type KeyStore, type KekRecord, type RootKey } from '@kms-proxy/core'
+import { DEFAULT_ROOT, KeyChain, KmsProxyError, aesRootKey, rootOf, type ChainHead, type KeyChainOptions, type KeyStore, type KekRecord, type RootKey } from '@kms-proxy/core'
 
 /** What the harness's assertions throw. */
 export class AssertionError extends Error {}
@@ -159,6 +159,14 @@ export interface DescribeStoreOptions {
    * @defaultValue false
    */
   severalRoots?: boolean
+  /**
+   * Whether the store pushes head changes (`watchHead`): then a change through another handle
+   * must reach a watcher, and a stopped watch must stay quiet. One test always checks that the
+   * method's presence agrees with this.
+   *
+   * @defaultValue false
+   */
+  watch?: boolean
 }
 
 const ROOT = Uint8Array.from({ length: 32 }, (_, i) => (i * 29 + 3) & 0xff)
@@ -207,6 +215,13 @@ function sameRecord(t: Harness, actual: KekRecord | undefined, expected: KekReco
 const canonical = (v: unknown): string =>
   JSON.stringify(v, (_, x: unknown) =>
     x && typeof x === 'object' && !Array.isArray(x) ? Object.fromEntries(Object.entries(x).sort(([a], [b]) => (a < b ? -1 : 1))) : x)
+
+/**
+ * A chain on the store under test, not following its push (`watch: false`): the tests here
+ * open many chains and close none, and a watch would hold a connection per chain. The watch
+ * has tests of its own.
+ */
+const openChain = (options: KeyChainOptions) => KeyChain.open({ watch: false, ...options })
 
 /** The records' (id, root) pairs, sorted, as one string to compare. */
 const pairs = (records: KekRecord[]) => records.map((r) => `${r.id}/${rootOf(r)}`).sort().join(' ')
@@ -275,17 +290,17 @@ export function describeStore(t: Harness, options: DescribeStoreOptions): void {
   })
 
   test('a chain reopened from the store decrypts all old data', async ({ store, another }) => {
-    const chain = await KeyChain.open({ rootKey: aesRootKey(ROOT), store, maxWrapsPerKek: 10 })
+    const chain = await openChain({ rootKey: aesRootKey(ROOT), store, maxWrapsPerKek: 10 })
     const encrypted: Uint8Array[] = []
     for (let i = 0; i < 45; i++) encrypted.push(await chain.encrypt(`m${i}`))
     t.ok(new Set(encrypted.map(kekIdOf)).size >= 5, 'expected at least 5 KEKs')
-    const reopened = await KeyChain.open({ rootKey: aesRootKey(ROOT), store: await another(), maxWrapsPerKek: 10 })
+    const reopened = await openChain({ rootKey: aesRootKey(ROOT), store: await another(), maxWrapsPerKek: 10 })
     for (const [i, e] of encrypted.entries()) t.equal(text(await reopened.decrypt(e)), `m${i}`)
   })
 
   test('a store failure in the middle of a rotation never leaves data under an unpersisted KEK', async ({ store, another }) => {
     for (const fail of [{ put: true }, { cas: true }]) {
-      const chain = await KeyChain.open({ rootKey: aesRootKey(ROOT), store: failing(store, fail), name: `f${fail.put ? 'put' : 'cas'}` })
+      const chain = await openChain({ rootKey: aesRootKey(ROOT), store: failing(store, fail), name: `f${fail.put ? 'put' : 'cas'}` })
       await t.rejects(chain.encrypt('x'), (e) => t.ok(e instanceof KmsProxyError && e.code === 'ERR_STORE', `expected ERR_STORE, got ${String(e)}`))
     }
     // What the failed KEK write left: nothing. What the failed head write left: a stored KEK, no head.
@@ -294,9 +309,9 @@ export function describeStore(t: Harness, options: DescribeStoreOptions): void {
     t.equal(await other.getHead('fput'), undefined, 'head after a failed put:')
     t.equal(await other.getHead('fcas'), undefined, 'head after a failed swap:')
     // The next try from a healthy handle works, and a reader decrypts it.
-    const healthy = await KeyChain.open({ rootKey: aesRootKey(ROOT), store, name: 'fcas' })
+    const healthy = await openChain({ rootKey: aesRootKey(ROOT), store, name: 'fcas' })
     const e = await healthy.encrypt('after')
-    const reader = await KeyChain.open({ rootKey: aesRootKey(ROOT), store: await another(), name: 'fcas' })
+    const reader = await openChain({ rootKey: aesRootKey(ROOT), store: await another(), name: 'fcas' })
     t.equal(text(await reader.decrypt(e)), 'after')
   })
 
@@ -305,7 +320,7 @@ export function describeStore(t: Harness, options: DescribeStoreOptions): void {
     const handles = [store]
     for (let i = 1; i < n; i++) handles.push(await another())
     const chains = await Promise.all(
-      handles.map((h) => KeyChain.open({ rootKey: aesRootKey(ROOT), store: h, maxWrapsPerKek: max, leaseSize: 3, dekPoolSize: 0 })),
+      handles.map((h) => openChain({ rootKey: aesRootKey(ROOT), store: h, maxWrapsPerKek: max, leaseSize: 3, dekPoolSize: 0 })),
     )
     const encrypted = await Promise.all(
       chains.map(async (c, k) => {
@@ -323,8 +338,59 @@ export function describeStore(t: Harness, options: DescribeStoreOptions): void {
     const stored = new Set((await (await another()).listKeks('default')).map((r) => r.id))
     for (const id of perKek.keys()) t.ok(stored.has(id), `KEK ${id} was used but is not in the store`)
     if (atomic) t.ok(Math.max(...perKek.values()) <= max, `a KEK wrapped ${Math.max(...perKek.values())} DEKs, limit ${max}`)
-    const reader = await KeyChain.open({ rootKey: aesRootKey(ROOT), store: await another() })
+    const reader = await openChain({ rootKey: aesRootKey(ROOT), store: await another() })
     for (const [k, list] of encrypted.entries()) for (const [i, e] of list.entries()) t.equal(text(await reader.decrypt(e)), `c${k}m${i}`)
+  })
+
+  test('the head\'s lifecycle fields (retired KEKs, a retired or destroyed chain) round-trip exactly', async ({ store, another }) => {
+    const h1: ChainHead = { primary: 9, primaryCreatedAt: 90, leased: 2, retired: [{ id: 7, retiredAt: 70 }, { id: 8, retiredAt: 80, destroyedAt: 85 }] }
+    t.equal(await store.casHead('life', undefined, h1), true, 'create:')
+    const other = await another()
+    const v1 = (await other.getHead('life'))!
+    t.equal(canonical(v1.value), canonical(h1), 'head with retired KEKs:')
+    const h2: ChainHead = { ...h1, chainRetiredAt: 100, chainDestroyedAt: 110 }
+    t.equal(await other.casHead('life', v1.version, h2), true, 'swap:')
+    const v2 = (await store.getHead('life'))!
+    t.equal(canonical(v2.value), canonical(h2), 'head of a destroyed chain:')
+    const h3: ChainHead = { primary: 9, primaryCreatedAt: 90, leased: 3 }
+    t.equal(await store.casHead('life', v2.version, h3), true, 'swap to a head without them:')
+    t.equal(canonical((await other.getHead('life'))!.value), canonical(h3), 'head without lifecycle fields:')
+  })
+
+  test('a rotation through one handle is used by a chain on another handle within maxStalenessMs, with no push', async ({ store, another }) => {
+    const a = await openChain({ rootKey: aesRootKey(ROOT), store, name: 'fresh' })
+    const b = await openChain({ rootKey: aesRootKey(ROOT), store: await another(), name: 'fresh', maxStalenessMs: 200 })
+    const first = kekIdOf(await b.encrypt('before'))
+    t.equal(kekIdOf(await a.encrypt('a')), first, 'both chains on one primary:')
+    const { id } = await a.rotate()
+    await new Promise((r) => setTimeout(r, 300))
+    t.equal(kekIdOf(await b.encrypt('after')), id, 'the other chain, past its bound, encrypts under the new primary:')
+  })
+
+  test(`watchHead: ${options.watch ? 'present; a change through another handle reaches the watcher, and stop() stops it' : 'absent (the chain polls)'}`, async ({ store, another }) => {
+    t.equal(typeof store.watchHead === 'function', options.watch === true, `the store ${store.watchHead ? 'has' : 'lacks'} watchHead; describeStore's watch option says`)
+    if (!options.watch) return
+    const other = await another()
+    t.equal(await other.casHead('w', undefined, { primary: 1, primaryCreatedAt: 1, leased: 0 }), true, 'create:')
+    let calls = 0
+    const stop = store.watchHead!('w', () => calls++)
+    try {
+      // Let a watch that connects asynchronously get going, then change the head elsewhere.
+      await new Promise((r) => setTimeout(r, 500))
+      const before = calls
+      const v = (await other.getHead('w'))!
+      t.equal(await other.casHead('w', v.version, { primary: 2, primaryCreatedAt: 2, leased: 0 }), true, 'swap:')
+      const deadline = Date.now() + 10_000
+      while (calls === before && Date.now() < deadline) await new Promise((r) => setTimeout(r, 25))
+      t.ok(calls > before, 'onChange was not called within 10 s of a change through another handle')
+    } finally {
+      stop()
+    }
+    const afterStop = calls
+    const v = (await other.getHead('w'))!
+    t.equal(await other.casHead('w', v.version, { primary: 3, primaryCreatedAt: 3, leased: 0 }), true, 'swap after stop:')
+    await new Promise((r) => setTimeout(r, 1_500))
+    t.equal(calls, afterStop, 'onChange calls after stop():')
   })
 
   test(`getKekWraps and deleteKekWrap: ${options.severalRoots ? 'both present (several roots per chain)' : 'neither present (chains of one root)'}`, async ({ store }) => {
@@ -340,7 +406,7 @@ export function describeStore(t: Harness, options: DescribeStoreOptions): void {
     for (let i = 1; i < n; i++) handles.push(await another())
     // Many chains renew leases of one-use blocks on one KEK that never runs out: every use is a
     // compare-and-swap, so a lease handed out twice shows up as the head's count falling short.
-    const chains = await Promise.all(handles.map((h) => KeyChain.open({ rootKey: aesRootKey(ROOT), store: h, leaseSize: 1, dekPoolSize: 0 })))
+    const chains = await Promise.all(handles.map((h) => openChain({ rootKey: aesRootKey(ROOT), store: h, leaseSize: 1, dekPoolSize: 0 })))
     await chains[0]!.encrypt('first')
     await Promise.all(chains.map(async (c) => {
       for (let i = 0; i < 25; i++) await c.encrypt('x')
@@ -441,6 +507,31 @@ function describeSeveralRoots(t: Harness, test: (name: string, fn: (s: StoreUnde
     // A root that comes back gets a record again, and it is the new one.
     t.equal(await store.putKekIfAbsent('c', wrap(7, 'recovery', 9)), true, 'put of 7 under recovery after its delete:')
     sameRecord(t, (await wrapsOf(other, 7)).find((r) => r.root === 'recovery'), wrap(7, 'recovery', 9), 'recovery record put again')
+  })
+
+  test('several roots: a KEK retired and destroyed through a chain leaves no record, and its data fails as destroyed elsewhere', async ({ store, another }) => {
+    const chain = await openChain({ rootKey: aesRootKey(ROOT), store, name: 'shred' })
+    const old = await chain.encrypt('under the old KEK')
+    const oldId = kekIdOf(old)
+    await chain.rotate()
+    const kept = await chain.encrypt('under the new KEK')
+    await chain.retireKek(oldId)
+    if (store.embedsKeks) {
+      // The data carries its KEK: deleting records would destroy nothing, so the chain refuses.
+      await t.rejects(chain.destroyKek(oldId, { graceMs: 0 }), (e) => t.ok(e instanceof TypeError, `expected a TypeError, got ${String(e)}`))
+      return
+    }
+    const reader = await openChain({ rootKey: aesRootKey(ROOT), store: await another(), name: 'shred' })
+    await t.rejects(reader.decrypt(old), (e) => t.equal((e as KmsProxyError).code, 'ERR_RETIRED_KEK', 'data under a retired KEK, from another handle:'))
+    const report = await chain.destroyKek(oldId, { graceMs: 0 })
+    t.equal(report.deleted, 1, 'records deleted:')
+    const other = await another()
+    t.equal((await other.getKekWraps!('shred', oldId)).length, 0, 'records of the destroyed KEK left:')
+    t.equal(await other.getKek('shred', oldId), undefined, 'getKek of the destroyed KEK:')
+    t.equal((await other.listKeks('shred')).filter((r) => r.id === oldId).length, 0, 'listKeks entries of the destroyed KEK:')
+    const fresh = await openChain({ rootKey: aesRootKey(ROOT), store: other, name: 'shred' })
+    await t.rejects(fresh.decrypt(old), (e) => t.equal((e as KmsProxyError).code, 'ERR_DESTROYED_KEK', 'data under a destroyed KEK:'))
+    t.equal(text(await fresh.decrypt(kept)), 'under the new KEK', 'data under the primary:')
   })
 
   test('several roots: the head\'s roots list round-trips through casHead and getHead exactly', async ({ store, another }) => {

@@ -7,9 +7,9 @@ import { expect, it } from 'vitest'
 import { DEFAULT_ROOT, aesRootKey, memoryStore, rootOf, type KekRecord, type KeyStore, type RootKey } from '@kms-proxy/core'
 import { createHarness, describeRootKey, describeStore, type TestResult } from '../src/index.ts'
 
-async function storeResults(make: () => KeyStore, severalRoots = true): Promise<TestResult[]> {
+async function storeResults(make: () => KeyStore, severalRoots = true, watch = true): Promise<TestResult[]> {
   const t = createHarness()
-  describeStore(t, { name: 's', severalRoots, open: async () => { const store = make(); return { store, another: () => store } } })
+  describeStore(t, { name: 's', severalRoots, watch, open: async () => { const store = make(); return { store, another: () => store } } })
   return t.run()
 }
 const failed = (results: TestResult[]) => results.filter((r) => !r.ok).map((r) => r.name.replace(/^s: /, ''))
@@ -25,7 +25,7 @@ function faulty(change: (inner: KeyStore) => Partial<KeyStore>): () => KeyStore 
 it('describeStore: memoryStore passes every test, the several-roots ones included', async () => {
   const results = await storeResults(memoryStore)
   expect(failed(results)).toEqual([])
-  expect(results.filter((r) => r.name.startsWith('s: several roots')).length).toBe(6)
+  expect(results.filter((r) => r.name.startsWith('s: several roots')).length).toBe(7)
 })
 
 it('describeStore fails a store whose getKekWraps and deleteKekWrap disagree with each other or with severalRoots', async () => {
@@ -129,3 +129,27 @@ it('describeRootKey fails a root whose wrapKek ignores the AAD, or that disagree
   const names = rootFailed(await rootResults(missing))
   expect(names).toContain('wrapKek is present')
 })
+
+it('describeStore fails a store that drops the head\'s lifecycle fields', async () => {
+  const drops = faulty((inner) => ({
+    casHead: (c, e, n) => inner.casHead(c, e, { primary: n.primary, primaryCreatedAt: n.primaryCreatedAt, leased: n.leased, ...(n.roots ? { roots: n.roots } : {}) }),
+  }))
+  const names = failed(await storeResults(drops))
+  expect(names).toContain("the head's lifecycle fields (retired KEKs, a retired or destroyed chain) round-trip exactly")
+  expect(names).toContain('several roots: a KEK retired and destroyed through a chain leaves no record, and its data fails as destroyed elsewhere')
+})
+
+it('describeStore fails a store whose watchHead never calls, or keeps calling after stop(), or that has it undeclared', async () => {
+  const name = 'watchHead: present; a change through another handle reaches the watcher, and stop() stops it'
+  const deaf = faulty(() => ({ watchHead: () => () => {} }))
+  expect(failed(await storeResults(deaf))).toEqual([name])
+  const endless = faulty((inner) => ({
+    watchHead: (c, onChange) => {
+      inner.watchHead!(c, onChange)
+      return () => {}
+    },
+  }))
+  expect(failed(await storeResults(endless))).toEqual([name])
+  const undeclared = await storeResults(memoryStore, true, false)
+  expect(failed(undeclared)).toEqual(['watchHead: absent (the chain polls)'])
+}, 60_000)

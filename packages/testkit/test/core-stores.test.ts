@@ -7,6 +7,7 @@ const t = createHarness(it)
 describeStore(t, {
   name: 'memoryStore',
   severalRoots: true,
+  watch: true,
   async open() {
     const store = memoryStore()
     return { store, another: () => store }
@@ -15,6 +16,7 @@ describeStore(t, {
 describeStore(t, {
   name: 'embeddedStore',
   severalRoots: true,
+  watch: true,
   async open() {
     const store = embeddedStore()
     return { store, another: () => store }
