@@ -20,9 +20,10 @@
  * @module @kms-proxy/file
  */
 import { readFile, rename, unlink } from 'node:fs/promises'
-import { DEFAULT_ROOT, StoreError, fromBase64, rootOf, toBase64, type ChainHead, type ChainRoot, type ChainRootState, type KekRecord, type KeyStore, type Versioned } from '@kms-proxy/core'
+import { DEFAULT_ROOT, StoreError, fromBase64, isRootName, parseChainHead, rootOf, toBase64, type ChainHead, type KekRecord, type KeyStore, type Versioned } from '@kms-proxy/core'
 import { ensureFolder, storeFailure } from './_folder.js'
 import { acquireLock, commitAndRelease, stageFile, syncFolder, type LockOptions } from './_lock.js'
+import { headWatch } from './_watch.js'
 
 /** Lock timing of a {@link fileStore}. */
 export interface FileStoreOptions {
@@ -41,17 +42,32 @@ export interface FileStoreOptions {
    * @defaultValue 2 × `staleLockMs` + 10 s (30 s)
    */
   lockTimeoutMs?: number
+  /**
+   * How often `watchHead` looks at the file (its inode, size and modification time; the file is
+   * read only when one of them changed). Only while some chain watches: one timer per store
+   * instance, `unref()`ed, stopped when the last watcher stops. Well under a chain's default
+   * `maxStalenessMs` (15 s), so a rotation in another process is usually used here within about
+   * this long.
+   *
+   * @defaultValue 1,000 (1 s)
+   */
+  watchIntervalMs?: number
 }
 
 /**
  * v1: every file written before chains had several roots, and every file since that holds
  * nothing else: each KEK's 'default' record under `keks`, heads without `roots`. v2: the same,
- * plus `wraps` (records of other roots, by id then root name) or heads with `roots`. Older
- * versions refuse a v2 file rather than rewrite it without what they do not know (they would
- * drop the other roots' records and the head's roots on their next write).
+ * plus `wraps` (records of other roots, by id then root name) or heads with `roots`. v3: the
+ * same, plus heads with a lifecycle field (`retired`, `chainRetiredAt`, `chainDestroyedAt`).
+ * Each file is written in the lowest version that holds it, and older versions refuse a newer
+ * file rather than rewrite it without what they do not know: a v2 reader would drop `retired`
+ * from the head it writes back with its next lease, un-retiring every retired KEK (and a
+ * destroyed chain would take new KEKs).
  */
 const FORMAT_V1 = 'kms-proxy-file-store/v1'
 const FORMAT_V2 = 'kms-proxy-file-store/v2'
+const FORMAT_V3 = 'kms-proxy-file-store/v3'
+const FORMATS: readonly unknown[] = [FORMAT_V1, FORMAT_V2, FORMAT_V3]
 
 interface StoredKek {
   createdAt: number
@@ -71,30 +87,20 @@ interface StoredChain {
 type Contents = Map<string, StoredChain>
 
 const isObject = (x: unknown): x is Record<string, unknown> => typeof x === 'object' && x !== null && !Array.isArray(x)
-const ROOT_NAME = /^[A-Za-z0-9._-]{1,64}$/
-const STATES: readonly unknown[] = ['adding', 'active', 'removing']
 const isCount = (x: unknown): x is number => typeof x === 'number' && Number.isSafeInteger(x) && x >= 0
 const isU32 = (x: unknown): x is number => isCount(x) && x <= 0xffffffff
 const isTime = (x: unknown): x is number => typeof x === 'number' && Number.isFinite(x)
 const ID_KEY = /^(0|[1-9][0-9]{0,9})$/
 
-/** The head as the store keeps it, or undefined when `v` is not a head: only known fields, copied. */
-function headOf(v: unknown): ChainHead | undefined {
-  if (!isObject(v) || !isU32(v.primary) || !isTime(v.primaryCreatedAt) || !isCount(v.leased)) return undefined
-  const head = { primary: v.primary, primaryCreatedAt: v.primaryCreatedAt, leased: v.leased }
-  if (v.roots === undefined) return head
-  if (!Array.isArray(v.roots)) return undefined
-  const roots: ChainRoot[] = []
-  for (const r of v.roots as unknown[]) {
-    if (!isObject(r) || typeof r.name !== 'string' || !ROOT_NAME.test(r.name) || typeof r.kind !== 'string' || !STATES.includes(r.state)) return undefined
-    roots.push({ name: r.name, kind: r.kind, state: r.state as ChainRootState })
-  }
-  return { ...head, roots }
+function checkRoot(root: unknown): string {
+  if (!isRootName(root)) throw new RangeError('fileStore: a root name is 1 to 64 letters, digits, ".", "_" or "-"')
+  return root
 }
 
-function checkRoot(root: unknown): string {
-  if (typeof root !== 'string' || !ROOT_NAME.test(root)) throw new RangeError('fileStore: a root name is 1 to 64 letters, digits, ".", "_" or "-"')
-  return root
+/** The lowest format that holds a head: what an older version would lose decides. */
+function formatOf(head: ChainHead): number {
+  if (head.retired !== undefined || head.chainRetiredAt !== undefined || head.chainDestroyedAt !== undefined) return 3
+  return head.roots !== undefined ? 2 : 1
 }
 
 function parse(raw: string, path: string): Contents {
@@ -105,7 +111,7 @@ function parse(raw: string, path: string): Contents {
   } catch {
     throw notAStore()
   }
-  if (!isObject(parsed) || (parsed.format !== FORMAT_V1 && parsed.format !== FORMAT_V2) || !isObject(parsed.chains)) throw notAStore()
+  if (!isObject(parsed) || !FORMATS.includes(parsed.format) || !isObject(parsed.chains)) throw notAStore()
   const contents: Contents = new Map()
   // JSON.parse makes every key an own property, "__proto__" included; Object.entries sees them all.
   for (const [name, chain] of Object.entries(parsed.chains)) {
@@ -125,16 +131,20 @@ function parse(raw: string, path: string): Contents {
 }
 
 function serialize(contents: Contents): string {
-  let v2 = false
+  let version = 1
   // Object.fromEntries defines own properties, so "__proto__" stays a key and sets no prototype.
   const chains = Object.fromEntries(
     [...contents].map(([name, c]) => {
       const wraps = Object.fromEntries([...c.wraps].map(([id, byRoot]) => [id, Object.fromEntries(byRoot)]))
-      if (c.wraps.size > 0 || c.head?.value.roots !== undefined) v2 = true
+      // A head is checked when it is read, not when another chain's write carries it along:
+      // one that does not parse (a file edited by hand) gets the newest format, so that no
+      // older version reads it as a head without what it cannot see.
+      const head = c.head === undefined ? undefined : isObject(c.head) ? parseChainHead(c.head.value) : undefined
+      version = Math.max(version, c.wraps.size > 0 ? 2 : 1, c.head === undefined ? 1 : head ? formatOf(head) : FORMATS.length)
       return [name, { ...(c.head ? { head: c.head } : {}), keks: Object.fromEntries(c.keks), ...(c.wraps.size > 0 ? { wraps } : {}) }]
     }),
   )
-  return JSON.stringify({ format: v2 ? FORMAT_V2 : FORMAT_V1, chains })
+  return JSON.stringify({ format: FORMATS[version - 1], chains })
 }
 
 /**
@@ -149,9 +159,14 @@ function serialize(contents: Contents): string {
  * The first write also creates the file's folder if that alone is missing (mode 0700), never
  * its parents: a missing parent is more often a mistyped path or an unmounted volume.
  *
+ * `watchHead` polls the file every `watchIntervalMs` (1 s) while some chain watches, one
+ * `unref()`ed timer per store instance, so a rotation in another process is used within about
+ * that long; the head is kept exactly as given (`parseChainHead`), its lifecycle fields too.
+ *
  * @param path - the store file, such as `./keys.json`.
  * @throws TypeError - `path` is not a non-empty string.
- * @throws RangeError - a lock timing out of range, or `lockTimeoutMs` not longer than `staleLockMs`.
+ * @throws RangeError - a lock timing or `watchIntervalMs` out of range, or `lockTimeoutMs` not
+ *   longer than `staleLockMs`.
  * @throws {@link @kms-proxy/core!StoreError} - (from its methods) `ERR_STORE`, naming the path: not
  *   retryable when the file is not a kms-proxy file store or the file system refuses in a way
  *   only a person can change (a missing parent folder, a file where a folder should be, a folder
@@ -176,6 +191,10 @@ export function fileStore(path: string, options: FileStoreOptions = {}): KeyStor
   const lockTimeoutMs = options.lockTimeoutMs ?? 2 * staleLockMs + 10_000
   if (typeof lockTimeoutMs !== 'number' || !Number.isFinite(lockTimeoutMs) || lockTimeoutMs <= staleLockMs) {
     throw new RangeError('fileStore: lockTimeoutMs must be longer than staleLockMs, or a crashed process\'s lock is never taken over')
+  }
+  const watchIntervalMs = options.watchIntervalMs ?? 1_000
+  if (typeof watchIntervalMs !== 'number' || !Number.isFinite(watchIntervalMs) || watchIntervalMs <= 0) {
+    throw new RangeError('fileStore: watchIntervalMs must be a finite number of milliseconds > 0')
   }
   const lock: LockOptions = { staleMs: staleLockMs, timeoutMs: lockTimeoutMs }
   const lockPath = `${path}.lock`
@@ -239,7 +258,7 @@ export function fileStore(path: string, options: FileStoreOptions = {}): KeyStor
     // A root other than 'default' under `wraps` is a file changed by hand or by another program:
     // 'default' there would shadow the record under `keks`.
     if (!ID_KEY.test(idKey) || !isU32(Number(idKey)) || !isObject(k) || !isTime(k.createdAt) || typeof k.rootKind !== 'string') throw malformed()
-    if (root !== DEFAULT_ROOT && !ROOT_NAME.test(root)) throw malformed()
+    if (root !== DEFAULT_ROOT && !isRootName(root)) throw malformed()
     let wrapped: Uint8Array
     try {
       wrapped = fromBase64(k.wrapped)
@@ -257,6 +276,13 @@ export function fileStore(path: string, options: FileStoreOptions = {}): KeyStor
     return main ? [toRecord(idKey, DEFAULT_ROOT, main), ...others] : others
   }
   const stored = (record: KekRecord): StoredKek => ({ createdAt: record.createdAt, rootKind: record.rootKind, wrapped: toBase64(record.wrapped) })
+  const watch = headWatch(path, watchIntervalMs, async () => {
+    const contents = await load()
+    return (chain) => {
+      const version: unknown = contents.get(chain)?.head?.version
+      return typeof version === 'string' ? version : null
+    }
+  })
 
   return {
     atomic: true,
@@ -264,20 +290,23 @@ export function fileStore(path: string, options: FileStoreOptions = {}): KeyStor
     async getHead(chain): Promise<Versioned<ChainHead> | undefined> {
       const h = (await load()).get(chain)?.head
       if (h === undefined) return undefined
-      const value = isObject(h) && typeof h.version === 'string' ? headOf(h.value) : undefined
+      const value = isObject(h) && typeof h.version === 'string' ? parseChainHead(h.value) : undefined
       if (!value) throw new StoreError(`fileStore: the head of a chain in ${path} is malformed`)
       return { value, version: h.version }
     },
     async casHead(chain, expected, next) {
-      const value = headOf(next)
-      if (!value) throw new TypeError('fileStore: casHead: expected a chain head (primary, primaryCreatedAt, leased, and roots if any)')
-      return update((contents) => {
+      const value = parseChainHead(next)
+      if (!value) throw new TypeError('fileStore: casHead: expected a chain head (primary, primaryCreatedAt, leased, and its optional fields well-formed)')
+      let version = ''
+      const swapped = await update((contents) => {
         const c = chainOf(contents, chain)
         if (c.head?.version !== expected) return false
-        const version = String(Number(c.head?.version ?? 0) + 1)
+        version = String(Number(c.head?.version ?? 0) + 1)
         c.head = { value, version }
         return true
       })
+      if (swapped) watch.wrote(chain, version)
+      return swapped
     },
     async getKek(chain, id) {
       const wraps = wrapsOf((await load()).get(chain), String(id))
@@ -323,6 +352,9 @@ export function fileStore(path: string, options: FileStoreOptions = {}): KeyStor
         if (byRoot.size === 0) c.wraps.delete(String(id))
         return true
       })
+    },
+    watchHead(chain, onChange) {
+      return watch.watch(chain, onChange)
     },
   }
 }

@@ -151,7 +151,7 @@ it('a corrupt head or root record is ERR_STORE, never read leniently', async () 
     await expect(fileStore(path).getKekWraps!('c', 5), JSON.stringify(w)).rejects.toMatchObject({ code: 'ERR_STORE' })
     await expect(fileStore(path).listKeks('c'), JSON.stringify(w)).rejects.toMatchObject({ code: 'ERR_STORE' })
   }
-  writeFileSync(path, JSON.stringify({ format: 'kms-proxy-file-store/v3', chains: {} }))
+  writeFileSync(path, JSON.stringify({ format: 'kms-proxy-file-store/v4', chains: {} }))
   await expect(fileStore(path).getHead('c')).rejects.toThrow(/not a kms-proxy file store/)
 })
 

@@ -13,6 +13,7 @@ let n = 0
 describeStore(createHarness(it), {
   name: 'fileStore',
   severalRoots: true,
+  watch: true,
   async open() {
     const path = join(dir, `contract-${n++}.json`)
     return { store: fileStore(path), another: () => fileStore(path) }
