@@ -4,10 +4,10 @@
  * container credentials endpoint (ECS task roles, EKS Pod Identity) and the EC2 instance
  * metadata service (IMDSv2). Each returns temporary credentials with their expiry.
  */
-import { RootKeyError, type HttpAnswer } from '@kms-proxy/core'
+import { RootKeyError } from '@kms-proxy/core'
 import { refreshingCredentials, type RefreshingCredentials } from './credentials.js'
 import type { AwsCredentials } from './sigv4.js'
-import { askSource, callerToken, checkSourceOptions, expiryOf, safeCode, sourceUrl, type CredentialSourceOptions } from './sources.js'
+import { askSource, jsonOf, callerToken, checkSourceOptions, expiryOf, safeCode, sourceUrl, type CredentialSourceOptions } from './sources.js'
 
 /** Options of {@link awsWebIdentityCredentials}. */
 export interface AwsWebIdentityCredentialsOptions extends CredentialSourceOptions {
@@ -102,11 +102,6 @@ function temporary(what: string, id: unknown, secret: unknown, token: unknown, e
   const expiresAt = expiryOf(expiration)
   if (expiresAt === undefined) throw new RootKeyError(`${what} answered without a valid Expiration`)
   return { value: { accessKeyId: id, secretAccessKey: secret, sessionToken: token }, expiresAt }
-}
-
-function jsonOf(answer: HttpAnswer): Record<string, unknown> {
-  const parsed = answer.json()
-  return typeof parsed === 'object' && parsed !== null && !Array.isArray(parsed) ? (parsed as Record<string, unknown>) : {}
 }
 
 /**

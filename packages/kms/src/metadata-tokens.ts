@@ -3,9 +3,9 @@
  * Run) and Azure (managed identities on VMs, AKS, App Service, Container Apps), as refreshing
  * functions for `gcpKmsRootKey`'s and `azureKeyVaultRootKey`'s `accessToken`.
  */
-import { RootKeyError, type HttpAnswer } from '@kms-proxy/core'
+import { RootKeyError } from '@kms-proxy/core'
 import { refreshingCredentials, type RefreshingCredentials } from './credentials.js'
-import { askSource, checkSourceOptions, expiryOf, sourceUrl, type CredentialSourceOptions } from './sources.js'
+import { askSource, jsonOf, checkSourceOptions, expiryOf, sourceUrl, type CredentialSourceOptions } from './sources.js'
 
 /** Options of {@link gcpMetadataToken}. */
 export interface GcpMetadataTokenOptions extends CredentialSourceOptions {
@@ -57,11 +57,6 @@ export interface AzureManagedIdentityTokenOptions extends CredentialSourceOption
 const GCP_HOSTS = ['metadata.google.internal', '169.254.169.254']
 const AZURE_HOSTS = ['169.254.169.254']
 
-function jsonOf(answer: HttpAnswer): Record<string, unknown> {
-  const parsed = answer.json()
-  return typeof parsed === 'object' && parsed !== null && !Array.isArray(parsed) ? (parsed as Record<string, unknown>) : {}
-}
-
 function bearer(what: string, out: Record<string, unknown>, expiresAt: number | undefined): { value: string; expiresAt: number } {
   const token = out.access_token
   if (typeof token !== 'string' || token === '' || /[\s\0]/.test(token)) throw new RootKeyError(`${what} answered without an access_token`)
@@ -93,9 +88,10 @@ export function gcpMetadataToken(options: GcpMetadataTokenOptions = {}): Refresh
   const url = new URL(`/computeMetadata/v1/instance/service-accounts/${encodeURIComponent(account)}/token`, sourceUrl(options.endpoint ?? 'http://metadata.google.internal', 'endpoint', GCP_HOSTS, options))
   if (scopes?.length) url.searchParams.set('scopes', scopes.join(','))
   const what = 'Google metadata server token'
+  const now = options.now ?? Date.now
 
   return refreshingCredentials(async () => {
-    const startedAt = Date.now()
+    const startedAt = now()
     const answer = await askSource(what, url, async () => ({ method: 'GET', headers: { 'metadata-flavor': 'Google' } }), options, { code: (a) => (jsonOf(a).error as string | undefined) })
     if (answer.headers.get('metadata-flavor') !== 'Google') throw new RootKeyError(`${what}: the answer lacks Metadata-Flavor: Google (not a metadata server)`)
     const out = jsonOf(answer)
@@ -141,9 +137,10 @@ export function azureManagedIdentityToken(options: AzureManagedIdentityTokenOpti
   if (clientId !== undefined) url.searchParams.set('client_id', clientId)
   const headers: Record<string, string> = appService ? { 'x-identity-header': identityHeader! } : { metadata: 'true' }
   const what = appService ? 'Azure managed identity endpoint token' : 'Azure IMDS managed identity token'
+  const now = options.now ?? Date.now
 
   return refreshingCredentials(async () => {
-    const startedAt = Date.now()
+    const startedAt = now()
     const answer = await askSource(what, url, async () => ({ method: 'GET', headers }), options, {
       code: (a) => {
         const e = jsonOf(a).error

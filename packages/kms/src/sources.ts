@@ -98,6 +98,12 @@ export async function askSource(
   return answer
 }
 
+/** An answer's JSON body when it is an object, else an empty object (its fields are then reported missing). */
+export function jsonOf(answer: HttpAnswer): Record<string, unknown> {
+  const parsed = answer.json()
+  return typeof parsed === 'object' && parsed !== null && !Array.isArray(parsed) ? (parsed as Record<string, unknown>) : {}
+}
+
 /** A string the caller's function returned (a token read from a file), trimmed; else a quiet ERR_ROOT_KEY. */
 export async function callerToken(what: string, source: string | (() => Promise<string>)): Promise<string> {
   let token: unknown

@@ -29,7 +29,7 @@ beforeAll(async () => {
     startFakeAzureKeyVault({ token: 'eyJ.transport', keys: ['app'] }),
   ])
   awsKeyId = (await moto.kms('CreateKey', {})).KeyMetadata.KeyId
-}, 30_000)
+}, 60_000) // startMoto alone may take 40 s on a loaded machine
 
 afterAll(async () => {
   moto?.close()
