@@ -117,6 +117,13 @@ export interface KmsPluginHealth {
   degraded?: string
   /** When Status was last evaluated (ms since the epoch), 0 before the first. */
   checkedAt: number
+  /**
+   * When the chain last read its head (ms since the epoch; `KeyChain.stats().headCheckedAt`), 0
+   * before the first read: every Status reads it, and so does an Encrypt or Decrypt once the
+   * chain's `maxStalenessMs` has passed, or a push from the store. A rotation anywhere is seen at
+   * the first read after it.
+   */
+  headCheckedAt: number
   /** Root-key probes run: each costs one root-key call when `rootKey` or `healthCheck` is given. */
   probes: number
   /** The last root-key probe (or, without one, the chain's last root-key call); with `roots`, every root's, failing if any failed. */
@@ -205,7 +212,11 @@ export interface KmsPlugin {
   stats(): KmsPluginStats
   /** Runs a root-key probe now (ignoring `healthCacheMs`), then evaluates Status; resolves to the healthz string. */
   checkHealth(): Promise<string>
-  /** Stops accepting calls, lets running calls finish (at most 5 s), removes the socket file. */
+  /**
+   * Stops accepting calls, lets running calls finish (at most 5 s), removes the socket file, and
+   * closes the chain (`chain.close()`: its store watch stops, so nothing of the plugin keeps the
+   * process alive; the chain itself still works, reading its head every `maxStalenessMs`).
+   */
   close(): Promise<void>
 }
 
@@ -435,7 +446,7 @@ export async function serveKmsPlugin(options: KmsPluginOptions): Promise<KmsPlug
 
   const requests = { Status: 0, Encrypt: 0, Decrypt: 0 }
   const failures: Record<string, number> = {}
-  const health: KmsPluginHealth = { ok: false, healthz: 'not checked yet', checkedAt: 0, probes: 0, rootKey: { ok: undefined, checkedAt: 0 } }
+  const health: KmsPluginHealth = { ok: false, healthz: 'not checked yet', checkedAt: 0, headCheckedAt: 0, probes: 0, rootKey: { ok: undefined, checkedAt: 0 } }
   let reportedKeyId = ''
   let evaluating: Promise<void> | undefined
   let probing: Promise<void> | undefined
@@ -507,8 +518,10 @@ export async function serveKmsPlugin(options: KmsPluginOptions): Promise<KmsPlug
 
   /**
    * What the next Encrypt would use without a root-key call: this process's primary KEK, if it is
-   * loaded, within its age and has uses left. Another process's newer primary is not used until
-   * this one expires or its lease of uses runs out (the chain has no call to adopt it sooner).
+   * loaded, within its age and has uses left. A head read that names another primary (a rotation
+   * by another process) makes the chain drop its own, so after a successful read this is the
+   * head's primary or nothing; they differ only when this process rotated since the read, or the
+   * read failed.
    */
   function usable(head: PrimaryStatus | undefined): { id: number; ageLeftMs: number; usesLeft: number } | undefined {
     const local = localPrimary()
@@ -531,9 +544,12 @@ export async function serveKmsPlugin(options: KmsPluginOptions): Promise<KmsPlug
     const degraded: string[] = []
     let head: PrimaryStatus | undefined
     let storeProblem: string | undefined
+    // A store that hangs must leave time for the encryption below, which needs no store while the
+    // chain's head is within its maxStalenessMs.
+    const readDeadline = deadline - Math.min(500, healthTimeoutMs / 5)
     const readHead = async () => {
       try {
-        head = await bounded(chain.primaryStatus(), 'the store')
+        head = await withTimeout(chain.primaryStatus(), readDeadline, healthTimeoutMs, 'the store')
         storeProblem = undefined
         if (head && head.ageLeftMs > 0) maxAgeMs = Math.round(head.ageLeftMs + Date.now() - head.createdAt)
         if (head) maxUsesSeen = Math.max(maxUsesSeen, head.usesLeft)
@@ -545,22 +561,22 @@ export async function serveKmsPlugin(options: KmsPluginOptions): Promise<KmsPlug
     await readHead()
     let use = usable(head)
     let problem: string | undefined
-    if (!use) {
+    // No usable primary (a rotation elsewhere dropped it, or none is loaded): do what the next
+    // Encrypt would. No head (the store is down): the chain refuses to encrypt once it has gone
+    // maxStalenessMs without reading it, so only an encryption tells whether Encrypt still works.
+    if (!use || storeProblem) {
       try {
         await bounded(chain.encrypt(PROBE_PLAINTEXT, { associatedData: PROBE_ASSOCIATED_DATA }), 'the key chain')
-        await readHead()
+        if (!storeProblem) await readHead()
         use = usable(head)
       } catch (error) {
+        use = undefined
         problem = messageFor(error) // the head read before stays: the budget may be spent
       }
     }
-    // Ahead of the limits, so that the Encrypt kube-apiserver sends after this Status does not
-    // rotate. When another process already replaced this primary, its KEK is adopted when this
-    // one expires (no new KEK), unless expiry is so close that it could fall between the two.
+    // Ahead of the limits, so that the Encrypt kube-apiserver sends after this Status does not rotate.
     if (use) {
-      const adoptLater = head !== undefined && head.id !== use.id
-      const ahead = adoptLater ? Math.min(healthTimeoutMs + 1_000, aheadMs()) : aheadMs()
-      if (use.ageLeftMs < ahead || use.usesLeft < aheadUses()) {
+      if (use.ageLeftMs < aheadMs() || use.usesLeft < aheadUses()) {
         try {
           await bounded(chain.rotate(), 'the root key')
           await readHead()
@@ -578,7 +594,16 @@ export async function serveKmsPlugin(options: KmsPluginOptions): Promise<KmsPlug
     }
 
     const keyIdOf = (id: number) => keyIdFor(chain.name, id)
-    reportedKeyId = use ? keyIdOf(use.id) : head ? keyIdOf(head.id) : ''
+    // While Encrypt cannot be served, the key_id stays the one last reported: kube-apiserver
+    // extends its current seed's write window at every Status whose key_id matches it (healthy
+    // or not), and a new key_id would make it ask Encrypt for a seed that cannot be made, then
+    // refuse writes once that window (3 minutes) ends. So a rotation by another process that this
+    // plugin cannot load yet (its root key down) shows once it can serve it. Before any report
+    // (a restart during an outage) it is the store's primary.
+    reportedKeyId = use ? keyIdOf(use.id) : reportedKeyId || (head ? keyIdOf(head.id) : '')
+    if (!use && head && keyIdOf(head.id) !== reportedKeyId) {
+      degraded.push(`key_id ${reportedKeyId} kept: the store's primary ${keyIdOf(head.id)} cannot be served yet`)
+    }
     const before = `${health.healthz}|${health.degraded}`
     health.ok = use !== undefined
     health.healthz = use
@@ -601,6 +626,7 @@ export async function serveKmsPlugin(options: KmsPluginOptions): Promise<KmsPlug
 
   const snapshot = (): KmsPluginHealth => ({
     ...health,
+    headCheckedAt: Math.max(0, chain.stats().headCheckedAt), // -Infinity before the first read
     rootKey: { ...health.rootKey },
     ...(health.roots ? { roots: Object.fromEntries(Object.entries(health.roots).map(([n, r]) => [n, { ...r }])) } : {}),
     ...(health.unheldRoots ? { unheldRoots: [...health.unheldRoots] } : {}),
@@ -769,6 +795,7 @@ export async function serveKmsPlugin(options: KmsPluginOptions): Promise<KmsPlug
           })
         })
         if (path) await unlink(path).catch(() => {})
+        chain.close()
       })())
     },
   }

@@ -12,7 +12,7 @@ import { createRequire } from 'node:module'
 import { connect } from 'node:net'
 import { join } from 'node:path'
 import * as grpc from '@grpc/grpc-js'
-import { KeyChain, RootKeyError, aesRootKey, memoryStore, type KeyChainOptions, type RootKey } from '@kms-proxy/core'
+import { KeyChain, RootKeyError, StoreError, aesRootKey, memoryStore, type KeyChainOptions, type KeyStore, type RootKey } from '@kms-proxy/core'
 import { fileStore } from '@kms-proxy/file'
 import { countingRootKey } from '@kms-proxy/testkit'
 import { kmsPluginStatus, serveKmsPlugin, type KmsPlugin, type KmsPluginOptions } from '../src/index.ts'
@@ -43,6 +43,25 @@ function switchableRoot(): RootKey & { down: boolean; calls: number } {
     },
   }
   return root
+}
+
+/** A store that can be taken away: while `down`, every call fails as an etcd without quorum does. */
+function switchableStore(inner: KeyStore): KeyStore & { down: boolean } {
+  const state = { down: false }
+  const fail = () => Promise.reject(new StoreError('etcd did not answer (connection refused)', { retryable: true }))
+  return new Proxy(inner as KeyStore & { down: boolean }, {
+    get(target, name) {
+      if (name === 'down') return state.down
+      const value = Reflect.get(target, name)
+      if (typeof value !== 'function' || name === 'watchHead') return value
+      return (...args: unknown[]) => (state.down ? fail() : (value as (...a: unknown[]) => unknown).apply(target, args))
+    },
+    set(_, name, value) {
+      if (name !== 'down') return false
+      state.down = value === true
+      return true
+    },
+  })
 }
 
 interface Node {
@@ -109,6 +128,54 @@ describe('health: a plugin that can still encrypt and decrypt is healthy', () =>
     expect(back.healthz).toBe('ok')
     expect(back.key_id).not.toBe(k1)
     expect((await a.client.encrypt(seed())).key_id).toBe(back.key_id)
+  })
+
+  it('another process rotates while this plugin\'s root key is down: Status keeps the key_id kube-apiserver holds a seed for (unhealthy: Encrypt cannot load the new primary), Decrypt goes on; root back: the new key_id at the next Status, and Encrypt agrees', async () => {
+    const root = switchableRoot()
+    const t = dir()
+    const store = memoryStore()
+    const a = await node(t.socket, { rootKey: root, store }, { healthCacheMs: 3_600_000 })
+    const k1 = (await a.client.status()).key_id
+    const s1 = seed()
+    const e1 = await a.client.encrypt(s1)
+    const other = await KeyChain.open({ rootKey: aesRootKey(ROOT_BYTES), store, name: 'cluster-a' })
+    root.down = true
+    const k2 = `cluster-a/${(await other.rotate()).id.toString(16).padStart(8, '0')}`
+
+    const down = await a.client.status()
+    expect(down.key_id).toBe(k1) // a new key_id now would start kube-apiserver's 3-minute countdown to refusing writes
+    expect(down.healthz).toMatch(/^unhealthy: cannot serve Encrypt: ERR_ROOT_KEY: the KMS did not answer/)
+    expect(a.plugin.stats().health.primary?.keyId).toBe(k2)
+    expect(a.plugin.stats().health.degraded).toContain(`key_id ${k1} kept: the store's primary ${k2} cannot be served yet`)
+    expect(codeOf(await grpcError(a.client.encrypt(seed())))).toBe('UNAVAILABLE')
+    expect(Buffer.compare(await a.client.decrypt({ ciphertext: e1.ciphertext, key_id: e1.key_id }), Buffer.from(s1))).toBe(0)
+
+    root.down = false
+    expect(await a.client.status()).toMatchObject({ healthz: 'ok', key_id: k2 })
+    expect((await a.client.encrypt(seed())).key_id).toBe(k2)
+    expect(a.plugin.stats().health.degraded).toBeUndefined()
+  })
+
+  it('the store goes away: Status stays "ok" (degraded) while the chain may still encrypt without reading its head (maxStalenessMs), then unhealthy with the same key_id while Encrypt answers UNAVAILABLE; store back: ok', async () => {
+    const BOUND = 2_500
+    const store = switchableStore(memoryStore())
+    const t = dir()
+    const a = await node(t.socket, { rootKey: aesRootKey(ROOT_BYTES), store, maxStalenessMs: BOUND }, { healthCacheMs: 3_600_000 })
+    const k1 = (await a.client.status()).key_id
+    store.down = true
+    expect(await a.client.status()).toMatchObject({ healthz: 'ok', key_id: k1 })
+    expect(a.plugin.stats().health.degraded).toMatch(/^store: ERR_STORE: etcd did not answer/)
+    expect((await a.client.encrypt(seed())).key_id).toBe(k1)
+
+    await new Promise((r) => setTimeout(r, BOUND + 100))
+    const past = await a.client.status()
+    expect(past.key_id).toBe(k1)
+    expect(past.healthz).toMatch(/^unhealthy: cannot serve Encrypt: ERR_STORE: etcd did not answer/)
+    expect(codeOf(await grpcError(a.client.encrypt(seed())))).toBe('UNAVAILABLE')
+
+    store.down = false
+    expect(await a.client.status()).toMatchObject({ healthz: 'ok', key_id: k1 })
+    expect((await a.client.encrypt(seed())).key_id).toBe(k1)
   })
 
   it('a day of kube-apiserver polls (one Status a minute, fake clock) costs 24 root-key calls for health, one per healthCacheMs (1 h by default)', async () => {
