@@ -152,6 +152,44 @@ function checkId(id: unknown): number {
 
 const hex8 = (id: number) => id.toString(16).padStart(8, '0')
 
+// ------------------------------------------------------------------------------------ timers
+
+/** The longest first wait before a dropped watch is opened again; doubled per round of failures, with jitter. */
+const WATCH_RETRY_MIN_MS = 250
+/** Longest wait between two attempts to open the watch: well under a chain's default maxStalenessMs (15 s). */
+const WATCH_RETRY_MAX_MS = 4000
+
+/** Lets a Node process exit while only this timer is left (a no-op where timers are numbers). */
+function unref(timer: unknown): void {
+  ;(timer as { unref?: () => void } | undefined)?.unref?.()
+}
+
+/**
+ * The wait after `rounds` rounds of failures (0: after a stream that was open dropped): half to
+ * all of WATCH_RETRY_MIN_MS doubled per round, capped; the jitter comes from
+ * crypto.getRandomValues (no Math.random in this code base).
+ */
+function backoff(rounds: number): number {
+  const delay = Math.min(WATCH_RETRY_MAX_MS, WATCH_RETRY_MIN_MS * 2 ** rounds)
+  const [r] = crypto.getRandomValues(new Uint32Array(1))
+  return delay / 2 + (delay / 2) * (r! / 2 ** 32)
+}
+
+/** Resolves after `ms`, or at once when `signal` aborts. */
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve()
+    const done = () => {
+      clearTimeout(timer)
+      signal.removeEventListener('abort', done)
+      resolve()
+    }
+    const timer = setTimeout(done, ms)
+    unref(timer)
+    signal.addEventListener('abort', done)
+  })
+}
+
 // ------------------------------------------------------------------------------------ gateway
 
 interface Kv {
@@ -372,6 +410,164 @@ export function etcdStore(options: EtcdStoreOptions): EtcdStore {
     return recordsOf(chain, await range(key, b64(`${key}0`)))
   }
 
+  // ------------------------------------------------------------------------------ watch
+
+  /** Listeners by head key. One watch stream serves them all; it runs while there is one. */
+  const listeners = new Map<string, Set<() => void>>()
+  let subscribers = 0
+  let watching: AbortController | undefined
+
+  /** Calls the listeners of one head key, or of every key; a listener that throws is ignored. */
+  function notify(key?: string): void {
+    const sets = key === undefined ? [...listeners.values()] : [listeners.get(key)]
+    for (const set of sets) {
+      for (const listener of [...(set ?? [])]) {
+        try {
+          listener()
+        } catch {
+          // A hint's consumer failing is its own business; the stream goes on for the others.
+        }
+      }
+    }
+  }
+
+  // Every key under the prefix: head keys cannot be told apart by a range (each sits under its
+  // chain's name, between that chain's KEK records' keys), so KEK writes (a rotation, a root
+  // change) come along too and are dropped by key. They are as rare as head writes.
+  const watchKey = prefix === '' ? toBase64(new Uint8Array([0])) : b64(prefix)
+  const watchEnd = prefix === '' ? toBase64(new Uint8Array([0])) : prefixEnd(prefix)
+
+  /**
+   * One watch stream from `base` until it ends, fails or `signal` aborts. `created` is called when
+   * etcd confirms the watch: from then on no head change is missed while the stream lasts.
+   */
+  async function watchOnce(base: string, signal: AbortSignal, created: () => void): Promise<void> {
+    const controller = new AbortController()
+    const abort = () => controller.abort()
+    signal.addEventListener('abort', abort)
+    // Until etcd confirms the watch, `timeoutMs` applies as to any request; after that the
+    // stream is idle as long as the heads are, and may stay open for days.
+    const deadline = setTimeout(abort, timeoutMs)
+    unref(deadline)
+    const ended = new Promise<never>((_, reject) => {
+      const fail = () => reject(new EndpointDown(`${base}: watch stopped`))
+      if (controller.signal.aborted) fail()
+      else controller.signal.addEventListener('abort', fail)
+    })
+    ended.catch(() => {})
+    let reader: ReadableStreamDefaultReader<Uint8Array> | undefined
+    try {
+      const headers: Record<string, string> = {
+        'content-type': 'application/json',
+        // etcd's "require leader" (grpc metadata through the gateway): a member that loses its
+        // leader ends the stream, instead of keeping it open and silent while the others go on.
+        'grpc-metadata-hasleader': 'true',
+      }
+      if (username !== undefined) headers.authorization = token ?? (await authenticate())
+      const body = JSON.stringify({ create_request: { key: watchKey, range_end: watchEnd } })
+      const pending = doFetch(`${base}/v3/watch`, { method: 'POST', headers, body, signal: controller.signal })
+      // A fetch that ignores its signal: the race leaves it, and its late answer is closed.
+      pending.then(
+        (r) => {
+          if (controller.signal.aborted) r.body?.cancel().catch(() => {})
+        },
+        () => {},
+      )
+      const response = await Promise.race([pending, ended])
+      if (!response.ok || !response.body) {
+        await response.body?.cancel().catch(() => {})
+        if (response.status === 401) token = undefined
+        throw new EndpointDown(`${base}: watch: HTTP ${response.status}`)
+      }
+      reader = response.body.getReader()
+      const text = new TextDecoder('utf-8', { fatal: true })
+      let buffered = ''
+      for (;;) {
+        const { done, value } = await Promise.race([reader.read(), ended])
+        if (done) return
+        buffered += text.decode(value, { stream: true })
+        if (buffered.length > MAX_ANSWER_BYTES) throw new EndpointDown(`${base}: watch: a message over ${MAX_ANSWER_BYTES} bytes`)
+        let newline: number
+        while ((newline = buffered.indexOf('\n')) >= 0) {
+          const line = buffered.slice(0, newline).trim()
+          buffered = buffered.slice(newline + 1)
+          if (line) watchMessage(base, line, deadline, created)
+        }
+      }
+    } finally {
+      clearTimeout(deadline)
+      signal.removeEventListener('abort', abort)
+      controller.abort()
+      reader?.cancel().catch(() => {})
+    }
+  }
+
+  /** One line of the stream: the watch created or cancelled, an error, or events. */
+  function watchMessage(base: string, line: string, deadline: ReturnType<typeof setTimeout>, created: () => void): void {
+    let message: { result?: { created?: boolean; canceled?: boolean; events?: Array<{ kv?: Kv }> }; error?: { message?: unknown } }
+    try {
+      message = JSON.parse(line)
+    } catch {
+      throw new EndpointDown(`${base}: watch: an answer that is not JSON`)
+    }
+    if (message.error) {
+      const reason = typeof message.error.message === 'string' ? message.error.message : 'an error'
+      if (REFUSED_TOKEN.test(reason)) token = undefined
+      throw new EndpointDown(`${base}: watch: ${reason.slice(0, 200)}`)
+    }
+    const result = message.result
+    if (result?.canceled) throw new EndpointDown(`${base}: watch cancelled`)
+    if (result?.created) {
+      clearTimeout(deadline)
+      created()
+    }
+    for (const event of result?.events ?? []) {
+      let key: string
+      try {
+        key = decoder.decode(bytesOf(event.kv?.key ?? '', 'a key etcd answered'))
+      } catch {
+        continue
+      }
+      if (listeners.has(key)) notify(key)
+    }
+  }
+
+  /**
+   * The one watch stream of this store, for as long as `signal` allows. An endpoint that cannot
+   * open it is left for the next one at once, as a request would be; once every endpoint has
+   * failed in turn, and after a stream that was open drops (a member down, a proxy's idle
+   * timeout, a refused token), the next attempt waits: from WATCH_RETRY_MIN_MS, doubling per
+   * round of failures up to WATCH_RETRY_MAX_MS, with jitter so that the processes that lost the
+   * same member do not come back in step. Every listener is called once each time a stream is
+   * confirmed, since a change made while there was none would otherwise be missed.
+   */
+  async function watchLoop(signal: AbortSignal): Promise<void> {
+    let index = current
+    let failedInRound = 0
+    let rounds = 0
+    while (!signal.aborted) {
+      let confirmed = false
+      try {
+        await watchOnce(bases[index]!, signal, () => {
+          confirmed = true
+          notify()
+        })
+      } catch {
+        // Any failure is a drop: the next endpoint, after the backoff if one is due.
+      }
+      if (signal.aborted) return
+      index = (index + 1) % bases.length
+      if (confirmed) {
+        failedInRound = 0
+        rounds = 0
+        await sleep(backoff(0), signal)
+      } else if (++failedInRound >= bases.length) {
+        failedInRound = 0
+        await sleep(backoff(++rounds), signal)
+      }
+    }
+  }
+
   const store: EtcdStore = {
     atomic: true,
     embedsKeks: false,
@@ -424,6 +620,30 @@ export function etcdStore(options: EtcdStoreOptions): EtcdStore {
     },
 
     getKekWraps: wrapsOf,
+
+    watchHead(chain, onChange) {
+      const key = headKey(chain)
+      if (typeof onChange !== 'function') throw new TypeError('onChange: expected a function')
+      let set = listeners.get(key)
+      if (!set) listeners.set(key, (set = new Set()))
+      const own = () => onChange() // a distinct entry per call, so one watcher's stop leaves the others
+      set.add(own)
+      if (++subscribers === 1) {
+        watching = new AbortController()
+        void watchLoop(watching.signal).catch(() => {})
+      }
+      let stopped = false
+      return () => {
+        if (stopped) return
+        stopped = true
+        set.delete(own)
+        if (set.size === 0 && listeners.get(key) === set) listeners.delete(key)
+        if (--subscribers === 0) {
+          watching?.abort()
+          watching = undefined
+        }
+      }
+    },
 
     async deleteKekWrap(chain, id, root) {
       // One key, no range_end: never another root's record.

@@ -8,6 +8,7 @@ export async function runSuite(url: string, tag: string): Promise<TestResult[]> 
   describeStore(t, {
     name: `etcd in ${tag}`,
     severalRoots: true,
+    watch: true,
     async open() {
       const prefix = `${tag}-${Date.now().toString(36)}-${++n}/`
       return { store: etcdStore({ endpoints: [url], prefix }), another: () => etcdStore({ endpoints: [url], prefix }) }
