@@ -27,7 +27,7 @@
  * @module @kms-proxy/indexeddb
  */
 import { createStore, type UseStore } from 'idb-keyval'
-import { DEFAULT_ROOT, StoreError, rootOf, toHex, type ChainHead, type ChainRoot, type KekRecord, type KeyStore, type Versioned } from '@kms-proxy/core'
+import { DEFAULT_ROOT, StoreError, isRootName, parseChainHead, rootOf, toHex, type ChainHead, type KekRecord, type KeyStore, type Versioned } from '@kms-proxy/core'
 
 /** Options of {@link indexedDbStore}. */
 export interface IndexedDbStoreOptions {
@@ -57,12 +57,7 @@ interface KekValue {
   root?: string
 }
 
-/** The chain's root names (core's rule): they are part of keys here. */
-const ROOT_NAME = /^[A-Za-z0-9._-]{1,64}$/
-const ROOT_STATES: ReadonlySet<string> = new Set(['adding', 'active', 'removing'])
-
 const isU32 = (v: unknown): v is number => Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 0xffffffff
-const isCount = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0
 const isTime = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v)
 
 function randomToken(): string {
@@ -78,29 +73,16 @@ function checkId(id: number): void {
 }
 
 function checkRoot(root: string): void {
-  if (typeof root !== 'string' || !ROOT_NAME.test(root)) throw new TypeError('root: expected 1 to 64 letters, digits, ".", "_" or "-"')
+  if (!isRootName(root)) throw new TypeError('root: expected 1 to 64 letters, digits, ".", "_" or "-"')
 }
 
-/** The head's roots, copied field by field; `undefined` when malformed (a corrupt head is ERR_STORE). */
-function copyRoots(roots: unknown): readonly ChainRoot[] | undefined {
-  if (!Array.isArray(roots)) return undefined
-  const out: ChainRoot[] = []
-  for (const r of roots as Array<Partial<ChainRoot> | null>) {
-    if (!r || typeof r.name !== 'string' || !ROOT_NAME.test(r.name) || typeof r.kind !== 'string' || !ROOT_STATES.has(r.state as string)) return undefined
-    out.push(Object.freeze({ name: r.name, kind: r.kind, state: r.state! }))
-  }
-  return Object.freeze(out)
-}
-
+/** The stored head checked and copied by core's `parseChainHead`, every field kept (a corrupt head is ERR_STORE). */
 function readHead(raw: unknown): HeadValue | undefined {
   if (raw === undefined) return undefined
   const r = raw as Partial<HeadValue> | null
-  const h = r?.head as Partial<ChainHead> | undefined
-  const roots = h?.roots === undefined ? undefined : copyRoots(h.roots)
-  if (!r || r.v !== 1 || typeof r.version !== 'string' || !h || !isU32(h.primary) || !isTime(h.primaryCreatedAt) || !isCount(h.leased) || (h.roots !== undefined && !roots)) {
-    throw new StoreError('indexedDbStore: the chain head is malformed')
-  }
-  return { v: 1, version: r.version, head: Object.freeze({ primary: h.primary, primaryCreatedAt: h.primaryCreatedAt, leased: h.leased, ...(roots ? { roots } : {}) }) }
+  const head = r && r.v === 1 && typeof r.version === 'string' ? parseChainHead(r.head) : undefined
+  if (!head) throw new StoreError('indexedDbStore: the chain head is malformed')
+  return { v: 1, version: r!.version!, head }
 }
 
 /** A record read back; `root` is the root its key names, which a named record's value must repeat. */
@@ -182,6 +164,8 @@ export function indexedDbStore(options: IndexedDbStoreOptions): KeyStore {
       return [...plain.map((r) => readKek(r)!), ...values.map((r, i) => readKek(r, rootOfKey(keys[i]!))!)]
     })
 
+  const watch = headChannel(`kms-proxy:${name}`)
+
   return {
     atomic: true,
     embedsKeks: false,
@@ -196,7 +180,7 @@ export function indexedDbStore(options: IndexedDbStoreOptions): KeyStore {
       checkChain(chain)
       // Checked and copied as a read would: a malformed head is refused, not written.
       const value = readHead({ v: 1, version: randomToken(), head: next })!
-      return readWrite<boolean>(use, (s, answer) => {
+      const swapped = await readWrite<boolean>(use, (s, answer) => {
         const key = headKey(chain)
         const get = s.get(key)
         get.onsuccess = () => {
@@ -206,6 +190,9 @@ export function indexedDbStore(options: IndexedDbStoreOptions): KeyStore {
           answer(true)
         }
       })
+      // Only once the transaction has committed: a tab told earlier could read the old head.
+      if (swapped) watch.changed(chain)
+      return swapped
     },
 
     async getKek(chain, id) {
@@ -251,6 +238,108 @@ export function indexedDbStore(options: IndexedDbStoreOptions): KeyStore {
       checkId(id)
       checkRoot(root)
       await readWrite<void>(use, (s) => void s.delete(kekKey(chain, id, root)))
+    },
+
+    watchHead(chain, onChange) {
+      checkChain(chain)
+      return watch.watch(chain, onChange)
+    },
+  }
+}
+
+/** What a store instance's watch offers its methods. */
+interface HeadChannel {
+  watch(chain: string, onChange: () => void): () => void
+  /** A head of `chain` was written through this instance: every other tab is told, and this instance's watchers. */
+  changed(chain: string): void
+}
+
+/** A BroadcastChannel message: which chain's head changed. Names only, never a key or a head. */
+interface ChangeMessage {
+  v: 1
+  chain: string
+}
+
+/**
+ * `watchHead` across the tabs, workers and handles of one origin: each successful `casHead`
+ * posts the chain's name on a `BroadcastChannel` named like the database. One channel per store
+ * instance, open only while some chain of it watches. A channel does not hear its own posts, so
+ * this instance's watchers are told directly. A page restored from the back/forward cache, or
+ * resumed after being frozen, may have missed posts meanwhile: every watcher is told once then.
+ * The head in IndexedDB stays the truth; a message only makes the chain read it.
+ */
+function headChannel(channelName: string): HeadChannel {
+  const listeners = new Map<string, Set<() => void>>()
+  let channel: BroadcastChannel | undefined
+  const tell = (chain: string) => {
+    for (const onChange of listeners.get(chain) ?? []) {
+      try {
+        onChange()
+      } catch {
+        // A watcher's failure is its own; the others are still told.
+      }
+    }
+  }
+  const tellAll = () => {
+    for (const chain of listeners.keys()) tell(chain)
+  }
+  const onPageShow = (event: Event) => {
+    if ((event as PageTransitionEvent).persisted) tellAll()
+  }
+  const events = globalThis as Partial<Pick<EventTarget, 'addEventListener' | 'removeEventListener'>>
+  const doc = (globalThis as { document?: EventTarget }).document
+
+  const open = () => {
+    if (channel || typeof BroadcastChannel !== 'function') return
+    channel = new BroadcastChannel(channelName)
+    channel.onmessage = (event: MessageEvent<Partial<ChangeMessage> | null>) => {
+      const chain = event.data?.chain
+      if (event.data?.v === 1 && typeof chain === 'string') tell(chain)
+    }
+    // Where a channel would keep a process alive (Node, with an IndexedDB shim), it does not.
+    ;(channel as { unref?: () => void }).unref?.()
+    events.addEventListener?.('pageshow', onPageShow)
+    doc?.addEventListener('resume', tellAll)
+  }
+  const close = () => {
+    channel?.close()
+    channel = undefined
+    events.removeEventListener?.('pageshow', onPageShow)
+    doc?.removeEventListener('resume', tellAll)
+  }
+
+  return {
+    watch(chain, onChange) {
+      let set = listeners.get(chain)
+      if (!set) listeners.set(chain, (set = new Set()))
+      // A distinct entry per call, so that one watcher's stop leaves the others.
+      const own = () => onChange()
+      set.add(own)
+      open()
+      let stopped = false
+      return () => {
+        if (stopped) return
+        stopped = true
+        set.delete(own)
+        if (set.size === 0 && listeners.get(chain) === set) listeners.delete(chain)
+        if (listeners.size === 0) close()
+      }
+    },
+    changed(chain) {
+      const message: ChangeMessage = { v: 1, chain }
+      try {
+        if (channel) channel.postMessage(message)
+        else if (typeof BroadcastChannel === 'function') {
+          // Posted messages are queued for every other channel at once; closing ours after
+          // posting does not take them back.
+          const once = new BroadcastChannel(channelName)
+          once.postMessage(message)
+          once.close()
+        }
+      } catch {
+        // A failed post leaves the other tabs to their maxStalenessMs.
+      }
+      if (listeners.has(chain)) setTimeout(() => tell(chain), 0)
     },
   }
 }

@@ -58,6 +58,48 @@ describe.skipIf(!existsSync(CHROMIUM))('indexedDbStore in Chromium', () => {
     await tab.close()
   })
 
+  it('every lifecycle field of the head (retired KEKs, a retired or destroyed chain) is kept exactly; malformed ones are ERR_STORE', async () => {
+    const tab = await newTab()
+    const results = await call<Array<{ name: string; ok: boolean; ms: number; error?: string }>>(tab, 'lifecycle')
+    expect(results.filter((r) => !r.ok).map((r) => `${r.name}: ${r.error}`)).toEqual([])
+    expect(results.length).toBe(3)
+    await tab.close()
+  })
+
+  /**
+   * Tab A (no watch: its casHead posts through a channel of its own) rotates while tab B, on the
+   * old primary, encrypts every 10 ms: how long after A's rotation B encrypted under the new one.
+   */
+  let tabs: Promise<Page[]> | undefined
+  let runs = 0
+  const rotationSeen = async (watch: boolean, maxStalenessMs: number) => {
+    // One pair of tabs for every run (a page load is most of a run's time); a new database each.
+    const [a, b] = await (tabs ??= Promise.all([newTab(), newTab()]))
+    const name = `fresh-${runs++}-${Date.now()}`
+    const first = await call<number>(a!, 'openChain', { name, watch: false, maxStalenessMs: 60_000 })
+    expect(await call<number>(b!, 'openChain', { name, watch, maxStalenessMs }), 'both tabs on one primary').toBe(first)
+    await new Promise((r) => setTimeout(r, 300))
+    const seen = call<{ kek: number; at: number }>(b!, 'change', { from: first, timeoutMs: 15_000 })
+    const rotated = await call<{ kek: number; at: number }>(a!, 'rotate')
+    const after = await seen
+    expect(after.kek, 'tab B encrypts under the primary tab A made').toBe(rotated.kek)
+    return after.at - rotated.at
+  }
+
+  it('a rotation in one tab is used by another tab of the origin within a few hundred ms with the watch (BroadcastChannel; maxStalenessMs 60 s, so only the watch explains it)', async () => {
+    const runs: number[] = []
+    for (let i = 0; i < 3; i++) runs.push(await rotationSeen(true, 60_000))
+    measured.rotationSeenWithWatchMs = runs
+    for (const ms of runs) expect(ms).toBeLessThan(2_000)
+  })
+
+  it('with watch: false, within maxStalenessMs (2 s here) by polling alone', async () => {
+    const ms = await rotationSeen(false, 2_000)
+    measured.rotationSeenPollingAloneMs = ms
+    expect(ms).toBeLessThan(2_000 + 1_500)
+    for (const tab of await tabs!) await tab.close()
+  })
+
   it('two tabs putting the same (id, root) records at once: exactly one put of each wins, and its record is the one stored', async () => {
     const name = `wraps-${Date.now()}`
     const count = 30

@@ -15,6 +15,7 @@ const kp = {
     describeStore(t, {
       name: 'indexeddb',
       severalRoots: true,
+      watch: true,
       open: async () => {
         const name = unique()
         return { store: indexedDbStore({ name }), another: () => indexedDbStore({ name }) }
@@ -74,6 +75,86 @@ const kp = {
       (m) => (roots = m),
     )
     return { results: await t.run(), roots }
+  },
+
+  /** The head's lifecycle fields through casHead and getHead, and malformed ones refused. */
+  async lifecycle() {
+    const t = createHarness()
+    t.test('indexeddb: every lifecycle field of the head round-trips exactly, read through another handle', async () => {
+      const name = unique()
+      const store = indexedDbStore({ name })
+      const heads = [
+        { primary: 9, primaryCreatedAt: 90, leased: 2, retired: [{ id: 7, retiredAt: 70 }, { id: 8, retiredAt: 80, destroyedAt: 85 }] },
+        { primary: 9, primaryCreatedAt: 90, leased: 2, retired: [{ id: 7, retiredAt: 70 }], chainRetiredAt: 100 },
+        { primary: 9, primaryCreatedAt: 90, leased: 2, roots: [{ name: 'default', kind: 'aes', state: 'active' as const }], retired: [{ id: 7, retiredAt: 70 }], chainRetiredAt: 100, chainDestroyedAt: 110 },
+        { primary: 9, primaryCreatedAt: 90, leased: 2, chainDestroyedAt: 110 },
+        { primary: 9, primaryCreatedAt: 90, leased: 2, retired: [] },
+        { primary: 9, primaryCreatedAt: 90, leased: 3 },
+      ]
+      let version: string | undefined
+      for (const [i, head] of heads.entries()) {
+        t.equal(await store.casHead('c', version, head), true, `swap ${i}:`)
+        const read = (await indexedDbStore({ name }).getHead('c'))!
+        t.equal(JSON.stringify(read.value), JSON.stringify(head), `head ${i}:`)
+        version = read.version
+      }
+    })
+    t.test('indexeddb: malformed lifecycle fields are ERR_STORE, on read and on write', async () => {
+      const name = unique()
+      const store = indexedDbStore({ name })
+      const raw = createStore(`kms-proxy:${name}`, 'keys')
+      const good = { primary: 1, primaryCreatedAt: 1, leased: 0 }
+      const bad = [
+        { ...good, retired: 'all' }, { ...good, retired: [{ id: 7 }] }, { ...good, retired: [{ id: 0, retiredAt: 1 }] },
+        { ...good, retired: [{ id: 7, retiredAt: 1, destroyedAt: 'soon' }] }, { ...good, chainRetiredAt: '1' }, { ...good, chainDestroyedAt: null },
+      ]
+      for (const [i, value] of bad.entries()) {
+        await set([`c${i}`, 'head'], { v: 1, version: 'x', head: value }, raw)
+        await t.rejects(store.getHead(`c${i}`), (e) => t.equal((e as { code?: string }).code, 'ERR_STORE', `read ${i}:`))
+        await t.rejects(store.casHead(`d${i}`, undefined, value as never), (e) => t.equal((e as { code?: string }).code, 'ERR_STORE', `write ${i}:`))
+        t.equal(await store.getHead(`d${i}`), undefined, `nothing written ${i}:`)
+      }
+    })
+    t.test('indexeddb: watchHead tells every watcher once when the page is restored from the back/forward cache or resumed, having maybe missed posts', async () => {
+      const store = indexedDbStore({ name: unique() })
+      const calls = { a: 0, b: 0 }
+      const stops = [store.watchHead!('a', () => calls.a++), store.watchHead!('b', () => calls.b++)]
+      window.dispatchEvent(new PageTransitionEvent('pageshow', { persisted: false }))
+      t.equal(JSON.stringify(calls), '{"a":0,"b":0}', 'a first load:')
+      window.dispatchEvent(new PageTransitionEvent('pageshow', { persisted: true }))
+      t.equal(JSON.stringify(calls), '{"a":1,"b":1}', 'restored:')
+      document.dispatchEvent(new Event('resume'))
+      t.equal(JSON.stringify(calls), '{"a":2,"b":2}', 'resumed:')
+      for (const stop of stops) stop()
+      window.dispatchEvent(new PageTransitionEvent('pageshow', { persisted: true }))
+      document.dispatchEvent(new Event('resume'))
+      t.equal(JSON.stringify(calls), '{"a":2,"b":2}', 'after stop:')
+    })
+    return t.run()
+  },
+
+  /** This tab's chain of the staleness tests: opened on `name`, answers the KEK of one encryption. */
+  async openChain({ name, watch, maxStalenessMs }: { name: string; watch: boolean; maxStalenessMs: number }) {
+    tabChain?.close()
+    tabChain = await KeyChain.open({ rootKey: aesRootKey(ROOT), store: indexedDbStore({ name }), watch, maxStalenessMs })
+    return kekOf(tabChain)
+  },
+
+  /** Rotates this tab's chain: the new primary, and when the rotation was done (ms since the epoch). */
+  async rotate() {
+    const { id } = await tabChain!.rotate()
+    return { kek: id, at: Date.now() }
+  },
+
+  /** Encrypts every 10 ms until the KEK is no longer `from` (at most `timeoutMs`): which KEK, and when. */
+  async change({ from, timeoutMs }: { from: number; timeoutMs: number }) {
+    const end = Date.now() + timeoutMs
+    let kek = await kekOf(tabChain!)
+    while (kek === from && Date.now() < end) {
+      await new Promise((resolve) => setTimeout(resolve, 10))
+      kek = await kekOf(tabChain!)
+    }
+    return { kek, at: Date.now() }
   },
 
   /** One tab's share of the put-if-absent race: puts KEKs 1..count under `root`, all at once, after meeting the other tab. */
@@ -159,6 +240,9 @@ const kp = {
     return { casMs: median(cas), putMs: median(put), defaultDurabilitySetMs: median(relaxed) }
   },
 }
+
+let tabChain: KeyChain | undefined
+const kekOf = async (chain: KeyChain) => new DataView((await chain.encrypt('x')).buffer).getUint32(1)
 
 /** Every key of an object store, as IndexedDB keeps it. */
 const idbKeys = (raw: UseStore) => raw('readonly', (s) => new Promise<IDBValidKey[]>((resolve) => (s.getAllKeys().onsuccess = (e) => resolve((e.target as IDBRequest<IDBValidKey[]>).result))))
