@@ -4,9 +4,12 @@
  * - `denoKvStore(kv)`: Deno KV has real compare-and-swap (`kv.atomic().check(...)`), so the head
  *   changes by CAS on its versionstamp and KEK records are put-if-absent: `atomic: true`, every
  *   invariant holds across processes.
+ *   It has `watchHead`: a chain on it sees a rotation made in another process within about
+ *   `watchPollMs` (1 s), one made in this process at once.
  * - `workersKvStore(namespace)`: Workers KV has no compare-and-swap and is eventually consistent
  *   (up to about 60 s between locations): `atomic: false`. Nothing is lost (every KEK is stored
- *   under its own id before use), but usage counting is best effort; see the README.
+ *   under its own id before use), but usage counting is best effort; see the README. It has no
+ *   push, so no `watchHead`: a chain on it reads the head every `maxStalenessMs`.
  *
  * No `node:` imports and no reference to the `Deno` global: both stores take the binding or the
  * `Deno.Kv` handle as an argument and run on workerd, Deno, Node and browsers alike.
@@ -23,7 +26,8 @@
  * @packageDocumentation
  * @module @kms-proxy/kv
  */
-import { DEFAULT_ROOT, StoreError, fromBase64, rootOf, toBase64, toHex, type ChainHead, type ChainRoot, type KekRecord, type KeyStore, type Versioned } from '@kms-proxy/core'
+import { DEFAULT_ROOT, StoreError, fromBase64, isRootName, parseChainHead, rootOf, toBase64, toHex, type ChainHead, type KekRecord, type KeyStore, type Versioned } from '@kms-proxy/core'
+import { denoHeadWatch, type WatchKey } from './internal/deno-watch.js'
 
 // ------------------------------------------------------------------------------------ shared
 
@@ -48,7 +52,6 @@ function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
 }
 
 const isU32 = (v: unknown): v is number => Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 0xffffffff
-const isCount = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0
 const isTime = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v)
 
 /** A stored value as JSON, or undefined: malformed data is the store's typed error, not a SyntaxError. */
@@ -60,30 +63,15 @@ function parseJson(raw: string): unknown {
   }
 }
 
-/** The chain's root names (core's rule): they are part of keys here, and never contain ':'. */
-const ROOT_NAME = /^[A-Za-z0-9._-]{1,64}$/
-const ROOT_STATES: ReadonlySet<unknown> = new Set(['adding', 'active', 'removing'])
-const isRootName = (v: unknown): v is string => typeof v === 'string' && ROOT_NAME.test(v)
-
-/** The head's roots, copied field by field; `undefined` when malformed. */
-function copyRoots(roots: unknown): readonly ChainRoot[] | undefined {
-  if (!Array.isArray(roots)) return undefined
-  const out: ChainRoot[] = []
-  for (const r of roots as Array<Partial<ChainRoot> | null>) {
-    if (!r || !isRootName(r.name) || typeof r.kind !== 'string' || !ROOT_STATES.has(r.state)) return undefined
-    out.push(Object.freeze({ name: r.name, kind: r.kind, state: r.state! }))
-  }
-  return Object.freeze(out)
-}
-
-/** A head checked and copied: a corrupt one (read or about to be written) is ERR_STORE. `roots` absent stays absent. */
+/**
+ * A head checked and copied by core's `parseChainHead` (read, or about to be written): every
+ * field the head has is kept, optional ones absent stay absent, so a new head field needs no
+ * change here. A corrupt one is ERR_STORE. Root names (core's `isRootName`) never contain ':'.
+ */
 function checkHead(v: unknown, where: string): ChainHead {
-  const h = v as Partial<ChainHead> | null
-  const roots = h?.roots === undefined ? undefined : copyRoots(h.roots)
-  if (!h || typeof h !== 'object' || !isU32(h.primary) || !isTime(h.primaryCreatedAt) || !isCount(h.leased) || (h.roots !== undefined && !roots)) {
-    throw new StoreError(`${where}: the chain head is malformed`)
-  }
-  return Object.freeze({ primary: h.primary, primaryCreatedAt: h.primaryCreatedAt, leased: h.leased, ...(roots ? { roots } : {}) })
+  const head = parseChainHead(v)
+  if (!head) throw new StoreError(`${where}: the chain head is malformed`)
+  return head
 }
 
 /**
@@ -198,6 +186,10 @@ interface KvKekValue {
  * in that window) both see the id free and both write. The read-back makes the first writer give
  * up when the second put lands before its read-back; if it lands after (or in another location),
  * both use the id, the last write wins, and data under the other KEK could not be decrypted.
+ *
+ * Workers KV has no push, so the store has no `watchHead`: a chain reads the head at least every
+ * `maxStalenessMs` before it encrypts, and sees a rotation made elsewhere within that bound plus
+ * KV's propagation (up to about 60 s between locations; none within one).
  *
  * Several roots: a KEK's record under the `'default'` root stays at `…:kek:<id>`, where every
  * record was before (no migration); under any other root it is `…:kek-wrap:<id>:<root>`, with the
@@ -379,6 +371,13 @@ export interface DenoKv {
   list(selector: { prefix: DenoKvKey }): AsyncIterable<DenoKvEntry>
   /** Starts an atomic operation (checks, then sets, then commit). */
   atomic(): DenoKvAtomic
+  /**
+   * Streams the entries of up to 10 keys, at once and after each change (`Deno.Kv.watch`).
+   * Without it the store has no `watchHead`, and chains read the head every `maxStalenessMs`.
+   */
+  watch?(keys: DenoKvKey[]): ReadableStream<DenoKvEntry[]>
+  /** Reads several entries at once (the watch's poll; without it, one `get` per key). */
+  getMany?(keys: DenoKvKey[]): Promise<DenoKvEntry[]>
 }
 
 /** Options of {@link denoKvStore}. */
@@ -395,6 +394,14 @@ export interface DenoKvStoreOptions {
    * @defaultValue 10,000 (10 s)
    */
   busyTimeoutMs?: number
+  /**
+   * How often (ms) `watchHead` reads the watched heads' versionstamps (one `getMany` per 10
+   * chains), for the writes `kv.watch` does not push: on a local file, those of other processes.
+   * `Infinity`: no poll, the push alone (Deno Deploy's KV pushes every isolate's writes).
+   *
+   * @defaultValue 1,000 (1 s)
+   */
+  watchPollMs?: number
 }
 
 /**
@@ -437,7 +444,14 @@ interface DenoKekValue {
  * KEK and root (`kv.atomic().check({ key, versionstamp })`), so the store is atomic across every
  * process that opens the same database: `atomic: true`.
  *
+ * `watchHead` (when the handle has `watch`): the chains of one store share one `kv.watch` per 10
+ * chains (Deno KV's limit per watch), which pushes the writes of this process at once; as
+ * `kv.watch` on a local file does not see another process's writes, the watched heads are also
+ * read every `watchPollMs` (1 s). A chain opened on this store follows a rotation made anywhere
+ * within about that; call `chain.close()` when done, so that no watch or timer is left running.
+ *
  * @throws TypeError - `kv` is not a Deno KV handle, or an option of the wrong type.
+ * @throws RangeError - `watchPollMs` under 10.
  * @throws {@link @kms-proxy/core!StoreError} - (from its methods) `ERR_STORE`: KV failed (still
  *   locked after `busyTimeoutMs`), or a record is malformed.
  * @example
@@ -453,12 +467,23 @@ export function denoKvStore(kv: DenoKv, options: DenoKvStoreOptions = {}): KeySt
   const prefix = options.prefix ?? 'kms-proxy'
   if (typeof prefix !== 'string') throw new TypeError('denoKvStore: prefix must be a string')
   const busyTimeoutMs = options.busyTimeoutMs ?? 10_000
+  const watchPollMs = options.watchPollMs ?? 1_000
+  if (typeof watchPollMs !== 'number' || !(watchPollMs >= 10)) throw new RangeError('denoKvStore: watchPollMs must be 10 ms or more (Infinity: no poll)')
   const retry = <T>(call: () => Promise<T>) => whileBusy(call, busyTimeoutMs)
   const headKey = (chain: string) => [prefix, chain, 'head'] as const
   // The 'default' root's record stays where every record was before chains had several roots;
   // the others live apart, so that a version that predates them lists only 'default' records.
   const kekKey = (chain: string, id: number, root: string = DEFAULT_ROOT): DenoKvKey =>
     root === DEFAULT_ROOT ? [prefix, chain, 'kek', id] : [prefix, chain, 'kek-wrap', id, root]
+
+  const watching = typeof kv.watch === 'function' ? denoHeadWatch(kv as Parameters<typeof denoHeadWatch>[0], headKey as (chain: string) => WatchKey, watchPollMs) : undefined
+  /** KeyStore.watchHead: never throws; a chain name the store would refuse is never called. */
+  const watch =
+    watching &&
+    ((chain: string, onChange: () => void) => {
+      if (typeof chain !== 'string' || chain.length === 0) return () => {}
+      return watching(chain, onChange)
+    })
 
   const toRecord = (id: number, value: unknown, root: string = DEFAULT_ROOT) => {
     const v = value as Partial<DenoKekValue> | null
@@ -494,10 +519,9 @@ export function denoKvStore(kv: DenoKv, options: DenoKvStoreOptions = {}): KeySt
     },
     async casHead(chain, expected, next) {
       checkChain(chain)
-      // A plain object copy: Deno KV stores it by structured clone, and the roots as given.
-      const head = checkHead(next, 'casHead')
+      // Stored by structured clone, every field as parseChainHead kept it.
+      const value = checkHead(next, 'casHead')
       const key = headKey(chain)
-      const value = { primary: head.primary, primaryCreatedAt: head.primaryCreatedAt, leased: head.leased, ...(head.roots ? { roots: head.roots.map((r) => ({ ...r })) } : {}) }
       const result = await retry(() => kv.atomic().check({ key, versionstamp: expected ?? null }).set(key, value).commit())
       return result.ok === true
     },
@@ -534,5 +558,6 @@ export function denoKvStore(kv: DenoKv, options: DenoKvStoreOptions = {}): KeySt
       const key = kekKey(chain, id, checkRoot(root))
       await retry(() => kv.atomic().delete(key).commit())
     },
+    ...(watch ? { watchHead: watch } : {}),
   }
 }

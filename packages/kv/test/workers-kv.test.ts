@@ -161,3 +161,49 @@ it('a KEK record whose bytes are not canonical padded base64 is ERR_STORE, never
   await kv.put(`${prefix}d:kek:1`, JSON.stringify({ v: 1, id: 1, createdAt: 1, rootKind: 'aes', wrapped: 'AQIDBA==', writer: 'w' }))
   expect(Array.from((await store.getKek('d', 1))!.wrapped)).toEqual([1, 2, 3, 4])
 })
+
+it('workerd: a rotation through one Worker isolate is used by another isolate on the same KV within maxStalenessMs (no push: the chain polls)', async () => {
+  const built = await esbuild.build({
+    entryPoints: [join(import.meta.dirname, 'workerd', 'chain-worker.ts')],
+    bundle: true,
+    format: 'esm',
+    platform: 'browser',
+    target: 'es2022',
+    write: false,
+    absWorkingDir: root,
+    logLevel: 'error',
+  })
+  const script = built.outputFiles[0]!.text
+  // Two Workers, two isolates, one KV namespace: Miniflare's KV is immediately consistent, so
+  // what is measured is the chain's own bound; production adds KV's propagation (up to ~60 s).
+  const worker = (name: string) => ({ name, modules: true, script, compatibilityDate: '2026-05-01', kvNamespaces: { KEYS: 'shared' } })
+  const two = new Miniflare({ workers: [worker('a'), worker('b')] })
+  const staleMs = 1000
+  try {
+    const call = async (name: string, path: string) => {
+      const response = await (await two.getWorker(name)).fetch(`http://localhost${path}?stale=${staleMs}`)
+      const body = await response.text()
+      if (!response.ok) throw new Error(`worker ${name} answered ${response.status}: ${body.slice(0, 1000)}`)
+      return JSON.parse(body) as { kek: number; watching: boolean }
+    }
+    const first = await call('a', '/encrypt')
+    expect(first.watching).toBe(false)
+    expect((await call('b', '/encrypt')).kek).toBe(first.kek)
+    const rotated = await call('a', '/rotate')
+    const rotatedAt = Date.now()
+    expect(rotated.kek).not.toBe(first.kek)
+    const seen: number[] = []
+    while (Date.now() - rotatedAt < staleMs + 10_000) {
+      seen.push((await call('b', '/encrypt')).kek)
+      if (seen.at(-1) === rotated.kek) break
+      await new Promise((r) => setTimeout(r, 25))
+    }
+    const ms = Date.now() - rotatedAt
+    expect(seen.at(-1)).toBe(rotated.kek)
+    // The bound plus a margin for a loaded machine (each request is a round trip to workerd).
+    expect(ms).toBeLessThan(staleMs + 2000)
+    console.log(`workers KV, maxStalenessMs ${staleMs}: isolate b encrypted under isolate a's new primary ${ms} ms after the rotation (${seen.length} requests, ${seen.filter((k) => k === first.kek).length} still under the old primary)`)
+  } finally {
+    await two.dispose()
+  }
+}, 30_000)

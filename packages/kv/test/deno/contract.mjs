@@ -21,6 +21,7 @@ async function contract(dir) {
   describeStore(t, {
     name: 'denoKvStore',
     severalRoots: true,
+    watch: true,
     async open() {
       const path = `${dir}/contract-${n++}.sqlite`
       const handles = []
@@ -76,6 +77,40 @@ async function contract(dir) {
       await t.rejects(store.putKekIfAbsent('c', { id: 12, createdAt: 3, rootKind: 'aes', wrapped, root: 'no/slash' }), (e) => t.ok(e instanceof TypeError, String(e)))
     } finally {
       kv.close()
+    }
+  })
+  t.test('denoKvStore: a head with every field (roots, retired KEKs, chainRetiredAt, chainDestroyedAt) round-trips exactly, through another handle too', async () => {
+    const path = `${dir}/full-head.sqlite`
+    const kv = await Deno.openKv(path)
+    const kv2 = await Deno.openKv(path)
+    try {
+      const store = denoKvStore(kv, { prefix: 'p' })
+      const head = {
+        primary: 7,
+        primaryCreatedAt: 1_700_000_000_000,
+        leased: 12,
+        roots: [{ name: 'default', kind: 'aes', state: 'active' }],
+        retired: [{ id: 3, retiredAt: 1_700_000_000_100 }, { id: 5, retiredAt: 1_700_000_000_200, destroyedAt: 1_700_000_000_300 }],
+        chainRetiredAt: 1_700_000_000_400,
+        chainDestroyedAt: 1_700_000_000_500,
+      }
+      t.equal(await store.casHead('c', undefined, head), true, 'create:')
+      t.equal(JSON.stringify((await store.getHead('c')).value), JSON.stringify(head), 'read back:')
+      t.equal(JSON.stringify((await kv.get(['p', 'c', 'head'])).value), JSON.stringify(head), 'as Deno KV keeps it:')
+      const other = denoKvStore(kv2, { prefix: 'p' })
+      const v = await other.getHead('c')
+      t.equal(JSON.stringify(v.value), JSON.stringify(head), 'read by another handle:')
+      const next = { ...head, leased: 13, retired: head.retired.slice(1) }
+      t.equal(await other.casHead('c', v.version, next), true, 'swap from another handle:')
+      t.equal(JSON.stringify((await store.getHead('c')).value), JSON.stringify(next), 'read after the swap:')
+      for (const [i, bad] of [{ ...head, retired: [{ id: 'x', retiredAt: 1 }] }, { ...head, chainRetiredAt: 'soon' }, { ...head, chainDestroyedAt: Number.NaN }].entries()) {
+        await t.rejects(store.casHead(`bad${i}`, undefined, bad), (e) => t.equal(e.code, 'ERR_STORE', `write ${i}:`))
+        await kv.set(['p', `bad${i}`, 'head'], bad)
+        await t.rejects(store.getHead(`bad${i}`), (e) => t.equal(e.code, 'ERR_STORE', `read ${i}:`))
+      }
+    } finally {
+      kv.close()
+      kv2.close()
     }
   })
   t.test('denoKvStore: a head whose roots are malformed is ERR_STORE, on read and on write', async () => {

@@ -208,6 +208,34 @@ export function describeWorkersKvRoots(t: Harness, kv: WorkersKvNamespace, uniqu
     for (const [i, e] of made.entries()) t.equal(text(await recovery.decrypt(e)), i === 0 ? 'a0' : `b${i - 1}`)
   })
 
+  t.test('workers KV: a head with every field (roots, retired KEKs, chainRetiredAt, chainDestroyedAt) round-trips exactly, through another handle too', async () => {
+    const prefix = unique()
+    const store = workersKvStore(kv, { prefix })
+    const head = {
+      primary: 7,
+      primaryCreatedAt: 1_700_000_000_000,
+      leased: 12,
+      roots: [{ name: 'default', kind: 'aes', state: 'active' as const }],
+      retired: [{ id: 3, retiredAt: 1_700_000_000_100 }, { id: 5, retiredAt: 1_700_000_000_200, destroyedAt: 1_700_000_000_300 }],
+      chainRetiredAt: 1_700_000_000_400,
+      chainDestroyedAt: 1_700_000_000_500,
+    }
+    t.equal(await store.casHead('c', undefined, head), true, 'create:')
+    t.equal(JSON.stringify((await store.getHead('c'))!.value), JSON.stringify(head), 'read back:')
+    const other = workersKvStore(kv, { prefix })
+    const v = (await other.getHead('c'))!
+    t.equal(JSON.stringify(v.value), JSON.stringify(head), 'read by another handle:')
+    const next = { ...head, leased: 13, retired: head.retired.slice(1) }
+    t.equal(await other.casHead('c', v.version, next), true, 'swap from another handle:')
+    t.equal(JSON.stringify((await store.getHead('c'))!.value), JSON.stringify(next), 'read after the swap:')
+    // A malformed new field is refused like any malformed head.
+    for (const [i, bad] of [{ ...head, retired: [{ id: 'x', retiredAt: 1 }] }, { ...head, chainRetiredAt: 'soon' }, { ...head, chainDestroyedAt: Number.NaN }].entries()) {
+      await t.rejects(store.casHead(`bad${i}`, undefined, bad as never), (e) => t.equal((e as { code?: string }).code, 'ERR_STORE', `write ${i}:`))
+      await kv.put(`${prefix}bad${i}:head`, JSON.stringify({ v: 1, version: 'x', head: bad }))
+      await t.rejects(store.getHead(`bad${i}`), (e) => t.equal((e as { code?: string }).code, 'ERR_STORE', `read ${i}:`))
+    }
+  })
+
   t.test('workers KV: a head whose roots are malformed is ERR_STORE, on read and on write', async () => {
     const prefix = unique()
     const store = workersKvStore(kv, { prefix })
