@@ -39,7 +39,7 @@ beforeAll(async () => {
   keyId = (await kms('CreateKey', {})).KeyMetadata.KeyId
   otherKeyId = (await kms('CreateKey', {})).KeyMetadata.KeyId
   await kms('CreateAlias', { AliasName: 'alias/kms-proxy-test', TargetKeyId: keyId })
-}, 60_000)
+}, 120_000) // startMoto may take up to 100 s on a loaded machine
 
 afterAll(async () => {
   moto?.close()
@@ -363,7 +363,7 @@ describeWrapKek('AWS KMS', { root, calls: () => calls, base: countingFetch, wrap
 
 describe('AWS KMS as one root of several (a key chain on a second moto)', () => {
   it('addRoot: one GenerateDataKey per KEK (and one Decrypt to prove the root); the chain then opens through AWS KMS alone, and with moto stopped through the other root', async () => {
-    // Started with the first moto; on a machine so loaded that it missed its 40 s, once more.
+    // Started with the first moto; on a machine so loaded that it missed its 100 s, once more.
     const second = await stoppable.catch(() => (stoppable = startMoto(credentials)))
     try {
       const secondKey = (await second.kms('CreateKey', {})).KeyMetadata.KeyId
@@ -403,5 +403,5 @@ describe('AWS KMS as one root of several (a key chain on a second moto)', () => 
     } finally {
       second.close()
     }
-  }, 90_000)
+  }, 150_000)
 })

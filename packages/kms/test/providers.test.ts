@@ -87,7 +87,7 @@ beforeAll(async () => {
   keyId = (await moto.kms('CreateKey', {})).KeyMetadata.KeyId
   awsFront = await startCheckingFront('aws', moto.endpoint, ledger)
   closers.push(() => awsFront.close())
-}, 60_000)
+}, 120_000) // startMoto may take up to 100 s on a loaded machine
 
 afterAll(async () => {
   for (const close of closers.reverse()) await close()

@@ -86,7 +86,7 @@ beforeAll(async () => {
     azure: { vaultUrl: azure.url, token: 'eyJ.runtimes-token' },
     sources: { imds, container, containerToken: 'runtimes-container-token', gcp: gcpMetadata, azure: azureIdentity, identityHeader },
   }
-}, 60_000)
+}, 120_000) // startMoto may take up to 100 s on a loaded machine
 
 afterAll(async () => {
   for (const close of closers.reverse()) await close()

@@ -29,7 +29,7 @@ beforeAll(async () => {
     startFakeAzureKeyVault({ token: 'eyJ.transport', keys: ['app'] }),
   ])
   awsKeyId = (await moto.kms('CreateKey', {})).KeyMetadata.KeyId
-}, 60_000) // startMoto alone may take 40 s on a loaded machine
+}, 120_000) // startMoto may take up to 100 s on a loaded machine
 
 afterAll(async () => {
   moto?.close()

@@ -17,8 +17,9 @@ export async function startMoto(credentials: AwsCredentials, region = 'eu-centra
   const port = await freePort()
   const child = spawn('moto_server', ['-H', '127.0.0.1', '-p', String(port)], { stdio: 'ignore' })
   const endpoint = `http://127.0.0.1:${port}/`
-  // moto (Python) takes 2 s to start on an idle machine, 12 s at a load average of 25: wait up to 40 s.
-  const deadline = Date.now() + 40_000
+  // moto (Python) takes 2 s to start on an idle machine, 12 s at a load average of 25, and more
+  // than 40 s at 34 with four test files starting one each: wait up to 100 s.
+  const deadline = Date.now() + 100_000
   for (;;) {
     try {
       await fetch(endpoint)
