@@ -37,12 +37,20 @@ export interface IndexedDbStoreOptions {
 
 const OBJECT_STORE = 'keys'
 
-/** What `[chain, 'head']` holds: the head and a random version token for compare-and-swap. */
+/**
+ * What `[chain, 'head']` holds: the head and a random version token for compare-and-swap. `v`
+ * is 2 when the head has a lifecycle field (`retired`, `chainRetiredAt`, `chainDestroyedAt`), 1
+ * otherwise. Older versions read only `v: 1`, field by field: a tab still running one would
+ * write the head back without `retired` with its next lease, un-retiring every retired KEK, so
+ * it must refuse such a head (`ERR_STORE`) instead.
+ */
 interface HeadValue {
-  v: 1
+  v: 1 | 2
   head: ChainHead
   version: string
 }
+
+const headFormat = (head: ChainHead): 1 | 2 => (head.retired !== undefined || head.chainRetiredAt !== undefined || head.chainDestroyedAt !== undefined ? 2 : 1)
 
 /**
  * What `[chain, 'kek', id]` (root `'default'`, no `root` field) and `[chain, 'kek-wrap', id, root]`
@@ -80,9 +88,9 @@ function checkRoot(root: string): void {
 function readHead(raw: unknown): HeadValue | undefined {
   if (raw === undefined) return undefined
   const r = raw as Partial<HeadValue> | null
-  const head = r && r.v === 1 && typeof r.version === 'string' ? parseChainHead(r.head) : undefined
+  const head = r && (r.v === 1 || r.v === 2) && typeof r.version === 'string' ? parseChainHead(r.head) : undefined
   if (!head) throw new StoreError('indexedDbStore: the chain head is malformed')
-  return { v: 1, version: r!.version!, head }
+  return { v: headFormat(head), version: r!.version!, head }
 }
 
 /** A record read back; `root` is the root its key names, which a named record's value must repeat. */

@@ -91,12 +91,17 @@ const kp = {
         { primary: 9, primaryCreatedAt: 90, leased: 2, retired: [] },
         { primary: 9, primaryCreatedAt: 90, leased: 3 },
       ]
+      const raw = createStore(`kms-proxy:${name}`, 'keys')
       let version: string | undefined
       for (const [i, head] of heads.entries()) {
         t.equal(await store.casHead('c', version, head), true, `swap ${i}:`)
         const read = (await indexedDbStore({ name }).getHead('c'))!
         t.equal(JSON.stringify(read.value), JSON.stringify(head), `head ${i}:`)
         version = read.version
+        // Older versions read only v 1, field by field: they would write a head back without
+        // its lifecycle fields (un-retiring KEKs). A head with one is v 2, which they refuse.
+        const lifecycle = 'retired' in head || 'chainRetiredAt' in head || 'chainDestroyedAt' in head
+        t.equal((await get(['c', 'head'], raw)).v, lifecycle ? 2 : 1, `stored v of head ${i}:`)
       }
     })
     t.test('indexeddb: malformed lifecycle fields are ERR_STORE, on read and on write', async () => {
