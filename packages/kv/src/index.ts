@@ -397,7 +397,7 @@ export interface DenoKvStoreOptions {
   /**
    * How often (ms) `watchHead` reads the watched heads' versionstamps (one `getMany` per 10
    * chains), for the writes `kv.watch` does not push: on a local file, those of other processes.
-   * `Infinity`: no poll, the push alone (Deno Deploy's KV pushes every isolate's writes).
+   * `Infinity`: no poll, only what `kv.watch` pushes (on a local file, this process's writes).
    *
    * @defaultValue 1,000 (1 s)
    */

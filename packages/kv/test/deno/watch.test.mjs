@@ -141,6 +141,21 @@ Deno.test('watchHead: a casHead by a second Deno process on the same file calls 
   }
 })
 
+Deno.test('watchHead never throws and leaves nothing running: on a closed handle, for an empty chain name', async () => {
+  const kv = await Deno.openKv(`${dir}/watch-closed.sqlite`)
+  const store = denoKvStore(kv)
+  kv.close()
+  let calls = 0
+  const stop = store.watchHead('c', () => calls++)
+  assert.equal(typeof stop, 'function')
+  await sleep(100)
+  stop()
+  const none = store.watchHead('', () => calls++)
+  assert.equal(typeof none, 'function')
+  none()
+  assert.equal(calls, 0)
+})
+
 // Opened before the test and closed after it: closing a handle ends its watches too, so only a
 // handle that outlives the test shows what chain.close() alone leaves running.
 const rotatePath = `${dir}/watch-rotate.sqlite`
@@ -179,8 +194,8 @@ Deno.test('a chain with watch: true encrypts under a primary rotated through ano
   const two = await KeyChain.open({ rootKey: aesRootKey(ROOT), store: denoKvStore(b), maxStalenessMs, dekPoolSize: 0, watch: false })
   try {
     const before = kekIdOf(await one.encrypt('x'))
-    const t0 = Date.now()
     await two.rotate()
+    const t0 = Date.now()
     const primary = kekIdOf(await two.encrypt('y'))
     assert.notEqual(primary, before)
     const ms = await until(async () => kekIdOf(await one.encrypt('x')) === primary, 10_000)
