@@ -7,6 +7,8 @@ import { DEFAULT_ROOT, FORMAT_VERSION, KeyChain, LimitError, kekAad, type ChainH
 import { DEFAULT_ITERATIONS } from '@kms-proxy/passphrase'
 import {
   CONFIG_FORMAT,
+  DEFAULT_DESTROY_GRACE_MS,
+  DEFAULT_MAX_STALENESS_MS,
   DEFAULT_STORE_FILE,
   chainOptions,
   configRoots,
@@ -39,6 +41,7 @@ import {
 } from './config.js'
 import { CliError, EXIT, explain, usage } from './exit.js'
 import { scanTemps, type Leftover } from './leftovers.js'
+import { confirmTyped } from './prompt.js'
 import { isTempName, openInput, refuseExisting, openOutputFile, peek, progressBar, readAll, stdoutOutput, wantsProgress, writeWhole, type Output, type OutputOptions } from './io.js'
 
 type Spec = Record<string, { type: 'string' | 'boolean'; short?: string; multiple?: boolean }>
@@ -198,6 +201,11 @@ ${CONFIG_HELP}
 ${ROOT_HELP}
       --max-wraps-per-kek N   rotation after N DEKs (default 2^21)
       --max-kek-age-days D    rotation after D days (default 7)
+      --max-staleness-seconds S   every process reads the chain head at least every S seconds before
+                              it encrypts or decrypts, so a rotation or retirement anywhere is
+                              seen within S (default 15)
+      --destroy-grace-days D  destroy only D days after a retirement (default 7; at least the
+                              staleness bound)
       --plain-http-host HOST  allow plain http: to HOST (not loopback); repeatable; kept in the config
       --force                 overwrite an existing config
 
@@ -216,6 +224,8 @@ of its wrapped KEKs, and nothing encrypted under the chain can be decrypted with
     ...ROOT_OPTIONS,
     'max-wraps-per-kek': { type: 'string' },
     'max-kek-age-days': { type: 'string' },
+    'max-staleness-seconds': { type: 'string' },
+    'destroy-grace-days': { type: 'string' },
     'plain-http-host': { type: 'string', multiple: true },
     force: { type: 'boolean' },
   },
@@ -227,6 +237,14 @@ of its wrapped KEKs, and nothing encrypted under the chain can be decrypted with
     const maxWrapsPerKek = positiveInt('max-wraps-per-kek', v['max-wraps-per-kek'])
     const days = v['max-kek-age-days'] === undefined ? undefined : Number(v['max-kek-age-days'])
     if (days !== undefined && !(days > 0)) throw usage('--max-kek-age-days: expected a positive number')
+    const staleness = v['max-staleness-seconds'] === undefined ? undefined : Number(v['max-staleness-seconds'])
+    if (staleness !== undefined && !(staleness >= 0 && Number.isFinite(staleness))) throw usage('--max-staleness-seconds: expected a number, 0 or more')
+    const grace = v['destroy-grace-days'] === undefined ? undefined : Number(v['destroy-grace-days'])
+    const maxStalenessMs = staleness === undefined ? undefined : Math.round(staleness * 1000)
+    const destroyGraceMs = grace === undefined ? undefined : Math.round(grace * 86_400_000)
+    if (grace !== undefined && !(Number.isFinite(grace) && destroyGraceMs! >= (maxStalenessMs ?? DEFAULT_MAX_STALENESS_MS))) {
+      throw usage(`--destroy-grace-days: expected a number of days, at least the staleness bound (${age(maxStalenessMs ?? DEFAULT_MAX_STALENESS_MS)}), so that every process sees a retirement before a destroy`)
+    }
     const config: CliConfig = {
       format: CONFIG_FORMAT,
       chain: chainName,
@@ -234,6 +252,8 @@ of its wrapped KEKs, and nothing encrypted under the chain can be decrypted with
       rootKey: rootKeyConfig(v),
       ...(maxWrapsPerKek ? { maxWrapsPerKek } : {}),
       ...(days ? { maxKekAgeMs: Math.round(days * 86_400_000) } : {}),
+      ...(maxStalenessMs !== undefined ? { maxStalenessMs } : {}),
+      ...(destroyGraceMs !== undefined ? { destroyGraceMs } : {}),
       ...(Array.isArray(v['plain-http-host']) ? { plainHttpHosts: v['plain-http-host'] } : {}),
     }
     const url = urlProblem(config)
@@ -492,7 +512,19 @@ ${CONFIG_HELP}
     const keks = byKek(await store.listKeks(config.chain))
     const maxWraps = config.maxWrapsPerKek ?? DEFAULT_MAX_WRAPS
     const maxAge = config.maxKekAgeMs ?? DEFAULT_MAX_AGE_MS
+    const maxStalenessMs = config.maxStalenessMs ?? DEFAULT_MAX_STALENESS_MS
+    const destroyGraceMs = config.destroyGraceMs ?? DEFAULT_DESTROY_GRACE_MS
     const h = head.value
+    const retired = new Map((h.retired ?? []).map((r) => [r.id, r]))
+    // A destroyed KEK has no record left: the head still names it, with its times.
+    const destroyedOnly = [...retired.values()].filter((r) => r.destroyedAt !== undefined && !keks.some((k) => k.id === r.id))
+    const lifeOf = (id: number) => {
+      const r = retired.get(id)
+      if (!r) return { state: 'active' as const }
+      return r.destroyedAt !== undefined
+        ? { state: 'destroyed' as const, retiredAt: r.retiredAt, destroyedAt: r.destroyedAt }
+        : { state: 'retired' as const, retiredAt: r.retiredAt, destroyableAt: r.retiredAt + destroyGraceMs }
+    }
     const folders = [...new Set([process.cwd(), dirname(file)])]
     const leftovers: Leftover[] = []
     // A folder this user cannot list has nothing status could report or clean could remove.
@@ -503,9 +535,13 @@ ${CONFIG_HELP}
       store: config.store.type === 'file' ? { type: 'file', path: storeFile } : { type: 'etcd', endpoints: config.store.endpoints },
       ...(config.roots ? { roots: config.roots.map((r) => ({ name: r.name, type: r.type })) } : { rootKey: { type: config.rootKey!.type } }),
       ...(config.rootChange ? { rootChange: config.rootChange } : {}),
-      policy: { maxWrapsPerKek: maxWraps, maxKekAgeMs: maxAge },
+      policy: { maxWrapsPerKek: maxWraps, maxKekAgeMs: maxAge, maxStalenessMs, destroyGraceMs },
+      ...(h.chainRetiredAt === undefined ? {} : { chainRetiredAt: h.chainRetiredAt, ...(h.chainDestroyedAt === undefined ? { chainDestroyableAt: h.chainRetiredAt + destroyGraceMs } : { chainDestroyedAt: h.chainDestroyedAt }) }),
       primary: { id: h.primary, createdAt: h.primaryCreatedAt, usesReserved: h.leased, rotatesAt: h.primaryCreatedAt + maxAge },
-      keks: keks.map((k) => ({ id: k.id, createdAt: k.createdAt, rootKind: k.rootKind, roots: k.roots, primary: k.id === h.primary })),
+      keks: [
+        ...keks.map((k) => ({ id: k.id, createdAt: k.createdAt, rootKind: k.rootKind, roots: k.roots, primary: k.id === h.primary, ...lifeOf(k.id) })),
+        ...destroyedOnly.map((r) => ({ id: r.id, primary: false, ...lifeOf(r.id) })),
+      ],
       rootKeyCalls: { wraps: 0, unwraps: checked ?? 0 },
       ...(checked === undefined ? {} : { rootKeyAvailable: true }),
       ...(str(v.plugin) ? { plugin: await pluginStatus(str(v.plugin)!, `${config.chain}/${h.primary.toString(16).padStart(8, '0')}`) } : {}),
@@ -525,8 +561,19 @@ ${CONFIG_HELP}
     out(`primary KEK  ${kekId(h.primary)}, ${age(now - h.primaryCreatedAt)} old, rotates in ${age(h.primaryCreatedAt + maxAge - now)} or after ${plural(maxWraps, 'use')}`)
     if (h.primaryCreatedAt + maxAge <= now) out(`             past its age by ${age(now - h.primaryCreatedAt - maxAge)}: the next plugin Status or encryption rotates it (one root-key call)`)
     out(`usage        ${h.leased.toLocaleString('en-US')} of ${plural(maxWraps, 'use')} reserved (${((100 * h.leased) / maxWraps).toFixed(h.leased * 1000 < maxWraps ? 3 : 1)}%)`)
-    out(`KEKs         ${keks.length}`)
-    for (const k of keks) out(`  ${kekId(k.id)}  ${new Date(k.createdAt).toISOString()}  ${h.roots ? k.roots.join(', ') : k.rootKind}${k.id === h.primary ? '  primary' : ''}`)
+    out(`staleness    a rotation or retirement anywhere is seen here within ${age(maxStalenessMs)}; destroy waits ${age(destroyGraceMs)} after a retirement`)
+    if (h.chainDestroyedAt !== undefined) out(`chain state  destroyed ${new Date(h.chainDestroyedAt).toISOString()}: its KEKs are deleted; nothing under it can be decrypted`)
+    else if (h.chainRetiredAt !== undefined) {
+      out(`chain state  retired ${new Date(h.chainRetiredAt).toISOString()}: no encryption or decryption; \`kms-proxy unretire --chain\` undoes it, \`kms-proxy destroy --chain\` deletes it for good from ${new Date(h.chainRetiredAt + destroyGraceMs).toISOString()}`)
+    }
+    const life = (id: number) => {
+      const l = lifeOf(id)
+      if (l.state === 'retired') return `  retired ${new Date(l.retiredAt).toISOString()} (destroyable from ${new Date(l.destroyableAt).toISOString()})`
+      return l.state === 'destroyed' ? `  destroyed ${new Date(l.destroyedAt).toISOString()}` : ''
+    }
+    out(`KEKs         ${keks.length}${retired.size > 0 ? ` (${[...retired.values()].filter((r) => r.destroyedAt === undefined).length} retired, ${destroyedOnly.length} destroyed)` : ''}`)
+    for (const k of keks) out(`  ${kekId(k.id)}  ${new Date(k.createdAt).toISOString()}  ${h.roots ? k.roots.join(', ') : k.rootKind}${k.id === h.primary ? '  primary' : ''}${life(k.id)}`)
+    for (const r of destroyedOnly) out(`  ${kekId(r.id)}  ${life(r.id).trim()}`)
     out(`root-key calls by this command: ${plural(report.rootKeyCalls.wraps, 'wrap')}, ${plural(report.rootKeyCalls.unwraps, 'unwrap')}${checked ? ' (root key ok)' : ''}`)
     if (report.plugin) {
       const p = report.plugin
@@ -676,8 +723,13 @@ ${CONFIG_HELP}
     // Files already under the primary are left as they are (no root-key call, no write).
     const primaryAtStart = (await store.getHead(config.chain))?.value.primary
     const counts = { rewrapped: 0, messages: 0, streams: 0, current: 0, skipped: 0, failed: 0 }
+    // Per old KEK: files and bytes moved off it, and files left under it (failed), so that
+    // "retire after rewrap" is a checked step.
+    const perKek = new Map<number, { files: number; bytes: number; left: number }>()
+    const tally = (id: number) => perKek.get(id) ?? perKek.set(id, { files: 0, bytes: 0, left: 0 }).get(id)!
     let firstFailure: unknown
     for (const file of files) {
+      let from: number | undefined
       try {
         const info = await lstat(file)
         // Another writer may replace or change the file meanwhile (an encrypt -o to the same
@@ -695,7 +747,8 @@ ${CONFIG_HELP}
           counts.skipped++
           continue
         }
-        if (head.length >= 5 && new DataView(head.buffer, head.byteOffset).getUint32(1) === primaryAtStart) {
+        from = new DataView(head.buffer, head.byteOffset).getUint32(1)
+        if (from === primaryAtStart) {
           counts.current++
           continue
         }
@@ -718,7 +771,11 @@ ${CONFIG_HELP}
           counts.messages++
         }
         counts.rewrapped++
+        const t = tally(from)
+        t.files++
+        t.bytes += info.size
       } catch (error) {
+        if (from !== undefined) tally(from).left++
         counts.failed++
         firstFailure ??= error
         note(`kms-proxy rewrap: ${file}: ${explain(error).message}`)
@@ -726,13 +783,194 @@ ${CONFIG_HELP}
     }
     const stats = chain.stats()
     const primary = stats.keks.find((k) => k.primary)?.id
-    if (v.json) out(JSON.stringify({ ...counts, primary, rootKeyUnwraps: stats.rootKeyUnwraps, rootKeyWraps: stats.rootKeyWraps }))
+    // What moved off each KEK, as the chain counted it (stats().keks[].rewrapped), with the bytes of those files.
+    const byKek = [...perKek.entries()]
+      .map(([id, t]) => ({ id, idHex: kekId(id), moved: stats.keks.find((k) => k.id === id)?.rewrapped ?? 0, bytes: t.bytes, left: t.left }))
+      .sort((a, b) => a.id - b.id)
+    if (v.json) out(JSON.stringify({ ...counts, primary, byKek, rootKeyUnwraps: stats.rootKeyUnwraps, rootKeyWraps: stats.rootKeyWraps }))
     else {
       out(`rewrapped ${plural(counts.rewrapped, 'file')} (${plural(counts.messages, 'message')}, ${plural(counts.streams, 'stream')})${primary ? ` to KEK ${kekId(primary)}` : ''}; ${counts.current} already current, ${counts.skipped} skipped (not kms-proxy data), ${counts.failed} failed`)
+      for (const k of byKek) {
+        const left = k.left > 0 ? `${plural(k.left, 'file')} still under it (failed)` : `no file under ${dir} still under it`
+        out(`  from KEK ${k.idHex}: ${plural(k.moved, 'file')} moved (${plural(k.bytes, 'byte')}); ${left}`)
+      }
       out(`root-key calls: ${plural(stats.rootKeyUnwraps, 'unwrap')}, ${plural(stats.rootKeyWraps, 'wrap')}`)
     }
     if (firstFailure !== undefined) {
       return explain(firstFailure).exitCode
+    }
+    return EXIT.OK
+  },
+}
+
+// ------------------------------------------------------------------------------ retire / unretire / destroy
+
+/** A KEK id as the commands print it (`0x1f2e3d4c`), or in decimal. */
+function kekIdArgument(command: string, positionals: string[], wholeChain: boolean): number | undefined {
+  if (wholeChain) {
+    if (positionals.length > 0) throw usage(`${command} --chain takes no KEK id`)
+    return undefined
+  }
+  if (positionals.length !== 1) throw usage(`${command} takes one KEK id, as \`kms-proxy status\` lists it (0x1f2e3d4c), or --chain for the whole chain`)
+  const text = positionals[0]!
+  const id = /^0x[0-9a-f]{1,8}$/i.test(text) ? Number.parseInt(text.slice(2), 16) : /^[0-9]{1,10}$/.test(text) ? Number(text) : Number.NaN
+  if (!Number.isInteger(id) || id < 1 || id > 0xffffffff) throw usage(`${text} is not a KEK id: give it as \`kms-proxy status\` lists it (0x and 8 hex digits)`)
+  return id
+}
+
+const refuseRootCall = () => Promise.reject(new Error('this command makes no root-key call'))
+/** The root key of a command that only edits the chain head: it is never called. */
+const NO_ROOT_KEY: RootKey = { kind: 'none', newKek: refuseRootCall, unwrapKek: refuseRootCall }
+
+/**
+ * The chain for a command that edits its head only (retire, unretire, destroy): no root-key
+ * secret is needed and no root-key call is made, since whoever may write the store can change
+ * the head anyway; the config and the store decide which chain.
+ */
+async function openHeadOnly(v: Record<string, unknown>) {
+  const { path: file, implicit } = resolveConfig(str(v.config))
+  const config = await loadConfig(file, { implicit })
+  const storeFile = storeFilePath(config, file)
+  if (storeFile) await storeFileExists(storeFile, file, config.chain)
+  const store = openStore(config, file)
+  const head = await chainHead(store, config.chain)
+  const chain = await KeyChain.open(chainOptions(config, { rootKey: NO_ROOT_KEY }, store))
+  const policy = { maxStalenessMs: config.maxStalenessMs ?? DEFAULT_MAX_STALENESS_MS, destroyGraceMs: config.destroyGraceMs ?? DEFAULT_DESTROY_GRACE_MS }
+  return { chain, config, store, head: head.value, policy }
+}
+
+/** Core's refusals of a lifecycle step (the primary, not retired, within the grace period) are the user's to fix: exit 2. */
+async function refusalIsUsage<T>(work: Promise<T>): Promise<T> {
+  try {
+    return await work
+  } catch (error) {
+    if (error instanceof LimitError) throw usage(error.message)
+    throw error
+  }
+}
+
+const iso = (ms: number) => new Date(ms).toISOString()
+
+const LIFECYCLE_HELP = `${CONFIG_HELP}
+      --chain             the whole chain instead of one KEK
+      --json              print what was done as JSON
+
+Needs no root-key secret and makes no root-key call: it edits the chain head in the store (one
+compare-and-swap). Every process on the chain sees it within the chain's staleness bound
+("maxStalenessMs" in the config, default 15 s).`
+
+const retire: Command = {
+  summary: 'stop a KEK (or the whole chain) from decrypting; reversible',
+  help: `Usage: kms-proxy retire KEK_ID | --chain [--json]
+
+Retires a KEK: data under it no longer decrypts (exit 11), here at once and in every process on
+the chain within its staleness bound. The primary cannot be retired: rotate first. Reversible
+with \`kms-proxy unretire\`; after the grace period ("destroyGraceMs", default 7 days) \`kms-proxy
+destroy\` can delete it for good. The way to check that nothing still needs a KEK: rewrap all
+data (\`kms-proxy rewrap DIR\` says how many files it moved off each KEK), retire the KEK, and
+watch for exit 11 during the grace period. With --chain, the whole chain stops encrypting and
+decrypting (a tenant that left).
+
+${LIFECYCLE_HELP}`,
+  options: { ...CONFIG_OPTION, chain: { type: 'boolean' }, json: { type: 'boolean' } },
+  positionals: true,
+  async run(v, positionals) {
+    const id = kekIdArgument('retire', positionals, v.chain === true)
+    const { chain, config, head, policy } = await openHeadOnly(v)
+    if (id === undefined) {
+      const retiredAt = await chain.retireChain()
+      const destroyableAt = retiredAt + policy.destroyGraceMs
+      if (v.json) out(JSON.stringify({ chain: config.chain, retiredAt, destroyableAt, ...policy }))
+      else {
+        out(`retired chain "${config.chain}" (${iso(retiredAt)}): it no longer encrypts or decrypts (exit 11), here now and in every process on it within ${age(policy.maxStalenessMs)}`)
+        out(`undo         kms-proxy unretire --chain`)
+        out(`destroy      kms-proxy destroy --chain, from ${iso(destroyableAt)} (the grace period, ${age(policy.destroyGraceMs)}, after the retirement)`)
+      }
+      return EXIT.OK
+    }
+    if (id === head.primary) throw usage(`KEK ${kekId(id)} is the primary KEK: \`kms-proxy rotate\` first, then retire it`)
+    const retired = await refusalIsUsage(chain.retireKek(id))
+    const destroyableAt = retired.retiredAt + policy.destroyGraceMs
+    if (v.json) out(JSON.stringify({ kek: id, kekHex: kekId(id), retiredAt: retired.retiredAt, ...(retired.destroyedAt === undefined ? { destroyableAt } : { destroyedAt: retired.destroyedAt }), ...policy }))
+    else if (retired.destroyedAt !== undefined) out(`KEK ${kekId(id)} was destroyed (${iso(retired.destroyedAt)})`)
+    else {
+      out(`retired KEK ${kekId(id)} of chain "${config.chain}" (${iso(retired.retiredAt)}): data under it no longer decrypts (exit 11), here now and in every process on the chain within ${age(policy.maxStalenessMs)}`)
+      out(`undo         kms-proxy unretire ${kekId(id)}`)
+      out(`destroy      kms-proxy destroy ${kekId(id)}, from ${iso(destroyableAt)} (the grace period, ${age(policy.destroyGraceMs)}, after the retirement)`)
+    }
+    return EXIT.OK
+  },
+}
+
+const unretire: Command = {
+  summary: 'make a retired KEK (or chain) decrypt again',
+  help: `Usage: kms-proxy unretire KEK_ID | --chain [--json]
+
+Undoes \`kms-proxy retire\`: the KEK decrypts again (with --chain, the chain encrypts and decrypts
+again), here at once and elsewhere within the staleness bound. A destroyed KEK or chain cannot
+come back (exit 12). A KEK that is not retired is left as it is.
+
+${LIFECYCLE_HELP}`,
+  options: { ...CONFIG_OPTION, chain: { type: 'boolean' }, json: { type: 'boolean' } },
+  positionals: true,
+  async run(v, positionals) {
+    const id = kekIdArgument('unretire', positionals, v.chain === true)
+    const { chain, config, head } = await openHeadOnly(v)
+    const was = id === undefined ? head.chainRetiredAt !== undefined : (head.retired ?? []).some((r) => r.id === id)
+    await (id === undefined ? chain.unretireChain() : chain.unretireKek(id))
+    const what = id === undefined ? `chain "${config.chain}"` : `KEK ${kekId(id)}`
+    if (v.json) out(JSON.stringify({ ...(id === undefined ? { chain: config.chain } : { kek: id, kekHex: kekId(id) }), wasRetired: was }))
+    else out(was ? `${what} is no longer retired: it ${id === undefined ? 'encrypts and decrypts' : 'decrypts'} again` : `${what} was not retired; nothing changed`)
+    return EXIT.OK
+  },
+}
+
+const destroy: Command = {
+  summary: 'delete a retired KEK (or a retired chain) for good: crypto-shredding',
+  help: `Usage: kms-proxy destroy KEK_ID | --chain [--yes] [--json]
+
+Deletes every record of a retired KEK from the store, for good: data under it can no longer be
+decrypted by anyone (exit 12). Refused for the primary, for a KEK that is not retired, and for
+one retired for less than the grace period ("destroyGraceMs" in the config, default 7 days).
+With --chain, every KEK of a retired chain (one chain per tenant: the tenant's data is gone);
+the head stays as a tombstone, without keys.
+
+On a terminal it asks you to type the KEK id (or the chain's name) to go on; elsewhere it needs
+--yes, and without it changes nothing (exit 2). Run again after a crash, it finishes.
+
+${CONFIG_HELP}
+      --chain             the whole chain instead of one KEK
+      --yes               do not ask (scripts)
+      --json              print what was deleted as JSON
+
+Needs no root-key secret and makes no root-key call.`,
+  options: { ...CONFIG_OPTION, chain: { type: 'boolean' }, yes: { type: 'boolean' }, json: { type: 'boolean' } },
+  positionals: true,
+  async run(v, positionals) {
+    const id = kekIdArgument('destroy', positionals, v.chain === true)
+    const { chain, config, head, policy } = await openHeadOnly(v)
+    const now = Date.now()
+    // The refusals core makes again under compare-and-swap, said first in the CLI's words and
+    // before anything is asked.
+    const retiredAt = id === undefined ? head.chainRetiredAt : (head.retired ?? []).find((r) => r.id === id)?.retiredAt
+    const what = id === undefined ? `chain "${config.chain}"` : `KEK ${kekId(id)}`
+    const retireCommand = `kms-proxy retire ${id === undefined ? '--chain' : kekId(id)}`
+    if (id !== undefined && id === head.primary) throw usage(`${what} is the primary KEK: it cannot be destroyed (\`kms-proxy rotate\`, then retire it first)`)
+    if (retiredAt === undefined) throw usage(`${what} is not retired: \`${retireCommand}\` first; it can be destroyed ${age(policy.destroyGraceMs)} after that`)
+    if (now - retiredAt < policy.destroyGraceMs) {
+      throw usage(`${what} was retired ${age(now - retiredAt)} ago: it can be destroyed after the grace period (${age(policy.destroyGraceMs)}), from ${iso(retiredAt + policy.destroyGraceMs)}`)
+    }
+    const finished = id === undefined ? head.chainDestroyedAt !== undefined : (head.retired ?? []).some((r) => r.id === id && r.destroyedAt !== undefined)
+    if (!v.yes && !finished) {
+      const token = id === undefined ? config.chain : kekId(id)
+      if (!process.stdin.isTTY) throw usage(`destroying ${what} cannot be undone: pass --yes, or run on a terminal to confirm`)
+      note(`kms-proxy destroy: ${what} (retired ${iso(retiredAt)}) will be deleted from the store for good; data under it can never be decrypted again`)
+      if (!(await confirmTyped(`Type ${token} to destroy it`, token))) throw usage(`not confirmed: ${what} was not destroyed`)
+    }
+    const report = await refusalIsUsage(id === undefined ? chain.destroyChain() : chain.destroyKek(id))
+    if (v.json) out(JSON.stringify({ ...(id === undefined ? { chain: config.chain } : { kek: id, kekHex: kekId(id) }), keks: report.keks, deleted: report.deleted }))
+    else {
+      out(`destroyed ${what}${id === undefined ? ` (${plural(report.keks.length, 'KEK')})` : ''}: ${plural(report.deleted, 'KEK record')} deleted from the store; data under ${id === undefined ? 'it' : 'that KEK'} can no longer be decrypted by anyone (exit 12)`)
     }
     return EXIT.OK
   },
@@ -1139,6 +1377,9 @@ export const COMMANDS: Record<string, Command> = {
   rotate,
   status,
   rewrap,
+  retire,
+  unretire,
+  destroy,
   root,
   clean,
   'k8s-plugin': k8sPlugin,

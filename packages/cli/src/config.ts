@@ -20,6 +20,10 @@ import { passphraseWeakness, readSecret } from './prompt.js'
 export const CONFIG_FORMAT = 'kms-proxy-cli/v1'
 export const DEFAULT_CONFIG = 'kms-proxy.json'
 export const DEFAULT_STORE_FILE = 'kms-proxy-keys.json'
+/** The library's staleness bound (KeyChainOptions.maxStalenessMs), when the config sets none. */
+export const DEFAULT_MAX_STALENESS_MS = 15_000
+/** The library's grace period before a destroy (KeyChainOptions.destroyGraceMs), when the config sets none. */
+export const DEFAULT_DESTROY_GRACE_MS = 7 * 86_400_000
 
 /** The config's store: a file store, or an etcd store (its password from `KMS_PROXY_ETCD_PASSWORD`). */
 export type StoreConfig =
@@ -154,6 +158,18 @@ export interface CliConfig {
   maxWrapsPerKek?: number
   /** The primary KEK's age limit (ms); the library's default is 7 days. */
   maxKekAgeMs?: number
+  /**
+   * The longest a process on this chain goes without reading the chain head before it encrypts
+   * or decrypts (ms; the library's default, 15 s): a rotation or a retirement made anywhere is
+   * seen everywhere within it.
+   */
+  maxStalenessMs?: number
+  /**
+   * How long a KEK, or the chain, must have been retired before `kms-proxy destroy` deletes it
+   * (ms; the library's default, 7 days). At least `maxStalenessMs`, so that every process has
+   * seen the retirement first.
+   */
+  destroyGraceMs?: number
   /**
    * Hosts that may be reached over plain `http:` although they are not loopback (the explicit
    * opt-in); passed on to the store and root key.
@@ -398,6 +414,10 @@ export async function loadConfig(path: string, options: LoadOptions = {}): Promi
     throw bad(path, '"maxWrapsPerKek" must be an integer from 1 to 2^32')
   }
   if (c.maxKekAgeMs !== undefined && !(typeof c.maxKekAgeMs === 'number' && c.maxKekAgeMs > 0)) throw bad(path, '"maxKekAgeMs" must be a positive number')
+  if (c.maxStalenessMs !== undefined && !(Number.isSafeInteger(c.maxStalenessMs) && c.maxStalenessMs >= 0)) throw bad(path, '"maxStalenessMs" must be a whole number of milliseconds, 0 or more')
+  if (c.destroyGraceMs !== undefined && !(Number.isSafeInteger(c.destroyGraceMs) && c.destroyGraceMs >= (c.maxStalenessMs ?? DEFAULT_MAX_STALENESS_MS))) {
+    throw bad(path, `"destroyGraceMs" must be a whole number of milliseconds, at least "maxStalenessMs" (${(c.maxStalenessMs ?? DEFAULT_MAX_STALENESS_MS).toLocaleString('en-US')}), so that every process sees a retirement before a destroy`)
+  }
   if (c.plainHttpHosts !== undefined && !(Array.isArray(c.plainHttpHosts) && c.plainHttpHosts.every(str))) throw bad(path, '"plainHttpHosts" must be a list of host names')
   const config = c as CliConfig
   const network = networkPart(config)
@@ -628,9 +648,12 @@ export function chainOptions(config: CliConfig, keys: ChainRoots, store: KeyStor
     store,
     // A command makes one DEK per file; uses reserved and not used count as spent, so reserve
     // only what the command needs and prepare nothing ahead.
-    ...(options.service ? {} : { dekPoolSize: 0, leaseSize: options.leaseSize ?? 1 }),
+    // A command ends in seconds: it reads the head when it opens, and needs no watch of it.
+    ...(options.service ? {} : { dekPoolSize: 0, leaseSize: options.leaseSize ?? 1, watch: false }),
     ...(config.maxWrapsPerKek ? { maxWrapsPerKek: config.maxWrapsPerKek } : {}),
     ...(config.maxKekAgeMs ? { maxKekAgeMs: config.maxKekAgeMs } : {}),
+    ...(config.maxStalenessMs !== undefined ? { maxStalenessMs: config.maxStalenessMs } : {}),
+    ...(config.destroyGraceMs !== undefined ? { destroyGraceMs: config.destroyGraceMs } : {}),
   }
 }
 

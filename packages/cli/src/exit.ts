@@ -28,9 +28,13 @@ export const EXIT = {
   IO: 9,
   /** An optional package the command needs is not installed (k8s-plugin needs @kms-proxy/k8s). */
   NOT_INSTALLED: 10,
+  /** The data's KEK, or the chain, is retired (ERR_RETIRED_KEK): `kms-proxy unretire` makes it decrypt again. */
+  RETIRED: 11,
+  /** The data's KEK, or the chain, was destroyed (ERR_DESTROYED_KEK): the data cannot be decrypted by anyone. */
+  DESTROYED: 12,
 } as const
 
-/** One of the {@link EXIT} codes, 0 to 10. */
+/** One of the {@link EXIT} codes, 0 to 12. */
 export type ExitCode = (typeof EXIT)[keyof typeof EXIT]
 
 /** An error the CLI expects and explains in one line. */
@@ -92,6 +96,10 @@ export function explain(error: unknown): {
         return { exitCode: EXIT.UNKNOWN_KEK, message: `${error.message} (was it encrypted with another chain or store, or before the key file was replaced? then restore that key file from a backup)` }
       case 'ERR_STORE':
         return { exitCode: EXIT.STORE, message: `the store failed: ${error.message}` }
+      case 'ERR_RETIRED_KEK':
+        return { exitCode: EXIT.RETIRED, message: `${error.message} (\`kms-proxy status\` lists retired KEKs; \`kms-proxy unretire\` makes one decrypt again)` }
+      case 'ERR_DESTROYED_KEK':
+        return { exitCode: EXIT.DESTROYED, message: `${error.message} (destroyed for good: nobody can decrypt data under it)` }
       default:
         return { exitCode: EXIT.INTERNAL, message: `${error.code}: ${error.message}` }
     }

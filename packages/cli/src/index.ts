@@ -41,7 +41,7 @@ ${Object.entries(COMMANDS)
 Run \`kms-proxy <command> --help\` for its options. Exit codes: 0 ok, 1 internal error, 2 usage,
 3 config missing or refused, or chain missing, 4 root key refused (wrong passphrase), 5 tampered
 or not kms-proxy data, 6 root key unreachable, 7 store failed, 8 unknown KEK, 9 file error,
-10 package missing.`
+10 package missing, 11 KEK or chain retired, 12 KEK or chain destroyed.`
 }
 
 /**

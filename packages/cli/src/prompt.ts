@@ -112,3 +112,22 @@ export async function readSecret(envName: string, label: string, confirm: boolea
     dialog.close()
   }
 }
+
+/**
+ * Asks on the terminal for `expected` to be typed (echoed: it is no secret), before an
+ * irreversible step. True only when the line typed is exactly `expected`.
+ */
+export async function confirmTyped(question: string, expected: string): Promise<boolean> {
+  const { createInterface } = await import('node:readline')
+  // The terminal's own line editing and echo (cooked mode): the prompt goes out as written.
+  const rl = createInterface({ input: process.stdin, output: process.stderr, terminal: false })
+  try {
+    const answer = await new Promise<string | undefined>((resolve) => {
+      rl.once('close', () => resolve(undefined)) // Ctrl-D
+      rl.question(`${question}: `, resolve)
+    })
+    return answer?.trim() === expected
+  } finally {
+    rl.close()
+  }
+}

@@ -1,6 +1,6 @@
 /** explain(): the one place that turns an error into an exit code and a line. */
 import { expect, it } from 'vitest'
-import { DecryptError, RootKeyError } from '@kms-proxy/core'
+import { DecryptError, DestroyedKekError, RetiredKekError, RootKeyError } from '@kms-proxy/core'
 import { EXIT, explain } from '../src/exit.ts'
 
 it('maps each kind of failure to its own exit code; a runtime fault is not a usage error', () => {
@@ -8,6 +8,8 @@ it('maps each kind of failure to its own exit code; a runtime fault is not a usa
     [new DecryptError('decryption failed'), EXIT.TAMPERED],
     [new RootKeyError('wrong passphrase'), EXIT.ROOT_KEY],
     [new RootKeyError('the KMS did not answer', { retryable: true }), EXIT.ROOT_KEY_UNREACHABLE],
+    [new RetiredKekError('KEK 1 is retired'), EXIT.RETIRED],
+    [new DestroyedKekError('KEK 1 was destroyed'), EXIT.DESTROYED],
     [new TypeError('kdf: expected pbkdf2, scrypt or argon2id'), EXIT.USAGE], // a bad option
     [new RangeError('the input is over 268435456 bytes'), EXIT.USAGE],
     [Object.assign(new TypeError("Unknown option '--x'"), { code: 'ERR_PARSE_ARGS_UNKNOWN_OPTION' }), EXIT.USAGE],

@@ -17,7 +17,7 @@ export const BUN = join(ROOT, 'node_modules/.bin/bun')
 // The binary itself: npm's deno wrapper (a Node script) does not pass signals on.
 export const DENO = join(ROOT, 'node_modules/deno/deno')
 
-export const EXIT = { OK: 0, INTERNAL: 1, USAGE: 2, MISSING: 3, ROOT_KEY: 4, TAMPERED: 5, ROOT_KEY_UNREACHABLE: 6, STORE: 7, UNKNOWN_KEK: 8, IO: 9, NOT_INSTALLED: 10 }
+export const EXIT = { OK: 0, INTERNAL: 1, USAGE: 2, MISSING: 3, ROOT_KEY: 4, TAMPERED: 5, ROOT_KEY_UNREACHABLE: 6, STORE: 7, UNKNOWN_KEK: 8, IO: 9, NOT_INSTALLED: 10, RETIRED: 11, DESTROYED: 12 }
 
 /**
  * Bundles the CLI's sources to one file in `dir`; returns its path. `sources` bundles another
