@@ -457,12 +457,10 @@ export function etcdStore(options: EtcdStoreOptions): EtcdStore {
     ended.catch(() => {})
     let reader: ReadableStreamDefaultReader<Uint8Array> | undefined
     try {
-      const headers: Record<string, string> = {
-        'content-type': 'application/json',
-        // etcd's "require leader" (grpc metadata through the gateway): a member that loses its
-        // leader ends the stream, instead of keeping it open and silent while the others go on.
-        'grpc-metadata-hasleader': 'true',
-      }
+      // No other header: etcd's CORS allows only these, and browsers ask first. (So no
+      // "require leader" metadata: a member cut off from the others keeps the stream open and
+      // silent, and the chains' maxStalenessMs covers that.)
+      const headers: Record<string, string> = { 'content-type': 'application/json' }
       if (username !== undefined) headers.authorization = token ?? (await authenticate())
       const body = JSON.stringify({ create_request: { key: watchKey, range_end: watchEnd } })
       const pending = doFetch(`${base}/v3/watch`, { method: 'POST', headers, body, signal: controller.signal })

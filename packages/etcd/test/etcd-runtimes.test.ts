@@ -17,7 +17,7 @@ async function bundleEntry(entry: string): Promise<string> {
 function check(where: string, results: Result[]): void {
   const failed = results.filter((r) => !r.ok).map((r) => `${r.name}: ${r.error}`)
   expect(failed).toEqual([])
-  expect(results.length).toBe(13) // 6 + the methods' agreement + 6 of several roots
+  expect(results.length).toBe(17) // describeStore's contract with several roots and watchHead
   console.log(`${where}: ${results.length} contract tests passed (${results.map((r) => `${r.ms} ms`).join(', ')})`)
 }
 
@@ -41,7 +41,7 @@ describe.skipIf(!haveEtcd)('etcdStore in other runtimes', () => {
     } finally {
       await mf.dispose()
     }
-  }, 120_000) // 13 tests (6 before several roots), and a loaded machine starts Chromium slowly
+  }, 120_000) // 17 tests, and a loaded machine starts Chromium slowly
 
   it('Chromium (a page on http://localhost, etcd cross-origin): describeStore passes', async () => {
     const { server, origin } = await serve({ '/page.js': await bundleEntry('page.ts'), '/index.html': '<!doctype html><script type="module" src="/page.js"></script>' })
