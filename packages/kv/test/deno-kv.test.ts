@@ -88,7 +88,7 @@ it('two Deno processes share one KV file and rotate at once: nothing lost, no KE
 
 it('deno test: watchHead pushes a head change from another handle and another process; a chain with watch: true follows a rotation; close() leaks nothing', async () => {
   const { code, out, err } = await spawnDeno(['test', '--sanitize-ops', '--sanitize-resources', '--unstable-kv', '--allow-read', '--allow-write', '--allow-env', '--allow-run', join(import.meta.dirname, 'deno', 'watch.test.mjs')])
-  expect(`${out}\n${err}`.slice(-4000)).toMatch(/ok \| 7 passed \| 0 failed/)
+  expect(`${out}\n${err}`.slice(-4000)).toMatch(/ok \| 8 passed \| 0 failed/)
   expect(code).toBe(0)
   const measured = Object.fromEntries([...out.matchAll(/MEASURED (\S+) (\d+)/g)].map((m) => [m[1], Number(m[2])]))
   expect(Object.keys(measured).sort()).toEqual(['rotate-handle', 'rotate-process', 'watch-handle', 'watch-process'])

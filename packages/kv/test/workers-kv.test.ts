@@ -14,10 +14,11 @@ const root = join(import.meta.dirname, '..', '..', '..')
 let mf: Miniflare
 let output: { results: Array<{ name: string; ok: boolean; ms: number; error?: string }>; measurements: unknown[]; roots?: RootsChainMeasured }
 
-beforeAll(async () => {
+/** A test worker of test/workerd bundled as one module. */
+async function bundle(file: string): Promise<string> {
   // The repo's tsconfig paths map @kms-proxy/* to the sources; esbuild reads them (tsconfigRaw left default).
   const built = await esbuild.build({
-    entryPoints: [join(import.meta.dirname, 'workerd', 'worker.ts')],
+    entryPoints: [join(import.meta.dirname, 'workerd', file)],
     bundle: true,
     format: 'esm',
     platform: 'browser',
@@ -26,7 +27,15 @@ beforeAll(async () => {
     absWorkingDir: root,
     logLevel: 'error',
   })
-  mf = new Miniflare({ modules: true, script: built.outputFiles[0]!.text, compatibilityDate: '2026-05-01', kvNamespaces: ['KEYS'] })
+  return built.outputFiles[0]!.text
+}
+
+beforeAll(async () => {
+  const [tests, chainWorker] = await Promise.all([bundle('worker.ts'), bundle('chain-worker.ts')])
+  // The first worker (dispatchFetch's, getKVNamespace's) runs the tests; two more Workers, two
+  // more isolates, share another namespace for the staleness test.
+  const chains = (name: string) => ({ name, modules: true, script: chainWorker, compatibilityDate: '2026-05-01', kvNamespaces: { KEYS: 'shared' } })
+  mf = new Miniflare({ workers: [{ name: 'tests', modules: true, script: tests, compatibilityDate: '2026-05-01', kvNamespaces: ['KEYS'] }, chains('a'), chains('b')] })
   const response = await mf.dispatchFetch('http://localhost/')
   const body = await response.text()
   if (!response.ok) throw new Error(`worker answered ${response.status}: ${body.slice(0, 2000)}`)
@@ -163,47 +172,30 @@ it('a KEK record whose bytes are not canonical padded base64 is ERR_STORE, never
 })
 
 it('workerd: a rotation through one Worker isolate is used by another isolate on the same KV within maxStalenessMs (no push: the chain polls)', async () => {
-  const built = await esbuild.build({
-    entryPoints: [join(import.meta.dirname, 'workerd', 'chain-worker.ts')],
-    bundle: true,
-    format: 'esm',
-    platform: 'browser',
-    target: 'es2022',
-    write: false,
-    absWorkingDir: root,
-    logLevel: 'error',
-  })
-  const script = built.outputFiles[0]!.text
-  // Two Workers, two isolates, one KV namespace: Miniflare's KV is immediately consistent, so
-  // what is measured is the chain's own bound; production adds KV's propagation (up to ~60 s).
-  const worker = (name: string) => ({ name, modules: true, script, compatibilityDate: '2026-05-01', kvNamespaces: { KEYS: 'shared' } })
-  const two = new Miniflare({ workers: [worker('a'), worker('b')] })
+  // Miniflare's KV is immediately consistent, so what is measured is the chain's own bound;
+  // production adds KV's propagation (up to about 60 s between locations).
   const staleMs = 1000
-  try {
-    const call = async (name: string, path: string) => {
-      const response = await (await two.getWorker(name)).fetch(`http://localhost${path}?stale=${staleMs}`)
-      const body = await response.text()
-      if (!response.ok) throw new Error(`worker ${name} answered ${response.status}: ${body.slice(0, 1000)}`)
-      return JSON.parse(body) as { kek: number; watching: boolean }
-    }
-    const first = await call('a', '/encrypt')
-    expect(first.watching).toBe(false)
-    expect((await call('b', '/encrypt')).kek).toBe(first.kek)
-    const rotated = await call('a', '/rotate')
-    const rotatedAt = Date.now()
-    expect(rotated.kek).not.toBe(first.kek)
-    const seen: number[] = []
-    while (Date.now() - rotatedAt < staleMs + 10_000) {
-      seen.push((await call('b', '/encrypt')).kek)
-      if (seen.at(-1) === rotated.kek) break
-      await new Promise((r) => setTimeout(r, 25))
-    }
-    const ms = Date.now() - rotatedAt
-    expect(seen.at(-1)).toBe(rotated.kek)
-    // The bound plus a margin for a loaded machine (each request is a round trip to workerd).
-    expect(ms).toBeLessThan(staleMs + 2000)
-    console.log(`workers KV, maxStalenessMs ${staleMs}: isolate b encrypted under isolate a's new primary ${ms} ms after the rotation (${seen.length} requests, ${seen.filter((k) => k === first.kek).length} still under the old primary)`)
-  } finally {
-    await two.dispose()
+  const call = async (name: string, path: string) => {
+    const response = await (await mf.getWorker(name)).fetch(`http://localhost${path}?stale=${staleMs}`)
+    const body = await response.text()
+    if (!response.ok) throw new Error(`worker ${name} answered ${response.status}: ${body.slice(0, 1000)}`)
+    return JSON.parse(body) as { kek: number; watching: boolean }
   }
+  const first = await call('a', '/encrypt')
+  expect(first.watching).toBe(false)
+  expect((await call('b', '/encrypt')).kek).toBe(first.kek)
+  const rotated = await call('a', '/rotate')
+  const rotatedAt = Date.now()
+  expect(rotated.kek).not.toBe(first.kek)
+  const seen: number[] = []
+  while (Date.now() - rotatedAt < staleMs + 10_000) {
+    seen.push((await call('b', '/encrypt')).kek)
+    if (seen.at(-1) === rotated.kek) break
+    await new Promise((r) => setTimeout(r, 25))
+  }
+  const ms = Date.now() - rotatedAt
+  expect(seen.at(-1)).toBe(rotated.kek)
+  // The bound plus a margin for a loaded machine (each request is a round trip to workerd).
+  expect(ms).toBeLessThan(staleMs + 2000)
+  console.log(`workers KV, maxStalenessMs ${staleMs}: isolate b encrypted under isolate a's new primary ${ms} ms after the rotation (${seen.length} requests, ${seen.filter((k) => k === first.kek).length} still under the old primary)`)
 }, 30_000)

@@ -141,6 +141,58 @@ Deno.test('watchHead: a casHead by a second Deno process on the same file calls 
   }
 })
 
+Deno.test('watchHead: a watch stream that fails is watched again, and a change made while it was down calls onChange', async () => {
+  const path = `${dir}/watch-dropped.sqlite`
+  const a = await Deno.openKv(path)
+  const b = await Deno.openKv(path)
+  try {
+    // The first watch delivers its first reading, then fails when told to; later ones are real.
+    let watches = 0
+    let drop
+    const handle = {
+      get: (k) => a.get(k),
+      list: (sel) => a.list(sel),
+      atomic: () => a.atomic(),
+      watch(keys) {
+        if (watches++ > 0) return a.watch(keys)
+        return new ReadableStream({
+          async start(controller) {
+            const real = a.watch(keys).getReader()
+            controller.enqueue((await real.read()).value)
+            await new Promise((resolve) => (drop = resolve))
+            await real.cancel()
+            controller.error(new Error('connection dropped'))
+          },
+        })
+      },
+    }
+    const watched = denoKvStore(handle, { watchPollMs: Infinity })
+    const writer = denoKvStore(b)
+    assert.equal(await writer.casHead('c', undefined, head), true)
+    let calls = 0
+    const stop = watched.watchHead('c', () => calls++)
+    try {
+      assert.notEqual(await until(() => calls === 1 && drop, 5000), undefined, 'the call at start')
+      // Written while the first stream can no longer deliver it: only the next watch shows it.
+      const v = await writer.getHead('c')
+      assert.equal(await writer.casHead('c', v.version, { ...head, leased: 1 }), true)
+      await sleep(100)
+      assert.equal(calls, 1, 'not delivered by the stalled stream')
+      drop()
+      assert.notEqual(await until(() => calls === 2, 5000), undefined, 'the missed change, once watched again')
+      assert.equal(watches, 2, 'watches opened')
+      const v2 = await writer.getHead('c')
+      assert.equal(await writer.casHead('c', v2.version, { ...head, leased: 2 }), true)
+      assert.notEqual(await until(() => calls === 3, 5000), undefined, 'a change after the new watch started')
+    } finally {
+      stop()
+    }
+  } finally {
+    a.close()
+    b.close()
+  }
+})
+
 Deno.test('watchHead never throws and leaves nothing running: on a closed handle, for an empty chain name', async () => {
   const kv = await Deno.openKv(`${dir}/watch-closed.sqlite`)
   const store = denoKvStore(kv)
