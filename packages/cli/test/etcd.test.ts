@@ -1,4 +1,4 @@
-/** The CLI on a real etcd (Debian's etcd-server, one member on loopback): init, round trip, two configs sharing the chain, a root change seen by both, etcd down. */
+/** The CLI on a real etcd (Debian's etcd-server, one member on loopback): init, round trip, two configs sharing the chain, a root change seen by both, retire and destroy seen by both, etcd down. */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { mkdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
@@ -42,6 +42,45 @@ async function kp(cwd: string, args: string[], input?: string | Uint8Array, name
   const r = await spawnCollect(process.execPath, [bundle, ...args], { cwd, env: { KMS_PROXY_PASSPHRASE: PASSPHRASE, ...WEAK_KDF_ENV, ...(named ? { KMS_PROXY_CONFIG: join(cwd, 'kms-proxy.json') } : {}), ...env }, input })
   return { ...r, stderr: withoutWeakKdfWarning(r.stderr) }
 }
+
+it('retire on one host stops the other host decrypting at its next command; unretire brings it back; destroy --chain deletes every KEK key from etcd', async () => {
+  const [a, b] = [join(work.dir, 'life-a'), join(work.dir, 'life-b')]
+  mkdirSync(a)
+  mkdirSync(b)
+  const policy = ['--max-staleness-seconds', '1', '--destroy-grace-days', '0.00003']
+  const common = ['--store', 'etcd', '--etcd-endpoints', endpoint, '--etcd-prefix', 'life/', '--chain', 'tenant-7', ...FAST_KDF, ...policy]
+  expect((await kp(a, ['init', ...common])).code).toBe(EXIT.OK)
+  expect((await kp(b, ['init', ...common])).code).toBe(EXIT.OK)
+  const enc = await kp(a, ['encrypt', '--message'], 'tenant 7 data')
+  expect(enc.code, enc.stderr).toBe(EXIT.OK)
+  const old = JSON.parse((await kp(a, ['status', '--json'])).stdout.toString()).primary.id as number
+  expect((await kp(b, ['rotate'])).code).toBe(EXIT.OK)
+  const hex = `0x${old.toString(16).padStart(8, '0')}`
+  expect((await kp(b, ['retire', hex])).code).toBe(EXIT.OK)
+  const refused = await kp(a, ['decrypt'], enc.stdout)
+  expect(refused.code).toBe(EXIT.RETIRED)
+  expect(JSON.parse((await kp(a, ['status', '--json'])).stdout.toString()).keks.find((k: { id: number }) => k.id === old).state).toBe('retired')
+  expect((await kp(a, ['unretire', hex])).code).toBe(EXIT.OK)
+  expect((await kp(b, ['decrypt'], enc.stdout)).stdout.toString()).toBe('tenant 7 data')
+
+  // The tenant leaves: its chain retired, then destroyed after the grace period (2.6 s).
+  const retired = JSON.parse((await kp(a, ['retire', '--chain', '--json'])).stdout.toString())
+  expect((await kp(b, ['encrypt', '--message'], 'x')).code).toBe(EXIT.RETIRED)
+  await new Promise((r) => setTimeout(r, retired.destroyableAt + 100 - Date.now()))
+  const keys = async () => {
+    const range = await fetch(`${endpoint}/v3/kv/range`, { method: 'POST', body: JSON.stringify({ key: Buffer.from('life/').toString('base64'), range_end: Buffer.from('life0').toString('base64'), keys_only: true }) }).then((r) => r.json())
+    return ((range.kvs ?? []) as Array<{ key: string }>).map((kv) => Buffer.from(kv.key, 'base64').toString())
+  }
+  const before = await keys()
+  expect(before.length).toBeGreaterThan(2)
+  const destroyed = await kp(b, ['destroy', '--chain', '--yes'])
+  expect(destroyed.code, destroyed.stderr).toBe(EXIT.OK)
+  expect(destroyed.stdout.toString()).toMatch(/^destroyed chain "tenant-7" \(2 KEKs\): 2 KEK records deleted from the store/)
+  const after = await keys()
+  expect(after.length).toBe(1) // the head alone, as a tombstone
+  expect(before).toContain(after[0])
+  expect((await kp(a, ['decrypt'], enc.stdout)).code).toBe(EXIT.DESTROYED)
+}, 120_000)
 
 it('init --store etcd; two hosts with their own config share the chain; a root change on one is seen by the other; etcd down exits 7', async () => {
   const [a, b] = [join(work.dir, 'host-a'), join(work.dir, 'host-b')]
