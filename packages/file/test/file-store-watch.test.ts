@@ -104,11 +104,11 @@ function exitWithin(p: ChildProcess, ms: number): Promise<number> {
  * A rotates; B, which was encrypting under the old primary, encrypts every 20 ms until its KEK
  * changes: how long after A's rotation B used the new primary.
  */
-async function rotationSeen(name: string, watch: boolean, maxStalenessMs: number): Promise<number> {
+async function rotationSeen(name: string, watch: boolean, maxStalenessMs: number, runtime = 'node'): Promise<number> {
   const path = join(dir, `${name}.json`)
   const a = start(path, false, 60_000)
   const { kek: first } = await a.next()
-  const b = start(path, watch, maxStalenessMs)
+  const b = start(path, watch, maxStalenessMs, 'serve', runtime)
   try {
     expect((await b.next()).kek, 'both processes on one primary').toBe(first)
     // Let B's watch settle and its head check age a little, as in a service running for a while.
@@ -132,6 +132,13 @@ it('a rotation in one process is used by another process on the same file within
   const ms = await rotationSeen('watch', true, 60_000)
   measured.withWatch = ms
   expect(ms).toBeLessThan(4_000)
+}, 60_000)
+
+it('the same with the watching process in Bun and in Deno (the Node process rotates)', async () => {
+  const [bun, deno] = await Promise.all([rotationSeen('watch-bun', true, 60_000, 'bun'), rotationSeen('watch-deno', true, 60_000, 'deno')])
+  Object.assign(measured, { withWatchBun: bun, withWatchDeno: deno })
+  expect(bun).toBeLessThan(4_000)
+  expect(deno).toBeLessThan(4_000)
 }, 60_000)
 
 it('with watch: false, within maxStalenessMs (2 s here) by polling alone', async () => {
