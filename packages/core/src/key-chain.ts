@@ -23,6 +23,7 @@ import {
 import { decryptingStream, encryptingStream } from './stream.js'
 import { bytesKey, concat, equalBytes, fromUtf8, gcmParams } from './internal/bytes.js'
 import { DekPool } from './internal/dek-pool.js'
+import { Deks } from './internal/deks.js'
 import { HeadView } from './internal/head-view.js'
 import { Lifecycle, type DestroyReport } from './internal/lifecycle.js'
 import { KekSource, type Counts } from './internal/kek-source.js'
@@ -59,9 +60,6 @@ export type {
 } from './options.js'
 export type { DestroyReport } from './internal/lifecycle.js'
 
-/** What finding a DEK needs; a message and a stream header both have it. */
-type DekParts = Pick<MessageParts, 'kekId' | 'embeddedKeks' | 'headerLength' | 'dekPrefix'>
-
 const GCM = 'AES-GCM'
 
 /**
@@ -82,8 +80,6 @@ const GCM = 'AES-GCM'
 export class KeyChain {
   /** The chain's name, as given to {@link KeyChain.open}: bound into every KEK wrap. */
   readonly name: string
-  readonly #acceptEmbedded: boolean
-  readonly #dekCache: Lru<string, Promise<CryptoKey>>
   readonly #counts: Counts = {
     encryptions: 0,
     decryptions: 0,
@@ -100,12 +96,11 @@ export class KeyChain {
   readonly #roots: RootChanges
   readonly #view: HeadView
   readonly #lifecycle: Lifecycle
+  readonly #deks: Deks
   #unwatch: (() => void) | undefined
 
   private constructor(options: ResolvedOptions) {
     this.name = options.name
-    this.#acceptEmbedded = options.acceptEmbeddedKeks
-    this.#dekCache = new Lru(options.dekCacheSize)
     const { store, name } = options
     this.#keks = new KekSource(name, options.roots, options.single, store, this.#counts)
     this.#view = new HeadView(options.maxStalenessMs, {
@@ -120,7 +115,7 @@ export class KeyChain {
       },
       destroyed: (ids) => {
         for (const id of ids === 'all' ? [...this.#keks.entries.keys()] : ids) this.#keks.forget(id)
-        this.#dekCache.clear()
+        this.#deks.clear()
         if (ids === 'all') {
           this.#leases.reload()
           this.#pool.drop()
@@ -133,6 +128,7 @@ export class KeyChain {
       this.#counts,
     )
     this.#lifecycle = new Lifecycle(this.#keks, this.#view, options.destroyGraceMs)
+    this.#deks = new Deks(this.#keks, this.#view, this.#counts, options.acceptEmbeddedKeks, options.dekCacheSize)
     this.#pool = new DekPool(options.dekPoolSize, this.#leases)
     this.#roots = new RootChanges(this.#keks, this.#counts, () => {
       // Data on the embedded store carries the primary's wraps: the next use loads them anew.
@@ -210,7 +206,7 @@ export class KeyChain {
     const plaintext = bytesArgument('data', data)
     const aad = payloadAad(associatedDataOf(options))
     if (plaintext.length > MAX_PLAINTEXT_BYTES) throw new LimitError('data is too large for one AES-GCM message')
-    await this.#fresh()
+    await this.#deks.fresh()
     const prepared = this.#pool.take() ?? (await this.#pool.prepare(await this.#leases.acquire(), 1))[0]!
     this.#pool.fill()
     const iv2 = randomPublicBytes(IV_BYTES)
@@ -262,7 +258,7 @@ export class KeyChain {
     if (!(encryptedData instanceof Uint8Array)) throw new TypeError('encryptedData: expected a Uint8Array')
     const aad = payloadAad(associatedDataOf(options))
     const parts = decodeMessage(encryptedData)
-    const dek = await this.#dekFor(parts)
+    const dek = await this.#deks.forDecrypt(parts)
     let plaintext: ArrayBuffer
     try {
       plaintext = await crypto.subtle.decrypt({ name: GCM, iv: parts.iv2, additionalData: aad }, dek, parts.sealed)
@@ -270,8 +266,7 @@ export class KeyChain {
       throw new DecryptError('decryption failed')
     }
     this.#counts.decryptions++
-    const entry = this.#keks.entries.get(parts.kekId)
-    if (entry) entry.decryptions++
+    this.#deks.decrypted(parts.kekId)
     return new Uint8Array(plaintext)
   }
 
@@ -324,7 +319,7 @@ export class KeyChain {
       async () => {
         // Not from the prepared pool: a pooled DEK's wrap binds the single-message header, and a
         // stream's must bind the stream flag. Same lease, same concurrent import and wrap.
-        await this.#fresh()
+        await this.#deks.fresh()
         const [prepared] = await this.#pool.prepare(await this.#leases.acquire(), 1, true)
         return { dek: prepared!.dek, dekPrefix: prepared!.prefix }
       },
@@ -352,9 +347,8 @@ export class KeyChain {
     return decryptingStream(
       associatedData,
       async (header) => {
-        const dek = await this.#dekFor(header)
-        const entry = this.#keks.entries.get(header.kekId)
-        if (entry) entry.decryptions++
+        const dek = await this.#deks.forDecrypt(header)
+        this.#deks.decrypted(header.kekId)
         return dek
       },
       () => void this.#counts.decryptions++,
@@ -393,14 +387,14 @@ export class KeyChain {
     const tail = head.slice(parts.dekPrefix.length, replaces) // segment size and nonce prefix, kept as they are
     const current = this.#leases.primary
     if (current && !this.#leases.expired(current) && equalBytes(parts.header, current.streamHeader)) {
-      await this.#dekFor(parts) // authenticates the header and the wrapped DEK, as a real rewrap would
+      await this.#deks.forDecrypt(parts) // authenticates the header and the wrapped DEK, as a real rewrap would
       return { header: head.slice(0, replaces), replaces }
     }
-    const dek = await this.#unwrapDek(parts, true)
+    const dek = await this.#deks.forRewrap(parts)
     const p = await this.#leases.acquire()
     const iv1 = randomPublicBytes(IV_BYTES)
     const wrapped = await crypto.subtle.wrapKey('raw', dek, p.kek, gcmParams(iv1, p.streamHeader))
-    this.#movedOff(parts.kekId)
+    this.#deks.movedOff(parts.kekId)
     return { header: concat(p.streamHeader, iv1, new Uint8Array(wrapped), tail), replaces }
   }
 
@@ -466,14 +460,14 @@ export class KeyChain {
     const parts = decodeMessage(encryptedData)
     const current = this.#leases.primary
     if (current && !this.#leases.expired(current) && equalBytes(parts.header, current.header)) {
-      await this.#dekFor(parts) // authenticates the header and the wrapped DEK, as a real rewrap would
+      await this.#deks.forDecrypt(parts) // authenticates the header and the wrapped DEK, as a real rewrap would
       return encryptedData.slice()
     }
-    const dek = await this.#unwrapDek(parts, true)
+    const dek = await this.#deks.forRewrap(parts)
     const p = await this.#leases.acquire()
     const iv1 = randomPublicBytes(IV_BYTES)
     const wrapped = await crypto.subtle.wrapKey('raw', dek, p.kek, gcmParams(iv1, p.header))
-    this.#movedOff(parts.kekId)
+    this.#deks.movedOff(parts.kekId)
     return concat(p.header, iv1, new Uint8Array(wrapped), parts.iv2, parts.sealed)
   }
 
@@ -806,76 +800,5 @@ export class KeyChain {
     stats: KeyChainStats
   } {
     return { name: this.name, rootKey: this.#keks.rootKinds, stats: this.stats() }
-  }
-
-  // ---------------------------------------------------------------------------------- internals: the head
-
-  /** Before an encryption: the head read if due (strict: see maxStalenessMs), the chain usable. */
-  async #fresh(): Promise<void> {
-    if (this.#view.due()) await this.#view.fresh(true)
-    this.#view.assertChain()
-  }
-
-  /** Before a decryption: the head read if due (the last head stands if the store is down), the KEK usable. */
-  async #usable(kekId: number): Promise<void> {
-    if (this.#view.due()) await this.#view.fresh(false)
-    try {
-      this.#view.assertKek(kekId)
-    } catch (error) {
-      this.#counts.refusedRetired++
-      throw error
-    }
-  }
-
-  #movedOff(kekId: number): void {
-    const entry = this.#keks.entries.get(kekId)
-    if (entry) entry.rewrapped++
-  }
-
-  // ---------------------------------------------------------------------------------- internals: DEKs
-
-  async #dekFor(parts: DekParts): Promise<CryptoKey> {
-    await this.#usable(parts.kekId)
-    const cacheKey = this.#dekCache.capacity > 0 ? bytesKey(parts.dekPrefix) : undefined
-    if (cacheKey !== undefined) {
-      const hit = this.#dekCache.get(cacheKey)
-      if (hit) {
-        this.#counts.dekCacheHits++
-        return hit
-      }
-    }
-    this.#counts.dekCacheMisses++
-    const pending = this.#unwrapDek(parts, false)
-    if (cacheKey !== undefined) {
-      this.#dekCache.set(cacheKey, pending)
-      pending.catch(() => this.#dekCache.deleteIf(cacheKey, pending))
-    }
-    return pending
-  }
-
-  /** KEK (cached, embedded or stored), then the DEK: non-extractable unless `forRewrap`. */
-  async #unwrapDek(parts: DekParts, forRewrap: boolean): Promise<CryptoKey> {
-    // Own copy: the caller's buffer may change while we wait for the KEK.
-    const prefix = parts.dekPrefix.slice()
-    if (forRewrap) await this.#usable(parts.kekId)
-    const h = parts.headerLength
-    // Without acceptEmbeddedKeks the embedded KEK is still authenticated (it is in the header,
-    // the DEK wrap's AAD) but never sent to the root key: the KEK comes from the store by id.
-    const embedded = this.#acceptEmbedded && parts.embeddedKeks ? decodeHeader(prefix).embeddedKeks : undefined
-    const kek = await this.#keks.kekFor(parts.kekId, embedded)
-    try {
-      return await crypto.subtle.unwrapKey(
-        'raw',
-        prefix.subarray(h + IV_BYTES),
-        kek,
-        gcmParams(prefix.subarray(h, h + IV_BYTES), prefix.subarray(0, h)),
-        GCM,
-        // extractable only for rewrap, whose wrapKey call requires it; the bytes stay inside WebCrypto.
-        forRewrap,
-        ['decrypt'],
-      )
-    } catch {
-      throw new DecryptError('decryption failed')
-    }
   }
 }

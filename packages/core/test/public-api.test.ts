@@ -27,7 +27,10 @@ const PUBLIC_API: Record<string, string[]> = {
   etcd: ['etcdStore'],
   kv: ['denoKvStore', 'workersKvStore'],
   indexeddb: ['indexedDbStore'],
-  kms: ['awsKmsRootKey', 'azureKeyVaultRootKey', 'gcpKmsRootKey', 'vaultTransitRootKey'],
+  kms: [
+    'awsKmsRootKey', 'azureKeyVaultRootKey', 'gcpKmsRootKey', 'vaultTransitRootKey', 'refreshingCredentials',
+    'awsWebIdentityCredentials', 'awsContainerCredentials', 'awsInstanceCredentials', 'gcpMetadataToken', 'azureManagedIdentityToken',
+  ],
   webauthn: [
     'CANCELLED_MESSAGE', 'HKDF_INFO', 'KIND', 'NO_PRF_MESSAGE', 'SALT_BYTES', 'WEBAUTHN_WRAP_TAG',
     'registerPrfCredential', 'registerPrfRootKey', 'webauthnRootKey',
