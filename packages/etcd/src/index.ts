@@ -456,12 +456,14 @@ export function etcdStore(options: EtcdStoreOptions): EtcdStore {
     })
     ended.catch(() => {})
     let reader: ReadableStreamDefaultReader<Uint8Array> | undefined
+    let used: string | undefined
+    let confirmed = false
     try {
       // No other header: etcd's CORS allows only these, and browsers ask first. (So no
       // "require leader" metadata: a member cut off from the others keeps the stream open and
       // silent, and the chains' maxStalenessMs covers that.)
       const headers: Record<string, string> = { 'content-type': 'application/json' }
-      if (username !== undefined) headers.authorization = token ?? (await authenticate())
+      if (username !== undefined) headers.authorization = used = token ?? (await authenticate())
       const body = JSON.stringify({ create_request: { key: watchKey, range_end: watchEnd } })
       const pending = doFetch(`${base}/v3/watch`, { method: 'POST', headers, body, signal: controller.signal })
       // A fetch that ignores its signal: the race leaves it, and its late answer is closed.
@@ -489,10 +491,18 @@ export function etcdStore(options: EtcdStoreOptions): EtcdStore {
         while ((newline = buffered.indexOf('\n')) >= 0) {
           const line = buffered.slice(0, newline).trim()
           buffered = buffered.slice(newline + 1)
-          if (line) watchMessage(base, line, deadline, created)
+          if (line) {
+            watchMessage(base, line, deadline, () => {
+              confirmed = true
+              created()
+            })
+          }
         }
       }
     } finally {
+      // etcd 3.4's gateway answers a watch with a token it refuses (expired, or issued before an
+      // auth change) with a 200 and then nothing: a stream not confirmed in time logs in again.
+      if (!confirmed && used !== undefined && token === used && !signal.aborted) token = undefined
       clearTimeout(deadline)
       signal.removeEventListener('abort', abort)
       controller.abort()

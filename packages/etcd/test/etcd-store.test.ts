@@ -4,6 +4,7 @@ import { createHarness, describeStore } from '@kms-proxy/testkit'
 import { etcdStore } from '../src/index.ts'
 import { createServer as createHttpServer, type ServerResponse } from 'node:http'
 import { b64, enableAuth, gateway, haveEtcd, startEtcd, type EtcdCluster } from './etcd-process.ts'
+import { until } from './pass-through.ts'
 
 const ROOT = Uint8Array.from({ length: 32 }, (_, i) => (i * 7 + 1) & 0xff)
 let seq = 0
@@ -333,6 +334,42 @@ describe.skipIf(!haveEtcd)('etcdStore with etcd auth enabled', () => {
     expect(authCalls).toBe(2)
     expect((await store.getHead('c'))!.value.leased).toBe(1)
     expect(authCalls).toBe(2)
+  })
+
+  it('a watch whose token etcd refuses logs in again and comes up on the next attempt', async () => {
+    const prefix = `app/${uniquePrefix()}`
+    let authCalls = 0
+    let spoiled = 0
+    let expired: string | undefined
+    const tampering: typeof fetch = async (input, init) => {
+      if (String(input).endsWith('/v3/auth/authenticate')) authCalls++
+      const headers = { ...(init!.headers as Record<string, string>) }
+      // From the first watch request on, the token the store holds then is one etcd no longer
+      // knows, as one past its TTL would be: every request with it carries a token etcd refuses.
+      if (String(input).endsWith('/v3/watch')) expired ??= headers.authorization
+      if (expired !== undefined && headers.authorization === expired) {
+        spoiled++
+        headers.authorization = 'expired.token'
+      }
+      return fetch(input, { ...init, headers })
+    }
+    // etcd answers such a watch with a 200 and then nothing: the store gives up on it after timeoutMs.
+    const store = etcdStore({ endpoints: [etcd.urls[0]!], prefix, username: 'app', password: APP_PASSWORD, fetch: tampering, timeoutMs: 2000 })
+    const writer = etcdStore({ endpoints: [etcd.urls[0]!], prefix, username: 'app', password: APP_PASSWORD })
+    expect(await store.getHead('c')).toBe(undefined)
+    expect(authCalls).toBe(1)
+    let calls = 0
+    const stop = store.watchHead!('c', () => calls++)
+    try {
+      // Refused once, then a new login, then a stream: every listener called once.
+      expect(await until(() => calls === 1, 8000), 'a watch within 8 s after a refused token').toBe(true)
+      expect(spoiled).toBe(1)
+      expect(authCalls).toBe(2)
+      expect(await writer.casHead('c', undefined, { primary: 1, primaryCreatedAt: 1, leased: 0 })).toBe(true)
+      expect(await until(() => calls === 2, 5000), 'a push within 5 s').toBe(true)
+    } finally {
+      stop()
+    }
   })
 
   it('simple tokens outlive an auth change (a user added, a role granted): no error, no new login', async () => {
