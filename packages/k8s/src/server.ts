@@ -198,7 +198,7 @@ export interface KmsPluginStats {
   failures: Record<string, number>
   /** Health as Status last reported it, and what is degraded. */
   health: KmsPluginHealth
-  /** key_id Status last reported, or of this process's primary KEK ("" before there is one). */
+  /** key_id Status or Encrypt last answered, or of this process's primary KEK ("" before there is one). */
   keyId: string
   /** The key chain's own counters (`KeyChain.stats()`). */
   chain: KeyChainStats
@@ -544,12 +544,9 @@ export async function serveKmsPlugin(options: KmsPluginOptions): Promise<KmsPlug
     const degraded: string[] = []
     let head: PrimaryStatus | undefined
     let storeProblem: string | undefined
-    // A store that hangs must leave time for the encryption below, which needs no store while the
-    // chain's head is within its maxStalenessMs.
-    const readDeadline = deadline - Math.min(500, healthTimeoutMs / 5)
     const readHead = async () => {
       try {
-        head = await withTimeout(chain.primaryStatus(), readDeadline, healthTimeoutMs, 'the store')
+        head = await bounded(chain.primaryStatus(), 'the store')
         storeProblem = undefined
         if (head && head.ageLeftMs > 0) maxAgeMs = Math.round(head.ageLeftMs + Date.now() - head.createdAt)
         if (head) maxUsesSeen = Math.max(maxUsesSeen, head.usesLeft)
@@ -570,8 +567,12 @@ export async function serveKmsPlugin(options: KmsPluginOptions): Promise<KmsPlug
         if (!storeProblem) await readHead()
         use = usable(head)
       } catch (error) {
-        use = undefined
-        problem = messageFor(error) // the head read before stays: the budget may be spent
+        // With a usable primary, only the chain's own refusal counts: an encryption that ran out of
+        // this Status's budget (a store that hangs) says nothing certain about the next Encrypt.
+        if (!(use && error instanceof Refusal)) {
+          use = undefined
+          problem = messageFor(error) // the head read before stays: the budget may be spent
+        }
       }
     }
     // Ahead of the limits, so that the Encrypt kube-apiserver sends after this Status does not rotate.
@@ -594,7 +595,7 @@ export async function serveKmsPlugin(options: KmsPluginOptions): Promise<KmsPlug
     }
 
     const keyIdOf = (id: number) => keyIdFor(chain.name, id)
-    // While Encrypt cannot be served, the key_id stays the one last reported: kube-apiserver
+    // While Encrypt cannot be served, the key_id stays the one last answered: kube-apiserver
     // extends its current seed's write window at every Status whose key_id matches it (healthy
     // or not), and a new key_id would make it ask Encrypt for a seed that cannot be made, then
     // refuse writes once that window (3 minutes) ends. So a rotation by another process that this
@@ -653,6 +654,7 @@ export async function serveKmsPlugin(options: KmsPluginOptions): Promise<KmsPlug
         const keyId = keyIdFor(chain.name, header.kekId)
         const problem = ciphertextProblem(ciphertext) ?? annotationsProblem(annotations)
         if (problem) throw new Refusal(Code.FAILED_PRECONDITION, `this root key's output does not fit KMS v2: ${problem}`)
+        reportedKeyId = keyId // kube-apiserver's seed is under this key_id now: a Status that cannot serve a newer one keeps it
         return { ciphertext, key_id: keyId, annotations }
       }
     } finally {

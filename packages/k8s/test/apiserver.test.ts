@@ -196,7 +196,7 @@ describe('health: a plugin that can still encrypt and decrypt is healthy', () =>
     console.log(`k8s: 1,440 Status polls (one a minute for a day): ${perDay} root-key calls for health`)
     expect(perDay).toBeGreaterThanOrEqual(23)
     expect(perDay).toBeLessThanOrEqual(25)
-  }, 30_000)
+  }, 120_000) // 1,440 calls over the socket: 5 s on an idle machine, over 30 s at a load average of 20
 })
 
 describe('key_id: Status and the Encrypt that follows it agree', () => {
