@@ -94,3 +94,37 @@ it('deno test: watchHead pushes a head change from another handle and another pr
   expect(Object.keys(measured).sort()).toEqual(['rotate-handle', 'rotate-process', 'watch-handle', 'watch-process'])
   console.log(`deno KV watch, ms from the write to the change seen: ${JSON.stringify(measured)}`)
 }, 60_000)
+
+it('a Deno program with a watching chain exits once it closes the chain or the Deno.Kv, and not before', async () => {
+  const helper = join(import.meta.dirname, 'deno', 'helper.mjs')
+  /** Runs the helper; kills it `waitMs` after its script ended (its line printed), if still running. */
+  const run = (what: string, waitMs: number) =>
+    new Promise<{ exited: boolean; ms: number; out: string }>((resolve) => {
+      const started = Date.now()
+      const child = spawn(deno, ['run', '--quiet', '--unstable-kv', '--allow-read', '--allow-write', '--allow-env', helper, 'exit', join(dir, `exit-${what}.sqlite`), what], {
+        cwd: root,
+        env: { ...process.env, DENO_DIR: join(dir, 'deno-dir'), DENO_NO_UPDATE_CHECK: '1', NO_COLOR: '1' },
+      })
+      let out = ''
+      let printedAt = 0
+      let timer = setTimeout(() => child.kill('SIGKILL'), 20_000 + waitMs)
+      child.stdout.on('data', (d) => {
+        out += d
+        if (printedAt) return
+        printedAt = Date.now()
+        clearTimeout(timer)
+        timer = setTimeout(() => child.kill('SIGKILL'), waitMs)
+      })
+      child.on('close', (code) => {
+        clearTimeout(timer)
+        resolve({ exited: code === 0, ms: Date.now() - (printedAt || started), out })
+      })
+    })
+  const [chain, kv, none] = await Promise.all([run('chain', 10_000), run('kv', 10_000), run('nothing', 3_000)])
+  for (const r of [chain, kv, none]) expect(JSON.parse(r.out)).toEqual({ encrypted: true })
+  expect(chain.exited).toBe(true)
+  expect(kv.exited).toBe(true)
+  // Nothing closed: the watch keeps Deno's event loop alive until the process is killed.
+  expect(none.exited).toBe(false)
+  console.log(`deno KV watch: exit after its script ended, chain.close() ${chain.ms} ms, kv.close() ${kv.ms} ms; nothing closed: still running after ${none.ms} ms`)
+}, 30_000)

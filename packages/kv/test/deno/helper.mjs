@@ -1,6 +1,8 @@
 // A second Deno process for watch.test.mjs, on the same database file. Prints one JSON object.
 //   cas <kvFile> <chain>   one casHead (leased + 1): { at }, the time it committed
 //   rotate <kvFile>        rotates the 'default' chain: { primary, at }
+//   exit <kvFile> <what>   opens a watching chain, encrypts, closes <what> (chain, kv or nothing)
+//                          and ends its script: { encrypted } (the process exits only if nothing runs)
 import { KeyChain, aesRootKey } from '@kms-proxy/core'
 import { denoKvStore } from '@kms-proxy/kv'
 
@@ -20,8 +22,16 @@ if (mode === 'cas') {
   const at = Date.now()
   out = { primary: kekIdOf(await rotating.encrypt('z')), at }
   rotating.close()
+} else if (mode === 'exit') {
+  const watching = await KeyChain.open({ rootKey: aesRootKey(ROOT), store: denoKvStore(kv), dekPoolSize: 0 })
+  await watching.encrypt('z')
+  if (chain === 'chain') watching.close()
+  if (chain === 'kv') kv.close()
+  console.log(JSON.stringify({ encrypted: true }))
 } else {
   throw new Error(`unknown mode ${mode}`)
 }
-kv.close()
-console.log(JSON.stringify(out))
+if (mode !== 'exit') {
+  kv.close()
+  console.log(JSON.stringify(out))
+}
