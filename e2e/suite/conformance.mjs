@@ -243,6 +243,30 @@ export function conformance(t, lib, env) {
     t.equal(chain.stats().rotations, 7, 'rotations:')
   })
 
+  t.test('a rotation by another chain is used after a push at once and after maxStalenessMs by polling; retire, destroy and a destroyed chain fail with their codes', async () => {
+    const store = memoryStore()
+    const a = await KeyChain.open({ rootKey: aesRootKey(ROOT), store, name: 'fleet', watch: false })
+    const pushed = await KeyChain.open({ rootKey: aesRootKey(ROOT), store, name: 'fleet', maxStalenessMs: 3_600_000 })
+    const polled = await KeyChain.open({ rootKey: aesRootKey(ROOT), store, name: 'fleet', watch: false, maxStalenessMs: 100 })
+    const old = await a.encrypt('old')
+    await pushed.encrypt('x')
+    await polled.encrypt('x')
+    const { id } = await a.rotate()
+    await new Promise((r) => setTimeout(r, 150))
+    t.equal(kekIdOf(await pushed.encrypt('y')), id, 'pushed chain, KEK id:')
+    t.equal(kekIdOf(await polled.encrypt('y')), id, 'polled chain, KEK id:')
+    pushed.close()
+    await a.retireKek(kekIdOf(old))
+    await t.rejects(a.decrypt(old), isCode('ERR_RETIRED_KEK'))
+    await a.destroyKek(kekIdOf(old), { graceMs: 0 })
+    await new Promise((r) => setTimeout(r, 150))
+    await t.rejects(polled.decrypt(old), isCode('ERR_DESTROYED_KEK'))
+    await a.retireChain()
+    await a.destroyChain({ graceMs: 0 })
+    t.equal((await store.listKeks('fleet')).length, 0, 'records left:')
+    await t.rejects(a.encrypt('z'), isCode('ERR_DESTROYED_KEK'))
+  })
+
   t.test('rotate() and rewrap(): DEK moved to the primary, payload bytes untouched', async () => {
     for (const store of [memoryStore(), embeddedStore()]) {
       const chain = await KeyChain.open({ rootKey: aesRootKey(ROOT), store })

@@ -144,8 +144,15 @@ export async function sealNewKek(wrappingKey: CryptoKey, aadView: Uint8Array, ta
  * For roots that hold a WebCrypto AES-GCM wrapping key: wraps an existing KEK (extractable, as
  * the chain hands it to {@link RootKey.wrapKek}) in the form {@link sealNewKek} makes, so
  * {@link openSealedKek} reads both. Output: `tag || iv (12) || AES-GCM(wrappingKey, iv, kek, aad)`.
+ *
+ * @throws TypeError - `kek` is not an AES-GCM `CryptoKey`, or not extractable.
  */
 export async function sealKek(wrappingKey: CryptoKey, kek: CryptoKey, aadView: Uint8Array, tag: Uint8Array): Promise<Uint8Array> {
+  // WebCrypto would throw a DOMException that names no fix; every root wrapping through here gets the same TypeError.
+  if ((typeof CryptoKey !== 'undefined' && !(kek instanceof CryptoKey)) || (kek as Partial<CryptoKey>)?.algorithm?.name !== 'AES-GCM') {
+    throw new TypeError('kek: expected an AES-GCM CryptoKey, as the chain hands one to wrapKek')
+  }
+  if (!kek.extractable) throw new TypeError('kek: expected an extractable key (unwrapKek with { extractable: true })')
   const iv = randomBytes(WRAP_IV_BYTES)
   const sealed = await crypto.subtle.wrapKey('raw', kek, wrappingKey, gcmParams(iv, asBytes(aadView)))
   return concat(tag, iv, new Uint8Array(sealed))

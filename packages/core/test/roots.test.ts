@@ -331,3 +331,14 @@ describe('changeRoot with names, run again after it finished', () => {
     await expect((await KeyChain.open({ roots: { kms: aesRootKey(OTHER_ROOT_BYTES) }, store })).changeRoot(aesRootKey(THIRD_ROOT_BYTES), options)).rejects.toBeInstanceOf(TypeError)
   })
 })
+
+describe('sealKek refuses what it cannot wrap with a typed error', () => {
+  it('a non-extractable KEK, or not a CryptoKey, is a TypeError naming the fix, not a DOMException', async () => {
+    const root = aesRootKey(ROOT_BYTES)
+    const { kek } = await root.newKek(new Uint8Array(8)) // non-extractable, as every KEK the chain keeps
+    const error = await root.wrapKek!(kek, new Uint8Array(8)).catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(TypeError)
+    expect(String(error)).toMatch(/extractable/)
+    await expect(root.wrapKek!({} as CryptoKey, new Uint8Array(8))).rejects.toThrow(TypeError)
+  })
+})
