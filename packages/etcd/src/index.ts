@@ -457,7 +457,6 @@ export function etcdStore(options: EtcdStoreOptions): EtcdStore {
     ended.catch(() => {})
     let reader: ReadableStreamDefaultReader<Uint8Array> | undefined
     let used: string | undefined
-    let confirmed = false
     try {
       // No other header: etcd's CORS allows only these, and browsers ask first. (So no
       // "require leader" metadata: a member cut off from the others keeps the stream open and
@@ -476,7 +475,7 @@ export function etcdStore(options: EtcdStoreOptions): EtcdStore {
       const response = await Promise.race([pending, ended])
       if (!response.ok || !response.body) {
         await response.body?.cancel().catch(() => {})
-        if (response.status === 401) token = undefined
+        if (response.status === 401) forget(used)
         throw new EndpointDown(`${base}: watch: HTTP ${response.status}`)
       }
       reader = response.body.getReader()
@@ -491,18 +490,10 @@ export function etcdStore(options: EtcdStoreOptions): EtcdStore {
         while ((newline = buffered.indexOf('\n')) >= 0) {
           const line = buffered.slice(0, newline).trim()
           buffered = buffered.slice(newline + 1)
-          if (line) {
-            watchMessage(base, line, deadline, () => {
-              confirmed = true
-              created()
-            })
-          }
+          if (line) watchMessage(base, line, deadline, used, created)
         }
       }
     } finally {
-      // etcd 3.4's gateway answers a watch with a token it refuses (expired, or issued before an
-      // auth change) with a 200 and then nothing: a stream not confirmed in time logs in again.
-      if (!confirmed && used !== undefined && token === used && !signal.aborted) token = undefined
       clearTimeout(deadline)
       signal.removeEventListener('abort', abort)
       controller.abort()
@@ -510,9 +501,19 @@ export function etcdStore(options: EtcdStoreOptions): EtcdStore {
     }
   }
 
-  /** One line of the stream: the watch created or cancelled, an error, or events. */
-  function watchMessage(base: string, line: string, deadline: ReturnType<typeof setTimeout>, created: () => void): void {
-    let message: { result?: { created?: boolean; canceled?: boolean; events?: Array<{ kv?: Kv }> }; error?: { message?: unknown } }
+  /** A token etcd refused is not sent again: the next attempt logs in (unless a newer token came meanwhile). */
+  function forget(used: string | undefined): void {
+    if (used !== undefined && token === used) token = undefined
+  }
+
+  /**
+   * One line of the stream: the watch created or cancelled, an error, or events. etcd refuses a
+   * token (expired, or a JWT older than an auth change) by a watch both created and cancelled,
+   * with the reason; a permission denied comes the same way and keeps the token, so that it
+   * costs no login per attempt.
+   */
+  function watchMessage(base: string, line: string, deadline: ReturnType<typeof setTimeout>, used: string | undefined, created: () => void): void {
+    let message: { result?: { created?: boolean; canceled?: boolean; cancel_reason?: unknown; events?: Array<{ kv?: Kv }> }; error?: { message?: unknown } }
     try {
       message = JSON.parse(line)
     } catch {
@@ -520,11 +521,15 @@ export function etcdStore(options: EtcdStoreOptions): EtcdStore {
     }
     if (message.error) {
       const reason = typeof message.error.message === 'string' ? message.error.message : 'an error'
-      if (REFUSED_TOKEN.test(reason)) token = undefined
+      if (REFUSED_TOKEN.test(reason)) forget(used)
       throw new EndpointDown(`${base}: watch: ${reason.slice(0, 200)}`)
     }
     const result = message.result
-    if (result?.canceled) throw new EndpointDown(`${base}: watch cancelled`)
+    if (result?.canceled) {
+      const reason = typeof result.cancel_reason === 'string' ? result.cancel_reason : 'no reason given'
+      if (REFUSED_TOKEN.test(reason)) forget(used)
+      throw new EndpointDown(`${base}: watch cancelled: ${reason.slice(0, 200)}`)
+    }
     if (result?.created) {
       clearTimeout(deadline)
       created()

@@ -353,8 +353,7 @@ describe.skipIf(!haveEtcd)('etcdStore with etcd auth enabled', () => {
       }
       return fetch(input, { ...init, headers })
     }
-    // etcd answers such a watch with a 200 and then nothing: the store gives up on it after timeoutMs.
-    const store = etcdStore({ endpoints: [etcd.urls[0]!], prefix, username: 'app', password: APP_PASSWORD, fetch: tampering, timeoutMs: 2000 })
+    const store = etcdStore({ endpoints: [etcd.urls[0]!], prefix, username: 'app', password: APP_PASSWORD, fetch: tampering })
     const writer = etcdStore({ endpoints: [etcd.urls[0]!], prefix, username: 'app', password: APP_PASSWORD })
     expect(await store.getHead('c')).toBe(undefined)
     expect(authCalls).toBe(1)
