@@ -571,7 +571,8 @@ ${CONFIG_HELP}
       if (l.state === 'retired') return `  retired ${new Date(l.retiredAt).toISOString()} (destroyable from ${new Date(l.destroyableAt).toISOString()})`
       return l.state === 'destroyed' ? `  destroyed ${new Date(l.destroyedAt).toISOString()}` : ''
     }
-    out(`KEKs         ${keks.length}${retired.size > 0 ? ` (${[...retired.values()].filter((r) => r.destroyedAt === undefined).length} retired, ${destroyedOnly.length} destroyed)` : ''}`)
+    const retiredCount = [...retired.values()].filter((r) => r.destroyedAt === undefined).length
+    out(`KEKs         ${keks.length}${retiredCount > 0 ? ` (${retiredCount} retired)` : ''}${destroyedOnly.length > 0 ? `; ${destroyedOnly.length} destroyed, no record left` : ''}`)
     for (const k of keks) out(`  ${kekId(k.id)}  ${new Date(k.createdAt).toISOString()}  ${h.roots ? k.roots.join(', ') : k.rootKind}${k.id === h.primary ? '  primary' : ''}${life(k.id)}`)
     for (const r of destroyedOnly) out(`  ${kekId(r.id)}  ${life(r.id).trim()}`)
     out(`root-key calls by this command: ${plural(report.rootKeyCalls.wraps, 'wrap')}, ${plural(report.rootKeyCalls.unwraps, 'unwrap')}${checked ? ' (root key ok)' : ''}`)

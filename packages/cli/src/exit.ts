@@ -67,6 +67,24 @@ function isKmsProxyError(error: unknown): error is KmsProxyError {
   return error instanceof Error && typeof code === 'string' && Object.hasOwn(ERROR_CODES, code) && (error as { name?: string }).name === ERROR_CODES[code as ErrorCode]
 }
 
+/** A KEK id as the commands print it. */
+const kekHex = (id: number) => `0x${id.toString(16).padStart(8, '0')}`
+
+/**
+ * Core names a retired or destroyed KEK by its decimal id and its own API; the commands print
+ * ids in hex and name the command that undoes a retirement.
+ */
+function lifecycleMessage(code: 'ERR_RETIRED_KEK' | 'ERR_DESTROYED_KEK', message: string): { exitCode: ExitCode; message: string } {
+  const id = /\bKEK (\d{1,10})\b/.exec(message)?.[1]
+  const chain = /\bchain\b/.test(message) && id === undefined
+  const what = chain ? 'the chain' : id !== undefined ? `KEK ${kekHex(Number(id))}` : 'the KEK'
+  if (code === 'ERR_RETIRED_KEK') {
+    const undo = chain ? 'kms-proxy unretire --chain' : id !== undefined ? `kms-proxy unretire ${kekHex(Number(id))}` : 'kms-proxy unretire'
+    return { exitCode: EXIT.RETIRED, message: `${what} is retired: \`${undo}\` makes it ${chain ? 'usable' : 'decrypt'} again (\`kms-proxy status\` lists what is retired)` }
+  }
+  return { exitCode: EXIT.DESTROYED, message: `${what} was destroyed: ${chain ? 'its KEKs are' : 'its records are'} deleted for good, and nobody can decrypt data under ${chain ? 'it' : 'that KEK'}` }
+}
+
 /**
  * The exit code and the one-line message for any error a command throws.
  *
@@ -97,9 +115,8 @@ export function explain(error: unknown): {
       case 'ERR_STORE':
         return { exitCode: EXIT.STORE, message: `the store failed: ${error.message}` }
       case 'ERR_RETIRED_KEK':
-        return { exitCode: EXIT.RETIRED, message: `${error.message} (\`kms-proxy status\` lists retired KEKs; \`kms-proxy unretire\` makes one decrypt again)` }
       case 'ERR_DESTROYED_KEK':
-        return { exitCode: EXIT.DESTROYED, message: `${error.message} (destroyed for good: nobody can decrypt data under it)` }
+        return lifecycleMessage(error.code, error.message)
       default:
         return { exitCode: EXIT.INTERNAL, message: `${error.code}: ${error.message}` }
     }

@@ -10,6 +10,10 @@ import { createServer, type Server } from 'node:http'
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { startCheckingFront, type CheckingFront } from '../../kms/test/fakes/checking-front.ts'
+import { startFakeAzureKeyVault } from '../../kms/test/fakes/azure.ts'
+import { startFakeGcpKms } from '../../kms/test/fakes/gcp.ts'
+import { createLedger, startAzureIdentityFake, startContainerFake, startGcpMetadataFake, startImdsFake, type MetadataFake } from '../../kms/test/fakes/metadata.ts'
 import { startFakeVault, type FakeVault } from '../../kms/test/fakes/vault.ts'
 import { fileSecret } from '../src/secret-file.ts'
 import { EXIT, FAST_KDF, WEAK_KDF_ENV, bundleCli, spawnCollect, tempDir, withoutNotes, type Result } from './helpers.js'
@@ -236,6 +240,99 @@ describe('k8s-plugin on AWS KMS with web identity (moto STS and KMS behind an ex
     await a.stop()
     await b.stop()
     for (const p of [a, b]) for (const i of proxy.issued) expect(p.stderr()).not.toContain(i.accessKeyId)
+  }, 120_000)
+
+  it('each source is picked as the environment or the config says, in AWS\'s order, and gets the KEK wrapped with the credentials it issued (the kms package\'s metadata servers and checking fronts)', async () => {
+    const ledger = createLedger()
+    const closers: Array<() => Promise<void>> = []
+    try {
+      const imds = await startImdsFake({ ledger, lifetimeMs: 60_000 })
+      const containerToken = 'pod-identity-token'
+      const container = await startContainerFake({ ledger, lifetimeMs: 60_000, authorization: () => containerToken })
+      const gcpMetadata = await startGcpMetadataFake({ ledger, lifetimeMs: 60_000 })
+      const azureIdentity = await startAzureIdentityFake({ ledger, lifetimeMs: 60_000, identityHeader: 'app-service-header' })
+      const gcpKeyName = 'projects/p/locations/europe-west1/keyRings/r/cryptoKeys/k'
+      const gcpKms = await startFakeGcpKms({ token: 'ya29.server-side', keys: [gcpKeyName] })
+      const azureKv = await startFakeAzureKeyVault({ token: 'eyJ.server-side', keys: ['app'] })
+      const awsFront: CheckingFront = await startCheckingFront('aws', moto.endpoint, ledger)
+      const gcpFront = await startCheckingFront('gcp', gcpKms.url, ledger, 'ya29.server-side')
+      const azureFront = await startCheckingFront('azure', azureKv.url, ledger, 'eyJ.server-side')
+      for (const x of [imds, container, gcpMetadata, azureIdentity, gcpKms, azureKv, awsFront, gcpFront, azureFront]) closers.push(() => x.close())
+      const dir = join(work.dir, 'sources')
+      mkdirSync(dir)
+      writeFileSync(join(dir, 'container-token'), `${containerToken}\n`)
+      const aws = ['--root', 'aws-kms', '--aws-key-id', keyId, '--aws-region', REGION]
+      let n = 0
+      const init = async (args: string[], extra: Record<string, string>) => {
+        const config = join(dir, `c${++n}.json`)
+        const r = await spawnCollect(process.execPath, [bundle, 'init', '--config', config, '--store-path', join(dir, `k${n}.json`), ...args], { cwd: dir, env: extra })
+        return { ...r, config }
+      }
+      const okInit = async (args: string[], extra: Record<string, string>) => {
+        const r = await init(args, extra)
+        expect(r.code, r.stderr).toBe(EXIT.OK)
+        return r.config
+      }
+      const verdicts = (front: CheckingFront, from: number) => front.checked.slice(from).map((c) => c.verdict)
+
+      // 4. EC2 instance metadata, last in AWS's order, when nothing else is set.
+      let from = awsFront.checked.length
+      await okInit([...aws, '--endpoint', awsFront.url], { AWS_EC2_METADATA_SERVICE_ENDPOINT: imds.url })
+      expect(imds.served).toBeGreaterThan(0)
+      expect(verdicts(awsFront, from)).toEqual(expect.arrayContaining(['ok']))
+      expect(verdicts(awsFront, from).every((v) => v === 'ok')).toBe(true)
+      // 3. The container endpoint before it, with its authorization token from a file.
+      const containerEnv = { AWS_CONTAINER_CREDENTIALS_FULL_URI: `${container.url}/v2/credentials/kms-proxy-task`, AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE: join(dir, 'container-token') }
+      const imdsServed = imds.served
+      from = awsFront.checked.length
+      await okInit([...aws, '--endpoint', awsFront.url], { ...containerEnv, AWS_EC2_METADATA_SERVICE_ENDPOINT: imds.url })
+      expect(container.served).toBeGreaterThan(0)
+      expect(imds.served).toBe(imdsServed)
+      expect(verdicts(awsFront, from).every((v) => v === 'ok')).toBe(true)
+      // 2. Web identity before the container endpoint; 1. static keys before everything (moto takes any).
+      const containerServed = container.served
+      const tokenFile = join(dir, 'sa-token')
+      writeFileSync(tokenFile, 'sa-token-x')
+      proxy.setToken('sa-token-x')
+      const stsBefore = proxy.issued.length
+      await okInit([...aws, '--endpoint', proxy.endpoint], { ...containerEnv, AWS_WEB_IDENTITY_TOKEN_FILE: tokenFile, AWS_ROLE_ARN: ROLE, AWS_ENDPOINT_URL_STS: proxy.endpoint })
+      expect(proxy.issued.length).toBeGreaterThan(stsBefore)
+      const stsAfter = proxy.issued.length
+      await okInit([...aws, '--endpoint', moto.endpoint], { ...containerEnv, AWS_WEB_IDENTITY_TOKEN_FILE: tokenFile, AWS_ROLE_ARN: ROLE, AWS_ACCESS_KEY_ID: 'AKIASTATICKEYS000000', AWS_SECRET_ACCESS_KEY: 'static-secret' })
+      expect(proxy.issued.length).toBe(stsAfter)
+      expect(container.served).toBe(containerServed)
+      // A config that names its source: EC2 instance metadata although the container endpoint is set.
+      const pinned = await okInit([...aws, '--endpoint', awsFront.url], { AWS_EC2_METADATA_SERVICE_ENDPOINT: imds.url })
+      const c = JSON.parse(readFileSync(pinned, 'utf8'))
+      writeFileSync(pinned, JSON.stringify({ ...c, rootKey: { ...c.rootKey, credentials: { source: 'instance', endpoint: imds.url } } }))
+      const served = imds.served
+      const check = await spawnCollect(process.execPath, [bundle, 'status', '--check', '--config', pinned], { cwd: dir, env: containerEnv })
+      expect(check.code, check.stderr).toBe(EXIT.OK)
+      expect(imds.served).toBeGreaterThan(served)
+      expect(container.served).toBe(containerServed)
+
+      // Nothing set: instance metadata is asked briefly and the usage error names what to set.
+      const none = await init(aws, { AWS_EC2_METADATA_SERVICE_ENDPOINT: 'http://127.0.0.1:9' })
+      expect(none.code).toBe(EXIT.USAGE)
+      expect(none.stderr).toContain('AWS KMS: no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN, or AWS_CONTAINER_CREDENTIALS_FULL_URI; EC2 instance metadata, tried last, gave none')
+      const disabled = await init(aws, { AWS_EC2_METADATA_DISABLED: 'true' })
+      expect(disabled.code).toBe(EXIT.USAGE)
+      expect(disabled.stderr).toContain('(EC2 instance metadata is disabled by AWS_EC2_METADATA_DISABLED)')
+
+      // Google's metadata server, and Azure's managed identity (App Service's endpoint).
+      from = gcpFront.checked.length
+      await okInit(['--root', 'gcp', '--gcp-key-name', gcpKeyName, '--endpoint', gcpFront.url], { GCE_METADATA_HOST: new URL(gcpMetadata.url).host })
+      expect(gcpMetadata.served).toBeGreaterThan(0)
+      expect(verdicts(gcpFront, from).length).toBeGreaterThan(0)
+      expect(verdicts(gcpFront, from).every((v) => v === 'ok')).toBe(true)
+      from = azureFront.checked.length
+      await okInit(['--root', 'azure', '--azure-vault-url', azureFront.url, '--azure-key-name', 'app'], { IDENTITY_ENDPOINT: `${azureIdentity.url}/msi/token`, IDENTITY_HEADER: 'app-service-header' })
+      expect(azureIdentity.served).toBeGreaterThan(0)
+      expect(verdicts(azureFront, from).length).toBeGreaterThan(0)
+      expect(verdicts(azureFront, from).every((v) => v === 'ok')).toBe(true)
+    } finally {
+      for (const close of closers.reverse()) await close()
+    }
   }, 120_000)
 })
 

@@ -20,3 +20,16 @@ it('maps each kind of failure to its own exit code; a runtime fault is not a usa
   ]
   for (const [error, code] of cases) expect(explain(error).exitCode, String(error)).toBe(code)
 })
+
+it("names a retired or destroyed KEK in hex, with the command that undoes a retirement, not core's API", () => {
+  expect(explain(new RetiredKekError('KEK 2061555633 is retired: unretireKek(2061555633) makes it decrypt again')).message).toBe(
+    'KEK 0x7ae0d7b1 is retired: `kms-proxy unretire 0x7ae0d7b1` makes it decrypt again (`kms-proxy status` lists what is retired)',
+  )
+  expect(explain(new RetiredKekError('this chain is retired: unretireChain() makes it usable again')).message).toBe(
+    'the chain is retired: `kms-proxy unretire --chain` makes it usable again (`kms-proxy status` lists what is retired)',
+  )
+  expect(explain(new DestroyedKekError('KEK 2061555633 was destroyed: data under it cannot be decrypted')).message).toBe(
+    'KEK 0x7ae0d7b1 was destroyed: its records are deleted for good, and nobody can decrypt data under that KEK',
+  )
+  expect(explain(new DestroyedKekError('this chain was destroyed: it cannot come back')).exitCode).toBe(EXIT.DESTROYED)
+})
