@@ -1,6 +1,6 @@
 /**
  * A KeyStore on etcd v3 through its HTTP/JSON gateway (`/v3/kv/range`, `/v3/kv/txn`,
- * `/v3/auth/authenticate`), with `fetch` only: it runs on Node, Deno, Bun, workerd and browsers.
+ * `/v3/kv/deleterange`, `/v3/watch`, `/v3/auth/authenticate`), with `fetch` only: it runs on Node, Deno, Bun, workerd and browsers.
  *
  * - The chain head lives at `${prefix}${chain}/head`; its version is the key's `mod_revision`, and
  *   casHead is one transaction: compare `mod_revision == expected` (or `create_revision == 0`
@@ -22,6 +22,8 @@
  *   is old"). Neither the password nor the token ever appears in an error message.
  * - Plain http only to loopback or to hosts named in `plainHttpHosts`: over it, anyone on the path
  *   reads the password and token, or answers `succeeded: true` to every write.
+ * - watchHead: one `/v3/watch` stream per store instance over every key under the prefix, its
+ *   head events handed to the chains watching them; reopened on the next endpoint after a drop.
  *
  * No `node:` imports: only fetch, TextEncoder/TextDecoder, btoa/atob.
  *
@@ -32,6 +34,7 @@
  * const store = etcdStore({ endpoints: ['https://etcd-1:2379', 'https://etcd-2:2379', 'https://etcd-3:2379'], username: 'kms', password })
  * const chain = await KeyChain.open({ rootKey: aesRootKey(rootBytes), store, name: 'orders' })
  * const encrypted = await chain.encrypt('hello') // any process on the same store and root key decrypts it
+ * chain.close() // stops following etcd's watch, so the process can exit
  * ```
  *
  * @packageDocumentation
@@ -91,6 +94,22 @@ export interface EtcdStore extends KeyStore {
   readonly atomic: true
   /** Always false: data names its KEK by id; the wrapped KEK lives in etcd. */
   readonly embedsKeks: false
+  /**
+   * Calls `onChange` soon after the chain's head changes in any process (etcd's watch). One
+   * watch stream per store instance serves every chain watched through it: opened at the first
+   * watcher, closed when the last one stops, opened again on the next endpoint after a drop
+   * (capped, jittered backoff), and every watcher is called once after each reconnection. An
+   * open stream is an open fetch, which keeps a Node process alive: stop every watch (a
+   * `KeyChain` does with `chain.close()`). The returned function stops this watch; idempotent.
+   *
+   * @throws TypeError - `chain` is not a non-empty string, or `onChange` not a function.
+   * @example
+   * ```ts
+   * const stop = store.watchHead('orders', () => console.log('the head of orders changed'))
+   * stop()
+   * ```
+   */
+  watchHead(chain: string, onChange: () => void): () => void
 }
 
 // ------------------------------------------------------------------------------------ bytes
@@ -479,10 +498,16 @@ export function etcdStore(options: EtcdStoreOptions): EtcdStore {
         throw new EndpointDown(`${base}: watch: HTTP ${response.status}`)
       }
       reader = response.body.getReader()
+      // Cancelling the reader ends a pending read (no race per read: a stream open for days
+      // would pile up one reaction per message on a promise that never settles).
+      const stopReading = () => void reader?.cancel().catch(() => {})
+      if (controller.signal.aborted) stopReading()
+      else controller.signal.addEventListener('abort', stopReading)
       const text = new TextDecoder('utf-8', { fatal: true })
       let buffered = ''
       for (;;) {
-        const { done, value } = await Promise.race([reader.read(), ended])
+        const { done, value } = await reader.read()
+        if (controller.signal.aborted) throw new EndpointDown(`${base}: watch stopped`)
         if (done) return
         buffered += text.decode(value, { stream: true })
         if (buffered.length > MAX_ANSWER_BYTES) throw new EndpointDown(`${base}: watch: a message over ${MAX_ANSWER_BYTES} bytes`)
