@@ -108,7 +108,7 @@ export class KeyChain {
       primary: (id) => {
         // Another process rotated: this one's lease and prepared DEKs are dropped (their uses
         // stay counted in the head), and the next use leases from the new primary.
-        if (this.#leases.primary && this.#leases.primary.id !== id) {
+        if (this.#leases.supersededBy(id)) {
           this.#leases.reload()
           this.#pool.drop()
         }

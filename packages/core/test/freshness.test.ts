@@ -121,3 +121,21 @@ describe('the cost and the failure of the check', () => {
     expect(seen.watching).toBe(0)
   })
 })
+
+describe('a stale read of an eventually consistent store', () => {
+  it('naming a primary this process saw replaced does not send it back to that primary', async () => {
+    const inner = memoryStore()
+    let staleHead: Awaited<ReturnType<KeyStore['getHead']>>
+    let stale = false
+    const store: KeyStore = { ...inner, getHead: async (c) => (stale ? staleHead : inner.getHead(c)) }
+    const chain = await open(store, { watch: false, maxStalenessMs: 50 })
+    const old = kekIdOf(await chain.encrypt('first'))
+    staleHead = await inner.getHead('fleet')
+    const { id } = await chain.rotate()
+    stale = true // reads now answer the head from before the rotation, as a lagging replica would
+    await sleep(80)
+    const after = await Promise.all(Array.from({ length: 20 }, () => chain.encrypt('x')))
+    expect(new Set(after.map(kekIdOf))).toEqual(new Set([id]))
+    expect(id).not.toBe(old)
+  })
+})

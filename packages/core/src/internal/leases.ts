@@ -55,6 +55,8 @@ export class Leases {
   #primary: Primary | undefined
   #refreshing: Promise<void> | undefined
   #spare: Spare | undefined
+  /** Primaries this process held and saw replaced (bounded): see supersededBy. */
+  readonly #replaced = new Set<number>()
 
   constructor(settings: LeaseSettings, keks: KekSource, counts: Counts) {
     this.#s = settings
@@ -231,7 +233,23 @@ export class Leases {
     this.#primary = undefined
   }
 
+  /**
+   * Whether a head naming `id` as primary supersedes this process's primary: not when `id` is
+   * a primary this process already saw replaced, which only a stale read can name (a store that
+   * is eventually consistent), since no KEK is ever made primary twice.
+   */
+  supersededBy(id: number | undefined): boolean {
+    const current = this.#primary
+    return current !== undefined && current.id !== id && (id === undefined || !this.#replaced.has(id))
+  }
+
   #setPrimary(id: number, createdAt: number, kek: CryptoKey, wraps: Wrap[], next: number, end: number): void {
+    const before = this.#primary?.id
+    if (before !== undefined && before !== id) {
+      this.#replaced.add(before)
+      // A bound for a process that lives through many rotations: old entries matter least.
+      if (this.#replaced.size > 1024) this.#replaced.delete(this.#replaced.values().next().value as number)
+    }
     const embedded = this.#s.store.embedsKeks ? wraps : undefined
     this.#primary = {
       id,
