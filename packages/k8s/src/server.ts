@@ -6,8 +6,9 @@
  * Status's; Decrypt runs on a cache miss (start, or data under another seed). So Encrypt and
  * Decrypt are rare and the chain makes them cost no root-key call in steady state. Status is
  * polled (every minute while healthy, every 10 s while not, its verdict cached 20 s / 3 s for
- * /healthz and /readyz): it reads the chain head (one store read, no root-key call), reports the
- * KEK the next Encrypt will use, rotates ahead of the KEK's age or usage limit so that Encrypt
+ * /healthz and /readyz): it reads the chain head (one store read, no root-key call), so a
+ * rotation made by any process sharing the store shows at the next Status, reports the KEK the
+ * next Encrypt will use (loading a new one first), rotates ahead of the KEK's age or usage limit so that Encrypt
  * never rotates between a Status and its Encrypt, and asks the root key at most once per
  * `healthCacheMs` (1 h), in the background.
  */
