@@ -14,6 +14,7 @@ import { createInterface } from 'node:readline'
 import { join } from 'node:path'
 import * as esbuild from 'esbuild'
 import { gateway, haveEtcd, startEtcd, type EtcdCluster } from './etcd-process.ts'
+import { until } from './pass-through.ts'
 
 const PROCESSES = 4
 const PUSH_STALENESS_MS = 60_000
@@ -29,16 +30,6 @@ interface Member {
   proc: ChildProcess
   lines: Line[]
   stderr: string[]
-}
-
-/** Waits until `check()` is true, polling every 25 ms; false when `ms` passed first. */
-async function until(check: () => boolean, ms: number): Promise<boolean> {
-  const deadline = Date.now() + ms
-  while (!check()) {
-    if (Date.now() > deadline) return false
-    await new Promise((r) => setTimeout(r, 25))
-  }
-  return true
 }
 
 describe.skipIf(!haveEtcd)('a fleet of 4 processes on a 3-member etcd cluster', () => {
