@@ -136,6 +136,9 @@ describe.skipIf(!haveEtcd)('etcdStore on one etcd member', () => {
     expect(() => etcdStore({ endpoints: ['https://u:p@x'] })).toThrow(/credentials/)
     expect(() => etcdStore({ endpoints: ['https://x'], username: 'u' })).toThrow(/username and password/)
     expect(() => etcdStore({ endpoints: ['https://x'], timeoutMs: 0 })).toThrow(RangeError)
+    // A watch on no chain, or without a function, is refused before anything is sent.
+    expect(() => etcdStore({ endpoints: ['https://x'] }).watchHead('', () => {})).toThrow(TypeError)
+    expect(() => etcdStore({ endpoints: ['https://x'] }).watchHead('c', 'nope' as never)).toThrow(TypeError)
   })
 
   it('refuses plain http outside loopback unless the host is named in plainHttpHosts', async () => {
