@@ -80,6 +80,7 @@ describe.skipIf(!haveEtcd)('etcdStore on a three-member cluster', () => {
         expect(plain.endsWith(`:${k++ % COUNT}`), `worker ${w}`).toBe(true)
       }
     }
+    reader.close()
 
     const rootCalls = workers.reduce((s, w) => s + w.rootCalls, 0)
     const keks = final.size
@@ -152,6 +153,8 @@ describe.skipIf(!haveEtcd)('etcdStore on a three-member cluster', () => {
     const survivors = endpoints.slice(1)
     const reader = await KeyChain.open({ rootKey: aesRootKey(ROOT), store: etcdStore({ endpoints: survivors, prefix }) })
     for (const e of encrypted) expect(text(await reader.decrypt(e))).toMatch(/^l\d:\d+$/)
+    chain.close()
+    reader.close()
     console.log(
       `leader killed: ${killedAt} records before, ${after} after (over ${Date.now() - killTime} ms; longest pause between encryptions ${longestGap} ms), ` +
         `${perKek.size} KEKs, max wraps per KEK ${maxUse}/${MAX}, all ${encrypted.length} decrypt from the two survivors; ${failures.length} retryable failures retried`,
@@ -184,6 +187,7 @@ describe.skipIf(!haveEtcd)('measurements on one member', () => {
       const started = performance.now()
       for (let i = 0; i < n; i++) await chain.encrypt('a 1 KiB record'.padEnd(1024, '.'))
       const seconds = (performance.now() - started) / 1000
+      chain.close()
       results.push(`leaseSize ${leaseSize ?? 'default (32768)'}: ${Math.round(n / seconds)} encryptions/s, ${(writes / n).toFixed(4)} store writes per encryption`)
       // The DEK pool (16) may have reserved a few uses ahead of the last encryption.
       expect(writes).toBeLessThanOrEqual(Math.ceil((n + 16) / (leaseSize ?? 32768)) + 1)

@@ -84,6 +84,7 @@ describe.skipIf(!haveEtcd)('etcdStore with JWT auth tokens', () => {
     for (let i = 0; i < 6; i++) encrypted.push(await chain.encrypt(`after ${i}`))
     expect(seen.errors).toEqual(['etcdserver: revision of auth store is old'])
     expect(seen.logins).toBe(2)
+    chain.close()
 
     await asRoot('/v3/auth/user/revoke', { name: 'app', role: 'kms' })
     const reader = etcdStore({ endpoints: etcd.urls, prefix, username: 'app', password: APP_PASSWORD, fetch })
@@ -95,6 +96,7 @@ describe.skipIf(!haveEtcd)('etcdStore with JWT auth tokens', () => {
     await asRoot('/v3/auth/user/grant', { user: 'app', role: 'kms' })
     const fresh = await KeyChain.open({ rootKey: aesRootKey(ROOT), store: reader })
     for (const [i, e] of encrypted.entries()) expect(new TextDecoder().decode(await fresh.decrypt(e))).toBe(i === 0 ? 'before' : `after ${i - 1}`)
+    fresh.close()
     // One login each for the chain's store and the reader, one more each after an auth change.
     expect(seen.logins).toBe(4)
     expect(seen.errors).toEqual(['etcdserver: revision of auth store is old', 'etcdserver: permission denied', 'etcdserver: revision of auth store is old'])

@@ -42,6 +42,7 @@ describe.skipIf(!haveEtcd)('etcdStore on one etcd member', () => {
     const store = etcdStore({ endpoints: etcd.urls, prefix })
     const chain = await KeyChain.open({ rootKey: aesRootKey(ROOT), store, name: 'layout' })
     const e = await chain.encrypt('x')
+    chain.close() // its watch stream: nothing of this test stays open
     const id = kekIdOf(e)
     const url = etcd.urls[0]!
     const head = await gateway(url, '/v3/kv/range', { key: b64(`${prefix}layout/head`) })
@@ -175,6 +176,7 @@ describe.skipIf(!haveEtcd)('etcdStore on one etcd member', () => {
     const chain = await KeyChain.open({ rootKey: aesRootKey(ROOT), store })
     const e = await chain.encrypt('hello')
     expect(new TextDecoder().decode(await chain.decrypt(e))).toBe('hello')
+    chain.close()
     // Requests: one to the dead endpoint, then the live one is remembered. The chain's watch
     // stream (started at open) tries each endpoint in turn too, once.
     expect(calls.filter((c) => c.startsWith(dead) && !c.endsWith('/v3/watch')).length).toBe(1)
