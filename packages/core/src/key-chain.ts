@@ -106,10 +106,11 @@ export class KeyChain {
     this.#view = new HeadView(options.maxStalenessMs, {
       read: () => this.#keks.storeCall('read the chain head', () => store.getHead(name)),
       primary: (id) => {
-        // Another process rotated: this one's lease and prepared DEKs are dropped (their uses
-        // stay counted in the head), and the next use leases from the new primary.
+        // Another process rotated: this one's prepared DEKs are dropped and its lease left (their
+        // uses stay counted in the head); the next use leases from the new primary, or, while the
+        // root key cannot unwrap it, goes on under the old one (see Leases.acquire).
         if (this.#leases.supersededBy(id)) {
-          this.#leases.reload()
+          this.#leases.supersede()
           this.#pool.drop()
         }
       },
@@ -386,7 +387,7 @@ export class KeyChain {
     const replaces = parts.streamHeaderLength
     const tail = head.slice(parts.dekPrefix.length, replaces) // segment size and nonce prefix, kept as they are
     const current = this.#leases.primary
-    if (current && !this.#leases.expired(current) && equalBytes(parts.header, current.streamHeader)) {
+    if (current && !this.#leases.superseded && !this.#leases.expired(current) && equalBytes(parts.header, current.streamHeader)) {
       await this.#deks.forDecrypt(parts) // authenticates the header and the wrapped DEK, as a real rewrap would
       return { header: head.slice(0, replaces), replaces }
     }
@@ -459,7 +460,7 @@ export class KeyChain {
     }
     const parts = decodeMessage(encryptedData)
     const current = this.#leases.primary
-    if (current && !this.#leases.expired(current) && equalBytes(parts.header, current.header)) {
+    if (current && !this.#leases.superseded && !this.#leases.expired(current) && equalBytes(parts.header, current.header)) {
       await this.#deks.forDecrypt(parts) // authenticates the header and the wrapped DEK, as a real rewrap would
       return encryptedData.slice()
     }
@@ -569,7 +570,9 @@ export class KeyChain {
    * Reads the chain head now, as the chain does on its own every `maxStalenessMs` (and at once
    * when the store pushes a change): a primary rotated by another process replaces this
    * process's (its lease and prepared DEKs are dropped, their uses stay counted), and KEKs
-   * retired or destroyed anywhere stop decrypting here. One store read, no root-key call.
+   * retired or destroyed anywhere stop decrypting here. One store read, no root-key call (the
+   * next encryption unwraps the new primary; while the root key is unreachable it goes on under
+   * the old one, retrying every 5 s, and `refresh()` makes it retry at once).
    *
    * @throws {@link StoreError} - `ERR_STORE`: the head could not be read.
    * @example
@@ -578,6 +581,7 @@ export class KeyChain {
    * ```
    */
   async refresh(): Promise<void> {
+    this.#leases.retrySwitch()
     await this.#view.read()
   }
 

@@ -5,8 +5,8 @@
  * one head read per bound.
  */
 import { describe, expect, it } from 'vitest'
-import { KeyChain, aesRootKey, memoryStore, type KeyStore } from '../src/index.ts'
-import { ROOT_BYTES, expectCode, kekIdOf, text } from './helpers.ts'
+import { KeyChain, RootKeyError, aesRootKey, memoryStore, type KeyStore } from '../src/index.ts'
+import { OTHER_ROOT_BYTES, ROOT_BYTES, expectCode, kekIdOf, text } from './helpers.ts'
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
@@ -137,5 +137,44 @@ describe('a stale read of an eventually consistent store', () => {
     const after = await Promise.all(Array.from({ length: 20 }, () => chain.encrypt('x')))
     expect(new Set(after.map(kekIdOf))).toEqual(new Set([id]))
     expect(id).not.toBe(old)
+  })
+})
+
+describe('a rotation elsewhere while this process cannot reach its root key', () => {
+  it('leaves it encrypting under the KEK it holds (within its lease), and it moves once the root answers', async () => {
+    const store = memoryStore()
+    const inner = aesRootKey(ROOT_BYTES)
+    let down = false
+    const flaky = {
+      ...inner,
+      unwrapKek: (w: Uint8Array, aad: Uint8Array, o?: { extractable?: boolean }) =>
+        down ? Promise.reject(new RootKeyError('root unreachable', { retryable: true })) : inner.unwrapKek(w, aad, o),
+    }
+    const a = await open(store, { watch: false })
+    const b = await KeyChain.open({ rootKey: flaky, store, name: 'fleet', watch: false, maxStalenessMs: 50 })
+    const old = kekIdOf(await b.encrypt('first'))
+    down = true
+    const { id } = await a.rotate()
+    await sleep(80)
+    const during = await Promise.all(Array.from({ length: 10 }, () => b.encrypt('x')))
+    expect(new Set(during.map(kekIdOf))).toEqual(new Set([old]))
+    expect(b.stats().rootKeyAvailable).toBe(false)
+    down = false
+    await b.refresh()
+    expect(kekIdOf(await b.encrypt('after'))).toBe(id)
+    for (const e of during) expect(text(await a.decrypt(e))).toBe('x')
+  })
+
+  it('a new primary under no root this process holds is not waited out: the call fails', async () => {
+    const store = memoryStore()
+    const roots = { hsm: aesRootKey(ROOT_BYTES), kms: aesRootKey(OTHER_ROOT_BYTES) }
+    const a = await KeyChain.open({ roots, store, name: 'fleet', watch: false })
+    await a.encrypt('first')
+    const b = await KeyChain.open({ roots: { hsm: roots.hsm }, store, name: 'fleet', watch: false, maxStalenessMs: 50 })
+    await b.encrypt('b holds the primary')
+    await a.removeRoot('hsm')
+    await a.rotate()
+    await sleep(80)
+    await expectCode(b.encrypt('x'), 'ERR_ROOT_KEY')
   })
 })

@@ -3,7 +3,7 @@
  * so the usage limit holds across every process that shares a store (invariant 4) with no store
  * write per encryption; and rotation when the primary is used up, too old, missing, or on demand.
  */
-import { StoreError } from '../errors.js'
+import { StoreError, isKmsProxyError } from '../errors.js'
 import { encodeHeader } from '../format.js'
 import type { ChainHead, ChainRoot, KeyStore, Versioned } from '../store.js'
 import type { Bytes } from './bytes.js'
@@ -37,6 +37,12 @@ interface Spare extends NewKekMade {
 }
 
 const CAS_ATTEMPTS = 1000
+/**
+ * How long a superseded primary stays in use after its successor could not be unwrapped because
+ * the root key was unreachable, before the next try: one root-key call (and its timeout) per
+ * period, not one per encryption.
+ */
+const HOLD_MS = 5_000
 
 export interface LeaseSettings {
   readonly name: string
@@ -57,6 +63,11 @@ export class Leases {
   #spare: Spare | undefined
   /** Primaries this process held and saw replaced (bounded): see supersededBy. */
   readonly #replaced = new Set<number>()
+  /** A head named a newer primary: the next use moves to it (see acquire). */
+  #superseded = false
+  #supersedings = 0
+  /** Until when a superseded primary stays in use because its successor could not be unwrapped. */
+  #holdUntil = 0
 
   constructor(settings: LeaseSettings, keks: KekSource, counts: Counts) {
     this.#s = settings
@@ -89,11 +100,42 @@ export class Leases {
     return Date.now() - p.createdAt >= this.#s.maxAge
   }
 
+  /** Whether a head named a newer primary than the one this process holds (it moves at its next use). */
+  get superseded(): boolean {
+    return this.#superseded
+  }
+
+  /** A head named a newer primary: the next use leases from it instead (the old lease's uses stay counted). */
+  supersede(): void {
+    this.#superseded = true
+    this.#supersedings++
+  }
+
+  /** The next use tries the superseded primary's successor again at once (an explicit refresh). */
+  retrySwitch(): void {
+    this.#holdUntil = 0
+  }
+
   /** Reserves one use of the primary KEK, renewing the lease or rotating when needed. */
   async acquire(): Promise<Primary> {
     let refreshed = false
     for (;;) {
       const p = this.#primary
+      if (p && this.#superseded && !refreshed && Date.now() >= this.#holdUntil) {
+        try {
+          await (this.#refreshing ?? this.#startRefresh(false))
+          refreshed = true
+          continue
+        } catch (error) {
+          // The new primary could not be unwrapped because the root key is unreachable: rather
+          // than stop encrypting, this process goes on under the KEK it holds, within that KEK's
+          // lease and age, and tries again after HOLD_MS. Anything else fails the call: a root
+          // this process lacks, a store failure, a lease or an age used up.
+          const unreachable = isKmsProxyError(error) && error.code === 'ERR_ROOT_KEY' && error.retryable
+          if (!unreachable || this.#primary !== p || p.next >= p.end || this.expired(p)) throw error
+          this.#holdUntil = Date.now() + HOLD_MS
+        }
+      }
       // Right after a refresh the primary is used even if already past its age, so that a
       // tiny maxKekAgeMs cannot make the loop rotate forever.
       if (p && p.next < p.end && (refreshed || !this.expired(p))) {
@@ -126,9 +168,15 @@ export class Leases {
 
   /** Runs #refresh as the one refresh in flight; concurrent callers await it instead of starting their own. */
   #startRefresh(force: boolean): Promise<void> {
-    const run: Promise<void> = this.#refresh(force).finally(() => {
-      if (this.#refreshing === run) this.#refreshing = undefined
-    })
+    const supersedings = this.#supersedings
+    const run: Promise<void> = this.#refresh(force)
+      .then(() => {
+        // Up to date with the head read: unless another head named a newer primary meanwhile.
+        if (this.#supersedings === supersedings) this.#superseded = false
+      })
+      .finally(() => {
+        if (this.#refreshing === run) this.#refreshing = undefined
+      })
     this.#refreshing = run
     return run
   }
@@ -250,6 +298,7 @@ export class Leases {
       // A bound for a process that lives through many rotations: old entries matter least.
       if (this.#replaced.size > 1024) this.#replaced.delete(this.#replaced.values().next().value as number)
     }
+    this.#holdUntil = 0
     const embedded = this.#s.store.embedsKeks ? wraps : undefined
     this.#primary = {
       id,
