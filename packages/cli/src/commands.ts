@@ -58,6 +58,19 @@ const CONFIG_OPTION = { config: { type: 'string', short: 'c' } } as const
 const CONFIG_HELP = `  -c, --config PATH   config file (default $KMS_PROXY_CONFIG, else ./kms-proxy.json, which
                       is then named on stderr and may reach no network service)`
 
+/**
+ * The config the command line or the environment names, its store and the chain's head, with no
+ * root key (status, retire, destroy): EXIT.MISSING when the key file or the chain is missing.
+ */
+async function namedStore(v: Record<string, unknown>) {
+  const { path: file, implicit } = resolveConfig(str(v.config))
+  const config = await loadConfig(file, { implicit })
+  const storeFile = storeFilePath(config, file)
+  if (storeFile) await storeFileExists(storeFile, file, config.chain)
+  const store = openStore(config, file)
+  return { file, config, storeFile, store, head: await chainHead(store, config.chain) }
+}
+
 /** The chain of the config the command line or the environment names (else ./kms-proxy.json, implicitly). */
 function openNamed(v: Record<string, unknown>, options: OpenOptions = {}) {
   const { path, implicit } = resolveConfig(str(v.config))
@@ -500,12 +513,7 @@ ${CONFIG_HELP}
       --json              machine-readable output`,
   options: { ...CONFIG_OPTION, check: { type: 'boolean' }, plugin: { type: 'string' }, json: { type: 'boolean' } },
   async run(v) {
-    const { path: file, implicit } = resolveConfig(str(v.config))
-    const config = await loadConfig(file, { implicit })
-    const storeFile = storeFilePath(config, file)
-    if (storeFile) await storeFileExists(storeFile, file, config.chain)
-    const store = openStore(config, file)
-    const head = await chainHead(store, config.chain)
+    const { file, config, storeFile, store, head } = await namedStore(v)
     // A check unwraps the primary KEK and writes nothing: no use, no lease, no rotation of an
     // overdue primary, no KEK (what an encryption would do).
     const checked = v.check ? await checkRoots(config, store, head.value) : undefined
@@ -829,12 +837,7 @@ const NO_ROOT_KEY: RootKey = { kind: 'none', newKek: refuseRootCall, unwrapKek: 
  * the head anyway; the config and the store decide which chain.
  */
 async function openHeadOnly(v: Record<string, unknown>) {
-  const { path: file, implicit } = resolveConfig(str(v.config))
-  const config = await loadConfig(file, { implicit })
-  const storeFile = storeFilePath(config, file)
-  if (storeFile) await storeFileExists(storeFile, file, config.chain)
-  const store = openStore(config, file)
-  const head = await chainHead(store, config.chain)
+  const { config, store, head } = await namedStore(v)
   const chain = await KeyChain.open(chainOptions(config, { rootKey: NO_ROOT_KEY }, store))
   const policy = { maxStalenessMs: config.maxStalenessMs ?? DEFAULT_MAX_STALENESS_MS, destroyGraceMs: config.destroyGraceMs ?? DEFAULT_DESTROY_GRACE_MS }
   return { chain, config, store, head: head.value, policy }

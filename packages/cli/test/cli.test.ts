@@ -441,7 +441,10 @@ describe('rotate, status and rewrap', () => {
     expect(statSync(join(files, 'c.kp')).mode & 0o777).toBe(0o660)
     expect(statSync(join(files, 'nested/b.kp')).mode & 0o777).toBe(0o600)
     expect(r.code).toBe(EXIT.OK)
-    expect(JSON.parse(r.stdout.toString())).toEqual({ rewrapped: 4, messages: 1, streams: 3, current: 0, skipped: 1, failed: 0, primary, rootKeyUnwraps: 2, rootKeyWraps: 0 })
+    // Per old KEK: the files moved off it (the chain's count) and their bytes; none left under it.
+    const bytes = Object.values(before).reduce((n, b) => n + b.length, 0)
+    const byKek = [{ id: oldPrimary, idHex: `0x${oldPrimary.toString(16).padStart(8, '0')}`, moved: 4, bytes, left: 0 }]
+    expect(JSON.parse(r.stdout.toString())).toEqual({ rewrapped: 4, messages: 1, streams: 3, current: 0, skipped: 1, failed: 0, primary, byKek, rootKeyUnwraps: 2, rootKeyWraps: 0 })
     for (const [name, old] of Object.entries(before)) {
       const now = readFileSync(join(files, name))
       expect(now.length, name).toBe(old.length)
@@ -478,7 +481,7 @@ describe('rotate, status and rewrap', () => {
     await kp(dir, ['rotate'])
     const text = await kp(dir, ['rewrap', 'one'])
     expect(text.code, text.stderr).toBe(EXIT.OK)
-    expect(text.stdout.toString()).toMatch(/^rewrapped 1 file \(1 message, 0 streams\) to KEK 0x[0-9a-f]{8}; 0 already current, 0 skipped \(not kms-proxy data\), 0 failed\nroot-key calls: 2 unwraps, 0 wraps\n$/) // the old KEK and the new primary
+    expect(text.stdout.toString()).toMatch(/^rewrapped 1 file \(1 message, 0 streams\) to KEK 0x[0-9a-f]{8}; 0 already current, 0 skipped \(not kms-proxy data\), 0 failed\n  from KEK 0x[0-9a-f]{8}: 1 file moved \([0-9,]+ bytes\); no file under one still under it\nroot-key calls: 2 unwraps, 0 wraps\n$/) // the old KEK and the new primary
   })
   it('rewrap never overwrites a file that another writer replaced while it was being rewrapped', async () => {
     const dir = await initialized('rewrap-race')
