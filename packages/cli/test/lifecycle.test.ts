@@ -8,6 +8,7 @@ import { copyFileSync, mkdirSync, readFileSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { openChainFromConfig } from '../src/index.ts'
 import { EXIT, FAST_KDF, WEAK_KDF_ENV, bundleCli, spawnCollect, tempDir, withoutNotes, withoutWeakKdfWarning, type Result } from './helpers.js'
 
 const PTY = fileURLToPath(new URL('./pty_run.py', import.meta.url))
@@ -194,4 +195,53 @@ describe('a whole chain: retire --chain, unretire --chain, destroy --chain', () 
     // Run again (as after a crash): nothing left to delete.
     expect(JSON.parse(ok(await kp(dir, ['destroy', '--chain', '--yes', '--json'])))).toMatchObject({ chain: 'default', deleted: 0 })
   }, 240_000)
+})
+
+describe('a long-running process on the config (openChainFromConfig, as the plugin opens it)', () => {
+  it('uses a rotation made by another process, and refuses a KEK another process retired, within the config\'s staleness bound (1 s; the default is 15 s), with the store\'s push turned off', async () => {
+    const dir = await newChain('staleness')
+    const config = join(dir, 'kms-proxy.json')
+    const saved = { passphrase: process.env.KMS_PROXY_PASSPHRASE, weak: process.env.KMS_PROXY_ALLOW_WEAK_KDF }
+    process.env.KMS_PROXY_PASSPHRASE = PASSPHRASE
+    process.env.KMS_PROXY_ALLOW_WEAK_KDF = '1'
+    const chain = await openChainFromConfig(config)
+    // The file store also pushes head changes (a watch polling the file); without it, the chain
+    // reads the head every maxStalenessMs: the bound alone is what this test measures.
+    chain.close()
+    try {
+      const kekOf = (data: Uint8Array) => new DataView(data.buffer, data.byteOffset).getUint32(1)
+      const first = await chain.encrypt('before the rotation')
+      const rotated = JSON.parse(ok(await kp(dir, ['rotate', '--json']))).primary as number
+      expect(kekOf(first)).not.toBe(rotated)
+      // The bound is 1 s ("maxStalenessMs": 1000 in the config): well within 3 s the rotation is used here.
+      const started = Date.now()
+      let seenAfter = Number.POSITIVE_INFINITY
+      while (Date.now() - started < 3_000) {
+        if (kekOf(await chain.encrypt('after')) === rotated) {
+          seenAfter = Date.now() - started
+          break
+        }
+        await sleep(50)
+      }
+      expect(seenAfter).toBeLessThan(3_000)
+      ok(await kp(dir, ['retire', hex(kekOf(first))]))
+      const retiredAt = Date.now()
+      let refusedAfter = Number.POSITIVE_INFINITY
+      while (Date.now() - retiredAt < 3_000) {
+        const error = await chain.decrypt(first).then(() => undefined, (e: { code?: string }) => e)
+        if (error?.code === 'ERR_RETIRED_KEK') {
+          refusedAfter = Date.now() - retiredAt
+          break
+        }
+        await sleep(50)
+      }
+      expect(refusedAfter).toBeLessThan(3_000)
+    } finally {
+      chain.close()
+      process.env.KMS_PROXY_PASSPHRASE = saved.passphrase
+      process.env.KMS_PROXY_ALLOW_WEAK_KDF = saved.weak
+      if (saved.passphrase === undefined) delete process.env.KMS_PROXY_PASSPHRASE
+      if (saved.weak === undefined) delete process.env.KMS_PROXY_ALLOW_WEAK_KDF
+    }
+  }, 60_000)
 })
