@@ -519,19 +519,31 @@ export async function serveKmsPlugin(options: KmsPluginOptions): Promise<KmsPlug
 
   /**
    * What the next Encrypt would use without a root-key call: this process's primary KEK, if it is
-   * loaded, within its age and has uses left. A head read that names another primary (a rotation
-   * by another process) makes the chain drop its own, so after a successful read this is the
-   * head's primary or nothing; they differ only when this process rotated since the read, or the
-   * read failed.
+   * loaded, within its age and has uses left, and the head names it. A head naming another
+   * primary (a rotation by another process, or by this one since the read) leaves the answer to
+   * an encryption: the chain moves to the head's primary at its next use, or, while its root key
+   * cannot unwrap that one, goes on under its own (see probedUse). Without a head (the read
+   * failed): this process's primary, within its age.
    */
   function usable(head: PrimaryStatus | undefined): { id: number; ageLeftMs: number; usesLeft: number } | undefined {
     const local = localPrimary()
     if (!local) return undefined
-    if (head && head.id === local.id) {
-      return head.loaded && head.ageLeftMs > 0 && head.usesLeft > 0 ? { id: local.id, ageLeftMs: head.ageLeftMs, usesLeft: head.usesLeft } : undefined
+    if (head) {
+      return head.id === local.id && head.loaded && head.ageLeftMs > 0 && head.usesLeft > 0 ? { id: local.id, ageLeftMs: head.ageLeftMs, usesLeft: head.usesLeft } : undefined
     }
-    const ageLeftMs = maxAgeMs === undefined ? Infinity : local.createdAt + maxAgeMs - Date.now()
-    return ageLeftMs > 0 ? { id: local.id, ageLeftMs, usesLeft: Infinity } : undefined
+    return withinAge(local)
+  }
+
+  function withinAge(k: { id: number; createdAt: number }): { id: number; ageLeftMs: number; usesLeft: number } | undefined {
+    const ageLeftMs = maxAgeMs === undefined ? Infinity : k.createdAt + maxAgeMs - Date.now()
+    return ageLeftMs > 0 ? { id: k.id, ageLeftMs, usesLeft: Infinity } : undefined
+  }
+
+  /** The KEK an encryption just used, when the head names another: what Encrypt answers until the chain can move. */
+  function probedUse(data: Uint8Array): { id: number; ageLeftMs: number; usesLeft: number } | undefined {
+    const id = decodeHeader(data).kekId
+    const k = chain.stats().keks.find((x) => x.id === id)
+    return k ? withinAge(k) : undefined
   }
 
   /**
@@ -564,9 +576,12 @@ export async function serveKmsPlugin(options: KmsPluginOptions): Promise<KmsPlug
     // maxStalenessMs without reading it, so only an encryption tells whether Encrypt still works.
     if (!use || storeProblem) {
       try {
-        await bounded(chain.encrypt(PROBE_PLAINTEXT, { associatedData: PROBE_ASSOCIATED_DATA }), 'the key chain')
+        // A head naming another primary: the next use tries to load it now, not after the
+        // chain's retry period (once per Status, so one root-key call a minute while it is down).
+        if (head && !storeProblem) await bounded(chain.refresh(), 'the store')
+        const probe = await bounded(chain.encrypt(PROBE_PLAINTEXT, { associatedData: PROBE_ASSOCIATED_DATA }), 'the key chain')
         if (!storeProblem) await readHead()
-        use = usable(head)
+        use = usable(head) ?? probedUse(probe)
       } catch (error) {
         // With a usable primary, only the chain's own refusal counts: an encryption that ran out of
         // this Status's budget (a store that hangs) says nothing certain about the next Encrypt.
@@ -596,15 +611,17 @@ export async function serveKmsPlugin(options: KmsPluginOptions): Promise<KmsPlug
     }
 
     const keyIdOf = (id: number) => keyIdFor(chain.name, id)
-    // While Encrypt cannot be served, the key_id stays the one last answered: kube-apiserver
+    // While the store's primary cannot be loaded (this node's root key is down), Encrypt goes on
+    // under the KEK this process holds, and Status says its key_id. While Encrypt cannot be
+    // served at all, the key_id stays the one last answered: kube-apiserver
     // extends its current seed's write window at every Status whose key_id matches it (healthy
     // or not), and a new key_id would make it ask Encrypt for a seed that cannot be made, then
     // refuse writes once that window (3 minutes) ends. So a rotation by another process that this
     // plugin cannot load yet (its root key down) shows once it can serve it. Before any report
     // (a restart during an outage) it is the store's primary.
     reportedKeyId = use ? keyIdOf(use.id) : reportedKeyId || (head ? keyIdOf(head.id) : '')
-    if (!use && head && keyIdOf(head.id) !== reportedKeyId) {
-      degraded.push(`key_id ${reportedKeyId} kept: the store's primary ${keyIdOf(head.id)} cannot be served yet`)
+    if (head && keyIdOf(head.id) !== reportedKeyId) {
+      degraded.push(`key_id ${reportedKeyId} kept: the store's primary ${keyIdOf(head.id)} cannot be loaded yet`)
     }
     const before = `${health.healthz}|${health.degraded}`
     health.ok = use !== undefined

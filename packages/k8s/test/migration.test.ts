@@ -228,7 +228,7 @@ it('HSM to KMS with no downtime: plugins holding both roots serve through a chan
   expect(await legacy.plugin.checkHealth()).toMatch(unhealthy)
   expect(legacy.plugin.stats().health.unheldRoots).toEqual(['kms'])
   expect(legacy.plugin.stats().health.degraded).toMatch(/the chain's roots kms are not held by this plugin: it cannot rotate until redeployed with them/)
-  expect(legacy.plugin.stats().health.degraded).toContain(`key_id ${k0} kept: the store's primary ${kR} cannot be served yet`)
+  expect(legacy.plugin.stats().health.degraded).toContain(`key_id ${k0} kept: the store's primary ${kR} cannot be loaded yet`)
   expect(await legacy.client.status()).toMatchObject({ healthz: expect.stringMatching(unhealthy), key_id: k0 })
   expect(codeOf(await grpcError(legacy.client.encrypt(seed())))).toBe('FAILED_PRECONDITION')
   for (const m of made.filter((m) => m.phase === 'before')) expect(await decrypts(legacy.client, m)).toBe(true)
