@@ -34,7 +34,7 @@ const kms = awsKmsRootKey({
 const store = etcdStore({ endpoints: [env.KMS_PROXY_K8S_ETCD!], prefix: env.KMS_PROXY_K8S_PREFIX! })
 try {
   const op = env.KMS_PROXY_K8S_OP
-  const chain = await KeyChain.open({ roots: op === 'remove' ? { kms } : { default: old }, store, name: env.KMS_PROXY_K8S_CHAIN! })
+  const chain = await KeyChain.open({ roots: op === 'remove' ? { kms } : { default: old }, store, name: env.KMS_PROXY_K8S_CHAIN!, watch: false }) // a one-shot process: no push to follow, nothing to keep it alive
   process.stdout.write('START {}\n')
   const report =
     op === 'change' ? await chain.changeRoot(kms, { from: 'default', name: 'kms' }) : op === 'add' ? await chain.addRoot('kms', kms) : await chain.removeRoot('default')
