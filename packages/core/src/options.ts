@@ -80,7 +80,9 @@ export interface KeyChainOptions {
   /**
    * The longest this chain goes without reading its head before an encryption or a decryption
    * (invariant 10): a rotation made by any process is used here within this bound, a KEK
-   * retired anywhere stops decrypting here within it. Costs at most one store read per bound
+   * retired anywhere stops decrypting here within it (while this process's root key cannot
+   * unwrap the new primary, it goes on under the KEK it holds, within that KEK's lease and age,
+   * retrying every 5 s). Costs at most one store read per bound
    * while the chain is used, none while it is idle. When the store pushes changes
    * (`watchHead`), a change is usually seen at once; this bound still holds if a push is lost.
    * An encryption that cannot read the head past the bound fails (`ERR_STORE`, retryable); a
