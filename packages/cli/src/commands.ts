@@ -119,11 +119,16 @@ const ROOT_OPTIONS = {
 const ROOT_HELP = `      --kdf pbkdf2|scrypt|argon2id   passphrase KDF (default pbkdf2)
       --iterations N          PBKDF2 iterations (default and least 600000; lower only with
                               KMS_PROXY_ALLOW_WEAK_KDF=1 in the environment, for tests)
-      --aws-key-id ID --aws-region R [--endpoint URL]       credentials: $AWS_ACCESS_KEY_ID, $AWS_SECRET_ACCESS_KEY
+      --aws-key-id ID --aws-region R [--endpoint URL]       credentials, in AWS's order: $AWS_ACCESS_KEY_ID
+                              and $AWS_SECRET_ACCESS_KEY; web identity ($AWS_WEB_IDENTITY_TOKEN_FILE,
+                              $AWS_ROLE_ARN); the container endpoint; EC2 instance metadata
       --vault-address URL --vault-key K [--vault-mount M] [--vault-namespace N]   token: $VAULT_TOKEN
-      --gcp-key-name projects/.../cryptoKeys/K [--endpoint URL]   token: $GCP_ACCESS_TOKEN
-      --azure-vault-url URL --azure-key-name K [--azure-key-version V]   token: $AZURE_ACCESS_TOKEN
-      --pkcs11-url URL        kms-proxy PKCS#11 bridge; token: $KMS_PROXY_PKCS11_TOKEN`
+                              or $VAULT_TOKEN_FILE (read again when it changes)
+      --gcp-key-name projects/.../cryptoKeys/K [--endpoint URL]   token: $GCP_ACCESS_TOKEN(_FILE),
+                              else the metadata server
+      --azure-vault-url URL --azure-key-name K [--azure-key-version V]   token: $AZURE_ACCESS_TOKEN(_FILE),
+                              else managed identity
+      --pkcs11-url URL        kms-proxy PKCS#11 bridge; token: $KMS_PROXY_PKCS11_TOKEN(_FILE)`
 
 function rootKeyConfig(v: Record<string, unknown>): RootKeyConfig {
   const type = str(v.root) ?? 'passphrase'

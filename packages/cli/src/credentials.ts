@@ -86,18 +86,31 @@ export type AzureCredentialsConfig =
 
 /** Environment variables of the credential sources, as AWS, Google and Azure name them. Documented in the README. */
 export const CREDENTIAL_ENV = {
+  /** The file holding the web identity (service account) token, read again at each refresh. */
   awsWebIdentityTokenFile: 'AWS_WEB_IDENTITY_TOKEN_FILE',
+  /** The role web identity assumes. */
   awsRoleArn: 'AWS_ROLE_ARN',
+  /** The session name of that role. */
   awsRoleSessionName: 'AWS_ROLE_SESSION_NAME',
+  /** Another STS endpoint (a VPC endpoint). */
   awsStsEndpoint: 'AWS_ENDPOINT_URL_STS',
+  /** The container credentials endpoint, whole (EKS Pod Identity). */
   awsContainerFullUri: 'AWS_CONTAINER_CREDENTIALS_FULL_URI',
+  /** The container credentials endpoint's path on 169.254.170.2 (ECS task roles). */
   awsContainerRelativeUri: 'AWS_CONTAINER_CREDENTIALS_RELATIVE_URI',
+  /** The container endpoint's authorization token; `…_FILE` names a file holding it. */
   awsContainerToken: 'AWS_CONTAINER_AUTHORIZATION_TOKEN',
+  /** Another EC2 instance metadata endpoint. */
   awsMetadataEndpoint: 'AWS_EC2_METADATA_SERVICE_ENDPOINT',
+  /** `true`: EC2 instance metadata is not tried. */
   awsMetadataDisabled: 'AWS_EC2_METADATA_DISABLED',
+  /** Another Google metadata server, as host[:port]. */
   gcpMetadataHost: 'GCE_METADATA_HOST',
+  /** A user-assigned managed identity's client id. */
   azureClientId: 'AZURE_CLIENT_ID',
+  /** App Service's (and Container Apps') identity endpoint. */
   azureIdentityEndpoint: 'IDENTITY_ENDPOINT',
+  /** The header App Service's identity endpoint expects. */
   azureIdentityHeader: 'IDENTITY_HEADER',
 } as const
 

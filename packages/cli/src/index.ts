@@ -20,6 +20,8 @@ import { version } from '../package.json'
 
 export { openChainFromConfig, loadConfig, configPath, CONFIG_FORMAT, SECRET_ENV } from './config.js'
 export type { CliConfig, StoreConfig, RootKeyConfig, NamedRootKeyConfig, PendingRootChange, LoadOptions } from './config.js'
+export { CREDENTIAL_ENV } from './credentials.js'
+export type { AwsCredentialsConfig, GcpCredentialsConfig, AzureCredentialsConfig } from './credentials.js'
 export { EXIT, CliError, explain } from './exit.js'
 export type { ExitCode } from './exit.js'
 
