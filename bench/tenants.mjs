@@ -195,6 +195,11 @@ async function startEtcd() {
     rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 50 })
   }
   process.once('exit', stop)
+  // Ctrl-C ends Node without its 'exit' event: etcd would outlive the run.
+  process.once('SIGINT', () => {
+    stop()
+    process.exit(130)
+  })
   const deadline = Date.now() + 20_000
   for (;;) {
     try {
