@@ -124,7 +124,7 @@ export class KeyChain {
       },
     })
     this.#leases = new Leases(
-      { name, store, maxWraps: options.maxWrapsPerKek, maxAge: options.maxKekAgeMs, leaseSize: options.leaseSize, readHead: () => this.#view.read() },
+      { name, store, maxWraps: options.maxWrapsPerKek, maxAge: options.maxKekAgeMs, leaseSize: options.leaseSize, readHead: () => this.#view.read(), firstHead: () => this.#view.first() },
       this.#keks,
       this.#counts,
     )
@@ -174,7 +174,7 @@ export class KeyChain {
       chain.#unwatch = store.watchHead(name, () => chain.#view.markDirty())
     }
     try {
-      await chain.#view.read()
+      await chain.#view.open()
     } catch (error) {
       chain.close()
       throw error

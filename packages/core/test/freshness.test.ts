@@ -92,6 +92,20 @@ describe('the cost and the failure of the check', () => {
     expect(seen.headReads - before).toBeLessThanOrEqual(1) // its first lease only
   })
 
+  it('opening a chain and encrypting once reads the head once, not twice; a head that moved in between costs a retry, not a wrong lease', async () => {
+    const { store, seen } = observed()
+    const first = await open(store, { watch: false })
+    await first.encrypt('makes the chain')
+    const before = seen.headReads
+    const cold = await open(store, { watch: false })
+    const data = await cold.encrypt('x')
+    expect(seen.headReads - before).toBe(1)
+    const moved = await open(store, { watch: false })
+    const { id } = await first.rotate() // after moved's open, before its first lease
+    expect(kekIdOf(await moved.encrypt('y'))).toBe(id)
+    expect(text(await first.decrypt(data))).toBe('x')
+  })
+
   it('an encryption past the bound with the head unreadable fails retryable (a rotation may have happened); a decryption goes on', async () => {
     const { store, seen } = observed()
     const chain = await open(store, { watch: false, maxStalenessMs: 50 })

@@ -42,7 +42,7 @@ const PUBLIC_API: Record<string, string[]> = {
     'MAX_PLAINTEXT_BYTES', 'kmsPluginStatus', 'loadKmsService', 'serveKmsPlugin',
   ],
   cli: [
-    'CONFIG_FORMAT', 'CliError', 'EXIT', 'SECRET_ENV', 'VERSION', 'configPath', 'explain', 'loadConfig', 'main',
+    'CONFIG_FORMAT', 'CREDENTIAL_ENV', 'CliError', 'EXIT', 'SECRET_ENV', 'VERSION', 'configPath', 'explain', 'loadConfig', 'main',
     'openChainFromConfig', 'runAndExit',
   ],
 }

@@ -35,6 +35,8 @@ export class HeadView {
   #retired = new Map<number, RetiredKek>()
   #chainRetiredAt: number | undefined
   #chainDestroyedAt: number | undefined
+  /** The head read at open, kept for the first lease (see first()); gone at the next read or write. */
+  #opening: { head: Versioned<ChainHead> | undefined } | undefined
 
   constructor(maxStalenessMs: number, hooks: HeadViewHooks) {
     this.#maxStaleness = maxStalenessMs
@@ -56,8 +58,26 @@ export class HeadView {
     return this.#dirty || Date.now() - this.#checkedAt >= this.#maxStaleness
   }
 
+  /** Reads the head at open, and keeps it for the first lease (one store read for open and first use, not two). */
+  async open(): Promise<void> {
+    const head = await this.read()
+    this.#opening = { head }
+  }
+
+  /**
+   * The head read at open, once, if nothing was read or written since and it is still within the
+   * bound: the first lease starts from it. A compare-and-swap on a head that moved meanwhile
+   * fails and the lease reads it again, so a stale one costs a retry, never a wrong lease.
+   */
+  first(): { head: Versioned<ChainHead> | undefined } | undefined {
+    const opening = this.#opening
+    this.#opening = undefined
+    return opening && !this.due() ? opening : undefined
+  }
+
   /** Reads the head and takes it in; concurrent reads share one store call. */
   read(): Promise<Versioned<ChainHead> | undefined> {
+    this.#opening = undefined
     if (this.#reading) return this.#reading
     const startedAt = Date.now()
     const dirtyBefore = this.#dirty
@@ -113,6 +133,7 @@ export class HeadView {
 
   /** Takes in a head read elsewhere (a compare-and-swap this process just made, for instance). */
   take(head: ChainHead | undefined): void {
+    this.#opening = undefined
     this.#take(head, this.#checkedAt)
   }
 

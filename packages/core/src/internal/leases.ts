@@ -52,6 +52,8 @@ export interface LeaseSettings {
   readonly leaseSize: number
   /** Reads the chain head (through the chain's view of it, so that every read counts as a check). */
   readonly readHead: () => Promise<Versioned<ChainHead> | undefined>
+  /** The head read at open, once, if still good to start from (see HeadView.first). */
+  readonly firstHead: () => { head: Versioned<ChainHead> | undefined } | undefined
 }
 
 export class Leases {
@@ -191,7 +193,8 @@ export class Leases {
       // Lost a compare-and-swap: back off with full jitter (up to 2^attempt ms, at most 64 ms)
       // so that processes contending on one head do not retry in lockstep.
       if (attempt > 0) await new Promise((r) => setTimeout(r, (randomPublicBytes(1)[0]! * Math.min(64, 2 ** attempt)) / 256))
-      const head = await this.#s.readHead()
+      const opened = attempt === 0 && !force ? this.#s.firstHead() : undefined
+      const head = opened ? opened.head : await this.#s.readHead()
       const h = head?.value
       assertChainUsable(h)
       // A spare made before the root set changed may lack a wrap under a root added since.
