@@ -167,6 +167,13 @@ export interface DescribeStoreOptions {
    * @defaultValue false
    */
   watch?: boolean
+  /**
+   * How long a head change through another handle may take to reach a watcher (a store that
+   * polls needs its interval and more).
+   *
+   * @defaultValue 10,000
+   */
+  watchTimeoutMs?: number
 }
 
 const ROOT = Uint8Array.from({ length: 32 }, (_, i) => (i * 29 + 3) & 0xff)
@@ -246,6 +253,7 @@ const pairs = (records: KekRecord[]) => records.map((r) => `${r.id}/${rootOf(r)}
 export function describeStore(t: Harness, options: DescribeStoreOptions): void {
   const n = options.concurrency ?? 4
   const atomic = options.atomic ?? true
+  const watchTimeoutMs = options.watchTimeoutMs ?? 10_000
   const test = (name: string, fn: (s: StoreUnderTest) => Promise<void>) =>
     t.test(`${options.name}: ${name}`, async () => {
       const s = await options.open()
@@ -380,9 +388,9 @@ export function describeStore(t: Harness, options: DescribeStoreOptions): void {
       const before = calls
       const v = (await other.getHead('w'))!
       t.equal(await other.casHead('w', v.version, { primary: 2, primaryCreatedAt: 2, leased: 0 }), true, 'swap:')
-      const deadline = Date.now() + 10_000
+      const deadline = Date.now() + watchTimeoutMs
       while (calls === before && Date.now() < deadline) await new Promise((r) => setTimeout(r, 25))
-      t.ok(calls > before, 'onChange was not called within 10 s of a change through another handle')
+      t.ok(calls > before, `onChange was not called within ${watchTimeoutMs} ms of a change through another handle`)
     } finally {
       stop()
     }
