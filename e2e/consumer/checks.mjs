@@ -60,6 +60,7 @@ export async function run({ kmsUrl }) {
     describeStore(t, {
       name: 'memoryStore',
       severalRoots: true,
+      watch: true,
       open: async () => {
         const store = memoryStore()
         return { store, another: () => store }

@@ -33,6 +33,7 @@ export async function contract(): Promise<number> {
   describeStore(t, {
     name: 'memory',
     severalRoots: true,
+    watch: true,
     open: async (): Promise<StoreUnderTest> => {
       const store = memoryStore()
       return { store, another: () => store }
