@@ -207,7 +207,8 @@ export class KeyChain {
     const plaintext = bytesArgument('data', data)
     const aad = payloadAad(associatedDataOf(options))
     if (plaintext.length > MAX_PLAINTEXT_BYTES) throw new LimitError('data is too large for one AES-GCM message')
-    await this.#deks.fresh()
+    const reading = this.#deks.fresh()
+    if (reading) await reading
     const prepared = this.#pool.take() ?? (await this.#pool.prepare(await this.#leases.acquire(), 1))[0]!
     this.#pool.fill()
     const iv2 = randomPublicBytes(IV_BYTES)

@@ -33,15 +33,20 @@ export class Deks {
     this.#cache.clear()
   }
 
-  /** Before an encryption: the head read if due (strict: see maxStalenessMs), the chain usable. */
-  async fresh(): Promise<void> {
-    if (this.#view.due()) await this.#view.fresh(true)
+  /**
+   * Before an encryption: the head read if due (strict: see maxStalenessMs), the chain usable.
+   * A promise only when the head must be read: inside the bound, the hot path awaits nothing.
+   */
+  fresh(): Promise<void> | undefined {
+    if (this.#view.due()) return this.#view.fresh(true).then(() => this.#view.assertChain())
     this.#view.assertChain()
+    return undefined
   }
 
   /** The DEK of a data to decrypt (non-extractable), from the cache or unwrapped. */
   async forDecrypt(parts: DekParts): Promise<CryptoKey> {
-    await this.#usable(parts.kekId)
+    if (this.#view.due()) await this.#view.fresh(false)
+    this.#assertUsable(parts.kekId)
     const cacheKey = this.#cache.capacity > 0 ? bytesKey(parts.dekPrefix) : undefined
     if (cacheKey !== undefined) {
       const hit = this.#cache.get(cacheKey)
@@ -61,7 +66,8 @@ export class Deks {
 
   /** The DEK of a data to rewrap: extractable (wrapKey requires it), never cached. */
   async forRewrap(parts: DekParts): Promise<CryptoKey> {
-    await this.#usable(parts.kekId)
+    if (this.#view.due()) await this.#view.fresh(false)
+    this.#assertUsable(parts.kekId)
     return this.#unwrap(parts, true)
   }
 
@@ -77,9 +83,8 @@ export class Deks {
     if (entry) entry.rewrapped++
   }
 
-  /** Before a decryption: the head read if due (the last head stands if the store is down), the KEK usable. */
-  async #usable(kekId: number): Promise<void> {
-    if (this.#view.due()) await this.#view.fresh(false)
+  /** The KEK usable, as the last head read says (a decryption reads it first when due; the last head stands if the store is down). */
+  #assertUsable(kekId: number): void {
     try {
       this.#view.assertKek(kekId)
     } catch (error) {
