@@ -115,7 +115,10 @@ export class HeadView {
 
   /** Throws when the chain is retired or destroyed. */
   assertChain(): void {
-    assertChainUsable({ chainRetiredAt: this.#chainRetiredAt, chainDestroyedAt: this.#chainDestroyedAt })
+    // No object per call: this runs before every encryption and decryption.
+    if (this.#chainRetiredAt !== undefined || this.#chainDestroyedAt !== undefined) {
+      assertChainUsable({ chainRetiredAt: this.#chainRetiredAt, chainDestroyedAt: this.#chainDestroyedAt })
+    }
   }
 
   /** Throws when KEK `id` (or the chain) is retired or destroyed. */
