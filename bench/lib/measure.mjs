@@ -1,0 +1,150 @@
+// The measuring method of the benchmark, on Web APIs only (performance.now, setTimeout), so that
+// it runs unchanged in Node, Deno, Bun, workerd and a browser page.
+//
+// For one group of variants: each variant warms up (which also sets how many operations make one
+// sample), then the variants take turns, one sample each per round, in a new random order every
+// round. A sample's time per operation is its wall time divided by its operations. Reported per
+// variant: the median sample (ms per op) and the median over rounds of (its time / raw's time in
+// the same round), so that drift of the machine hits both sides of a ratio alike. The first
+// variant of a group is the baseline ("raw").
+
+/** Median of a list of numbers (the mean of the middle two for an even count). */
+export function median(values) {
+  const s = [...values].sort((a, b) => a - b)
+  const m = s.length >> 1
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2
+}
+
+/** A shuffled copy. Math.random only orders the variants of a round; nothing here is a key. */
+export function shuffled(list) {
+  const out = [...list]
+  for (let i = out.length - 1; i > 0; i--) {
+    const j = Math.floor(Math.random() * (i + 1))
+    ;[out[i], out[j]] = [out[j], out[i]]
+  }
+  return out
+}
+
+export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
+
+/**
+ * The smallest nonzero step of performance.now(), in ms. Chromium coarsens the clock (100 µs
+ * without cross-origin isolation) and workerd's steps in whole milliseconds; a sample must last
+ * many steps for its time to mean anything. Spins for a change a bounded number of times and
+ * falls back to a timer wait, so that a clock that only moves across I/O cannot hang the run.
+ */
+export async function clockResolution() {
+  const steps = []
+  for (let k = 0; k < 8 && steps.length < 5; k++) {
+    let a = performance.now()
+    // Align to a tick first, so that the step measured is a whole one.
+    for (let n = 0, b; n < 2e6 && (b = performance.now()) === a; n++) a = b
+    a = performance.now()
+    let b = a
+    for (let n = 0; n < 2e6 && b === a; n++) b = performance.now()
+    if (b === a) {
+      await sleep(1)
+      b = performance.now()
+    }
+    if (b > a) steps.push(b - a)
+  }
+  return steps.length ? Math.min(...steps) : 1
+}
+
+/**
+ * Runs `ops` operations of a variant (one awaited at a time, or in Promise.all batches of
+ * `inFlight`); returns ms per operation.
+ */
+async function sample(variant, ops) {
+  const { fn, inFlight } = variant
+  const t0 = performance.now()
+  if (inFlight > 1) {
+    const batches = Math.max(1, Math.round(ops / inFlight))
+    for (let b = 0; b < batches; b++) {
+      const all = new Array(inFlight)
+      for (let i = 0; i < inFlight; i++) all[i] = fn(i)
+      await Promise.all(all)
+    }
+    return (performance.now() - t0) / (batches * inFlight)
+  }
+  for (let i = 0; i < ops; i++) await fn(i)
+  return (performance.now() - t0) / ops
+}
+
+/**
+ * Makes the measuring function for one run.
+ *
+ * cfg: { warmMs, sampleMs, rounds, minRounds, groupMs } (sampleMs is already at least 50 clock
+ * steps); gc: a full garbage collection or undefined; progress: optional status line.
+ *
+ * The returned `measure(variants, label)` takes [{ name, fn, inFlight }] (the first is the
+ * baseline) and returns { [name]: { msPerOp, ratio, rounds } }.
+ */
+export function makeMeasure(cfg, { gc, progress } = {}) {
+  /**
+   * Before every sample: a short idle (background work of the previous sample, such as the DEK
+   * pool's refill, finishes) and a full GC where the runtime offers one, so that no sample pays
+   * for the garbage of the variant before it.
+   */
+  async function settle() {
+    await sleep(2)
+    gc?.()
+  }
+  return async function measure(variants, label) {
+    for (const v of variants) {
+      v.inFlight ??= 1
+      const step = v.inFlight > 1 ? v.inFlight : 1
+      const t0 = performance.now()
+      let ops = 0
+      while (performance.now() - t0 < cfg.warmMs || ops < step * (step > 1 ? 1 : 2)) {
+        await sample(v, step)
+        ops += step
+      }
+      // A clock that did not move (coarse, or a very fast call) still yields a finite estimate.
+      v.perOp = Math.max(performance.now() - t0, cfg.resolutionMs ?? 0.001) / ops
+      v.ops = Math.max(step, Math.round(cfg.sampleMs / v.perOp / step) * step)
+      v.samples = []
+    }
+    const roundMs = variants.reduce((sum, v) => sum + v.ops * v.perOp + 2, 0)
+    const rounds = Math.max(cfg.minRounds, Math.min(cfg.rounds, Math.floor(cfg.groupMs / roundMs)))
+    for (let r = 0; r < rounds; r++) {
+      progress?.(`${label}: round ${r + 1}/${rounds}`)
+      // A new order every round: no variant always runs right after the same other one (whose
+      // leftovers, such as freed memory to map again, would otherwise bias it the same way).
+      for (const v of shuffled(variants)) {
+        await settle()
+        v.samples.push(await sample(v, v.ops))
+      }
+    }
+    const raw = variants[0]
+    const out = {}
+    for (const v of variants) {
+      const ratios = v.samples.map((t, i) => t / raw.samples[i])
+      out[v.name] = { msPerOp: median(v.samples), ratio: median(ratios), rounds, opsPerSample: v.ops }
+    }
+    return out
+  }
+}
+
+/**
+ * Latency with idle time between calls, as in a server that encrypts now and then: one call, then
+ * 1 ms of idle, variants taking turns. Returns { [name]: { p50, p90 } } in ms. Only meaningful
+ * where the clock resolves well below a call (the suite leaves it out otherwise).
+ */
+export async function paced(variants, count, progress, label) {
+  const lat = variants.map(() => [])
+  const warm = Math.max(5, count >> 3)
+  for (let r = 0; r < count + warm; r++) {
+    if (r % 20 === 0) progress?.(`${label}: ${r}/${count + warm}`)
+    for (const k of shuffled(variants.map((_, k) => k))) {
+      await sleep(1)
+      const t0 = performance.now()
+      await variants[k].fn(0)
+      if (r >= warm) lat[k].push(performance.now() - t0)
+    }
+  }
+  const q = (a, p) => [...a].sort((x, y) => x - y)[Math.floor(p * (a.length - 1))]
+  const out = {}
+  variants.forEach((v, k) => (out[v.name] = { p50: q(lat[k], 0.5), p90: q(lat[k], 0.9) }))
+  return out
+}
