@@ -12,6 +12,7 @@ import {
   MAX_SEGMENT_SIZE,
   MIN_SEGMENT_SIZE,
   MAX_PLAINTEXT_BYTES,
+  TAG_BYTES,
   decodeHeader,
   decodeMessage,
   decodeStreamHeader,
@@ -21,7 +22,7 @@ import {
   type MessageParts,
 } from './format.js'
 import { decryptingStream, encryptingStream } from './stream.js'
-import { bytesKey, concat, equalBytes, fromUtf8, gcmParams } from './internal/bytes.js'
+import { asBytes, concat, equalBytes, fromUtf8, gcmParams } from './internal/bytes.js'
 import { DekPool } from './internal/dek-pool.js'
 import { Deks } from './internal/deks.js'
 import { HeadView } from './internal/head-view.js'
@@ -259,16 +260,31 @@ export class KeyChain {
   async decrypt(encryptedData: Uint8Array, options?: EncryptOptions): Promise<Uint8Array> {
     if (!(encryptedData instanceof Uint8Array)) throw new TypeError('encryptedData: expected a Uint8Array')
     const aad = payloadAad(associatedDataOf(options))
-    const parts = decodeMessage(encryptedData)
-    const dek = await this.#deks.forDecrypt(parts)
+    const bytes = asBytes(encryptedData)
+    // A cached DEK is found without parsing the header (see Deks.hit); anything else takes the full path.
+    const hit = this.#deks.hit(bytes)
+    let dek: CryptoKey
+    let kekId: number
+    let end: number
+    if (hit) {
+      dek = hit.key!
+      kekId = hit.kekId
+      end = hit.prefix.length
+      if (bytes.length < end + IV_BYTES + TAG_BYTES) throw new FormatError('encrypted data is truncated')
+    } else {
+      const parts = decodeMessage(bytes)
+      dek = await this.#deks.forDecrypt(parts)
+      kekId = parts.kekId
+      end = parts.dekPrefix.length
+    }
     let plaintext: ArrayBuffer
     try {
-      plaintext = await crypto.subtle.decrypt({ name: GCM, iv: parts.iv2, additionalData: aad }, dek, parts.sealed)
+      plaintext = await crypto.subtle.decrypt({ name: GCM, iv: bytes.subarray(end, end + IV_BYTES), additionalData: aad }, dek, bytes.subarray(end + IV_BYTES))
     } catch {
       throw new DecryptError('decryption failed')
     }
     this.#counts.decryptions++
-    this.#deks.decrypted(parts.kekId)
+    this.#deks.decrypted(kekId)
     return new Uint8Array(plaintext)
   }
 

@@ -2,10 +2,14 @@
  * The decryption side of DEKs: the DEK named by an encrypted data's header, unwrapped by its KEK
  * (cached, embedded or stored), cached by its wrap bytes, and only while the head allows the
  * KEK (not retired, not destroyed: see head-view.ts).
+ *
+ * The cache is keyed by a 32-bit hash of header || iv1 || wrapped DEK and each entry keeps those
+ * bytes, compared in full before a hit counts: a hit needs no header parsing, no object and no
+ * string per call. A hash collision is a miss, never a wrong DEK.
  */
 import { DecryptError } from '../errors.js'
-import { IV_BYTES, decodeHeader, type MessageParts } from '../format.js'
-import { bytesKey, gcmParams } from './bytes.js'
+import { FLAG_EMBEDDED_KEK, FLAG_STREAM, FORMAT_VERSION_ROOTS, IV_BYTES, WRAPPED_DEK_BYTES, decodeHeader, type MessageParts } from '../format.js'
+import { gcmParams, type Bytes } from './bytes.js'
 import type { HeadView } from './head-view.js'
 import type { Counts, KekSource } from './kek-source.js'
 import { Lru } from './lru.js'
@@ -13,12 +17,61 @@ import { Lru } from './lru.js'
 /** What finding a DEK needs; a message and a stream header both have it. */
 export type DekParts = Pick<MessageParts, 'kekId' | 'embeddedKeks' | 'headerLength' | 'dekPrefix'>
 
+/** A cached DEK: `key` once its unwrap has succeeded. */
+export interface CachedDek {
+  /** header || iv1 || wrapped DEK, copied: what a hit must match byte for byte. */
+  readonly prefix: Bytes
+  readonly kekId: number
+  readonly pending: Promise<CryptoKey>
+  key: CryptoKey | undefined
+}
+
+/** FNV-1a over `bytes[0, end)`: a bucket index, not a security measure (entries are compared in full). */
+export function hashPrefix(bytes: Uint8Array, end: number): number {
+  let h = 0x811c9dc5
+  for (let i = 0; i < end; i++) h = Math.imul(h ^ bytes[i]!, 0x01000193)
+  return h >>> 0
+}
+
+/**
+ * Where iv1 || wrapped DEK ends in a message, read without allocating; undefined when the bytes
+ * are too short for it to matter (the full decoder then says what is wrong).
+ */
+export function prefixEnd(bytes: Uint8Array): number | undefined {
+  if (bytes.length < 6) return undefined
+  let o = 6
+  if (bytes[5]! & FLAG_EMBEDDED_KEK) {
+    if (bytes[0] !== FORMAT_VERSION_ROOTS) {
+      if (bytes.length < 8) return undefined
+      o = 8 + ((bytes[6]! << 8) | bytes[7]!)
+    } else {
+      if (bytes.length < 7) return undefined
+      const count = bytes[6]!
+      o = 7
+      for (let i = 0; i < count; i++) {
+        if (bytes.length < o + 1) return undefined
+        o += 1 + bytes[o]!
+        if (bytes.length < o + 2) return undefined
+        o += 2 + ((bytes[o]! << 8) | bytes[o + 1]!)
+      }
+    }
+  }
+  return o + IV_BYTES + WRAPPED_DEK_BYTES
+}
+
+function samePrefix(entry: CachedDek, bytes: Uint8Array): boolean {
+  const p = entry.prefix
+  if (bytes.length < p.length) return false
+  for (let i = 0; i < p.length; i++) if (p[i] !== bytes[i]) return false
+  return true
+}
+
 export class Deks {
   readonly #keks: KekSource
   readonly #view: HeadView
   readonly #counts: Counts
   readonly #acceptEmbedded: boolean
-  readonly #cache: Lru<string, Promise<CryptoKey>>
+  readonly #cache: Lru<number, CachedDek>
 
   constructor(keks: KekSource, view: HeadView, counts: Counts, acceptEmbedded: boolean, cacheSize: number) {
     this.#keks = keks
@@ -43,23 +96,46 @@ export class Deks {
     return undefined
   }
 
+  /**
+   * A single message whose DEK is cached and unwrapped, found without parsing: the entry (its
+   * prefix length is where iv2 starts), or undefined for the full path (not cached, a head read
+   * due, a stream, or anything malformed). Throws only what the full path would: a retired or
+   * destroyed KEK.
+   */
+  hit(bytes: Uint8Array): CachedDek | undefined {
+    if (this.#cache.capacity === 0 || this.#view.due()) return undefined
+    const end = prefixEnd(bytes)
+    // A stream's DEK is cached too: its header must still go through decodeMessage, which refuses it.
+    if (end === undefined || end > bytes.length || bytes[5]! & FLAG_STREAM) return undefined
+    const entry = this.#cache.get(hashPrefix(bytes, end))
+    if (entry?.key === undefined || entry.prefix.length !== end || !samePrefix(entry, bytes)) return undefined
+    this.#assertUsable(entry.kekId)
+    this.#counts.dekCacheHits++
+    return entry
+  }
+
   /** The DEK of a data to decrypt (non-extractable), from the cache or unwrapped. */
   async forDecrypt(parts: DekParts): Promise<CryptoKey> {
     if (this.#view.due()) await this.#view.fresh(false)
     this.#assertUsable(parts.kekId)
-    const cacheKey = this.#cache.capacity > 0 ? bytesKey(parts.dekPrefix) : undefined
-    if (cacheKey !== undefined) {
-      const hit = this.#cache.get(cacheKey)
-      if (hit) {
+    const prefix = parts.dekPrefix
+    const hash = this.#cache.capacity > 0 ? hashPrefix(prefix, prefix.length) : undefined
+    if (hash !== undefined) {
+      const cached = this.#cache.get(hash)
+      if (cached && cached.prefix.length === prefix.length && samePrefix(cached, prefix)) {
         this.#counts.dekCacheHits++
-        return hit
+        return cached.pending
       }
     }
     this.#counts.dekCacheMisses++
     const pending = this.#unwrap(parts, false)
-    if (cacheKey !== undefined) {
-      this.#cache.set(cacheKey, pending)
-      pending.catch(() => this.#cache.deleteIf(cacheKey, pending))
+    if (hash !== undefined) {
+      const entry: CachedDek = { prefix: prefix.slice(), kekId: parts.kekId, pending, key: undefined }
+      this.#cache.set(hash, entry)
+      pending.then(
+        (key) => void (entry.key = key),
+        () => this.#cache.deleteIf(hash, entry),
+      )
     }
     return pending
   }

@@ -124,6 +124,7 @@ export class HeadView {
   /** Throws when KEK `id` (or the chain) is retired or destroyed. */
   assertKek(id: number): void {
     this.assertChain()
+    if (this.#retired.size === 0) return
     const r = this.#retired.get(id)
     if (r?.destroyedAt !== undefined) throw new DestroyedKekError(`KEK ${id} was destroyed: data under it cannot be decrypted`)
     if (r) throw new RetiredKekError(`KEK ${id} is retired: unretireKek(${id}) makes it decrypt again`)
