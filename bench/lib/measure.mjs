@@ -95,13 +95,17 @@ export function makeMeasure(cfg, { gc, progress } = {}) {
       v.inFlight ??= 1
       const step = v.inFlight > 1 ? v.inFlight : 1
       const t0 = performance.now()
+      await sample(v, step)
+      // The first call can be far slower (compilation, first use of a key): the calibration
+      // counts from after it, so one slow start does not shrink every sample to one operation.
+      const t1 = performance.now()
       let ops = 0
-      while (performance.now() - t0 < cfg.warmMs || ops < step * (step > 1 ? 1 : 2)) {
+      while (performance.now() - t0 < cfg.warmMs || ops < step) {
         await sample(v, step)
         ops += step
       }
       // A clock that did not move (coarse, or a very fast call) still yields a finite estimate.
-      v.perOp = Math.max(performance.now() - t0, cfg.resolutionMs ?? 0.001) / ops
+      v.perOp = Math.max(performance.now() - t1, cfg.resolutionMs ?? 0.001) / ops
       v.ops = Math.max(step, Math.round(cfg.sampleMs / v.perOp / step) * step)
       v.samples = []
     }
