@@ -1,0 +1,23 @@
+// Entry for workerd (bundled by esbuild, run by Miniflare: bench/lib/web.mjs). POST a JSON input:
+// { quick, only } runs the suite and answers its Result; { pipe: { variant, mib } } streams that
+// much, encrypt then decrypt, while the host reads the workerd process's peak RSS from /proc.
+import * as core from '@kms-proxy/core'
+import * as jose from 'jose'
+import { josePeer, runSuite } from '../lib/suite.mjs'
+import { pipeThroughBoth } from '../lib/stream.mjs'
+import { loadAwsPeer } from '../lib/peer-aws-browser.mjs'
+
+export default {
+  async fetch(request, bindings) {
+    const input = await request.json()
+    if (input.pipe) return Response.json(await pipeThroughBoth(core, input.pipe.variant, input.pipe.mib))
+    const env = {
+      runtime: bindings.RUNTIME,
+      version: bindings.VERSION,
+      core,
+      peers: { jose: josePeer(jose), ...(await loadAwsPeer(bindings.RUNTIME)) },
+      // workerd gives scripts neither a GC nor a memory figure; the host reads the process's RSS.
+    }
+    return Response.json(await runSuite(env, input))
+  },
+}
