@@ -109,10 +109,16 @@ export function makeMeasure(cfg, { gc, progress } = {}) {
       v.ops = Math.max(step, Math.round(cfg.sampleMs / v.perOp / step) * step)
       v.samples = []
     }
-    const roundMs = variants.reduce((sum, v) => sum + v.ops * v.perOp + 2, 0)
-    const rounds = Math.max(cfg.minRounds, Math.min(cfg.rounds, Math.floor(cfg.groupMs / roundMs)))
-    for (let r = 0; r < rounds; r++) {
-      progress?.(`${label}: round ${r + 1}/${rounds}`)
+    // Rounds until groupMs is spent (at least minRounds, at most rounds). Counted from the clock,
+    // not estimated: the idle and GC before each sample cost more than the sample where the heap
+    // is large (1 MiB payloads).
+    const roundsStart = performance.now()
+    let rounds = 0
+    for (let r = 0; r < cfg.rounds; r++) {
+      const spent = performance.now() - roundsStart
+      if (r >= cfg.minRounds && spent + spent / r > cfg.groupMs) break
+      rounds = r + 1
+      progress?.(`${label}: round ${r + 1}`)
       // A new order every round: no variant always runs right after the same other one (whose
       // leftovers, such as freed memory to map again, would otherwise bias it the same way).
       for (const v of shuffled(variants)) {

@@ -6,7 +6,7 @@ const opsPerSec = (v) => (v ? 1000 / v.msPerOp : undefined)
 export const fmtOps = (n) => (n === undefined ? '–' : n >= 100000 ? `${Math.round(n / 1000)}k` : n >= 1000 ? `${(n / 1000).toFixed(1)}k` : String(Math.round(n)))
 const fmtX = (x) => (x === undefined ? '–' : `${x.toFixed(2)}×`)
 const fmtRatio = (v) => fmtX(v?.ratio)
-const fmtUs = (ms) => (ms === undefined ? '–' : ms >= 1 ? `${ms.toFixed(2)} ms` : `${(ms * 1000).toFixed(ms < 0.01 ? 1 : 0)} µs`)
+const fmtUs = (ms) => (ms === undefined ? '–' : ms >= 1 ? `${ms.toFixed(2)} ms` : ms < 0.01 ? `${(ms * 1000).toPrecision(2)} µs` : `${(ms * 1000).toFixed(0)} µs`)
 const fmtMiB = (m) => (m === undefined ? '–' : `${m.toFixed(1)} MiB`)
 const find = (result, size, group) => result.results.find((r) => r.size === size && r.group === group)?.values
 
@@ -29,7 +29,16 @@ function worstOf(result, group, sizes, names = STORES) {
 export const TARGETS = [
   { id: 'enc1k', label: 'encrypt 1 KiB, one at a time', limit: 1.3, get: (r) => worstOf(r, 'enc1', [1024]) },
   { id: 'encN1k', label: `encrypt 1 KiB, ${IN_FLIGHT} in flight`, limit: 2.0, get: (r) => worstOf(r, 'encN', [1024]) },
-  { id: 'enc1m', label: 'encrypt 1 MiB', limit: 1.1, get: (r) => worstOf(r, 'enc1', [1048576]) },
+  {
+    id: 'enc1m',
+    label: 'encrypt 1 MiB (and encryptParts)',
+    limit: 1.1,
+    get: (r) => {
+      const got = worstOf(r, 'enc1', [1048576])
+      const parts = find(r, 1048576, 'enc1')?.parts
+      return got && parts ? { ...got, extra: `encryptParts ${fmtRatio(parts)}` } : got
+    },
+  },
   { id: 'dec1m', label: 'decrypt 1 MiB (DEK cache hit)', limit: 1.1, get: (r) => worstOf(r, 'dec1', [1048576]) },
   { id: 'decHit', label: 'decrypt, DEK cache hit, every size measured', limit: 1.1, get: (r) => worstOf(r, 'dec1', SIZES.map(([s]) => s)) },
   {
@@ -50,7 +59,7 @@ export const TARGETS = [
 function verdict(t, got) {
   if (!got) return 'not measured'
   const met = t.atLeast ? got.value >= t.limit : got.value <= t.limit
-  return `${fmtX(got.value)} ${met ? 'met' : '**missed**'}${got.noise !== undefined ? ` · noise ${fmtX(got.noise)}` : ''}`
+  return `${fmtX(got.value)} ${met ? 'met' : '**missed**'}${got.extra ? ` · ${got.extra}` : ''}${got.noise !== undefined ? ` · noise ${fmtX(got.noise)}` : ''}`
 }
 
 /** Peak memory of the 1 GiB stream: the streaming process above the runtime alone, and in all. */
@@ -70,6 +79,14 @@ function dekFloor(result) {
   return { calls: `${us(v.raw)} / ${us(v.importKey)} / ${us(v.wrapCall)} / ${us(v.deriveKey)}`, paths: `${fmtRatio(v.wrap)} / ${fmtRatio(v.derive)}` }
 }
 
+/** The issue's limit for one row of a runtime's table (the hit rows of dec1; cold rows have none). */
+function rowLimit(group, size) {
+  if (group === 'enc1') return size === 1024 ? 1.3 : size >= 1048576 ? 1.1 : undefined
+  if (group === 'encN') return size === 1024 ? 2.0 : undefined
+  if (group === 'dec1') return 1.1
+  return undefined
+}
+
 /** Markdown lines for one runtime. */
 export function runtimeSection(name, entry) {
   const lines = []
@@ -84,8 +101,8 @@ export function runtimeSection(name, entry) {
   log(`Clock resolution ${fmtUs(r.clockResolutionMs)}; samples of at least ${fmtUs(r.sampleMs)}; ${(r.elapsedMs / 1000).toFixed(1)} s in the runtime.`)
   log()
   const parts = r.results.some((x) => x.values.parts)
-  log(`| payload | measurement | raw ops/s | memoryStore ops/s | × raw | embeddedStore ops/s | × raw |${parts ? ' encryptParts × raw |' : ''} noise |`)
-  log(`| --- | --- | ---: | ---: | ---: | ---: | ---: |${parts ? ' ---: |' : ''} ---: |`)
+  log(`| payload | measurement | raw ops/s | memoryStore ops/s | × raw | embeddedStore ops/s | × raw |${parts ? ' encryptParts × raw |' : ''} noise | target |`)
+  log(`| --- | --- | ---: | ---: | ---: | ---: | ---: |${parts ? ' ---: |' : ''} ---: | --- |`)
   for (const [size, sizeLabel] of SIZES) {
     for (const [group, label, a, b] of [
       ['enc1', 'encrypt, one at a time', 'memory', 'embedded'],
@@ -99,7 +116,10 @@ export function runtimeSection(name, entry) {
       if (!v) continue
       const first = a === 'memory'
       const partsCell = parts ? ` ${first && v.parts ? fmtRatio(v.parts) : ''} |` : ''
-      log(`| ${sizeLabel} | ${label} | ${fmtOps(opsPerSec(v.raw))} | ${fmtOps(opsPerSec(v[a]))} | ${fmtRatio(v[a])} | ${fmtOps(opsPerSec(v[b]))} | ${fmtRatio(v[b])} |${partsCell} ${first ? fmtRatio(v.control) : ''} |`)
+      const limit = first ? rowLimit(group, size) : undefined
+      const worst = Math.max(...[v[a], v[b]].filter(Boolean).map((x) => x.ratio))
+      const target = limit === undefined ? '' : `≤ ${limit}× ${worst <= limit ? 'met' : '**missed**'}`
+      log(`| ${sizeLabel} | ${label} | ${fmtOps(opsPerSec(v.raw))} | ${fmtOps(opsPerSec(v[a]))} | ${fmtRatio(v[a])} | ${fmtOps(opsPerSec(v[b]))} | ${fmtRatio(v[b])} |${partsCell} ${first ? fmtRatio(v.control) : ''} | ${target} |`)
     }
   }
   const dek = find(r, 1024, 'dekPath')
