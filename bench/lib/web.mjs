@@ -160,6 +160,10 @@ async function startWorkerd({ nodejsCompat = false } = {}) {
   // No CPU or wall-time limit to lift: Miniflare gives workerd no per-request CPU limit (a 45 s
   // CPU-bound request completes) and its dispatchFetch turns undici's header and body timeouts
   // off, so one request carries a whole run.
+  // A full GC between samples, as on Node and in Chromium: workerd takes V8 flags from this
+  // variable when Miniflare writes its config (read once, at construction).
+  const flags = process.env.MINIFLARE_WORKERD_V8_FLAGS
+  process.env.MINIFLARE_WORKERD_V8_FLAGS = [flags, '--expose-gc'].filter(Boolean).join(' ')
   const mf = new Miniflare({
     modules: true,
     scriptPath,
@@ -170,7 +174,12 @@ async function startWorkerd({ nodejsCompat = false } = {}) {
     compatibilityFlags: nodejsCompat ? ['nodejs_compat'] : [],
     bindings: { VERSION: version, RUNTIME: nodejsCompat ? 'workerd+nodejs_compat' : 'workerd' },
   })
-  await mf.ready
+  try {
+    await mf.ready
+  } finally {
+    if (flags === undefined) delete process.env.MINIFLARE_WORKERD_V8_FLAGS
+    else process.env.MINIFLARE_WORKERD_V8_FLAGS = flags
+  }
   // The workerd process is a new child of this one (Miniflare spawns it directly).
   const pid = childrenOf(process.pid).find((p) => !before.has(p) && readFileSync(`/proc/${p}/comm`, 'utf8').trim() === 'workerd')
   const post = async (input) => {
