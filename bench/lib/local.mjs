@@ -5,7 +5,7 @@
 // child streams, which is the child's own high-water mark whatever the runtime (a child's
 // getrusage maxRSS would carry the host's over exec).
 import { spawn } from 'node:child_process'
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
@@ -94,10 +94,15 @@ export async function start(name, { progress } = {}) {
   return {
     version,
     async run(input) {
-      const inputFile = join(out, `input-${name}.json`)
+      // Per host process: two bench runs at once must not read each other's input.
+      const inputFile = join(out, `input-${name}-${process.pid}.json`)
       writeFileSync(inputFile, JSON.stringify({ ...input, runtime: name, progress: Boolean(progress) }))
-      const { stdout } = await runChild(name, ['suite', inputFile], { timeoutMs: input.quick ? 120_000 : 1_800_000, onStderrLine: progress })
-      return JSON.parse(stdout)
+      try {
+        const { stdout } = await runChild(name, ['suite', inputFile], { timeoutMs: input.quick ? 120_000 : 1_800_000, onStderrLine: progress })
+        return JSON.parse(stdout)
+      } finally {
+        rmSync(inputFile, { force: true })
+      }
     },
     /**
      * Peak RSS of a child that streams `mib` MiB encrypt → decrypt piped, per variant: the
