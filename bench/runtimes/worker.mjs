@@ -1,25 +1,19 @@
 // Entry for workerd (bundled by esbuild, run by Miniflare: bench/lib/web.mjs). POST a JSON input:
 // { quick, only } runs the suite and answers its Result; { pipe: { variant, mib } } streams that
 // much, encrypt then decrypt, while the host reads the workerd process's peak RSS from /proc.
-import * as core from '@kms-proxy/core'
-import * as jose from 'jose'
-import { josePeer, runSuite } from '../lib/suite.mjs'
-import { pipeThroughBoth } from '../lib/stream.mjs'
-import { loadAwsPeer } from '../lib/peer-aws-browser.mjs'
+import { pipe, runWebSuite } from '../lib/web-entry.mjs'
 
 export default {
   async fetch(request, bindings) {
     const input = await request.json()
-    if (input.pipe) return Response.json(await pipeThroughBoth(core, input.pipe.variant, input.pipe.mib))
+    if (input.pipe) return Response.json(await pipe(input.pipe.variant, input.pipe.mib))
     const env = {
       runtime: bindings.RUNTIME,
       version: bindings.VERSION,
-      core,
-      peers: { jose: josePeer(jose), ...(await loadAwsPeer(bindings.RUNTIME)) },
       // Started with --expose-gc (bench/lib/web.mjs); workerd reports no memory figure to scripts,
       // the host reads the process's RSS instead.
       gc: typeof globalThis.gc === 'function' ? () => globalThis.gc() : undefined,
     }
-    return Response.json(await runSuite(env, input))
+    return Response.json(await runWebSuite(env, input))
   },
 }
