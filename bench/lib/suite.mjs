@@ -239,7 +239,8 @@ export async function runSuite(env, input = {}) {
   ]) {
     const factory = env.peers?.[name]
     if (!factory) {
-      notes.push(`${label}: not measured on ${env.runtime}: ${name === 'aws' ? 'no AWS Encryption SDK build for this runtime in the bench' : 'the entry did not load it'}`)
+      const why = name === 'aws' ? env.peers?.awsNote : undefined
+      notes.push(why ?? `${label}: not measured on ${env.runtime}: ${name === 'aws' ? 'no AWS Encryption SDK build for this runtime in the bench' : 'the entry did not load it'}`)
       continue
     }
     let reason
