@@ -127,6 +127,7 @@ export function makeMeasure(cfg, { gc, progress } = {}) {
     for (const v of variants) {
       v.inFlight ??= 1
       const step = v.inFlight > 1 ? v.inFlight : 1
+      await tasks.next() // calibrate under the conditions of the samples
       const t0 = performance.now()
       await sample(v, step)
       // The first call can be far slower (compilation, first use of a key): the calibration
