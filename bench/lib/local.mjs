@@ -20,8 +20,8 @@ const COMMANDS = {
   node24: () => ({ command: join(root, 'e2e', 'node_modules', 'node24', 'bin', 'node'), args: [] }),
   deno: () => ({
     command: join(root, 'node_modules', 'deno', 'deno'),
-    // --allow-sys: the AWS SDK for Node reads os facts at load; --expose-gc: a full GC between samples.
-    args: ['run', '--quiet', '--allow-read', '--allow-env', '--allow-sys', '--v8-flags=--expose-gc'],
+    // e2e's flags, and --expose-gc: a full GC between samples.
+    args: ['run', '--quiet', '--allow-read', '--allow-env', '--v8-flags=--expose-gc'],
     env: { DENO_DIR: join(out, 'deno-dir'), NO_COLOR: '1', DENO_NO_UPDATE_CHECK: '1' },
   }),
   bun: () => ({ command: join(root, 'node_modules', 'bun', 'bin', 'bun.exe'), args: [] }),
