@@ -217,7 +217,10 @@ async function startChromium({ progress } = {}) {
   await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
   let browser
   try {
-    browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS, headless: true })
+    const launch = () => chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS, headless: true })
+    // Once in a dozen starts on the loaded machine, the new browser closed itself during launch
+    // ("Target page, context or browser has been closed"); a second launch then worked.
+    browser = await launch().catch(() => new Promise((resolve) => setTimeout(resolve, 1000)).then(launch))
     const version = `Chromium ${browser.version()}`
     const page = await browser.newPage()
     const errors = []
@@ -268,10 +271,12 @@ async function rendererPid(browser, page) {
     delete globalThis.benchBallast
     globalThis.gc?.()
   })
-  // Only a clear winner: the page's renderer grows by 64 MiB or more; another one starting up at
-  // the same time was seen to grow by 44 MiB.
+  // Only a clear winner: the page's renderer grows by 64 MiB or more and gives it back after the
+  // GC; another renderer, starting up meanwhile, was seen to grow by 29-44 MiB and keep it.
   const MiB = 1048576
-  return grown[0]?.[1] >= 48 * MiB && grown[0][1] > 2 * Math.max(0, grown[1]?.[1] ?? 0) ? grown[0][0] : undefined
+  const [pid, growth] = grown[0] ?? []
+  const released = pid && growth - ((procStatus(pid, 'VmRSS') ?? 0) - before.get(pid))
+  return growth >= 48 * MiB && growth > 2 * Math.max(0, grown[1]?.[1] ?? 0) && released >= 48 * MiB ? pid : undefined
 }
 
 // ------------------------------------------------------------------------------ entry
