@@ -48,6 +48,19 @@ async function throughStream(ts, chunks, onChunk) {
   return bytes
 }
 
+/** The parts one after another in a new array. */
+export function concat(...parts) {
+  let n = 0
+  for (const p of parts) n += p.length
+  const out = new Uint8Array(n)
+  let o = 0
+  for (const p of parts) {
+    out.set(p, o)
+    o += p.length
+  }
+  return out
+}
+
 function split(bytes, size) {
   const out = []
   for (let o = 0; o < bytes.length; o += size) out.push(bytes.subarray(o, Math.min(bytes.length, o + size)))
@@ -146,13 +159,7 @@ export async function streamSuite(env, measure, { quick, memoryMiB }) {
   const collect = async (ts, chunks) => {
     const parts = []
     await throughStream(ts, chunks, (c) => parts.push(c))
-    const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0))
-    let o = 0
-    for (const p of parts) {
-      out.set(p, o)
-      o += p.length
-    }
-    return out
+    return concat(...parts)
   }
   let encChunks
   try {

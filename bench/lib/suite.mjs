@@ -6,7 +6,7 @@
 // (bench/runtimes/cli.mjs for Node, Deno and Bun; B's worker and browser entries for workerd and
 // Chromium). The method is in bench/lib/measure.mjs and bench/README.md.
 import { clockResolution, makeMeasure, paced } from './measure.mjs'
-import { streamSuite } from './stream.mjs'
+import { concat, streamSuite } from './stream.mjs'
 
 const subtle = globalThis.crypto.subtle
 export const IN_FLIGHT = 64
@@ -44,18 +44,6 @@ export function sameBytes(a, b) {
 export function randomBytes(size) {
   const out = new Uint8Array(size)
   for (let o = 0; o < size; o += 65536) crypto.getRandomValues(out.subarray(o, Math.min(size, o + 65536)))
-  return out
-}
-
-function concat(...parts) {
-  let n = 0
-  for (const p of parts) n += p.length
-  const out = new Uint8Array(n)
-  let o = 0
-  for (const p of parts) {
-    out.set(p, o)
-    o += p.length
-  }
   return out
 }
 
