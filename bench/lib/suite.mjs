@@ -26,8 +26,8 @@ const DISTINCT = 16 // distinct encrypted inputs cycled through by the in-flight
 
 /** Full and quick settings. sampleMs is raised to 50 clock steps at run time. */
 const CONFIG = {
-  full: { warmMs: 150, sampleMs: 40, rounds: 13, minRounds: 5, groupMs: 4500, paced: 120 },
-  quick: { warmMs: 0, sampleMs: 8, rounds: 3, minRounds: 3, groupMs: 0, paced: 0 },
+  full: { warmMs: 150, sampleMs: 40, rounds: 13, minRounds: 5, groupMs: 4500, paced: 120, calibrationSamples: 4 },
+  quick: { warmMs: 0, sampleMs: 8, rounds: 3, minRounds: 3, groupMs: 0, paced: 0, calibrationSamples: 1 },
 }
 
 function firstLine(error) {
