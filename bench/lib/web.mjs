@@ -2,7 +2,7 @@
 // (through playwright-core, a page on localhost). Each bundles its entry (bench/runtimes/worker.mjs
 // or browser.mjs) with esbuild as a bundler of a user's app would, from the built packages, and
 // runs the portable suite inside the runtime. The host (bench/run.mjs) calls
-//   const rt = await start('workerd' | 'chromium')
+//   const rt = await start('workerd' | 'workerd+nodejs_compat' | 'chromium')
 //   rt.version; await rt.run({ quick, only }); await rt.peakRss({ mib }); await rt.stop()
 // What was checked on this machine, and why the launchers look as they do, is in bench/README.md.
 import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs'
@@ -181,7 +181,14 @@ async function startWorkerd({ nodejsCompat = false } = {}) {
     else process.env.MINIFLARE_WORKERD_V8_FLAGS = flags
   }
   // The workerd process is a new child of this one (Miniflare spawns it directly).
-  const pid = childrenOf(process.pid).find((p) => !before.has(p) && readFileSync(`/proc/${p}/comm`, 'utf8').trim() === 'workerd')
+  const comm = (p) => {
+    try {
+      return readFileSync(`/proc/${p}/comm`, 'utf8').trim()
+    } catch {
+      return undefined
+    }
+  }
+  const pid = childrenOf(process.pid).find((p) => !before.has(p) && comm(p) === 'workerd')
   const post = async (input) => {
     const response = await mf.dispatchFetch('http://localhost/', { method: 'POST', body: JSON.stringify(input) })
     const body = await response.text()
@@ -231,8 +238,7 @@ async function startChromium({ progress } = {}) {
     await page.waitForFunction(() => globalThis.suiteReady === true, undefined, { timeout: 30_000 }).catch(() => {
       throw new Error(`the page did not load the suite: ${errors.join('; ') || 'no error reported'}`)
     })
-    const state = await page.evaluate(() => ({ isolated: globalThis.crossOriginIsolated, gc: typeof globalThis.gc === 'function' }))
-    if (!state.isolated) throw new Error('the page is not cross-origin isolated: performance.now() would step in 100 µs')
+    if (!(await page.evaluate(() => globalThis.crossOriginIsolated))) throw new Error('the page is not cross-origin isolated: performance.now() would step in 100 µs')
     const pid = await rendererPid(browser, page)
     return {
       version,
@@ -255,7 +261,7 @@ async function startChromium({ progress } = {}) {
 /**
  * The pid of the renderer process that runs the page. The browser lists its renderers (CDP
  * SystemInfo.getProcessInfo, browser target only) but not which page each one serves, and it
- * keeps more than one (a spare, the initial blank page's): the page's renderer is the one whose
+ * keeps more than one (three here, for one page): the page's renderer is the one whose
  * RSS grows by the 64 MiB the page fills (memory, not CPU time: on a loaded machine an idle
  * renderer's start-up work looked as busy as the page's spinning).
  */
@@ -291,9 +297,9 @@ export const WEB_RUNTIMES = Object.keys(STARTERS)
 const WHO = { workerd: 'the workerd process', 'workerd+nodejs_compat': 'the workerd process', chromium: "the page's renderer process (not the browser, GPU or network processes)" }
 
 /**
- * Starts a web runtime for the benchmark: 'workerd', 'workerd+nodejs_compat' or 'chromium' (bench-contract). Resolves to
- * `{ version, run(input) -> Result, peakRss({ mib }), stop() }`; options.progress (Chromium only)
- * receives the suite's progress lines.
+ * Starts a web runtime for the benchmark: 'workerd', 'workerd+nodejs_compat' or 'chromium'
+ * (bench-contract). Resolves to `{ version, run(input) -> Result, peakRss({ mib }), stop() }`;
+ * options.progress (Chromium only) receives the suite's progress lines.
  */
 export async function start(name, options = {}) {
   const starter = STARTERS[name]
