@@ -4,8 +4,8 @@
 // clamps a timer to at least 4 ms once timers nest 5 deep (a timer set from a timer callback,
 // five times over). Chromium 156 was seen to count a crypto.subtle continuation as part of the
 // timer task that awaited it, so code that descends from nested timers through crypto.subtle
-// awaits (as the suite's samples do, after its 2 ms idle timers) gets the clamp too; a message
-// task ends the chain. Web APIs only.
+// awaits gets the clamp too; a message task ends the chain (the suite starts every sample from
+// one, bench/lib/measure.mjs). Web APIs only.
 
 const timer0 = () => new Promise((resolve) => setTimeout(resolve, 0))
 const subtle = globalThis.crypto.subtle
@@ -51,5 +51,5 @@ export async function timerDelays() {
 export async function timerNote() {
   const { fresh, nested } = await timerDelays()
   const ms = (x) => `${Number(x.toFixed(3))} ms`
-  return `setTimeout(0), on which the DEK pool refills: median ${ms(fresh)} when set after a crypto.subtle call in code that a message task began; ${ms(nested)} when that code descends from more than 5 nested timer callbacks (through crypto.subtle awaits), as the suite's samples do`
+  return `setTimeout(0), on which the DEK pool refills: median ${ms(fresh)} when set after a crypto.subtle call in code that a message task began; ${ms(nested)} when that code descends from more than 5 nested timer callbacks (through crypto.subtle awaits); the suite starts every sample from a message task`
 }
