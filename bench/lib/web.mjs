@@ -29,24 +29,6 @@ const CHROMIUM_ARGS = [
   '--js-flags=--expose-gc',
 ]
 
-/**
- * Node's `buffer` module, for the one place that wants it: the AWS Encryption SDK for the browser
- * imports asn1.js (through safer-buffer, for ECDSA signatures), which requires `buffer` when it
- * loads. The bench installs no Buffer polyfill; the suite it measures signs nothing, so nothing
- * may call this Buffer, and anything that does fails the peer's round-trip check loudly instead
- * of running on a stand-in.
- */
-const noBuffer = {
-  name: 'no-node-buffer',
-  setup(build) {
-    build.onResolve({ filter: /^buffer$/ }, () => ({ path: 'buffer', namespace: 'no-node-buffer' }))
-    build.onLoad({ filter: /.*/, namespace: 'no-node-buffer' }, () => ({
-      contents: "module.exports = { Buffer: function Buffer() { throw new Error('the bench bundle has no Node Buffer (the AWS SDK wanted one)') } }",
-      loader: 'js',
-    }))
-  },
-}
-
 const bundles = new Map()
 
 /**
@@ -72,7 +54,6 @@ async function build(entry) {
     // The repo's tsconfig maps @kms-proxy/* to the sources for the unit tests; a bundler of a
     // user's app sees no such mapping, so neither may this one: the built dist is measured.
     tsconfigRaw: '{}',
-    plugins: [noBuffer],
     logLevel: 'error',
   })
   return outfile
