@@ -76,6 +76,7 @@ fi
 #   publishing: pack every package, install the tarballs with npm in a fresh project, run an app
 #     on Node, Deno and Bun, bundle it, type-check it (e2e/consumer.mjs), on Node 20, 22 and 24;
 #   the conformance suite again on Node 22 and 24;
+#   the benchmark's quick run on every runtime (bench/run.mjs);
 #   public types under TypeScript 5.9, 6.0 and 7.0 (e2e/types.mjs); JSR dry run (e2e/jsr.mjs);
 #   the API reference and the changelogs (scripts/check-docs.sh).
 suite() { # name, command...
@@ -118,6 +119,9 @@ suite "consumer, Node 24" "$NODE24" e2e/consumer.mjs
 # they ran above.
 suite "conformance, Node 22" env E2E_ONLY=node "$NODE22" e2e/run.mjs
 suite "conformance, Node 24" env E2E_ONLY=node "$NODE24" e2e/run.mjs
+# The benchmark, quick, on every runtime (Node 20, 22, 24, Deno, Bun, workerd, Chromium): that it
+# runs everywhere and every variant round-trips; its numbers are never asserted.
+suite "bench, quick, every runtime" env BENCH_QUICK=1 node bench/run.mjs
 suite "types" node e2e/types.mjs
 suite "jsr" node e2e/jsr.mjs
 suite "docs" bash scripts/check-docs.sh
