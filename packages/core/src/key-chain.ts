@@ -224,13 +224,13 @@ export class KeyChain {
    * await fetch(url, { method: 'PUT', body: new Blob(parts) }) // no copy of the ciphertext in between
    * ```
    */
-  async encryptParts(data: Uint8Array | string, options?: EncryptOptions): Promise<[head: Uint8Array, body: Uint8Array]> {
+  async encryptParts(data: Uint8Array | string, options?: EncryptOptions): Promise<[head: Uint8Array<ArrayBuffer>, body: Uint8Array<ArrayBuffer>]> {
     const [prefix, iv2, body] = await this.#seal(data, options)
     return [concat(prefix, iv2), body]
   }
 
   /** header || iv1 || wrapped DEK (one prepared DEK, used once), iv2, ciphertext || tag. */
-  async #seal(data: Uint8Array | string, options: EncryptOptions | undefined): Promise<[prefix: Uint8Array, iv2: Uint8Array, body: Uint8Array]> {
+  async #seal(data: Uint8Array | string, options: EncryptOptions | undefined): Promise<[prefix: Uint8Array, iv2: Uint8Array, body: Uint8Array<ArrayBuffer>]> {
     const plaintext = bytesArgument('data', data)
     const aad = payloadAad(associatedDataOf(options))
     if (plaintext.length > MAX_PLAINTEXT_BYTES) throw new LimitError('data is too large for one AES-GCM message')

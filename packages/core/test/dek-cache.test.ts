@@ -36,6 +36,21 @@ describe('the DEK cache on decryption', () => {
     expect(prefixEnd(Uint8Array.of(2, 0, 0, 0, 1, 1, 2, 3, 97))).toBeUndefined() // v2, cut inside a name
   })
 
+  it('a DEK used since it was cached outlives one that was not (least recently used out, by second chance)', async () => {
+    const chain = await KeyChain.open({ rootKey: aesRootKey(ROOT_BYTES), store: memoryStore(), dekCacheSize: 2 })
+    const [a, b, c] = [await chain.encrypt('a', AD), await chain.encrypt('b', AD), await chain.encrypt('c', AD)]
+    await chain.decrypt(a, AD)
+    await chain.decrypt(b, AD)
+    await chain.decrypt(a, AD) // a is used again: b is now the least recently used
+    await chain.decrypt(c, AD) // evicts b, not a
+    const { dekCacheHits, dekCacheMisses } = chain.stats()
+    await chain.decrypt(a, AD)
+    expect(chain.stats().dekCacheHits - dekCacheHits).toBe(1)
+    await chain.decrypt(b, AD)
+    expect(chain.stats().dekCacheMisses - dekCacheMisses).toBe(1)
+    chain.close()
+  })
+
   it("a stream's cached DEK never lets its header pass as a message", async () => {
     const chain = await KeyChain.open({ rootKey: aesRootKey(ROOT_BYTES), store: memoryStore() })
     const input = new Blob([new Uint8Array(100)]).stream()
@@ -64,15 +79,15 @@ describe('the DEK cache on decryption', () => {
       await chain.decrypt(encrypted, AD)
       cached.set(hashPrefix(encrypted, prefixEnd(encrypted)!), encrypted)
     }
-    // A forged prefix (iv1 of a fresh message changed) whose 32-bit hash hits a cached entry:
-    // about 2^22 tries against 1,024 entries.
+    // A forged prefix (the wrapped DEK's tag of a fresh message changed: the bytes the hash
+    // reads) whose 32-bit hash hits a cached entry: about 2^22 tries against 1,024 entries.
     const victim = await chain.encrypt('not this one', AD)
     const end = prefixEnd(victim)!
     const forged = victim.slice(0, end)
     const view = new DataView(forged.buffer)
     let target: Uint8Array | undefined
     for (let n = 0; n < 2 ** 26 && !target; n++) {
-      view.setUint32(6, n) // the first 4 bytes of iv1
+      view.setUint32(end - 4, n)
       target = cached.get(hashPrefix(forged, end))
     }
     expect(target, 'no colliding prefix found').toBeDefined()

@@ -12,7 +12,6 @@ import { FLAG_EMBEDDED_KEK, FLAG_STREAM, FORMAT_VERSION_ROOTS, IV_BYTES, WRAPPED
 import { gcmParams, type Bytes } from './bytes.js'
 import type { HeadView } from './head-view.js'
 import type { Counts, KekSource } from './kek-source.js'
-import { Lru } from './lru.js'
 
 /** What finding a DEK needs; a message and a stream header both have it. */
 export type DekParts = Pick<MessageParts, 'kekId' | 'embeddedKeks' | 'headerLength' | 'dekPrefix'>
@@ -24,13 +23,57 @@ export interface CachedDek {
   readonly kekId: number
   readonly pending: Promise<CryptoKey>
   key: CryptoKey | undefined
+  /** Used since it was last passed over for eviction (second chance: a hit only sets this bit). */
+  hot: boolean
 }
 
-/** FNV-1a over `bytes[0, end)`: a bucket index, not a security measure (entries are compared in full). */
+/**
+ * FNV-1a over the prefix's last 16 bytes (the wrapped DEK's tag, random for every DEK) and its
+ * length: a bucket index, not a security measure (entries are compared in full).
+ */
 export function hashPrefix(bytes: Uint8Array, end: number): number {
-  let h = 0x811c9dc5
-  for (let i = 0; i < end; i++) h = Math.imul(h ^ bytes[i]!, 0x01000193)
+  let h = Math.imul(0x811c9dc5 ^ end, 0x01000193)
+  for (let i = Math.max(0, end - 16); i < end; i++) h = Math.imul(h ^ bytes[i]!, 0x01000193)
   return h >>> 0
+}
+
+/**
+ * The DEK cache: least recently used out, approximated by a second chance (a hit sets a bit; the
+ * oldest entry with its bit set is moved to the back instead of evicted), so that a hit writes
+ * one boolean instead of moving its entry.
+ */
+class DekCache {
+  readonly #map = new Map<number, CachedDek>()
+  constructor(readonly capacity: number) {}
+
+  get(hash: number): CachedDek | undefined {
+    const entry = this.#map.get(hash)
+    if (entry) entry.hot = true
+    return entry
+  }
+
+  set(hash: number, entry: CachedDek): void {
+    const map = this.#map
+    map.delete(hash)
+    map.set(hash, entry)
+    while (map.size > this.capacity) {
+      const [oldest, value] = map.entries().next().value as [number, CachedDek]
+      map.delete(oldest)
+      if (value.hot) {
+        value.hot = false
+        map.set(oldest, value)
+      }
+    }
+  }
+
+  /** Deletes `hash` only while it still maps to `entry` (a failed unwrap must not evict its successor). */
+  deleteIf(hash: number, entry: CachedDek): void {
+    if (this.#map.get(hash) === entry) this.#map.delete(hash)
+  }
+
+  clear(): void {
+    this.#map.clear()
+  }
 }
 
 /**
@@ -71,14 +114,14 @@ export class Deks {
   readonly #view: HeadView
   readonly #counts: Counts
   readonly #acceptEmbedded: boolean
-  readonly #cache: Lru<number, CachedDek>
+  readonly #cache: DekCache
 
   constructor(keks: KekSource, view: HeadView, counts: Counts, acceptEmbedded: boolean, cacheSize: number) {
     this.#keks = keks
     this.#view = view
     this.#counts = counts
     this.#acceptEmbedded = acceptEmbedded
-    this.#cache = new Lru(cacheSize)
+    this.#cache = new DekCache(cacheSize)
   }
 
   /** Forgets every cached DEK (a KEK was destroyed). */
@@ -130,7 +173,7 @@ export class Deks {
     this.#counts.dekCacheMisses++
     const pending = this.#unwrap(parts, false)
     if (hash !== undefined) {
-      const entry: CachedDek = { prefix: prefix.slice(), kekId: parts.kekId, pending, key: undefined }
+      const entry: CachedDek = { prefix: prefix.slice(), kekId: parts.kekId, pending, key: undefined, hot: false }
       this.#cache.set(hash, entry)
       pending.then(
         (key) => void (entry.key = key),
