@@ -21,6 +21,9 @@ export default defineConfig({
       '@kms-proxy/pkcs11': src('pkcs11'),
       '@kms-proxy/k8s': src('k8s'),
       '@kms-proxy/cli': src('cli'),
+      '@kms-proxy/durable-object': src('durable-object'),
+      '@kms-proxy/dynamodb': src('dynamodb'),
+      '@kms-proxy/postgres': src('postgres'),
     },
   },
   test: {

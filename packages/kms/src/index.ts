@@ -16,7 +16,8 @@
  */
 export { awsKmsRootKey } from './aws.js'
 export type { AwsKmsRootKeyOptions } from './aws.js'
-export type { AwsCredentials } from './sigv4.js'
+export type { AwsCredentials, SignInput } from './sigv4.js'
+export { signV4 } from './sigv4.js'
 export type { RetryOptions } from './http.js'
 export { gcpKmsRootKey } from './gcp.js'
 export type { GcpKmsRootKeyOptions } from './gcp.js'

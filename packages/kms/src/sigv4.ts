@@ -19,12 +19,19 @@ export interface AwsCredentials {
 
 /** What {@link signV4} signs. */
 export interface SignInput {
+  /** The HTTP method: every AWS JSON protocol call is a POST. */
   method: 'POST'
+  /** The request's URL (its path and query are signed). */
   url: URL
+  /** Headers to sign and send (`content-type`, `x-amz-target`); `host` and `x-amz-*` are added. */
   headers: Record<string, string>
+  /** The body exactly as it will be sent. */
   body: string
+  /** The AWS region, as in the endpoint (`eu-central-1`). */
   region: string
+  /** The signing name of the service (`kms`, `dynamodb`, `sts`). */
   service: string
+  /** Who signs. */
   credentials: AwsCredentials
   /** Signing time. Default: now; fixed in tests, corrected for clock skew by the AWS root key. */
   date?: Date
@@ -75,7 +82,19 @@ function canonicalQuery(params: URLSearchParams): string {
     .join('&')
 }
 
-/** Returns the headers to send: the input's, plus host, x-amz-date, the token, and authorization. */
+/**
+ * Signs one JSON POST to an AWS service with Signature Version 4 (HMAC-SHA256 in
+ * `crypto.subtle`). Returns the headers to send: the input's, plus `host`, `x-amz-date`,
+ * `x-amz-security-token` for temporary credentials, and `authorization`. Exported for the
+ * packages that talk to other AWS services with the same signer (the DynamoDB store).
+ *
+ * @example
+ * ```ts
+ * const body = JSON.stringify({ TableName: 'keys', Key: { pk: { S: 'a' } } })
+ * const headers = await signV4({ method: 'POST', url: new URL('https://dynamodb.eu-central-1.amazonaws.com/'), body, region: 'eu-central-1', service: 'dynamodb', credentials,
+ *   headers: { 'content-type': 'application/x-amz-json-1.0', 'x-amz-target': 'DynamoDB_20120810.GetItem' } })
+ * ```
+ */
 export async function signV4(input: SignInput): Promise<Record<string, string>> {
   const date = input.date ?? new Date()
   const amzDate = date.toISOString().replace(/[-:]/g, '').replace(/\.\d{3}/, '')

@@ -1,0 +1,6 @@
+/**
+ * Placeholder.
+ *
+ * @packageDocumentation
+ */
+export {}
