@@ -19,7 +19,8 @@
  *   record).
  * - Username and password: one `authenticate` call, the token cached and renewed once when etcd
  *   refuses it (invalid or expired, or a JWT issued before an auth change: "revision of auth store
- *   is old"). Neither the password nor the token ever appears in an error message.
+ *   is old"). The password may be a function, asked at each login, so that it can rotate.
+ *   Neither the password nor the token ever appears in an error message.
  * - Plain http only to loopback or to hosts named in `plainHttpHosts`: over it, anyone on the path
  *   reads the password and token, or answers `succeeded: true` to every write.
  * - watchHead: one `/v3/watch` stream per store instance over every key under the prefix, its
@@ -64,8 +65,14 @@ export interface EtcdStoreOptions {
    * @defaultValue none: no authentication
    */
   username?: string
-  /** The etcd user's password; never appears in an error. */
-  password?: string
+  /**
+   * The etcd user's password, or a function that returns it (called at each login: the first, and
+   * each time etcd refuses the token), so that a password rotated in a secret store is picked up
+   * without a restart. A function with an `invalidate(stale)` method (`refreshingCredentials` of
+   * @kms-proxy/kms, a re-read file) is told when etcd refused the password it gave, and asked once
+   * more. Never appears in an error.
+   */
+  password?: string | (() => Promise<string>)
   /**
    * Key prefix for every key this store writes.
    *
@@ -272,7 +279,7 @@ export function etcdStore(options: EtcdStoreOptions): EtcdStore {
     return url.origin + url.pathname.replace(/\/+$/, '')
   })
   if (username !== undefined && (typeof username !== 'string' || username.length === 0)) throw new TypeError('username: expected a non-empty string')
-  if (password !== undefined && typeof password !== 'string') throw new TypeError('password: expected a string')
+  if (password !== undefined && typeof password !== 'string' && typeof password !== 'function') throw new TypeError('password: expected a string or a function that returns one')
   if ((username === undefined) !== (password === undefined)) throw new TypeError('username and password: give both or neither')
   const prefix = options.prefix ?? 'kms-proxy/'
   if (typeof prefix !== 'string') throw new TypeError('prefix: expected a string')
@@ -327,10 +334,34 @@ export function etcdStore(options: EtcdStoreOptions): EtcdStore {
     throw new StoreError(`etcd ${path}: no endpoint answered (${down.join('; ')})`, { retryable: true })
   }
 
+  /** The password for one login: the option's, or what its function gives now. */
+  async function currentPassword(): Promise<string> {
+    if (typeof password !== 'function') return password!
+    let value: unknown
+    try {
+      value = await password()
+    } catch (error) {
+      throw new StoreError('etcd: the password function failed', { cause: error, retryable: true })
+    }
+    if (typeof value !== 'string') throw new StoreError('etcd: the password function returned no string')
+    return value
+  }
+
   function authenticate(): Promise<string> {
     authenticating ??= (async () => {
       try {
-        const r = await call('/v3/auth/authenticate', { name: username, password }, undefined)
+        let used = await currentPassword()
+        let r: Record<string, unknown>
+        try {
+          r = await call('/v3/auth/authenticate', { name: username, password: used }, undefined)
+        } catch (error) {
+          // A password from a source that can refresh, refused: the source may hold a stale one.
+          const invalidate = (password as { invalidate?: unknown } | undefined)?.invalidate
+          if (!(error instanceof EtcdHttpError) || typeof password !== 'function' || typeof invalidate !== 'function') throw error
+          invalidate.call(password, used)
+          used = await currentPassword()
+          r = await call('/v3/auth/authenticate', { name: username, password: used }, undefined)
+        }
         if (typeof r.token !== 'string' || r.token.length === 0) throw new StoreError('etcd /v3/auth/authenticate returned no token')
         token = r.token
         return r.token

@@ -376,6 +376,48 @@ describe.skipIf(!haveEtcd)('etcdStore with etcd auth enabled', () => {
     }
   })
 
+  it('a password function is asked at each login; a password rotated in etcd and in its source is picked up with no restart, a stale cached one through invalidate', async () => {
+    const n = ++seq
+    const user = `rotating-${n}`
+    await asRoot('/v3/auth/user/add', { name: user, password: 'first-Pw1' })
+    await asRoot('/v3/auth/user/grant', { user, role: 'kms' })
+    // A source as refreshingCredentials or a re-read file behaves: a cached value until invalidated.
+    let source = 'first-Pw1'
+    let cached: string | undefined
+    const asked: string[] = []
+    const invalidated: string[] = []
+    const password = Object.assign(
+      async () => {
+        cached ??= source
+        asked.push(cached)
+        return cached
+      },
+      { invalidate: (stale: string) => void (invalidated.push(stale), (cached = undefined)) },
+    )
+    let spoil = false
+    const tampering: typeof fetch = async (input, init) => {
+      const headers = { ...(init!.headers as Record<string, string>) }
+      if (spoil && headers.authorization) headers.authorization = 'spoiled.token'
+      spoil = false
+      return fetch(input, { ...init, headers })
+    }
+    const store = etcdStore({ endpoints: etcd.urls, prefix: `app/${uniquePrefix()}`, username: user, password, fetch: tampering })
+    expect(await store.casHead('c', undefined, { primary: 1, primaryCreatedAt: 1, leased: 0 })).toBe(true)
+    expect(asked).toEqual(['first-Pw1'])
+    // The password changes in etcd and in the secret store; the source still caches the old one.
+    await asRoot('/v3/auth/user/changepw', { name: user, password: 'second-Pw2' })
+    source = 'second-Pw2'
+    spoil = true // the token is refused, as one past its TTL: a new login, refused with the cached password, then the new one
+    expect((await store.getHead('c'))!.value.primary).toBe(1)
+    expect(asked).toEqual(['first-Pw1', 'first-Pw1', 'second-Pw2'])
+    expect(invalidated).toEqual(['first-Pw1'])
+    // A function whose source fails is a retryable ERR_STORE, its error kept as the cause.
+    const failing = etcdStore({ endpoints: etcd.urls, prefix: `app/${uniquePrefix()}`, username: user, password: () => Promise.reject(new Error('vault sealed')) })
+    const error = await failing.getHead('c').catch((e) => e)
+    expect(error).toBeInstanceOf(KmsProxyError)
+    expect([error.code, error.retryable, error.cause?.message]).toEqual(['ERR_STORE', true, 'vault sealed'])
+  })
+
   it('simple tokens outlive an auth change (a user added, a role granted): no error, no new login', async () => {
     let authCalls = 0
     const counting: typeof fetch = (input, init) => {

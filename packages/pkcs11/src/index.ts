@@ -43,8 +43,15 @@ export interface Pkcs11BridgeRootKeyOptions {
    * @defaultValue none: plain http only to loopback
    */
   plainHttpHosts?: string[]
-  /** The bridge's bearer token. Never appears in errors, `String()` or `JSON.stringify`. */
-  token: string
+  /**
+   * The bridge's bearer token, or a function that returns it, called before each request (a
+   * token kept in a secret store or a file that is rotated: the new one is used without a
+   * restart). A function with an `invalidate(stale)` method (`refreshingCredentials` of
+   * @kms-proxy/kms, a re-read file) is told when the bridge refused the token it gave (HTTP 401),
+   * and the request is sent once more with the next one. Never appears in errors, `String()` or
+   * `JSON.stringify`.
+   */
+  token: string | (() => Promise<string>)
   /**
    * Deadline for each attempt, covering the whole answer (headers and body, even with a `fetch`
    * that ignores its abort signal).
@@ -208,22 +215,46 @@ function describe(status: number, body: { error?: unknown; message?: unknown }):
  */
 export function pkcs11BridgeRootKey(options: Pkcs11BridgeRootKeyOptions): RootKey {
   if (typeof options !== 'object' || options === null) throw new TypeError('options: expected an object')
-  if (typeof options.token !== 'string' || options.token === '') throw new TypeError('token: expected the bridge\'s bearer token')
+  if (typeof options.token !== 'function' && (typeof options.token !== 'string' || options.token === '')) throw new TypeError('token: expected the bridge\'s bearer token, or a function that returns it')
   const base = checkServerUrl(options.url, 'url', options.plainHttpHosts)
   const root = base.href.endsWith('/') ? base.href : `${base.href}/`
   const token = options.token
   const retry = { timeoutMs: options.timeoutMs ?? 10_000, retries: options.retries ?? 3, backoffMs: options.backoffMs ?? 100, fetch: options.fetch }
 
-  async function call(path: 'generate' | 'unwrap' | 'datakey', payload: Record<string, string>): Promise<Record<string, unknown>> {
-    const body = JSON.stringify(payload)
-    const init = () => ({ method: 'POST', body, headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` } })
-    let answer
+  /** The token for one request: the option's, or what its function gives now. */
+  async function currentToken(): Promise<string> {
+    if (typeof token === 'string') return token
+    let value: unknown
     try {
-      answer = await httpWithRetry(`${root}v1/${path}`, init, retry)
+      value = await token()
+    } catch (error) {
+      throw new RootKeyError(`${WHAT}: the token function failed`, { cause: error, retryable: true })
+    }
+    if (typeof value !== 'string' || value === '') throw new RootKeyError(`${WHAT}: the token function returned no token`)
+    return value
+  }
+
+  async function send(path: 'generate' | 'unwrap' | 'datakey', body: string, bearer: string) {
+    const init = () => ({ method: 'POST', body, headers: { 'content-type': 'application/json', authorization: `Bearer ${bearer}` } })
+    try {
+      return await httpWithRetry(`${root}v1/${path}`, init, retry)
     } catch (error) {
       if (!(error instanceof HttpExchangeError)) throw error
       // Its message names no request, header or body: the bearer token cannot leak through it.
       throw new RootKeyError(`${WHAT} at ${base.origin}: ${error.message}${error.reason === 'network' ? '; is it running?' : ''}`, { retryable: true })
+    }
+  }
+
+  async function call(path: 'generate' | 'unwrap' | 'datakey', payload: Record<string, string>): Promise<Record<string, unknown>> {
+    const body = JSON.stringify(payload)
+    const used = await currentToken()
+    let answer = await send(path, body, used)
+    // A token from a source that can refresh, refused: the source may hold a stale one. A
+    // refused request did nothing at the bridge, so sending it again is safe.
+    const invalidate = (token as { invalidate?: unknown }).invalidate
+    if (answer.status === 401 && typeof token === 'function' && typeof invalidate === 'function') {
+      invalidate.call(token, used)
+      answer = await send(path, body, await currentToken())
     }
     const parsed = answer.json()
     const fields = (parsed !== null && typeof parsed === 'object' ? parsed : {}) as Record<string, unknown>

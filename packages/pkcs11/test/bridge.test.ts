@@ -157,6 +157,34 @@ describe('clear, typed errors from the client', () => {
     await rootKeyError(pkcs11BridgeRootKey({ url: urls[0]!, token: wrong }).unwrapKek(wrapped, new Uint8Array(4)), /refused the token/)
   })
 
+  it('a token function: asked before each request; a stale cached token the bridge refuses is invalidated and the request sent once more; a plain function is not retried', async () => {
+    const stale = bearer()
+    let cached: string | undefined = stale // what a source held before the token was rotated
+    const asked: string[] = []
+    const invalidated: string[] = []
+    const token = Object.assign(
+      async () => {
+        cached ??= TOKEN
+        asked.push(cached)
+        return cached
+      },
+      { invalidate: (old: string) => void (invalidated.push(old), (cached = undefined)) },
+    )
+    const before = calls.length
+    const { wrapped } = await pkcs11BridgeRootKey({ url: urls[0]!, token, fetch: countingFetch }).newKek(new Uint8Array(4))
+    expect(wrapped.length).toBe(45)
+    expect([asked, invalidated, calls.slice(before)]).toEqual([[stale, TOKEN], [stale], ['generate', 'generate']])
+    // A function without invalidate cannot be refreshed: one request, refused, not retryable.
+    const plain = async () => stale
+    const error = await rootKeyError(pkcs11BridgeRootKey({ url: urls[0]!, token: plain }).newKek(new Uint8Array(4)), /refused the token/)
+    expect(error.retryable).toBe(false)
+    // A source that fails: a retryable ERR_ROOT_KEY with its error as the cause, nothing sent.
+    const sent = calls.length
+    const failing = await rootKeyError(pkcs11BridgeRootKey({ url: urls[0]!, token: () => Promise.reject(new Error('vault sealed')), fetch: countingFetch }).newKek(new Uint8Array(4)), /the token function failed/)
+    expect([failing.retryable, (failing.cause as Error).message, calls.length]).toEqual([true, 'vault sealed', sent])
+    for (const e of [error, failing]) expect(`${String(e)} ${JSON.stringify(e)} ${e.stack}`).not.toContain(stale)
+  })
+
   it('the bridge down: "no answer; is it running?", retryable, after the retries', async () => {
     const port = await new Promise<number>((resolve) => {
       const s = createServer().listen(0, '127.0.0.1', () => {
