@@ -320,7 +320,7 @@ kms.close()
 
 // ------------------------------------------------------------------------------ types
 
-const BROWSER_CAPABLE = ['core', 'passphrase', 'kms', 'etcd', 'kv', 'indexeddb', 'webauthn', 'pkcs11', 'testkit']
+const BROWSER_CAPABLE = ['core', 'passphrase', 'kms', 'etcd', 'kv', 'durable-object', 'dynamodb', 'indexeddb', 'webauthn', 'pkcs11', 'testkit']
 for (const resolution of ['Bundler', 'Node16']) {
   await check(`tsc --noEmit: strict, skipLibCheck false, no @types/node, moduleResolution ${resolution} (${BROWSER_CAPABLE.length} packages)`, async () => {
     const tsconfig = `tsconfig.${resolution.toLowerCase()}.json`

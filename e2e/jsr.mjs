@@ -43,7 +43,7 @@ const report = (ok, label, detail) => {
 
 // The packages that run on Deno (file through Deno's node:fs, tested there). Not k8s, cli or
 // pkcs11-bridge (gRPC, the CLI's Node process model, a native PKCS#11 addon), nor testkit (private).
-const JSR_PACKAGES = ['core', 'etcd', 'file', 'indexeddb', 'kms', 'kv', 'passphrase', 'pkcs11', 'webauthn']
+const JSR_PACKAGES = ['core', 'durable-object', 'dynamodb', 'etcd', 'file', 'indexeddb', 'kms', 'kv', 'passphrase', 'pkcs11', 'postgres', 'webauthn']
 const names = readdirSync(join(root, 'packages'))
   .filter((name) => existsSync(join(root, 'packages', name, 'jsr.json')))
   .sort()

@@ -10,12 +10,15 @@ cat .tmp/setup.out
 setup_quiet=0
 if [ "$(wc -l <.tmp/setup.out)" -le 2 ] && [ ! -s .tmp/setup.err ]; then setup_quiet=1; else echo "setup printed more than its summary:"; cat .tmp/setup.err; fi
 # Real peers from Debian: Chromium for the browser tests (Playwright's own browser download
-# cannot work here), etcd for the etcd store, SoftHSM2 for the PKCS#11 root keys. Installed only
-# when missing. moto (the AWS KMS emulator) comes with the machine's Python; PyPI is out of reach.
+# cannot work here), etcd for the etcd store, SoftHSM2 for the PKCS#11 root keys, PostgreSQL
+# for the Postgres store. Installed only
+# when missing. moto (the AWS emulator: KMS, STS and DynamoDB) comes with the machine's Python; PyPI is out of reach.
 missing=()
 command -v "${CHROMIUM_PATH:-/usr/bin/chromium}" >/dev/null 2>&1 || missing+=(chromium)
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server etcd-client)
 command -v softhsm2-util >/dev/null 2>&1 || missing+=(softhsm2)
+# PostgreSQL: the Postgres store's tests start their own server from Debian's binaries.
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 # strace: the file store and the CLI prove that a rename is followed by an fsync of its folder.
 command -v strace >/dev/null 2>&1 || missing+=(strace)
 # python3: the terminal tests drive the CLI through a pty, and the browser example's README serves
