@@ -1,0 +1,77 @@
+/**
+ * moto_server (the open-source AWS emulator) serving DynamoDB, started by a test on a free
+ * loopback port in its own temporary folder, with the store's table made by createDynamoDbTable.
+ */
+import { spawn } from 'node:child_process'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { createDynamoDbTable } from '../src/index.ts'
+import { freePort } from '../../testkit/test/free-port.ts'
+
+/** Fake credentials: moto routes by the signature's scope but checks no signature. */
+export const CREDENTIALS = Object.freeze({ accessKeyId: 'AKIDEXAMPLE', secretAccessKey: 'wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY' })
+export const REGION = 'eu-central-1'
+
+export interface MotoDynamoDb {
+  /** `http://127.0.0.1:PORT/` */
+  endpoint: string
+  /** A table with the store's schema, made at start. */
+  table: string
+  /** Makes another table with the store's schema. */
+  createTable(name: string): Promise<void>
+  stop(): Promise<void>
+}
+
+export async function startMotoDynamoDb(table = 'kms-proxy'): Promise<MotoDynamoDb> {
+  const dir = mkdtempSync(join(tmpdir(), 'kms-proxy-moto-'))
+  const port = await freePort()
+  const child = spawn('moto_server', ['-H', '127.0.0.1', '-p', String(port)], { cwd: dir, stdio: 'ignore' })
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
+  const endpoint = `http://127.0.0.1:${port}/`
+  // moto (Python) takes 2 s to start on an idle machine and more than 40 s on a loaded one.
+  const deadline = Date.now() + 100_000
+  for (;;) {
+    try {
+      await fetch(`${endpoint}moto-api/`)
+      break
+    } catch {
+      if (Date.now() > deadline || child.exitCode !== null) {
+        child.kill('SIGKILL')
+        rmSync(dir, { recursive: true, force: true })
+        throw new Error('moto_server did not start')
+      }
+      await new Promise((r) => setTimeout(r, 100))
+    }
+  }
+  const createTable = async (name: string) => {
+    await createDynamoDbTable({ table: name, region: REGION, credentials: CREDENTIALS, endpoint })
+  }
+  await createTable(table)
+  return {
+    endpoint,
+    table,
+    createTable,
+    async stop() {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
+      await exited
+      rmSync(dir, { recursive: true, force: true })
+    },
+  }
+}
+
+/** One DynamoDB call signed by nobody (moto does not check): for tests that plant or inspect items. */
+export async function rawCall(moto: MotoDynamoDb, action: string, payload: object): Promise<any> {
+  const response = await fetch(moto.endpoint, {
+    method: 'POST',
+    headers: {
+      'content-type': 'application/x-amz-json-1.0',
+      'x-amz-target': `DynamoDB_20120810.${action}`,
+      authorization: `AWS4-HMAC-SHA256 Credential=${CREDENTIALS.accessKeyId}/20260101/${REGION}/dynamodb/aws4_request, SignedHeaders=host, Signature=0`,
+    },
+    body: JSON.stringify(payload),
+  })
+  const json = await response.json()
+  if (!response.ok) throw new Error(`${action}: ${JSON.stringify(json)}`)
+  return json
+}
