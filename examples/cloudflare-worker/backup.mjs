@@ -1,5 +1,5 @@
-// Prints every record of the KEYS namespace (the chain heads and the wrapped KEKs) as the JSON
-// array that `wrangler kv bulk put` restores: [{"key": "...", "value": "..."}].
+// For the Workers KV configuration (wrangler.kv.toml): prints every record of its KEYS namespace
+// (the chain heads and the wrapped KEKs) as the JSON array that `wrangler kv bulk put` restores: [{"key": "...", "value": "..."}].
 //   node backup.mjs --remote > kv-backup.json     (the deployed namespace)
 //   node backup.mjs --local > kv-backup.json      (the one `wrangler dev` keeps in .wrangler/)
 // The KEKs in it are wrapped by the root key: the backup is useless without that key, and that
@@ -14,7 +14,7 @@ if (where !== '--remote' && where !== '--local') {
   console.error('usage: node backup.mjs --remote|--local > kv-backup.json')
   process.exit(2)
 }
-const wrangler = (...args) => execFileSync('node_modules/.bin/wrangler', [...args, '--binding', 'KEYS', where], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] })
+const wrangler = (...args) => execFileSync('node_modules/.bin/wrangler', [...args, '--config', 'wrangler.kv.toml', '--binding', 'KEYS', where], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] })
 
 // `kv key list` pages through every key and prints one JSON array.
 const names = JSON.parse(wrangler('kv', 'key', 'list')).map((key) => key.name)

@@ -1,21 +1,29 @@
-// An encrypt/decrypt JSON API on Cloudflare Workers, KEKs in Workers KV:
+// An encrypt/decrypt JSON API on Cloudflare Workers, KEKs in a Durable Object (or Workers KV):
 //   POST /encrypt {"text": "..."}      -> {"encrypted": "kp1...."}
 //   POST /decrypt {"encrypted": "..."} -> {"text": "..."}
 // The client's bad input is 400; the worker's configuration 500 ERR_CONFIG (details in its log);
-// the root key or KV failing 503 when it may pass, else 500.
-// Bindings: KEYS (KV namespace); the root key, chosen by ROOT_KEY_TYPE:
+// the root key or the store failing 503 when it may pass, else 500.
+// Bindings: KEYS, chosen by STORE:
+//   "durable-object" (default)  KEYS: the KeyChainObject class this module exports (wrangler.toml)
+//   "kv"                        KEYS: a KV namespace (wrangler.kv.toml)
+// The root key, chosen by ROOT_KEY_TYPE:
 //   "aes" (default)  ROOT_KEY (secret: base64 of 32 random bytes)
 //   "aws-kms"        AWS_KMS_KEY_ID, AWS_REGION, AWS_KMS_ENDPOINT (optional) as vars;
 //                    AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN (optional) as secrets
-// Optional: CHAIN_NAME, MAX_WRAPS_PER_KEK (default 2^18), MAX_KEK_AGE_MS (default 7 days).
+// Optional: CHAIN_NAME, MAX_WRAPS_PER_KEK (default 2^21 on a Durable Object, 2^18 on KV),
+// MAX_KEK_AGE_MS (default 7 days).
 import { KeyChain, KmsProxyError, aesRootKey, kekAad } from '@kms-proxy/core'
+import { durableObjectStore } from '@kms-proxy/durable-object'
 import { awsKmsRootKey } from '@kms-proxy/kms'
 import { workersKvStore } from '@kms-proxy/kv'
+
+// The Durable Object class of the KEYS binding: the runtime finds it among this module's exports.
+export { KeyChainObject } from '@kms-proxy/durable-object'
 
 /** Something the operator must fix in the worker's bindings; its message names bindings, never values. */
 class ConfigError extends Error {}
 
-const CONFIG = ['ROOT_KEY_TYPE', 'ROOT_KEY', 'AWS_KMS_KEY_ID', 'AWS_REGION', 'AWS_KMS_ENDPOINT', 'AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN', 'CHAIN_NAME', 'MAX_WRAPS_PER_KEK', 'MAX_KEK_AGE_MS']
+const CONFIG = ['STORE', 'ROOT_KEY_TYPE', 'ROOT_KEY', 'AWS_KMS_KEY_ID', 'AWS_REGION', 'AWS_KMS_ENDPOINT', 'AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN', 'CHAIN_NAME', 'MAX_WRAPS_PER_KEK', 'MAX_KEK_AGE_MS']
 
 function rootKeyFrom(env) {
   const type = env.ROOT_KEY_TYPE ?? 'aes'
@@ -54,10 +62,23 @@ function numberFrom(env, name, fallback) {
   return value
 }
 
+/** The store of the KEYS binding: a Durable Object namespace (the default) or a KV namespace. */
+function storeFrom(env) {
+  const type = env.STORE ?? 'durable-object'
+  if (type === 'durable-object') {
+    if (typeof env.KEYS?.idFromName !== 'function') throw new ConfigError('the KEYS Durable Object namespace is not bound ([[durable_objects.bindings]] in wrangler.toml)')
+    return durableObjectStore(env.KEYS)
+  }
+  if (type === 'kv') {
+    if (typeof env.KEYS?.get !== 'function' || typeof env.KEYS?.list !== 'function') throw new ConfigError('the KEYS KV namespace is not bound ([[kv_namespaces]] in wrangler.kv.toml)')
+    return workersKvStore(env.KEYS)
+  }
+  throw new ConfigError('STORE must be "durable-object" or "kv"')
+}
+
 async function openChain(env) {
   const rootKey = rootKeyFrom(env)
-  if (typeof env.KEYS?.get !== 'function') throw new ConfigError('the KEYS KV namespace is not bound ([[kv_namespaces]] in wrangler.toml)')
-  const store = workersKvStore(env.KEYS)
+  const store = storeFrom(env)
   const name = env.CHAIN_NAME || 'default'
   // Prove the root key once per isolate before serving: one unwrap of the primary KEK (a new,
   // empty namespace has nothing to prove). A key that cannot is the operator's to fix.
@@ -68,7 +89,7 @@ async function openChain(env) {
       await rootKey.unwrapKek(primary.wrapped, kekAad(name, primary.id))
     } catch (error) {
       if (error instanceof KmsProxyError && error.code === 'ERR_ROOT_KEY' && !error.retryable) {
-        throw new ConfigError(`the root key cannot unwrap the primary KEK of chain "${name}" in KEYS: the namespace was filled under another root key; bind the one it was made with`)
+        throw new ConfigError(`the root key cannot unwrap the primary KEK of chain "${name}" in KEYS: the store was filled under another root key; bind the one it was made with`)
       }
       throw error
     }
@@ -78,8 +99,9 @@ async function openChain(env) {
       rootKey,
       store,
       name,
-      // Workers KV has no compare-and-swap: isolates count uses each on their own, so keep a margin.
-      maxWrapsPerKek: numberFrom(env, 'MAX_WRAPS_PER_KEK', 2 ** 18),
+      // A Durable Object counts every isolate's uses (compare-and-swap): the library's default.
+      // Workers KV has none: isolates count uses each on their own, so keep a margin there.
+      maxWrapsPerKek: numberFrom(env, 'MAX_WRAPS_PER_KEK', store.atomic ? undefined : 2 ** 18),
       maxKekAgeMs: numberFrom(env, 'MAX_KEK_AGE_MS', 7 * 24 * 3600 * 1000),
     })
   } catch (error) {

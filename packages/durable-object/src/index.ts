@@ -303,12 +303,15 @@ export function durableObjectStore(namespace: DurableObjectNamespaceLike, option
   }
   const prefix = options.prefix ?? 'kms-proxy:'
   if (typeof prefix !== 'string') throw new TypeError('durableObjectStore: prefix must be a string')
-  const stubs = new Map<string, DurableObjectStubLike>()
+  // Ids are kept; stubs are not: workerd refuses a stub made while serving one request from
+  // the handler of another ("Cannot perform I/O on behalf of a different request"), and a Worker
+  // keeps its chain, so this store, across requests. A stub is cheap to make.
+  const ids = new Map<string, unknown>()
   // encodeURIComponent leaves no ':' in the chain part, so "a" + "b:c" never names "a:b" + "c".
   const stubOf = (chain: string) => {
-    let stub = stubs.get(chain)
-    if (!stub) stubs.set(chain, (stub = namespace.get(namespace.idFromName(`${prefix}${encodeURIComponent(chain)}`) as never)))
-    return stub
+    let id = ids.get(chain)
+    if (id === undefined) ids.set(chain, (id = namespace.idFromName(`${prefix}${encodeURIComponent(chain)}`)))
+    return namespace.get(id as never)
   }
 
   async function call<T>(chain: string, op: Op): Promise<T> {
@@ -316,8 +319,6 @@ export function durableObjectStore(namespace: DurableObjectNamespaceLike, option
     try {
       response = await stubOf(chain).fetch('https://key-chain-object/', { method: 'POST', body: JSON.stringify(op), headers: { 'content-type': 'application/json' } })
     } catch (error) {
-      // A stub that threw may stay broken (the object was reset or moved): the next call gets a new one.
-      stubs.delete(chain)
       // The runtime's message (reset, overloaded, network) names no secret of ours.
       throw new StoreError(`durableObjectStore: ${op.op}: the object did not answer (${error instanceof Error ? error.message : typeof error})`, { retryable: true })
     }

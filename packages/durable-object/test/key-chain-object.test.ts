@@ -60,7 +60,7 @@ it('with a storage that yields between calls, 32 concurrent casHead on one versi
   expect(puts.filter(Boolean)).toHaveLength(1)
 })
 
-it('a stub whose fetch rejected is dropped: the next call asks the namespace for a new one, and succeeds', async () => {
+it('every call makes its own stub (workerd refuses a stub of another request): after one rejected, the next call succeeds', async () => {
   const object = new KeyChainObject({ storage: slowStorage() })
   let stubsMade = 0
   const namespace: DurableObjectNamespaceLike = {

@@ -1,5 +1,6 @@
 /**
- * examples/cloudflare-worker: its behaviour in Miniflare (real workerd, real KV binding), and its
+ * examples/cloudflare-worker: its behaviour in Miniflare (real workerd, the real KeyChainObject
+ * Durable Object by default, a real KV binding with STORE=kv), and its
  * README followed as written: the `sh` blocks run literally in bash from a temporary copy of the
  * repository (see example-readme.ts; the copy leaves out package.json, whose `workspace:`
  * dependencies only resolve inside this workspace), with only the port changed. Stated rule: the
@@ -8,7 +9,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { execFileSync } from 'node:child_process'
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { Readable } from 'node:stream'
@@ -16,7 +17,8 @@ import * as esbuild from 'esbuild'
 import { Miniflare } from 'miniflare'
 import { readmeBlocks } from '../../testkit/test/readme-blocks.ts'
 import { startMoto, type Moto } from '../../kms/test/fakes/moto.ts'
-import { freePort, groupGone, killGroup, leftInGroup, listening, matchesShown, repoRoot, requireBuilt, runBash, shBlocks, startBlock, tempCheckout } from './example-readme.ts'
+import { freePort, groupGone, killGroup, leftInGroup, listening, matchesShown, repoRoot, requireBuilt, runBash, shBlocks, startBlock, tempCheckout } from '../../kv/test/example-readme.ts'
+import { durableObjectStore, type DurableObjectNamespaceLike } from '../src/index.ts'
 
 /** Miniflare's KV binding as seen from Node (its types need @cloudflare/workers-types, not installed). */
 type NodeKv = { list(options?: { prefix?: string; cursor?: string }): Promise<{ keys: Array<{ name: string }>; list_complete: boolean; cursor?: string }>; get(key: string, type: 'text'): Promise<string | null>; put(key: string, value: string): Promise<unknown> }
@@ -67,10 +69,11 @@ let kmsBindings: Record<string, string>
 
 /**
  * One workerd (Miniflare) runs the example once per configuration under test, each a worker of
- * its own with its own bindings; `other-key` shares `main`'s KV namespace with another ROOT_KEY.
+ * its own with its own bindings and its own KeyChainObject class (so its own objects);
+ * `other-key` binds `main`'s class with another ROOT_KEY, `rotation-2` binds `rotation`'s.
  */
 beforeAll(async () => {
-  requireBuilt('core', 'kv', 'kms')
+  requireBuilt('core', 'durable-object', 'kv', 'kms')
   const [built, started] = await Promise.all([
     esbuild.build({ entryPoints: [join(example, 'worker.mjs')], bundle: true, format: 'esm', platform: 'browser', target: 'es2022', write: false, absWorkingDir: repoRoot, logLevel: 'error' }),
     startMoto(credentials),
@@ -87,22 +90,33 @@ beforeAll(async () => {
     AWS_SECRET_ACCESS_KEY: credentials.secretAccessKey,
   }
   const { AWS_SECRET_ACCESS_KEY: _, ...kmsPartial } = kmsBindings
+  // [bindings, the worker whose KeyChainObject class KEYS binds]
   const configs: Record<string, [Record<string, string>, string]> = {
     main: [{ ROOT_KEY }, 'main'],
     'other-key': [{ ROOT_KEY: randomKey() }, 'main'],
     missing: [{}, 'missing'],
     malformed: [{ ROOT_KEY: 'c2hvcnQ=' }, 'malformed'],
     rotation: [{ ROOT_KEY, MAX_WRAPS_PER_KEK: '4' }, 'rotation'],
+    'rotation-2': [{ ROOT_KEY, MAX_WRAPS_PER_KEK: '4' }, 'rotation'],
     'bad-number': [{ ROOT_KEY, MAX_WRAPS_PER_KEK: 'lots' }, 'bad-number'],
+    'bad-store': [{ ROOT_KEY, STORE: 'sqlite' }, 'bad-store'],
     age: [{ ROOT_KEY, MAX_KEK_AGE_MS: '200' }, 'age'],
     kms: [kmsBindings, 'kms'],
     'kms-partial': [kmsPartial, 'kms-partial'],
     'kms-down': [{ ...kmsBindings, AWS_KMS_ENDPOINT: `http://127.0.0.1:${await freePort()}/` }, 'kms-down'],
   }
+  const base = { modules: true, script, compatibilityDate: '2026-05-01' }
   mf = new Miniflare({
     workers: [
-      ...Object.entries(configs).map(([name, [bindings, namespace]]) => ({ name, modules: true, script, compatibilityDate: '2026-05-01', kvNamespaces: { KEYS: namespace }, bindings })),
-      { name: 'no-kv', modules: true, script, compatibilityDate: '2026-05-01', bindings: { ROOT_KEY } },
+      ...Object.entries(configs).map(([name, [bindings, owner]]) => ({
+        ...base,
+        name,
+        durableObjects: { KEYS: { className: 'KeyChainObject', useSQLite: true, ...(owner === name ? {} : { scriptName: owner }) } },
+        bindings,
+      })),
+      { ...base, name: 'no-keys', bindings: { ROOT_KEY } },
+      { ...base, name: 'kv', kvNamespaces: { KEYS: 'kv' }, bindings: { ROOT_KEY, STORE: 'kv' } },
+      { ...base, name: 'kv-unbound', bindings: { ROOT_KEY, STORE: 'kv' } },
     ],
     handleRuntimeStdio(stdout: Readable, stderr: Readable) {
       stdout.on('data', (d: Buffer) => (log += d))
@@ -119,7 +133,9 @@ function worker(name: string) {
     return { status: r.status, body: await r.json() }
   }
   const kv = async () => (await mf.getKVNamespace('KEYS', name)) as unknown as NodeKv
-  return { call, kv }
+  // The worker's own objects, read from Node through Miniflare's binding with the same store.
+  const store = async () => durableObjectStore((await mf.getDurableObjectNamespace('KEYS', name)) as unknown as DurableObjectNamespaceLike)
+  return { call, kv, store }
 }
 
 /** The log lines of every worker that match `pattern` (after a moment for workerd's pipe to deliver them). */
@@ -128,39 +144,69 @@ async function logged(pattern: RegExp): Promise<string[]> {
   return log.split('\n').filter((line) => pattern.test(line))
 }
 
-it('in Miniflare on a real KV binding: round trip, tampered input is 400 ERR_DECRYPT, the records are in KV', async () => {
+/** The KEK id of a text-form encrypted data: bytes 1..5 after `kp1.`. */
+const kekId = (e: string) => Buffer.from(e.slice(4), 'base64url').subarray(1, 5).toString('hex')
+
+it('on its Durable Object (the default): round trip, tampered input is 400 ERR_DECRYPT, the head and KEK records are in the object', async () => {
   const w = worker('main')
-  await exerciseApi(w.call)
+  const encrypted = await exerciseApi(w.call)
   expect((await (await mf.getWorker('main')).fetch('http://localhost/')).status).toBe(404)
+  const store = await w.store()
+  const head = await store.getHead('default')
+  expect(head?.value.primary).toBe(parseInt(kekId(encrypted), 16))
+  const records = await store.listKeks('default')
+  expect(records.map((r) => r.id)).toContain(head!.value.primary)
+  expect(records[0]!.rootKind).toBe('aes')
+  // Nothing of it went to a KV namespace: the worker has none.
+  await expect(mf.getKVNamespace('KEYS', 'main')).rejects.toThrow()
+}, 30_000)
+
+it('STORE=kv: the same API on a real KV binding, the records in KV where they always were', async () => {
+  const w = worker('kv')
+  await exerciseApi(w.call)
   const names = (await (await w.kv()).list()).keys.map((k) => k.name)
-  expect(names.some((n) => n === 'kms-proxy:default:head')).toBe(true)
+  expect(names).toContain('kms-proxy:default:head')
   expect(names.some((n) => /^kms-proxy:default:kek:\d+$/.test(n))).toBe(true)
 }, 30_000)
 
-it('without the ROOT_KEY secret, with a malformed one, or without the KEYS binding: 500 ERR_CONFIG "misconfigured", and one log line that names the binding and shows no secret', async () => {
+it('without the ROOT_KEY secret, with a malformed one, without the KEYS binding, or with an unknown STORE: 500 ERR_CONFIG "misconfigured", and one log line that names the binding and shows no secret', async () => {
   const r = await worker('missing').call('/encrypt', { text: 'hello' })
   expect(r).toEqual({ status: 500, body: { error: 'ERR_CONFIG', message: 'the worker is misconfigured: see its log' } })
   expect(await logged(/ROOT_KEY secret/)).toEqual(['kms-proxy worker misconfigured: the ROOT_KEY secret is not set (wrangler secret put ROOT_KEY; locally, in .dev.vars)'])
   expect((await worker('malformed').call('/decrypt', { encrypted: 'kp1.AAAA' })).body.error).toBe('ERR_CONFIG')
   expect(await logged(/ROOT_KEY must be base64 of 32 bytes/)).toHaveLength(1)
   expect(log).not.toContain('c2hvcnQ=')
-  expect((await worker('no-kv').call('/encrypt', { text: 'x' })).body.error).toBe('ERR_CONFIG')
+  expect((await worker('no-keys').call('/encrypt', { text: 'x' })).body.error).toBe('ERR_CONFIG')
+  expect(await logged(/the KEYS Durable Object namespace is not bound/)).toHaveLength(1)
+  expect((await worker('kv-unbound').call('/encrypt', { text: 'x' })).body.error).toBe('ERR_CONFIG')
   expect(await logged(/the KEYS KV namespace is not bound/)).toHaveLength(1)
+  expect((await worker('bad-store').call('/encrypt', { text: 'x' })).body.error).toBe('ERR_CONFIG')
+  expect(await logged(/STORE must be "durable-object" or "kv"/)).toHaveLength(1)
 }, 30_000)
 
-it('a ROOT_KEY that cannot unwrap the namespace\'s primary KEK: 500 ERR_CONFIG and a log line saying so, not 400', async () => {
+it("a ROOT_KEY that cannot unwrap the chain's primary KEK: 500 ERR_CONFIG and a log line saying so, not 400", async () => {
   expect((await worker('main').call('/encrypt', { text: 'hello' })).status).toBe(200)
   expect(await worker('other-key').call('/encrypt', { text: 'hello' })).toMatchObject({ status: 500, body: { error: 'ERR_CONFIG' } })
   expect(await logged(/the root key cannot unwrap the primary KEK of chain "default" in KEYS/)).toHaveLength(1)
 }, 30_000)
 
-it('rotation: MAX_WRAPS_PER_KEK 4 makes a new KEK every 4 encryptions (counted per isolate), every record still decrypts; a bad number is ERR_CONFIG', async () => {
-  const w = worker('rotation')
-  const encrypted: string[] = []
-  for (let i = 0; i < 12; i++) encrypted.push((await w.call('/encrypt', { text: `record ${i}` })).body.encrypted)
-  const keks = (await (await w.kv()).list({ prefix: 'kms-proxy:default:kek:' })).keys
-  expect(keks.length).toBeGreaterThanOrEqual(3)
-  for (let i = 0; i < 12; i++) expect((await w.call('/decrypt', { encrypted: encrypted[i] })).body).toEqual({ text: `record ${i}` })
+it('rotation: MAX_WRAPS_PER_KEK 4 with two Workers (two isolates) encrypting at once on one object: no KEK wraps more than 4, every record decrypts in either; a bad number is ERR_CONFIG', async () => {
+  const [a, b] = [worker('rotation'), worker('rotation-2')]
+  const made = await Promise.all(
+    [a, b].map((w, k) => Promise.all(Array.from({ length: 12 }, async (_, i) => {
+      const r = await w.call('/encrypt', { text: `record ${k}-${i}` })
+      expect(r.status, JSON.stringify(r.body)).toBe(200)
+      return [`record ${k}-${i}`, r.body.encrypted as string] as const
+    })),
+    ),
+  )
+  const all = made.flat()
+  const perKek = new Map<string, number>()
+  for (const [, e] of all) perKek.set(kekId(e), (perKek.get(kekId(e)) ?? 0) + 1)
+  expect(Math.max(...perKek.values())).toBeLessThanOrEqual(4)
+  expect(perKek.size).toBeGreaterThanOrEqual(6)
+  expect((await (await a.store()).listKeks('default')).length).toBeGreaterThanOrEqual(perKek.size)
+  for (const [i, [text, e]] of all.entries()) expect((await (i % 2 ? a : b).call('/decrypt', { encrypted: e })).body).toEqual({ text })
   expect((await worker('bad-number').call('/encrypt', { text: 'x' })).body.error).toBe('ERR_CONFIG')
   expect(await logged(/MAX_WRAPS_PER_KEK must be a positive integer/)).toHaveLength(1)
 }, 30_000)
@@ -170,20 +216,17 @@ it('rotation by age: MAX_KEK_AGE_MS 200 makes a new KEK for an encryption after 
   const first = (await w.call('/encrypt', { text: 'old' })).body.encrypted
   await new Promise((r) => setTimeout(r, 400))
   const second = (await w.call('/encrypt', { text: 'new' })).body.encrypted
-  expect((await (await w.kv()).list({ prefix: 'kms-proxy:default:kek:' })).keys.length).toBeGreaterThanOrEqual(2)
-  // The KEK id is bytes 1..5 of the encrypted data: the two differ.
-  const kekId = (e: string) => Buffer.from(e.slice(4), 'base64url').subarray(1, 5).toString('hex')
+  expect((await (await w.store()).listKeks('default')).length).toBeGreaterThanOrEqual(2)
   expect(kekId(first)).not.toBe(kekId(second))
   expect((await w.call('/decrypt', { encrypted: first })).body).toEqual({ text: 'old' })
 }, 30_000)
 
 describe('ROOT_KEY_TYPE "aws-kms": the KEKs wrapped by AWS KMS (moto on loopback) through fetch', () => {
-  it('round trip; the KEK record in KV names the aws-kms root', async () => {
+  it('round trip; the KEK record in the object names the aws-kms root', async () => {
     const w = worker('kms')
     await exerciseApi(w.call)
-    const kv = await w.kv()
-    const name = (await kv.list({ prefix: 'kms-proxy:default:kek:' })).keys[0]!.name
-    expect(JSON.parse((await kv.get(name, 'text'))!).rootKind).toBe('aws-kms')
+    const records = await (await w.store()).listKeks('default')
+    expect(records.map((r) => r.rootKind)).toEqual(['aws-kms'])
   }, 30_000)
 
   it('KMS unreachable (nothing listens on its port): 503 ERR_ROOT_KEY, retryable, logged in one line', async () => {
@@ -211,31 +254,34 @@ describe('examples/cloudflare-worker README, as written (wrangler dev, offline)'
   const env: NodeJS.ProcessEnv = { ...process.env, WRANGLER_SEND_METRICS: 'false', NO_COLOR: '1', WRANGLER_LOG_PATH: join(scratch, 'wrangler-logs') }
   const at = (prefix: string) => blocks.find((b) => b.title.startsWith(prefix))?.commands ?? []
   const local = (commands: string[]) => commands.map((c) => c.replaceAll('8787', String(port)))
-  let encrypted: string
 
   beforeAll(async () => {
-    checkout = tempCheckout(scratch, 'cloudflare-worker', ['README.md', 'worker.mjs', 'wrangler.toml', 'backup.mjs'])
+    checkout = tempCheckout(scratch, 'cloudflare-worker', ['README.md', 'worker.mjs', 'wrangler.toml', 'wrangler.kv.toml', 'backup.mjs'])
     port = await freePort()
     blocks = shBlocks(readme, scratch)
   })
 
-  it('the Build and Deploy blocks are there and are not run: pnpm build (checked by the built files); namespace, kept secret, deploy, remote backup and restore', () => {
+  it('the Build and Deploy blocks are there and are not run: pnpm build (checked by the built files); kept secret, deploy; on KV: namespace, deploy, remote backup and restore', () => {
     expect(at('# Build')).toEqual(['pnpm build'])
-    requireBuilt('core', 'kv', 'kms')
-    expect(at('# Deploy')).toEqual([
-      'pnpm exec wrangler kv namespace create KEYS',
+    requireBuilt('core', 'durable-object', 'kv', 'kms')
+    expect(at('# Deploy, ')).toEqual([
       'test -e root.key || (umask 077 && openssl rand -base64 32 > root.key)',
       'pnpm exec wrangler secret put ROOT_KEY < root.key',
       'pnpm exec wrangler deploy',
+    ])
+    expect(at('# Deploy on Workers KV')).toEqual([
+      'pnpm exec wrangler kv namespace create KEYS -c wrangler.kv.toml',
+      'test -e root.key || (umask 077 && openssl rand -base64 32 > root.key)',
+      'pnpm exec wrangler secret put ROOT_KEY -c wrangler.kv.toml < root.key',
+      'pnpm exec wrangler deploy -c wrangler.kv.toml',
       'node backup.mjs --remote > kv-backup.json',
-      'pnpm exec wrangler kv bulk put kv-backup.json --binding KEYS --remote',
+      'pnpm exec wrangler kv bulk put kv-backup.json -c wrangler.kv.toml --binding KEYS --remote',
     ])
   })
 
-  it('wrangler dev with .dev.vars serves locally, curl prints what the README shows, SIGTERM stops it', async () => {
-    const serve = local(at('# Serve locally'))
-    expect(serve[0]).toBe('cd examples/cloudflare-worker')
-    const server = await startBlock(serve, checkout, env, /Ready on http/, 60_000)
+  /** Runs a serve block, then the curl block against it, checks the answers against the README's; SIGTERM. */
+  async function serveAndCurl(serve: string[], cwd: string): Promise<string> {
+    const server = await startBlock(serve, cwd, env, /Ready on http/, 60_000)
     disposers.push(() => killGroup(server.shell))
     try {
       expect(server.stdout() + server.stderr()).toMatch(/Ready on http/)
@@ -250,17 +296,28 @@ describe('examples/cloudflare-worker README, as written (wrangler dev, offline)'
       const lines = run.stdout.trimEnd().split('\n')
       expect(lines.length).toBe(shown.length)
       lines.forEach((line, k) => expect(matchesShown(shown[k]!, line), `${line} vs ${shown[k]}`).toBe(true))
-      encrypted = JSON.parse(lines[0]!).encrypted
+      return JSON.parse(lines[0]!).encrypted
     } finally {
       process.kill(server.pid, 'SIGTERM')
       const gone = await groupGone(server.shell, 15_000)
       expect(gone, gone ? '' : `left running: ${leftInGroup(server.shell)}`).toBe(true)
       expect(await listening(port)).toBe(false)
     }
+  }
+
+  it('wrangler dev with .dev.vars serves locally on the Durable Object, curl prints what the README shows, SIGTERM stops it', async () => {
+    const serve = local(at('# Serve locally, '))
+    expect(serve[0]).toBe('cd examples/cloudflare-worker')
+    await serveAndCurl(serve, checkout)
+    // The chain went to the local Durable Object's storage, not to a KV namespace.
+    const state = join(checkout, 'examples', 'cloudflare-worker', '.wrangler', 'state', 'v3')
+    expect(readdirSync(join(state, 'do'))).toContain('kms-proxy-example-KeyChainObject')
+    expect(existsSync(join(state, 'kv'))).toBe(false)
   }, 90_000)
 
-  it('the backup block writes kv-backup.json; restored into an empty local namespace, the data decrypts again', async () => {
+  it('on Workers KV (wrangler.kv.toml): served, backed up to kv-backup.json, restored into an empty local namespace, the data decrypts again', async () => {
     const dir = join(checkout, 'examples', 'cloudflare-worker')
+    const encrypted = await serveAndCurl(local(at('# Serve locally on Workers KV')), dir)
     const run = await runBash(at('# Back up').join('\n'), dir, env, 60_000)
     expect(run.code, run.stderr).toBe(0)
     const backup = JSON.parse(readFileSync(join(dir, 'kv-backup.json'), 'utf8')) as Array<{ key: string; value: string }>
@@ -271,10 +328,10 @@ describe('examples/cloudflare-worker README, as written (wrangler dev, offline)'
     const restore = await runBash(at('# Restore').join('\n'), dir, env, 60_000)
     expect(restore.code, restore.stderr).toBe(0)
     const rootKey = /^ROOT_KEY=(.*)$/m.exec(readFileSync(join(dir, '.dev.vars'), 'utf8'))![1]!
-    const id = /^id = "(.*)"$/m.exec(readFileSync(join(dir, 'wrangler.toml'), 'utf8'))![1]!
-    const mf = new Miniflare({ modules: true, script, compatibilityDate: '2026-05-01', kvNamespaces: { KEYS: id }, kvPersist: join(dir, '.wrangler', 'state', 'v3', 'kv'), bindings: { ROOT_KEY: rootKey } })
+    const id = /^id = "(.*)"$/m.exec(readFileSync(join(dir, 'wrangler.kv.toml'), 'utf8'))![1]!
+    const mf = new Miniflare({ modules: true, script, compatibilityDate: '2026-05-01', kvNamespaces: { KEYS: id }, kvPersist: join(dir, '.wrangler', 'state', 'v3', 'kv'), bindings: { ROOT_KEY: rootKey, STORE: 'kv' } })
     disposers.push(() => mf.dispose())
     const r = await mf.dispatchFetch('http://localhost/decrypt', { method: 'POST', body: JSON.stringify({ encrypted }) })
     expect(await r.json()).toEqual({ text: 'hello' })
-  }, 90_000)
+  }, 120_000)
 })
