@@ -31,7 +31,14 @@ import { DEFAULT_ROOT, StoreError, fromBase64, isRootName, parseChainHead, rootO
 
 // ------------------------------------------------------------------------------------ shapes
 
-/** The part of a Durable Object's `state.storage` that {@link KeyChainObject} uses. */
+/**
+ * The part of a Durable Object's `state.storage` that {@link KeyChainObject} uses.
+ *
+ * @example
+ * ```ts
+ * const storage: DurableObjectStorageLike = ctx.storage // workerd's DurableObjectStorage fits
+ * ```
+ */
 export interface DurableObjectStorageLike {
   /** One value, `undefined` when absent. */
   get(key: string): Promise<unknown>
@@ -43,19 +50,41 @@ export interface DurableObjectStorageLike {
   list(options: { prefix: string; limit?: number; startAfter?: string }): Promise<Map<string, unknown>>
 }
 
-/** The part of a Durable Object's `state` (`DurableObjectState`) that {@link KeyChainObject} uses. */
+/**
+ * The part of a Durable Object's `state` (`DurableObjectState`) that {@link KeyChainObject} uses.
+ *
+ * @example
+ * ```ts
+ * const object = new KeyChainObject(ctx satisfies DurableObjectStateLike, env)
+ * ```
+ */
 export interface DurableObjectStateLike {
   /** The object's transactional storage. */
   readonly storage: DurableObjectStorageLike
 }
 
-/** The part of a Durable Object stub that the store uses. */
+/**
+ * The part of a Durable Object stub that the store uses.
+ *
+ * @example
+ * ```ts
+ * const stub: DurableObjectStubLike = env.KEYS.get(env.KEYS.idFromName('kms-proxy:orders'))
+ * ```
+ */
 export interface DurableObjectStubLike {
   /** Sends one request to the object. */
   fetch(url: string, init: { method: string; body: string; headers?: Record<string, string> }): Promise<Response>
 }
 
-/** The part of a Durable Object namespace binding (`DurableObjectNamespace`, from `env`) that the store uses. */
+/**
+ * The part of a Durable Object namespace binding (`DurableObjectNamespace`, from `env`) that the
+ * store uses; Miniflare's `getDurableObjectNamespace()` fits too.
+ *
+ * @example
+ * ```ts
+ * const store = durableObjectStore(env.KEYS satisfies DurableObjectNamespaceLike)
+ * ```
+ */
 export interface DurableObjectNamespaceLike {
   /** The id of the object named `name` (the same name gives the same object, everywhere). */
   idFromName(name: string): unknown
@@ -63,7 +92,14 @@ export interface DurableObjectNamespaceLike {
   get(id: never): DurableObjectStubLike
 }
 
-/** Options of {@link durableObjectStore}. */
+/**
+ * Options of {@link durableObjectStore}.
+ *
+ * @example
+ * ```ts
+ * const options: DurableObjectStoreOptions = { prefix: 'billing:' }
+ * ```
+ */
 export interface DurableObjectStoreOptions {
   /**
    * Prepended to the chain name to name its object, so that two apps can share one binding.
@@ -146,6 +182,10 @@ export class KeyChainObject {
   /**
    * Called by the runtime.
    *
+   * @example
+   * ```ts
+   * new KeyChainObject(ctx, env) // workerd does this; tests may pass `{ storage }`
+   * ```
    * @param state - the object's state (`ctx`); only `state.storage` is used.
    * @param _env - the Worker's bindings (unused).
    */
@@ -155,7 +195,12 @@ export class KeyChainObject {
 
   /**
    * Answers one request of the store's protocol: 200 `{"ok": result}`, 400 for a request it
-   * cannot read, 500 `{"error": message}` when its storage failed or holds something unusable.
+   * cannot read, 500 `{"error": message}` when its storage failed.
+   *
+   * @example
+   * ```ts
+   * await env.KEYS.get(id).fetch('https://key-chain-object/', { method: 'POST', body: '{"op":"getHead"}' }) // what the store sends
+   * ```
    */
   async fetch(request: Request): Promise<Response> {
     let op: Op
