@@ -67,7 +67,7 @@ async function namedStore(v: Record<string, unknown>) {
   const config = await loadConfig(file, { implicit })
   const storeFile = storeFilePath(config, file)
   if (storeFile) await storeFileExists(storeFile, file, config.chain)
-  const store = openStore(config, file)
+  const store = await openStore(config, file)
   return { file, config, storeFile, store, head: await chainHead(store, config.chain) }
 }
 
@@ -183,7 +183,43 @@ function storeConfig(v: Record<string, unknown>, configFile: string): StoreConfi
     for (const e of endpoints) if (!/^https?:\/\//.test(e)) throw usage(`--etcd-endpoints: ${e} is not an http(s) URL`)
     return { type, endpoints, ...(str(v['etcd-prefix']) ? { prefix: str(v['etcd-prefix'])! } : {}), ...(str(v['etcd-username']) ? { username: str(v['etcd-username'])! } : {}) }
   }
-  throw usage('--store: expected file or etcd')
+  if (type === 'dynamodb') {
+    const endpoint = str(v['dynamodb-endpoint'])
+    if (endpoint !== undefined && !/^https?:\/\//.test(endpoint)) throw usage(`--dynamodb-endpoint: ${endpoint} is not an http(s) URL`)
+    return {
+      type,
+      table: required('dynamodb-table', v['dynamodb-table']),
+      region: required('dynamodb-region', v['dynamodb-region']),
+      ...(endpoint ? { endpoint } : {}),
+      ...(str(v['dynamodb-prefix']) ? { prefix: str(v['dynamodb-prefix'])! } : {}),
+    }
+  }
+  if (type === 'postgres') return { type, ...(str(v['postgres-table']) ? { table: str(v['postgres-table'])! } : {}) }
+  throw usage('--store: expected file, etcd, dynamodb or postgres')
+}
+
+/** A store that is not a file, in one line: etcd's endpoints, a DynamoDB table, PostgreSQL's tables (never its URL). */
+function storeName(config: CliConfig): string {
+  const s = config.store
+  if (s.type === 'etcd') return `etcd ${s.endpoints.join(',')}`
+  if (s.type === 'dynamodb') return `dynamodb ${s.table} (${s.region}${s.endpoint ? `, ${s.endpoint}` : ''})`
+  if (s.type === 'postgres') return `postgres ${s.table ?? 'kms_proxy'}_heads, ${s.table ?? 'kms_proxy'}_keks`
+  return s.path
+}
+
+/** Where a store keeps the chain, for messages (never a secret: no URL, no credentials). */
+function storeWhere(config: CliConfig): string {
+  const s = config.store
+  switch (s.type) {
+    case 'file':
+      return s.path
+    case 'etcd':
+      return `the etcd keys under ${s.prefix ?? 'kms-proxy/'}${config.chain}/`
+    case 'dynamodb':
+      return `the items of chain "${config.chain}" in the DynamoDB table ${s.table}${s.prefix ? ` (prefix ${s.prefix})` : ''}`
+    case 'postgres':
+      return `the rows of chain "${config.chain}" in the PostgreSQL tables ${s.table ?? 'kms_proxy'}_heads and ${s.table ?? 'kms_proxy'}_keks`
+  }
 }
 
 /**
@@ -193,7 +229,7 @@ function storeConfig(v: Record<string, unknown>, configFile: string): StoreConfi
  */
 function backupNote(config: CliConfig, configFile: string): string {
   const s = config.store
-  const what = s.type === 'file' ? storeFilePath(config, configFile)! : `the etcd keys under ${s.prefix ?? 'kms-proxy/'}${config.chain}/`
+  const what = s.type === 'file' ? storeFilePath(config, configFile)! : storeWhere(config)
   const root = configRoots(config)
     .map(({ root: r }) => (r.type === 'passphrase' ? 'the passphrase' : `the ${r.type} key`))
     .join(' or ')
@@ -210,11 +246,17 @@ the store, init checks that the root key unlocks it and writes the config.
 
 ${CONFIG_HELP}
       --chain NAME            chain name (default "default")
-      --store file|etcd       where the wrapped KEKs live (default file)
+      --store TYPE            where the wrapped KEKs live: file (default), etcd, dynamodb, postgres
       --store-path PATH       file store (default ./${DEFAULT_STORE_FILE}; a folder gets that name inside it)
       --etcd-endpoints URLS   comma-separated etcd client URLs
       --etcd-prefix P         key prefix in etcd (default kms-proxy/)
       --etcd-username U       etcd user; the password comes from $KMS_PROXY_ETCD_PASSWORD
+      --dynamodb-table T      DynamoDB table (partition key pk, sort key sk: strings)
+      --dynamodb-region R     its AWS region; credentials as for --root aws-kms
+      --dynamodb-endpoint URL another endpoint (a VPC endpoint, a local emulator)
+      --dynamodb-prefix P     key prefix in the table, so that apps share it
+      --postgres-table T      table name prefix (default kms_proxy); the database's URL comes
+                              from $KMS_PROXY_POSTGRES_URL
       --root TYPE             passphrase (default), aws-kms, vault, gcp, azure, pkcs11
 ${ROOT_HELP}
       --max-wraps-per-kek N   rotation after N DEKs (default 2^21)
@@ -239,6 +281,11 @@ of its wrapped KEKs, and nothing encrypted under the chain can be decrypted with
     'etcd-endpoints': { type: 'string' },
     'etcd-prefix': { type: 'string' },
     'etcd-username': { type: 'string' },
+    'dynamodb-table': { type: 'string' },
+    'dynamodb-region': { type: 'string' },
+    'dynamodb-endpoint': { type: 'string' },
+    'dynamodb-prefix': { type: 'string' },
+    'postgres-table': { type: 'string' },
     ...ROOT_OPTIONS,
     'max-wraps-per-kek': { type: 'string' },
     'max-kek-age-days': { type: 'string' },
@@ -281,7 +328,7 @@ of its wrapped KEKs, and nothing encrypted under the chain can be decrypted with
     if (storeFile && config.store.type === 'file' && (await stat(storeFile).then((s) => s.isDirectory(), () => false))) {
       config.store = { type: 'file', path: join(config.store.path, DEFAULT_STORE_FILE) }
     }
-    const store = openStore(config, file)
+    const store = await openStore(config, file)
     const existing = await headOf(store, config.chain)
     const rootKey = await openRootKey(config.rootKey!, { confirm: !existing })
     let message: string
@@ -295,7 +342,7 @@ of its wrapped KEKs, and nothing encrypted under the chain can be decrypted with
       message = `created chain "${config.chain}" with KEK ${kekId(id)}`
     }
     await writeWhole(file, new TextEncoder().encode(`${JSON.stringify(config, null, 2)}\n`), { mode: 0o644, replace: true }) // --force was checked above
-    const where = config.store.type === 'file' ? `file store ${storeFilePath(config, file)}` : `etcd ${config.store.endpoints.join(',')}`
+    const where = config.store.type === 'file' ? `file store ${storeFilePath(config, file)}` : storeName(config)
     out(`${message} (${config.rootKey!.type} root key, ${where})`)
     out(`config written to ${file}`)
     out(backupNote(config, file))
@@ -545,7 +592,7 @@ ${CONFIG_HELP}
     const report = {
       config: file,
       chain: config.chain,
-      store: config.store.type === 'file' ? { type: 'file', path: storeFile } : { type: 'etcd', endpoints: config.store.endpoints },
+      store: config.store.type === 'file' ? { type: 'file', path: storeFile } : config.store.type === 'etcd' ? { type: 'etcd', endpoints: config.store.endpoints } : config.store,
       ...(config.roots ? { roots: config.roots.map((r) => ({ name: r.name, type: r.type })) } : { rootKey: { type: config.rootKey!.type } }),
       ...(config.rootChange ? { rootChange: config.rootChange } : {}),
       policy: { maxWrapsPerKek: maxWraps, maxKekAgeMs: maxAge, maxStalenessMs, destroyGraceMs },
@@ -565,7 +612,7 @@ ${CONFIG_HELP}
       return EXIT.OK
     }
     const now = Date.now()
-    const where = report.store.type === 'file' ? `file ${storeFile}` : `etcd ${config.store.type === 'etcd' ? config.store.endpoints.join(',') : ''}`
+    const where = config.store.type === 'file' ? `file ${storeFile}` : storeName(config)
     out(`config       ${file}`)
     out(`chain        ${config.chain}`)
     out(`store        ${where}`)
@@ -1231,7 +1278,7 @@ ${ROOT_HELP}
     const original = await readFile(file, 'utf8')
     const storeFile = storeFilePath(config, file)
     if (storeFile) await storeFileExists(storeFile, file, config.chain)
-    const store = openStore(config, file)
+    const store = await openStore(config, file)
     const head = (await chainHead(store, config.chain)).value
     const roots = await headRoots(store, config.chain, head)
     const pending = config.rootChange

@@ -2,11 +2,11 @@
  * The config file: which chain, which store, which root key. It holds no secret: passphrases,
  * tokens and credentials come from the environment (or a prompt) each time a command runs.
  */
-import { constants, readFileSync } from 'node:fs'
+import { constants } from 'node:fs'
 import { access, open, stat } from 'node:fs/promises'
 import { dirname, isAbsolute, join, relative, resolve } from 'node:path'
 import process from 'node:process'
-import { DEFAULT_ROOT, KeyChain, RootKeyError, StoreError, checkServerUrl, isKmsProxyError, kekAad, type ChainHead, type KeyChainOptions, type KeyStore, type RootKey, type Versioned } from '@kms-proxy/core'
+import { DEFAULT_ROOT, KeyChain, RootKeyError, StoreError, checkServerUrl, isKmsProxyError, isLoopbackHost, kekAad, type ChainHead, type KeyChainOptions, type KeyStore, type RootKey, type Versioned } from '@kms-proxy/core'
 import { etcdStore } from '@kms-proxy/etcd'
 import { fileStore } from '@kms-proxy/file'
 import { awsKmsRootKey, azureKeyVaultRootKey, gcpKmsRootKey, vaultTransitRootKey } from '@kms-proxy/kms'
@@ -15,6 +15,7 @@ import { pkcs11BridgeRootKey } from '@kms-proxy/pkcs11'
 import { awsCredentials, azureToken, credentialUrls, credentialsProblem, gcpToken, requiredToken, type AwsCredentialsConfig, type AzureCredentialsConfig, type GcpCredentialsConfig } from './credentials.js'
 import { CliError, EXIT } from './exit.js'
 import { passphraseWeakness, readSecret } from './prompt.js'
+import { envSecret } from './secret-file.js'
 
 /** The `format` every config file names; another value is refused. */
 export const CONFIG_FORMAT = 'kms-proxy-cli/v1'
@@ -25,7 +26,11 @@ export const DEFAULT_MAX_STALENESS_MS = 15_000
 /** The library's grace period before a destroy (KeyChainOptions.destroyGraceMs), when the config sets none. */
 export const DEFAULT_DESTROY_GRACE_MS = 7 * 86_400_000
 
-/** The config's store: a file store, or an etcd store (its password from `KMS_PROXY_ETCD_PASSWORD`). */
+/**
+ * The config's store: a file store, an etcd store (its password from `KMS_PROXY_ETCD_PASSWORD`),
+ * a DynamoDB table (AWS credentials as for an `aws-kms` root) or a PostgreSQL database (its URL
+ * from `KMS_PROXY_POSTGRES_URL`).
+ */
 export type StoreConfig =
   | {
       /** `fileStore`. */
@@ -42,6 +47,26 @@ export type StoreConfig =
       prefix?: string
       /** etcd user; the password comes from the environment. */
       username?: string
+    }
+  | {
+      /** `dynamoDbStore`. */
+      type: 'dynamodb'
+      /** The table (partition key `pk`, sort key `sk`, both strings). */
+      table: string
+      /** The table's AWS region. */
+      region: string
+      /** Another endpoint than `https://dynamodb.<region>.amazonaws.com` (a VPC endpoint, a local emulator). */
+      endpoint?: string
+      /** Key prefix, so that several apps share one table. */
+      prefix?: string
+      /** Where the AWS credentials come from, as for an `aws-kms` root; default: AWS's own order. */
+      credentials?: AwsCredentialsConfig
+    }
+  | {
+      /** `postgresStore`; the connection URL comes from `KMS_PROXY_POSTGRES_URL` (it may hold a password). */
+      type: 'postgres'
+      /** The tables' name prefix (the store's default: `kms_proxy`). */
+      table?: string
     }
 
 /** The config's root key; every secret comes from the environment ({@link SECRET_ENV}) or a prompt. */
@@ -199,6 +224,8 @@ export const SECRET_ENV = {
   pkcs11Token: 'KMS_PROXY_PKCS11_TOKEN',
   /** The etcd user's password. */
   etcdPassword: 'KMS_PROXY_ETCD_PASSWORD',
+  /** The PostgreSQL connection URL (`postgres://user:password@host:5432/db?sslmode=require`). */
+  postgresUrl: 'KMS_PROXY_POSTGRES_URL',
 } as const
 
 /** The environment's opt-in to a KDF below the floor (for tests); a config file cannot set it. */
@@ -260,6 +287,10 @@ async function readTrusted(path: string): Promise<string> {
 /** Every URL of a config that receives a request, named as in the file. */
 function serverUrls(c: CliConfig): Array<[field: string, url: string]> {
   const urls: Array<[string, string]> = c.store.type === 'etcd' ? c.store.endpoints.map((e, i) => [`store.endpoints[${i}]`, e]) : []
+  if (c.store.type === 'dynamodb') {
+    if (c.store.endpoint !== undefined) urls.push(['store.endpoint', c.store.endpoint])
+    for (const [name, url] of credentialUrls(c.store.credentials)) urls.push([`store.credentials.${name}`, url])
+  }
   const pending = c.rootChange?.rootKey ? [{ field: 'rootChange.rootKey', root: c.rootChange.rootKey }] : []
   for (const { field, root: r } of [...configRoots(c), ...pending]) {
     if ((r.type === 'aws-kms' || r.type === 'gcp') && r.endpoint !== undefined) urls.push([`${field}.endpoint`, r.endpoint])
@@ -324,7 +355,7 @@ export function weakKdfAllowed(iterations: number): boolean {
 
 /** The part of a config that reaches a network service (a config found implicitly may have none), or undefined. */
 export function networkPart(c: CliConfig): string | undefined {
-  if (c.store.type !== 'file') return `an ${c.store.type} store`
+  if (c.store.type !== 'file') return `${c.store.type === 'etcd' ? 'an' : 'a'} ${c.store.type} store`
   const remote = [...configRoots(c).map((r) => r.root), ...(c.rootChange?.rootKey ? [c.rootChange.rootKey] : [])].find((r) => r.type !== 'passphrase')
   return remote ? `a ${remote.type} root key` : undefined
 }
@@ -376,8 +407,12 @@ export async function loadConfig(path: string, options: LoadOptions = {}): Promi
   if (!c || typeof c !== 'object' || c.format !== CONFIG_FORMAT) throw bad(path, `not a kms-proxy config (expected "format": "${CONFIG_FORMAT}")`)
   if (!str(c.chain)) throw bad(path, '"chain" must be a non-empty string')
   const s = c.store as StoreConfig | undefined
-  if (!s || (s.type === 'file' ? !str(s.path) : s.type === 'etcd' ? !Array.isArray(s.endpoints) || s.endpoints.length === 0 || !s.endpoints.every(str) : true)) {
-    throw bad(path, '"store" must be { "type": "file", "path" } or { "type": "etcd", "endpoints": [...] }')
+  if (!s || !validStore(s)) {
+    throw bad(path, '"store" must be { "type": "file", "path" }, { "type": "etcd", "endpoints": [...] }, { "type": "dynamodb", "table", "region" } or { "type": "postgres" }')
+  }
+  if (s.type === 'dynamodb') {
+    const problem = credentialsProblem('aws-kms', s.credentials)
+    if (problem) throw bad(path, `"store.credentials" ${problem}`)
   }
   if ((c.rootKey === undefined) === (c.roots === undefined)) throw bad(path, 'give "rootKey" (the chain\'s only root) or "roots" (several, by name), not both')
   if (c.rootKey !== undefined && !validRootKey(c.rootKey)) throw bad(path, '"rootKey" must name a type (passphrase, aws-kms, vault, gcp, azure, pkcs11) and its fields')
@@ -437,6 +472,23 @@ export async function loadConfig(path: string, options: LoadOptions = {}): Promi
   return config
 }
 
+/** A store config's fields, by type (credentials are checked with the roots'). */
+function validStore(s: StoreConfig): boolean {
+  const optional = (v: unknown) => v === undefined || str(v)
+  switch (s.type) {
+    case 'file':
+      return str(s.path)
+    case 'etcd':
+      return Array.isArray(s.endpoints) && s.endpoints.length > 0 && s.endpoints.every(str) && optional(s.prefix) && optional(s.username)
+    case 'dynamodb':
+      return str(s.table) && str(s.region) && optional(s.endpoint) && optional(s.prefix)
+    case 'postgres':
+      return optional(s.table)
+    default:
+      return false
+  }
+}
+
 /** A relative store path is relative to the config file's folder, so the pair can move together. */
 export function storeFilePath(config: CliConfig, configFile: string): string | undefined {
   if (config.store.type !== 'file') return undefined
@@ -447,25 +499,53 @@ export function storeFilePath(config: CliConfig, configFile: string): string | u
 const plainHttp = (hosts: string[] | undefined): { plainHttpHosts?: string[] } => (hosts ? { plainHttpHosts: hosts } : {})
 
 /**
- * The etcd password, from the environment or read once from `KMS_PROXY_ETCD_PASSWORD_FILE`: the
- * etcd store takes a string, so a new password in the file takes a restart.
+ * What is wrong with a PostgreSQL URL, or undefined. The transport rule of every other store:
+ * without TLS (`sslmode=require`, `verify-ca`, `verify-full`) only to loopback or a host in
+ * `plainHttpHosts`, since anyone on the path could read the records or answer in the server's
+ * place. Never repeats the URL (it may hold a password).
  */
-function etcdPassword(): string | undefined {
-  const name = SECRET_ENV.etcdPassword
-  const file = process.env[`${name}_FILE`]
-  if (file === undefined) return process.env[name]
-  if (process.env[name] !== undefined) throw new CliError(EXIT.USAGE, `both ${name} and ${name}_FILE are set: set one`)
+export function postgresUrlProblem(url: string, plainHosts: string[] | undefined): string | undefined {
+  let parsed: URL
   try {
-    return readFileSync(file, 'utf8').replace(/[\r\n]+$/, '') || undefined
-  } catch (error) {
-    throw new CliError(EXIT.USAGE, `${name}_FILE: cannot read ${file} (${(error as { code?: string }).code ?? 'error'})`)
+    parsed = new URL(url)
+  } catch {
+    return 'not a URL (expected postgres://user:password@host:5432/database)'
   }
+  if (parsed.protocol !== 'postgres:' && parsed.protocol !== 'postgresql:') return 'expected a postgres:// or postgresql:// URL'
+  const tls = ['require', 'verify-ca', 'verify-full'].includes(parsed.searchParams.get('sslmode') ?? '')
+  const host = parsed.hostname.replace(/^\[|\]$/g, '').toLowerCase()
+  if (tls || isLoopbackHost(host) || plainHosts?.some((h) => h.toLowerCase() === host)) return undefined
+  return `a connection to ${host} without TLS would expose the records and let anyone on the path answer: add ?sslmode=verify-full (or require), or name the host in plainHttpHosts`
 }
 
-export function openStore(config: CliConfig, configFile: string): KeyStore {
+/**
+ * The config's store. A DynamoDB store's credentials come from their source (asked once now when
+ * it is the default order's last, instance metadata); a PostgreSQL store connects at its first
+ * query, and the process's exit closes the connection.
+ */
+export async function openStore(config: CliConfig, configFile: string): Promise<KeyStore> {
   const s = config.store
   if (s.type === 'file') return fileStore(storeFilePath(config, configFile)!)
-  const password = etcdPassword()
+  if (s.type === 'dynamodb') {
+    const optIn = plainHttp(config.plainHttpHosts)
+    const credentials = await awsCredentials(s.credentials, s.region, optIn, 'DynamoDB')
+    // Loaded when a config names it, as the PostgreSQL store and driver below: a command on a file store loads neither.
+    const { dynamoDbStore } = await import('@kms-proxy/dynamodb')
+    return dynamoDbStore({ table: s.table, region: s.region, credentials: credentials.get, ...(s.endpoint ? { endpoint: s.endpoint } : {}), ...(s.prefix ? { prefix: s.prefix } : {}), ...optIn })
+  }
+  if (s.type === 'postgres') {
+    const secret = await envSecret(SECRET_ENV.postgresUrl)
+    const url = typeof secret === 'function' ? await secret() : secret
+    if (!url) throw new CliError(EXIT.USAGE, `the postgres store: set ${SECRET_ENV.postgresUrl} (or ${SECRET_ENV.postgresUrl}_FILE) to the database's URL`)
+    const problem = postgresUrlProblem(url, config.plainHttpHosts)
+    if (problem) throw new CliError(EXIT.USAGE, `${SECRET_ENV.postgresUrl}: ${problem}`)
+    // The store's CREATE TABLE IF NOT EXISTS answers with notices, which the driver would print.
+    const [{ postgresStore }, { default: postgres }] = await Promise.all([import('@kms-proxy/postgres'), import('postgres')])
+    const sql = postgres(url, { onnotice: () => {}, max: 2 })
+    return postgresStore(sql, s.table ? { table: s.table } : {})
+  }
+  // From the file, re-read at each login when it changed: the password can rotate under a running plugin.
+  const password = await envSecret(SECRET_ENV.etcdPassword)
   if (s.username && !password) throw new CliError(EXIT.USAGE, `the etcd store has a username: set ${SECRET_ENV.etcdPassword} (or ${SECRET_ENV.etcdPassword}_FILE)`)
   return etcdStore({ endpoints: s.endpoints, ...(s.prefix ? { prefix: s.prefix } : {}), ...(s.username ? { username: s.username, password } : {}), ...plainHttp(config.plainHttpHosts) })
 }
@@ -616,9 +696,8 @@ export async function openRootKey(r: RootKeyConfig, context: RootKeyContext = {}
       return sourced(azureKeyVaultRootKey({ vaultUrl: r.vaultUrl, keyName: r.keyName, accessToken: token.get, ...(r.keyVersion ? { keyVersion: r.keyVersion } : {}), ...optIn }), `Azure access token from ${token.from}`)
     }
     case 'pkcs11': {
-      // The bridge's root takes its token as a string: read once (a bridge token does not expire).
       const token = await requiredToken(SECRET_ENV.pkcs11Token, 'the PKCS#11 bridge')
-      return sourced(pkcs11BridgeRootKey({ url: r.url, token: typeof token.get === 'string' ? token.get : await token.get(), ...optIn }), `PKCS#11 bridge token from ${token.from.replace(' (re-read when it changes)', ' (read once)')}`)
+      return sourced(pkcs11BridgeRootKey({ url: r.url, token: token.get, ...optIn }), `PKCS#11 bridge token from ${token.from}`)
     }
   }
 }
@@ -704,7 +783,7 @@ export async function openConfigured(path: string, options: OpenOptions = {}): P
   const config = await loadConfig(path, { implicit: options.implicit ?? false })
   const storeFile = storeFilePath(config, path)
   if (storeFile) await storeFileExists(storeFile, path, config.chain)
-  const store = openStore(config, path)
+  const store = await openStore(config, path)
   await chainHead(store, config.chain)
   if (config.roots) {
     const roots = await openRoots(config, { all: options.allRoots ?? false })

@@ -149,14 +149,14 @@ async function probed<T>(source: Source<T>, missing: string): Promise<Source<T>>
 /** A probe's transport: the clouds' SDKs give a metadata server 1 s and one try in their default chains. */
 const PROBE = { timeoutMs: 1_000, retries: 1 }
 
-/** The `aws-kms` root's credentials: `config`'s source, else AWS's default order. */
-export async function awsCredentials(config: AwsCredentialsConfig | undefined, region: string, transport: Transport): Promise<Credentials<AwsCredentials>> {
-  const source = config?.source ?? awsDefaultSource()
+/** AWS credentials (an `aws-kms` root's, a `dynamodb` store's): `config`'s source, else AWS's default order. `who` starts usage messages. */
+export async function awsCredentials(config: AwsCredentialsConfig | undefined, region: string, transport: Transport, who = 'AWS KMS'): Promise<Credentials<AwsCredentials>> {
+  const source = config?.source ?? awsDefaultSource(who)
   switch (source) {
     case 'env': {
       const accessKeyId = env('AWS_ACCESS_KEY_ID')
       const secretAccessKey = env('AWS_SECRET_ACCESS_KEY')
-      if (!accessKeyId || !secretAccessKey) throw usage('AWS KMS: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment')
+      if (!accessKeyId || !secretAccessKey) throw usage(`${who}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment`)
       const sessionToken = env('AWS_SESSION_TOKEN')
       return { get: { accessKeyId, secretAccessKey, ...(sessionToken ? { sessionToken } : {}) }, from: 'the environment (static keys)' }
     }
@@ -197,7 +197,7 @@ export async function awsCredentials(config: AwsCredentialsConfig | undefined, r
       if (config) return { get: awsInstanceCredentials(options), from: 'EC2 instance metadata (IMDSv2)' }
       const get = await probed(
         awsInstanceCredentials({ ...options, ...PROBE }),
-        `AWS KMS: no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or ${CREDENTIAL_ENV.awsWebIdentityTokenFile} and ${CREDENTIAL_ENV.awsRoleArn}, or ${CREDENTIAL_ENV.awsContainerFullUri}; EC2 instance metadata, tried last, gave none`,
+        `${who}: no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or ${CREDENTIAL_ENV.awsWebIdentityTokenFile} and ${CREDENTIAL_ENV.awsRoleArn}, or ${CREDENTIAL_ENV.awsContainerFullUri}; EC2 instance metadata, tried last, gave none`,
       )
       return { get, from: 'EC2 instance metadata (IMDSv2)' }
     }
@@ -216,12 +216,12 @@ async function containerToken(): Promise<{ authorizationToken?: string | FileSec
 }
 
 /** AWS's default order (its SDKs' credential chain), from what the environment sets. */
-function awsDefaultSource(): AwsCredentialsConfig['source'] {
+function awsDefaultSource(who: string): AwsCredentialsConfig['source'] {
   if (env('AWS_ACCESS_KEY_ID') || env('AWS_SECRET_ACCESS_KEY')) return 'env'
   if (env(CREDENTIAL_ENV.awsWebIdentityTokenFile)) return 'web-identity'
   if (env(CREDENTIAL_ENV.awsContainerFullUri) || env(CREDENTIAL_ENV.awsContainerRelativeUri)) return 'container'
   if (env(CREDENTIAL_ENV.awsMetadataDisabled)?.toLowerCase() === 'true') {
-    throw usage(`AWS KMS: no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or ${CREDENTIAL_ENV.awsWebIdentityTokenFile} and ${CREDENTIAL_ENV.awsRoleArn}, or ${CREDENTIAL_ENV.awsContainerFullUri} (EC2 instance metadata is disabled by ${CREDENTIAL_ENV.awsMetadataDisabled})`)
+    throw usage(`${who}: no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or ${CREDENTIAL_ENV.awsWebIdentityTokenFile} and ${CREDENTIAL_ENV.awsRoleArn}, or ${CREDENTIAL_ENV.awsContainerFullUri} (EC2 instance metadata is disabled by ${CREDENTIAL_ENV.awsMetadataDisabled})`)
   }
   return 'instance'
 }
