@@ -31,7 +31,14 @@ import { DynamoDbAnswerError, dynamoDbCall, type ClientSettings } from './_clien
 
 export type { AwsCredentials } from '@kms-proxy/kms'
 
-/** Where the table is and how to reach it: the options {@link dynamoDbStore} and {@link createDynamoDbTable} share. */
+/**
+ * Where the table is and how to reach it: the options {@link dynamoDbStore} and {@link createDynamoDbTable} share.
+ *
+ * @example
+ * ```ts
+ * const connection: DynamoDbConnectionOptions = { table: 'kms-proxy', region: 'eu-central-1', credentials: { accessKeyId, secretAccessKey } }
+ * ```
+ */
 export interface DynamoDbConnectionOptions {
   /** The table's name (3 to 255 letters, digits, `_`, `-`, `.`). */
   table: string
@@ -86,7 +93,14 @@ export interface DynamoDbConnectionOptions {
   fetch?: typeof fetch
 }
 
-/** Options of {@link dynamoDbStore}. */
+/**
+ * Options of {@link dynamoDbStore}.
+ *
+ * @example
+ * ```ts
+ * const options: DynamoDbStoreOptions = { table: 'shared-keys', region: 'eu-central-1', credentials, prefix: 'billing/' }
+ * ```
+ */
 export interface DynamoDbStoreOptions extends DynamoDbConnectionOptions {
   /**
    * Put before every chain name in `pk`, so that several apps can share one table.
@@ -96,7 +110,15 @@ export interface DynamoDbStoreOptions extends DynamoDbConnectionOptions {
   prefix?: string
 }
 
-/** The store {@link dynamoDbStore} returns: a `KeyStore` with compare-and-swap that never embeds KEKs. */
+/**
+ * The store {@link dynamoDbStore} returns: a `KeyStore` with compare-and-swap that never embeds KEKs.
+ *
+ * @example
+ * ```ts
+ * const store: DynamoDbStore = dynamoDbStore({ table: 'kms-proxy', region: 'eu-central-1', credentials })
+ * console.log(JSON.stringify(store)) // {"kind":"dynamodb","table":"kms-proxy",…}: never a credential
+ * ```
+ */
 export interface DynamoDbStore extends KeyStore {
   /** Always true: the head changes only by a conditional PutItem. */
   readonly atomic: true
@@ -361,7 +383,14 @@ export function dynamoDbStore(options: DynamoDbStoreOptions): DynamoDbStore {
   return Object.freeze(store)
 }
 
-/** Options of {@link createDynamoDbTable}. */
+/**
+ * Options of {@link createDynamoDbTable}.
+ *
+ * @example
+ * ```ts
+ * await createDynamoDbTable({ table: 'kms-proxy', region: 'eu-central-1', credentials, waitMs: 120_000 })
+ * ```
+ */
 export interface CreateDynamoDbTableOptions extends DynamoDbConnectionOptions {
   /**
    * How long to wait for the table to become `ACTIVE` (DescribeTable once a second).

@@ -244,10 +244,12 @@ describe('paging and cost', () => {
   it('measures the cost of a rotation, an unlock and a message in requests and ms', async () => {
     const byTarget = new Map<string, number>()
     let total = 0
+    const reads: unknown[] = []
     const counting: typeof fetch = async (input, init) => {
       const target = String(new Headers(init?.headers).get('x-amz-target')).split('.').pop()!
       byTarget.set(target, (byTarget.get(target) ?? 0) + 1)
       total++
+      if (target === 'GetItem' || target === 'Query') reads.push(JSON.parse(String(init?.body)).ConsistentRead)
       return fetch(input, init)
     }
     const reset = () => {
@@ -302,6 +304,9 @@ describe('paging and cost', () => {
     const perMessageMs = (performance.now() - t) / N
     expect(total).toBe(0)
     chain.close()
+    // Every read is strongly consistent.
+    expect(reads.length).toBeGreaterThan(10)
+    expect(reads.every((r) => r === true)).toBe(true)
     expect(Math.max(...rotationRequests)).toBeLessThanOrEqual(6)
     expect(Math.max(...unlockRequests)).toBeLessThanOrEqual(3)
     expect(Math.max(...firstRequests)).toBeLessThanOrEqual(3)

@@ -40,12 +40,12 @@ describe('8 OS processes on one DynamoDB table', () => {
     const PROCESSES = 8
     const COUNT = 600
     const MAX = 300
-    const LEASE = 30 // uses reserved per head write: 10 leases per KEK
+    const LEASE = 60 // uses reserved per head write: 5 leases per KEK
     const prefix = `dist-${Date.now().toString(36)}/`
     const started = Date.now()
     const outputs = await Promise.all(Array.from({ length: PROCESSES }, () => run(process.execPath, [script, moto.endpoint, moto.table, prefix, String(COUNT), String(MAX), String(LEASE)])))
     const wall = Date.now() - started
-    const workers = outputs.map((o) => JSON.parse(o) as { ms: number; encrypted: string[]; retried: number; kekWrites: number[]; rootCalls: number; rotations: number; keks: Record<string, string> })
+    const workers = outputs.map((o) => JSON.parse(o) as { ms: number; encrypted: string[]; retried: number; kekWrites: number[]; kekOther: string[]; rootCalls: number; rotations: number; keks: Record<string, string> })
     const all = workers.flatMap((w) => w.encrypted.map((h) => Uint8Array.from(Buffer.from(h, 'hex'))))
     expect(all.length).toBe(PROCESSES * COUNT)
 
@@ -60,9 +60,14 @@ describe('8 OS processes on one DynamoDB table', () => {
     const final = new Map((await store.listKeks('dist')).map((r) => [r.id, Buffer.from(r.wrapped).toString('hex')]))
     for (const id of perKek.keys()) expect(final.has(id), `KEK ${id} used but not stored`).toBe(true)
     for (const w of workers) for (const [id, wrapped] of Object.entries(w.keks)) expect(final.get(Number(id))).toBe(wrapped)
-    // Exactly one accepted write per stored record, across every process.
-    const writes = workers.flatMap((w) => w.kekWrites).sort((a, b) => a - b)
-    expect(writes).toEqual([...final.keys()].sort((a, b) => a - b))
+    // One accepted write per stored record, across every process: never two for one id. A record
+    // whose write got no answer (a timeout, a 5xx: it may have applied, and its retry then failed
+    // the condition) is the only one allowed without an accepted write.
+    const writes = workers.flatMap((w) => w.kekWrites)
+    const unanswered = new Set(workers.flatMap((w) => w.kekOther).map((o) => Number(o.split(' ')[0])))
+    expect(new Set(writes).size).toBe(writes.length)
+    for (const id of writes) expect(final.has(id)).toBe(true)
+    for (const id of final.keys()) expect(writes.includes(id) || unanswered.has(id), `KEK ${id} stored without a write`).toBe(true)
 
     const reader = await KeyChain.open({ rootKey: aesRootKey(DIST_ROOT), store, name: 'dist', maxWrapsPerKek: MAX })
     for (const [w, worker] of workers.entries()) {
@@ -80,7 +85,7 @@ describe('8 OS processes on one DynamoDB table', () => {
       `dynamodb, ${PROCESSES} processes x ${COUNT}, maxWrapsPerKek ${MAX}, leaseSize ${LEASE}: ${all.length} records in ${wall} ms wall ` +
         `(slowest worker ${Math.max(...workers.map((w) => w.ms))} ms after its start); KEKs stored ${final.size}, used ${perKek.size}, max wraps per KEK ${maxUse}/${MAX}, ` +
         `rotations ${workers.reduce((s, w) => s + w.rotations, 0)}, root-key calls ${rootCalls} <= ${final.size * (1 + PROCESSES)}, head version ${head.version} (head writes), ` +
-        `retryable failures retried ${workers.reduce((s, w) => s + w.retried, 0)}; all ${all.length} decrypt; each KEK record written once`,
+        `retryable failures retried ${workers.reduce((s, w) => s + w.retried, 0)}, KEK writes without an answer ${unanswered.size}; all ${all.length} decrypt; ${writes.length} KEK writes accepted, none twice for one id`,
     )
   }, 180_000)
 })

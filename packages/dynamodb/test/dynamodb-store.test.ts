@@ -59,6 +59,25 @@ describe('dynamoDbStore on moto', () => {
     chain.close()
   })
 
+  it('compare-and-swap under contention: of 16 handles swapping from one version at once, exactly one wins, 20 rounds in a row; of 16 puts of one KEK id, exactly one', async () => {
+    const prefix = uniquePrefix()
+    const handles = Array.from({ length: 16 }, () => open(prefix))
+    const head = (leased: number) => ({ primary: 1, primaryCreatedAt: 1, leased })
+    expect(await handles[0]!.casHead('race', undefined, head(0))).toBe(true)
+    const ROUNDS = 20
+    const winners: number[] = []
+    for (let round = 0; round < ROUNDS; round++) {
+      const { version } = (await handles[0]!.getHead('race'))!
+      const results = await Promise.all(handles.map((h, i) => h.casHead('race', version, head(round * 100 + i + 1))))
+      winners.push(results.filter(Boolean).length)
+    }
+    expect(winners).toEqual(Array(ROUNDS).fill(1))
+    expect((await handles[0]!.getHead('race'))!.version).toBe(String(ROUNDS + 1))
+    const puts = await Promise.all(handles.map((h, i) => h.putKekIfAbsent('race', { id: 5, createdAt: i, rootKind: 'aes', wrapped: new Uint8Array([i + 1]) })))
+    expect(puts.filter(Boolean).length).toBe(1)
+    expect((await handles[0]!.getKek('race', 5))!.wrapped).toEqual(new Uint8Array([puts.indexOf(true) + 1]))
+  })
+
   it('a malformed head or KEK record is a non-retryable ERR_STORE', async () => {
     const prefix = uniquePrefix()
     const pk = `${prefix}c`

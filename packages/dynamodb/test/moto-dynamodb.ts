@@ -13,6 +13,16 @@ import { freePort } from '../../testkit/test/free-port.ts'
 export const CREDENTIALS = Object.freeze({ accessKeyId: 'AKIDEXAMPLE', secretAccessKey: 'wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY' })
 export const REGION = 'eu-central-1'
 
+/** moto_server's main() (moto 5.2.1) with threaded=False: the same application, one request at a time. */
+const SERIAL_MOTO = `
+import sys
+from werkzeug.serving import run_simple
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+app = DomainDispatcherApplication(create_backend_app)
+app.debug = True
+run_simple('127.0.0.1', int(sys.argv[1]), app, threaded=False)
+`
+
 export interface MotoDynamoDb {
   /** `http://127.0.0.1:PORT/` */
   endpoint: string
@@ -26,7 +36,14 @@ export interface MotoDynamoDb {
 export async function startMotoDynamoDb(table = 'kms-proxy'): Promise<MotoDynamoDb> {
   const dir = mkdtempSync(join(tmpdir(), 'kms-proxy-moto-'))
   const port = await freePort()
-  const child = spawn('moto_server', ['-H', '127.0.0.1', '-p', String(port)], { cwd: dir, stdio: 'ignore' })
+  // moto_server's own entry point serves each request on its own thread, and moto's DynamoDB
+  // checks a ConditionExpression and writes the item without a lock: under load two conditional
+  // PutItems from one version both succeed (seen here: 2 winners of 16 in a round, a KEK 14 uses
+  // over its limit across 8 processes), which DynamoDB never allows. The same application served
+  // one request at a time is as atomic per item as DynamoDB.
+  const child = spawn('python3', ['-c', SERIAL_MOTO, String(port)], { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, MOTO_PORT: String(port) } })
+  const stderr: string[] = []
+  child.stderr!.on('data', (d: Buffer) => stderr.length < 20 && stderr.push(d.toString()))
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
   const endpoint = `http://127.0.0.1:${port}/`
   // moto (Python) takes 2 s to start on an idle machine and more than 40 s on a loaded one.
@@ -39,7 +56,7 @@ export async function startMotoDynamoDb(table = 'kms-proxy'): Promise<MotoDynamo
       if (Date.now() > deadline || child.exitCode !== null) {
         child.kill('SIGKILL')
         rmSync(dir, { recursive: true, force: true })
-        throw new Error('moto_server did not start')
+        throw new Error(`moto did not start: ${stderr.join('').slice(-1000)}`)
       }
       await new Promise((r) => setTimeout(r, 100))
     }
