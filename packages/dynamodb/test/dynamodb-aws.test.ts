@@ -15,7 +15,6 @@ import { CREDENTIALS, REGION, startMotoDynamoDb, type MotoDynamoDb } from './mot
 const ROOT = Uint8Array.from({ length: 32 }, (_, i) => (i * 7 + 1) & 0xff)
 let seq = 0
 const uniquePrefix = () => `aws${Date.now().toString(36)}-${++seq}/`
-const kekIdOf = (e: Uint8Array) => ((e[1]! << 24) | (e[2]! << 16) | (e[3]! << 8) | e[4]!) >>> 0
 
 let moto: MotoDynamoDb
 const fakes: FakeServer[] = []
@@ -40,8 +39,10 @@ describe('checked against @aws-sdk/client-dynamodb on the same moto', () => {
   it('the SDK reads the items the store wrote: the head, its version and every KEK record byte for byte', async () => {
     const prefix = uniquePrefix()
     const store = open(prefix)
-    const chain = await KeyChain.open({ rootKey: aesRootKey(ROOT), store, name: 'orders', maxWrapsPerKek: 3, leaseSize: 1 })
+    // No DEK pool: it would reserve uses in the background, writing the head between the two reads below.
+    const chain = await KeyChain.open({ rootKey: aesRootKey(ROOT), store, name: 'orders', maxWrapsPerKek: 3, leaseSize: 1, dekPoolSize: 0 })
     for (let i = 0; i < 7; i++) await chain.encrypt(`m${i}`)
+    chain.close()
     const client = sdk()
     const head = await client.send(new GetItemCommand({ TableName: moto.table, Key: { pk: { S: `${prefix}orders` }, sk: { S: 'head' } }, ConsistentRead: true }))
     const ours = (await store.getHead('orders'))!

@@ -38,7 +38,7 @@ export async function startMotoDynamoDb(table = 'kms-proxy'): Promise<MotoDynamo
   const port = await freePort()
   // moto_server's own entry point serves each request on its own thread, and moto's DynamoDB
   // checks a ConditionExpression and writes the item without a lock: under load two conditional
-  // PutItems from one version both succeed (seen here: 2 winners of 16 in a round, a KEK 14 uses
+  // PutItems from one version both succeed (seen here: more than one winner of 16 in a round, a KEK 14 uses
   // over its limit across 8 processes), which DynamoDB never allows. The same application served
   // one request at a time is as atomic per item as DynamoDB.
   const child = spawn('python3', ['-c', SERIAL_MOTO, String(port)], { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, MOTO_PORT: String(port) } })
