@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { DynamoDBClient, GetItemCommand, PutItemCommand, QueryCommand } from '@aws-sdk/client-dynamodb'
 import { KeyChain, KmsProxyError, aesRootKey } from '@kms-proxy/core'
 import { refreshingCredentials, signV4, type AwsCredentials } from '@kms-proxy/kms'
-import { dynamoDbStore, type DynamoDbStoreOptions } from '../src/index.ts'
+import { createDynamoDbTable, dynamoDbStore, type DynamoDbStoreOptions } from '../src/index.ts'
 import { startFake, type FakeServer } from './http-fakes.ts'
 import { CREDENTIALS, REGION, startMotoDynamoDb, type MotoDynamoDb } from './moto-dynamodb.ts'
 
@@ -168,7 +168,7 @@ describe('failures', () => {
     expect(refused).toMatchObject({ code: 'ERR_STORE', retryable: true })
   })
 
-  it('a failed condition is false, never an error; access denied or a missing table is a non-retryable StoreError, sent once, with no secret', async () => {
+  it('a failed condition is false, never an error; access denied or a missing table is a non-retryable StoreError, sent once, with no secret; createDynamoDbTable is idempotent', async () => {
     const prefix = uniquePrefix()
     const store = open(prefix)
     expect(await store.casHead('c', undefined, { primary: 1, primaryCreatedAt: 1, leased: 0 })).toBe(true)
@@ -183,12 +183,16 @@ describe('failures', () => {
     const missing = await dynamoDbStore({ table: 'no-such-table', region: REGION, credentials: CREDENTIALS, endpoint: moto.endpoint }).getHead('c').catch((e: unknown) => e)
     expect(missing).toMatchObject({ code: 'ERR_STORE', retryable: false })
     expect(String(missing)).toContain('ResourceNotFoundException')
+    // The table helper: idempotent, and a new table is usable at once.
+    expect(await createDynamoDbTable({ table: moto.table, region: REGION, credentials: CREDENTIALS, endpoint: moto.endpoint })).toBe(false)
+    expect(await createDynamoDbTable({ table: 'second-table', region: REGION, credentials: CREDENTIALS, endpoint: moto.endpoint })).toBe(true)
+    expect(await dynamoDbStore({ table: 'second-table', region: REGION, credentials: CREDENTIALS, endpoint: moto.endpoint }).casHead('c', undefined, { primary: 1, primaryCreatedAt: 1, leased: 0 })).toBe(true)
     // Neither the store nor its description shows a credential.
     expect(JSON.stringify(store)).not.toContain(secret)
     expect(String(store)).not.toContain(secret)
   })
 
-  it('credentials refresh: a refreshingCredentials refused with ExpiredTokenException is invalidated and the call sent once more with new ones; at most once', async () => {
+  it('credentials refresh: a refreshingCredentials refused with ExpiredTokenException (400) or UnrecognizedClientException (403) is invalidated and the call sent once more with new ones; at most once', async () => {
     const prefix = uniquePrefix()
     // moto checks no token: the server in front of it refuses the expired one as DynamoDB does (HTTP 400).
     const gate = await fake((s) => (String(s.headers.authorization).includes('Credential=ASIAEXPIRED/') ? { status: 400, type: 'ExpiredTokenException' } : undefined), moto.endpoint)
@@ -214,6 +218,12 @@ describe('failures', () => {
     expect(String(error)).not.toContain('still-expired')
     noSecret(error)
     expect(gate.seen.length - before).toBe(2)
+    // A 403 UnrecognizedClientException (an unknown access key) is refused credentials too.
+    const gate403 = await fake((s) => (String(s.headers.authorization).includes('Credential=ASIAUNKNOWN/') ? { status: 403, type: 'UnrecognizedClientException' } : undefined), moto.endpoint)
+    const keys = ['ASIAUNKNOWN', 'ASIAFRESH']
+    const rotated = refreshingCredentials<AwsCredentials>(async () => ({ value: { accessKeyId: keys.shift() ?? 'ASIAFRESH', secretAccessKey: secret } }))
+    expect(await open(prefix, { endpoint: gate403.endpoint, credentials: rotated }).getHead('c')).toMatchObject({ version: '1' })
+    expect(gate403.seen.map((s) => /Credential=(\w+)\//.exec(String(s.headers.authorization))![1])).toEqual(['ASIAUNKNOWN', 'ASIAFRESH'])
     // A plain function (no invalidate) is not asked twice for one call.
     const plain = await open(prefix, { endpoint: gate.endpoint, credentials: async () => ({ accessKeyId: 'ASIAEXPIRED', secretAccessKey: secret }) }).getHead('c').catch((e: unknown) => e)
     expect(plain).toMatchObject({ code: 'ERR_STORE', retryable: false })
