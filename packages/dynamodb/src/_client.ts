@@ -16,6 +16,8 @@ export interface ClientSettings {
   retries: number
   backoffMs: number
   fetch?: typeof fetch
+  /** Server time minus this host's, learned from a clock-skew refusal; shared by a store's calls. */
+  clock: { offsetMs: number }
 }
 
 /** DynamoDB's own words for "slow down" (AWS's SDKs retry these as throttling); answered with HTTP 400. */
@@ -34,6 +36,11 @@ const THROTTLING = new Set([
 /** Errors AWS answers for expired or unknown temporary credentials: worth new credentials, once. */
 const EXPIRED_CREDENTIALS = new Set(['ExpiredTokenException', 'ExpiredToken', 'UnrecognizedClientException', 'InvalidClientTokenId'])
 
+/** Errors AWS answers when a signature's time is too far from its own (AWS's SDK list). */
+const CLOCK_SKEW = new Set(['InvalidSignatureException', 'RequestExpired', 'RequestInTheFuture', 'RequestTimeTooSkewed', 'SignatureDoesNotMatch', 'AuthFailure'])
+/** AWS accepts a signature up to 5 minutes off its clock; its SDKs correct from 4 minutes on. */
+const SKEW_THRESHOLD_MS = 4 * 60_000
+
 /** The largest answer read: a Query page is at most 1 MB of items, base64 and JSON make it larger. */
 const MAX_ANSWER_BYTES = 16 << 20
 
@@ -46,6 +53,18 @@ export function errorType(answer: HttpAnswer): string | undefined {
 const transient = (answer: HttpAnswer) => transientStatus(answer) || (answer.status === 400 && THROTTLING.has(errorType(answer) ?? ''))
 const credentialsRefused = (answer: HttpAnswer) =>
   answer.status === 401 || answer.status === 403 || (answer.status === 400 && EXPIRED_CREDENTIALS.has(errorType(answer) ?? ''))
+
+/**
+ * Corrects the signing clock from a clock-skew refusal's `Date` header; true when it moved by 4
+ * minutes or more, so that one more attempt is worth it. A cached answer (`Age`) tells nothing.
+ */
+function correctClock(answer: HttpAnswer, offsetUsed: number, clock: { offsetMs: number }): boolean {
+  if ((answer.status !== 400 && answer.status !== 403) || !CLOCK_SKEW.has(errorType(answer) ?? '') || answer.headers.has('age')) return false
+  const server = Date.parse(answer.headers.get('date') ?? '')
+  if (Number.isNaN(server) || Math.abs(server - Date.now() - offsetUsed) < SKEW_THRESHOLD_MS) return false
+  clock.offsetMs = server - Date.now()
+  return true
+}
 
 /** A DynamoDB answer that is not 2xx, after the retries: kept so that callers can tell a failed condition. */
 export class DynamoDbAnswerError extends StoreError {
@@ -66,7 +85,9 @@ const HINTS: Record<string, string> = {
 }
 
 /**
- * Calls one DynamoDB action and returns the parsed JSON answer. A refused credential from a
+ * Calls one DynamoDB action and returns the parsed JSON answer. A clock-skew refusal whose `Date`
+ * is 4 minutes or more from the signing clock corrects that clock (for later calls too) and is
+ * sent once more. A refused credential from a
  * function with `invalidate` (a `refreshingCredentials`) is invalidated and the call sent once
  * more. Every failure is a `StoreError`: a {@link DynamoDbAnswerError} for an answer, retryable
  * for throttling, 5xx and no answer at all.
@@ -75,6 +96,7 @@ export async function dynamoDbCall(settings: ClientSettings, action: string, pay
   const body = JSON.stringify(payload)
   const source = settings.credentials
   let used: AwsCredentials | undefined
+  let offsetUsed = settings.clock.offsetMs
   const init = async (): Promise<RequestInit> => {
     if (typeof source === 'function') {
       try {
@@ -87,6 +109,7 @@ export async function dynamoDbCall(settings: ClientSettings, action: string, pay
       }
       if (typeof used?.accessKeyId !== 'string' || typeof used.secretAccessKey !== 'string') throw new StoreError('DynamoDB: the credentials function returned no { accessKeyId, secretAccessKey }')
     } else used = source
+    offsetUsed = settings.clock.offsetMs
     const headers = await signV4({
       method: 'POST',
       url: settings.endpoint,
@@ -95,6 +118,7 @@ export async function dynamoDbCall(settings: ClientSettings, action: string, pay
       region: settings.region,
       service: 'dynamodb',
       credentials: used,
+      date: new Date(Date.now() + offsetUsed),
     })
     return { method: 'POST', headers, body }
   }
@@ -110,6 +134,7 @@ export async function dynamoDbCall(settings: ClientSettings, action: string, pay
   let answer: HttpAnswer
   try {
     answer = await send()
+    if (!answer.ok && correctClock(answer, offsetUsed, settings.clock)) answer = await send()
     const invalidate = typeof source === 'function' ? (source as { invalidate?: unknown }).invalidate : undefined
     // A credential the cache still thought good was refused (expired early, revoked): once more
     // with a new one. A refused request was not applied, so sending it again is safe.

@@ -173,7 +173,7 @@ function settingsOf(options: DynamoDbConnectionOptions): ClientSettings {
   if (typeof backoffMs !== 'number' || !(backoffMs >= 0) || !Number.isFinite(backoffMs)) throw new RangeError('backoffMs: expected a number of milliseconds, 0 or more')
   if (options.fetch !== undefined && typeof options.fetch !== 'function') throw new TypeError('fetch: expected a function')
   if (options.fetch === undefined && typeof globalThis.fetch !== 'function') throw new TypeError('fetch: expected a function (no global fetch here)')
-  return { region, endpoint, credentials, timeoutMs, retries, backoffMs, ...(options.fetch ? { fetch: options.fetch } : {}) }
+  return { region, endpoint, credentials, timeoutMs, retries, backoffMs, clock: { offsetMs: 0 }, ...(options.fetch ? { fetch: options.fetch } : {}) }
 }
 
 // ------------------------------------------------------------------------------------ items

@@ -168,6 +168,27 @@ describe('failures', () => {
     expect(refused).toMatchObject({ code: 'ERR_STORE', retryable: true })
   })
 
+  it('a clock 10 minutes off: the first refusal (InvalidSignatureException, Signature expired) corrects the signing clock from its Date, once; later calls are signed right at once', async () => {
+    const prefix = uniquePrefix()
+    const SKEW = 10 * 60_000
+    const amzTime = (v: unknown) => Date.parse(String(v).replace(/^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z$/, '$1-$2-$3T$4:$5:$6Z'))
+    // DynamoDB's own check, with its clock 10 minutes ahead of this host's.
+    const ahead = await fake((s) => {
+      const serverNow = Date.now() + SKEW
+      if (Math.abs(amzTime(s.headers['x-amz-date']) - serverNow) <= 5 * 60_000) return undefined
+      return { status: 400, type: 'InvalidSignatureException', headers: { date: new Date(serverNow).toUTCString() } }
+    }, moto.endpoint)
+    const store = open(prefix, { endpoint: ahead.endpoint })
+    expect(await store.casHead('c', undefined, { primary: 1, primaryCreatedAt: 1, leased: 0 })).toBe(true)
+    expect(ahead.seen.length).toBe(2)
+    expect((await store.getHead('c'))!.version).toBe('1')
+    expect(ahead.seen.length).toBe(3)
+    // A refusal whose Date is no further off than the clock already is: not sent again.
+    const refusing = await fake(() => ({ status: 400, type: 'InvalidSignatureException', headers: { date: new Date().toUTCString() } }))
+    expect(await open(prefix, { endpoint: refusing.endpoint }).getHead('c').catch((e: unknown) => e)).toMatchObject({ code: 'ERR_STORE', retryable: false })
+    expect(refusing.seen.length).toBe(1)
+  })
+
   it('a failed condition is false, never an error; access denied or a missing table is a non-retryable StoreError, sent once, with no secret; createDynamoDbTable is idempotent', async () => {
     const prefix = uniquePrefix()
     const store = open(prefix)

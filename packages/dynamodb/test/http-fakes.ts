@@ -15,6 +15,8 @@ export interface Seen {
 export interface FakeAnswer {
   status: number
   type?: string
+  /** More response headers (a `Date`). */
+  headers?: Record<string, string>
   /** Never answer (the client's deadline must end it). */
   hang?: boolean
 }
@@ -41,7 +43,7 @@ export async function startFake(answer: (seen: Seen, index: number) => FakeAnswe
         return
       }
       if (a) {
-        res.writeHead(a.status, { 'content-type': 'application/x-amz-json-1.0' })
+        res.writeHead(a.status, { 'content-type': 'application/x-amz-json-1.0', ...a.headers })
         res.end(JSON.stringify(a.type ? { __type: `com.amazonaws.dynamodb.v20120810#${a.type}`, message: 'from the fake' } : {}))
         return
       }
