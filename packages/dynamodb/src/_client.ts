@@ -87,10 +87,10 @@ const HINTS: Record<string, string> = {
 /**
  * Calls one DynamoDB action and returns the parsed JSON answer. A clock-skew refusal whose `Date`
  * is 4 minutes or more from the signing clock corrects that clock (for later calls too) and is
- * sent once more. A refused credential from a
- * function with `invalidate` (a `refreshingCredentials`) is invalidated and the call sent once
- * more. Every failure is a `StoreError`: a {@link DynamoDbAnswerError} for an answer, retryable
- * for throttling, 5xx and no answer at all.
+ * sent once more. A refused credential from a function with `invalidate` (a
+ * `refreshingCredentials`) is invalidated and the call sent once more. Every failure is a
+ * `StoreError`: a {@link DynamoDbAnswerError} for an answer, retryable for throttling, 5xx and no
+ * answer at all.
  */
 export async function dynamoDbCall(settings: ClientSettings, action: string, payload: unknown): Promise<Record<string, unknown>> {
   const body = JSON.stringify(payload)
