@@ -144,7 +144,7 @@ function checkId(id: unknown): number {
 }
 
 function checkRoot(root: unknown): string {
-  if (!isRootName(root)) throw new RangeError('root: expected 1 to 64 letters, digits, ".", "_" or "-"')
+  if (!isRootName(root)) throw new TypeError('root: expected 1 to 64 letters, digits, ".", "_" or "-"')
   return root
 }
 
@@ -231,7 +231,8 @@ function recordOf(item: Item): KekRecord | undefined {
  * @throws RangeError - `timeoutMs`, `retries` or `backoffMs` out of range.
  * @throws {@link @kms-proxy/core!StoreError} - (from its methods) `ERR_STORE`: `retryable` for
  *   throttling, 5xx, a timeout or no answer (after `retries` more attempts); not retryable when
- *   DynamoDB refused (no table, access denied) or an item is malformed.
+ *   DynamoDB refused (no table, access denied) or an item is malformed. Its methods reject a bad
+ *   argument with TypeError (a chain name, a root name, a head) or RangeError (a KEK id).
  * @example
  * ```ts
  * import { KeyChain, aesRootKey } from '@kms-proxy/core'

@@ -55,7 +55,9 @@ describe('dynamoDbStore on moto', () => {
     // Bad arguments are TypeError / RangeError, and nothing is sent.
     await expect(store.getHead('')).rejects.toThrow(TypeError)
     await expect(store.getHead('\ud800')).rejects.toThrow(TypeError)
-    await expect(store.putKekIfAbsent('c', { id: 1, createdAt: 1, rootKind: 'aes', wrapped: new Uint8Array([1]), root: 'no/slash' })).rejects.toThrow(RangeError)
+    await expect(store.putKekIfAbsent('c', { id: 1, createdAt: 1, rootKind: 'aes', wrapped: new Uint8Array([1]), root: 'no/slash' })).rejects.toThrow(TypeError)
+    await expect(store.deleteKekWrap!('c', 1, '')).rejects.toThrow(TypeError)
+    await expect(store.getKek('c', 0)).rejects.toThrow(RangeError)
     await expect(store.casHead('c', undefined, { primary: -1 } as never)).rejects.toThrow(TypeError)
     expect(await store.casHead('c', 'not-a-version', { primary: 1, primaryCreatedAt: 1, leased: 0 })).toBe(false)
     chain.close()
