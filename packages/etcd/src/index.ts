@@ -162,7 +162,7 @@ function checkHead(v: unknown): ChainHead {
 }
 
 function checkRoot(root: unknown): string {
-  if (!isRootName(root)) throw new RangeError('root: expected 1 to 64 letters, digits, ".", "_" or "-"')
+  if (!isRootName(root)) throw new TypeError('root: expected 1 to 64 letters, digits, ".", "_" or "-"')
   return root
 }
 

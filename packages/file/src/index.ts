@@ -93,7 +93,7 @@ const isTime = (x: unknown): x is number => typeof x === 'number' && Number.isFi
 const ID_KEY = /^(0|[1-9][0-9]{0,9})$/
 
 function checkRoot(root: unknown): string {
-  if (!isRootName(root)) throw new RangeError('fileStore: a root name is 1 to 64 letters, digits, ".", "_" or "-"')
+  if (!isRootName(root)) throw new TypeError('fileStore: a root name is 1 to 64 letters, digits, ".", "_" or "-"')
   return root
 }
 
