@@ -11,9 +11,9 @@
  *   so two swaps from one version never both succeed: `atomic: true`.
  * - KEK records: `INSERT … ON CONFLICT DO NOTHING` keyed by (chain, id, root): put-if-absent,
  *   never overwritten.
- * - watchHead: each successful casHead sends `NOTIFY` on the channel `<table>_heads` in the same
- *   statement (delivered at commit); the store LISTENs through the driver's `sql.listen`, which
- *   holds one connection while something watches and re-listens after a reconnection.
+ * - No watchHead: a chain reads the head at least every `maxStalenessMs`. (The driver's
+ *   `sql.listen`, tried for it, crashed a process with an unhandled ECONNRESET or kept it from
+ *   exiting after a server restart; see the README.)
  * - Every failure is a `StoreError`: `retryable` for a lost connection, a server shutting down
  *   or starting up, too many connections, a serialization failure or a cancelled statement.
  *   Messages carry the SQLSTATE and the server's message, never the connection's options.
@@ -49,11 +49,6 @@ export interface PostgresQuery extends PromiseLike<ArrayLike<unknown> & { count:
 export interface PostgresSql {
   /** One statement with `$1`-style parameters (the driver sends them separately from the text). */
   unsafe(query: string, parameters?: never[] | unknown[], options?: { prepare?: boolean }): PostgresQuery
-  /**
-   * LISTEN on a channel through a connection of its own; used by `watchHead` only. `onlisten`
-   * is called each time the LISTEN is (re-)established.
-   */
-  listen?(channel: string, onnotify: (payload: string) => void, onlisten?: () => void): PromiseLike<{ unlisten(): PromiseLike<void> }>
 }
 
 /** Options of {@link postgresStore}. */
@@ -83,22 +78,6 @@ export interface PostgresStore extends KeyStore {
   readonly atomic: true
   /** Always false: data names its KEK by id; the wrapped KEK lives in the table. */
   readonly embedsKeks: false
-  /**
-   * Calls `onChange` soon after the chain's head changes through any store on the same
-   * database and table (LISTEN/NOTIFY). One LISTEN per store instance serves every chain
-   * watched through it; it holds one connection of the pool from the first watcher until the
-   * last one stops (a `KeyChain` stops its watch with `chain.close()`). Every watcher is called
-   * once each time the LISTEN is (re-)established, since a change made while it was down would
-   * otherwise be missed. The returned function stops this watch; idempotent.
-   *
-   * @throws TypeError - `chain` is not a non-empty string, or `onChange` not a function.
-   * @example
-   * ```ts
-   * const stop = store.watchHead('orders', () => console.log('the head of orders changed'))
-   * stop()
-   * ```
-   */
-  watchHead(chain: string, onChange: () => void): () => void
 }
 
 // ------------------------------------------------------------------------------------ checks
@@ -270,7 +249,6 @@ export function postgresStore(sql: PostgresSql, options: PostgresStoreOptions = 
   if (typeof migrate !== 'boolean') throw new TypeError('migrate: expected a boolean')
   const heads = `${table}_heads`
   const keks = `${table}_keks`
-  const channel = heads
 
   let migrated: Promise<void> | undefined
   /** The tables, once per store instance; a failed attempt is tried again by the next call. */
@@ -329,51 +307,6 @@ export function postgresStore(sql: PostgresSql, options: PostgresStoreOptions = 
     return Array.from(rows, (row) => recordOf(row, id))
   }
 
-  // After a swap, in the same statement: NOTIFY is delivered at commit, to listeners only.
-  // The payload is the chain column (under the 8000-byte limit; an empty payload wakes every watcher).
-  const notifyPayload = `CASE WHEN octet_length(chain) < 7900 THEN chain ELSE '' END`
-
-  // ------------------------------------------------------------------------------ watch
-
-  const listeners = new Map<string, Set<() => void>>()
-  let subscribers = 0
-  let listening: Promise<{ unlisten(): PromiseLike<void> } | undefined> | undefined
-
-  /** Calls the listeners of one chain, or of every chain; a listener that throws is ignored. */
-  function notify(key?: string): void {
-    const sets = key === undefined ? [...listeners.values()] : [listeners.get(key)]
-    for (const set of sets) {
-      for (const listener of [...(set ?? [])]) {
-        try {
-          listener()
-        } catch {
-          // A hint's consumer failing is its own business.
-        }
-      }
-    }
-  }
-
-  function startListening(): void {
-    const listen = sql.listen!.bind(sql)
-    // The driver re-listens on its own after a lost connection and calls onlisten again: each
-    // time, every watcher reads its head once, for a change made while nobody listened.
-    listening = Promise.resolve(listen(channel, (payload) => notify(payload === '' ? undefined : payload), () => notify())).then(
-      (handle) => handle,
-      () => {
-        // The first LISTEN failed (server down): the chains still read their heads every
-        // maxStalenessMs; the next first watcher tries again.
-        listening = undefined
-        return undefined
-      },
-    )
-  }
-
-  function stopListening(): void {
-    const pending = listening
-    listening = undefined
-    void pending?.then((handle) => handle?.unlisten()).then(undefined, () => {})
-  }
-
   const store: PostgresStore = {
     atomic: true,
     embedsKeks: false,
@@ -402,14 +335,12 @@ export function postgresStore(sql: PostgresSql, options: PostgresStoreOptions = 
       if (!head) throw new TypeError('next: expected a chain head (primary, primaryCreatedAt, leased, and its optional fields well-formed)')
       const value = JSON.stringify(head)
       if (expected === undefined) {
-        const inserted = `WITH w AS (INSERT INTO ${heads} (chain, head, version) VALUES ($1, $2, 1) ON CONFLICT (chain) DO NOTHING RETURNING chain)
-          SELECT pg_notify('${channel}', ${notifyPayload}) FROM w`
+        const inserted = `INSERT INTO ${heads} (chain, head, version) VALUES ($1, $2, 1) ON CONFLICT (chain) DO NOTHING`
         return (await write('writing the head', inserted, [key, value])) === 1
       }
       if (typeof expected !== 'string') throw new TypeError('expected: a version string or undefined')
       if (!isVersion(expected)) return false // not a version this store handed out: it cannot match
-      const updated = `WITH w AS (UPDATE ${heads} SET head = $2, version = version + 1 WHERE chain = $1 AND version = $3 RETURNING chain)
-        SELECT pg_notify('${channel}', ${notifyPayload}) FROM w`
+      const updated = `UPDATE ${heads} SET head = $2, version = version + 1 WHERE chain = $1 AND version = $3`
       return (await write('writing the head', updated, [key, value, expected])) === 1
     },
 
@@ -441,26 +372,6 @@ export function postgresStore(sql: PostgresSql, options: PostgresStoreOptions = 
       await write('deleting a KEK wrap', `DELETE FROM ${keks} WHERE chain = $1 AND id = $2 AND root = $3`, [chainKey(chain), checkId(id), checkRoot(root)])
     },
 
-    watchHead(chain, onChange) {
-      const key = chainKey(chain)
-      if (typeof onChange !== 'function') throw new TypeError('onChange: expected a function')
-      if (typeof sql.listen !== 'function') return () => {} // a client without LISTEN: the chain polls
-      let set = listeners.get(key)
-      if (!set) listeners.set(key, (set = new Set()))
-      const own = () => onChange() // a distinct entry per call, so one watcher's stop leaves the others
-      set.add(own)
-      subscribers++
-      // LISTEN needs no table. After a failed first LISTEN, the next watcher tries again.
-      if (listening === undefined) startListening()
-      let stopped = false
-      return () => {
-        if (stopped) return
-        stopped = true
-        set.delete(own)
-        if (set.size === 0 && listeners.get(key) === set) listeners.delete(key)
-        if (--subscribers === 0) stopListening()
-      }
-    },
   }
   return Object.freeze(store)
 }

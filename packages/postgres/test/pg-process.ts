@@ -40,8 +40,10 @@ export interface PgServer {
   /** `postgres://postgres@127.0.0.1:PORT/postgres` (trust). */
   url: string
   dir: string
-  /** Stops the server with `-m fast` and starts it again on the same port; resolves once it accepts connections. */
-  restart(): Promise<void>
+  /** Stops the server with `-m fast` (clients are disconnected; the folder stays). */
+  stopFast(): Promise<void>
+  /** Starts it again on the same port and folder; resolves once it accepts connections. */
+  start(): Promise<void>
   /** Stops it at once (immediate) and removes the folder. */
   stop(): Promise<void>
   /** The server's log so far (for failure messages). */
@@ -78,8 +80,10 @@ export async function startPostgres(): Promise<PgServer> {
     port,
     url: `postgres://postgres@127.0.0.1:${port}/postgres`,
     dir,
-    async restart() {
+    async stopFast() {
       await server(['pg_ctl', '-D', data, '-m', 'fast', '-w', '-t', '60', 'stop'], 90_000)
+    },
+    async start() {
       await start()
     },
     async stop() {

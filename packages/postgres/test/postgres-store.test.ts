@@ -36,7 +36,7 @@ describe.skipIf(!havePostgres)('postgresStore on PostgreSQL', () => {
   describeStore(createHarness(it), {
     name: 'postgres',
     severalRoots: true,
-    watch: true,
+    watch: false,
     async open() {
       const table = uniqueTable()
       const [a, b] = [postgres(pg.url, { max: 2, onnotice: () => {} }), postgres(pg.url, { max: 2, onnotice: () => {} })]
