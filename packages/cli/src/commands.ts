@@ -255,6 +255,7 @@ ${CONFIG_HELP}
       --dynamodb-region R     its AWS region; credentials as for --root aws-kms
       --dynamodb-endpoint URL another endpoint (a VPC endpoint, a local emulator)
       --dynamodb-prefix P     key prefix in the table, so that apps share it
+      --dynamodb-create-table create the table if it is missing (on-demand capacity)
       --postgres-table T      table name prefix (default kms_proxy); the database's URL comes
                               from $KMS_PROXY_POSTGRES_URL
       --root TYPE             passphrase (default), aws-kms, vault, gcp, azure, pkcs11
@@ -285,6 +286,7 @@ of its wrapped KEKs, and nothing encrypted under the chain can be decrypted with
     'dynamodb-region': { type: 'string' },
     'dynamodb-endpoint': { type: 'string' },
     'dynamodb-prefix': { type: 'string' },
+    'dynamodb-create-table': { type: 'boolean' },
     'postgres-table': { type: 'string' },
     ...ROOT_OPTIONS,
     'max-wraps-per-kek': { type: 'string' },
@@ -328,7 +330,8 @@ of its wrapped KEKs, and nothing encrypted under the chain can be decrypted with
     if (storeFile && config.store.type === 'file' && (await stat(storeFile).then((s) => s.isDirectory(), () => false))) {
       config.store = { type: 'file', path: join(config.store.path, DEFAULT_STORE_FILE) }
     }
-    const store = await openStore(config, file)
+    if (v['dynamodb-create-table'] && config.store.type !== 'dynamodb') throw usage('--dynamodb-create-table: only with --store dynamodb')
+    const store = await openStore(config, file, { createTable: v['dynamodb-create-table'] === true })
     const existing = await headOf(store, config.chain)
     const rootKey = await openRootKey(config.rootKey!, { confirm: !existing })
     let message: string

@@ -520,18 +520,22 @@ export function postgresUrlProblem(url: string, plainHosts: string[] | undefined
 
 /**
  * The config's store. A DynamoDB store's credentials come from their source (asked once now when
- * it is the default order's last, instance metadata); a PostgreSQL store connects at its first
- * query, and the process's exit closes the connection.
+ * it is the default order's last, instance metadata), and `createTable` makes its table if it is
+ * missing; a PostgreSQL store connects at its first query (and creates its tables if they are
+ * missing), and the process's exit closes the connection.
  */
-export async function openStore(config: CliConfig, configFile: string): Promise<KeyStore> {
+export async function openStore(config: CliConfig, configFile: string, options: { createTable?: boolean } = {}): Promise<KeyStore> {
   const s = config.store
   if (s.type === 'file') return fileStore(storeFilePath(config, configFile)!)
   if (s.type === 'dynamodb') {
     const optIn = plainHttp(config.plainHttpHosts)
     const credentials = await awsCredentials(s.credentials, s.region, optIn, 'DynamoDB')
     // Loaded when a config names it, as the PostgreSQL store and driver below: a command on a file store loads neither.
-    const { dynamoDbStore } = await import('@kms-proxy/dynamodb')
-    return dynamoDbStore({ table: s.table, region: s.region, credentials: credentials.get, ...(s.endpoint ? { endpoint: s.endpoint } : {}), ...(s.prefix ? { prefix: s.prefix } : {}), ...optIn })
+    const { createDynamoDbTable, dynamoDbStore } = await import('@kms-proxy/dynamodb')
+    const connection = { table: s.table, region: s.region, credentials: credentials.get, ...(s.endpoint ? { endpoint: s.endpoint } : {}), ...optIn }
+    // `init --dynamodb-create-table`: made if missing (on-demand capacity), then waited for until ACTIVE.
+    if (options.createTable) await createDynamoDbTable(connection)
+    return dynamoDbStore({ ...connection, ...(s.prefix ? { prefix: s.prefix } : {}) })
   }
   if (s.type === 'postgres') {
     const secret = await envSecret(SECRET_ENV.postgresUrl)

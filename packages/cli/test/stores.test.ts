@@ -8,7 +8,6 @@
 import { mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { signV4 } from '../../kms/src/sigv4.ts'
 import { EXIT, FAST_KDF, WEAK_KDF_ENV, bundleCli, spawnCollect, tempDir, withoutWeakKdfWarning, type Result } from './helpers.js'
 import { startMoto, type Moto } from './moto.ts'
 import { CONFIG_FORMAT, openStore, type CliConfig } from '../src/config.ts'
@@ -71,22 +70,17 @@ describe('DynamoDB (moto)', () => {
   let env: Record<string, string>
   beforeAll(async () => {
     moto = await startMoto({ accessKeyId: AWS.AWS_ACCESS_KEY_ID, secretAccessKey: AWS.AWS_SECRET_ACCESS_KEY }, REGION, 100_000)
-    const body = JSON.stringify({
-      TableName: 'kms-proxy-keys',
-      AttributeDefinitions: [{ AttributeName: 'pk', AttributeType: 'S' }, { AttributeName: 'sk', AttributeType: 'S' }],
-      KeySchema: [{ AttributeName: 'pk', KeyType: 'HASH' }, { AttributeName: 'sk', KeyType: 'RANGE' }],
-      BillingMode: 'PAY_PER_REQUEST',
-    })
-    const headers = await signV4({ method: 'POST', url: new URL(moto.endpoint), headers: { 'content-type': 'application/x-amz-json-1.0', 'x-amz-target': 'DynamoDB_20120810.CreateTable' }, body, region: REGION, service: 'dynamodb', credentials: { accessKeyId: AWS.AWS_ACCESS_KEY_ID, secretAccessKey: AWS.AWS_SECRET_ACCESS_KEY } })
-    const created = await fetch(moto.endpoint, { method: 'POST', headers, body })
-    expect(created.status).toBe(200)
     env = { ...AWS }
   }, 120_000)
   afterAll(() => moto?.close())
 
-  it('two hosts share a chain in one table: init, encrypt here, decrypt there, rotate there, status names the table and no secret', async () => {
+  it('two hosts share a chain in one table (the first init creates it): init, encrypt here, decrypt there, rotate there, status names the table and no secret', async () => {
     const init = ['--chain', 'shop', '--store', 'dynamodb', '--dynamodb-table', 'kms-proxy-keys', '--dynamodb-region', REGION, '--dynamodb-endpoint', moto.endpoint, '--dynamodb-prefix', 'cli/']
-    const { status, text } = await sharedChain('dynamodb', init, env, [AWS.AWS_SECRET_ACCESS_KEY])
+    const [a] = hosts('dynamodb-missing')
+    const missing = await kp(a, ['init', ...init, ...FAST_KDF], env)
+    expect([missing.code, missing.stderr]).toEqual([EXIT.STORE, expect.stringMatching(/the store failed: .*ResourceNotFoundException/)])
+    // --dynamodb-create-table on both hosts: the first makes the table, the second finds it.
+    const { status, text } = await sharedChain('dynamodb', [...init, '--dynamodb-create-table'], env, [AWS.AWS_SECRET_ACCESS_KEY])
     expect((status as { store: unknown }).store).toEqual({ type: 'dynamodb', table: 'kms-proxy-keys', region: REGION, endpoint: moto.endpoint, prefix: 'cli/' })
     expect(text).toMatch(new RegExp(`store +dynamodb kms-proxy-keys \\(${REGION}, ${moto.endpoint}\\)`))
   })
