@@ -3,6 +3,7 @@ import postgres, { type Sql } from 'postgres'
 import { KeyChain, KmsProxyError, StoreError, aesRootKey } from '@kms-proxy/core'
 import { createHarness, describeStore } from '@kms-proxy/testkit'
 import { postgresSchema, postgresStore } from '../src/index.ts'
+import { readmeBlocks } from '../../testkit/test/readme-blocks.ts'
 import { PW_ROLE_PASSWORD, havePostgres, startPostgres, type PgServer } from './pg-process.ts'
 
 const ROOT = Uint8Array.from({ length: 32 }, (_, i) => (i * 7 + 1) & 0xff)
@@ -59,8 +60,10 @@ describe.skipIf(!havePostgres)('postgresStore on PostgreSQL', () => {
     expect((await store.getHead('layout'))!.version).toBe(head!.version)
     const rows = await admin.unsafe(`SELECT id::text AS id, root, root_kind, length(wrapped) AS n FROM ${table}_keks WHERE chain = 'layout'`)
     expect(rows.map((r) => ({ ...r }))).toEqual([{ id: String(id), root: 'default', root_kind: 'aes', n: (await store.getKek('layout', id))!.wrapped.length }])
-    // The schema is what postgresSchema documents: its statements run again without error.
+    // The schema is what postgresSchema documents and the README shows: its statements run again without error.
     await admin.unsafe(postgresSchema(table))
+    const sqlBlocks = readmeBlocks(new URL('../README.md', import.meta.url).pathname, 'sql')
+    expect(sqlBlocks.map((b) => b.text.trim())).toEqual([postgresSchema()])
     // Chain names are one column, never concatenated: 'a' + id 1 and 'a\\0' never meet, nor do names with NUL or '\'.
     const h = { primary: 1, primaryCreatedAt: 1, leased: 0 }
     for (const name of ['a', 'a\0', 'a\\0', 'a\\', 'a\\\\', 'a/kek/1', 'ünï 🔑']) expect(await store.casHead(name, undefined, { ...h, leased: name.length }), name).toBe(true)
