@@ -132,6 +132,34 @@ describe.skipIf(!havePostgres)('postgresStore on PostgreSQL', () => {
     console.log(`schema on first use, 8 sessions x 5 rounds: the store 0 failures; plain CREATE TABLE IF NOT EXISTS ${plainFailures} of 40 calls failed`)
   })
 
+  it('retryable or not, as the SQLSTATE says: too many connections and a statement timeout are retryable; an ended driver is not', async () => {
+    const table = uniqueTable()
+    await admin.unsafe(postgresSchema(table))
+    const h = { primary: 1, primaryCreatedAt: 1, leased: 0 }
+    expect(await postgresStore(client(), { table }).casHead('c', undefined, h)).toBe(true)
+    // 53300: a role allowed no connection at all.
+    await admin.unsafe('CREATE ROLE kms_none LOGIN CONNECTION LIMIT 0')
+    const none = await postgresStore(client(`postgres://kms_none@127.0.0.1:${pg.port}/postgres`), { table }).getHead('c').catch((e: unknown) => e)
+    expect(none).toMatchObject({ name: 'StoreError', code: 'ERR_STORE', retryable: true })
+    expect((none as Error).message).toMatch(/53300/)
+    // 57014: the head row locked by another transaction past the session's statement_timeout.
+    const slow = postgresStore(client(pg.url, { connection: { statement_timeout: 300 } }), { table, migrate: false })
+    const version = (await slow.getHead('c'))!.version
+    let timedOut: unknown
+    await admin.begin(async (tx) => {
+      await tx.unsafe(`SELECT 1 FROM ${table}_heads WHERE chain = 'c' FOR UPDATE`)
+      timedOut = await slow.casHead('c', version, { ...h, leased: 1 }).catch((e: unknown) => e)
+    })
+    expect(timedOut).toMatchObject({ name: 'StoreError', code: 'ERR_STORE', retryable: true })
+    expect((timedOut as Error).message).toMatch(/57014/)
+    // Once the lock is gone the same swap wins: the timed-out one changed nothing.
+    expect(await slow.casHead('c', version, { ...h, leased: 1 })).toBe(true)
+    // A driver the app has ended will not answer again.
+    const ended = client()
+    await ended.end()
+    expect(await postgresStore(ended, { table }).getHead('c').catch((e: unknown) => e)).toMatchObject({ name: 'StoreError', code: 'ERR_STORE', retryable: false })
+  })
+
   it('no password from the connection string in any error, nor in the store or its options as JSON', async () => {
     const url = `postgres://kms_pw:${encodeURIComponent(PW_ROLE_PASSWORD)}@127.0.0.1:${pg.port}/postgres`
     const wrong = `postgres://kms_pw:Wr0ng-pw-2c9a@127.0.0.1:${pg.port}/postgres`
