@@ -543,7 +543,7 @@ export async function openStore(config: CliConfig, configFile: string, options: 
     if (!url) throw new CliError(EXIT.USAGE, `the postgres store: set ${SECRET_ENV.postgresUrl} (or ${SECRET_ENV.postgresUrl}_FILE) to the database's URL`)
     const problem = postgresUrlProblem(url, config.plainHttpHosts)
     if (problem) throw new CliError(EXIT.USAGE, `${SECRET_ENV.postgresUrl}: ${problem}`)
-    // The store's CREATE TABLE IF NOT EXISTS answers with notices, which the driver would print.
+    // Nothing the server says in passing (a notice) belongs on the CLI's stdout, which carries data.
     const [{ postgresStore }, { default: postgres }] = await Promise.all([import('@kms-proxy/postgres'), import('postgres')])
     const sql = postgres(url, { onnotice: () => {}, max: 2 })
     return postgresStore(sql, s.table ? { table: s.table } : {})

@@ -159,7 +159,7 @@ class BadRequest extends Error {}
  * request in between, whatever the requests await.
  *
  * Bind it in wrangler.toml:
- * ```toml
+ * ```
  * [[durable_objects.bindings]]
  * name = "KEYS"
  * class_name = "KeyChainObject"
