@@ -5,6 +5,8 @@ import { passphraseRootKey } from '@kms-proxy/passphrase'
 import { awsKmsRootKey } from '@kms-proxy/kms'
 import { etcdStore } from '@kms-proxy/etcd'
 import { denoKvStore, workersKvStore, type WorkersKvNamespace } from '@kms-proxy/kv'
+import { KeyChainObject, durableObjectStore, type DurableObjectNamespaceLike } from '@kms-proxy/durable-object'
+import { createDynamoDbTable, dynamoDbStore } from '@kms-proxy/dynamodb'
 import { indexedDbStore } from '@kms-proxy/indexeddb'
 import { webauthnRootKey } from '@kms-proxy/webauthn'
 import { pkcs11BridgeRootKey } from '@kms-proxy/pkcs11'
@@ -22,7 +24,13 @@ export function retryable(error: unknown): boolean {
   return (error instanceof RootKeyError || isKmsProxyError(error)) && error.retryable === true
 }
 
-export const factories = [awsKmsRootKey, etcdStore, denoKvStore, workersKvStore, indexedDbStore, webauthnRootKey, pkcs11BridgeRootKey] as const
+export const factories = [awsKmsRootKey, etcdStore, denoKvStore, workersKvStore, indexedDbStore, webauthnRootKey, pkcs11BridgeRootKey, dynamoDbStore, createDynamoDbTable, durableObjectStore] as const
+
+/** What a Worker exports and binds: the Durable Object class, and the store on its namespace. */
+export const durableObjectClass: typeof KeyChainObject = KeyChainObject
+export function durableObject(namespace: DurableObjectNamespaceLike): KeyStore {
+  return durableObjectStore(namespace, { prefix: 'app:' })
+}
 
 export function kv(namespace: WorkersKvNamespace): KeyStore {
   return workersKvStore(namespace)
