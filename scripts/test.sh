@@ -110,7 +110,7 @@ OTHER_RUNTIMES=(
   --exclude 'packages/kms/test/runtimes.test.ts' --exclude 'packages/cli/test/runtimes.test.ts'
   --exclude 'packages/kv/test/deno-kv.test.ts' --exclude 'packages/kv/test/workers-kv.test.ts'
   --exclude 'packages/durable-object/test/example-cloudflare-worker.test.ts' --exclude 'packages/kv/test/example-deno-kv.test.ts'
-  --exclude 'packages/durable-object/test/durable-object.test.ts'
+  --exclude 'packages/durable-object/test/durable-object.test.ts' --exclude 'packages/postgres/test/postgres-runtimes.test.ts'
   --exclude 'packages/file/test/example-bun-script.test.ts'
 )
 vitest_suite "Node 22" "$NODE22" "${OTHER_RUNTIMES[@]}"
