@@ -545,7 +545,9 @@ export async function openStore(config: CliConfig, configFile: string, options: 
     if (problem) throw new CliError(EXIT.USAGE, `${SECRET_ENV.postgresUrl}: ${problem}`)
     // Nothing the server says in passing (a notice) belongs on the CLI's stdout, which carries data.
     const [{ postgresStore }, { default: postgres }] = await Promise.all([import('@kms-proxy/postgres'), import('postgres')])
-    const sql = postgres(url, { onnotice: () => {}, max: 2 })
+    // No array-type lookup on each new connection: the store needs none, and the driver leaves
+    // a reset of that lookup (a server going down) unhandled, which would end a long-running plugin.
+    const sql = postgres(url, { onnotice: () => {}, max: 2, fetch_types: false })
     return postgresStore(sql, s.table ? { table: s.table } : {})
   }
   // From the file, re-read at each login when it changed: the password can rotate under a running plugin.

@@ -108,7 +108,7 @@ describe.skipIf(!havePostgres)('PostgreSQL (Debian server)', () => {
   beforeAll(async () => {
     pg = await startPostgres()
     // The server asks this role for its password (scram-sha-256 over TCP); it may create the store's tables.
-    const admin = postgres(pg.url, { onnotice: () => {} })
+    const admin = postgres(pg.url, { fetch_types: false, onnotice: () => {} })
     await admin.unsafe(`CREATE ROLE kms_pw LOGIN PASSWORD '${PASSWORD}'`)
     await admin.unsafe('GRANT CREATE ON SCHEMA public TO kms_pw')
     await admin.end()

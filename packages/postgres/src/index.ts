@@ -11,6 +11,9 @@
  *   so two swaps from one version never both succeed: `atomic: true`.
  * - KEK records: `INSERT … ON CONFLICT DO NOTHING` keyed by (chain, id, root): put-if-absent,
  *   never overwritten.
+ * - Give it a driver instance made with `fetch_types: false`: with the default, a connection
+ *   reset during the driver's array-type lookup is an unhandled rejection (postgres 3.4.9),
+ *   which ends a Node process; the store needs no array types. See the README.
  * - No watchHead: a chain reads the head at least every `maxStalenessMs`. (The driver's
  *   `sql.listen`, tried for it, crashed a process with an unhandled ECONNRESET or kept it from
  *   exiting after a server restart; see the README.)
@@ -26,7 +29,7 @@
  * import postgres from 'postgres'
  * import { KeyChain, aesRootKey } from '@kms-proxy/core'
  * import { postgresStore } from '@kms-proxy/postgres'
- * const sql = postgres(process.env.KMS_PROXY_POSTGRES_URL!)
+ * const sql = postgres(process.env.KMS_PROXY_POSTGRES_URL!, { fetch_types: false })
  * const chain = await KeyChain.open({ rootKey: aesRootKey(rootBytes), store: postgresStore(sql), name: 'orders' })
  * ```
  *
@@ -235,7 +238,7 @@ function checkTable(table: unknown): string {
  * import { KeyChain, aesRootKey } from '@kms-proxy/core'
  * import { postgresStore } from '@kms-proxy/postgres'
  *
- * const sql = postgres(process.env.KMS_PROXY_POSTGRES_URL!, { max: 4 })
+ * const sql = postgres(process.env.KMS_PROXY_POSTGRES_URL!, { max: 4, fetch_types: false })
  * const chain = await KeyChain.open({ rootKey: aesRootKey(rootBytes), store: postgresStore(sql, { table: 'app_keys' }), name: 'orders' })
  * ```
  */

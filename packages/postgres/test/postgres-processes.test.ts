@@ -83,7 +83,7 @@ describe.skipIf(!havePostgres)('postgresStore shared by OS processes', () => {
   let admin: Sql
   beforeAll(async () => {
     ;[pg] = await Promise.all([startPostgres(), ensureDist()])
-    admin = postgres(pg.url, { max: 2, onnotice: () => {} })
+    admin = postgres(pg.url, { max: 2, fetch_types: false, onnotice: () => {} })
   }, 120_000)
   afterAll(async () => {
     await admin?.end({ timeout: 1 })
@@ -117,7 +117,7 @@ describe.skipIf(!havePostgres)('postgresStore shared by OS processes', () => {
     const LEASE = 10
     const table = uniqueTable()
     // A chain in this process too.
-    const sql = postgres(pg.url, { max: 2, onnotice: () => {} })
+    const sql = postgres(pg.url, { max: 2, fetch_types: false, onnotice: () => {} })
     const store = postgresStore(sql, { table })
     const mine = await KeyChain.open({ rootKey: aesRootKey(DIST_ROOT), store, name: 'dist', maxWrapsPerKek: MAX, watch: false })
     const before = await mine.encrypt('mine:0')
@@ -175,7 +175,7 @@ describe.skipIf(!havePostgres)('postgresStore costs', () => {
   it('measures queries and ms per unlock, per rotation, per message (printed for the README)', async () => {
     const table = uniqueTable()
     let queries = 0
-    const counted = () => postgres(pg.url, { max: 4, onnotice: () => {}, debug: () => void queries++ })
+    const counted = () => postgres(pg.url, { max: 4, fetch_types: false, onnotice: () => {}, debug: () => void queries++ })
     const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!
     const setup = counted()
     const first = await KeyChain.open({ rootKey: aesRootKey(ROOT), store: postgresStore(setup, { table }), name: 'm' })

@@ -1,4 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { execFile } from 'node:child_process'
+import { join } from 'node:path'
 import postgres, { type Sql } from 'postgres'
 import { KeyChain, KmsProxyError, StoreError, aesRootKey } from '@kms-proxy/core'
 import { createHarness, describeStore } from '@kms-proxy/testkit'
@@ -18,14 +20,14 @@ describe.skipIf(!havePostgres)('postgresStore on PostgreSQL', () => {
   const clients: Sql[] = []
   /** A driver instance of its own (its own connections, as another process would have), ended in afterAll. */
   const client = (url = pg.url, options: postgres.Options<{}> = {}) => {
-    const sql = postgres(url, { max: 2, onnotice: () => {}, ...options })
+    const sql = postgres(url, { max: 2, fetch_types: false, onnotice: () => {}, ...options })
     clients.push(sql)
     return sql
   }
 
   beforeAll(async () => {
     pg = await startPostgres()
-    admin = postgres(pg.url, { max: 2, onnotice: () => {} })
+    admin = postgres(pg.url, { max: 2, fetch_types: false, onnotice: () => {} })
     await admin.unsafe(`CREATE ROLE kms_pw LOGIN PASSWORD '${PW_ROLE_PASSWORD}'`)
   }, 90_000)
   afterAll(async () => {
@@ -40,7 +42,7 @@ describe.skipIf(!havePostgres)('postgresStore on PostgreSQL', () => {
     watch: false,
     async open() {
       const table = uniqueTable()
-      const [a, b] = [postgres(pg.url, { max: 2, onnotice: () => {} }), postgres(pg.url, { max: 2, onnotice: () => {} })]
+      const [a, b] = [postgres(pg.url, { max: 2, fetch_types: false, onnotice: () => {} }), postgres(pg.url, { max: 2, fetch_types: false, onnotice: () => {} })]
       return {
         store: postgresStore(a, { table }),
         another: () => postgresStore(b, { table }),
@@ -158,6 +160,21 @@ describe.skipIf(!havePostgres)('postgresStore on PostgreSQL', () => {
     const ended = client()
     await ended.end()
     expect(await postgresStore(ended, { table }).getHead('c').catch((e: unknown) => e)).toMatchObject({ name: 'StoreError', code: 'ERR_STORE', retryable: false })
+  })
+
+  it('the driver leaves a reset of its array-type lookup unhandled (so the README says fetch_types: false); without the lookup the same reset is a plain failed query', async () => {
+    // In a child process: an unhandled rejection there is what an app would suffer, and it must not end this runner.
+    const run = (mode: 'on' | 'off') =>
+      new Promise<{ result: string; unhandled: string[] }>((resolve, reject) => {
+        execFile(process.execPath, [join(import.meta.dirname, 'fixtures', 'types-reset.mjs'), String(pg.port), mode], { timeout: 30_000 }, (error, stdout) =>
+          error ? reject(error) : resolve(JSON.parse(stdout.trim().split('\n').pop()!)),
+        )
+      })
+    // Driver default (fetch_types on): the lookup's query is reset; the app's query fails, and the
+    // lookup's own rejection reaches no handler (Node's default ends the process on it).
+    expect(await run('on')).toEqual({ result: 'rejected ECONNRESET', unhandled: ['ECONNRESET'] })
+    // fetch_types: false: no lookup, nothing to reset; the query answers.
+    expect(await run('off')).toEqual({ result: 'ok 1', unhandled: [] })
   })
 
   it('no password from the connection string in any error, nor in the store or its options as JSON', async () => {

@@ -13,7 +13,7 @@ describeStore(t, {
   severalRoots: true,
   async open() {
     const table = `${seed}_${++n}`
-    const [a, b] = [postgres(url, { max: 2, onnotice: () => {} }), postgres(url, { max: 2, onnotice: () => {} })]
+    const [a, b] = [postgres(url, { max: 2, fetch_types: false, onnotice: () => {} }), postgres(url, { max: 2, fetch_types: false, onnotice: () => {} })]
     return {
       store: postgresStore(a, { table }),
       another: () => postgresStore(b, { table }),
