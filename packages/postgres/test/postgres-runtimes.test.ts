@@ -1,6 +1,7 @@
 /**
- * The same postgresStore, with the same `postgres` driver, from Deno and Bun: describeStore
- * (several roots) against the server this file starts.
+ * The same postgresStore, with the same `postgres` driver, from Deno, Bun and workerd (the
+ * driver's Workers build, over `cloudflare:sockets`): describeStore (several roots) against the
+ * server this file starts.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { execFile } from 'node:child_process'
@@ -10,6 +11,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import * as esbuild from 'esbuild'
+import { Miniflare } from 'miniflare'
 import { havePostgres, startPostgres, type PgServer } from './pg-process.ts'
 
 const repo = join(import.meta.dirname, '..', '..', '..')
@@ -18,7 +20,7 @@ const BUN = join(repo, 'node_modules/.bin/bun')
 const run = promisify(execFile)
 type Result = { name: string; ok: boolean; ms: number; error?: string }
 
-describe.skipIf(!havePostgres)('postgresStore on Deno and Bun', () => {
+describe.skipIf(!havePostgres)('postgresStore on Deno, Bun and workerd', () => {
   let pg: PgServer
   let dir: string
   let script: string
@@ -63,5 +65,31 @@ describe.skipIf(!havePostgres)('postgresStore on Deno and Bun', () => {
   it('Bun: describeStore passes', async () => {
     const { stdout } = await run(BUN, [script, pg.url, 'bun'], { env: { PATH: process.env.PATH, NO_COLOR: '1' }, timeout: 90_000, maxBuffer: 8 << 20 })
     check('Bun', stdout)
+  }, 120_000)
+
+  it('workerd (Miniflare): describeStore passes through the driver\'s Workers build (TCP over cloudflare:sockets)', async () => {
+    const built = await esbuild.build({
+      entryPoints: [join(import.meta.dirname, 'runtimes', 'worker.ts')],
+      bundle: true,
+      format: 'esm',
+      platform: 'neutral',
+      // The driver's package.json sends "workerd" to its Workers build.
+      conditions: ['workerd', 'worker', 'browser'],
+      mainFields: ['module', 'main'],
+      target: 'es2022',
+      write: false,
+      logLevel: 'error',
+      external: ['cloudflare:sockets', 'node:*'],
+    })
+    const bundled = built.outputFiles[0]!.text
+    expect(bundled).toContain('cloudflare:sockets')
+    const mf = new Miniflare({ modules: true, script: bundled, compatibilityDate: '2026-05-01', compatibilityFlags: ['nodejs_compat'] })
+    try {
+      const response = await mf.dispatchFetch('http://localhost/', { method: 'POST', body: JSON.stringify({ url: pg.url, seed: 'workerd' }) })
+      expect(response.status).toBe(200)
+      check('workerd', JSON.stringify(await response.json()))
+    } finally {
+      await mf.dispose()
+    }
   }, 120_000)
 })
