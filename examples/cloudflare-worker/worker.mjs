@@ -11,8 +11,10 @@
 //   "aws-kms"        AWS_KMS_KEY_ID, AWS_REGION, AWS_KMS_ENDPOINT (optional) as vars;
 //                    AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN (optional) as secrets
 // Optional: CHAIN_NAME, MAX_WRAPS_PER_KEK (default 2^21 on a Durable Object, 2^18 on KV),
-// MAX_KEK_AGE_MS (default 7 days).
-import { KeyChain, KmsProxyError, aesRootKey, kekAad } from '@kms-proxy/core'
+// MAX_KEK_AGE_MS (default 7 days), BACKUP_TOKEN (secret) to turn on
+//   GET  /backup   (Authorization: Bearer BACKUP_TOKEN) -> the chain's head and wrapped KEKs as JSON
+//   POST /restore  (the same header, that JSON)          -> into a store that has no such chain
+import { KeyChain, KmsProxyError, aesRootKey, fromBase64, kekAad, parseChainHead, toBase64 } from '@kms-proxy/core'
 import { durableObjectStore } from '@kms-proxy/durable-object'
 import { awsKmsRootKey } from '@kms-proxy/kms'
 import { workersKvStore } from '@kms-proxy/kv'
@@ -23,7 +25,7 @@ export { KeyChainObject } from '@kms-proxy/durable-object'
 /** Something the operator must fix in the worker's bindings; its message names bindings, never values. */
 class ConfigError extends Error {}
 
-const CONFIG = ['STORE', 'ROOT_KEY_TYPE', 'ROOT_KEY', 'AWS_KMS_KEY_ID', 'AWS_REGION', 'AWS_KMS_ENDPOINT', 'AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN', 'CHAIN_NAME', 'MAX_WRAPS_PER_KEK', 'MAX_KEK_AGE_MS']
+const CONFIG = ['STORE', 'BACKUP_TOKEN', 'ROOT_KEY_TYPE', 'ROOT_KEY', 'AWS_KMS_KEY_ID', 'AWS_REGION', 'AWS_KMS_ENDPOINT', 'AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN', 'CHAIN_NAME', 'MAX_WRAPS_PER_KEK', 'MAX_KEK_AGE_MS']
 
 function rootKeyFrom(env) {
   const type = env.ROOT_KEY_TYPE ?? 'aes'
@@ -151,11 +153,82 @@ function failure(error, pathname) {
   }
 }
 
+// ---------------------------------------------------------------------------------- backup
+
+const BACKUP_FORMAT = 'kms-proxy-chain-backup/v1'
+
+/** Whether the request carries the BACKUP_TOKEN, compared in constant time. */
+function authorized(request, env) {
+  const given = new TextEncoder().encode(request.headers.get('authorization') ?? '')
+  const wanted = new TextEncoder().encode(`Bearer ${env.BACKUP_TOKEN}`)
+  let diff = given.length ^ wanted.length
+  for (let i = 0; i < wanted.length; i++) diff |= (given[i] ?? 0) ^ wanted[i]
+  return diff === 0
+}
+
+/**
+ * The chain's head and every wrapped KEK record: what the store holds and nothing else (no key:
+ * the records open only with the root key, which is never in a backup). Read through the
+ * KeyStore interface, so it is the same for the Durable Object and for KV.
+ */
+async function backup(env) {
+  const store = storeFrom(env)
+  const chain = env.CHAIN_NAME || 'default'
+  const head = await store.getHead(chain)
+  const records = await store.listKeks(chain)
+  const keks = records.map((r) => ({ id: r.id, createdAt: r.createdAt, rootKind: r.rootKind, wrapped: toBase64(r.wrapped), ...(r.root === undefined ? {} : { root: r.root }) }))
+  return { format: BACKUP_FORMAT, chain, head: head?.value ?? null, keks }
+}
+
+/** Writes a backup into a store that has no head for the chain: every record, then the head. */
+async function restore(env, body) {
+  const store = storeFrom(env)
+  const chain = env.CHAIN_NAME || 'default'
+  const head = parseChainHead(body?.head)
+  if (body?.format !== BACKUP_FORMAT || body.chain !== chain || !head || !Array.isArray(body.keks)) {
+    return json(400, { error: 'ERR_REQUEST', message: `expected a ${BACKUP_FORMAT} backup of chain "${chain}"` })
+  }
+  let records
+  try {
+    records = body.keks.map((k) => ({ id: k.id, createdAt: k.createdAt, rootKind: k.rootKind, wrapped: fromBase64(k.wrapped), ...(k.root === undefined ? {} : { root: k.root }) }))
+  } catch {
+    return json(400, { error: 'ERR_REQUEST', message: 'a KEK record of the backup is malformed' })
+  }
+  if (!records.some((r) => r.id === head.primary)) return json(400, { error: 'ERR_REQUEST', message: 'the backup lacks its primary KEK' })
+  if (await store.getHead(chain)) return json(409, { error: 'ERR_EXISTS', message: `chain "${chain}" is already in this store: restore into an empty one` })
+  // Records first: a head never names a KEK the store lacks. A record already there is kept.
+  for (const record of records) await store.putKekIfAbsent(chain, record)
+  if (!(await store.casHead(chain, undefined, head))) return json(409, { error: 'ERR_EXISTS', message: `chain "${chain}" appeared in this store meanwhile` })
+  return json(200, { restored: records.length })
+}
+
+async function backupRoute(request, env, pathname) {
+  if (env.BACKUP_TOKEN.length < 32) return failure(new ConfigError('BACKUP_TOKEN must be at least 32 characters (openssl rand -base64 32)'), pathname)
+  if (!authorized(request, env)) return json(401, { error: 'ERR_UNAUTHORIZED', message: 'expected Authorization: Bearer <BACKUP_TOKEN>' })
+  try {
+    if (pathname === '/backup') return json(200, await backup(env))
+    let body
+    try {
+      body = await request.json()
+    } catch {
+      return json(400, { error: 'ERR_REQUEST', message: 'expected a JSON body' })
+    }
+    return await restore(env, body)
+  } catch (error) {
+    if (error instanceof TypeError && !(error instanceof ConfigError)) return json(400, { error: 'ERR_REQUEST', message: error.message })
+    return failure(error, pathname)
+  }
+}
+
 export default {
   async fetch(request, env) {
     const { pathname } = new URL(request.url)
+    const backups = typeof env.BACKUP_TOKEN === 'string' && env.BACKUP_TOKEN !== ''
+    if (backups && ((request.method === 'GET' && pathname === '/backup') || (request.method === 'POST' && pathname === '/restore'))) {
+      return backupRoute(request, env, pathname)
+    }
     if (request.method !== 'POST' || (pathname !== '/encrypt' && pathname !== '/decrypt')) {
-      return json(404, { error: 'ERR_NOT_FOUND', routes: ['POST /encrypt', 'POST /decrypt'] })
+      return json(404, { error: 'ERR_NOT_FOUND', routes: ['POST /encrypt', 'POST /decrypt', ...(backups ? ['GET /backup', 'POST /restore'] : [])] })
     }
     let body
     try {

@@ -33,6 +33,7 @@ afterAll(async () => {
 })
 const randomKey = () => Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString('base64')
 const ROOT_KEY = randomKey()
+const BACKUP_TOKEN = randomKey()
 
 /** Flips one bit in the middle of the base64url body of a text-form encrypted data. */
 function tamper(encrypted: string): string {
@@ -104,6 +105,9 @@ beforeAll(async () => {
     kms: [kmsBindings, 'kms'],
     'kms-partial': [kmsPartial, 'kms-partial'],
     'kms-down': [{ ...kmsBindings, AWS_KMS_ENDPOINT: `http://127.0.0.1:${await freePort()}/` }, 'kms-down'],
+    'backup-a': [{ ROOT_KEY, BACKUP_TOKEN }, 'backup-a'],
+    'backup-b': [{ ROOT_KEY, BACKUP_TOKEN }, 'backup-b'],
+    'backup-short': [{ ROOT_KEY, BACKUP_TOKEN: 'too-short' }, 'backup-short'],
   }
   const base = { modules: true, script, compatibilityDate: '2026-05-01' }
   mf = new Miniflare({
@@ -159,6 +163,38 @@ it('on its Durable Object (the default): round trip, tampered input is 400 ERR_D
   expect(records[0]!.rootKind).toBe('aes')
   // Nothing of it went to a KV namespace: the worker has none.
   await expect(mf.getKVNamespace('KEYS', 'main')).rejects.toThrow()
+}, 30_000)
+
+it('BACKUP_TOKEN: GET /backup gives the head and wrapped KEKs (no key, no secret); POST /restore puts them into an empty object, whose worker then decrypts the old data; a wrong token is 401, a restore over a chain 409', async () => {
+  const send = async (name: string, method: string, path: string, token: string | undefined, body?: unknown) => {
+    const r = await (await mf.getWorker(name)).fetch(`http://localhost${path}`, { method, headers: token === undefined ? {} : { authorization: `Bearer ${token}` }, ...(body === undefined ? {} : { body: JSON.stringify(body) }) })
+    return { status: r.status, body: await r.json() }
+  }
+  const a = worker('backup-a')
+  const first = await a.call('/encrypt', { text: 'kept through a backup' })
+  await a.call('/encrypt', { text: 'and another' })
+  expect(first.status).toBe(200)
+  // Without the secret the routes do not exist; with a short one they refuse to serve.
+  expect((await send('main', 'GET', '/backup', BACKUP_TOKEN)).status).toBe(404)
+  expect((await send('backup-short', 'GET', '/backup', 'too-short')).body.error).toBe('ERR_CONFIG')
+  for (const token of [undefined, 'wrong', BACKUP_TOKEN.slice(0, -1)]) expect(await send('backup-a', 'GET', '/backup', token)).toMatchObject({ status: 401, body: { error: 'ERR_UNAUTHORIZED' } })
+  const dump = await send('backup-a', 'GET', '/backup', BACKUP_TOKEN)
+  expect(dump.status).toBe(200)
+  expect(dump.body).toMatchObject({ format: 'kms-proxy-chain-backup/v1', chain: 'default', head: { primary: parseInt(kekId(first.body.encrypted), 16) } })
+  const stored = await (await a.store()).listKeks('default')
+  expect(dump.body.keks.map((k: { id: number }) => k.id).sort()).toEqual(stored.map((r) => r.id).sort())
+  expect(JSON.stringify(dump.body)).not.toContain(ROOT_KEY)
+  expect(JSON.stringify(dump.body)).not.toContain(BACKUP_TOKEN)
+  // Into backup-b's own, empty object: the records, then the head; its worker decrypts what a made.
+  const b = worker('backup-b')
+  expect(await (await b.store()).getHead('default')).toBe(undefined)
+  expect(await send('backup-b', 'POST', '/restore', BACKUP_TOKEN, dump.body)).toEqual({ status: 200, body: { restored: stored.length } })
+  expect(await b.call('/decrypt', { encrypted: first.body.encrypted })).toEqual({ status: 200, body: { text: 'kept through a backup' } })
+  expect((await (await b.store()).getHead('default'))!.value).toEqual(dump.body.head)
+  // Never over a chain that is there, never a malformed backup, never without the token.
+  expect(await send('backup-b', 'POST', '/restore', BACKUP_TOKEN, dump.body)).toMatchObject({ status: 409, body: { error: 'ERR_EXISTS' } })
+  expect(await send('backup-a', 'POST', '/restore', BACKUP_TOKEN, { ...dump.body, head: { primary: 'x' } })).toMatchObject({ status: 400, body: { error: 'ERR_REQUEST' } })
+  expect(await send('backup-a', 'POST', '/restore', undefined, dump.body)).toMatchObject({ status: 401 })
 }, 30_000)
 
 it('STORE=kv: the same API on a real KV binding, the records in KV where they always were', async () => {
@@ -241,10 +277,10 @@ describe('ROOT_KEY_TYPE "aws-kms": the KEKs wrapped by AWS KMS (moto on loopback
   }, 30_000)
 })
 
-it('.dev.vars, .wrangler/, root.key and kv-backup.json are git-ignored in examples/cloudflare-worker', () => {
-  const paths = ['.dev.vars', '.wrangler/state/x', 'root.key', 'kv-backup.json'].map((p) => `examples/cloudflare-worker/${p}`)
+it('.dev.vars, .wrangler/, root.key, kv-backup.json, backup.token and chain-backup.json are git-ignored in examples/cloudflare-worker', () => {
+  const paths = ['.dev.vars', '.wrangler/state/x', 'root.key', 'kv-backup.json', 'backup.token', 'chain-backup.json'].map((p) => `examples/cloudflare-worker/${p}`)
   const ignored = execFileSync('git', ['check-ignore', ...paths], { cwd: repoRoot, encoding: 'utf8' })
-  expect(ignored.trim().split('\n')).toHaveLength(4)
+  expect(ignored.trim().split('\n')).toHaveLength(6)
 })
 
 describe('examples/cloudflare-worker README, as written (wrangler dev, offline)', () => {
@@ -268,6 +304,9 @@ describe('examples/cloudflare-worker README, as written (wrangler dev, offline)'
       'test -e root.key || (umask 077 && openssl rand -base64 32 > root.key)',
       'pnpm exec wrangler secret put ROOT_KEY < root.key',
       'pnpm exec wrangler deploy',
+      'test -e backup.token || (umask 077 && openssl rand -base64 32 > backup.token)',
+      'pnpm exec wrangler secret put BACKUP_TOKEN < backup.token',
+      'curl -sf -H "authorization: Bearer $(cat backup.token)" https://kms-proxy-example.YOUR-SUBDOMAIN.workers.dev/backup > chain-backup.json',
     ])
     expect(at('# Deploy on Workers KV')).toEqual([
       'pnpm exec wrangler kv namespace create KEYS -c wrangler.kv.toml',
