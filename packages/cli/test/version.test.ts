@@ -1,4 +1,4 @@
-import { cpSync, readFileSync, writeFileSync } from 'node:fs'
+import { cpSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, describe, expect, it, vi } from 'vitest'
 import { VERSION, main } from '@kms-proxy/cli'
@@ -33,6 +33,8 @@ describe('kms-proxy --version', () => {
     const release = join(work.dir, 'cli')
     cpSync(join(ROOT, 'packages/cli/src'), join(release, 'src'), { recursive: true })
     writeFileSync(join(release, 'package.json'), JSON.stringify({ ...manifest, version: '7.8.9-release.1' }))
+    // Its dependencies installed beside it, as npm would (the PostgreSQL driver is one).
+    symlinkSync(join(ROOT, 'packages/cli/node_modules'), join(release, 'node_modules'))
     const outfile = await bundleCli(work.dir, release)
     const r = await spawnCollect(process.execPath, [outfile, '--version'], { cwd: work.dir })
     expect(r.code).toBe(0)

@@ -1,7 +1,8 @@
 /**
  * The public API of every package, name by name. A new export is a promise to support it: this
- * list makes adding one a deliberate change reviewed here, and keeps internals (a SigV4 signer,
- * base64 helpers, the KMS v2 envelope checks) from leaking into the API again. Base64 and hex
+ * list makes adding one a deliberate change reviewed here, and keeps internals (base64 helpers,
+ * the KMS v2 envelope checks) from leaking into the API again; the SigV4 signer is public since a
+ * second package (the DynamoDB store) signs AWS requests with it. Base64 and hex
  * exist once, in core, with one strictness.
  */
 import { describe, expect, it } from 'vitest'
@@ -27,9 +28,15 @@ const PUBLIC_API: Record<string, string[]> = {
   etcd: ['etcdStore'],
   kv: ['denoKvStore', 'workersKvStore'],
   indexeddb: ['indexedDbStore'],
+  'durable-object': ['KeyChainObject', 'durableObjectStore'],
+  dynamodb: ['createDynamoDbTable', 'dynamoDbStore'],
+  postgres: ['postgresSchema', 'postgresStore'],
   kms: [
     'awsKmsRootKey', 'azureKeyVaultRootKey', 'gcpKmsRootKey', 'vaultTransitRootKey', 'refreshingCredentials',
     'awsWebIdentityCredentials', 'awsContainerCredentials', 'awsInstanceCredentials', 'gcpMetadataToken', 'azureManagedIdentityToken',
+    // AWS's request signer, shared with @kms-proxy/dynamodb (the one other package that talks to
+    // AWS) instead of a second copy there; checked against AWS's own signer in both packages' tests.
+    'signV4',
   ],
   webauthn: [
     'CANCELLED_MESSAGE', 'HKDF_INFO', 'KIND', 'NO_PRF_MESSAGE', 'SALT_BYTES', 'WEBAUTHN_WRAP_TAG',
@@ -55,11 +62,12 @@ describe('public API', () => {
     })
   }
 
-  it('no package but core exports base64, hex or signing helpers', async () => {
+  it('no package but core exports base64, hex or signing helpers (but kms its AWS signer, reviewed above)', async () => {
     const helper = /base64|hex|sign|sigv4|encode|decode/i
+    const reviewed: Record<string, string[]> = { kms: ['signV4'] }
     for (const name of Object.keys(PUBLIC_API).filter((n) => n !== 'core')) {
       const module = (await import(`@kms-proxy/${name}`)) as Record<string, unknown>
-      expect(Object.keys(module).filter((k) => helper.test(k)), name).toEqual([])
+      expect(Object.keys(module).filter((k) => helper.test(k)), name).toEqual(reviewed[name] ?? [])
     }
   })
 

@@ -2,8 +2,8 @@
  * moto_server (the open-source AWS emulator) serving DynamoDB, started by a test on a free
  * loopback port in its own temporary folder, with the store's table made by createDynamoDbTable.
  */
-import { spawn } from 'node:child_process'
-import { mkdtempSync, rmSync } from 'node:fs'
+import { spawn, spawnSync } from 'node:child_process'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createDynamoDbTable } from '../src/index.ts'
@@ -23,6 +23,27 @@ app.debug = True
 run_simple('127.0.0.1', int(sys.argv[1]), app, threaded=False)
 `
 
+/**
+ * The Python that runs moto_server (its script's interpreter, through pyenv's shim when there is
+ * one), else `python3`: the first that can import moto. Not simply `python3` from PATH: the test
+ * command puts the chosen Node's folder (often /usr/bin, with the system's python3) first.
+ */
+function motoPython(): string[] {
+  const candidates: string[][] = []
+  const shimmed = spawnSync('pyenv', ['which', 'moto_server'], { encoding: 'utf8' })
+  const found = spawnSync('sh', ['-c', 'command -v moto_server'], { encoding: 'utf8' })
+  for (const script of [shimmed.status === 0 ? shimmed.stdout.trim() : '', found.status === 0 ? found.stdout.trim() : '']) {
+    if (!script) continue
+    const first = readFileSync(script, 'utf8').split('\n', 1)[0] ?? ''
+    if (first.startsWith('#!') && !/\b(ba)?sh\b/.test(first)) candidates.push(first.slice(2).trim().split(/\s+/))
+  }
+  candidates.push(['python3'])
+  for (const [command, ...args] of candidates) {
+    if (spawnSync(command!, [...args, '-c', 'import moto, werkzeug'], { stdio: 'ignore' }).status === 0) return [command!, ...args]
+  }
+  return ['python3']
+}
+
 export interface MotoDynamoDb {
   /** `http://127.0.0.1:PORT/` */
   endpoint: string
@@ -41,7 +62,8 @@ export async function startMotoDynamoDb(table = 'kms-proxy'): Promise<MotoDynamo
   // PutItems from one version both succeed (seen here: more than one winner of 16 in a round, a KEK 14 uses
   // over its limit across 8 processes), which DynamoDB never allows. The same application served
   // one request at a time is as atomic per item as DynamoDB.
-  const child = spawn('python3', ['-c', SERIAL_MOTO, String(port)], { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, MOTO_PORT: String(port) } })
+  const [python, ...pythonArgs] = motoPython()
+  const child = spawn(python!, [...pythonArgs, '-c', SERIAL_MOTO, String(port)], { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, MOTO_PORT: String(port) } })
   const stderr: string[] = []
   child.stderr!.on('data', (d: Buffer) => stderr.length < 20 && stderr.push(d.toString()))
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
