@@ -168,7 +168,7 @@ it('on its Durable Object (the default): round trip, tampered input is 400 ERR_D
 it('BACKUP_TOKEN: GET /backup gives the head and wrapped KEKs (no key, no secret); POST /restore puts them into an empty object, whose worker then decrypts the old data; a wrong token is 401, a restore over a chain 409', async () => {
   const send = async (name: string, method: string, path: string, token: string | undefined, body?: unknown) => {
     const r = await (await mf.getWorker(name)).fetch(`http://localhost${path}`, { method, headers: token === undefined ? {} : { authorization: `Bearer ${token}` }, ...(body === undefined ? {} : { body: JSON.stringify(body) }) })
-    return { status: r.status, body: await r.json() }
+    return { status: r.status, body: (await r.json()) as any }
   }
   const a = worker('backup-a')
   const first = await a.call('/encrypt', { text: 'kept through a backup' })
