@@ -34,10 +34,12 @@ fi
 passed=0
 failed=0
 status=0
+# The names of failed checks, printed again at the end (scripts/list-failures.mjs).
+rm -f .tmp/failures.txt .tmp/vitest-*.json
 if [ "$setup_quiet" -eq 1 ]; then passed=$((passed + 1)); else failed=$((failed + 1)); status=1; fi
 
 # Suite 1: type check (counts as one check).
-if pnpm --silent typecheck; then passed=$((passed + 1)); else failed=$((failed + 1)); status=1; fi
+if pnpm --silent typecheck; then passed=$((passed + 1)); else failed=$((failed + 1)); status=1; echo "type check" >>.tmp/failures.txt; fi
 
 # Suite 2: unit and integration tests (vitest), on Node 20 here and on Node 22 and 24 below.
 vitest_suite() { # label, node binary, vitest options...
@@ -51,12 +53,13 @@ vitest_suite() { # label, node binary, vitest options...
   if [ -f "$json" ]; then
     read -r p f < <(node -e 'const r=require("./'"$json"'"); const skipped = r.numPendingTests + r.numTodoTests; if (skipped) console.error(`${skipped} skipped or todo tests: counted as failed`); console.log(r.numPassedTests, r.numFailedTests + skipped)')
     # vitest fails a run with an unhandled error even when every test passed: count that as a failure.
-    if [ "$code" -ne 0 ] && [ "$f" -eq 0 ]; then echo "vitest exited $code (an unhandled error): counted as failed"; f=1; fi
+    if [ "$code" -ne 0 ] && [ "$f" -eq 0 ]; then echo "vitest exited $code (an unhandled error): counted as failed"; f=1; echo "vitest, $label: exited $code with every test passed (an unhandled error; see its output)" >>.tmp/failures.txt; fi
     echo "vitest, $label: $p passed, $f failed ($((SECONDS - started)) s)"
     passed=$((passed + p)); failed=$((failed + f))
     [ "$f" -eq 0 ] || status=1
   else
     echo "vitest, $label: no result"
+    echo "vitest, $label: no result (exit $code)" >>.tmp/failures.txt
     failed=$((failed + 1)); status=1
   fi
 }
@@ -89,6 +92,7 @@ suite() { # name, command...
   out=$("$@" 2>&1)
   local code=$?
   printf '%s\n' "$out" | grep -vE '^ok ' | tail -n 40
+  printf '%s\n' "$out" | grep -E '^[[:space:]]*FAIL' | sed -E "s/^[[:space:]]*FAIL[[:space:]]*/$name: /" >>.tmp/failures.txt
   line=$(printf '%s\n' "$out" | grep -E '^[0-9]+ passed, [0-9]+ failed' | tail -n 1)
   if [ -n "$line" ]; then
     read -r p f < <(echo "$line" | sed -E 's/^([0-9]+) passed, ([0-9]+) failed.*/\1 \2/')
@@ -97,6 +101,7 @@ suite() { # name, command...
   else
     failed=$((failed + 1))
     echo "$name: no result line"
+    echo "$name: no result line (exit $code)" >>.tmp/failures.txt
   fi
   [ "$code" -eq 0 ] || status=1
 }
@@ -130,6 +135,7 @@ suite "types" node e2e/types.mjs
 suite "jsr" node e2e/jsr.mjs
 suite "docs" bash scripts/check-docs.sh
 
+node scripts/list-failures.mjs || true
 echo "whole run: $((SECONDS / 60)) min $((SECONDS % 60)) s"
 echo "$passed passed, $failed failed"
 exit $status
