@@ -43,7 +43,7 @@ export {
   ERROR_CODES,
 } from './errors.js'
 export type { ErrorCode, AnyKmsProxyError, KmsProxyErrorOptions, KmsProxyErrorClass } from './errors.js'
-export { memoryStore, embeddedStore, DEFAULT_ROOT, rootOf, parseChainHead, isRootName } from './store.js'
+export { memoryStore, embeddedStore, DEFAULT_ROOT, rootOf, parseChainHead, isRootName, checkChainName, checkKekId, checkRootName } from './store.js'
 export type { KeyStore, KekRecord, ChainHead, ChainRoot, ChainRootState, RetiredKek, Versioned } from './store.js'
 export { ephemeralRootKey, aesRootKey, sealNewKek, sealKek, openSealedKek, importKekBytes, KEK_ALGORITHM } from './root-key.js'
 export type { RootKey, NewKek, UnwrapKekOptions } from './root-key.js'

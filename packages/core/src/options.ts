@@ -5,7 +5,7 @@
  */
 import { asBytes, utf8, type Bytes } from './internal/bytes.js'
 import { ephemeralRootKey, type RootKey } from './root-key.js'
-import { DEFAULT_ROOT, embeddedStore, type ChainRootState, type KeyStore } from './store.js'
+import { DEFAULT_ROOT, checkChainName, checkRootName, embeddedStore, type ChainRootState, type KeyStore } from './store.js'
 
 /** Options of `KeyChain.open`. Every one has a default. */
 export interface KeyChainOptions {
@@ -257,17 +257,6 @@ export type ResolvedOptions = Omit<Required<KeyChainOptions>, 'rootKey' | 'roots
   single: boolean
 }
 
-/** Letters, digits, `.`, `_`, `-`: a root name is part of store keys and of encrypted data. */
-const ROOT_NAME = /^[A-Za-z0-9._-]{1,64}$/
-
-/** Checks a root's name. @throws TypeError */
-export function checkRootName(name: unknown, what = 'root name'): string {
-  if (typeof name !== 'string' || !ROOT_NAME.test(name)) {
-    throw new TypeError(`${what}: expected 1 to 64 letters, digits, ".", "_" or "-"`)
-  }
-  return name
-}
-
 /** Checks a root key. @throws TypeError */
 export function checkRootKey(root: unknown, what = 'rootKey'): RootKey {
   const r = root as RootKey
@@ -284,7 +273,7 @@ export function resolveOptions(options: KeyChainOptions): ResolvedOptions {
   const roots = new Map<string, RootKey>()
   if (options.roots !== undefined) {
     if (typeof options.roots !== 'object' || options.roots === null) throw new TypeError('roots: expected an object of root keys by name')
-    for (const [name, root] of Object.entries(options.roots)) roots.set(checkRootName(name), checkRootKey(root, `roots.${name}`))
+    for (const [name, root] of Object.entries(options.roots)) roots.set(checkRootName(name, 'root name'), checkRootKey(root, `roots.${name}`))
     if (roots.size === 0) throw new TypeError('roots: expected at least one root key')
   } else {
     roots.set(DEFAULT_ROOT, checkRootKey(options.rootKey ?? ephemeralRootKey()))
@@ -296,10 +285,7 @@ export function resolveOptions(options: KeyChainOptions): ResolvedOptions {
     }
   }
   const name = options.name ?? 'default'
-  if (typeof name !== 'string' || name.length < 1 || name.length > 255) {
-    throw new TypeError('name: expected a string of 1 to 255 characters')
-  }
-  utf8(name, 'name') // bound into every KEK wrap: must be well-formed
+  checkChainName(name, 'name') // bound into every KEK wrap: must be well-formed
   const maxWrapsPerKek = options.maxWrapsPerKek ?? DEFAULT_MAX_WRAPS
   if (!Number.isInteger(maxWrapsPerKek) || maxWrapsPerKek < 1 || maxWrapsPerKek > HARD_MAX_WRAPS) {
     throw new RangeError('maxWrapsPerKek: expected an integer from 1 to 2^32')

@@ -151,6 +151,8 @@ export interface KeyStore {
   watchHead?(chain: string, onChange: () => void): () => void
 }
 
+import { LONE_SURROGATE } from './internal/bytes.js'
+
 const ROOT_NAME = /^[A-Za-z0-9._-]{1,64}$/
 const ROOT_STATES: readonly unknown[] = ['adding', 'active', 'removing']
 
@@ -160,6 +162,53 @@ export function isRootName(value: unknown): value is string {
 }
 
 const isU32 = (v: unknown): v is number => Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 0xffffffff
+
+/**
+ * Checks a root name ({@link isRootName}) and returns it. For store authors, as
+ * {@link checkChainName}.
+ *
+ * @param what - the argument's name in the error message.
+ * @throws TypeError - not 1 to 64 letters, digits, `.`, `_` or `-`.
+ */
+export function checkRootName(name: unknown, what = 'root'): string {
+  if (!isRootName(name)) throw new TypeError(`${what}: expected 1 to 64 letters, digits, ".", "_" or "-"`)
+  return name
+}
+
+/**
+ * Checks a chain name as a key chain gives it to its store, and returns it: a well-formed string
+ * of 1 to 255 characters (any characters, so `/`, `:` and `%` too: a store escapes the name
+ * where it builds a key, a path or a query from it). For store authors: every store of this
+ * project checks each method's arguments with this function, {@link checkKekId} and
+ * {@link checkRootName} before any I/O, so that bad input is the same typed error in every store.
+ *
+ * @param what - the argument's name in the error message.
+ * @throws TypeError - not a string, empty, longer than 255, or with an unpaired surrogate.
+ * @example
+ * ```ts
+ * async getKek(chain, id) {
+ *   const key = `${prefix}${encodeURIComponent(checkChainName(chain))}/${checkKekId(id)}`
+ *   // ...
+ * }
+ * ```
+ */
+export function checkChainName(chain: unknown, what = 'chain'): string {
+  if (typeof chain !== 'string' || !chain || chain.length > 255 || LONE_SURROGATE.test(chain)) {
+    throw new TypeError(`${what}: expected a well-formed string of 1 to 255 characters`)
+  }
+  return chain
+}
+
+/**
+ * Checks a KEK id and returns it: an integer from 1 to 2^32 - 1 (id 0 is reserved). For store
+ * authors, as {@link checkChainName}.
+ *
+ * @throws RangeError - anything else.
+ */
+export function checkKekId(id: unknown): number {
+  if (!isU32(id) || !id) throw new RangeError('id: expected an integer from 1 to 2^32 - 1')
+  return id
+}
 const isCount = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0
 const isTime = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v)
 
@@ -235,17 +284,17 @@ function inMemory(embedsKeks: boolean): KeyStore {
   /** Records keyed by `id/root`. */
   const chains = new Map<string, { head?: Versioned<ChainHead>; keks: Map<string, KekRecord>; counter: number }>()
   const chainOf = (name: string) => {
-    let c = chains.get(name)
+    let c = chains.get(checkChainName(name))
     if (!c) chains.set(name, (c = { keks: new Map(), counter: 0 }))
     return c
   }
   const watchers = new Map<string, Set<() => void>>()
-  const wrapsOf = (chain: string, id: number) => [...(chains.get(chain)?.keks.values() ?? [])].filter((r) => r.id === id)
+  const wrapsOf = (chain: string, id: number) => (checkKekId(id), [...(chains.get(checkChainName(chain))?.keks.values() ?? [])].filter((r) => r.id === id))
   return {
     atomic: true,
     embedsKeks,
     async getHead(chain) {
-      return chains.get(chain)?.head
+      return chains.get(checkChainName(chain))?.head
     },
     async casHead(chain, expected, next) {
       const c = chainOf(chain)
@@ -262,19 +311,19 @@ function inMemory(embedsKeks: boolean): KeyStore {
     },
     async putKekIfAbsent(chain, record) {
       const c = chainOf(chain)
-      const key = `${record.id}/${rootOf(record)}`
+      const key = `${checkKekId(record.id)}/${checkRootName(rootOf(record))}`
       if (c.keks.has(key)) return false
       c.keks.set(key, copyRecord(record))
       return true
     },
     async listKeks(chain) {
-      return [...(chains.get(chain)?.keks.values() ?? [])].map(copyRecord)
+      return [...(chains.get(checkChainName(chain))?.keks.values() ?? [])].map(copyRecord)
     },
     async getKekWraps(chain, id) {
       return wrapsOf(chain, id).map(copyRecord)
     },
     async deleteKekWrap(chain, id, root) {
-      chains.get(chain)?.keks.delete(`${id}/${root}`)
+      chains.get(checkChainName(chain))?.keks.delete(`${checkKekId(id)}/${checkRootName(root)}`)
     },
     watchHead(chain, onChange) {
       let set = watchers.get(chain)

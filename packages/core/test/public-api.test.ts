@@ -18,6 +18,8 @@ const PUBLIC_API: Record<string, string[]> = {
     'importKekBytes', 'isKmsProxyError', 'isLoopbackHost', 'isStream', 'kekAad', 'memoryStore', 'openSealedKek',
     'sealNewKek', 'streamHeaderLength', 'toBase64', 'toBase64Url', 'toHex', 'transientStatus',
     'RetiredKekError', 'DestroyedKekError', 'parseChainHead', 'isRootName',
+    // For store authors: the argument checks every store of this project makes first.
+    'checkChainName', 'checkKekId', 'checkRootName',
   ],
   passphrase: [
     'DEFAULT_ARGON2ID', 'DEFAULT_ITERATIONS', 'DEFAULT_MAX_COST_FACTOR', 'DEFAULT_SCRYPT', 'MAX_ITERATIONS',

@@ -27,7 +27,7 @@
  * @packageDocumentation
  * @module @kms-proxy/durable-object
  */
-import { DEFAULT_ROOT, StoreError, fromBase64, isRootName, parseChainHead, rootOf, toBase64, type ChainHead, type KekRecord, type KeyStore, type Versioned } from '@kms-proxy/core'
+import { checkRootName as checkRoot, checkKekId as checkId, checkChainName as checkChain, DEFAULT_ROOT, StoreError, fromBase64, isRootName, parseChainHead, rootOf, toBase64, type ChainHead, type KekRecord, type KeyStore, type Versioned } from '@kms-proxy/core'
 
 // ------------------------------------------------------------------------------------ shapes
 
@@ -283,19 +283,6 @@ function toWire(key: string, v: Partial<StoredKek> | null): Partial<Record<keyof
 }
 
 // ------------------------------------------------------------------------------------ store
-
-function checkChain(chain: string): void {
-  if (typeof chain !== 'string' || chain.length === 0) throw new TypeError('chain: expected a non-empty string')
-}
-
-function checkId(id: number): void {
-  if (!isU32(id)) throw new TypeError('id: expected a u32')
-}
-
-function checkRoot(root: string): string {
-  if (!isRootName(root)) throw new TypeError('root: expected 1 to 64 letters, digits, ".", "_" or "-"')
-  return root
-}
 
 /** A head checked and copied by core's parseChainHead (read, or about to be written); a corrupt one is ERR_STORE. */
 function checkHead(v: unknown, where: string): ChainHead {

@@ -25,7 +25,7 @@
  * @packageDocumentation
  * @module @kms-proxy/dynamodb
  */
-import { DEFAULT_ROOT, StoreError, checkServerUrl, fromBase64, isRootName, parseChainHead, rootOf, toBase64, type ChainHead, type KekRecord, type KeyStore, type Versioned } from '@kms-proxy/core'
+import { checkRootName as checkRoot, checkKekId as checkId, checkChainName as checkChain, DEFAULT_ROOT, StoreError, checkServerUrl, fromBase64, isRootName, parseChainHead, rootOf, toBase64, type ChainHead, type KekRecord, type KeyStore, type Versioned } from '@kms-proxy/core'
 import type { AwsCredentials } from '@kms-proxy/kms'
 import { DynamoDbAnswerError, dynamoDbCall, type ClientSettings } from './_client.js'
 
@@ -132,21 +132,6 @@ const isU32 = (v: unknown): v is number => Number.isInteger(v) && (v as number) 
 const isTime = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v)
 /** A head version this store hands out: the decimal counter `v`, from 1. */
 const isVersion = (v: unknown): v is string => typeof v === 'string' && /^[1-9][0-9]{0,14}$/.test(v)
-
-function checkChain(chain: unknown): string {
-  if (typeof chain !== 'string' || chain.length === 0) throw new TypeError('chain: expected a non-empty string')
-  return chain
-}
-
-function checkId(id: unknown): number {
-  if (!isU32(id) || id === 0) throw new RangeError('id: expected an integer from 1 to 2^32 - 1')
-  return id
-}
-
-function checkRoot(root: unknown): string {
-  if (!isRootName(root)) throw new TypeError('root: expected 1 to 64 letters, digits, ".", "_" or "-"')
-  return root
-}
 
 /** A head read, or about to be written, checked and copied by core's one parser. */
 function checkHead(v: unknown): ChainHead {

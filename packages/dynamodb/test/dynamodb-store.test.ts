@@ -115,7 +115,7 @@ describe('dynamoDbStore in workerd (Miniflare), unchanged', () => {
       if (!response.ok) throw new Error(`worker answered ${response.status}: ${body.slice(0, 2000)}`)
       const results = JSON.parse(body) as TestResult[]
       expect(results.filter((r) => !r.ok).map((r) => `${r.name}: ${r.error}`)).toEqual([])
-      expect(results.length).toBe(17) // describeStore's contract with several roots (watchHead: absent)
+      expect(results.length).toBe(19) // describeStore's contract with several roots (watchHead: absent)
       console.log(`workerd: ${results.length} contract tests passed`)
     } finally {
       await mf.dispose()

@@ -41,7 +41,7 @@
  * @packageDocumentation
  * @module @kms-proxy/etcd
  */
-import { DEFAULT_ROOT, HttpExchangeError, StoreError, checkServerUrl, fromBase64, httpExchange, isRootName, parseChainHead, rootOf, toBase64, type ChainHead, type KekRecord, type KeyStore, type Versioned } from '@kms-proxy/core'
+import { checkRootName as checkRoot, checkKekId as checkId, checkChainName as checkChain, DEFAULT_ROOT, HttpExchangeError, StoreError, checkServerUrl, fromBase64, httpExchange, isRootName, parseChainHead, rootOf, toBase64, type ChainHead, type KekRecord, type KeyStore, type Versioned } from '@kms-proxy/core'
 
 /** Options of {@link etcdStore}. */
 export interface EtcdStoreOptions {
@@ -159,21 +159,6 @@ function checkHead(v: unknown): ChainHead {
   const head = parseChainHead(v)
   if (!head) throw new StoreError('etcd store: the chain head is malformed')
   return head
-}
-
-function checkRoot(root: unknown): string {
-  if (!isRootName(root)) throw new TypeError('root: expected 1 to 64 letters, digits, ".", "_" or "-"')
-  return root
-}
-
-function checkChain(chain: unknown): string {
-  if (typeof chain !== 'string' || chain.length === 0) throw new TypeError('chain: expected a non-empty string')
-  return chain
-}
-
-function checkId(id: unknown): number {
-  if (!isU32(id) || id === 0) throw new RangeError('id: expected an integer from 1 to 2^32 - 1')
-  return id
 }
 
 const hex8 = (id: number) => id.toString(16).padStart(8, '0')

@@ -17,7 +17,7 @@ async function bundleEntry(entry: string): Promise<string> {
 function check(where: string, results: Result[]): void {
   const failed = results.filter((r) => !r.ok).map((r) => `${r.name}: ${r.error}`)
   expect(failed).toEqual([])
-  expect(results.length).toBe(17) // describeStore's contract with several roots and watchHead
+  expect(results.length).toBe(19) // describeStore's contract with several roots and watchHead
   console.log(`${where}: ${results.length} contract tests passed (${results.map((r) => `${r.ms} ms`).join(', ')})`)
 }
 

@@ -20,7 +20,7 @@
  * @module @kms-proxy/file
  */
 import { readFile, rename, unlink } from 'node:fs/promises'
-import { DEFAULT_ROOT, StoreError, fromBase64, isRootName, parseChainHead, rootOf, toBase64, type ChainHead, type KekRecord, type KeyStore, type Versioned } from '@kms-proxy/core'
+import { checkChainName as checkChain, checkKekId as checkId, checkRootName as checkRoot, DEFAULT_ROOT, StoreError, fromBase64, isRootName, parseChainHead, rootOf, toBase64, type ChainHead, type KekRecord, type KeyStore, type Versioned } from '@kms-proxy/core'
 import { ensureFolder, storeFailure } from './_folder.js'
 import { acquireLock, commitAndRelease, stageFile, syncFolder, type LockOptions } from './_lock.js'
 import { headWatch } from './_watch.js'
@@ -91,11 +91,6 @@ const isCount = (x: unknown): x is number => typeof x === 'number' && Number.isS
 const isU32 = (x: unknown): x is number => isCount(x) && x <= 0xffffffff
 const isTime = (x: unknown): x is number => typeof x === 'number' && Number.isFinite(x)
 const ID_KEY = /^(0|[1-9][0-9]{0,9})$/
-
-function checkRoot(root: unknown): string {
-  if (!isRootName(root)) throw new TypeError('fileStore: a root name is 1 to 64 letters, digits, ".", "_" or "-"')
-  return root
-}
 
 /** The lowest format that holds a head: what an older version would lose decides. */
 function formatOf(head: ChainHead): number {
@@ -288,6 +283,7 @@ export function fileStore(path: string, options: FileStoreOptions = {}): KeyStor
     atomic: true,
     embedsKeks: false,
     async getHead(chain): Promise<Versioned<ChainHead> | undefined> {
+      checkChain(chain)
       const h = (await load()).get(chain)?.head
       if (h === undefined) return undefined
       const value = isObject(h) && typeof h.version === 'string' ? parseChainHead(h.value) : undefined
@@ -295,6 +291,7 @@ export function fileStore(path: string, options: FileStoreOptions = {}): KeyStor
       return { value, version: h.version }
     },
     async casHead(chain, expected, next) {
+      checkChain(chain)
       const value = parseChainHead(next)
       if (!value) throw new TypeError('fileStore: casHead: expected a chain head (primary, primaryCreatedAt, leased, and its optional fields well-formed)')
       let version = ''
@@ -309,12 +306,15 @@ export function fileStore(path: string, options: FileStoreOptions = {}): KeyStor
       return swapped
     },
     async getKek(chain, id) {
-      const wraps = wrapsOf((await load()).get(chain), String(id))
+      const idKey = String(checkId(id))
+      const wraps = wrapsOf((await load()).get(checkChain(chain)), idKey)
       // 'default' comes first when there is one; otherwise the first root by name, so every
       // reader picks the same.
       return wraps.find((r) => r.root === undefined) ?? wraps.sort((a, b) => (rootOf(a) < rootOf(b) ? -1 : 1))[0]
     },
     async putKekIfAbsent(chain, record) {
+      checkChain(chain)
+      checkId(record?.id)
       const root = checkRoot(rootOf(record))
       return update((contents) => {
         const c = chainOf(contents, chain)
@@ -332,14 +332,18 @@ export function fileStore(path: string, options: FileStoreOptions = {}): KeyStor
       })
     },
     async listKeks(chain) {
+      checkChain(chain)
       const c = (await load()).get(chain)
       const ids = new Set([...(c?.keks.keys() ?? []), ...(c?.wraps.keys() ?? [])])
       return [...ids].flatMap((id) => wrapsOf(c, id))
     },
     async getKekWraps(chain, id) {
-      return wrapsOf((await load()).get(chain), String(id))
+      const idKey = String(checkId(id))
+      return wrapsOf((await load()).get(checkChain(chain)), idKey)
     },
     async deleteKekWrap(chain, id, root) {
+      checkChain(chain)
+      checkId(id)
       checkRoot(root)
       // Under the lock like every write: a delete that read, changed and wrote the file outside
       // it would undo a put that another process made in between.

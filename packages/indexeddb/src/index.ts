@@ -27,7 +27,7 @@
  * @module @kms-proxy/indexeddb
  */
 import { createStore, type UseStore } from 'idb-keyval'
-import { DEFAULT_ROOT, StoreError, isRootName, parseChainHead, rootOf, toHex, type ChainHead, type KekRecord, type KeyStore, type Versioned } from '@kms-proxy/core'
+import { checkRootName as checkRoot, checkKekId as checkId, checkChainName as checkChain, DEFAULT_ROOT, StoreError, isRootName, parseChainHead, rootOf, toHex, type ChainHead, type KekRecord, type KeyStore, type Versioned } from '@kms-proxy/core'
 
 /** Options of {@link indexedDbStore}. */
 export interface IndexedDbStoreOptions {
@@ -70,18 +70,6 @@ const isTime = (v: unknown): v is number => typeof v === 'number' && Number.isFi
 
 function randomToken(): string {
   return toHex(crypto.getRandomValues(new Uint8Array(12)))
-}
-
-function checkChain(chain: string): void {
-  if (typeof chain !== 'string' || chain.length === 0) throw new TypeError('chain: expected a non-empty string')
-}
-
-function checkId(id: number): void {
-  if (!isU32(id)) throw new TypeError('id: expected a u32')
-}
-
-function checkRoot(root: string): void {
-  if (!isRootName(root)) throw new TypeError('root: expected 1 to 64 letters, digits, ".", "_" or "-"')
 }
 
 /** The stored head checked and copied by core's `parseChainHead`, every field kept (a corrupt head is ERR_STORE). */

@@ -26,7 +26,7 @@
  * @packageDocumentation
  * @module @kms-proxy/kv
  */
-import { DEFAULT_ROOT, StoreError, fromBase64, isRootName, parseChainHead, rootOf, toBase64, toHex, type ChainHead, type KekRecord, type KeyStore, type Versioned } from '@kms-proxy/core'
+import { checkRootName as checkRoot, checkKekId as checkId, checkChainName as checkChain, DEFAULT_ROOT, StoreError, fromBase64, isRootName, parseChainHead, rootOf, toBase64, toHex, type ChainHead, type KekRecord, type KeyStore, type Versioned } from '@kms-proxy/core'
 import { denoHeadWatch, type WatchKey } from './internal/deno-watch.js'
 
 // ------------------------------------------------------------------------------------ shared
@@ -87,21 +87,9 @@ function checkRecord(id: number, createdAt: unknown, rootKind: unknown, wrapped:
 }
 
 /** The root of a record about to be written, or of a wrap to delete. @throws TypeError */
-function checkRoot(root: string): string {
-  if (!isRootName(root)) throw new TypeError('root: expected 1 to 64 letters, digits, ".", "_" or "-"')
-  return root
-}
 
 /** `getKek` from every record of the id: the `'default'` one if there is one, else any. */
 const preferDefault = (wraps: KekRecord[]) => wraps.find((r) => r.root === undefined) ?? wraps[0]
-
-function checkChain(chain: string): void {
-  if (typeof chain !== 'string' || chain.length === 0) throw new TypeError('chain: expected a non-empty string')
-}
-
-function checkId(id: number): void {
-  if (!isU32(id)) throw new TypeError('id: expected a u32')
-}
 
 // ------------------------------------------------------------------------------------ Workers KV
 

@@ -36,7 +36,7 @@
  * @packageDocumentation
  * @module @kms-proxy/postgres
  */
-import { DEFAULT_ROOT, StoreError, isRootName, parseChainHead, rootOf, toHex, type ChainHead, type KekRecord, type KeyStore, type Versioned } from '@kms-proxy/core'
+import { checkChainName, checkRootName as checkRoot, checkKekId as checkId, DEFAULT_ROOT, StoreError, isRootName, parseChainHead, rootOf, toHex, type ChainHead, type KekRecord, type KeyStore, type Versioned } from '@kms-proxy/core'
 
 /** A query as the `postgres` driver returns it: a promise of rows that can also answer plain value arrays. */
 export interface PostgresQuery extends PromiseLike<ArrayLike<unknown> & { count: number | null }> {
@@ -86,7 +86,6 @@ export interface PostgresStore extends KeyStore {
 // ------------------------------------------------------------------------------------ checks
 
 const TABLE = /^[a-z_][a-z0-9_]{0,56}$/
-const LONE_SURROGATE = /\p{Cs}/u
 const isU32 = (v: unknown): v is number => Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 0xffffffff
 const isTime = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v)
 const isVersion = (v: unknown): v is string => typeof v === 'string' && /^[1-9][0-9]{0,17}$/.test(v)
@@ -98,19 +97,7 @@ const isVersion = (v: unknown): v is string => typeof v === 'string' && /^[1-9][
  * become U+FFFD and meet another chain's name (core refuses such names for the same reason).
  */
 function chainKey(chain: unknown): string {
-  if (typeof chain !== 'string' || chain.length === 0) throw new TypeError('chain: expected a non-empty string')
-  if (LONE_SURROGATE.test(chain)) throw new TypeError('chain: not a well-formed string (it has an unpaired surrogate)')
-  return chain.replace(/[\\\0]/g, (c) => (c === '\\' ? '\\\\' : '\\0'))
-}
-
-function checkId(id: unknown): number {
-  if (!isU32(id) || id === 0) throw new RangeError('id: expected an integer from 1 to 2^32 - 1')
-  return id
-}
-
-function checkRoot(root: unknown): string {
-  if (!isRootName(root)) throw new TypeError('root: expected 1 to 64 letters, digits, ".", "_" or "-"')
-  return root
+  return checkChainName(chain).replace(/[\\\0]/g, (c) => (c === '\\' ? '\\\\' : '\\0'))
 }
 
 function fromHexColumn(text: unknown, id: number): Uint8Array {

@@ -49,7 +49,7 @@ describe.skipIf(!havePostgres)('postgresStore on Deno, Bun and workerd', () => {
   function check(where: string, stdout: string): void {
     const results = JSON.parse(stdout.trim().split('\n').at(-1)!) as Result[]
     expect(results.filter((r) => !r.ok).map((r) => `${r.name}: ${r.error}`)).toEqual([])
-    expect(results.length).toBe(17) // describeStore with several roots, no watch
+    expect(results.length).toBe(19) // describeStore with several roots, no watch
     console.log(`postgres on ${where}: ${results.length} contract tests passed in ${results.reduce((s, r) => s + r.ms, 0)} ms`)
   }
 

@@ -282,6 +282,60 @@ export function describeStore(t: Harness, options: DescribeStoreOptions): void {
     t.equal(ids.join(','), '7,9', 'listKeks:')
   })
 
+  test('bad arguments are a TypeError or RangeError from every method, and nothing is written', async ({ store }) => {
+    const badChains: unknown[] = ['', 'x'.repeat(256), 'a\ud800b', '\udc00', 7, undefined, null]
+    const badIds: unknown[] = [0, -1, 1.5, 2 ** 32, Number.NaN, '1']
+    const badRoots: unknown[] = ['', 'a/b', 'a:b', 'r'.repeat(65), 'é', 3]
+    const head = { primary: 1, primaryCreatedAt: 10, leased: 0 }
+    const expect = async (what: string, kind: typeof TypeError, call: () => unknown) => {
+      let error: unknown
+      try {
+        await call()
+      } catch (e) {
+        error = e
+      }
+      t.ok(error instanceof kind, `${what}: expected a ${kind.name}, got ${String(error)}`)
+    }
+    const s = store as unknown as Record<string, (...args: unknown[]) => unknown>
+    for (const chain of badChains) {
+      const label = typeof chain === 'string' ? `chain of ${chain.length} characters` : `chain ${String(chain)}`
+      await expect(`getHead(${label})`, TypeError, () => s.getHead!(chain))
+      await expect(`casHead(${label})`, TypeError, () => s.casHead!(chain, undefined, head))
+      await expect(`getKek(${label})`, TypeError, () => s.getKek!(chain, 1))
+      await expect(`putKekIfAbsent(${label})`, TypeError, () => s.putKekIfAbsent!(chain, record(1, 1)))
+      await expect(`listKeks(${label})`, TypeError, () => s.listKeks!(chain))
+      if (store.getKekWraps) await expect(`getKekWraps(${label})`, TypeError, () => s.getKekWraps!(chain, 1))
+      if (store.deleteKekWrap) await expect(`deleteKekWrap(${label})`, TypeError, () => s.deleteKekWrap!(chain, 1, DEFAULT_ROOT))
+    }
+    for (const id of badIds) {
+      await expect(`getKek(id ${String(id)})`, RangeError, () => s.getKek!('c', id))
+      await expect(`putKekIfAbsent(id ${String(id)})`, RangeError, () => s.putKekIfAbsent!('c', { ...record(1, 1), id }))
+      if (store.getKekWraps) await expect(`getKekWraps(id ${String(id)})`, RangeError, () => s.getKekWraps!('c', id))
+      if (store.deleteKekWrap) await expect(`deleteKekWrap(id ${String(id)})`, RangeError, () => s.deleteKekWrap!('c', id, DEFAULT_ROOT))
+    }
+    if (options.severalRoots) {
+      for (const root of badRoots) {
+        await expect(`putKekIfAbsent(root ${String(root)})`, TypeError, () => s.putKekIfAbsent!('c', { ...record(1, 1), root }))
+        await expect(`deleteKekWrap(root ${String(root)})`, TypeError, () => s.deleteKekWrap!('c', 1, root))
+      }
+    }
+    t.equal((await store.listKeks('c')).length, 0, 'records written by the bad calls:')
+    t.equal(await store.getHead('c'), undefined, 'head written by the bad calls:')
+  })
+
+  test('chain names are kept apart exactly: separators, escapes, Unicode and 255 characters', async ({ store, another }) => {
+    const names = ['a', 'a/', 'a/b', 'a:b', 'a%2Fb', 'a%252F', 'A', 'a b', 'é', 'e\u0301', '😀', '.', '..', 'x'.repeat(255)]
+    for (const [i, name] of names.entries()) {
+      t.equal(await store.casHead(name, undefined, { primary: i + 1, primaryCreatedAt: 10, leased: 0 }), true, `create the head of chain #${i}:`)
+      t.equal(await store.putKekIfAbsent(name, record(i + 1, i + 1)), true, `put a KEK in chain #${i}:`)
+    }
+    const other = await another()
+    for (const [i, name] of names.entries()) {
+      t.equal((await other.getHead(name))?.value.primary, i + 1, `the head of chain #${i} read back:`)
+      t.equal((await other.listKeks(name)).map((r) => r.id).join(','), String(i + 1), `the KEKs of chain #${i}:`)
+    }
+  })
+
   test('the head changes only by compare-and-swap on its version', async ({ store, another }) => {
     t.equal(await store.getHead('c'), undefined, 'no head yet:')
     const h1 = { primary: 1, primaryCreatedAt: 10, leased: 0 }

@@ -4,7 +4,7 @@
  * pass a store that loses a root's wrap or a root that hands out extractable KEKs.
  */
 import { expect, it } from 'vitest'
-import { DEFAULT_ROOT, aesRootKey, memoryStore, rootOf, type KekRecord, type KeyStore, type RootKey } from '@kms-proxy/core'
+import { DEFAULT_ROOT, aesRootKey, checkRootName, memoryStore, rootOf, type KekRecord, type KeyStore, type RootKey } from '@kms-proxy/core'
 import { createHarness, describeRootKey, describeStore, type TestResult } from '../src/index.ts'
 
 async function storeResults(make: () => KeyStore, severalRoots = true, watch = false): Promise<TestResult[]> {
@@ -60,7 +60,8 @@ it('describeStore fails a store whose getKekWraps matches ids by prefix, or whos
 
 it('describeStore fails a store whose deleteKekWrap deletes every root of the id, or whose reads drop root', async () => {
   const all = faulty((inner) => ({
-    deleteKekWrap: async (c, id) => {
+    deleteKekWrap: async (c, id, root) => {
+      checkRootName(root)
       for (const r of await inner.getKekWraps!(c, id)) await inner.deleteKekWrap!(c, id, rootOf(r))
     },
   }))
@@ -69,6 +70,49 @@ it('describeStore fails a store whose deleteKekWrap deletes every root of the id
   const noRoot = faulty((inner) => ({ getKekWraps: async (c, id) => (await inner.getKekWraps!(c, id)).map(dropRoot) }))
   expect(failed(await storeResults(noRoot)).length).toBeGreaterThanOrEqual(3)
   expect(DEFAULT_ROOT).toBe('default')
+})
+
+it('describeStore fails a store that takes bad arguments without a typed error, or whose chain names collide', async () => {
+  const args = 'bad arguments are a TypeError or RangeError from every method, and nothing is written'
+  const names = 'chain names are kept apart exactly: separators, escapes, Unicode and 255 characters'
+  // A store over a plain map that checks nothing: an empty chain, id 0 and root "a/b" are written.
+  const unchecked = () => {
+    const inner = memoryStore()
+    const safe = (chain: unknown) => `x${String(chain)}`
+    return {
+      ...inner,
+      watchHead: undefined,
+      getHead: (c: string) => inner.getHead(safe(c)),
+      casHead: (c: string, e: string | undefined, n: Parameters<KeyStore['casHead']>[2]) => inner.casHead(safe(c), e, n),
+      getKek: (c: string, id: number) => inner.getKek(safe(c), Number.isInteger(id) && id > 0 && id < 2 ** 32 ? id : 1),
+      putKekIfAbsent: (c: string, r: KekRecord) => inner.putKekIfAbsent(safe(c), { ...r, id: Number.isInteger(r.id) && r.id > 0 && r.id < 2 ** 32 ? r.id : 1, root: DEFAULT_ROOT }),
+      listKeks: (c: string) => inner.listKeks(safe(c)),
+      getKekWraps: (c: string, id: number) => inner.getKekWraps!(safe(c), Number.isInteger(id) && id > 0 && id < 2 ** 32 ? id : 1),
+      deleteKekWrap: async () => {},
+    } as KeyStore
+  }
+  expect(failed(await storeResults(unchecked))).toContain(args)
+  // A store that lowercases names, as a case-insensitive key or file system would.
+  const folds = faulty((inner) => ({
+    getHead: (c) => inner.getHead(c.toLowerCase()),
+    casHead: (c, e, n) => inner.casHead(c.toLowerCase(), e, n),
+    listKeks: (c) => inner.listKeks(c.toLowerCase()),
+    putKekIfAbsent: (c, r) => inner.putKekIfAbsent(c.toLowerCase(), r),
+    getKek: (c, id) => inner.getKek(c.toLowerCase(), id),
+    getKekWraps: (c, id) => inner.getKekWraps!(c.toLowerCase(), id),
+  }))
+  expect(failed(await storeResults(folds))).toContain(names)
+  // One that percent-decodes the name once, as a careless URL or key builder does ("a%2Fb" is "a/b").
+  const decodes = faulty((inner) => {
+    const key = (c: string) => c.replace(/%2F/gi, '/')
+    return {
+      getHead: (c) => inner.getHead(key(c)),
+      casHead: (c, e, n) => inner.casHead(key(c), e, n),
+      listKeks: (c) => inner.listKeks(key(c)),
+      putKekIfAbsent: (c, r) => inner.putKekIfAbsent(key(c), r),
+    }
+  })
+  expect(failed(await storeResults(decodes))).toContain(names)
 })
 
 it('describeStore fails a store that drops or changes the head\'s roots', async () => {

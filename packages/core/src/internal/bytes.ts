@@ -11,7 +11,7 @@ const encoder = new TextEncoder()
 // encryptText('\uFEFFA') would come back as 'A'.
 const decoder = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true })
 // With the u flag a surrogate pair is one code point, so this matches unpaired surrogates only.
-const LONE_SURROGATE = /\p{Cs}/u
+export const LONE_SURROGATE = /\p{Cs}/u
 
 /**
  * UTF-8 of a well-formed string. A string with an unpaired surrogate is refused: TextEncoder

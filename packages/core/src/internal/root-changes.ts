@@ -7,9 +7,9 @@
  * KEKs again until a pass finds nothing left to do.
  */
 import { LimitError, RootKeyError, StoreError } from '../errors.js'
-import { checkRootKey, checkRootName, type RootChangeReport, type RootInfo } from '../options.js'
+import { checkRootKey, type RootChangeReport, type RootInfo } from '../options.js'
 import type { RootKey } from '../root-key.js'
-import { DEFAULT_ROOT, rootOf, type ChainHead, type ChainRoot, type KekRecord, type Versioned } from '../store.js'
+import { DEFAULT_ROOT, checkRootName, rootOf, type ChainHead, type ChainRoot, type KekRecord, type Versioned } from '../store.js'
 import type { Counts, KekSource } from './kek-source.js'
 
 const ATTEMPTS = 1000
