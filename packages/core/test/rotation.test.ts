@@ -250,3 +250,35 @@ describe('a compare-and-swap whose answer is lost', () => {
     for (let i = 0; i < 100; i++) expect(text(await chain.decrypt(encrypted[i]!))).toBe(`record ${i}`)
   })
 })
+
+describe('close() and the DEK pool', () => {
+  it('a refill under way when the chain is closed stops after its current step: no lease taken, no KEK made afterwards', async () => {
+    // Every store write takes 20 ms, so a refill of 16 DEKs with one use per lease is 16 writes
+    // and several rotations long: long enough to close the chain in the middle of it.
+    const inner = memoryStore()
+    let closed = false
+    let writesAfterClose = 0
+    const slow = <A extends unknown[], R>(f: (...a: A) => Promise<R>) => async (...a: A): Promise<R> => {
+      if (closed) writesAfterClose++
+      await new Promise((r) => setTimeout(r, 20))
+      return f(...a)
+    }
+    const store = { ...inner, watchHead: undefined, casHead: slow(inner.casHead), putKekIfAbsent: slow(inner.putKekIfAbsent) }
+    const chain = await KeyChain.open({ rootKey: aesRootKey(ROOT_BYTES), store, maxWrapsPerKek: 4, leaseSize: 1, dekPoolSize: 16 })
+    const first = await chain.encrypt('start the pool')
+    await new Promise((r) => setTimeout(r, 50)) // the refill has started (a macrotask after the encrypt)
+    closed = true
+    chain.close()
+    const kekCount = async () => (await inner.listKeks('default')).length
+    await new Promise((r) => setTimeout(r, 200)) // the step under way ends
+    const keks = await kekCount()
+    const { leased } = (await inner.getHead('default'))!.value
+    await new Promise((r) => setTimeout(r, 600)) // time for 30 more writes, were the refill going on
+    expect(writesAfterClose).toBeLessThanOrEqual(2) // the lease (and its rotation's KEK) under way at close
+    expect(await kekCount()).toBe(keks)
+    expect((await inner.getHead('default'))!.value.leased).toBe(leased)
+    // The chain still works after close(), without its pool's prepared DEKs.
+    expect(text(await chain.decrypt(first))).toBe('start the pool')
+    expect(text(await chain.decrypt(await chain.encrypt('after close')))).toBe('after close')
+  })
+})

@@ -64,10 +64,15 @@ export class DekPool {
     timer.unref?.() // Node, Bun, Deno: a pending refill never keeps the process alive
   }
 
-  /** Failures are left for the next inline encrypt, which runs the same steps and reports them. */
+  /**
+   * Failures are left for the next inline encrypt, which runs the same steps and reports them.
+   * A drop() (close, a superseded primary) ends the refill after its current step: a closed
+   * chain takes no more leases and makes no more KEKs in the background.
+   */
   async #refill(): Promise<void> {
+    const epoch = this.#epoch
     try {
-      while (this.#pool.length < this.#size) {
+      while (this.#epoch === epoch && this.#pool.length < this.#size) {
         const p = await this.#leases.acquire()
         const n = 1 + this.#leases.take(p, this.#size - this.#pool.length - 1)
         for (const prepared of await this.prepare(p, n)) {
