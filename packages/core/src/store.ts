@@ -2,6 +2,7 @@
  * Stores keep the wrapped KEKs and the chain head. KEK records are immutable (put-if-absent);
  * the head is the only mutable state and changes by compare-and-swap on its version.
  */
+import { LONE_SURROGATE } from './internal/bytes.js'
 
 /** The name of a chain's root when none was given: the root of every KEK record without a `root`. */
 export const DEFAULT_ROOT = 'default'
@@ -150,8 +151,6 @@ export interface KeyStore {
    */
   watchHead?(chain: string, onChange: () => void): () => void
 }
-
-import { LONE_SURROGATE } from './internal/bytes.js'
 
 const ROOT_NAME = /^[A-Za-z0-9._-]{1,64}$/
 const ROOT_STATES: readonly unknown[] = ['adding', 'active', 'removing']
